@@ -1,0 +1,95 @@
+"""The trained DCIF-GAN generator as a fuser, loaded from a checkpoint and never run untrained.
+
+A checkpoint is a ``torch.save`` of either a bare generator state dict, or a dict with the state
+dict under ``"generator"`` and, optionally, the ``DCIFGenerator`` constructor keyword arguments
+under ``"config"``. It is read with ``weights_only=True``, so a checkpoint cannot run code.
+The network module is imported only when a checkpoint is loaded, so the registry works (and the
+baselines run) even where the network code is absent or broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.fusion.registry import Fuser, available_fusers, register_fuser
+
+_NAME = "dcif_gan"
+
+
+def _read_checkpoint(path: str | Path | None) -> Mapping:
+    """The checkpoint's top-level dict, or a :class:`CheckpointError` that points to the baselines."""
+    if path is None or not Path(path).is_file():
+        baselines = ", ".join(name for name in available_fusers() if name != _NAME)
+        raise CheckpointError(
+            f"no {_NAME} checkpoint found at {path}; fuse with a baseline instead, "
+            f"e.g. --method laplacian (available: {baselines})"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several unrelated types for unreadable files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}") from error
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
+    return checkpoint
+
+
+def _build_generator(config: Mapping, path: str | Path) -> nn.Module:
+    """A fresh ``DCIFGenerator`` with the checkpoint's hyper-parameters."""
+    from pipeline.networks.dcif_gan import DCIFGenerator
+
+    try:
+        return DCIFGenerator(**config)
+    except TypeError as error:
+        raise CheckpointError(f"checkpoint {path} config does not fit DCIFGenerator: {error}") from error
+
+
+def _load_weights(network: nn.Module, state: Mapping, path: str | Path) -> None:
+    """Load ``state`` strictly, turning torch's multi-line mismatch report into one line."""
+    name = type(network).__name__
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not match {name}: parameter shapes differ") from error
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint {path} does not match {name}: {len(result.missing_keys)} missing and "
+            f"{len(result.unexpected_keys)} unexpected parameters, e.g. "
+            f"{(result.missing_keys or result.unexpected_keys)[0]!r}"
+        )
+
+
+@register_fuser(_NAME)
+class ModelFuser(Fuser):
+    """Fuse with a generator whose ``forward`` maps (B, 2, H, W) = [CT, PET] to the fused (B, 1, H, W).
+
+    ``checkpoint`` alone: build ``DCIFGenerator`` from the checkpoint's config and load its weights.
+    ``network`` and ``checkpoint``: load the weights into the given module. ``network`` alone: use
+    it as is (a generator already trained in this process). Neither: :class:`CheckpointError`.
+    ``device`` is where the network runs; ``None`` follows the inputs.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        network: nn.Module | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if network is None or checkpoint is not None:
+            saved = _read_checkpoint(checkpoint)
+            state, config = (saved["generator"], saved.get("config") or {}) if "generator" in saved else (saved, {})
+            network = network if network is not None else _build_generator(config, checkpoint)
+            _load_weights(network, state, checkpoint)
+        self.network = network.eval()
+        self.device = None if device is None else torch.device(device)
+
+    def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        device = self.device or ct.device
+        dtype = next((p.dtype for p in self.network.parameters()), ct.dtype)
+        self.network.to(device)
+        with torch.inference_mode():
+            return self.network(torch.cat([ct, pet], dim=1).to(device=device, dtype=dtype))

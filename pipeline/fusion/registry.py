@@ -1,0 +1,63 @@
+"""The fuser registry: one name per fusion method, so the CLI and the bundle can say ``--method NAME``.
+
+Every method, from pixel averaging to the trained network, is a :class:`Fuser` with one contract:
+``fuser(ct, pet)`` takes co-registered (B, 1, H, W) float tensors in [0, 1] on any device and
+returns the fused (B, 1, H, W) image of the same dtype and device, in [0, 1], deterministically.
+The base class enforces the contract once, so the methods only implement :meth:`Fuser.fuse`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+
+from pipeline.errors import DcifError
+
+
+class UnknownFuserError(DcifError, ValueError):
+    """A fusion method name that no fuser is registered under."""
+
+
+class Fuser(ABC):
+    """A fusion method: checks the (CT, PET) pair, fuses, returns a [0, 1] image like the CT input."""
+
+    def __call__(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        if ct.ndim != 4 or ct.shape[1] != 1 or ct.shape != pet.shape:
+            raise ValueError(
+                f"{type(self).__name__} needs CT and PET of one shape (B, 1, H, W); "
+                f"got {tuple(ct.shape)} and {tuple(pet.shape)}"
+            )
+        return self.fuse(ct, pet).clamp(0, 1).to(device=ct.device, dtype=ct.dtype)
+
+    @abstractmethod
+    def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        """The method itself, on a validated pair; the result may be on another device or dtype."""
+
+
+_FUSERS: dict[str, Callable[..., Fuser]] = {}
+
+
+def register_fuser(name: str) -> Callable[[type[Fuser]], type[Fuser]]:
+    """Class decorator: make a :class:`Fuser` subclass available as ``get_fuser(name, **kwargs)``."""
+
+    def register(fuser_class: type[Fuser]) -> type[Fuser]:
+        if name in _FUSERS:
+            raise ValueError(f"fuser name {name!r} is already registered to {_FUSERS[name]!r}")
+        _FUSERS[name] = fuser_class
+        return fuser_class
+
+    return register
+
+
+def available_fusers() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_FUSERS)
+
+
+def get_fuser(name: str, **kwargs) -> Fuser:
+    """Build the fuser registered as ``name`` with its constructor ``kwargs``."""
+    if name not in _FUSERS:
+        raise UnknownFuserError(f"unknown fusion method {name!r}; available: {', '.join(available_fusers())}")
+    return _FUSERS[name](**kwargs)

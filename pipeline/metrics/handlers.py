@@ -1,0 +1,90 @@
+"""Fusion metrics for MONAI/ignite workflows, so evaluators and bundle configs score fusion.
+
+A MONAI evaluator's output holds the fused ``pred`` (B, 1, H, W) and the network input
+``image`` (B, 2, H, W) with channel 0 CT and channel 1 PET, all in [0, 1]. :class:`FusionMetric`
+takes exactly that pair, the ``(y_pred, y)`` form every MONAI metric takes, and
+:class:`FusionMetricHandler` wires it to the engine the way ``monai.handlers.MeanDice`` does::
+
+    "val_handlers": {"QABF": {"_target_": "pipeline.metrics.FusionMetricHandler", "name": "QABF"}}
+
+Volumes (B, 1, H, W, D) are scored slice by slice along the last axis (axial for MONAI's
+channel-first RAS volumes); a sample's value is the mean of its slices' finite values, as in
+:func:`pipeline.metrics.fusion.summarise`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from monai.handlers import IgniteMetricHandler, from_engine
+from monai.metrics import CumulativeIterationMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import CommonKeys, MetricReduction
+
+from pipeline.metrics.fusion import METRIC_NAMES, fusion_metrics, summarise
+
+
+def _slices(volume: torch.Tensor) -> list[np.ndarray]:
+    """The 2-D slices of one channel-first sample: itself if 2-D, else along the last axis."""
+    image = volume.squeeze(0).detach().cpu().numpy()
+    return [image] if image.ndim == 2 else list(np.moveaxis(image, -1, 0))
+
+
+class FusionMetric(CumulativeIterationMetric):
+    """One named fusion metric (``AG, SF, SSIM, SD, MI, PSNR, IE`` or ``QABF``), accumulated over batches.
+
+    ``metric(y_pred, y)`` takes the fused image (B, 1, spatial...) and the sources
+    (B, 2, spatial...) = [CT, PET] and buffers one value per sample; ``aggregate()`` reduces
+    them with MONAI's nan-aware ``reduction`` (default: mean over samples).
+    """
+
+    def __init__(self, name: str, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+        super().__init__()
+        if name not in METRIC_NAMES:
+            raise ValueError(f"unknown fusion metric {name!r}; available: {', '.join(METRIC_NAMES)}")
+        self.name = name
+        self.reduction = reduction
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Per-sample values (B, 1), each the mean over the sample's slices."""
+        if y is None or y.shape[1] != 2 or y_pred.shape[1] != 1 or y_pred.shape[2:] != y.shape[2:]:
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(
+                f"FusionMetric needs y_pred (B, 1, ...) and y (B, 2, ...) = [CT, PET] of one spatial shape; "
+                f"got {tuple(y_pred.shape)} and {got}"
+            )
+        values = []
+        for fused, sources in zip(y_pred, y):
+            per_slice = [
+                fusion_metrics(f, a, b, names=(self.name,))
+                for f, a, b in zip(_slices(fused), _slices(sources[0:1]), _slices(sources[1:2]))
+            ]
+            values.append(summarise(per_slice)[self.name]["mean"])
+        return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        """Reduce the buffered per-sample values (``nan`` samples are skipped)."""
+        values = self.get_buffer()
+        if not isinstance(values, torch.Tensor):
+            raise ValueError(f"FusionMetric {self.name} has no buffered values to aggregate")
+        result, _ = do_metric_reduction(values, reduction or self.reduction)
+        return result
+
+
+class FusionMetricHandler(IgniteMetricHandler):
+    """Ignite handler for :class:`FusionMetric`, reading ``pred`` and ``image`` from the engine output."""
+
+    def __init__(
+        self,
+        name: str,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = from_engine([CommonKeys.PRED, CommonKeys.IMAGE]),
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(
+            metric_fn=FusionMetric(name, reduction=reduction),
+            output_transform=output_transform,
+            save_details=save_details,
+        )

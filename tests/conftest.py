@@ -1,0 +1,24 @@
+"""Shared fixtures: where the real PET/CT studies live, skipping cleanly when they do not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_petct_path() -> Path:
+    """Folder of the real public PET/CT studies (``DCIF_SHARED_DATA`` overrides the default)."""
+    return Path(os.environ.get("DCIF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "petct"))
+
+
+@pytest.fixture(scope="session")
+def shared_petct() -> Path:
+    """The real studies' folder, or a skip saying why tests on real data did not run."""
+    path = shared_petct_path()
+    if not path.is_dir():
+        pytest.skip(f"real PET/CT studies not found at {path} (set DCIF_SHARED_DATA)")
+    return path

@@ -1,0 +1,123 @@
+"""The dcif_gan fuser: loads a generator from a checkpoint and refuses to run without one.
+
+A stand-in generator (a learned 1x1 convolution over [CT, PET]) keeps these tests independent of
+the real network; the ``DCIFGenerator`` import is replaced where a checkpoint's config is used.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.fusion import ModelFuser, get_fuser
+
+
+class StandInGenerator(nn.Module):
+    """Maps (B, 2, H, W) to (B, 1, H, W) with a weighted channel sum, initialised away from the mean."""
+
+    def __init__(self, bias: bool = False) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(2, 1, kernel_size=1, bias=bias)
+        nn.init.constant_(self.mix.weight, 0.9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x)
+
+
+def channel_mean_state(bias: bool = False) -> dict[str, torch.Tensor]:
+    """Trained weights: the stand-in then averages CT and PET."""
+    generator = StandInGenerator(bias=bias)
+    nn.init.constant_(generator.mix.weight, 0.5)
+    if bias:
+        nn.init.zeros_(generator.mix.bias)
+    return generator.state_dict()
+
+
+@pytest.fixture
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 1, 9, 11, generator=generator), torch.rand(2, 1, 9, 11, generator=generator)
+
+
+@pytest.fixture
+def stand_in_network_module(monkeypatch) -> None:
+    """Make ``pipeline.networks.dcif_gan.DCIFGenerator`` the stand-in for this test."""
+    module = types.ModuleType("pipeline.networks.dcif_gan")
+    module.DCIFGenerator = StandInGenerator
+    monkeypatch.setitem(sys.modules, "pipeline.networks.dcif_gan", module)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["bare_state_dict", "generator_key"])
+def test_weights_from_the_checkpoint_are_used(tmp_path: Path, pair, wrap):
+    path = tmp_path / "generator.pt"
+    state = channel_mean_state()
+    torch.save({"generator": state} if wrap else state, path)
+    ct, pet = pair
+    fused = get_fuser("dcif_gan", checkpoint=path, network=StandInGenerator())(ct, pet)
+    assert torch.allclose(fused, (ct + pet) / 2, atol=1e-6)
+
+
+def test_generator_is_built_from_the_checkpoint_config(tmp_path: Path, pair, stand_in_network_module):
+    path = tmp_path / "generator.pt"
+    torch.save({"generator": channel_mean_state(bias=True), "config": {"bias": True}}, path)
+    fuser = ModelFuser(checkpoint=path)
+    assert fuser.network.mix.bias is not None
+    ct, pet = pair
+    assert torch.allclose(fuser(ct, pet), (ct + pet) / 2, atol=1e-6)
+
+
+def test_output_keeps_the_input_dtype_and_range(pair):
+    ct, pet = (x.double() for x in pair)
+    fused = ModelFuser(network=StandInGenerator())(ct, pet)  # 0.9 (CT + PET) exceeds 1 in places
+    assert fused.dtype == torch.float64 and fused.max() == 1
+
+
+def test_a_network_without_checkpoint_is_used_as_given(pair):
+    network = StandInGenerator()
+    ct, pet = pair
+    assert torch.allclose(ModelFuser(network=network)(ct, pet), (0.9 * (ct + pet)).clamp(0, 1))
+
+
+@pytest.mark.parametrize("checkpoint", [None, "missing/generator.pt"])
+def test_no_checkpoint_is_a_one_line_error_naming_the_baselines(tmp_path: Path, checkpoint):
+    path = None if checkpoint is None else tmp_path / checkpoint
+    with pytest.raises(CheckpointError) as caught:
+        get_fuser("dcif_gan", checkpoint=path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"no dcif_gan checkpoint found at {path}" in message
+    assert "--method laplacian" in message and "average, dwt, laplacian, max" in message
+
+
+def test_checkpoint_for_another_network_is_rejected(tmp_path: Path):
+    path = tmp_path / "generator.pt"
+    torch.save({"generator": {"other.weight": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match="does not match StandInGenerator: 1 missing and 1 unexpected"):
+        ModelFuser(checkpoint=path, network=StandInGenerator())
+
+
+def test_checkpoint_with_other_shapes_is_rejected(tmp_path: Path):
+    path = tmp_path / "generator.pt"
+    torch.save({"mix.weight": torch.zeros(1, 3, 1, 1)}, path)
+    with pytest.raises(CheckpointError, match="parameter shapes differ"):
+        ModelFuser(checkpoint=path, network=StandInGenerator())
+
+
+def test_config_the_generator_does_not_take_is_rejected(tmp_path: Path, stand_in_network_module):
+    path = tmp_path / "generator.pt"
+    torch.save({"generator": channel_mean_state(), "config": {"width": 48}}, path)
+    with pytest.raises(CheckpointError, match="config does not fit DCIFGenerator"):
+        ModelFuser(checkpoint=path)
+
+
+def test_unreadable_checkpoint_is_rejected(tmp_path: Path):
+    path = tmp_path / "generator.pt"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}"):
+        ModelFuser(checkpoint=path, network=StandInGenerator())
