@@ -1,0 +1,30 @@
+"""Atomic file replacement: readers see the old file or the complete new one, never a torn write.
+
+Writers (pydicom, nibabel, json) write to a temporary sibling of the target; the sibling is moved
+onto the target with ``os.replace`` only when the writing block finished without an exception.
+Being in the same folder keeps the move on one file system, where it is atomic. The temporary
+name keeps the target's full name as its *suffix*, so writers that choose a format from the
+extension (nibabel's ``.nii.gz``) still see the right one. No fsync: this protects concurrent
+readers and interrupted runs, not against power loss.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
+    target = Path(path)
+    temporary = target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
