@@ -1,0 +1,304 @@
+"""Find PET/CT studies in an arbitrary folder tree and pick the PET/CT series pair of each.
+
+Only headers are read (pixel data is skipped): about 2 ms a file, so thousands take seconds. Files
+that cannot be read are recorded as problems rather than aborting the scan: a single broken file in
+an archive must not hide every other study. Nothing here holds or prints patient identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from pipeline.errors import InputError
+
+# The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
+DISCOVERY_TAGS = (
+    "Modality",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "CorrectedImage",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+)
+PAIRED_MODALITIES = ("CT", "PT")
+_NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non[ _-]?corrected")
+
+
+def one_line(text: object) -> str:
+    """Collapse a (library) message to one line, since project errors must be one line."""
+    return " ".join(str(text).split())
+
+
+def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str, ...] | None = None) -> Dataset:
+    """Read a DICOM file (by default its header only), turning every failure into a one-line InputError."""
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        tags = list(specific_tags) if specific_tags else None
+        return pydicom.dcmread(path, stop_before_pixels=header_only, specific_tags=tags, force=False)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except InvalidDicomError:
+        raise InputError(f"{path}: not a DICOM file (no DICM preamble/file meta)") from None
+    except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
+        raise InputError(f"{path}: unreadable DICOM file ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def study_key(study_uid: str) -> str:
+    """Short, stable, non-identifying name for a study (safe for folder names and logs)."""
+    return hashlib.sha256(study_uid.encode()).hexdigest()[:12]
+
+
+def slice_normal(orientation: object) -> np.ndarray:
+    """Unit normal of a slice from ImageOrientationPatient (row direction x column direction)."""
+    iop = np.asarray(orientation, dtype=float)
+    return np.cross(iop[:3], iop[3:])
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file that could not be used, with a one-line reason."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One image series found on disk: its identity, geometry summary and slice files in position order."""
+
+    series_uid: str
+    study_uid: str = field(repr=False)
+    modality: str
+    frame_of_reference_uid: str = field(repr=False)
+    description: str
+    corrected_image: tuple[str, ...] = field(repr=False)
+    normal: tuple[float, float, float] = field(repr=False)
+    positions: tuple[float, ...] = field(repr=False)
+    files: tuple[Path, ...] = field(repr=False)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+    @property
+    def folder(self) -> Path:
+        """Deepest folder holding all of the series' files (names the series in messages)."""
+        return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+    @property
+    def is_attenuation_corrected(self) -> bool:
+        """CorrectedImage decides when present; otherwise the description must not say NAC/uncorrected."""
+        if self.corrected_image:
+            return "ATTN" in self.corrected_image
+        return not _NON_ATTENUATION_CORRECTED.search(self.description.lower())
+
+    def overlap_mm(self, other: SeriesInfo) -> float:
+        """Length of the overlap of the two series' slice ranges, measured along this series' normal."""
+        lo, hi = min(self.positions), max(self.positions)
+        other_lo, other_hi = other.span_along(self.normal)
+        return max(0.0, min(hi, other_hi) - max(lo, other_lo))
+
+    def span_along(self, normal: tuple[float, float, float]) -> tuple[float, float]:
+        """Range of this series' slice origins projected onto another normal."""
+        scale = float(np.dot(self.normal, normal))  # positions lie along this series' normal
+        ends = (self.positions[0] * scale, self.positions[-1] * scale)
+        return min(ends), max(ends)
+
+
+@dataclass(frozen=True)
+class StudyPair:
+    """The CT and PET series chosen to be fused for one study."""
+
+    study_uid: str = field(repr=False)
+    ct: SeriesInfo
+    pet: SeriesInfo
+
+    @property
+    def study_key(self) -> str:
+        return study_key(self.study_uid)
+
+    def __str__(self) -> str:
+        return (f"study {self.study_key}: CT {self.ct.n_slices} slices in {self.ct.folder}, "
+                f"PET {self.pet.n_slices} slices in {self.pet.folder}")
+
+
+@dataclass(frozen=True)
+class StudyFailure:
+    """A study that cannot be fused, with a one-line reason naming where it lies."""
+
+    location: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """What a scan found: fusable pairs, studies that failed, and files that could not be read."""
+
+    pairs: list[StudyPair]
+    failures: list[StudyFailure]
+    problems: list[FileProblem]
+
+
+@dataclass(frozen=True)
+class NiftiPair:
+    """A CT/PET pair given as NIfTI files (already RAS-oriented volumes, no DICOM headers)."""
+
+    ct: Path
+    pet: Path
+
+    @property
+    def study_key(self) -> str:
+        return study_key(str(self.ct.resolve()))
+
+
+_NIFTI_NAMES = (("ct.nii.gz", "pet.nii.gz"), ("CT_image.nii.gz", "PET_image.nii.gz"),
+                ("ct.nii", "pet.nii"), ("CT_image.nii", "PET_image.nii"))
+
+
+def find_nifti_pair(folder: str | os.PathLike[str]) -> NiftiPair | None:
+    """Recognise a folder holding ``ct.nii.gz``/``pet.nii.gz`` (or ``CT_image``/``PET_image``) files."""
+    folder = Path(folder)
+    for ct_name, pet_name in _NIFTI_NAMES:
+        if (folder / ct_name).is_file() and (folder / pet_name).is_file():
+            return NiftiPair(ct=folder / ct_name, pet=folder / pet_name)
+    return None
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every regular file below root, in a stable order, without following symlinked folders."""
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        for name in sorted(names):
+            path = Path(folder, name)
+            if path.is_file():
+                yield path
+
+
+@dataclass
+class _SeriesFiles:
+    """Slice headers of one series collected during a scan, before ordering."""
+
+    first: Dataset
+    slices: list[tuple[float, Path]] = field(default_factory=list)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value)
+
+
+def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[FileProblem]]:
+    """Group every image slice below root by SeriesInstanceUID; unreadable files become problems.
+
+    Non-image objects (RTSTRUCT, SEG, SR...) have no slice geometry and are skipped quietly.
+    Raises InputError when root holds no DICOM file at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: folder not found")
+    series: dict[str, _SeriesFiles] = {}
+    problems: list[FileProblem] = []
+    found_dicom = False
+    for path in _walk_files(root):
+        try:
+            ds = read_dicom(path, specific_tags=DISCOVERY_TAGS)
+        except InputError as exc:
+            problems.append(FileProblem(path, str(exc)))
+            continue
+        found_dicom = True
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            if _text(ds, "Modality") in PAIRED_MODALITIES:
+                problems.append(FileProblem(path, f"{path}: {ds.Modality} file without slice position/orientation"))
+            continue
+        if "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            problems.append(FileProblem(path, f"{path}: missing StudyInstanceUID/SeriesInstanceUID"))
+            continue
+        entry = series.setdefault(ds.SeriesInstanceUID, _SeriesFiles(first=ds))
+        position = float(slice_normal(entry.first.ImageOrientationPatient) @ np.asarray(ds.ImagePositionPatient, float))
+        entry.slices.append((position, path))
+    if not found_dicom:
+        raise InputError(f"no DICOM files found under {root}")
+    return [_series_info(uid, entry) for uid, entry in series.items()], problems
+
+
+def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
+    ds = entry.first
+    ordered = sorted(entry.slices)
+    corrected = ds.get("CorrectedImage") or ()
+    corrected = (corrected,) if isinstance(corrected, str) else tuple(str(v) for v in corrected)
+    return SeriesInfo(
+        series_uid=series_uid,
+        study_uid=str(ds.StudyInstanceUID),
+        modality=_text(ds, "Modality"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        description=_text(ds, "SeriesDescription"),
+        corrected_image=corrected,
+        normal=tuple(float(v) for v in slice_normal(ds.ImageOrientationPatient)),
+        positions=tuple(p for p, _ in ordered),
+        files=tuple(f for _, f in ordered),
+    )
+
+
+def _common_folder(series: list[SeriesInfo]) -> Path:
+    return Path(os.path.commonpath([str(s.folder) for s in series]))
+
+
+def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFailure:
+    """Choose the PET/CT pair of one study, or say in one line why there is none.
+
+    Only series sharing a FrameOfReferenceUID are co-registered. Among those, prefer
+    attenuation-corrected PET, then the CT covering most of the PET's axial range, then more CT slices.
+    """
+    cts = [s for s in series if s.modality == "CT"]
+    pets = [s for s in series if s.modality == "PT"]
+    where = _common_folder(series)
+    name = f"study {study_key(study_uid)}"
+    if not cts or not pets:
+        missing = "PET" if cts else "CT"
+        present = "CT" if cts else "PET"
+        return StudyFailure(where, f"{name} has {present} but no {missing} series")
+    candidates = [(ct, pet) for ct in cts for pet in pets
+                  if ct.frame_of_reference_uid and ct.frame_of_reference_uid == pet.frame_of_reference_uid]
+    if not candidates:
+        return StudyFailure(where, f"{name}: its PET and CT series have different FrameOfReferenceUIDs "
+                                   "(not co-registered)")
+    ct, pet = max(candidates, key=lambda c: (c[1].is_attenuation_corrected, c[1].overlap_mm(c[0]),
+                                             c[0].n_slices, c[1].n_slices, c[0].series_uid, c[1].series_uid))
+    return StudyPair(study_uid=study_uid, ct=ct, pet=pet)
+
+
+def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
+    """Scan a folder tree for PET/CT studies; see the module docstring for what is read and reported."""
+    series, problems = scan_series(root)
+    by_study: dict[str, list[SeriesInfo]] = defaultdict(list)
+    for info in series:
+        if info.modality in PAIRED_MODALITIES:
+            by_study[info.study_uid].append(info)
+    pairs: list[StudyPair] = []
+    failures: list[StudyFailure] = []
+    for study_uid in sorted(by_study, key=study_key):
+        outcome = pick_pair(study_uid, by_study[study_uid])
+        (pairs if isinstance(outcome, StudyPair) else failures).append(outcome)
+    return DiscoveryResult(pairs=pairs, failures=failures, problems=problems)

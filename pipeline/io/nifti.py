@@ -1,0 +1,73 @@
+"""Load a NIfTI volume as a channel-first RAS ``MetaTensor``, interchangeable with DICOM-loaded ones.
+
+NIfTI carries no modality or PET units, so the caller states the modality; the affine is nibabel's
+(sform, else qform), which is already RAS like the DICOM loader's output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_write
+from pipeline.io.discovery import one_line
+
+
+def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
+    """Read a 3-D NIfTI file into a float32 ``(1, X, Y, Z)`` MetaTensor with ``meta["modality"]`` set."""
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as exc:  # nibabel signals corrupt or foreign files with many exception types
+        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {one_line(exc)})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    affine = np.asarray(image.affine, dtype=float)
+    meta = {
+        "modality": modality,
+        "filename_or_obj": str(path),
+        "original_affine": affine,
+        "spatial_shape": np.array(data.shape),
+        "space": "RAS",
+        "original_channel_dim": float("nan"),
+    }
+    # NIfTI data arrive Fortran-ordered; make them C-contiguous like every other volume in the pipeline.
+    volume = torch.from_numpy(np.ascontiguousarray(data[None]))
+    return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+
+
+# NIfTI xform code "scanner anatomical": the affine is the scanner's patient space.
+SCANNER_XFORM = 1
+
+
+def save_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray,
+               slope_inter: tuple[float, float] | None = None) -> Path:
+    """Write a 3-D array with its RAS affine atomically (a crash leaves the old file or none)."""
+    path = Path(path)
+    image = nib.Nifti1Image(array, np.asarray(affine, dtype=float))
+    image.set_qform(image.affine, code=SCANNER_XFORM)
+    image.set_sform(image.affine, code=SCANNER_XFORM)
+    image.header.set_xyzt_units("mm")
+    if slope_inter is not None:
+        image.header.set_slope_inter(*slope_inter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        nib.save(image, temporary)
+    return path
+
+
+def save_volume(path: str | os.PathLike[str], volume: MetaTensor) -> Path:
+    """Write a ``(1, X, Y, Z)`` MetaTensor (its own RAS affine) as float32 NIfTI."""
+    array = volume.detach().cpu().numpy()[0].astype(np.float32, copy=False)
+    return save_nifti(path, array, np.asarray(volume.affine, dtype=float))

@@ -1,0 +1,50 @@
+"""Load the CT and PET volumes of one study, whatever form it was given in.
+
+A study arrives as a discovered :class:`StudyPair`, a :class:`NiftiPair`, or a mapping of modality key
+to a DICOM folder/file list or a NIfTI file; this module is the one place that dispatches among them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from monai.data import MetaTensor
+
+from pipeline.errors import InputError
+from pipeline.io.dicom import load_series
+from pipeline.io.discovery import NiftiPair, SeriesInfo, StudyPair
+from pipeline.io.nifti import load_nifti
+
+VolumeSource = SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+StudySource = StudyPair | NiftiPair | Mapping[str, VolumeSource]
+# Dictionary key of each volume and the DICOM modality it holds (NIfTI files do not say).
+STUDY_MODALITIES = {"ct": "CT", "pet": "PT"}
+
+
+def _is_nifti(source: VolumeSource) -> bool:
+    return isinstance(source, (str, os.PathLike)) and Path(source).name.endswith((".nii", ".nii.gz"))
+
+
+def load_volume(source: VolumeSource, modality: str) -> MetaTensor:
+    """Load a NIfTI file (tagged with ``modality``) or a DICOM series (whose header names its modality)."""
+    return load_nifti(source, modality) if _is_nifti(source) else load_series(source)
+
+
+def study_sources(study: StudySource) -> dict[str, VolumeSource]:
+    """The ``{"ct": ..., "pet": ...}`` sources of a study, plus its ``study_key`` when known."""
+    if isinstance(study, (StudyPair, NiftiPair)):
+        return {"ct": study.ct, "pet": study.pet, "study_key": study.study_key}
+    return dict(study)
+
+
+def load_study(study: StudySource) -> dict[str, object]:
+    """Load both volumes of a study under ``"ct"`` and ``"pet"``; other entries pass through."""
+    data = study_sources(study)
+    missing = [key for key in STUDY_MODALITIES if key not in data]
+    if missing:
+        raise InputError(f"study description has no {missing[0]!r} entry (keys: {sorted(data)})")
+    for key, modality in STUDY_MODALITIES.items():
+        data[key] = load_volume(data[key], modality)
+    return data

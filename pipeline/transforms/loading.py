@@ -1,0 +1,39 @@
+"""Loading as the first step of a MONAI transform chain, so a bundle config can start from a study."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from pipeline.io.study import STUDY_MODALITIES, StudySource, load_study, load_volume, study_sources
+
+
+class LoadStudy(Transform):
+    """A study (StudyPair, NiftiPair or ``{"ct": src, "pet": src}``) -> ``{"ct": volume, "pet": volume, ...}``."""
+
+    def __call__(self, study: StudySource) -> dict[str, object]:
+        return load_study(study)
+
+
+class LoadStudyd(MapTransform):
+    """Replace the sources under ``keys`` by loaded volumes; a StudyPair/NiftiPair is accepted as the data.
+
+    ``modalities`` maps each key to the modality a NIfTI file holds (DICOM headers name their own);
+    the defaults cover ``"ct"`` and ``"pet"``.
+    """
+
+    def __init__(self, keys: KeysCollection = ("ct", "pet"), modalities: Mapping[str, str] | None = None,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.modalities = {**STUDY_MODALITIES, **(modalities or {})}
+        unknown = [k for k in self.keys if k not in self.modalities]
+        if unknown:
+            raise ValueError(f"no modality given for keys {unknown}; pass modalities={{key: 'CT' or 'PT'}}")
+
+    def __call__(self, data: StudySource) -> dict[Hashable, object]:
+        d = study_sources(data)
+        for key in self.key_iterator(d):
+            d[key] = load_volume(d[key], self.modalities[key])
+        return d

@@ -1,0 +1,122 @@
+"""Resample one volume onto another's voxel grid in physical (world) space.
+
+SimpleITK's ResampleImageFilter is used instead of MONAI's ``ResampleToMatch`` because the latter builds
+a dense coordinate grid (4 float values per output voxel: over 1 GB for a 512x512x300 CT). SimpleITK
+works in LPS, MONAI affines are RAS; both conversions happen here and nowhere else.
+
+SimpleITK arrays are indexed (z, y, x). Rather than transposing our C-ordered ``(X, Y, Z)`` arrays
+(a full strided copy each way), the SimpleITK images are given our axes in reverse order: its "x" axis
+is our Z. The physical geometry is unchanged, and arrays pass in and out in their memory order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from pipeline.errors import InputError
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_SLAB_VOXELS = 8 * 1024**2  # output voxels resampled per SimpleITK call (32 MB of float32)
+INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "nearest": sitk.sitkNearestNeighbor,
+    "bspline": sitk.sitkBSpline,
+    "lanczos": sitk.sitkLanczosWindowedSinc,
+}
+
+
+def _name(img: MetaTensor) -> str:
+    return str(img.meta.get("filename_or_obj", "volume"))
+
+
+def sitk_geometry(img: MetaTensor) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(origin, spacing, direction) in LPS of a RAS MetaTensor, axes reversed; rejects sheared affines."""
+    affine = RAS_TO_LPS @ np.asarray(img.affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputError(f"{_name(img)}: voxel axes are not orthogonal (sheared affine), cannot resample")
+    return tuple(affine[:3, 3]), tuple(spacing[::-1]), tuple(direction[:, ::-1].ravel())
+
+
+def to_sitk(img: MetaTensor) -> sitk.Image:
+    """A single-channel ``(1, X, Y, Z)`` MetaTensor as a float32 SimpleITK image (axes reversed, LPS)."""
+    origin, spacing, direction = sitk_geometry(img)
+    image = sitk.GetImageFromArray(img.detach().cpu().numpy()[0].astype(np.float32, copy=False))
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def check_same_frame(img: MetaTensor, reference: MetaTensor) -> None:
+    """Refuse to combine volumes whose FrameOfReferenceUIDs are both known and differ."""
+    frame, reference_frame = img.meta.get("FrameOfReferenceUID"), reference.meta.get("FrameOfReferenceUID")
+    if frame and reference_frame and frame != reference_frame:
+        raise InputError(f"{_name(img)}: FrameOfReferenceUID differs from that of {_name(reference)} "
+                         "(not co-registered)")
+
+
+class ResampleToReference(Transform):
+    """Resample ``img`` onto ``reference``'s grid; the output has the reference's affine and shape.
+
+    ``mode``: one of :data:`INTERPOLATORS`; ``default_value`` fills voxels outside ``img``.
+    """
+
+    def __init__(self, mode: str = "linear", default_value: float = 0.0):
+        if mode not in INTERPOLATORS:
+            raise ValueError(f"unknown interpolation mode {mode!r}; choose from {sorted(INTERPOLATORS)}")
+        self.mode = mode
+        self.default_value = default_value
+
+    def __call__(self, img: MetaTensor, reference: MetaTensor) -> MetaTensor:
+        check_same_frame(img, reference)
+        moving = to_sitk(img)
+        origin, spacing, direction = sitk_geometry(reference)
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetOutputSpacing(spacing)
+        resampler.SetOutputDirection(direction)
+        resampler.SetInterpolator(INTERPOLATORS[self.mode])
+        resampler.SetDefaultPixelValue(self.default_value)
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+        out = torch.empty((1, *reference.shape[1:]), dtype=torch.float32)
+        # Slabs of the reference's first axis (SimpleITK's slowest): each lands as one contiguous block,
+        # so the full output never exists twice (SimpleITK's buffer plus ours).
+        n_x, n_y, n_z = out.shape[1:]
+        x_step = np.asarray(direction).reshape(3, 3)[:, 2] * spacing[2]
+        slab = max(1, _SLAB_VOXELS // (n_y * n_z))
+        for start in range(0, n_x, slab):
+            stop = min(start + slab, n_x)
+            resampler.SetSize([n_z, n_y, stop - start])
+            resampler.SetOutputOrigin(tuple(np.asarray(origin) + start * x_step))
+            part = resampler.Execute(moving)
+            out.numpy()[0, start:stop] = sitk.GetArrayViewFromImage(part)
+        meta = {**img.meta, "affine": reference.affine.clone(), "spatial_shape": np.array(out.shape[1:]),
+                "resampled_to": str(reference.meta.get("filename_or_obj", ""))}
+        return MetaTensor(out, meta=meta)
+
+
+class ResampleToReferenced(MapTransform):
+    """Dictionary twin of :class:`ResampleToReference`: ``keys`` are resampled onto ``data[ref_key]``.
+
+    Default is PET onto the CT grid; ``ResampleToReferenced(keys="ct", ref_key="pet")`` goes the other way.
+    """
+
+    def __init__(self, keys: KeysCollection = "pet", ref_key: str = "ct", mode: str = "linear",
+                 default_value: float = 0.0, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+        self.resampler = ResampleToReference(mode, default_value)
+
+    def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, MetaTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resampler(d[key], d[self.ref_key])
+        return d

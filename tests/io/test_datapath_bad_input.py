@@ -1,0 +1,172 @@
+"""Bad input: every case gives a one-line InputError naming the file, and discovery survives them all."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.io.dicom import load_series
+from pipeline.io.discovery import discover_studies
+from pipeline.transforms.suv import PETToSUV
+
+
+def _raises_one_line(call, *fragments: str) -> str:
+    """Run ``call``; it must raise our InputError whose single-line message contains every fragment."""
+    with pytest.raises(InputError) as info:
+        call()
+    message = str(info.value)
+    assert type(info.value) is InputError
+    assert "\n" not in message
+    assert info.value.__cause__ is None  # no chained library traceback
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def _truncate(path: Path, keep: int) -> Path:
+    """Keep the first ``keep`` bytes (negative: drop that many from the end)."""
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+def test_empty_file(tmp_path: Path):
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    _raises_one_line(lambda: load_series(empty), str(empty), "empty file")
+
+
+def test_not_dicom(tmp_path: Path):
+    text = tmp_path / "notes.dcm"
+    text.write_text("hello")
+    _raises_one_line(lambda: load_series(text), str(text), "not a DICOM file")
+
+
+def test_truncated_pixel_data(dicom_factory):
+    path = dicom_factory.series("ct", modality="CT") / "z002.dcm"
+    _truncate(path, -20)
+    _raises_one_line(lambda: load_series(sorted(path.parent.iterdir())), str(path), "pixel data")
+
+
+def test_truncated_header(dicom_factory):
+    path = dicom_factory.series("ct", modality="CT") / "z002.dcm"
+    _truncate(path, 400)
+    message = _raises_one_line(lambda: load_series(path), str(path))
+    assert "missing" in message or "unreadable" in message
+
+
+def test_rtstruct_is_not_an_image(dicom_factory):
+    path = dicom_factory.rtstruct("rt/RS.dcm")
+    _raises_one_line(lambda: load_series(path), str(path), "not an image slice", "RTSTRUCT")
+
+
+def test_slice_without_pixel_data(dicom_factory):
+    path = dicom_factory.series("ct", modality="CT") / "z003.dcm"
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    _raises_one_line(lambda: load_series(path.parent), str(path), "no pixel data")
+
+
+def test_undecodable_pixel_data(dicom_factory):
+    def lie_about_bits(ds, k):
+        if k == 1:
+            ds.BitsAllocated = 32  # the 16-bit payload is now half the expected length
+
+    folder = dicom_factory.series("ct", modality="CT", header=lie_about_bits)
+    _raises_one_line(lambda: load_series(folder), "z003.dcm", "pixel data")
+
+
+def test_duplicate_slice_positions(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT", positions=[0.0, 3.0, 3.0, 6.0])
+    _raises_one_line(lambda: load_series(folder), "duplicate slice position 33.000 mm", str(folder))
+
+
+def test_mixed_orientations(dicom_factory):
+    def tilt(ds, k):
+        if k == 2:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0.995037, 0.0995037]
+
+    folder = dicom_factory.series("ct", modality="CT", header=tilt)
+    _raises_one_line(lambda: load_series(folder), "mixed orientations", str(folder))
+
+
+def test_tilted_stack(dicom_factory):
+    def shear(ds, k):
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [position[0], position[1] + 0.5 * k, position[2]]
+
+    folder = dicom_factory.series("ct", modality="CT", header=shear)
+    _raises_one_line(lambda: load_series(folder), "gantry tilt", "0.50 mm off the stack")
+
+
+def test_mixed_matrix_sizes(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT")
+    dicom_factory.series("small", np.zeros((3, 3, 1)), modality="CT", positions=[20.0])
+    odd = dicom_factory.root / "small" / "z001.dcm"
+    ds = pydicom.dcmread(odd)
+    ds.SeriesInstanceUID = pydicom.dcmread(folder / "z001.dcm").SeriesInstanceUID
+    ds.save_as(odd)
+    _raises_one_line(lambda: load_series([*folder.iterdir(), odd]), "mixed Rows/Columns")
+
+
+def test_mixed_series(dicom_factory):
+    a = dicom_factory.series("a", modality="CT")
+    b = dicom_factory.series("b", modality="CT", positions=[30.0, 33.0, 36.0, 39.0])
+    _raises_one_line(lambda: load_series([*a.iterdir(), *b.iterdir()]), "mixed series")
+
+
+def test_folder_with_two_series(dicom_factory):
+    dicom_factory.series("both/a", modality="CT")
+    dicom_factory.series("both/b", modality="PT")
+    folder = dicom_factory.root / "both"
+    _raises_one_line(lambda: load_series(folder), str(folder), "found 2")
+
+
+def test_multiframe_is_refused(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT", header=lambda ds, k: setattr(ds, "NumberOfFrames", 4))
+    _raises_one_line(lambda: load_series(folder), "multi-frame")
+
+
+def test_folder_without_dicom(tmp_path: Path):
+    (tmp_path / "a.txt").write_text("x")
+    _raises_one_line(lambda: load_series(tmp_path), f"no DICOM files found under {tmp_path}")
+    _raises_one_line(lambda: discover_studies(tmp_path), f"no DICOM files found under {tmp_path}")
+
+
+def test_pet_without_radiopharmaceutical_headers(dicom_factory):
+    def strip(ds, k):
+        del ds.RadiopharmaceuticalInformationSequence
+
+    pet = load_series(dicom_factory.series("pet", modality="PT", header=strip))  # loading is fine...
+    folder = str(dicom_factory.root / "pet")
+    _raises_one_line(lambda: PETToSUV()(pet), folder, "RadionuclideTotalDose")  # ...SUV is not
+    by_hand = PETToSUV(dose_bq=dicom_factory.pet_dose_bq)  # a dose given by hand still needs its time
+    _raises_one_line(lambda: by_hand(pet), folder, "RadiopharmaceuticalStartTime")
+
+
+def test_discovery_survives_every_bad_file(dicom_factory):
+    good = dicom_factory.series("study/ct", modality="CT")
+    dicom_factory.series("study/pet", modality="PT")
+    bad = dicom_factory.root / "study" / "bad"
+    bad.mkdir()
+    (bad / "empty.dcm").write_bytes(b"")
+    (bad / "text.dcm").write_text("hello")
+    shutil.copy(good / "z001.dcm", bad / "cut_header.dcm")
+    _truncate(bad / "cut_header.dcm", 300)
+    shutil.copy(good / "z002.dcm", bad / "cut_pixels.dcm")
+    _truncate(bad / "cut_pixels.dcm", -10)
+    dicom_factory.rtstruct("study/bad/RS.dcm")
+    dicom_factory.series("lonely_ct", modality="CT", study_uid=pydicom.uid.generate_uid())
+
+    result = discover_studies(dicom_factory.root)
+
+    problems = {p.path.name for p in result.problems}
+    assert {"empty.dcm", "text.dcm"} <= problems
+    assert all("\n" not in p.reason for p in result.problems)
+    assert len(result.failures) == 1 and "no PET" in result.failures[0].reason
+    assert len(result.pairs) == 1

@@ -1,0 +1,116 @@
+"""DICOM series loading: ordering, rescale, geometry (matching MONAI's reader), meta and spacing checks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import LoadImage
+
+from pipeline.io.dicom import load_series
+from pipeline.io.discovery import discover_studies
+
+
+def test_ct_values_and_order(dicom_factory):
+    values = dicom_factory.ramp(base=-500.0)
+    volume = load_series(dicom_factory.series("ct", values, modality="CT"))
+    assert volume.shape == (1, 6, 5, 4) and volume.dtype == torch.float32
+    np.testing.assert_array_equal(volume[0].numpy(), values)
+
+
+def test_pet_per_slice_slope(dicom_factory):
+    values = dicom_factory.ramp(base=1000.0) * np.array([1.0, 3.0, 0.5, 7.0])  # a different slope per slice
+    files = sorted(dicom_factory.series("pet", values, modality="PT").iterdir())
+    volume = load_series(files)
+    np.testing.assert_allclose(volume[0].numpy(), values, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
+def test_affine_and_data_match_monai_reader(dicom_factory):
+    def in_order(ds, k):  # PydicomReader sorts by InstanceNumber, so give it a consistent one
+        ds.InstanceNumber = k + 1
+
+    folder = dicom_factory.series("ct", modality="CT", origin=(12.0, -7.5, 40.0), spacing=(0.8, 1.1, 2.5),
+                                  header=in_order)
+    ours = load_series(folder)
+    monai = LoadImage(reader="PydicomReader", ensure_channel_first=True, image_only=True)(folder)
+    np.testing.assert_allclose(ours.affine.numpy(), monai.affine.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours.numpy(), monai.numpy())
+
+
+def test_affine_places_voxels_in_ras(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT", origin=(12.0, -7.5, 40.0), spacing=(0.8, 1.1, 2.5))
+    affine = load_series(folder).affine.numpy()
+    # voxel (i, j, k) lies at LPS origin + (0.8 i, 1.1 j, 2.5 k); RAS negates x and y
+    expected_lps = np.array([12.0 + 0.8 * 5, -7.5 + 1.1 * 4, 40.0 + 2.5 * 3])
+    world = affine @ np.array([5, 4, 3, 1.0])
+    np.testing.assert_allclose(world[:3], expected_lps * [-1, -1, 1], atol=1e-4)
+
+
+def test_orders_by_normal_for_coronal_slices(dicom_factory):
+    values = dicom_factory.ramp()
+    coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # rows run feet-ward, normal points anterior->posterior (+y LPS)
+    folder = dicom_factory.series("cor", values, modality="CT", orientation=coronal, positions=[0, 3, 6, 9])
+    volume = load_series(folder)
+    np.testing.assert_array_equal(volume[0].numpy(), values)
+    np.testing.assert_allclose(volume.affine.numpy()[:3, 2], [0.0, -3.0, 0.0], atol=1e-6)  # +y LPS = -y RAS
+    np.testing.assert_allclose(volume.affine.numpy()[:3, 1], [0.0, 0.0, -1.5], atol=1e-6)
+
+
+def test_meta_has_suv_fields_and_no_identifiers(dicom_factory):
+    dicom_factory.series("ct", modality="CT")
+    dicom_factory.series("pet", modality="PT")
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    pet = load_series(pair.pet)
+    meta = pet.meta
+    assert meta["modality"] == "PT" and meta["Units"] == "BQML" and meta["DecayCorrection"] == "START"
+    assert meta["PatientWeight"] == dicom_factory.pet_weight_kg
+    assert meta["RadionuclideTotalDose"] == dicom_factory.pet_dose_bq
+    assert (meta["RadionuclideHalfLife"], meta["RadiopharmaceuticalStartTime"]) == (6586.2, "090000")
+    assert (meta["SeriesTime"], meta["AcquisitionTime"]) == ("100000", "100000")
+    assert meta["FrameOfReferenceUID"] == dicom_factory.frame_uid
+    assert meta["filename_or_obj"] == str(dicom_factory.root / "pet")
+    flat = repr(dict(meta))
+    for identifier in dicom_factory.identifiers:
+        assert identifier not in flat
+
+
+def test_earliest_acquisition_time(dicom_factory):
+    def stagger(ds, k):
+        ds.AcquisitionTime = f"10{3 - k:02d}00"
+
+    meta = load_series(dicom_factory.series("pet", modality="PT", header=stagger)).meta
+    assert meta["AcquisitionTime"] == "100000"
+
+
+def test_regular_spacing_report(dicom_factory):
+    report = load_series(dicom_factory.series("ct", modality="CT")).meta["spacing_report"]
+    assert report == {"n_slices": 4, "step_mm": pytest.approx(3.0), "min_step_mm": pytest.approx(3.0),
+                      "max_step_mm": pytest.approx(3.0), "n_gaps": 0, "uneven": False}
+
+
+def test_gap_is_reported_and_warned(dicom_factory, caplog):
+    folder = dicom_factory.series("ct", dicom_factory.ramp((6, 5, 5)), modality="CT", positions=[0, 3, 6, 12, 15])
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.dicom"):
+        volume = load_series(folder)
+    report = volume.meta["spacing_report"]
+    assert report["uneven"] and report["n_gaps"] == 1 and report["max_step_mm"] == pytest.approx(6.0)
+    assert report["step_mm"] == pytest.approx(15.0 / 4)
+    assert "uneven slice spacing" in caplog.text and "gaps after z003.dcm" in caplog.text
+
+
+def test_uneven_without_gap(dicom_factory, caplog):
+    folder = dicom_factory.series("ct", modality="CT", positions=[0, 3, 6.4, 9])
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.dicom"):
+        report = load_series(folder).meta["spacing_report"]
+    assert report["uneven"] and report["n_gaps"] == 0
+    assert "uneven slice spacing" in caplog.text
+
+
+def test_single_file_is_a_one_slice_series(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT")
+    volume = load_series(folder / "z001.dcm")
+    assert volume.shape == (1, 6, 5, 1)
+    assert volume.affine[2, 2] == pytest.approx(3.0)  # SliceThickness stands in for the step

@@ -1,0 +1,150 @@
+"""Discovery: grouping, pair choice, failures and problems on small synthetic trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from pipeline.errors import InputError
+from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, study_key
+
+
+def _pet_ct_study(factory, folder: str = "study", study_uid: str | None = None, frame_uid: str | None = None) -> None:
+    study_uid = study_uid or factory.study_uid
+    factory.series(f"{folder}/deep/ct", modality="CT", study_uid=study_uid, frame_uid=frame_uid or factory.frame_uid)
+    factory.series(f"{folder}/pet", modality="PT", study_uid=study_uid, frame_uid=frame_uid or factory.frame_uid)
+
+
+def test_finds_pair_in_messy_tree(dicom_factory):
+    _pet_ct_study(dicom_factory)
+    root = dicom_factory.root
+    (root / "study" / "notes.txt").write_text("not dicom")
+    (root / "study" / "empty.dcm").write_bytes(b"")
+    dicom_factory.rtstruct("study/rt/RS.dcm")
+
+    result = discover_studies(root)
+
+    assert len(result.pairs) == 1 and not result.failures
+    pair = result.pairs[0]
+    assert (pair.ct.modality, pair.pet.modality) == ("CT", "PT")
+    assert pair.ct.folder == root / "study" / "deep" / "ct"
+    assert pair.study_key == study_key(dicom_factory.study_uid)
+    # files come sorted by position along the normal although their names sort the other way
+    assert list(pair.ct.positions) == sorted(pair.ct.positions)
+    assert [f.name for f in pair.ct.files] == ["z004.dcm", "z003.dcm", "z002.dcm", "z001.dcm"]
+    problems = {p.path.name: p.reason for p in result.problems}
+    assert set(problems) == {"notes.txt", "empty.dcm"}  # the RTSTRUCT is ignored quietly
+    assert "empty file" in problems["empty.dcm"] and "not a DICOM file" in problems["notes.txt"]
+
+
+def test_reports_study_without_pet(dicom_factory):
+    dicom_factory.series("lonely/ct", modality="CT")
+    result = discover_studies(dicom_factory.root)
+    assert not result.pairs
+    (failure,) = result.failures
+    assert failure.location == dicom_factory.root / "lonely" / "ct"
+    assert "has CT but no PET" in str(failure) and str(failure.location) in str(failure)
+
+
+def test_reports_study_without_ct(dicom_factory):
+    dicom_factory.series("lonely/pet", modality="PT")
+    (failure,) = discover_studies(dicom_factory.root).failures
+    assert "has PET but no CT" in failure.reason
+
+
+def test_reports_different_frames_of_reference(dicom_factory):
+    dicom_factory.series("s/ct", modality="CT", frame_uid=generate_uid())
+    dicom_factory.series("s/pet", modality="PT", frame_uid=generate_uid())
+    result = discover_studies(dicom_factory.root)
+    assert not result.pairs
+    assert "different FrameOfReferenceUIDs" in result.failures[0].reason
+
+
+def test_separates_studies(dicom_factory):
+    _pet_ct_study(dicom_factory, "a", study_uid=generate_uid(), frame_uid=generate_uid())
+    _pet_ct_study(dicom_factory, "b", study_uid=generate_uid(), frame_uid=generate_uid())
+    dicom_factory.series("c/ct", modality="CT", study_uid=generate_uid())
+    result = discover_studies(dicom_factory.root)
+    assert len(result.pairs) == 2 and len(result.failures) == 1
+    assert {p.ct.folder.parent.parent.name for p in result.pairs} == {"a", "b"}
+
+
+def test_prefers_attenuation_corrected_pet(dicom_factory):
+    dicom_factory.series("s/ct", modality="CT")
+    no_attn = lambda ds, k: setattr(ds, "CorrectedImage", ["DECY"])  # noqa: E731
+    dicom_factory.series("s/pet_nac", modality="PT", header=no_attn, description="PET NAC")
+    dicom_factory.series("s/pet_ac", modality="PT", description="PET AC")
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.pet.folder.name == "pet_ac" and pair.pet.is_attenuation_corrected
+
+
+def test_description_decides_without_corrected_image(dicom_factory):
+    drop = lambda ds, k: delattr(ds, "CorrectedImage")  # noqa: E731
+    dicom_factory.series("s/ct", modality="CT")
+    dicom_factory.series("s/pet_a", modality="PT", header=drop, description="WB_NAC")
+    dicom_factory.series("s/pet_b", modality="PT", header=drop, description="WB 3D MAC")
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.pet.folder.name == "pet_b"
+
+
+def test_prefers_ct_covering_the_pet(dicom_factory):
+    dicom_factory.series("s/pet", modality="PT")  # slices 0..9 mm
+    far = dicom_factory.ramp((6, 5, 8))
+    dicom_factory.series("s/ct_far", far, modality="CT", positions=[200.0 + 3 * k for k in range(8)])
+    dicom_factory.series("s/ct_near", modality="CT")
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.ct.folder.name == "ct_near"  # the far CT has more slices but no overlap
+
+
+def test_prefers_more_ct_slices_at_equal_coverage(dicom_factory):
+    dicom_factory.series("s/pet", modality="PT")
+    dicom_factory.series("s/ct_thick", modality="CT")
+    dicom_factory.series("s/ct_thin", dicom_factory.ramp((6, 5, 7)), modality="CT", spacing=(2.0, 1.5, 1.5))
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.ct.folder.name == "ct_thin"
+
+
+def test_no_dicom_raises(tmp_path: Path):
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(InputError, match=r"^no DICOM files found under .*") as info:
+        discover_studies(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_folder_raises(tmp_path: Path):
+    with pytest.raises(InputError, match="folder not found"):
+        discover_studies(tmp_path / "absent")
+
+
+def test_no_patient_identifiers_in_reprs(dicom_factory):
+    _pet_ct_study(dicom_factory)
+    dicom_factory.series("other/ct", modality="CT", study_uid=generate_uid())
+    result = discover_studies(dicom_factory.root)
+    text = " ".join([repr(result), str(result.pairs[0]), *map(str, result.failures)])
+    for identifier in dicom_factory.identifiers:
+        assert identifier not in text
+    assert dicom_factory.study_uid not in repr(result.pairs[0])
+
+
+def test_study_key_is_short_and_stable():
+    key = study_key("1.2.3.4")
+    assert key == study_key("1.2.3.4") != study_key("1.2.3.5")
+    assert len(key) == 12 and int(key, 16) >= 0
+
+
+@pytest.mark.parametrize("names", [("ct.nii.gz", "pet.nii.gz"), ("CT_image.nii.gz", "PET_image.nii.gz")])
+def test_find_nifti_pair(tmp_path: Path, names):
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert find_nifti_pair(tmp_path) == NiftiPair(ct=tmp_path / names[0], pet=tmp_path / names[1])
+    assert find_nifti_pair(tmp_path / "nowhere") is None
+
+
+def test_overlap_is_measured_along_the_normal(dicom_factory):
+    dicom_factory.series("s/ct", dicom_factory.ramp((6, 5, 10)), modality="CT", positions=list(np.arange(10) * 2.0))
+    dicom_factory.series("s/pet", modality="PT", positions=[5.0, 8.0, 11.0, 14.0])
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.pet.overlap_mm(pair.ct) == pytest.approx(9.0)

@@ -1,0 +1,107 @@
+"""Body-weight SUV: decay handling, midnight, units, overrides and missing headers."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from pipeline.errors import InputError
+from pipeline.transforms.suv import PETToSUV, PETToSUVd, suv_factor
+
+HALF_LIFE = 6586.2
+DOSE = 3.7e8
+WEIGHT = 75.0
+
+
+def _meta(**changes) -> dict[str, object]:
+    meta = {
+        "filename_or_obj": "/data/pet", "Units": "BQML", "DecayCorrection": "START", "PatientWeight": WEIGHT,
+        "SeriesDate": "20240105", "SeriesTime": "100000", "AcquisitionDate": "20240105", "AcquisitionTime": "101500",
+        "RadionuclideTotalDose": DOSE, "RadionuclideHalfLife": HALF_LIFE, "RadiopharmaceuticalStartTime": "090000",
+    }
+    meta.update(changes)
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _expected(seconds: float, weight: float = WEIGHT, dose: float = DOSE) -> float:
+    return weight * 1000.0 / (dose * math.exp(-math.log(2.0) * seconds / HALF_LIFE))
+
+
+def test_start_decays_dose_to_series_start():
+    assert suv_factor(_meta()) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+def test_admin_uses_undecayed_dose():
+    assert suv_factor(_meta(DecayCorrection="ADMIN")) == pytest.approx(_expected(0.0), rel=1e-12)
+
+
+def test_none_decays_to_first_acquisition_and_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        factor = suv_factor(_meta(DecayCorrection="NONE"))
+    assert factor == pytest.approx(_expected(4500.0), rel=1e-12)
+    assert "not decay corrected" in caplog.text
+
+
+def test_injection_before_midnight_times_only():
+    meta = _meta(SeriesDate=None, SeriesTime="003000", RadiopharmaceuticalStartTime="233000")
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+def test_injection_before_midnight_with_datetimes():
+    meta = _meta(SeriesDate="20240106", SeriesTime="003000", RadiopharmaceuticalStartDateTime="20240105233000")
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+def test_inconsistent_deidentified_dates_fall_back_to_times():
+    # As in the shared TCIA data: the start DateTime was shifted a day later than the series date.
+    meta = _meta(RadiopharmaceuticalStartDateTime="20240106090000")
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+def test_manual_weight_and_dose_override_headers():
+    meta = _meta(PatientWeight=None, RadionuclideTotalDose=None)
+    assert suv_factor(meta, weight_kg=80.0, dose_bq=2e8) == pytest.approx(_expected(3600.0, 80.0, 2e8), rel=1e-12)
+    assert suv_factor(_meta(), weight_kg=80.0) == pytest.approx(_expected(3600.0, weight=80.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("units", ["GML", "SUVbw"])
+def test_already_suv_is_unchanged(units):
+    assert suv_factor({"Units": units}) == 1.0
+
+
+def test_units_hint_for_nifti():
+    assert suv_factor({"filename_or_obj": "pet.nii.gz"}, units="GML") == 1.0
+    with pytest.raises(InputError, match=r"pet\.nii\.gz: PET header lacks Units"):
+        suv_factor({"filename_or_obj": "pet.nii.gz"})
+
+
+def test_unsupported_units():
+    with pytest.raises(InputError, match="Units CNTS cannot be converted"):
+        suv_factor(_meta(Units="CNTS"))
+
+
+@pytest.mark.parametrize("tag", ["PatientWeight", "RadionuclideTotalDose", "RadionuclideHalfLife",
+                                 "RadiopharmaceuticalStartTime", "SeriesTime", "DecayCorrection"])
+def test_missing_header_names_tag_and_series(tag):
+    with pytest.raises(InputError) as info:
+        suv_factor(_meta(**{tag: None}))
+    assert str(info.value) == f"/data/pet: PET header lacks {tag}, needed for SUV"
+
+
+def test_transform_scales_values_and_marks_units():
+    pet = MetaTensor(torch.full((1, 2, 2, 2), 1000.0), affine=torch.eye(4), meta=_meta())
+    suv = PETToSUV()(pet)
+    assert torch.allclose(suv, torch.full_like(suv, 1000.0 * _expected(3600.0)))
+    assert suv.meta["Units"] == "SUVbw" and pet.meta["Units"] == "BQML"  # input meta untouched
+    assert torch.equal(PETToSUV()(suv), suv)  # idempotent
+
+
+def test_dictionary_twin():
+    pet = MetaTensor(torch.ones((1, 2, 2, 2)), affine=torch.eye(4), meta=_meta(Units="GML"))
+    out = PETToSUVd(keys="pet")({"pet": pet, "ct": "untouched"})
+    assert out["pet"].meta["Units"] == "SUVbw" and out["ct"] == "untouched"
+    assert torch.equal(out["pet"], pet)
