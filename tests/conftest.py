@@ -22,3 +22,22 @@ def shared_petct() -> Path:
     if not path.is_dir():
         pytest.skip(f"real PET/CT studies not found at {path} (set DCIF_SHARED_DATA)")
     return path
+
+
+TINY_PHANTOM = {"size": (64, 64, 16), "spacing": (6.0, 6.0, 8.0)}
+"""A whole thorax in few voxels: big enough for every anatomy, small enough for seconds-long tests."""
+
+
+@pytest.fixture(scope="session")
+def tiny_geometry() -> dict:
+    """Shape and spacing (mm) of the tiny phantom CT."""
+    return dict(TINY_PHANTOM)
+
+
+@pytest.fixture(scope="session")
+def tiny_datalist(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Two tiny phantom studies (seeds 0 and 1) as a datalist, made once per test session."""
+    from pipeline.data import phantom_datalist
+
+    root = tmp_path_factory.mktemp("tiny_phantoms")
+    return phantom_datalist(root, n_studies=2, **TINY_PHANTOM)

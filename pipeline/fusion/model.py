@@ -19,6 +19,7 @@ from pipeline.errors import CheckpointError
 from pipeline.fusion.registry import Fuser, available_fusers, register_fuser
 
 _NAME = "dcif_gan"
+MODEL_OUTPUTS = ("fused", "f_ct", "f_pet")
 
 
 def _read_checkpoint(path: str | Path | None) -> Mapping:
@@ -70,7 +71,8 @@ class ModelFuser(Fuser):
     ``checkpoint`` alone: build ``DCIFGenerator`` from the checkpoint's config and load its weights.
     ``network`` and ``checkpoint``: load the weights into the given module. ``network`` alone: use
     it as is (a generator already trained in this process). Neither: :class:`CheckpointError`.
-    ``device`` is where the network runs; ``None`` follows the inputs.
+    ``device`` is where the network runs; ``None`` follows the inputs. ``output`` picks the fused
+    image F (default) or one generator's pre-fused image: ``f_ct`` (G1) or ``f_pet`` (G2).
     """
 
     def __init__(
@@ -78,7 +80,10 @@ class ModelFuser(Fuser):
         checkpoint: str | Path | None = None,
         network: nn.Module | None = None,
         device: str | torch.device | None = None,
+        output: str = "fused",
     ) -> None:
+        if output not in MODEL_OUTPUTS:
+            raise ValueError(f"output must be one of {MODEL_OUTPUTS}, got {output!r}")
         if network is None or checkpoint is not None:
             saved = _read_checkpoint(checkpoint)
             state, config = (saved["generator"], saved.get("config") or {}) if "generator" in saved else (saved, {})
@@ -86,10 +91,14 @@ class ModelFuser(Fuser):
             _load_weights(network, state, checkpoint)
         self.network = network.eval()
         self.device = None if device is None else torch.device(device)
+        self.output = output
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         device = self.device or ct.device
         dtype = next((p.dtype for p in self.network.parameters()), ct.dtype)
         self.network.to(device)
+        ct, pet = (image.to(device=device, dtype=dtype) for image in (ct, pet))
         with torch.inference_mode():
-            return self.network(torch.cat([ct, pet], dim=1).to(device=device, dtype=dtype))
+            if self.output == "fused":
+                return self.network(torch.cat([ct, pet], dim=1))
+            return self.network.streams(ct, pet)[MODEL_OUTPUTS.index(self.output) - 1]

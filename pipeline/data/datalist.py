@@ -1,0 +1,106 @@
+"""Datalists: the studies a workflow runs on, whatever the user pointed at.
+
+A datalist is a list of dicts with ``ct`` and ``pet`` sources (DICOM series, folders or NIfTI
+files, as :func:`pipeline.io.study.load_study` accepts), a ``study_key`` (a hash, never a patient
+identifier) and the study's ``study_index`` in the list. Splits are by study, never by slice,
+so no slice of a validation study is seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+from pipeline.io.discovery import discover_studies, find_nifti_pair, study_key
+from pipeline.io.study import study_sources
+
+Datalist = list[dict[str, Any]]
+# Small enough for CPU training from a fresh clone, with the whole thorax in view (384 mm).
+DEFAULT_PHANTOM_SIZE = (128, 128, 32)
+DEFAULT_PHANTOM_SPACING = (3.0, 3.0, 4.0)
+
+
+def _indexed(items: Sequence[dict[str, Any]]) -> Datalist:
+    """Number the studies and give each a non-identifying key."""
+    indexed = []
+    for index, item in enumerate(items):
+        key = item.get("study_key") or study_key(f"{item['ct']}|{item['pet']}")
+        indexed.append({**item, "study_key": key, "study_index": index})
+    return indexed
+
+
+def phantom_datalist(
+    root: str | os.PathLike[str],
+    n_studies: int = 2,
+    size: Sequence[int] = DEFAULT_PHANTOM_SIZE,
+    spacing: Sequence[float] = DEFAULT_PHANTOM_SPACING,
+    first_seed: int = 0,
+) -> Datalist:
+    """Phantom studies under ``root`` (seeds ``first_seed``...), made on first use so a fresh clone runs."""
+    from pipeline.phantom import make_phantom
+
+    items = []
+    for seed in range(first_seed, first_seed + n_studies):
+        folder = Path(root) / f"seed_{seed:03d}"
+        if not (folder / "truth.json").is_file():
+            make_phantom(folder, ct_shape=tuple(size), ct_spacing=tuple(spacing), seed=seed, write_nifti=False)
+        items.append({"ct": str(folder / "dicom" / "CT"), "pet": str(folder / "dicom" / "PET")})
+    return _indexed(items)
+
+
+def _from_json(path: Path) -> list[dict[str, Any]]:
+    """``[{"ct": ..., "pet": ...}, ...]`` (or ``{"studies": [...]}``); relative paths are from the file."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable datalist ({error})") from None
+    items = content.get("studies") if isinstance(content, dict) else content
+    if not isinstance(items, list) or not all(isinstance(i, dict) and {"ct", "pet"} <= i.keys() for i in items):
+        raise InputError(f"{path}: a datalist must be a list of objects with 'ct' and 'pet' entries")
+    return [{**item, **{k: str((path.parent / item[k]).resolve()) for k in ("ct", "pet")}} for item in items]
+
+
+def _from_folder(folder: Path) -> list[dict[str, Any]]:
+    """A NIfTI pair folder, or a tree of DICOM studies (each PET/CT pair discovery finds)."""
+    pair = find_nifti_pair(folder)
+    if pair is not None:
+        return [study_sources(pair)]
+    found = discover_studies(folder)
+    if not found.pairs:
+        reasons = "; ".join(str(failure) for failure in found.failures[:3]) or "no PET/CT pair"
+        raise InputError(f"{folder}: no fusable PET/CT study found ({reasons})")
+    return [study_sources(pair) for pair in found.pairs]
+
+
+def load_datalist(source: str | os.PathLike[str] | Sequence[Any] | None, phantom_root: str | None = None) -> Datalist:
+    """Resolve a datalist from a JSON file, a folder, a list of study dicts, or ``None`` (phantom default)."""
+    if source is None:
+        if phantom_root is None:
+            raise InputError("no input given and no phantom folder to fall back on")
+        return phantom_datalist(phantom_root)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file():
+            return _indexed(_from_json(path))
+        if path.is_dir():
+            return _indexed(_from_folder(path))
+        raise InputError(f"{path}: no such file or folder")
+    return _indexed([study_sources(item) for item in source])
+
+
+def split_by_study(datalist: Datalist, val_fraction: float = 0.25, seed: int = 0) -> dict[str, Datalist]:
+    """Shuffle studies with ``seed`` and hold out ``val_fraction`` of them (at least one, if two or more)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = list(range(len(datalist)))
+    random.Random(seed).shuffle(order)
+    n_val = round(len(datalist) * val_fraction)
+    if len(datalist) >= 2 and val_fraction > 0:
+        n_val = min(max(n_val, 1), len(datalist) - 1)
+    val = sorted(order[:n_val])
+    return {"train": [datalist[i] for i in sorted(order[n_val:])], "val": [datalist[i] for i in val]}

@@ -1,0 +1,64 @@
+"""Fuse whole study volumes slice by slice, with any set of fusers, on the GPU when there is one.
+
+:class:`FusionNetwork` turns fusers into one ``nn.Module`` over the preprocessing's ``image``
+(CT windows then PET), so MONAI's ``SliceInferer`` can run it axial slice by axial slice in
+batches: the bundle's evaluator and :func:`fuse_volume` (CLI, batch, deploy) share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.inferers import SliceInferer
+from torch import nn
+
+from pipeline.fusion.registry import Fuser
+
+
+class FusionNetwork(nn.Module):
+    """``(B, W + 1, H, W')`` = W CT windows + PET  ->  ``(B, W * M, H, W')``, one channel per (window, fuser).
+
+    Channel ``w * M + m`` is window ``windows[w]`` fused by the ``m``-th fuser; :attr:`channel_names`
+    says which, as ``"<window>/<fuser name>"``.
+    """
+
+    def __init__(self, fusers: Mapping[str, Fuser], windows: Sequence[str]) -> None:
+        super().__init__()
+        if not fusers or not windows:
+            raise ValueError("FusionNetwork needs at least one fuser and one window")
+        self.fusers = dict(fusers)
+        self.windows = list(windows)
+        # Fusers that wrap a network register it, so .to(device) and .eval() reach the weights.
+        self.networks = nn.ModuleList(f.network for f in self.fusers.values() if isinstance(getattr(f, "network", None), nn.Module))
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [f"{window}/{name}" for window in self.windows for name in self.fusers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_windows = len(self.windows)
+        if x.shape[1] != n_windows + 1:
+            raise ValueError(f"expected {n_windows} CT window channels + 1 PET channel, got {x.shape[1]} channels")
+        pet = x[:, n_windows : n_windows + 1]
+        outputs = [fuser(x[:, w : w + 1], pet) for w in range(n_windows) for fuser in self.fusers.values()]
+        return torch.cat(outputs, dim=1)
+
+
+def slice_inferer(sw_batch_size: int = 8, progress: bool = False) -> SliceInferer:
+    """Whole axial slices (``roi_size`` -1 = full extent), ``sw_batch_size`` slices per forward."""
+    return SliceInferer(roi_size=(-1, -1), sw_batch_size=sw_batch_size, spatial_dim=2, progress=progress)
+
+
+def fuse_volume(
+    network: FusionNetwork,
+    image: torch.Tensor,
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 8,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Fuse a ``(W + 1, X, Y, Z)`` study image; returns ``(W * M, X, Y, Z)`` on the CPU."""
+    network = network.to(device).eval()
+    with torch.inference_mode():
+        fused = slice_inferer(sw_batch_size, progress)(image[None].to(device), network)
+    return fused[0].cpu()

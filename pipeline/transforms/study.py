@@ -1,0 +1,53 @@
+"""The whole data path of one study as one MONAI ``Compose``: every front door uses this.
+
+The bundle's inference and evaluation, the CLI, the batch job and the deploy app all build their
+network input here, so the same study gives the same fused output whichever door it came in by.
+Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ceiling in [0, 1]),
+``ct_<window>`` (each window in [0, 1]) and ``image``: the network input, one channel per CT
+window followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import Compose, ConcatItemsd
+
+from pipeline.transforms.loading import LoadStudyd
+from pipeline.transforms.resample import ResampleToReferenced
+from pipeline.transforms.suv import PETToSUVd
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX, WINDOW_PRESETS, CTWindowd, SUVScaled
+
+DEFAULT_WINDOWS = ("lung", "mediastinal")
+
+
+def window_key(window: str) -> str:
+    """Data key of the CT in ``window``."""
+    return f"ct_{window}"
+
+
+def study_preprocessing(
+    windows: Sequence[str] = DEFAULT_WINDOWS,
+    suv_max: float = DEFAULT_SUV_MAX,
+    weight_kg: float | None = None,
+    dose_bq: float | None = None,
+    resample_mode: str = "linear",
+) -> Compose:
+    """Load, SUV, PET onto the CT grid, window the CT, scale the PET, stack the network input.
+
+    ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them.
+    """
+    windows = list(windows)
+    unknown = [window for window in windows if window not in WINDOW_PRESETS]
+    if not windows or unknown:
+        raise ValueError(f"windows must be a non-empty list from {sorted(WINDOW_PRESETS)}, got {windows}")
+    return Compose(
+        [
+            LoadStudyd(keys=("ct", "pet")),
+            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq),
+            ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
+            SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
+            *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
+            ConcatItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
+        ]
+    )

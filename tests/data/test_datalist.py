@@ -1,0 +1,77 @@
+"""Datalists resolve every way a user can point at studies, and splits never share a study."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import load_datalist, phantom_datalist, slice_pairs, split_by_study
+from pipeline.errors import InputError
+
+
+def test_phantom_datalist_is_made_once_and_indexed(tiny_datalist, tmp_path):
+    assert [item["study_index"] for item in tiny_datalist] == [0, 1]
+    assert len({item["study_key"] for item in tiny_datalist}) == 2
+    root = Path(tiny_datalist[0]["ct"]).parents[2]
+    before = (root / "seed_000" / "truth.json").stat().st_mtime_ns
+    again = phantom_datalist(root, n_studies=2, size=(64, 64, 16), spacing=(6.0, 6.0, 8.0))
+    assert again == tiny_datalist
+    assert (root / "seed_000" / "truth.json").stat().st_mtime_ns == before  # reused, not re-made
+
+
+def test_json_datalist_resolves_paths_relative_to_the_file(tiny_datalist, tmp_path):
+    study = Path(tiny_datalist[0]["ct"]).parents[1]
+    shutil.copytree(study, tmp_path / "case")
+    listing = tmp_path / "datalist.json"
+    listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET"}]))
+    items = load_datalist(listing)
+    assert items[0]["ct"] == str((tmp_path / "case" / "CT").resolve())
+    assert items[0]["study_index"] == 0 and len(items[0]["study_key"]) == 12
+
+
+def test_folder_datalist_discovers_dicom_studies(tiny_datalist):
+    root = Path(tiny_datalist[0]["ct"]).parents[2]
+    items = load_datalist(root)
+    assert len(items) == 2
+    assert all(item["ct"].modality == "CT" and item["pet"].modality == "PT" for item in items)
+
+
+@pytest.mark.parametrize("content", ['{"studies": [{"ct": "a"}]}', "not json", "[1, 2]"])
+def test_bad_json_datalist_is_one_line_error(tmp_path, content):
+    listing = tmp_path / "bad.json"
+    listing.write_text(content)
+    with pytest.raises(InputError, match="bad.json") as error:
+        load_datalist(listing)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_input_is_reported(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        load_datalist(tmp_path / "absent")
+
+
+def test_split_is_by_study_deterministic_and_disjoint():
+    datalist = [{"ct": f"c{i}", "pet": f"p{i}", "study_key": f"k{i}", "study_index": i} for i in range(10)]
+    first, second = split_by_study(datalist, 0.3, seed=4), split_by_study(datalist, 0.3, seed=4)
+    assert first == second
+    train_keys = {item["study_key"] for item in first["train"]}
+    val_keys = {item["study_key"] for item in first["val"]}
+    assert len(val_keys) == 3 and not train_keys & val_keys and len(train_keys | val_keys) == 10
+    assert split_by_study(datalist[:2], 0.1)["val"], "two studies still hold one out"
+
+
+def test_slice_pairs_cover_body_slices_in_both_windows(tiny_datalist):
+    samples = slice_pairs(tiny_datalist[:1], windows=("lung", "mediastinal"), progress=False)
+    windows = {sample["window"] for sample in samples}
+    assert windows == {"lung", "mediastinal"}
+    assert len(samples) % 2 == 0 and len(samples) >= 2
+    sample = samples[0]
+    assert sample["ct"].shape == sample["pet"].shape == (1, 64, 64)
+    assert 0.0 <= float(sample["ct"].min()) and float(sample["ct"].max()) <= 1.0
+    assert 0.0 <= float(sample["pet"].min()) and float(sample["pet"].max()) <= 1.0
+    lung = next(s for s in samples if s["window"] == "lung" and s["slice_index"] == sample["slice_index"])
+    mediastinal = next(s for s in samples if s["window"] == "mediastinal" and s["slice_index"] == sample["slice_index"])
+    assert not lung["ct"].equal(mediastinal["ct"]) and lung["pet"].equal(mediastinal["pet"])
