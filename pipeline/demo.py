@@ -66,8 +66,8 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         f"data path: CT grid {tuple(ct.shape[1:])} at {', '.join(f'{s:.2f}' for s in spacing)} mm; "
         f"PET resampled onto it; SUVmax {float(pet.max()):.2f} "
         f"(designed tumour SUVmax {truth['tumour']['expected_image_suvmax']:.2f}); "
-        f"{result.timings['preprocess_s']:.1f} s",
-        f"fusion: {method} on {device}, windows {', '.join(windows)}; {result.timings['fuse_s']:.1f} s",
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.timings.items() if stage != "fuse"),
+        f"fusion: {method} on {device}, windows {', '.join(windows)}; {result.timings['fuse']:.1f} s",
         "metrics (mean over body slices):",
         *_metric_table(result, windows),
         "written:",
