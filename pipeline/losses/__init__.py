@@ -1,0 +1,7 @@
+"""Training objectives of DCIF-GAN: adversarial and content terms and their composition."""
+
+from pipeline.losses.adversarial import AdversarialLoss
+from pipeline.losses.content import ContentLoss
+from pipeline.losses.dcif import DiscriminatorLoss, GeneratorLoss
+
+__all__ = ["AdversarialLoss", "ContentLoss", "DiscriminatorLoss", "GeneratorLoss"]

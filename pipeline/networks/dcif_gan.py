@@ -1,0 +1,247 @@
+"""DCIF-GAN: coupled generators and coupled discriminators, and the paper's four ablation variants.
+
+Choices where the paper is silent (see ``/work/shared/docs/dcif_gan_spec.md``):
+
+- Defaults width 48, 6 heads (head dim 8), window 8, MLP ratio 2, depths (4, 4, 2): the paper's
+  block counts at a SwinFusion-like size, narrowed from SwinFusion's width 60 for CPU speed.
+- Inputs of any H x W are reflect-padded at the bottom/right to a window multiple and cropped back.
+- H_SR narrows width -> width / 2 -> 1 (as SwinFusion's reconstruction); each CMIFM stream ends
+  in a plain 3x3 conv (H_conv); every conv block uses LeakyReLU slope 0.2.
+- The extractor (CC-TFEM) is one module applied to both modalities, as the paper states. The
+  reconstructors (C-TFRM) are *not* shared by default: as in CoGAN, the output layers carry the
+  domain-specific detail, and G1 (CT texture) and G2 (PET function) are judged against different
+  real images; ``share_reconstruction=True`` ties them too.
+- The last H_SR conv block ends in a sigmoid instead of LeakyReLU: the output lies in [0, 1] like
+  the inputs, with gradients everywhere (a clamp would stop them outside the range).
+- Discriminators give a raw score (no sigmoid: both adversarial forms are least squares) and pool
+  globally before the Linear layer, so one model serves any input size.
+- Ablation ladder: Network1 is one CNN generator on the stacked (CT, PET) pair and one
+  discriminator; Network2 adds the coupled pairs with CNN stages; Network3 puts Swin stages in
+  extraction *and* reconstruction (CC-TFEM and C-TFRM), so that Network4 = Network3 + CMIFM is the
+  full model, as the paper's ladder states. CNN-only variants replace each Swin stage by a residual
+  conv stage of the same depth and CMIFM by a concat-and-conv fusion per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.errors import DcifError
+from pipeline.networks.blocks.conv import ConvStage, conv_block
+from pipeline.networks.blocks.cross_modal import ConcatFusion, CrossModalFusion
+from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one rung of the ablation ladder switches on."""
+
+    coupled: bool
+    """Two generators and two discriminators, coupled by weight sharing (else one of each)."""
+    transformer: bool
+    """Swin stages in extraction and reconstruction (CC-TFEM, C-TFRM), else residual conv stages."""
+    cross_modal: bool
+    """CMIFM between the streams, else concat-and-conv fusion."""
+
+
+VARIANTS: dict[str, Variant] = {
+    "network1": Variant(coupled=False, transformer=False, cross_modal=False),
+    "network2": Variant(coupled=True, transformer=False, cross_modal=False),
+    "network3": Variant(coupled=True, transformer=True, cross_modal=False),
+    "network4": Variant(coupled=True, transformer=True, cross_modal=True),
+}
+
+DISCRIMINATOR_CHANNELS = (32, 64, 128, 256)
+
+
+def lookup_variant(name: str) -> Variant:
+    """The ablation variant called ``name``, or a one-line error listing the valid names."""
+    if name not in VARIANTS:
+        raise DcifError(f"unknown DCIF-GAN variant {name!r}: expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+class FeatureExtractor(nn.Module):
+    """H_SE (two 3x3 conv blocks) then the deep stage H_DE; returns (F_SF, F_DF).
+
+    With a ``SwinStage`` as ``deep`` this is CC-TFEM.
+    """
+
+    def __init__(self, in_channels: int, width: int, deep: nn.Module) -> None:
+        super().__init__()
+        self.shallow = nn.Sequential(conv_block(in_channels, width), conv_block(width, width))
+        self.deep = deep
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shallow = self.shallow(x)
+        return shallow, self.deep(shallow)
+
+
+class FeatureReconstructor(nn.Module):
+    """H_DR on F_FDF + F_SF (long skip), then H_SR: two 3x3 conv blocks down to one channel in [0, 1].
+
+    With a ``SwinStage`` as ``deep`` this is C-TFRM.
+    """
+
+    def __init__(self, width: int, deep: nn.Module) -> None:
+        super().__init__()
+        self.deep = deep
+        self.head = nn.Sequential(conv_block(width, width // 2), conv_block(width // 2, 1, act="sigmoid"))
+
+    def forward(self, fused: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deep(fused + shallow))
+
+
+def _one_or_two(make: Callable[[], nn.Module], shared: bool) -> tuple[nn.Module, nn.Module]:
+    """The CT- and PET-stream modules: one object used twice when shared, else two independent ones."""
+    first = make()
+    return first, first if shared else make()
+
+
+class DCIFGenerator(nn.Module):
+    """The coupled generators G1 (CT stream -> F_CT) and G2 (PET stream -> F_PET) of one variant.
+
+    ``forward(x)`` takes x = (B, 2, H, W) (channel 0 CT, channel 1 PET, both in [0, 1]) and returns the
+    fused F = (F_CT + F_PET) / 2, (B, 1, H, W): the single-tensor call of MONAI inferers and
+    ``verify_net_in_out``. Training uses :meth:`streams`. Network1 has one generator: it reads the
+    stacked pair and its output serves as both streams (``extractor_ct is extractor_pet``, no fusion).
+
+    Args:
+        variant: ``network1`` .. ``network4`` (see :data:`VARIANTS`).
+        width: channels of every feature map (embedding dim C); a multiple of ``num_heads``.
+        num_heads: attention heads of the Swin and fusion blocks.
+        window_size: attention window side M; inputs are padded to a multiple of it.
+        mlp_ratio: hidden width of the feed-forward layers, relative to ``width``.
+        depths: blocks in extraction H_DE, fusion CMIFM and reconstruction H_DR.
+        share_extraction: one extractor for both modalities (the paper's coupling); two-stream variants.
+        share_reconstruction: one reconstructor for both streams; two-stream variants.
+    """
+
+    def __init__(
+        self,
+        variant: str = "network4",
+        width: int = 48,
+        num_heads: int = 6,
+        window_size: int = 8,
+        mlp_ratio: float = 2.0,
+        depths: Sequence[int] = (4, 4, 2),
+        share_extraction: bool = True,
+        share_reconstruction: bool = False,
+    ) -> None:
+        super().__init__()
+        spec = lookup_variant(variant)
+        attention = spec.transformer or spec.cross_modal
+        if width < 2 or (attention and width % num_heads):
+            raise DcifError(f"DCIF-GAN width {width} must be at least 2 and a multiple of num_heads {num_heads}")
+        extract_depth, fuse_depth, reconstruct_depth = depths
+        self.variant = variant
+        self.pad_multiple = window_size if attention else 1
+
+        def deep(depth: int) -> nn.Module:
+            if spec.transformer:
+                return SwinStage(width, depth, num_heads, window_size, mlp_ratio)
+            return ConvStage(width, depth)
+
+        in_channels = 1 if spec.coupled else 2
+        self.extractor_ct, self.extractor_pet = _one_or_two(
+            lambda: FeatureExtractor(in_channels, width, deep(extract_depth)), share_extraction or not spec.coupled
+        )
+        self.reconstructor_ct, self.reconstructor_pet = _one_or_two(
+            lambda: FeatureReconstructor(width, deep(reconstruct_depth)), share_reconstruction or not spec.coupled
+        )
+        self.fusion: nn.Module | None = None
+        if spec.coupled:
+            self.fusion = (
+                CrossModalFusion(width, fuse_depth, num_heads, window_size, mlp_ratio)
+                if spec.cross_modal
+                else ConcatFusion(width)
+            )
+
+    def streams(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F_CT, F_PET), each (B, 1, H, W) in [0, 1], from CT and PET slices (B, 1, H, W) in [0, 1]."""
+        h, w = ct.shape[-2:]
+        ct, pet = pad_to_multiple(ct, self.pad_multiple), pad_to_multiple(pet, self.pad_multiple)
+        if self.fusion is None:
+            shallow, deep = self.extractor_ct(torch.cat([ct, pet], dim=1))
+            fused = self.reconstructor_ct(deep, shallow)[..., :h, :w]
+            return fused, fused
+        shallow_ct, deep_ct = self.extractor_ct(ct)
+        shallow_pet, deep_pet = self.extractor_pet(pet)
+        fused_ct, fused_pet = self.fusion(deep_ct, deep_pet)
+        f_ct = self.reconstructor_ct(fused_ct, shallow_ct)
+        f_pet = self.reconstructor_pet(fused_pet, shallow_pet)
+        return f_ct[..., :h, :w], f_pet[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 2:
+            raise ValueError(f"DCIF generator expects (B, 2, H, W) with CT then PET, got {tuple(x.shape)}")
+        f_ct, f_pet = self.streams(x[:, :1], x[:, 1:])
+        return 0.5 * (f_ct + f_pet)
+
+
+class Discriminator(nn.Module):
+    """C(x): conv blocks 1-2 (``low_level``), then blocks 3-4 + pool + Linear (``high_level``) -> (B, 1).
+
+    Coupled discriminators hold the same ``high_level`` object.
+    """
+
+    def __init__(self, low_level: nn.Module, high_level: nn.Module) -> None:
+        super().__init__()
+        self.low_level = low_level
+        self.high_level = high_level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.high_level(self.low_level(x))
+
+
+def _strided_blocks(channels: Sequence[int]) -> list[nn.Module]:
+    """Conv 3x3 stride 2 + BatchNorm + LeakyReLU from ``channels[i]`` to ``channels[i + 1]``."""
+    return [conv_block(cin, cout, stride=2, norm="batch") for cin, cout in zip(channels, channels[1:])]
+
+
+def _low_level() -> nn.Module:
+    return nn.Sequential(*_strided_blocks((1, *DISCRIMINATOR_CHANNELS[:2])))
+
+
+def _high_level() -> nn.Module:
+    return nn.Sequential(
+        *_strided_blocks(DISCRIMINATOR_CHANNELS[1:]),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(DISCRIMINATOR_CHANNELS[-1], 1),
+    )
+
+
+def build_discriminators(coupled: bool = True, share_high_level: bool = True) -> tuple[Discriminator, Discriminator]:
+    """(D1, D2): coupled ones share blocks 3-4 and the Linear; uncoupled means one D (``d1 is d2``)."""
+    if not coupled:
+        single = Discriminator(_low_level(), _high_level())
+        return single, single
+    high_level = _high_level()
+    return Discriminator(_low_level(), high_level), Discriminator(
+        _low_level(), high_level if share_high_level else _high_level()
+    )
+
+
+class DCIFGAN(nn.Module):
+    """Everything one training run optimises: ``generator``, ``d1`` (PET vs F_CT), ``d2`` (CT vs F_PET).
+
+    Every variant has this interface, so one training loop serves the whole ablation ladder.
+    ``share_discriminators=False`` gives coupled variants two independent discriminators; other
+    keyword arguments go to :class:`DCIFGenerator`.
+    """
+
+    def __init__(self, variant: str = "network4", share_discriminators: bool = True, **generator_kwargs) -> None:
+        super().__init__()
+        self.variant = variant
+        self.generator = DCIFGenerator(variant, **generator_kwargs)
+        self.d1, self.d2 = build_discriminators(lookup_variant(variant).coupled, share_discriminators)
+
+
+def build_dcif_gan(variant: str = "network4", **kwargs) -> DCIFGAN:
+    """Config entry point (``_target_``) for the whole GAN of one ablation variant."""
+    return DCIFGAN(variant=variant, **kwargs)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.networks.blocks.cross_modal import ConcatFusion, CrossModalBlock, CrossModalFusion
+from pipeline.networks.blocks.swin import shifted_window_mask
+
+CPU = torch.device("cpu")
+
+
+def _reference_attention(stream, other, x_query: torch.Tensor, x_context: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + B) V with Q from ``stream``'s weights, K and V from ``other``'s, one window."""
+    tokens, dim = x_query.shape
+    heads = stream.num_heads
+    q, _, _ = stream.attn.qkv(stream.norm1(x_query)).split(dim, dim=-1)
+    _, k, v = other.attn.qkv(other.norm1(x_context)).split(dim, dim=-1)
+    q, k, v = (t.reshape(tokens, heads, dim // heads).transpose(0, 1) for t in (q, k, v))
+    index = stream.attn.relative_position_index.reshape(-1)
+    bias = stream.attn.relative_position_bias_table[index].reshape(tokens, tokens, heads).permute(2, 0, 1)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / (dim // heads) ** 0.5 + bias, dim=-1)
+    return stream.attn.proj((weights @ v).transpose(0, 1).reshape(tokens, dim))
+
+
+def test_block_swaps_keys_and_values_between_streams() -> None:
+    torch.manual_seed(0)
+    block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=False, mlp_ratio=2.0)
+    ct, pet = torch.randn(1, 8, 8, 12), torch.randn(1, 8, 8, 12)
+    out_ct, out_pet = block(ct, pet, shifted_window_mask(8, 8, 8, CPU))
+
+    cases = ((out_ct, block.ct, block.pet, ct, pet), (out_pet, block.pet, block.ct, pet, ct))
+    for out, own, other, x_own, x_other in cases:
+        attention = _reference_attention(own, other, x_own.reshape(64, 12), x_other.reshape(64, 12))
+        mid = x_own + attention.reshape(1, 8, 8, 12)
+        expected = mid + own.mlp(own.norm2(mid))
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_block_masks_context_wrapped_from_the_opposite_border() -> None:
+    torch.manual_seed(0)
+    block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
+    mask = shifted_window_mask(16, 16, 8, CPU)
+    ct, pet = torch.randn(1, 16, 16, 12), torch.randn(1, 16, 16, 12)
+    nudged = pet.clone()
+    nudged[0, 0, 0] += torch.randn(12)
+
+    def ct_change(attn_mask: torch.Tensor) -> torch.Tensor:
+        return (block(ct, nudged, attn_mask)[0] - block(ct, pet, attn_mask)[0]).abs().sum(-1)[0]
+
+    masked = ct_change(mask)
+    assert masked[3, 3] > 1e-4  # CT queries read PET inside the shifted window
+    assert masked[15, 15] < 1e-6  # but not across the wrapped border
+    assert ct_change(torch.zeros_like(mask))[15, 15] > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 16, 24), (1, 12, 13, 21)])
+def test_fusion_keeps_shapes_and_mixes_streams(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    fusion = CrossModalFusion(12, depth=2, num_heads=2, window_size=8)
+    ct, pet = torch.randn(shape), torch.randn(shape)
+    out_ct, out_pet = fusion(ct, pet)
+    assert out_ct.shape == out_pet.shape == shape
+    assert not torch.allclose(fusion(ct, pet + 1.0)[0], out_ct)  # the CT stream reads PET
+
+
+def test_fusion_alternates_windows_and_learns_each_streams_bias() -> None:
+    torch.manual_seed(0)
+    fusion = CrossModalFusion(12, depth=4, num_heads=2, window_size=8)
+    assert [block.shift_size for block in fusion.blocks] == [0, 4, 0, 4]
+    out_ct, out_pet = fusion(torch.randn(1, 12, 16, 16), torch.randn(1, 12, 16, 16))
+    (out_ct.square().mean() + out_pet.square().mean()).backward()
+    for block in fusion.blocks:
+        for stream in (block.ct, block.pet):
+            grad = stream.attn.relative_position_bias_table.grad
+            assert grad is not None and grad.abs().sum() > 0
+
+
+def test_concat_fusion_gives_each_stream_both_inputs() -> None:
+    torch.manual_seed(0)
+    fusion = ConcatFusion(6)
+    ct, pet = torch.randn(1, 6, 9, 11), torch.randn(1, 6, 9, 11)
+    out_ct, out_pet = fusion(ct, pet)
+    assert out_ct.shape == out_pet.shape == ct.shape
+    assert not torch.allclose(fusion(ct, pet + 1.0)[0], out_ct)
+    assert not torch.allclose(fusion(ct + 1.0, pet)[1], out_pet)
+
+
+def test_fusion_treats_each_image_of_a_batch_alone() -> None:
+    torch.manual_seed(0)
+    fusion = CrossModalFusion(12, depth=2, num_heads=2, window_size=8)
+    ct, pet = torch.randn(2, 12, 16, 24), torch.randn(2, 12, 16, 24)
+    batched = fusion(ct, pet)
+    for index in range(2):
+        alone = fusion(ct[index : index + 1], pet[index : index + 1])
+        for got, expected in zip(batched, alone):
+            torch.testing.assert_close(got[index : index + 1], expected, rtol=1e-5, atol=1e-5)

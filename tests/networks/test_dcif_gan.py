@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import DcifError
+from pipeline.losses import DiscriminatorLoss, GeneratorLoss
+from pipeline.networks import DCIFGAN, VARIANTS, DCIFGenerator, build_dcif_gan, count_parameters, parameter_breakdown
+from pipeline.networks.blocks import ConcatFusion, ConvStage, CrossModalFusion, SwinStage
+
+TINY = {"width": 8, "num_heads": 2, "window_size": 8, "depths": (2, 2, 2)}
+
+
+def _pair(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(shape), torch.rand(shape)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53)])
+def test_streams_and_fused_output_shapes_and_range(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    generator = DCIFGenerator("network4", **TINY)
+    ct, pet = _pair((2, 1, *size))
+    f_ct, f_pet = generator.streams(ct, pet)
+    fused = generator(torch.cat([ct, pet], dim=1))
+    for image in (f_ct, f_pet, fused):
+        assert image.shape == (2, 1, *size)
+        assert image.min() >= 0 and image.max() <= 1
+    torch.testing.assert_close(fused, 0.5 * (f_ct + f_pet))
+
+
+def test_full_size_slice_forward() -> None:
+    torch.manual_seed(0)
+    generator = DCIFGenerator("network4", width=6, num_heads=1, depths=(2, 2, 2)).eval()
+    with torch.no_grad():
+        fused = generator(torch.rand(1, 2, 356, 356))
+    assert fused.shape == (1, 1, 356, 356)
+    assert torch.isfinite(fused).all()
+
+
+def test_same_seed_gives_same_weights_and_output() -> None:
+    x = torch.rand(1, 2, 24, 24)
+    outputs, states = [], []
+    for _ in range(2):
+        torch.manual_seed(7)
+        generator = DCIFGenerator("network4", **TINY)
+        states.append(generator.state_dict())
+        outputs.append(generator(x))
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_generator_rejects_a_single_channel_input() -> None:
+    with pytest.raises(ValueError, match="CT then PET"):
+        DCIFGenerator("network2", **TINY)(torch.rand(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize("kwargs", [{"variant": "network5"}, {"width": 10, "num_heads": 4}])
+def test_bad_configuration_is_one_line_project_error(kwargs: dict) -> None:
+    with pytest.raises(DcifError) as error:
+        build_dcif_gan(**kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_coupled_parts_are_the_same_objects() -> None:
+    model = DCIFGAN("network4", **TINY)
+    generator = model.generator
+    assert generator.extractor_ct is generator.extractor_pet
+    assert generator.reconstructor_ct is not generator.reconstructor_pet
+    assert model.d1.high_level is model.d2.high_level
+    assert model.d1.low_level is not model.d2.low_level
+    shared = DCIFGenerator("network4", share_reconstruction=True, **TINY)
+    assert shared.reconstructor_ct is shared.reconstructor_pet
+    uncoupled = DCIFGAN("network4", share_extraction=False, share_discriminators=False, **TINY)
+    assert uncoupled.generator.extractor_ct is not uncoupled.generator.extractor_pet
+    assert uncoupled.d1.high_level is not uncoupled.d2.high_level
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in module.parameters()]
+
+
+def test_shared_modules_accumulate_gradient_from_both_streams() -> None:
+    torch.manual_seed(0)
+    model = DCIFGAN("network4", **TINY)
+    ct, pet = _pair((2, 1, 16, 16))
+    shared = (model.generator.extractor_ct, model.d1.high_level)
+
+    def backward(loss_of: str) -> list[list[torch.Tensor]]:
+        model.zero_grad()
+        f_ct, f_pet = model.generator.streams(ct, pet)
+        stream1 = f_ct.mean() + model.d1(f_ct).mean()
+        stream2 = f_pet.mean() + model.d2(f_pet).mean()
+        {"1": stream1, "2": stream2, "both": stream1 + stream2}[loss_of].backward()
+        return [_grads(module) for module in shared]
+
+    only1, only2, joint = backward("1"), backward("2"), backward("both")
+    for g1, g2, g12 in zip(only1, only2, joint):
+        assert sum(g.abs().sum() for g in g1) > 0 and sum(g.abs().sum() for g in g2) > 0
+        for a, b, ab in zip(g1, g2, g12):
+            torch.testing.assert_close(a + b, ab)
+
+
+def test_parameter_counts_reflect_sharing() -> None:
+    model = DCIFGAN("network4", **TINY)
+    generator = model.generator
+    breakdown = parameter_breakdown(generator)
+    assert "extractor_pet" not in breakdown  # the same module as extractor_ct
+    assert sum(v for k, v in breakdown.items() if k != "total") == breakdown["total"] == count_parameters(generator)
+    unshared = DCIFGenerator("network4", share_extraction=False, **TINY)
+    assert count_parameters(unshared) == breakdown["total"] + breakdown["extractor_ct"]
+    low, high = count_parameters(model.d1.low_level), count_parameters(model.d1.high_level)
+    assert count_parameters(model.d1, model.d2) == 2 * low + high
+    assert count_parameters(model) == breakdown["total"] + 2 * low + high
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_trains_through_one_interface(variant: str) -> None:
+    torch.manual_seed(0)
+    model = build_dcif_gan(variant, **TINY)
+    ct, pet = _pair((2, 1, 21, 19))
+    f_ct, f_pet = model.generator.streams(ct, pet)
+    assert f_ct.shape == f_pet.shape == (2, 1, 21, 19)
+    g_terms = GeneratorLoss()(ct, pet, f_ct, f_pet, model.d1, model.d2)
+    g_terms["total"].backward()
+    assert all(p.grad is not None for p in model.generator.parameters())
+    DiscriminatorLoss()(ct, pet, f_ct, f_pet, model.d1, model.d2)["total"].backward()
+    assert all(p.grad is not None for p in model.d1.parameters())
+    if variant == "network1":
+        assert model.d1 is model.d2 and torch.equal(f_ct, f_pet)
+    else:
+        assert model.d1 is not model.d2
+
+
+def test_ablation_ladder_adds_one_module_per_rung() -> None:
+    network2, network3, network4 = (DCIFGenerator(variant, **TINY) for variant in ("network2", "network3", "network4"))
+    assert isinstance(network2.extractor_ct.deep, ConvStage) and isinstance(network2.fusion, ConcatFusion)
+    assert isinstance(network3.extractor_ct.deep, SwinStage) and isinstance(network3.reconstructor_ct.deep, SwinStage)
+    assert isinstance(network3.fusion, ConcatFusion) and isinstance(network4.fusion, CrossModalFusion)
+    network1 = DCIFGenerator("network1", **TINY)
+    assert network1.fusion is None and network1.extractor_ct.shallow[0].conv.in_channels == 2
+
+
+def _synthetic_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CT-like textured disc and a PET-like hot blob, both in [0, 1]."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    ct = (0.5 + 0.25 * torch.sin(8 * x) * torch.cos(6 * y)) * (x**2 + y**2 < 0.8)
+    pet = torch.exp(-((x - 0.2) ** 2 + (y + 0.1) ** 2) / 0.05)
+    return ct[None, None], pet[None, None]
+
+
+def test_full_objective_overfits_one_slice_pair() -> None:
+    """Generator and discriminators updated alternately; the content terms must more than halve."""
+    torch.manual_seed(0)
+    model = DCIFGAN("network4", **TINY)
+    ct, pet = _synthetic_pair()
+    generator_loss, discriminator_loss = GeneratorLoss(), DiscriminatorLoss()
+    g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=1e-3)
+    d_optimizer = torch.optim.Adam([*model.d1.parameters(), *model.d2.low_level.parameters()], lr=1e-4)
+    content = []
+    for _ in range(60):
+        f_ct, f_pet = model.generator.streams(ct, pet)
+        g_optimizer.zero_grad()
+        g_terms = generator_loss(ct, pet, f_ct, f_pet, model.d1, model.d2)
+        g_terms["total"].backward()
+        g_optimizer.step()
+        d_optimizer.zero_grad()
+        discriminator_loss(ct, pet, f_ct, f_pet, model.d1, model.d2)["total"].backward()
+        d_optimizer.step()
+        content.append((g_terms["content1"] + g_terms["content2"]).item())
+    assert content[-1] < 0.5 * content[0]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple, shifted_window_mask
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 21)])
+def test_stage_keeps_bchw_shape(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, *size)
+    assert SwinStage(12, depth=2, num_heads=2, window_size=8)(x).shape == x.shape
+
+
+def test_stage_alternates_regular_and_shifted_windows() -> None:
+    stage = SwinStage(12, depth=4, num_heads=2, window_size=8)
+    assert [tuple(block.shift_size) for block in stage.blocks] == [(0, 0), (4, 4), (0, 0), (4, 4)]
+
+
+def test_pad_to_multiple_reflects_and_is_a_no_op_on_multiples() -> None:
+    x = torch.arange(37 * 53, dtype=torch.float32).reshape(1, 1, 37, 53)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 1, 40, 56)
+    assert torch.equal(padded[..., :37, :53], x)
+    assert torch.equal(padded[..., 37, :53], x[..., 35, :])  # reflection about the last row
+    assert pad_to_multiple(padded, 8) is padded
+
+
+def test_pad_to_multiple_replicates_maps_too_small_to_reflect() -> None:
+    x = torch.rand(1, 1, 3, 3)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    assert torch.equal(padded[..., 7, :3], x[..., 2, :])
+
+
+def test_shifted_window_mask_only_separates_wrapped_regions() -> None:
+    mask = shifted_window_mask(16, 16, 8, torch.device("cpu"))
+    assert mask.shape == (4, 64, 64)
+    assert torch.all(mask[0] == 0)  # the top-left window holds no wrapped-around pixels
+    assert set(mask[3].unique().tolist()) == {-100.0, 0.0}
+
+
+def test_shifted_block_masks_pixels_wrapped_from_the_opposite_border() -> None:
+    torch.manual_seed(0)
+    block = SwinStage(12, depth=2, num_heads=2, window_size=8).blocks[1]
+    mask = shifted_window_mask(16, 16, 8, torch.device("cpu"))
+    z = torch.randn(1, 16, 16, 12)
+    nudged = z.clone()
+    nudged[0, 0, 0] += torch.randn(12)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
+
+    def change(attn_mask: torch.Tensor | None) -> torch.Tensor:
+        return (block(nudged, attn_mask) - block(z, attn_mask)).abs().sum(-1)[0]
+
+    masked = change(mask)
+    assert masked[3, 3] > 1e-4  # same region: attends
+    assert masked[15, 15] < 1e-6  # wrapped from the far border: masked out
+    assert change(None)[15, 15] > 1e-4  # and it is the mask that does it
+
+
+def test_relative_position_bias_is_learned() -> None:
+    torch.manual_seed(0)
+    stage = SwinStage(12, depth=2, num_heads=2, window_size=8)
+    stage(torch.randn(1, 12, 16, 16)).square().mean().backward()
+    for block in stage.blocks:
+        table = block.attn.relative_position_bias_table
+        assert table.shape == (15 * 15, 2)
+        assert table.grad is not None and table.grad.abs().sum() > 0
