@@ -1,0 +1,116 @@
+"""Fusion metric tables: per slice, per study, and a markdown summary with the best marked.
+
+Reporting follows ``fusion_metrics.md``: per slice, then mean and standard deviation over the
+slices of a study and over studies, one table per CT window, named with the SUV ceiling.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ignite.engine import Engine, Events
+
+from pipeline.io.atomic import atomic_write
+from pipeline.metrics import METRIC_NAMES, summarise
+
+# All eight metrics are higher-is-better, so 'best' is the column maximum. Statistics come from
+# ``summarise``, which leaves out non-finite values (inf PSNR of a perfect copy, nan Q^AB/F).
+
+
+def grouped_stats(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> dict[tuple, dict[str, dict[str, float]]]:
+    """:func:`summarise` the metric columns of ``rows`` per distinct value of the ``by`` columns."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[key] for key in by)].append({name: row[name] for name in METRIC_NAMES})
+    return {group: summarise(members) | {"slices": {"n": len(members)}} for group, members in groups.items()}
+
+
+def study_means(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Average slice rows into one row per (study, window, method)."""
+    by = ("study_index", "study_key", "window", "method")
+    return [
+        {**dict(zip(by, group)), "slices": stats["slices"]["n"], **{name: stats[name]["mean"] for name in METRIC_NAMES}}
+        for group, stats in grouped_stats(rows, by).items()
+    ]
+
+
+def method_stats(study_rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """Mean and (population) standard deviation over studies, per (window, method) and metric."""
+    return {
+        group: {name: (stats[name]["mean"], stats[name]["std"]) for name in METRIC_NAMES}
+        for group, stats in grouped_stats(study_rows, ("window", "method")).items()
+    }
+
+
+def summary_metrics(study_rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean over studies per window, method and metric, named ``window.method.METRIC``."""
+    return {
+        f"{window}.{method}.{name}": mean_std[0]
+        for (window, method), stats in method_stats(study_rows).items()
+        for name, mean_std in stats.items()
+    }
+
+
+def markdown_summary(study_rows: Sequence[dict[str, Any]], suv_max: float | None = None) -> str:
+    """One table per window: mean ± std over studies per method, the best value per column in bold."""
+    stats = method_stats(study_rows)
+    lines: list[str] = []
+    for window in sorted({window for window, _ in stats}):
+        methods = [method for win, method in stats if win == window]
+        best = {name: max(stats[(window, m)][name][0] for m in methods) for name in METRIC_NAMES}
+        ceiling = f", PET SUV ceiling {suv_max:g}" if suv_max is not None else ""
+        studies = len({row["study_key"] for row in study_rows if row["window"] == window})
+        lines += [f"### CT window: {window}{ceiling} ({studies} studies, mean ± std over studies)", ""]
+        lines.append("| method | " + " | ".join(METRIC_NAMES) + " |")
+        lines.append("|---" * (len(METRIC_NAMES) + 1) + "|")
+        for method in methods:
+            cells = []
+            for name in METRIC_NAMES:
+                mean, std = stats[(window, method)][name]
+                cell = f"{mean:.4f} ± {std:.4f}"
+                cells.append(f"**{cell}**" if np.isclose(mean, best[name]) else cell)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write dict rows atomically, columns in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+class FusionReportWriter:
+    """At the end of an evaluation, write the slice and study CSVs and the markdown summary."""
+
+    def __init__(self, output_dir: str | Path, suv_max: float | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.suv_max = suv_max
+
+    def attach(self, engine: Engine) -> None:
+        # EPOCH_COMPLETED (not COMPLETED) so an MLFlowHandler attached after us logs the means.
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        rows = getattr(engine.state, "fusion_rows", [])
+        if not rows:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        study_rows = study_means(rows)
+        write_csv(self.output_dir / "metrics_per_slice.csv", rows)
+        write_csv(self.output_dir / "metrics_per_study.csv", study_rows)
+        summary = markdown_summary(study_rows, self.suv_max)
+        with atomic_write(self.output_dir / "metrics_summary.md") as tmp:
+            tmp.write_text(summary)
+        engine.state.metrics.update(summary_metrics(study_rows))

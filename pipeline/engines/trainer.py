@@ -1,0 +1,120 @@
+"""The DCIF-GAN training engine.
+
+MONAI's ``GanTrainer`` is unconditional and ``AdversarialTrainer`` judges the output against the
+network's own input, so neither fits a two-source fusion GAN whose discriminators compare each
+generator's output with the *other* modality. This engine keeps MONAI's ``Trainer`` machinery
+(handlers, metrics, ``--tracking mlflow``) and only replaces one iteration: update D1/D2, then
+G1/G2, and report a ``loss`` key (the generator total) as MONAI's MLflow settings expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.metrics import Metric
+from monai.engines import IterationEvents, Trainer
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from pipeline.engines.players import make_players
+
+LossTerms = dict[str, torch.Tensor]
+
+
+def prepare_fusion_batch(
+    batchdata: dict[str, torch.Tensor], device: torch.device | str, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the CT and PET slices of a batch to ``device``: both ``(B, 1, H, W)`` in [0, 1]."""
+    return tuple(  # type: ignore[return-value]
+        torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking, **kwargs) for key in ("ct", "pet")
+    )
+
+
+class FusionGANTrainer(Trainer):
+    """Alternating D1/D2 then G1/G2 updates of a coupled fusion GAN.
+
+    Args:
+        model: holds ``generator`` (with ``streams(ct, pet) -> (f_ct, f_pet)``), ``d1`` and ``d2``;
+            every ablation variant has this interface, so one engine trains them all.
+        g_loss_function / d_loss_function: ``(ct, pet, f_ct, f_pet, d1, d2) -> dict`` of loss terms
+            with a ``total`` key; every term is returned in the engine output for logging.
+        d_steps: discriminator updates per generator update.
+        amp: bfloat16 autocast on CUDA (no gradient scaler needed); ignored on CPU.
+        distributed: wrap both players in DistributedDataParallel (under torchrun).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        model: torch.nn.Module,
+        g_optimizer: Optimizer,
+        d_optimizer: Optimizer,
+        g_loss_function: Callable[..., LossTerms],
+        d_loss_function: Callable[..., LossTerms],
+        d_steps: int = 1,
+        epoch_length: int | None = None,
+        amp: bool = False,
+        distributed: bool = False,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        train_handlers: Sequence | None = None,
+        non_blocking: bool = False,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_fusion_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            decollate=True,
+        )
+        self.model = model
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        self.g_loss_function = g_loss_function
+        self.d_loss_function = d_loss_function
+        self.d_steps = d_steps
+        self.use_bf16 = amp and torch.device(device).type == "cuda"
+        self.players = make_players(model, distributed, torch.device(device))
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.state.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def _iteration(self, engine: FusionGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        ct, pet = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        streams, d1, d2 = engine.players
+        engine.model.train()
+
+        for _ in range(engine.d_steps):
+            with torch.no_grad(), engine._autocast():
+                f_ct, f_pet = streams(ct, pet)
+            engine.d_optimizer.zero_grad(set_to_none=True)
+            with engine._autocast():
+                d_terms = engine.d_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+            d_terms["total"].backward()
+            engine.d_optimizer.step()
+
+        engine.g_optimizer.zero_grad(set_to_none=True)
+        with engine._autocast():
+            f_ct, f_pet = streams(ct, pet)
+            g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+        g_terms["total"].backward()
+        engine.g_optimizer.step()
+
+        output: dict[str, Any] = {"loss": g_terms["total"].item(), "d_loss": d_terms["total"].item()}
+        output.update({f"g_{name}": value.item() for name, value in g_terms.items() if name != "total"})
+        output.update({f"d_{name}": value.item() for name, value in d_terms.items() if name != "total"})
+        output.update(ct=ct, pet=pet, pred=(0.5 * (f_ct + f_pet)).detach().float())
+        # Like MONAI's trainers: set the output, then MODEL_COMPLETED decollates it into per-sample
+        # dicts with the scalars replicated, the form MONAI's handlers (and --tracking) read.
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

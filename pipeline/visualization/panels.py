@@ -1,0 +1,52 @@
+"""Render 2-D slices as RGB pictures for MLflow, previews and reports.
+
+Arrays arrive in the pipeline's ``(X, Y)`` slice layout (X = DICOM column, Y = row); pictures are
+drawn in radiological display layout (rows = Y), so a viewer sees the patient as on a workstation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _display(slice_xy: ArrayLike) -> np.ndarray:
+    """(X, Y) slice -> (rows, cols) float array in [0, 1] for display."""
+    array = slice_xy.detach().cpu().numpy() if isinstance(slice_xy, torch.Tensor) else np.asarray(slice_xy)
+    return np.clip(np.squeeze(array).astype(np.float32).T, 0.0, 1.0)
+
+
+def to_uint8(slice_xy: ArrayLike) -> np.ndarray:
+    """Grey (rows, cols, 3) uint8 picture of a slice in [0, 1]."""
+    grey = np.round(_display(slice_xy) * 255.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _hot(values: np.ndarray) -> np.ndarray:
+    """A 'hot' colour map (black-red-yellow-white), the usual PET display, without matplotlib."""
+    red = np.clip(values * 3.0, 0.0, 1.0)
+    green = np.clip(values * 3.0 - 1.0, 0.0, 1.0)
+    blue = np.clip(values * 3.0 - 2.0, 0.0, 1.0)
+    return np.stack([red, green, blue], axis=-1)
+
+
+def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5) -> np.ndarray:
+    """Colour PET blended on grey CT, weighted by uptake so cold regions keep the CT visible."""
+    ct = _display(ct_xy)[..., None]
+    pet = _display(pet_xy)
+    alpha = opacity * pet[..., None]
+    blended = (1.0 - alpha) * ct + alpha * _hot(pet)
+    return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def fusion_panel(ct_xy: ArrayLike, pet_xy: ArrayLike, *fused_xy: ArrayLike, gap: int = 4) -> np.ndarray:
+    """CT | PET | fused image(s) side by side, separated by a thin white gap."""
+    tiles = [to_uint8(ct_xy), to_uint8(pet_xy), *(to_uint8(fused) for fused in fused_xy)]
+    rows = tiles[0].shape[0]
+    spacer = np.full((rows, gap, 3), 255, dtype=np.uint8)
+    pieces: list[np.ndarray] = []
+    for tile in tiles:
+        pieces.extend([tile, spacer])
+    return np.concatenate(pieces[:-1], axis=1)

@@ -1,0 +1,68 @@
+"""A PNG a person opens to see at a glance whether a study fused sensibly.
+
+A few axial slices, one per row: the windowed CT | the PET in colour on the CT | each fused image.
+The slices spread over the body and always include the hottest PET slice, where a lesion is most
+likely to be, so a glance shows both the anatomy and the uptake that matters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.io.atomic import atomic_write
+from pipeline.visualization.panels import pet_overlay, to_uint8
+
+DEFAULT_PREVIEW_SLICES = 3
+_GAP = 4  # white pixels between tiles
+
+
+def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DEFAULT_PREVIEW_SLICES) -> list[int]:
+    """``count`` slices of ``candidates`` (e.g. the body slices): evenly spread plus the hottest in ``pet``.
+
+    ``pet`` is ``(1, X, Y, Z)``; with no candidates every slice is one.
+    """
+    candidates = list(candidates) or list(range(pet.shape[-1]))
+    hottest = max(candidates, key=lambda z: float(pet[..., z].max()))
+    spread = np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round().astype(int)
+    chosen = [candidates[i] for i in spread]
+    if hottest not in chosen:  # it replaces the spread slice nearest to it
+        chosen[min(range(len(chosen)), key=lambda i: abs(chosen[i] - hottest))] = hottest
+    return sorted(chosen)
+
+
+def _join(tiles: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    """Concatenate RGB tiles along ``axis`` (1: side by side, 0: stacked) with white gaps."""
+    gap_shape = list(tiles[0].shape)
+    gap_shape[axis] = _GAP
+    gap = np.full(gap_shape, 255, dtype=np.uint8)
+    pieces = [piece for tile in tiles for piece in (tile, gap)][:-1]
+    return np.concatenate(pieces, axis=axis)
+
+
+def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Tensor],
+                   slices: Sequence[int]) -> np.ndarray:
+    """RGB picture: one row per slice of CT | PET overlay | each fused volume (all ``(1, X, Y, Z)`` in [0, 1])."""
+    rows = [
+        _join([to_uint8(ct[0, ..., z]), pet_overlay(ct[0, ..., z], pet[0, ..., z]),
+               *(to_uint8(volume[0, ..., z]) for volume in fused)], axis=1)
+        for z in slices
+    ]
+    return _join(rows, axis=0)
+
+
+def write_preview(path: str | os.PathLike[str], ct: torch.Tensor, pet: torch.Tensor,
+                  fused: Sequence[torch.Tensor], slices: Sequence[int] | None = None) -> Path:
+    """Write :func:`render_preview` as a PNG, atomically; ``slices`` default to :func:`preview_slices`."""
+    path = Path(path)
+    chosen = preview_slices(pet, range(pet.shape[-1])) if slices is None else slices
+    picture = render_preview(ct, pet, fused, chosen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        Image.fromarray(picture).save(temporary, format="PNG")
+    return path

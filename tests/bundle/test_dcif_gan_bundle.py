@@ -1,0 +1,135 @@
+"""The bundle as a MONAI user runs it: verify, train, resume, infer (with MLflow), evaluate.
+
+Workflows run in-process through ``monai.bundle.run`` (the function behind ``python -m
+monai.bundle run``) on two tiny phantom studies with a tiny network; the verify commands run as
+the real command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from monai.bundle import run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
+TINY_NET = {"generator_config#width": 8, "generator_config#num_heads": 2, "generator_config#depths": [2, 2, 2]}
+TINY_INFERENCE_NET = {"network_def#width": 8, "network_def#num_heads": 2}
+
+
+def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **overrides) -> None:
+    run(run_id, config_file=str(CONFIGS / config), meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(bundle_root), phantom_root=str(phantom_root),
+        **overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_datalist) -> Path:
+    """A bundle root holding models/model.pt after one tiny training epoch."""
+    root = tmp_path_factory.mktemp("bundle")
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    _bundle("train.json", "training", root, phantoms, phantom_studies=2, val_fraction=0.5, epochs=1, val_interval=1,
+            crop_size=32, batch_size=4, tracking="mlflow", **TINY_NET)
+    return root
+
+
+@pytest.mark.parametrize("command", [
+    ["verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+     "--filepath", str(CONFIGS / "schema" / "metadata_schema.json")],
+    ["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+     "--config_file", str(CONFIGS / "inference.json")],
+])
+def test_bundle_verifies(command):
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "verified with no error" in result.stderr + result.stdout
+
+
+def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
+    checkpoint = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert {"generator", "config", "card"} <= checkpoint.keys()
+    assert checkpoint["config"]["width"] == 8 and checkpoint["card"]["training_studies"] == 1
+    assert (trained / "eval" / "train" / "last.pt").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'eval' / 'mlruns.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_training"]
+    (run_info,) = client.search_runs([experiment.experiment_id])
+    for name in ("train_loss", "train_d_loss", "train_g_content1", "val_QABF"):
+        assert client.get_metric_history(run_info.info.run_id, name), name
+    assert run_info.data.params["variant"] == "network4" and run_info.data.params["alpha"] == "100.0"
+
+
+def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist):
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    last = trained / "eval" / "train" / "last.pt"
+    _bundle("train.json", "training", trained, phantoms, phantom_studies=2, val_fraction=0.5, epochs=2,
+            val_interval=1, crop_size=32, resume_from=str(last), train_dir=str(trained / "resumed"), **TINY_NET)
+    resumed = torch.load(trained / "resumed" / "last.pt", weights_only=False)
+    assert resumed["trainer"]["iteration"] == 2 * resumed["trainer"]["epoch_length"]  # epoch 1 loaded, one more run
+
+
+def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, tiny_datalist, tiny_geometry):
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    out = trained / "inference"
+    _bundle("inference.json", "inference", trained, phantoms, output_dir=str(out), input=str(phantoms / "seed_000"),
+            tracking="mlflow", every_k=4, save_streams=True, **TINY_INFERENCE_NET)
+    key = tiny_datalist[0]["study_key"]
+    ct = nib.load(phantoms / "seed_000" / "nifti" / "ct.nii.gz") if (phantoms / "seed_000" / "nifti").exists() else None
+    for method in ("dcif_gan", "dcif_gan_f_ct", "dcif_gan_f_pet"):
+        for window in ("lung", "mediastinal"):
+            image = nib.load(out / key / f"fused_{method}_{window}.nii.gz")
+            assert image.shape == tiny_geometry["size"]
+            assert np.allclose(np.abs(np.diag(image.affine))[:3], tiny_geometry["spacing"])
+            data = image.get_fdata()
+            assert 0.0 <= data.min() and data.max() <= 1.0
+            if ct is not None:
+                assert np.allclose(image.affine, ct.affine)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_inference"]
+    (run_info,) = client.search_runs([experiment.experiment_id])
+    slices = client.list_artifacts(run_info.info.run_id, f"slices/study000_{key}/lung/dcif_gan")
+    assert slices and all(a.path.endswith(".png") for a in slices)
+    assert client.get_metric_history(run_info.info.run_id, f"study000_{key}.lung.dcif_gan.QABF")
+    assert client.list_artifacts(run_info.info.run_id, f"volumes/{key}")
+    logged = " ".join([run_info.info.run_name, *run_info.data.tags.values(), *run_info.data.params.values()])
+    assert "PHANTOM" not in logged.upper()  # no patient name or ID reaches MLflow
+
+
+def test_inference_without_checkpoint_names_the_baselines(tmp_path, tiny_datalist):
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    with pytest.raises(Exception) as error:
+        _bundle("inference.json", "inference", tmp_path, phantoms, output_dir=str(tmp_path / "out"))
+    chain = []
+    cause: BaseException | None = error.value
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.__cause__
+    assert any("no dcif_gan checkpoint found" in text and "--method laplacian" in text for text in chain)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
+def test_inference_with_a_baseline_needs_no_checkpoint(tmp_path, tiny_datalist):
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    _bundle("inference.json", "inference", tmp_path, phantoms, output_dir=str(tmp_path / "out"), method="laplacian",
+            windows=["lung"])
+    assert len(list((tmp_path / "out").rglob("fused_laplacian_lung.nii.gz"))) == 1
+
+
+def test_evaluation_tables_every_method_per_window(trained, tiny_datalist):
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    out = trained / "evaluation"
+    _bundle("evaluate.json", "evaluate", trained, phantoms, output_dir=str(out), phantom_studies=2, val_fraction=0.5,
+            **TINY_INFERENCE_NET)
+    summary = (out / "metrics_summary.md").read_text()
+    for method in ("dcif_gan", "average", "max", "laplacian", "dwt"):
+        assert summary.count(f"| {method} |") == 2  # one row per window
+    assert "CT window: lung" in summary and "CT window: mediastinal" in summary
+    assert summary.count("**") >= 2 * 8 * 2  # a best value marked in every column of both tables
+    assert (out / "metrics_per_slice.csv").stat().st_size > 0

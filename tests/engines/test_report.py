@@ -1,0 +1,53 @@
+"""Report tables: per-study means, best per column marked, non-finite values left out."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+from ignite.engine import Engine, Events
+
+from pipeline.engines import FusionReportWriter
+from pipeline.engines.report import markdown_summary, study_means, summary_metrics
+from pipeline.metrics import METRIC_NAMES
+
+
+def _row(study: int, method: str, slice_index: int, value: float) -> dict:
+    return {"study_index": study, "study_key": f"key{study}", "window": "lung", "method": method,
+            "slice_index": slice_index, **{name: value for name in METRIC_NAMES}}
+
+
+def test_study_means_skip_infinite_psnr():
+    rows = [_row(0, "max", 0, 2.0), _row(0, "max", 1, 4.0), {**_row(0, "max", 2, 6.0), "PSNR": math.inf}]
+    (mean,) = study_means(rows)
+    assert mean["AG"] == 4.0 and mean["PSNR"] == 3.0 and mean["slices"] == 3
+
+
+def test_markdown_marks_the_best_method_per_metric():
+    studies = study_means([_row(0, "average", 0, 1.0), _row(0, "laplacian", 0, 2.0), _row(1, "average", 0, 3.0),
+                           _row(1, "laplacian", 0, 2.0)])
+    table = markdown_summary(studies, suv_max=15)
+    assert "CT window: lung, PET SUV ceiling 15 (2 studies" in table
+    average_line = next(line for line in table.splitlines() if line.startswith("| average"))
+    laplacian_line = next(line for line in table.splitlines() if line.startswith("| laplacian"))
+    assert "**2.0000 ± 1.0000**" in average_line and "**2.0000 ± 0.0000**" in laplacian_line
+    assert summary_metrics(studies)["lung.average.QABF"] == 2.0
+
+
+def test_writer_leaves_csvs_summary_and_engine_metrics(tmp_path):
+    engine = Engine(lambda e, b: None)
+    FusionReportWriter(tmp_path, suv_max=10).attach(engine)
+
+    @engine.on(Events.STARTED)
+    def _rows(e):
+        e.state.fusion_rows = [_row(0, "max", 0, 1.0), _row(0, "max", 1, 3.0)]
+
+    engine.run([0], max_epochs=1)
+    with open(tmp_path / "metrics_per_slice.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+    with open(tmp_path / "metrics_per_study.csv") as handle:
+        (study,) = list(csv.DictReader(handle))
+    assert float(study["QABF"]) == 2.0
+    assert "| max |" in (tmp_path / "metrics_summary.md").read_text()
+    assert engine.state.metrics["lung.max.SSIM"] == 2.0
+    assert not list(tmp_path.glob(".*partial*"))
