@@ -133,3 +133,20 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist):
     assert "CT window: lung" in summary and "CT window: mediastinal" in summary
     assert summary.count("**") >= 2 * 8 * 2  # a best value marked in every column of both tables
     assert (out / "metrics_per_slice.csv").stat().st_size > 0
+
+
+def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist):
+    """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints."""
+    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+        "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path),
+        "--phantom_root", str(phantoms), "--phantom_studies", "2", "--val_fraction", "0.5", "--epochs", "1",
+        "--val_interval", "1", "--crop_size", "32",
+        *[item for key, value in TINY_NET.items() for item in (f"--{key}", str(value).replace(" ", ""))],
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]["iteration"] > 0
