@@ -29,7 +29,22 @@ def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
     return None
 
 
-class MLflowSliceLogger:
+class _RunIterationHandler:
+    """Base of the loggers: on each iteration, log into the MLflow run when there is one."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        found = find_mlflow_run(engine)
+        if found is not None:
+            self.log(engine, *found)
+
+    def log(self, engine: Engine, client: Any, run_id: str) -> None:
+        raise NotImplementedError
+
+
+class MLflowSliceLogger(_RunIterationHandler):
     """Per study: a CT | PET | fused picture and the fusion metrics of each scored slice.
 
     Reads what :class:`pipeline.engines.FusionSliceMetrics` put on ``engine.state.fusion_slices``
@@ -41,14 +56,7 @@ class MLflowSliceLogger:
     def __init__(self, log_volumes: bool = True) -> None:
         self.log_volumes = log_volumes
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        found = find_mlflow_run(engine)
-        if found is None:
-            return
-        client, run_id = found
+    def log(self, engine: Engine, client: Any, run_id: str) -> None:
         for item in getattr(engine.state, "fusion_slices", []):
             self._log_slice(client, run_id, item)
         if self.log_volumes:
@@ -70,7 +78,7 @@ def _finite(metrics: dict[str, float]) -> Iterable[tuple[str, float]]:
     return ((name, float(value)) for name, value in metrics.items() if value == value and abs(value) != float("inf"))
 
 
-class MLflowTrainingLogger:
+class MLflowTrainingLogger(_RunIterationHandler):
     """Every loss term of every iteration (D and G, adversarial and content) and the run's parameters.
 
     MONAI's handler logs the single ``loss`` value; a GAN needs both players' curves to show it
@@ -82,14 +90,7 @@ class MLflowTrainingLogger:
         self.params = {name: str(value) for name, value in (params or {}).items()}
         self._params_logged = False
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        found = find_mlflow_run(engine)
-        if found is None:
-            return
-        client, run_id = found
+    def log(self, engine: Engine, client: Any, run_id: str) -> None:
         if not self._params_logged:
             for name, value in self.params.items():
                 client.log_param(run_id, name, value[:500])
