@@ -28,7 +28,8 @@ def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DE
     ``pet`` is ``(1, X, Y, Z)``; with no candidates every slice is one.
     """
     candidates = list(candidates) or list(range(pet.shape[-1]))
-    hottest = max(candidates, key=lambda z: float(pet[..., z].max()))
+    peaks = pet[0].amax(dim=(0, 1))  # one pass over the volume: slice by slice is strided and slow
+    hottest = max(candidates, key=lambda z: float(peaks[z]))
     spread = np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round().astype(int)
     chosen = [candidates[i] for i in spread]
     if hottest not in chosen:  # it replaces the spread slice nearest to it

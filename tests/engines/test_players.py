@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,7 +29,7 @@ def _free_port() -> int:
 
 def _step(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     torch.manual_seed(0)  # same initial weights on both ranks
     model = DCIFGAN(variant="network4", width=8, num_heads=2, window_size=4, depths=(1, 1, 1))
@@ -49,13 +51,20 @@ def _step(rank: int, port: int, queue) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         queue.put((bool(torch.allclose(gathered[0], gathered[1], atol=1e-6)), float(flat.abs().sum())))
-    dist.destroy_process_group()
+    # No destroy_process_group: with rank 0 hosting the store, a rank tearing down after it can
+    # wait forever; process exit releases gloo's resources.
 
 
 def test_ddp_players_keep_ranks_identical():
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_step, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=True)
+    processes = mp.start_processes(_step, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + 240
+    while not processes.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.kill()
+            raise AssertionError("DDP processes did not finish within 240 s")
     in_sync, checksum = queue.get()
     assert in_sync
     assert checksum > 0

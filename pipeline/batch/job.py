@@ -1,0 +1,93 @@
+"""``dcif fuse-batch``: every PET/CT study under IN_DIR fused into OUT_DIR, resumable, with a report.
+
+Discover the studies; skip those a previous run finished (their ``done.json``); run the rest on an
+engine (local processes or Ray); write ``report.json``/``report.csv``. A killed run restarted with
+the same command picks up where it stopped: every file is written atomically, an interrupted
+study is redone from scratch, and leftover temporary files are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline.batch.engines import Engine, LocalEngine
+from pipeline.batch.layout import clear_partial_files, finished_result, study_folder
+from pipeline.batch.report import FAILED, BatchReport, FileIssue, StudyResult, relative_to_input
+from pipeline.batch.study import BatchOptions, StudyTask, cached_fusers
+from pipeline.errors import DcifError, InputError
+from pipeline.io.discovery import DiscoveryResult, discover_studies
+from pipeline.transforms.windowing import WINDOW_PRESETS
+
+logger = logging.getLogger(__name__)
+
+
+def check_options(options: BatchOptions, engine: Engine) -> None:
+    """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU."""
+    unknown = [window for window in options.windows if window not in WINDOW_PRESETS]
+    if not options.windows or unknown:
+        raise InputError(f"unknown CT window(s) {unknown or '(none given)'}; use {', '.join(sorted(WINDOW_PRESETS))}")
+    if options.device not in ("cpu", "cuda"):
+        raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
+    if options.device == "cuda" and isinstance(engine, LocalEngine) and not torch.cuda.is_available():
+        raise DcifError("--device cuda: no CUDA device is available on this machine")
+    # Builds the fusers (kept for an in-process run): an unknown method or a missing checkpoint fails now,
+    # on the CPU where the studies run elsewhere (this machine may have no GPU).
+    cached_fusers(options.methods, options.checkpoint, options.device if engine.in_process else "cpu")
+
+
+def _discovery_failures(found: DiscoveryResult, in_dir: Path) -> tuple[list[StudyResult], list[FileIssue]]:
+    """Studies discovery could not pair, and files it could not read, named relative to IN_DIR."""
+    failed = [StudyResult(key="", status=FAILED, location=relative_to_input(failure.location, in_dir) or ".",
+                          reason=relative_to_input(failure.reason, in_dir))
+              for failure in found.failures]
+    unreadable = [FileIssue(relative_to_input(problem.path, in_dir), relative_to_input(problem.reason, in_dir))
+                  for problem in found.problems]
+    return failed, unreadable
+
+
+def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BatchOptions,
+              engine: Engine | None = None, progress: bool = True) -> BatchReport:
+    """Fuse every study under ``in_dir`` into ``out_dir`` (resuming a previous run) and write the report.
+
+    ``progress`` shows an overall bar (studies) and, when studies run in this process, one per study.
+    Raises DcifError only for bad arguments or an unusable IN_DIR; study failures go into the report.
+    """
+    in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
+    engine = engine or LocalEngine()
+    check_options(options, engine)
+    if out_dir == in_dir or out_dir.is_relative_to(in_dir):
+        raise InputError(f"{out_dir}: OUT_DIR must not lie inside IN_DIR (outputs would be rescanned)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_partial_files(out_dir)
+
+    start = time.perf_counter()
+    found = discover_studies(in_dir)
+    # One scan serves every study: each is charged an equal share of it as its "discover" stage.
+    discover_s = (time.perf_counter() - start) / max(1, len(found.pairs))
+    results, unreadable = _discovery_failures(found, in_dir)
+    options = replace(options, progress=progress and engine.in_process)
+    tasks = []
+    for pair in found.pairs:
+        finished = finished_result(study_folder(out_dir, pair.study_key))
+        if finished is not None:
+            results.append(finished.skipped())
+        else:
+            tasks.append(StudyTask(pair, in_dir, out_dir, options, discover_s))
+    logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),
+                len(found.pairs) - len(tasks), len(found.failures))
+
+    with tqdm(total=len(tasks), desc="studies", unit="study", disable=not progress) as bar:
+        for result in engine.run(tasks):
+            results.append(result)
+            bar.update()
+    report = BatchReport(in_dir, out_dir, sorted(results, key=lambda r: (r.key == "", r.key, r.location)),
+                         unreadable)
+    report.write()
+    return report

@@ -1,0 +1,114 @@
+"""One study of a batch, start to finish: the unit of work every engine runs, locally or on Ray.
+
+Fuse, score, write NIfTI, DICOM series and preview, then ``done.json``. Any exception is caught
+here and becomes a failed result with a one-line reason, and the study's partial outputs are
+removed: one bad study never stops a batch nor leaves half a folder behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.batch.layout import PREVIEW_FILE, clear_study, dicom_folder_name, mark_done, study_folder
+from pipeline.batch.report import FAILED, OK, STAGES, StudyResult, relative_to_input
+from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, score_fused_study
+from pipeline.errors import DcifError
+from pipeline.fusion.registry import Fuser
+from pipeline.fusion.selection import build_fusers
+from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.io.derived_series import FUSED_SERIES_NUMBER, write_fused_series
+from pipeline.io.discovery import StudyPair, one_line, read_dicom
+from pipeline.transforms.slicing import body_slice_indices
+from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX
+from pipeline.visualization.preview import preview_slices, write_preview
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How every study of a batch is fused (picklable: it travels to worker processes and Ray tasks)."""
+
+    methods: tuple[str, ...]
+    windows: tuple[str, ...] = DEFAULT_WINDOWS
+    device: str = "cpu"
+    checkpoint: str | None = None
+    suv_max: float = DEFAULT_SUV_MAX
+    sw_batch_size: int = 8
+    metric_slices: int = DEFAULT_METRIC_SLICES  # 0: every body slice
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """One study to fuse, where to write it, and its share of the batch's discovery time."""
+
+    pair: StudyPair
+    in_dir: Path
+    out_dir: Path
+    options: BatchOptions
+    discover_s: float = 0.0
+
+    @property
+    def location(self) -> str:
+        return relative_to_input(self.pair.ct.folder, self.in_dir)
+
+    def failed(self, reason: str) -> StudyResult:
+        """The failed result of this study, with a one-line reason naming inputs relative to IN_DIR."""
+        return StudyResult(key=self.pair.study_key, status=FAILED, location=self.location,
+                           reason=relative_to_input(one_line(reason), self.in_dir), slices=self.pair.ct.n_slices)
+
+
+@functools.lru_cache(maxsize=1)
+def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str) -> Mapping[str, Fuser]:
+    """Fusers built once per process: a model checkpoint is loaded once, not once per study."""
+    return build_fusers(methods, checkpoint=checkpoint, device=device)
+
+
+def _write_outputs(result: FusedStudy, task: StudyTask, folder: Path) -> None:
+    """NIfTI and a DICOM series per (method, window), and the preview picture."""
+    result.save_nifti(folder)
+    ct_headers = [read_dicom(path) for path in task.pair.ct.files]
+    for number, ((window, method), volume) in enumerate(result.fused.items(), start=FUSED_SERIES_NUMBER):
+        write_fused_series(volume, ct_headers, folder / dicom_folder_name(method, window),
+                           method=method, window=window, series_number=number)
+    image = result.data["image"]
+    ct, pet = image[:1], image[-1:]
+    slices = preview_slices(pet, body_slice_indices(result.data["ct"]))
+    write_preview(folder / PREVIEW_FILE, ct, pet, list(result.fused.values()), slices)
+
+
+def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
+    options = task.options
+    fusers = cached_fusers(options.methods, options.checkpoint, options.device)
+    result = fuse_study(task.pair, fusers, options.windows, suv_max=options.suv_max, device=options.device,
+                        sw_batch_size=options.sw_batch_size, progress=options.progress)
+    timings = {"discover": task.discover_s, **result.timings}
+    start = time.perf_counter()
+    metrics = score_fused_study(result, options.windows, options.metric_slices)
+    timings["metrics"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _write_outputs(result, task, folder)
+    timings["write"] = time.perf_counter() - start
+    ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
+    return StudyResult(key=task.pair.study_key, status=OK, location=task.location,
+                       slices=task.pair.ct.n_slices, timings=ordered, metrics=metrics)
+
+
+def process_study(task: StudyTask) -> StudyResult:
+    """Fuse one study into ``OUT/<study_key>/`` and mark it done; never raises for a bad study.
+
+    A folder left by an interrupted run is removed first, so the study is redone from scratch.
+    """
+    folder = study_folder(task.out_dir, task.pair.study_key)
+    clear_study(folder)
+    try:
+        outcome = _fuse_and_write(task, folder)
+        mark_done(folder, outcome)
+        return outcome
+    except Exception as error:  # any failure on one study's data (ours or a library's) must not stop the batch
+        clear_study(folder)
+        return task.failed(str(error) if isinstance(error, DcifError) else f"{type(error).__name__}: {error}")

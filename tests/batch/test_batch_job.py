@@ -1,0 +1,142 @@
+"""The batch job end to end on tiny phantom exports: outputs, report, broken studies, determinism, safety."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.batch import BatchOptions, run_batch
+from pipeline.batch.layout import DONE_FILE, PREVIEW_FILE
+from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.metrics import METRIC_NAMES
+
+N_GOOD = 3  # studies in the good_export fixture
+
+
+def _rows(out: Path) -> list[dict]:
+    return json.loads((out / "report.json").read_text())["studies"]
+
+
+def test_batch_writes_every_output_of_every_study(tmp_path: Path, good_export: Path) -> None:
+    options = BatchOptions(methods=("laplacian", "average"), windows=("lung", "mediastinal"), metric_slices=4)
+    report = run_batch(good_export, tmp_path, options, progress=False)
+
+    assert report.counts() == {"ok": N_GOOD, "failed": 0, "skipped": 0}
+    for row in _rows(tmp_path):
+        folder = tmp_path / row["key"]
+        assert set(row["timings"]) == {"discover", "load", "suv", "resample", "window", "fuse", "metrics", "write"}
+        assert row["slices"] == 16 and row["location"].startswith("patient_")
+        for method in options.methods:
+            for window in options.windows:
+                assert set(row["metrics"][f"{method}_{window}"]) == set(METRIC_NAMES)
+                fused = nib.load(folder / f"fused_{method}_{window}.nii.gz").get_fdata()
+                assert fused.shape == (64, 64, 16) and 0.0 <= fused.min() and fused.max() <= 1.0
+                series = sorted((folder / f"dicom_{method}_{window}").iterdir())
+                assert len(series) == 16
+                assert pydicom.dcmread(series[0]).SeriesDescription == f"DCIF fusion {method} {window}"
+        assert (folder / PREVIEW_FILE).read_bytes().startswith(b"\x89PNG")
+        assert json.loads((folder / DONE_FILE).read_text())["status"] == "ok"
+    with (tmp_path / "report.csv").open() as stream:
+        table = list(csv.DictReader(stream))
+    assert [line["key"] for line in table] == [row["key"] for row in _rows(tmp_path)]
+    assert float(table[0]["laplacian_lung_SSIM"]) > 0
+
+
+def test_broken_studies_are_reported_and_the_batch_goes_on(tmp_path: Path, mixed_export: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    status = main(["-q", "fuse-batch", str(mixed_export), str(tmp_path), "--method", "laplacian",
+                   "--window", "lung", "--metric-slices", "4"])
+
+    assert status == 1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"fuse-batch: {N_GOOD} ok, 4 failed, 0 skipped")
+    rows = _rows(tmp_path)
+    failed = {row["location"].split("/")[0]: row["reason"] for row in rows if row["status"] == "failed"}
+    assert set(failed) == {"truncated", "no_pet", "other_frame", "corrupt_pixels"}
+    assert "no PET" in failed["no_pet"]
+    assert "FrameOfReferenceUID" in failed["other_frame"]
+    assert "pixel data" in failed["truncated"] and "pixel data" in failed["corrupt_pixels"]
+    assert all("\n" not in reason and str(mixed_export) not in reason for reason in failed.values())
+    ok = [row["key"] for row in rows if row["status"] == "ok"]
+    assert len(ok) == N_GOOD
+    # Only finished studies have a folder: failed ones leave nothing behind.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(ok)
+
+
+def test_rerun_writes_byte_identical_outputs(tmp_path: Path, good_export: Path, reference_run: Path,
+                                             batch_options: BatchOptions, fused_files) -> None:
+    run_batch(good_export, tmp_path, batch_options, progress=False)
+
+    again, reference = fused_files(tmp_path), fused_files(reference_run)
+    assert any(name.endswith(".nii.gz") for name in reference)
+    assert again.keys() == reference.keys()
+    assert [name for name in again if again[name] != reference[name]] == []
+
+
+def test_finished_studies_are_skipped_with_their_results(tmp_path: Path, good_export: Path, reference_run: Path,
+                                                         batch_options: BatchOptions) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    report = run_batch(good_export, out, batch_options, progress=False)
+
+    assert report.counts() == {"ok": 0, "failed": 0, "skipped": N_GOOD}
+    before = {row["key"]: row["metrics"] for row in _rows(reference_run)}
+    assert {row["key"]: row["metrics"] for row in _rows(out)} == before
+    assert {row["reason"] for row in _rows(out)} == {"done (finished by an earlier run)"}
+
+
+def test_hostile_patient_tags_stay_out_of_paths_and_report(tmp_path: Path, good_export: Path,
+                                                           batch_options: BatchOptions, rewrite_tags) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(good_export / "patient_0", export / "patient_0")
+    rewrite_tags(sorted(export.rglob("*.dcm")), PatientID="../../etc", PatientName="../../../EVIL^NAME",
+            PatientBirthDate="19450102")
+    out = tmp_path / "deep" / "out"
+    report = run_batch(export, out, batch_options, progress=False)
+
+    assert report.counts()["ok"] == 1
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "deep" / "etc").exists()
+    for path in out.rglob("*"):
+        assert path.resolve().is_relative_to(out.resolve())
+        assert "etc" not in path.name and "EVIL" not in path.name
+    for name in ("report.json", "report.csv"):
+        text = (out / name).read_text()
+        assert "EVIL" not in text and "../../etc" not in text and "19450102" not in text
+    derived = pydicom.dcmread(next(out.rglob("fused_0000.dcm")))
+    assert derived.PatientID == "../../etc"  # PACS files the fused series under the same patient
+    assert derived.PatientBirthDate == ""
+
+
+def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path: Path, good_export: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "a"), "--window", "bone,lung"]) == 2
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "b"), "--method", "magic"]) == 2
+    assert main(["-q", "fuse-batch", str(good_export), str(good_export / "out")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("dcif fuse-batch: error:") for line in errors)
+    assert "bone" in errors[0] and "magic" in errors[1] and "inside IN_DIR" in errors[2]
+    assert not (tmp_path / "a").exists() and not (good_export / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["fuse-batch", str(good_export), str(tmp_path), "--workers", "0"])
+
+
+def test_an_empty_folder_is_an_input_error(tmp_path: Path, batch_options: BatchOptions) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM files"):
+        run_batch(tmp_path / "empty", tmp_path / "out", batch_options, progress=False)
+
+
+def test_derived_series_values_match_the_nifti(reference_run: Path) -> None:
+    folder = next(p for p in reference_run.iterdir() if p.is_dir())
+    nifti = nib.load(folder / "fused_laplacian_lung.nii.gz").get_fdata()
+    series = [pydicom.dcmread(path) for path in sorted((folder / "dicom_laplacian_lung").iterdir())]
+    stacked = np.stack([ds.pixel_array.T for ds in series], axis=-1) / 4095.0
+    assert np.abs(stacked - nifti).max() <= 0.5 / 4095 + 1e-6

@@ -1,0 +1,103 @@
+"""Benchmark ``dcif fuse-batch``: studies per minute and seconds per study by stage.
+
+Makes phantom PET/CT studies (default two 512 x 512 x 300 CTs at 0.977 x 0.977 x 1.0 mm, cached in
+the work folder), then runs the local engine with each worker count on each device and prints a
+markdown table naming the CPU (and GPU). A benchmark, not a test: nothing here asserts a time.
+
+    .venv/bin/python tools/bench_batch.py                      # full size, CPU (and CUDA if present)
+    .venv/bin/python tools/bench_batch.py --size 128,128,64    # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.batch import BatchOptions, LocalEngine, run_batch
+from pipeline.batch.report import STAGES, BatchReport
+from pipeline.phantom import make_phantom
+
+
+def _numbers(text: str, kind: type) -> tuple:
+    return tuple(kind(part) for part in text.split(","))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, with the number of cores this process may use."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+
+
+def make_studies(root: Path, count: int, size: tuple[int, ...], spacing: tuple[float, ...]) -> Path:
+    """``count`` phantom studies in one export folder, made once (truth.json marks a finished one)."""
+    export = root / f"export_{'x'.join(map(str, size))}"
+    for seed in range(count):
+        study = export / f"study_{seed}"
+        if not (study / "truth.json").is_file():
+            print(f"making phantom study {seed} ({'x'.join(map(str, size))})", flush=True)
+            make_phantom(study, ct_shape=size, ct_spacing=spacing, seed=seed, write_nifti=False, progress=True)
+    return export
+
+
+def mean_stages(report: BatchReport) -> dict[str, float]:
+    """Seconds per study by stage, averaged over the studies that ran."""
+    ran = [result for result in report.studies if result.status == "ok"]
+    return {stage: sum(result.timings.get(stage, 0.0) for result in ran) / max(1, len(ran)) for stage in STAGES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="512,512,300", help="CT columns,rows,slices (default 512,512,300)")
+    parser.add_argument("--spacing", default="0.977,0.977,1.0", help="CT spacing in mm (default 0.977,0.977,1.0)")
+    parser.add_argument("--studies", type=int, default=2, help="phantom studies (default 2)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
+    parser.add_argument("--windows", default="lung,mediastinal", help="CT windows (default lung,mediastinal)")
+    parser.add_argument("--method", default="laplacian", help="fuser (default laplacian)")
+    parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu",
+                        help="devices to run on (default cpu, plus cuda when available)")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dcif_bench_batch",
+                        help="where phantoms (kept for re-runs) and outputs (removed) go")
+    args = parser.parse_args()
+
+    size, spacing = _numbers(args.size, int), _numbers(args.spacing, float)
+    export = make_studies(args.work_dir, args.studies, size, spacing)
+    rows = []
+    for device in args.devices.split(","):
+        options = BatchOptions(methods=(args.method,), windows=tuple(args.windows.split(",")), device=device)
+        for workers in _numbers(args.workers, int):
+            out = args.work_dir / f"out_{device}_{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            report = run_batch(export, out, options, engine=LocalEngine(workers), progress=False)
+            wall = time.perf_counter() - start
+            shutil.rmtree(out)
+            counts = report.counts()
+            print(f"{device}, {workers} worker(s): {counts} in {wall:.1f} s", flush=True)
+            rows.append((device, workers, counts["ok"] * 60.0 / wall, mean_stages(report)))
+
+    print(f"\n{args.studies} phantom studies, CT {args.size} at {args.spacing} mm, {args.method}, "
+          f"windows {args.windows}; wall time includes worker start-up\n")
+    for device in dict.fromkeys(row[0] for row in rows):
+        print(f"- {device}: {device_name(device)}")
+    print()
+    print("| device | workers | studies/min | " + " | ".join(f"{stage} s" for stage in STAGES) + " |")
+    print("|---|---|---|" + "---|" * len(STAGES))
+    for device, workers, per_minute, stages in rows:
+        print(f"| {device} | {workers} | {per_minute:.2f} | " + " | ".join(f"{stages[s]:.2f}" for s in STAGES) + " |")
+
+
+if __name__ == "__main__":
+    main()
