@@ -1,0 +1,96 @@
+"""The DCIF-GAN fusion MONAI Deploy application: a PET/CT DICOM study in, fused DICOM series out.
+
+    DICOMDataLoaderOperator -> PetCtSeriesSelectorOperator -> DICOMSeriesToVolumeOperator (CT)
+        -> FusionOperator -> FusedDicomWriterOperator
+
+Run as ``python -m pipeline.deploy -i INPUT_DICOM_DIR -o OUTPUT_DIR [-m MODEL_PATH]``; the SDK's
+HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH stand in for missing options.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
+
+from pipeline.deploy.operators import (
+    FUSED_PORT,
+    IMAGE_PORT,
+    SELECTION_PORT,
+    FusedDicomWriterOperator,
+    FusionOperator,
+    PetCtSeriesSelectorOperator,
+)
+from pipeline.errors import DcifError, InputError
+from pipeline.fusion.registry import Fuser
+from pipeline.fusion.selection import BASELINE_FALLBACK, BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = BUNDLED_CHECKPOINT.name  # what a model folder (HOLOSCAN_MODEL_PATH) holds
+
+
+def find_checkpoint(model_path: str | Path) -> Path | None:
+    """The checkpoint ``model_path`` names (a file, or a folder holding ``model.pt``), else the bundle's."""
+    path = Path(model_path)
+    for candidate in (path, path / CHECKPOINT_NAME, BUNDLED_CHECKPOINT):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
+    """The DCIF-GAN model when a checkpoint is found, else the Laplacian baseline, saying so.
+
+    Never the network with random weights: without trained weights its output means nothing.
+    """
+    checkpoint = find_checkpoint(model_path)
+    if checkpoint is None:
+        logger.warning("no DCIF-GAN checkpoint at %s nor %s: fusing with the %s baseline instead",
+                       Path(model_path).resolve(), BUNDLED_CHECKPOINT, BASELINE_FALLBACK)
+        return build_fusers([BASELINE_FALLBACK])
+    logger.info("fusing with %s from %s", MODEL_METHOD, checkpoint)
+    return build_fusers([MODEL_METHOD], checkpoint=checkpoint, device=device)
+
+
+class DcifFusionApp(Application):
+    """PET/CT fusion as a MONAI Deploy application: one study per run, DICOM in and DICOM out."""
+
+    def compose(self) -> None:
+        context: AppContext = Application.init_app_context(self.argv)
+        input_folder, output_folder = Path(context.input_path), Path(context.output_path)
+        if not input_folder.is_dir():
+            raise InputError(f"{input_folder}: input folder not found")
+        output_folder.mkdir(parents=True, exist_ok=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        fusers = fusers_for(context.model_path, device)
+
+        # must_load=False: an empty folder reaches the selector, which says what is wrong in one line.
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
+                                         name="dicom_loader")
+        selector = PetCtSeriesSelectorOperator(self, input_folder=input_folder, name="pet_ct_selector")
+        ct_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
+        fusion = FusionOperator(self, fusers=fusers, device=device, name="fusion")
+        writer = FusedDicomWriterOperator(self, output_folder=output_folder, name="fused_dicom_writer")
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, ct_volume, {(SELECTION_PORT, SELECTION_PORT)})
+        self.add_flow(selector, fusion, {(SELECTION_PORT, SELECTION_PORT)})
+        self.add_flow(ct_volume, fusion, {(IMAGE_PORT, IMAGE_PORT)})
+        self.add_flow(selector, writer, {(SELECTION_PORT, SELECTION_PORT)})
+        self.add_flow(fusion, writer, {(FUSED_PORT, FUSED_PORT)})
+
+
+def main() -> int:
+    """Run the app on ``sys.argv``; a :class:`DcifError` becomes its one-line message and exit status 1."""
+    try:
+        DcifFusionApp().run()
+    except DcifError as error:
+        print(f"dcif-deploy: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,153 @@
+"""The application's own operators around the SDK's DICOM ones: select, fuse, write.
+
+The SDK loads and groups the DICOM instances, picks the CT and PET series and builds the CT volume;
+these operators add what is ours: refusing a folder that is not one PET/CT study, fusing with
+:func:`pipeline.fusion.study.fuse_study` (the bundle's inference, unchanged) and writing the batch
+job's derived DICOM series. They pass the SDK's ``StudySelectedSeries`` along, as the SDK's own
+writers do, so the writer takes the CT headers from the very series that was fused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
+from monai.deploy.core.domain.dicom_series import DICOMSeries
+from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
+from monai.deploy.core.domain.dicom_study import DICOMStudy
+from monai.deploy.operators import DICOMSeriesSelectorOperator
+from pydicom.dataset import Dataset
+
+from pipeline.batch.layout import dicom_folder_name
+from pipeline.errors import DcifError, InputError
+from pipeline.fusion.registry import Fuser
+from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.io.derived_series import FUSED_SERIES_NUMBER, write_fused_series
+from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX
+
+# Port names: the SDK's, so our operators plug into its DICOM operators without renaming.
+SELECTION_PORT = "study_selected_series_list"
+IMAGE_PORT = "image"
+FUSED_PORT = "fused"
+
+# Selection name -> DICOM Modality. The CT comes first: DICOMSeriesToVolumeOperator converts the
+# first selected series, so it builds the CT volume.
+SELECTED_MODALITIES = {"CT": "CT", "PET": "PT"}
+SELECTION_RULES = json.dumps({"selections": [
+    {"name": name, "conditions": {"Modality": f"^{modality}$"}} for name, modality in SELECTED_MODALITIES.items()
+]})
+
+
+def selected_series(selection: StudySelectedSeries, name: str) -> DICOMSeries:
+    """The series picked under selection ``name``: the one with the most instances (localizers are short)."""
+    return selection.series_by_selection_name[name][0].series
+
+
+def native_datasets(series: DICOMSeries) -> list[Dataset]:
+    """The pydicom datasets the SDK read for ``series`` (each remembers its ``.filename``)."""
+    return [instance.get_native_sop_instance() for instance in series.get_sop_instances()]
+
+
+class PetCtSeriesSelectorOperator(DICOMSeriesSelectorOperator):
+    """The SDK's series selector with our CT and PET rules, refusing any input but one PET/CT study.
+
+    It is the first step that sees the studies, so a bad folder stops the app here with one line,
+    before any volume is built. All matches are kept, largest first, so a scout or localizer series
+    sharing the CT's modality never wins over the CT itself.
+    """
+
+    def __init__(self, fragment: Fragment, *args, input_folder: Path, **kwargs) -> None:
+        self._input_folder = input_folder
+        super().__init__(fragment, *args, rules=SELECTION_RULES, all_matched=True, sort_by_sop_instance_count=True,
+                         **kwargs)
+
+    def filter(self, selection_rules: dict | None, dicom_study_list: list[DICOMStudy], all_matched: bool = False,
+               sort_by_sop_instance_count: bool = False) -> list[StudySelectedSeries]:
+        if not dicom_study_list:
+            raise InputError(f"{self._input_folder}: no DICOM study found")
+        if len(dicom_study_list) > 1:
+            raise InputError(f"{self._input_folder}: {len(dicom_study_list)} studies found; "
+                             "the app fuses one study per run, give it one study's folder")
+        selections = super().filter(selection_rules, dicom_study_list, all_matched, sort_by_sop_instance_count)
+        found = selections[0].series_by_selection_name if selections else {}
+        for name, modality in SELECTED_MODALITIES.items():
+            if name not in found:
+                raise InputError(f"{self._input_folder}: the study has no {name} series (Modality {modality})")
+        return selections
+
+
+def check_same_grid(result: FusedStudy, ct_image: Image) -> None:
+    """Refuse a fused study whose CT grid differs from the SDK's CT volume (shape or RAS affine)."""
+    ct = result.data["ct"]
+    sdk_shape = tuple(ct_image.asnumpy().shape[::-1])  # the SDK's (slice, row, column) -> our (column, row, slice)
+    sdk_affine = ct_image.metadata().get("affine")
+    same_affine = sdk_affine is None or np.allclose(np.asarray(sdk_affine, float), ct.affine.numpy(), atol=1e-3)
+    if tuple(ct.shape[1:]) != sdk_shape or not same_affine:
+        raise DcifError(f"{ct.meta.get('filename_or_obj', 'CT series')}: the SDK and the fusion read different CT "
+                        f"grids ({sdk_shape} vs {tuple(ct.shape[1:])} voxels, or another affine); "
+                        "refusing to write a fused series off the CT grid")
+
+
+class FusionOperator(Operator):
+    """Fuse the selected CT and PET series with ``fuse_study``: the bundle's transforms and model.
+
+    The series go in as the files the SDK selected, through our own DICOM loader, so the result is
+    the bundle's inference result. The SDK's CT volume is the cross-check: both readers
+    must agree on the CT grid, or the fused series would not lie on the CT.
+
+    Named inputs: ``study_selected_series_list`` (from the selector), ``image`` (the CT volume from
+    DICOMSeriesToVolumeOperator). Named output: ``fused`` (a :class:`FusedStudy`).
+    """
+
+    def __init__(self, fragment: Fragment, *args, fusers: Mapping[str, Fuser],
+                 windows: Sequence[str] = DEFAULT_WINDOWS, suv_max: float = DEFAULT_SUV_MAX,
+                 device: str | torch.device = "cpu", **kwargs) -> None:
+        self._fusers = fusers
+        self._windows = tuple(windows)
+        self._suv_max = suv_max
+        self._device = device
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(SELECTION_PORT)
+        spec.input(IMAGE_PORT)
+        spec.output(FUSED_PORT)
+
+    def compute(self, op_input, op_output, context) -> None:
+        selection = op_input.receive(SELECTION_PORT)[0]
+        ct_image = op_input.receive(IMAGE_PORT)
+        files = {key: [dataset.filename for dataset in native_datasets(selected_series(selection, name))]
+                 for key, name in (("ct", "CT"), ("pet", "PET"))}
+        result = fuse_study(files, self._fusers, self._windows, suv_max=self._suv_max, device=self._device)
+        check_same_grid(result, ct_image)
+        op_output.emit(result, FUSED_PORT)
+
+
+class FusedDicomWriterOperator(Operator):
+    """Write every fused volume as the batch job's derived DICOM series, and as NIfTI for convenience.
+
+    Named inputs: ``fused`` (a :class:`FusedStudy`) and ``study_selected_series_list`` (for the CT
+    headers the derived series copies its study and geometry from).
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
+        self._output_folder = Path(output_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(FUSED_PORT)
+        spec.input(SELECTION_PORT)
+
+    def compute(self, op_input, op_output, context) -> None:
+        result: FusedStudy = op_input.receive(FUSED_PORT)
+        selection = op_input.receive(SELECTION_PORT)[0]
+        ct_headers = native_datasets(selected_series(selection, "CT"))
+        result.save_nifti(self._output_folder)
+        for number, ((window, method), volume) in enumerate(result.fused.items(), start=FUSED_SERIES_NUMBER):
+            write_fused_series(volume, ct_headers, self._output_folder / dicom_folder_name(method, window),
+                               method=method, window=window, series_number=number)

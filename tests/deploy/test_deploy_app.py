@@ -1,0 +1,103 @@
+"""The deploy app end to end: its fused DICOM series lie on the CT and equal the bundle's inference.
+
+``fuse_study`` is the bundle's inference workflow (same preprocessing, same FusionNetwork, same
+slice inferer), so it is the reference the app's series must reproduce within 12-bit quantisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pipeline.batch.layout import dicom_folder_name
+from pipeline.fusion.selection import BUNDLED_CHECKPOINT, build_fusers, default_method
+from pipeline.fusion.study import FusedStudy, fuse_study, fused_filename
+from pipeline.io.derived_series import MAX_STORED
+from pipeline.networks import DCIFGenerator
+from pipeline.phantom import make_phantom
+
+QUANTUM = 0.5 / MAX_STORED + 1e-6  # the writer rounds fused * 4095 to an integer
+REAL_STUDY = "STS_025"  # the smallest real study: 47 slices
+
+
+def _read_sitk(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def assert_output_matches(out_dir: Path, ct_dir: Path, expected: FusedStudy) -> None:
+    """Every fused volume came out as a DICOM series on the CT grid, in the CT's study, with the expected pixels."""
+    ct = _read_sitk(ct_dir)
+    ct_header = pydicom.dcmread(next(ct_dir.glob("*.dcm")), stop_before_pixels=True)
+    assert sorted(path.name for path in out_dir.glob("dicom_*")) == sorted(
+        dicom_folder_name(method, window) for window, method in expected.fused)
+    for (window, method), volume in expected.fused.items():
+        assert (out_dir / fused_filename(window, method)).is_file()
+        series_dir = out_dir / dicom_folder_name(method, window)
+        headers = [pydicom.dcmread(path) for path in sorted(series_dir.glob("*.dcm"))]
+        assert len(headers) == ct.GetSize()[2]
+        assert {h.StudyInstanceUID for h in headers} == {ct_header.StudyInstanceUID}
+        assert {h.FrameOfReferenceUID for h in headers} == {ct_header.FrameOfReferenceUID}
+        assert len({h.SeriesInstanceUID for h in headers}) == 1
+        assert headers[0].SeriesInstanceUID != ct_header.SeriesInstanceUID
+        assert headers[0].ReferencedSeriesSequence[0].SeriesInstanceUID == ct_header.SeriesInstanceUID
+        assert headers[0].pixel_array.shape == (ct_header.Rows, ct_header.Columns)
+
+        fused = _read_sitk(series_dir)
+        assert fused.GetSize() == ct.GetSize()
+        np.testing.assert_allclose(fused.GetSpacing(), ct.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(fused.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(fused.GetDirection(), ct.GetDirection(), atol=1e-6)
+        written = sitk.GetArrayFromImage(fused).astype(np.float64) / MAX_STORED  # (z, y, x)
+        reference = volume[0].numpy().transpose(2, 1, 0)  # (x, y, z) -> (z, y, x)
+        assert np.abs(written - reference).max() <= QUANTUM, (window, method)
+        assert np.ptp(reference) > 100 * QUANTUM  # spans many grey levels: not a constant any writer would match
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deploy_phantom")
+    make_phantom(root, ct_shape=(64, 64, 16), ct_spacing=(6.0, 6.0, 8.0), seed=0, write_nifti=False)
+    return root / "dicom"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small DCIF-GAN generator checkpoint, so the app runs the model path of the bundle."""
+    torch.manual_seed(0)
+    generator = DCIFGenerator(width=8, num_heads=2, depths=(2, 2, 2))
+    path = tmp_path_factory.mktemp("deploy_model") / "model.pt"
+    torch.save({"generator": generator.state_dict(), "config": {"width": 8, "num_heads": 2, "depths": [2, 2, 2]}},
+               path)
+    return path
+
+
+def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, tiny_checkpoint, tmp_path):
+    out_dir = tmp_path / "out"
+    run = run_app("-i", tiny_study, "-o", out_dir, "-m", tiny_checkpoint.parent)  # a model folder, as in the image
+    assert run.returncode == 0, run
+    assert f"fusing with dcif_gan from {tiny_checkpoint}" in run.stderr
+    expected = fuse_study({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
+                          build_fusers(["dcif_gan"], checkpoint=tiny_checkpoint))
+    assert_output_matches(out_dir, tiny_study / "CT", expected)
+
+
+def test_real_study_through_sdk_environment_variables(run_app, shared_petct, tmp_path):
+    study = shared_petct / REAL_STUDY / "dicom"  # CT, PET and an RTSTRUCT beside each: selection must skip those
+    if not study.is_dir():
+        pytest.skip(f"real study {REAL_STUDY} not found in {shared_petct}")
+    out_dir = tmp_path / "out"
+    run = run_app(env={"HOLOSCAN_INPUT_PATH": str(study), "HOLOSCAN_OUTPUT_PATH": str(out_dir)})
+    assert run.returncode == 0, run
+    method = default_method()
+    if method != "dcif_gan":
+        assert "fusing with the laplacian baseline instead" in run.stderr
+    expected = fuse_study({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
+                          build_fusers([method], checkpoint=BUNDLED_CHECKPOINT))
+    assert_output_matches(out_dir, study / "CT" / "image", expected)

@@ -1,0 +1,95 @@
+"""The container recipe and the packager's files, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+DEPLOY_DIR = REPO_ROOT / "pipeline" / "deploy"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in lines
+            if line and not line.startswith("#")]
+
+
+def _entrypoint_module() -> str:
+    entrypoints = [json.loads(args) for name, args in _instructions() if name == "ENTRYPOINT"]
+    assert len(entrypoints) == 1
+    command = entrypoints[0]
+    assert command[:2] == ["python", "-m"], command
+    return command[2]
+
+
+def test_every_copied_path_exists():
+    copies = [shlex.split(args) for name, args in _instructions() if name == "COPY"]
+    sources = [source for words in copies for source in [w for w in words if not w.startswith("--")][:-1]]
+    assert "pipeline" in sources and "bundles/dcif_gan" in sources
+    for source in sources:
+        assert (REPO_ROOT / source).exists(), f"Dockerfile copies {source}, which the repository lacks"
+
+
+def test_image_is_cuda_runs_as_non_root_and_bakes_the_bundle():
+    instructions = _instructions()
+    assert "cuda" in next(args for name, args in instructions if name == "FROM")
+    users = [args for name, args in instructions if name == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert any(name == "RUN" and "torch==2.13.0" in args for name, args in instructions)
+    assert any(name == "RUN" and "[deploy]" in args for name, args in instructions)
+    env = " ".join(args for name, args in instructions if name == "ENV")
+    assert "HOLOSCAN_MODEL_PATH=/opt/dcif/bundles/dcif_gan/models" in env
+
+
+def test_entrypoint_module_imports_in_the_deploy_env(deploy_python):
+    module = _entrypoint_module()
+    code = (f"import importlib, importlib.util; assert importlib.util.find_spec('{module}.__main__'); "
+            f"from {module}.app import DcifFusionApp; from monai.deploy.core import Application; "
+            "assert issubclass(DcifFusionApp, Application)")
+    done = subprocess.run([str(deploy_python), "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_packager_requirements_are_the_core_plus_the_deploy_extra():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    expected = set(project["dependencies"]) | set(project["optional-dependencies"]["deploy"])
+    lines = (DEPLOY_DIR / "requirements.txt").read_text().splitlines()
+    assert {line for line in lines if line and not line.startswith("#")} == expected
+
+
+def test_app_manifest_names_the_application_and_its_resources():
+    manifest = yaml.safe_load((DEPLOY_DIR / "app.yaml").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert str(manifest["application"]["version"]) == project["version"]
+    assert manifest["application"]["inputFormats"] == ["file"]
+    assert {"cpu", "memory"} <= set(manifest["resources"])
+
+
+def test_core_package_never_imports_the_sdk():
+    offenders = [path.relative_to(REPO_ROOT) for path in (REPO_ROOT / "pipeline").rglob("*.py")
+                 if DEPLOY_DIR not in path.parents and "monai.deploy" in path.read_text()]
+    assert not offenders, f"only pipeline/deploy may import the MONAI Deploy SDK: {offenders}"
+
+
+def test_entrypoint_without_the_sdk_names_the_missing_extra():
+    if importlib.util.find_spec("monai.deploy") is not None:
+        pytest.skip("this environment has the MONAI Deploy SDK")
+    done = subprocess.run([sys.executable, "-m", "pipeline.deploy", "-i", "in", "-o", "out"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("dcif-deploy: error: monai.deploy is missing: install the deploy extra, "
+                                   "pip install -e '.[deploy]'")
