@@ -35,9 +35,14 @@ def tiny_geometry() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_datalist(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def tiny_phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding the tiny phantom studies ``seed_000`` and ``seed_001``."""
+    return tmp_path_factory.mktemp("tiny_phantoms")
+
+
+@pytest.fixture(scope="session")
+def tiny_datalist(tiny_phantom_root: Path) -> list[dict]:
     """Two tiny phantom studies (seeds 0 and 1) as a datalist, made once per test session."""
     from pipeline.data import phantom_datalist
 
-    root = tmp_path_factory.mktemp("tiny_phantoms")
-    return phantom_datalist(root, n_studies=2, **TINY_PHANTOM)
+    return phantom_datalist(tiny_phantom_root, n_studies=2, **TINY_PHANTOM)

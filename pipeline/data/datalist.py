@@ -49,7 +49,8 @@ def phantom_datalist(
         folder = Path(root) / f"seed_{seed:03d}"
         if not (folder / "truth.json").is_file():
             make_phantom(folder, ct_shape=tuple(size), ct_spacing=tuple(spacing), seed=seed, write_nifti=False)
-        items.append({"ct": str(folder / "dicom" / "CT"), "pet": str(folder / "dicom" / "PET")})
+        # Discovered like any DICOM input, so a study has the same key whichever way it is named.
+        items.extend(_from_folder(folder / "dicom"))
     return _indexed(items)
 
 

@@ -31,10 +31,10 @@ def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **o
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_datalist) -> Path:
+def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
     """A bundle root holding models/model.pt after one tiny training epoch."""
     root = tmp_path_factory.mktemp("bundle")
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    phantoms = tiny_phantom_root
     _bundle("train.json", "training", root, phantoms, phantom_studies=2, val_fraction=0.5, epochs=1, val_interval=1,
             crop_size=32, batch_size=4, tracking="mlflow", **TINY_NET)
     return root
@@ -66,8 +66,8 @@ def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
     assert run_info.data.params["variant"] == "network4" and run_info.data.params["alpha"] == "100.0"
 
 
-def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist):
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist, tiny_phantom_root):
+    phantoms = tiny_phantom_root
     last = trained / "eval" / "train" / "last.pt"
     _bundle("train.json", "training", trained, phantoms, phantom_studies=2, val_fraction=0.5, epochs=2,
             val_interval=1, crop_size=32, resume_from=str(last), train_dir=str(trained / "resumed"), **TINY_NET)
@@ -75,8 +75,8 @@ def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist):
     assert resumed["trainer"]["iteration"] == 2 * resumed["trainer"]["epoch_length"]  # epoch 1 loaded, one more run
 
 
-def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, tiny_datalist, tiny_geometry):
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, tiny_datalist, tiny_phantom_root, tiny_geometry):
+    phantoms = tiny_phantom_root
     out = trained / "inference"
     _bundle("inference.json", "inference", trained, phantoms, output_dir=str(out), input=str(phantoms / "seed_000"),
             tracking="mlflow", every_k=4, save_streams=True, **TINY_INFERENCE_NET)
@@ -102,8 +102,8 @@ def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, 
     assert "PHANTOM" not in logged.upper()  # no patient name or ID reaches MLflow
 
 
-def test_inference_without_checkpoint_names_the_baselines(tmp_path, tiny_datalist):
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+def test_inference_without_checkpoint_names_the_baselines(tmp_path, tiny_datalist, tiny_phantom_root):
+    phantoms = tiny_phantom_root
     with pytest.raises(Exception) as error:
         _bundle("inference.json", "inference", tmp_path, phantoms, output_dir=str(tmp_path / "out"))
     chain = []
@@ -115,15 +115,15 @@ def test_inference_without_checkpoint_names_the_baselines(tmp_path, tiny_datalis
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
-def test_inference_with_a_baseline_needs_no_checkpoint(tmp_path, tiny_datalist):
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+def test_inference_with_a_baseline_needs_no_checkpoint(tmp_path, tiny_datalist, tiny_phantom_root):
+    phantoms = tiny_phantom_root
     _bundle("inference.json", "inference", tmp_path, phantoms, output_dir=str(tmp_path / "out"), method="laplacian",
             windows=["lung"])
     assert len(list((tmp_path / "out").rglob("fused_laplacian_lung.nii.gz"))) == 1
 
 
-def test_evaluation_tables_every_method_per_window(trained, tiny_datalist):
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+def test_evaluation_tables_every_method_per_window(trained, tiny_datalist, tiny_phantom_root):
+    phantoms = tiny_phantom_root
     out = trained / "evaluation"
     _bundle("evaluate.json", "evaluate", trained, phantoms, output_dir=str(out), phantom_studies=2, val_fraction=0.5,
             **TINY_INFERENCE_NET)
@@ -135,9 +135,9 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist):
     assert (out / "metrics_per_slice.csv").stat().st_size > 0
 
 
-def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist):
+def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_phantom_root):
     """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints."""
-    phantoms = Path(tiny_datalist[0]["ct"]).parents[2]
+    phantoms = tiny_phantom_root
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",

@@ -12,18 +12,18 @@ from pipeline.data import load_datalist, phantom_datalist, slice_pairs, split_by
 from pipeline.errors import InputError
 
 
-def test_phantom_datalist_is_made_once_and_indexed(tiny_datalist, tmp_path):
+def test_phantom_datalist_is_made_once_and_indexed(tiny_datalist, tiny_phantom_root):
     assert [item["study_index"] for item in tiny_datalist] == [0, 1]
     assert len({item["study_key"] for item in tiny_datalist}) == 2
-    root = Path(tiny_datalist[0]["ct"]).parents[2]
+    root = tiny_phantom_root
     before = (root / "seed_000" / "truth.json").stat().st_mtime_ns
     again = phantom_datalist(root, n_studies=2, size=(64, 64, 16), spacing=(6.0, 6.0, 8.0))
     assert again == tiny_datalist
     assert (root / "seed_000" / "truth.json").stat().st_mtime_ns == before  # reused, not re-made
 
 
-def test_json_datalist_resolves_paths_relative_to_the_file(tiny_datalist, tmp_path):
-    study = Path(tiny_datalist[0]["ct"]).parents[1]
+def test_json_datalist_resolves_paths_relative_to_the_file(tiny_phantom_root, tmp_path):
+    study = tiny_phantom_root / "seed_000" / "dicom"
     shutil.copytree(study, tmp_path / "case")
     listing = tmp_path / "datalist.json"
     listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET"}]))
@@ -32,10 +32,9 @@ def test_json_datalist_resolves_paths_relative_to_the_file(tiny_datalist, tmp_pa
     assert items[0]["study_index"] == 0 and len(items[0]["study_key"]) == 12
 
 
-def test_folder_datalist_discovers_dicom_studies(tiny_datalist):
-    root = Path(tiny_datalist[0]["ct"]).parents[2]
-    items = load_datalist(root)
-    assert len(items) == 2
+def test_folder_datalist_discovers_dicom_studies(tiny_datalist, tiny_phantom_root):
+    items = load_datalist(tiny_phantom_root)
+    assert [item["study_key"] for item in items] == sorted(item["study_key"] for item in tiny_datalist)
     assert all(item["ct"].modality == "CT" and item["pet"].modality == "PT" for item in items)
 
 
