@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.batch.scoring import score_fused_study
 from pipeline.errors import InputError
 from pipeline.fusion.selection import BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers, default_method
 from pipeline.fusion.study import FusedStudy, fuse_study
 from pipeline.io.discovery import discover_studies
-from pipeline.metrics import fusion_metrics, summarise
 from pipeline.phantom import make_phantom
-from pipeline.transforms.slicing import body_slice_indices
 
 
 def _phantom(folder: Path, progress: bool) -> Path:
@@ -31,15 +30,9 @@ def _phantom(folder: Path, progress: bool) -> Path:
 
 
 def _metric_table(result: FusedStudy, windows: Sequence[str]) -> list[str]:
-    """Mean fusion metrics over the body slices, one line per (window, method)."""
-    image, body = result.data["image"], body_slice_indices(result.data["ct"])
-    lines = []
-    for (window, method), volume in result.fused.items():
-        ct = image[list(windows).index(window)]
-        rows = [fusion_metrics(volume[0, ..., z], ct[..., z], image[-1, ..., z]) for z in body]
-        stats = summarise(rows)
-        lines.append(f"  {window:<12} {method:<10} " + "  ".join(f"{k} {v['mean']:.3f}" for k, v in stats.items()))
-    return lines
+    """Mean fusion metrics over the body slices, one line per fused volume."""
+    return [f"  {name:<24} " + "  ".join(f"{metric} {value:.3f}" for metric, value in scores.items() if value is not None)
+            for name, scores in score_fused_study(result, windows, max_slices=0).items()]
 
 
 def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), method: str | None = None,
