@@ -9,7 +9,7 @@ patient identifier.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +79,35 @@ def _finite(metrics: dict[str, float]) -> Iterable[tuple[str, float]]:
 
 
 class MLflowTrainingLogger(_RunIterationHandler):
-    """Every loss term of every iteration (D and G, adversarial and content) and the run's parameters.
+    """Every loss term of every iteration (D and G, adversarial and content), parameters, checkpoints.
 
     MONAI's handler logs the single ``loss`` value; a GAN needs both players' curves to show it
     did not collapse. ``params`` (the resolved hyper-parameters) are logged once, on the first
-    iteration, when the run MONAI opened exists.
+    iteration, when the run MONAI opened exists. ``checkpoints`` (e.g. the best model) are logged
+    as artifacts after each epoch in which they changed; validation, which writes the best model,
+    runs before this handler at the end of an epoch.
     """
 
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
+    def __init__(self, params: dict[str, Any] | None = None, checkpoints: Sequence[str | Path] = ()) -> None:
         self.params = {name: str(value) for name, value in (params or {}).items()}
+        self.checkpoints = [Path(path) for path in checkpoints]
         self._params_logged = False
+        self._logged_versions: dict[Path, int] = {}
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_checkpoints)
+
+    def _log_checkpoints(self, engine: Engine) -> None:
+        found = find_mlflow_run(engine)
+        if found is None:
+            return
+        client, run_id = found
+        for path in self.checkpoints:
+            version = path.stat().st_mtime_ns if path.is_file() else None
+            if version is not None and self._logged_versions.get(path) != version:
+                client.log_artifact(run_id, str(path), artifact_path="checkpoints")
+                self._logged_versions[path] = version
 
     def log(self, engine: Engine, client: Any, run_id: str) -> None:
         if not self._params_logged:

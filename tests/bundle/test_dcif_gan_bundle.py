@@ -64,6 +64,7 @@ def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
     for name in ("train_loss", "train_d_loss", "train_g_content1", "val_QABF"):
         assert client.get_metric_history(run_info.info.run_id, name), name
     assert run_info.data.params["variant"] == "network4" and run_info.data.params["alpha"] == "100.0"
+    assert [a.path for a in client.list_artifacts(run_info.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
 
 
 def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist, tiny_phantom_root):
