@@ -7,6 +7,7 @@ the real command line.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,17 @@ import torch
 from mlflow import MlflowClient
 from monai.bundle import run
 
+from pipeline.io.dicom import load_series
+from pipeline.networks import DCIFGenerator
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
 TINY_NET = {"generator_config#width": 8, "generator_config#num_heads": 2, "generator_config#depths": [2, 2, 2]}
 TINY_INFERENCE_NET = {"network_def#width": 8, "network_def#num_heads": 2}
+
+
+TINY_TRAINING = {"phantom_studies": 2, "val_fraction": 0.5, "epochs": 1, "val_interval": 1, "crop_size": 32,
+                 "batch_size": 4, **TINY_NET}
 
 
 def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **overrides) -> None:
@@ -30,13 +38,29 @@ def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **o
         **overrides)
 
 
+def _cli_overrides(overrides: dict) -> list[str]:
+    """``--key value`` pairs as the command line takes them (lists without spaces, for fire)."""
+    return [item for key, value in overrides.items() for item in (f"--{key}", str(value).replace(" ", ""))]
+
+
+def _error_chain(error: BaseException) -> list[str]:
+    """Messages of an exception and its causes: MONAI's config runner wraps what our code raised."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__
+    return messages
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
-    """A bundle root holding models/model.pt after one tiny training epoch."""
+    """A bundle root holding models/model.pt after one tiny epoch, trained through the real command line."""
     root = tmp_path_factory.mktemp("bundle")
-    phantoms = tiny_phantom_root
-    _bundle("train.json", "training", root, phantoms, phantom_studies=2, val_fraction=0.5, epochs=1, val_interval=1,
-            crop_size=32, batch_size=4, tracking="mlflow", **TINY_NET)
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
+               "--bundle_root", str(root), "--phantom_root", str(tiny_phantom_root), "--tracking", "mlflow",
+               *_cli_overrides(TINY_TRAINING)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
@@ -67,11 +91,40 @@ def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
     assert [a.path for a in client.list_artifacts(run_info.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
 
 
+def test_a_fixed_seed_repeats_the_run(trained, tmp_path, tiny_datalist, tiny_phantom_root):
+    _bundle("train.json", "training", tmp_path, tiny_phantom_root, **TINY_TRAINING)
+    first = torch.load(trained / "models" / "model.pt", weights_only=True)["generator"]
+    again = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["generator"]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+
+
+@pytest.mark.parametrize("case", ["missing datalist", "study without PET", "checkpoint of another architecture"])
+def test_bad_input_to_the_workflows_is_one_clear_line(case, trained, tmp_path, tiny_datalist, tiny_phantom_root):
+    overrides: dict = {"output_dir": str(tmp_path / "out"), **TINY_INFERENCE_NET}
+    if case == "missing datalist":
+        overrides["input"], expected = str(tmp_path / "absent.json"), "absent.json: no such file or folder"
+    elif case == "study without PET":
+        shutil.copytree(tiny_phantom_root / "seed_000" / "dicom" / "CT", tmp_path / "ct_only" / "CT")
+        overrides["input"], expected = str(tmp_path / "ct_only"), "no fusable PET/CT study found"
+    else:
+        overrides.update({"input": str(tiny_phantom_root / "seed_000"), "network_def#width": 16,
+                          "checkpoint": str(tmp_path / "other.pt")})
+        other = DCIFGenerator(variant="network2", width=8, num_heads=2, depths=(2, 2, 2))
+        torch.save({"generator": other.state_dict(), "config": {"variant": "network4", "width": 8, "num_heads": 2,
+                                                                "depths": [2, 2, 2]}}, tmp_path / "other.pt")
+        expected = "does not match DCIFGenerator"
+    with pytest.raises(Exception) as error:
+        _bundle("inference.json", "inference", trained, tiny_phantom_root, **overrides)
+    ours = [text for text in _error_chain(error.value) if expected in text]
+    assert ours and "\n" not in ours[0], _error_chain(error.value)
+
+
 def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist, tiny_phantom_root):
     phantoms = tiny_phantom_root
     last = trained / "eval" / "train" / "last.pt"
-    _bundle("train.json", "training", trained, phantoms, phantom_studies=2, val_fraction=0.5, epochs=2,
-            val_interval=1, crop_size=32, resume_from=str(last), train_dir=str(trained / "resumed"), **TINY_NET)
+    _bundle("train.json", "training", trained, phantoms, **{**TINY_TRAINING, "epochs": 2}, resume_from=str(last),
+            train_dir=str(trained / "resumed"))
     resumed = torch.load(trained / "resumed" / "last.pt", weights_only=False)
     assert resumed["trainer"]["iteration"] == 2 * resumed["trainer"]["epoch_length"]  # epoch 1 loaded, one more run
 
@@ -82,16 +135,14 @@ def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, 
     _bundle("inference.json", "inference", trained, phantoms, output_dir=str(out), input=str(phantoms / "seed_000"),
             tracking="mlflow", every_k=4, save_streams=True, **TINY_INFERENCE_NET)
     key = tiny_datalist[0]["study_key"]
-    ct = nib.load(phantoms / "seed_000" / "nifti" / "ct.nii.gz") if (phantoms / "seed_000" / "nifti").exists() else None
+    ct = load_series(tiny_datalist[0]["ct"])
     for method in ("dcif_gan", "dcif_gan_f_ct", "dcif_gan_f_pet"):
         for window in ("lung", "mediastinal"):
             image = nib.load(out / key / f"fused_{method}_{window}.nii.gz")
-            assert image.shape == tiny_geometry["size"]
-            assert np.allclose(np.abs(np.diag(image.affine))[:3], tiny_geometry["spacing"])
+            assert image.shape == tuple(ct.shape[1:]) == tiny_geometry["size"]
+            assert np.allclose(image.affine, ct.affine.numpy(), atol=1e-4)  # the CT's geometry
             data = image.get_fdata()
             assert 0.0 <= data.min() and data.max() <= 1.0
-            if ct is not None:
-                assert np.allclose(image.affine, ct.affine)
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_inference"]
     (run_info,) = client.search_runs([experiment.experiment_id])
@@ -107,11 +158,7 @@ def test_inference_without_checkpoint_names_the_baselines(tmp_path, tiny_datalis
     phantoms = tiny_phantom_root
     with pytest.raises(Exception) as error:
         _bundle("inference.json", "inference", tmp_path, phantoms, output_dir=str(tmp_path / "out"))
-    chain = []
-    cause: BaseException | None = error.value
-    while cause is not None:
-        chain.append(str(cause))
-        cause = cause.__cause__
+    chain = _error_chain(error.value)
     assert any("no dcif_gan checkpoint found" in text and "--method laplacian" in text for text in chain)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
 
@@ -143,9 +190,7 @@ def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_ph
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
         "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path),
-        "--phantom_root", str(phantoms), "--phantom_studies", "2", "--val_fraction", "0.5", "--epochs", "1",
-        "--val_interval", "1", "--crop_size", "32",
-        *[item for key, value in TINY_NET.items() for item in (f"--{key}", str(value).replace(" ", ""))],
+        "--phantom_root", str(phantoms), *_cli_overrides(TINY_TRAINING),
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
