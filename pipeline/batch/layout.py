@@ -27,11 +27,6 @@ def study_folder(out_dir: Path, study_key: str) -> Path:
     return out_dir / study_key
 
 
-def dicom_folder_name(method: str, window: str) -> str:
-    """Folder of one derived DICOM series, beside the NIfTI of the same method and window."""
-    return f"dicom_{method}_{window}"
-
-
 def finished_result(folder: Path) -> StudyResult | None:
     """The result a finished study left in its ``done.json``; None when absent or unreadable."""
     try:

@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.batch.layout import PREVIEW_FILE, clear_study, dicom_folder_name, mark_done, study_folder
+from pipeline.batch.layout import PREVIEW_FILE, clear_study, mark_done, study_folder
 from pipeline.batch.report import FAILED, OK, STAGES, StudyResult, relative_to_input
 from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, score_fused_study
 from pipeline.errors import DcifError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.study import FusedStudy, fuse_study
-from pipeline.io.derived_series import FUSED_SERIES_NUMBER, write_fused_series
 from pipeline.io.discovery import StudyPair, one_line, read_dicom
 from pipeline.transforms.slicing import body_slice_indices
 from pipeline.transforms.study import DEFAULT_WINDOWS
@@ -71,10 +70,7 @@ def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str)
 def _write_outputs(result: FusedStudy, task: StudyTask, folder: Path) -> None:
     """NIfTI and a DICOM series per (method, window), and the preview picture."""
     result.save_nifti(folder)
-    ct_headers = [read_dicom(path) for path in task.pair.ct.files]
-    for number, ((window, method), volume) in enumerate(result.fused.items(), start=FUSED_SERIES_NUMBER):
-        write_fused_series(volume, ct_headers, folder / dicom_folder_name(method, window),
-                           method=method, window=window, series_number=number)
+    result.save_dicom([read_dicom(path) for path in task.pair.ct.files], folder)
     image = result.data["image"]
     ct, pet = image[:1], image[-1:]
     slices = preview_slices(pet, body_slice_indices(result.data["ct"]))

@@ -22,11 +22,9 @@ from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators import DICOMSeriesSelectorOperator
 from pydicom.dataset import Dataset
 
-from pipeline.batch.layout import dicom_folder_name
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.study import FusedStudy, fuse_study
-from pipeline.io.derived_series import FUSED_SERIES_NUMBER, write_fused_series
 from pipeline.transforms.study import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -148,6 +146,4 @@ class FusedDicomWriterOperator(Operator):
         selection = op_input.receive(SELECTION_PORT)[0]
         ct_headers = native_datasets(selected_series(selection, "CT"))
         result.save_nifti(self._output_folder)
-        for number, ((window, method), volume) in enumerate(result.fused.items(), start=FUSED_SERIES_NUMBER):
-            write_fused_series(volume, ct_headers, self._output_folder / dicom_folder_name(method, window),
-                               method=method, window=window, series_number=number)
+        result.save_dicom(ct_headers, self._output_folder)

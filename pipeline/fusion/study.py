@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from pydicom.dataset import Dataset
 
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
+from pipeline.io.derived_series import FUSED_SERIES_NUMBER, dicom_folder_name, write_fused_series
 from pipeline.io.nifti import save_volume
 from pipeline.io.study import StudySource
 from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
@@ -49,6 +51,17 @@ class FusedStudy:
         """Write every fused volume into ``folder`` (atomically, one file per window and method)."""
         return [save_volume(Path(folder) / fused_filename(window, method), volume)
                 for (window, method), volume in self.fused.items()]
+
+    def save_dicom(self, ct_headers: Sequence[Dataset], folder: str | Path) -> list[Path]:
+        """Write every fused volume as a derived DICOM series of the CT (headers: its slices, any order).
+
+        One sub-folder per window and method, series numbers from ``FUSED_SERIES_NUMBER`` up.
+        """
+        written = []
+        for number, ((window, method), volume) in enumerate(self.fused.items(), start=FUSED_SERIES_NUMBER):
+            written += write_fused_series(volume, ct_headers, Path(folder) / dicom_folder_name(method, window),
+                                          method=method, window=window, series_number=number)
+        return written
 
 
 def fuse_study(

@@ -45,6 +45,11 @@ _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpaci
                   "SliceLocation")
 
 
+def dicom_folder_name(method: str, window: str) -> str:
+    """Folder of one derived DICOM series, beside the NIfTI of the same method and window."""
+    return f"dicom_{method}_{window}"
+
+
 def fused_series_description(method: str, window: str) -> str:
     """What a radiologist sees in the series list: the method and the CT window."""
     return f"DCIF fusion {method} {window}"

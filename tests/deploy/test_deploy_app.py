@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.batch.layout import dicom_folder_name
+from pipeline.io.derived_series import dicom_folder_name
 from pipeline.fusion.selection import BUNDLED_CHECKPOINT, build_fusers, default_method
 from pipeline.fusion.study import FusedStudy, fuse_study, fused_filename
 from pipeline.io.derived_series import MAX_STORED
