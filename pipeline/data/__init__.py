@@ -1,6 +1,8 @@
-"""Datalists of studies for the bundle's workflows, and the 2-D slice pairs training draws from."""
+"""Datalists of studies for the bundle's workflows, their preprocessed cache, and the 2-D slice pairs training draws from."""
 
 from pipeline.data.datalist import load_datalist, phantom_datalist, split_by_study
 from pipeline.data.slices import slice_pairs
+from pipeline.data.study_cache import LoadCachedStudyd, cache_studies, load_cached_datalist
 
-__all__ = ["load_datalist", "phantom_datalist", "slice_pairs", "split_by_study"]
+__all__ = ["LoadCachedStudyd", "cache_studies", "load_cached_datalist", "load_datalist", "phantom_datalist",
+           "slice_pairs", "split_by_study"]

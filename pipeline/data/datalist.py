@@ -40,17 +40,23 @@ def phantom_datalist(
     size: Sequence[int] = DEFAULT_PHANTOM_SIZE,
     spacing: Sequence[float] = DEFAULT_PHANTOM_SPACING,
     first_seed: int = 0,
+    **options: Any,
 ) -> Datalist:
-    """Phantom studies under ``root`` (seeds ``first_seed``...), made on first use so a fresh clone runs."""
+    """Phantom studies under ``root`` (seeds ``first_seed``...), made on first use so a fresh clone runs.
+
+    ``options`` go to :func:`pipeline.phantom.make_phantom` (tumour size and uptake, noise, PET
+    grid...). Each item's ``truth`` is the phantom's ``truth.json``, the ground truth of its tumour.
+    """
     from pipeline.phantom import make_phantom
 
     items = []
     for seed in range(first_seed, first_seed + n_studies):
         folder = Path(root) / f"seed_{seed:03d}"
         if not (folder / "truth.json").is_file():
-            make_phantom(folder, ct_shape=tuple(size), ct_spacing=tuple(spacing), seed=seed, write_nifti=False)
+            make_phantom(folder, ct_shape=tuple(size), ct_spacing=tuple(spacing), seed=seed, write_nifti=False,
+                         **options)
         # Discovered like any DICOM input, so a study has the same key whichever way it is named.
-        items.extend(_from_folder(folder / "dicom"))
+        items.extend({**item, "truth": str(folder / "truth.json")} for item in _from_folder(folder / "dicom"))
     return _indexed(items)
 
 
@@ -95,13 +101,19 @@ def load_datalist(source: str | os.PathLike[str] | Sequence[Any] | None, phantom
 
 
 def split_by_study(datalist: Datalist, val_fraction: float = 0.25, seed: int = 0) -> dict[str, Datalist]:
-    """Shuffle studies with ``seed`` and hold out ``val_fraction`` of them (at least one, if two or more)."""
+    """Hold out whole studies for validation.
+
+    Studies whose ``split`` field says ``"train"`` or ``"val"`` go there (a curated split, such as
+    the real studies of a training cache); the others are shuffled with ``seed`` and
+    ``val_fraction`` of them held out (at least one, if two or more).
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = list(range(len(datalist)))
-    random.Random(seed).shuffle(order)
-    n_val = round(len(datalist) * val_fraction)
-    if len(datalist) >= 2 and val_fraction > 0:
-        n_val = min(max(n_val, 1), len(datalist) - 1)
-    val = sorted(order[:n_val])
-    return {"train": [datalist[i] for i in sorted(order[n_val:])], "val": [datalist[i] for i in val]}
+    fixed = {name: [i for i, item in enumerate(datalist) if item.get("split") == name] for name in ("train", "val")}
+    free = [i for i, item in enumerate(datalist) if item.get("split") not in fixed]
+    random.Random(seed).shuffle(free)
+    n_val = round(len(free) * val_fraction)
+    if len(free) >= 2 and val_fraction > 0:
+        n_val = min(max(n_val, 1), len(free) - 1)
+    chosen = {"train": fixed["train"] + free[n_val:], "val": fixed["val"] + free[:n_val]}
+    return {name: [datalist[i] for i in sorted(indices)] for name, indices in chosen.items()}

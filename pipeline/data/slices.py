@@ -8,12 +8,12 @@ phantom and the shared studies are small, and random crops are cheap on top of t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
-from pipeline.transforms.slicing import body_slice_indices
 from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -23,14 +23,19 @@ def slice_pairs(
     windows: Sequence[str] = DEFAULT_WINDOWS,
     suv_max: float = DEFAULT_SUV_MAX,
     progress: bool = True,
+    preprocess: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``{"ct": (1, X, Y), "pet": (1, X, Y), "window", "study_key", "slice_index"}`` per body slice and window."""
-    preprocess = study_preprocessing(windows, suv_max)
+    """``{"ct": (1, X, Y), "pet": (1, X, Y), "window", "study_key", "slice_index"}`` per body slice and window.
+
+    ``preprocess`` turns a datalist item into ``image`` and ``body_slices`` (default: the full
+    :func:`study_preprocessing`; :class:`pipeline.data.study_cache.LoadCachedStudyd` for a cache).
+    """
+    preprocess = preprocess or study_preprocessing(windows, suv_max)
     samples: list[dict[str, Any]] = []
     for study in tqdm(studies, desc="slicing studies", unit="study", disable=not progress):
         data = preprocess(study)
         image = data["image"].as_tensor()
-        for z in body_slice_indices(data["ct"]):
+        for z in torch.nonzero(data["body_slices"]).flatten().tolist():
             for w, window in enumerate(windows):
                 samples.append({
                     "ct": image[w : w + 1, ..., z].clone(),

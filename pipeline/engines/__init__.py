@@ -1,6 +1,7 @@
 """Ignite/MONAI workflow pieces the bundle configs name with ``_target_``."""
 
 from pipeline.engines.checkpoint import SavedDict
+from pipeline.engines.lesion_report import LesionContrastReport
 from pipeline.engines.outputs import FusedVolumeWriter, window_pairs
 from pipeline.engines.report import FusionReportWriter
 from pipeline.engines.slice_metrics import FusionSliceMetrics
@@ -11,6 +12,7 @@ __all__ = [
     "FusionGANTrainer",
     "FusionReportWriter",
     "FusionSliceMetrics",
+    "LesionContrastReport",
     "SavedDict",
     "prepare_fusion_batch",
     "window_pairs",

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
 from pipeline.metrics import fusion_metrics
-from pipeline.transforms.slicing import body_slice_indices
 
 
 def batch_field(engine: Engine, key: str) -> Any:
@@ -25,6 +25,17 @@ def batch_field(engine: Engine, key: str) -> Any:
     if isinstance(value, (list, tuple)):
         value = value[0]
     return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def evaluator_volumes(engine: Engine, windows: Sequence[str], methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The study's ``image`` (W + 1, ...) and ``pred`` (W * M, ...) as arrays, checked against the layout."""
+    image = engine.state.output["image"][0].detach().float().cpu().numpy()
+    pred = engine.state.output["pred"][0].detach().float().cpu().numpy()
+    expected = len(windows) * len(methods)
+    if pred.shape[0] != expected or image.shape[0] != len(windows) + 1:
+        raise ValueError(f"expected {len(windows)} windows x {len(methods)} methods = {expected} fused channels and "
+                         f"{len(windows) + 1} input channels, got {pred.shape[0]} and {image.shape[0]}")
+    return image, pred
 
 
 class FusionSliceMetrics:
@@ -52,17 +63,11 @@ class FusionSliceMetrics:
         engine.state.fusion_slices = []
 
     def __call__(self, engine: Engine) -> None:
-        image = engine.state.output["image"][0].detach().float().cpu().numpy()
-        pred = engine.state.output["pred"][0].detach().float().cpu().numpy()
-        expected = len(self.windows) * len(self.methods)
-        if pred.shape[0] != expected or image.shape[0] != len(self.windows) + 1:
-            raise ValueError(f"expected {len(self.windows)} windows x {len(self.methods)} methods = {expected} "
-                             f"fused channels and {len(self.windows) + 1} input channels, got {pred.shape[0]} "
-                             f"and {image.shape[0]}")
+        image, pred = evaluator_volumes(engine, self.windows, self.methods)
         context = {key: batch_field(engine, key) for key in ("study_key", "study_index")}
         pet = image[-1]
         # Slices outside the body carry nothing to score.
-        scored = body_slice_indices(engine.state.batch["ct"][0])[:: self.every_k]
+        scored = torch.nonzero(engine.state.batch["body_slices"][0]).flatten().tolist()[:: self.every_k]
         slices: list[dict[str, Any]] = []
         for w, window in enumerate(self.windows):
             ct = image[w]

@@ -2,7 +2,8 @@
 
 Roles (paper): PET is "real" for D1 and G1's F_CT is "fake"; CT is "real" for D2 and G2's F_PET is
 "fake". L_G = sum over both generators of adv_i + alpha * content_i, content_i holding G_i to its
-own source (F_CT to CT, F_PET to PET). L_D = d1 + d2. For Network1 (one generator, ``d1 is d2``)
+own source (F_CT to CT, F_PET to PET), plus, optionally, ``detail_weight`` times a
+:class:`~pipeline.losses.detail.DetailLoss` of the final image. L_D = d1 + d2. For Network1 (one generator, ``d1 is d2``)
 the same formulas hold with F_CT = F_PET = F: the single discriminator sees F against PET and
 against CT, and F is held to both sources.
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 from pipeline.losses.adversarial import AdversarialLoss, AdversarialMode
 from pipeline.losses.content import ContentLoss, IntensityNorm
+from pipeline.losses.detail import DetailLoss
 
 # A discriminator: a module, or a DDP-wrapped one behind a callable (see pipeline.engines.players).
 Critic = Callable[[torch.Tensor], torch.Tensor]
@@ -31,6 +33,8 @@ class GeneratorLoss(nn.Module):
         mu: SSIM weight inside the content loss (see :class:`ContentLoss`).
         intensity: ``"l1"`` or ``"l2"`` intensity term.
         mode: ``"ralsgan"`` (paper) or ``"lsgan"``.
+        detail_weight: weight (inside ``alpha``) of the :class:`DetailLoss` of the final image
+            ``(F_CT + F_PET) / 2``, logged as ``detail``; 0 (default) is the paper's objective.
     """
 
     def __init__(
@@ -39,11 +43,14 @@ class GeneratorLoss(nn.Module):
         mu: float = 1.0,
         intensity: IntensityNorm = "l1",
         mode: AdversarialMode = "ralsgan",
+        detail_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
+        self.detail_weight = detail_weight
+        self.detail = DetailLoss()
 
     def forward(
         self,
@@ -60,7 +67,11 @@ class GeneratorLoss(nn.Module):
             "content1": self.content(f_ct, ct),
             "content2": self.content(f_pet, pet),
         }
-        total = terms["adv1"] + terms["adv2"] + self.alpha * (terms["content1"] + terms["content2"])
+        content = terms["content1"] + terms["content2"]
+        if self.detail_weight:
+            terms["detail"] = self.detail(0.5 * (f_ct + f_pet), ct, pet)
+            content = content + self.detail_weight * terms["detail"]
+        total = terms["adv1"] + terms["adv2"] + self.alpha * content
         return {"total": total, **terms}
 
 

@@ -14,6 +14,13 @@ from pipeline.metrics.fusion import (
     summarise,
 )
 from pipeline.metrics.handlers import FusionMetric, FusionMetricHandler
+from pipeline.metrics.lesion import (
+    lesion_contrast,
+    lesion_contrast_ratio,
+    lesion_mask_from_pet,
+    phantom_lesion_mask,
+    ring_mask,
+)
 
 __all__ = [
     "METRIC_NAMES",
@@ -22,9 +29,14 @@ __all__ = [
     "average_gradient",
     "fusion_metrics",
     "information_entropy",
+    "lesion_contrast",
+    "lesion_contrast_ratio",
+    "lesion_mask_from_pet",
     "mutual_information",
+    "phantom_lesion_mask",
     "psnr",
     "qabf",
+    "ring_mask",
     "spatial_frequency",
     "ssim",
     "standard_deviation",

@@ -1,5 +1,7 @@
-"""MLflow tracking on top of MONAI's ``MLFlowHandler``: fused volumes slice by slice, every GAN loss term."""
+"""Run tracking: MLflow on top of MONAI's ``MLFlowHandler`` (fused volumes slice by slice, every GAN loss
+term), and a plain per-epoch history file for hosts without MLflow."""
 
 from pipeline.tracking.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
+from pipeline.tracking.history import TrainingHistory, read_history
 
-__all__ = ["MLflowSliceLogger", "MLflowTrainingLogger", "find_mlflow_run"]
+__all__ = ["MLflowSliceLogger", "MLflowTrainingLogger", "TrainingHistory", "find_mlflow_run", "read_history"]

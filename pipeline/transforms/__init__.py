@@ -2,13 +2,14 @@
 
 from pipeline.transforms.loading import LoadStudy, LoadStudyd
 from pipeline.transforms.resample import ResampleToReference, ResampleToReferenced
-from pipeline.transforms.slicing import AxialSlices, AxialSlicesd, SlicesToVolume, SlicesToVolumed
+from pipeline.transforms.slicing import AxialSlices, AxialSlicesd, BodySlicesd, SlicesToVolume, SlicesToVolumed
 from pipeline.transforms.suv import PETToSUV, PETToSUVd
 from pipeline.transforms.windowing import CTWindow, CTWindowd, SUVScale, SUVScaled
 
 __all__ = [
     "AxialSlices",
     "AxialSlicesd",
+    "BodySlicesd",
     "CTWindow",
     "CTWindowd",
     "LoadStudy",

@@ -7,14 +7,18 @@ works in LPS, MONAI affines are RAS; both conversions happen here and nowhere el
 SimpleITK arrays are indexed (z, y, x). Rather than transposing our C-ordered ``(X, Y, Z)`` arrays
 (a full strided copy each way), the SimpleITK images are given our axes in reverse order: its "x" axis
 is our Z. The physical geometry is unchanged, and arrays pass in and out in their memory order.
+
+SimpleITK (over 50 MB) is imported on the first resampling, not with the package: workflows that
+read preprocessed studies (:mod:`pipeline.data.study_cache`) then run where it is not installed,
+such as a bare GPU training host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -22,13 +26,17 @@ from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import InputError
 
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SLAB_VOXELS = 8 * 1024**2  # output voxels resampled per SimpleITK call (32 MB of float32)
+# Interpolation modes -> SimpleITK interpolator names (looked up once SimpleITK is imported).
 INTERPOLATORS = {
-    "linear": sitk.sitkLinear,
-    "nearest": sitk.sitkNearestNeighbor,
-    "bspline": sitk.sitkBSpline,
-    "lanczos": sitk.sitkLanczosWindowedSinc,
+    "linear": "sitkLinear",
+    "nearest": "sitkNearestNeighbor",
+    "bspline": "sitkBSpline",
+    "lanczos": "sitkLanczosWindowedSinc",
 }
 
 
@@ -48,6 +56,8 @@ def sitk_geometry(img: MetaTensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 def to_sitk(img: MetaTensor) -> sitk.Image:
     """A single-channel ``(1, X, Y, Z)`` MetaTensor as a float32 SimpleITK image (axes reversed, LPS)."""
+    import SimpleITK as sitk
+
     origin, spacing, direction = sitk_geometry(img)
     image = sitk.GetImageFromArray(img.detach().cpu().numpy()[0].astype(np.float32, copy=False))
     image.SetOrigin(origin)
@@ -77,13 +87,15 @@ class ResampleToReference(Transform):
         self.default_value = default_value
 
     def __call__(self, img: MetaTensor, reference: MetaTensor) -> MetaTensor:
+        import SimpleITK as sitk
+
         check_same_frame(img, reference)
         moving = to_sitk(img)
         origin, spacing, direction = sitk_geometry(reference)
         resampler = sitk.ResampleImageFilter()
         resampler.SetOutputSpacing(spacing)
         resampler.SetOutputDirection(direction)
-        resampler.SetInterpolator(INTERPOLATORS[self.mode])
+        resampler.SetInterpolator(getattr(sitk, INTERPOLATORS[self.mode]))
         resampler.SetDefaultPixelValue(self.default_value)
         resampler.SetOutputPixelType(sitk.sitkFloat32)
         out = torch.empty((1, *reference.shape[1:]), dtype=torch.float32)

@@ -27,6 +27,29 @@ def body_slice_indices(volume: torch.Tensor, threshold: float = DEFAULT_BODY_THR
     return torch.nonzero(fraction >= min_fraction).flatten().tolist()
 
 
+class BodySlicesd(MapTransform):
+    """Flag the axial slices inside the body: ``data[output_key]`` = bool ``(Z,)`` from the HU CT ``data[key]``.
+
+    Computed once with the preprocessing (and kept in the study cache), so slicing for training and
+    scoring for evaluation pick the same slices without needing the HU CT again.
+    """
+
+    def __init__(self, keys: KeysCollection = "ct", output_key: str = "body_slices",
+                 threshold: float = DEFAULT_BODY_THRESHOLD_HU, min_fraction: float = DEFAULT_MIN_BODY_FRACTION):
+        super().__init__(keys)
+        self.output_key = output_key
+        self.threshold = threshold
+        self.min_fraction = min_fraction
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            flags = torch.zeros(d[key].shape[-1], dtype=torch.bool)
+            flags[body_slice_indices(d[key], self.threshold, self.min_fraction)] = True
+            d[self.output_key] = flags
+        return d
+
+
 class AxialSlices(Transform):
     """``(1, X, Y, Z)`` volume -> list of contiguous ``(1, X, Y)`` plain tensors (all, or ``indices``)."""
 

@@ -3,8 +3,9 @@
 The bundle's inference and evaluation, the CLI, the batch job and the deploy app all build their
 network input here, so the same study gives the same fused output whichever door it came in by.
 Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ceiling in [0, 1]),
-``ct_<window>`` (each window in [0, 1]) and ``image``: the network input, one channel per CT
-window followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry.
+``ct_<window>`` (each window in [0, 1]), ``image``: the network input, one channel per CT window
+followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry, and
+``body_slices``: a bool ``(Z,)`` flag per axial slice inside the body.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from monai.transforms import Compose, ConcatItemsd
 
 from pipeline.transforms.loading import LoadStudyd
 from pipeline.transforms.resample import ResampleToReferenced
+from pipeline.transforms.slicing import BodySlicesd
 from pipeline.transforms.suv import PETToSUVd
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, WINDOW_PRESETS, CTWindowd, SUVScaled
 
@@ -49,5 +51,6 @@ def study_preprocessing(
             SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
             *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
             ConcatItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
+            BodySlicesd(keys="ct", output_key="body_slices"),
         ]
     )

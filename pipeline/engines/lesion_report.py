@@ -1,0 +1,161 @@
+"""Check, study by study as the evaluator runs, that every fused output keeps the lesion visible.
+
+Same evaluator layout as :class:`pipeline.engines.FusionSliceMetrics`: ``image`` holds the CT
+windows then the scaled PET, ``pred`` one channel per (window, method). The lesion comes from the
+phantom's designed tumour when the batch names a ``truth`` file, else from the PET threshold;
+definitions in :mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
+identifier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+
+from pipeline.engines.slice_metrics import batch_field, evaluator_volumes
+from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_write
+from pipeline.metrics.lesion import (
+    DEFAULT_FRACTION,
+    DEFAULT_RING_MM,
+    lesion_contrast_ratio,
+    lesion_mask_from_pet,
+    phantom_lesion_mask,
+    ring_mask,
+)
+
+JSON_NAME = "lesion_contrast.json"
+MARKDOWN_NAME = "lesion_contrast.md"
+
+
+def study_affine(engine: Engine) -> np.ndarray:
+    """The study's voxel -> RAS mm affine: from the output ``image``, else the batch's."""
+    for image in (engine.state.output["image"], engine.state.batch.get("image")):
+        if isinstance(image, MetaTensor):
+            affine = image.affine
+            # Collated MetaTensors carry one affine per batch item.
+            return np.asarray((affine[0] if affine.ndim == 3 else affine).cpu(), dtype=np.float64)
+    raise ValueError("LesionContrastReport needs the evaluator's 'image' as a MetaTensor to know the voxel spacing")
+
+
+def load_truth(path: str | Path) -> dict[str, Any]:
+    """A phantom ``truth.json``, checked for the tumour centre and radius the lesion mask needs."""
+    try:
+        truth = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable phantom truth file ({error})") from None
+    tumour = truth.get("tumour") if isinstance(truth, dict) else None
+    if not isinstance(tumour, dict) or not {"centre_lps_mm", "radius_mm"} <= tumour.keys():
+        raise InputError(f"{path}: phantom truth file has no tumour centre_lps_mm and radius_mm")
+    return truth
+
+
+def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and min ratio per (window, method) over the studies where the ratio is defined."""
+    ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        ratios[(row["window"], row["method"])].append(row["ratio"])
+    summary = []
+    for (window, method), values in ratios.items():
+        finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+        mean, low = (float(finite.mean()), float(finite.min())) if finite.size else (math.nan, math.nan)
+        summary.append({"window": window, "method": method, "mean_ratio": mean, "min_ratio": low,
+                        "studies": int(finite.size)})
+    return summary
+
+
+def markdown_table(summary: Sequence[dict[str, Any]], fraction: float, ring_mm: float) -> str:
+    """The summary as a markdown table, headed by the lesion and ring definitions used."""
+    lines = [
+        f"### Lesion contrast ratio C(fused) / C(PET) (lesion: PET >= {fraction:.0%} of its max, or the phantom's "
+        f"designed tumour; ring {ring_mm:g} mm; studies: those with a defined ratio)",
+        "",
+        "| window | method | mean ratio | min ratio | studies |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {s['window']} | {s['method']} | {s['mean_ratio']:.4f} | {s['min_ratio']:.4f} | {s['studies']} |"
+              for s in summary]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no nan: an undefined contrast or ratio is written as null."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in row.items()}
+
+
+class LesionContrastReport:
+    """Lesion contrast rows per study and (window, method); a JSON and a markdown report at the end.
+
+    Args:
+        windows: the CT windows of the ``image`` channels, in order.
+        methods: the fusers per window, in :class:`pipeline.fusion.FusionNetwork` order.
+        output_dir: where ``lesion_contrast.json`` and ``lesion_contrast.md`` go.
+        fraction: PET threshold of the lesion, as a fraction of its maximum (real data).
+        ring_mm: width of the surrounding shell the lesion is compared with.
+    """
+
+    def __init__(
+        self,
+        windows: Sequence[str],
+        methods: Sequence[str],
+        output_dir: str | Path,
+        fraction: float = DEFAULT_FRACTION,
+        ring_mm: float = DEFAULT_RING_MM,
+    ) -> None:
+        self.windows = list(windows)
+        self.methods = list(methods)
+        self.output_dir = Path(output_dir)
+        self.fraction = fraction
+        self.ring_mm = ring_mm
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def _reset(self, engine: Engine) -> None:
+        engine.state.lesion_rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        image, pred = evaluator_volumes(engine, self.windows, self.methods)
+        affine = study_affine(engine)
+        pet = image[-1]
+        if "truth" in engine.state.batch:
+            lesion = phantom_lesion_mask(load_truth(batch_field(engine, "truth")), affine, pet.shape)
+        else:
+            lesion = lesion_mask_from_pet(pet, self.fraction)
+        ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
+        study_key = batch_field(engine, "study_key")
+        for w, window in enumerate(self.windows):
+            for m, method in enumerate(self.methods):
+                contrast = lesion_contrast_ratio(pred[w * len(self.methods) + m], pet, lesion, ring)
+                engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
+                                                 **contrast})
+
+    def write(self, engine: Engine) -> None:
+        """Write the rows and their per (window, method) summary, each file atomically."""
+        rows = getattr(engine.state, "lesion_rows", [])
+        if not rows:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        summary = ratio_summary(rows)
+        report = {
+            "fraction": self.fraction,
+            "ring_mm": self.ring_mm,
+            "rows": [_json_safe(row) for row in rows],
+            "summary": [_json_safe(group) for group in summary],
+        }
+        with atomic_write(self.output_dir / JSON_NAME) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        with atomic_write(self.output_dir / MARKDOWN_NAME) as tmp:
+            tmp.write_text(markdown_table(summary, self.fraction, self.ring_mm))

@@ -1,0 +1,98 @@
+"""LesionContrastReport: rows per study and (window, method), and the JSON and markdown reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.data import MetaTensor, list_data_collate
+from monai.data.utils import affine_to_spacing
+
+from pipeline.engines import LesionContrastReport
+from pipeline.errors import InputError
+from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
+from pipeline.transforms.study import study_preprocessing
+
+AFFINE = torch.diag(torch.tensor([-2.0, -2.0, 3.0, 1.0], dtype=torch.float64))
+
+
+def synthetic_study(key: str, hot: float) -> dict:
+    """One CT window (flat) and a PET with a hot cube, on a 2 x 2 x 3 mm grid."""
+    pet = torch.full((16, 16, 8), 0.1)
+    pet[6:10, 6:10, 3:5] = hot
+    image = MetaTensor(torch.stack([torch.full_like(pet, 0.5), pet]), affine=AFFINE)
+    return {"image": image, "study_key": key}
+
+
+def fuse_copy_and_flat(engine: Engine, batch: dict) -> dict:
+    """Two 'methods' on one window: a copy of the PET and the flat CT."""
+    image = batch["image"]
+    return {"image": image, "pred": torch.cat([image[:, 1:2], image[:, 0:1]], dim=1).as_tensor()}
+
+
+def run_report(tmp_path, batches, process=fuse_copy_and_flat, windows=("lung",), methods=("copy", "flat")) -> Engine:
+    engine = Engine(process)
+    LesionContrastReport(windows, methods, tmp_path).attach(engine)
+    engine.run(batches, max_epochs=1)
+    return engine
+
+
+def test_rows_and_reports_from_the_pet_threshold(tmp_path):
+    batches = [list_data_collate([synthetic_study(key, hot)]) for key, hot in (("aaa", 0.9), ("bbb", 0.6))]
+    engine = run_report(tmp_path, batches)
+
+    rows = {(row["study_key"], row["method"]): row for row in engine.state.lesion_rows}
+    assert len(engine.state.lesion_rows) == 4 and set(rows) == {(k, m) for k in ("aaa", "bbb") for m in ("copy", "flat")}
+    assert rows["aaa", "copy"]["contrast_pet"] == pytest.approx(0.8 / 1.0)
+    assert rows["aaa", "copy"]["ratio"] == pytest.approx(1.0) and rows["bbb", "flat"]["ratio"] == pytest.approx(0.0)
+
+    report = json.loads((tmp_path / "lesion_contrast.json").read_text())
+    assert report["rows"] == json.loads(json.dumps(engine.state.lesion_rows))
+    summary = {entry["method"]: entry for entry in report["summary"]}
+    assert summary["copy"]["mean_ratio"] == pytest.approx(1.0) and summary["flat"]["studies"] == 2
+    table = (tmp_path / "lesion_contrast.md").read_text()
+    assert "| window | method | mean ratio | min ratio | studies |" in table
+    assert "| lung | copy | 1.0000 | 1.0000 | 2 |" in table
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_undefined_ratios_are_null_in_json_and_left_out_of_the_summary(tmp_path):
+    blank = synthetic_study("ccc", 0.1)  # PET without a lesion: no contrast to keep
+    engine = run_report(tmp_path, [list_data_collate([blank])])
+    report = json.loads((tmp_path / "lesion_contrast.json").read_text())
+    assert all(row["ratio"] is None for row in report["rows"]) and len(engine.state.lesion_rows) == 2
+    assert report["summary"][0]["studies"] == 0
+
+
+def test_phantom_truth_gives_the_lesion(tmp_path, tiny_datalist, tiny_phantom_root):
+    truth_path = tiny_phantom_root / "seed_000" / "truth.json"
+    study = {**study_preprocessing(["lung", "mediastinal"])(tiny_datalist[0]), "truth": str(truth_path)}
+    batch = list_data_collate([{key: study[key] for key in ("image", "study_key", "truth")}])
+
+    def fuse_pet(engine: Engine, batch: dict) -> dict:
+        return {"image": batch["image"], "pred": batch["image"][:, [2, 2]].as_tensor()}
+
+    engine = run_report(tmp_path, [batch], process=fuse_pet, windows=("lung", "mediastinal"), methods=("pet",))
+    pet = study["image"][-1].numpy()
+    lesion = phantom_lesion_mask(json.loads(truth_path.read_text()), study["image"].affine, pet.shape)
+    expected = lesion_contrast(pet, lesion, ring_mask(lesion, np.asarray(affine_to_spacing(study["image"].affine))))
+    assert [row["window"] for row in engine.state.lesion_rows] == ["lung", "mediastinal"]
+    assert all(row["contrast_pet"] == pytest.approx(expected) and row["ratio"] == pytest.approx(1.0)
+               for row in engine.state.lesion_rows)
+    assert "PHANTOM" not in (tmp_path / "lesion_contrast.json").read_text()
+
+
+def test_bad_truth_file_names_the_file(tmp_path):
+    truth_path = tmp_path / "truth.json"
+    truth_path.write_text(json.dumps({"tumour": {"radius_mm": 5.0}}))
+    batch = list_data_collate([{**synthetic_study("ddd", 0.9), "truth": str(truth_path)}])
+    with pytest.raises(InputError, match="truth.json: phantom truth file has no tumour centre_lps_mm"):
+        run_report(tmp_path, [batch])
+
+
+def test_channel_count_must_match_windows_and_methods(tmp_path):
+    with pytest.raises(ValueError, match="1 windows x 3 methods"):
+        run_report(tmp_path, [list_data_collate([synthetic_study("eee", 0.9)])], methods=("a", "b", "c"))

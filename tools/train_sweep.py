@@ -1,0 +1,146 @@
+"""Train a set of DCIF-GAN configurations side by side, evaluate each, and print one table.
+
+Each run is the bundle's own ``training`` workflow (``python -m monai.bundle run training``) on a
+study cache (``tools/build_training_set.py``), with the overrides the sweep file gives it and a
+wall-clock budget (``--time-limit``) that is the same for every run, so an ablation compares the
+variants at equal cost. All runs start together (one GPU is shared; CPU threads are split among
+them). Then the bundle's ``evaluate`` workflow scores every run's best checkpoint and the classical
+baselines on the cache's validation studies, and the combined table is printed and written.
+
+Sweep file (JSON)::
+
+    {"common": {"epochs": 1000, ...},                    # overrides for every run
+     "runs": {"n4_detail": {"detail_weight": 1.0}, ...}}  # name -> its own overrides
+
+Override keys are bundle config ids (``generator_config#variant``). Per run, ``<out>/<name>/``
+holds ``model.pt`` (best by validation Q^AB/F), ``train/history.json``, ``train.log`` and
+``eval/``; ``<out>/sweep.md`` holds the table.
+
+    python tools/train_sweep.py tools/sweeps/dcif_gan.json --cache data/cache --out runs --time-limit 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.engines.report import markdown_summary
+from pipeline.io.atomic import atomic_write
+from pipeline.tracking import read_history
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"
+BASELINES = ["average", "max", "laplacian", "dwt"]
+
+
+def bundle_command(workflow: str, config: str, overrides: dict[str, Any]) -> list[str]:
+    """``python -m monai.bundle run <workflow>`` with ``--key value`` overrides (values as JSON)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(CONFIGS / config)]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
+
+
+def launch(commands: dict[str, list[str]], logs: dict[str, Path], threads: int) -> dict[str, int]:
+    """Run every command at once, each with ``threads`` CPU threads and its own log; return exit codes."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    running = {}
+    for name, command in commands.items():
+        logs[name].parent.mkdir(parents=True, exist_ok=True)
+        with logs[name].open("w") as log:
+            running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return {name: process.wait() for name, process in running.items()}
+
+
+def training_overrides(common: dict[str, Any], own: dict[str, Any], run_dir: Path, cache: Path,
+                       time_limit: float) -> dict[str, Any]:
+    return {**common, **own, "study_cache": str(cache), "model_dir": str(run_dir), "output_dir": str(run_dir),
+            "time_limit_s": time_limit}
+
+
+def evaluation_overrides(methods: list[str], out_dir: Path, cache: Path, checkpoint: Path | None) -> dict[str, Any]:
+    overrides = {"study_cache": str(cache), "methods": methods, "output_dir": str(out_dir), "every_k": 1}
+    return overrides | ({"checkpoint": str(checkpoint)} if checkpoint else {})
+
+
+def study_rows(eval_dir: Path, rename: str | None = None) -> list[dict[str, Any]]:
+    """The per-study metric rows an evaluation wrote, its model's method renamed to the run's name."""
+    path = eval_dir / "metrics_per_study.csv"
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row.update({k: float(v) for k, v in row.items() if k not in ("study_key", "window", "method", "study_index")})
+        if rename and row["method"] == "dcif_gan":
+            row["method"] = rename
+    return rows
+
+
+def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) -> dict[str, Any]:
+    """One line of the runs table: the run's own overrides, epochs reached, last validation numbers."""
+    history_path = run_dir / "train" / "history.json"
+    epochs = read_history(history_path)["epochs"] if history_path.is_file() else []
+    validated = [row for row in epochs if "val_QABF" in row]
+    best = max(validated, key=lambda row: row["val_QABF"], default={})
+    return {"run": name, "exit": code, "overrides": overrides, "epochs": len(epochs),
+            "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="sweep file: {'common': {...}, 'runs': {name: {...}}}")
+    parser.add_argument("--cache", type=Path, required=True, help="study cache with train and val studies")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
+    parser.add_argument("--time-limit", type=int, default=600, help="training seconds per run (default 600)")
+    parser.add_argument("--only", nargs="*", help="run only these names from the sweep file")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: cores / runs)")
+    args = parser.parse_args(argv)
+
+    sweep = json.loads(args.sweep.read_text())
+    runs = {name: own for name, own in sweep["runs"].items() if not args.only or name in args.only}
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(len(runs), 1))
+    cache, out = args.cache.resolve(), args.out.resolve()
+    started = time.monotonic()
+
+    commands = {name: bundle_command("training", "train.json",
+                                     training_overrides(sweep.get("common", {}), own, out / name, cache, args.time_limit))
+                for name, own in runs.items()}
+    codes = launch(commands, {name: out / name / "train.log" for name in runs}, threads)
+    print(f"trained {len(runs)} runs in {time.monotonic() - started:.0f} s: {codes}", flush=True)
+
+    evaluations = {name: bundle_command("evaluate", "evaluate.json",
+                                        evaluation_overrides(["dcif_gan"], out / name / "eval", cache, out / name / "model.pt"))
+                   for name in runs if (out / name / "model.pt").is_file()}
+    evaluations["baselines"] = bundle_command("evaluate", "evaluate.json",
+                                              evaluation_overrides(BASELINES, out / "baselines", cache, None))
+    logs = {name: (out / name / "eval.log" if name in runs else out / "baselines.log") for name in evaluations}
+    eval_codes = launch(evaluations, logs, threads)
+    print(f"evaluated in {time.monotonic() - started:.0f} s: {eval_codes}", flush=True)
+
+    rows = study_rows(out / "baselines") + [row for name in runs for row in study_rows(out / name / "eval", name)]
+    summaries = [run_summary(name, out / name, own, codes[name]) for name, own in runs.items()]
+    table = markdown_summary(rows) if rows else "no evaluation rows\n"
+    lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | overrides |", "|---" * 8 + "|"]
+    for s in summaries:
+        values = [s.get(k) for k in ("val_QABF", "val_MI", "val_SSIM")]
+        shown = " | ".join("" if v is None else f"{v:.4f}" for v in values)
+        lines.append(f"| {s['run']} | {s['exit']} | {s['epochs']} | {s['best_epoch']} | {shown} | `{json.dumps(s['overrides'])}` |")
+    report = "\n".join(lines) + "\n\n" + table
+    print(report)
+    with atomic_write(out / "sweep.md") as temporary:
+        temporary.write_text(report)
+    with atomic_write(out / "sweep.json") as temporary:
+        temporary.write_text(json.dumps({"time_limit_s": args.time_limit, "common": sweep.get("common", {}),
+                                         "runs": summaries}, indent=1, default=str))
+    return 0 if all(code == 0 for code in [*codes.values(), *eval_codes.values()]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
