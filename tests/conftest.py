@@ -46,3 +46,14 @@ def tiny_datalist(tiny_phantom_root: Path) -> list[dict]:
     from pipeline.data import phantom_datalist
 
     return phantom_datalist(tiny_phantom_root, n_studies=2, **TINY_PHANTOM)
+
+
+@pytest.fixture(scope="session")
+def tiny_study_cache(tmp_path_factory: pytest.TempPathFactory, tiny_datalist: list[dict]) -> Path:
+    """The two tiny phantoms as a study cache: seed 0 for training, seed 1 held out for validation."""
+    from pipeline.data import cache_studies
+
+    folder = tmp_path_factory.mktemp("tiny_cache")
+    splits = [{**study, "split": split, "origin": "phantom"} for study, split in zip(tiny_datalist, ("train", "val"))]
+    cache_studies(splits, folder, progress=False)
+    return folder

@@ -27,7 +27,7 @@ class SobelMagnitude(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
-        return F.conv2d(padded, self.kernels.to(image.dtype)).abs().sum(dim=1, keepdim=True)
+        return F.conv2d(padded, self.kernels.to(device=image.device, dtype=image.dtype)).abs().sum(dim=1, keepdim=True)
 
 
 class DetailLoss(nn.Module):

@@ -2,6 +2,6 @@
 term), and a plain per-epoch history file for hosts without MLflow."""
 
 from pipeline.tracking.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
-from pipeline.tracking.history import TrainingHistory, read_history
+from pipeline.tracking.history import TrainingHistory, read_history, run_name
 
-__all__ = ["MLflowSliceLogger", "MLflowTrainingLogger", "TrainingHistory", "find_mlflow_run", "read_history"]
+__all__ = ["MLflowSliceLogger", "MLflowTrainingLogger", "TrainingHistory", "find_mlflow_run", "read_history", "run_name"]

@@ -91,3 +91,9 @@ class TrainingHistory:
 def read_history(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A history file written by :class:`TrainingHistory`."""
     return json.loads(Path(path).read_text())
+
+
+def run_name(path: str | os.PathLike[str]) -> str:
+    """A run's name from its history file: the bundle's ``<output_dir>/train/history.json`` -> ``<output_dir>``'s name."""
+    path = Path(path)
+    return path.parent.parent.name if path.parent.name == "train" else path.parent.name

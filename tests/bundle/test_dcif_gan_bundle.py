@@ -7,6 +7,7 @@ the real command line.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from monai.bundle import run
 
 from pipeline.io.dicom import load_series
 from pipeline.networks import DCIFGenerator
+from pipeline.tracking import read_history
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
@@ -181,6 +183,35 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist, tiny_
     assert "CT window: lung" in summary and "CT window: mediastinal" in summary
     assert summary.count("**") >= 2 * 8 * 2  # a best value marked in every column of both tables
     assert (out / "metrics_per_slice.csv").stat().st_size > 0
+    lesion = json.loads((out / "lesion_contrast.json").read_text())
+    ratios = {(row["window"], row["method"]): row["mean_ratio"] for row in lesion["summary"]}
+    assert len(ratios) == 2 * 5 and all(r > 0 for r in ratios.values())  # the designed tumour stays visible
+    assert "| lung | max |" in (out / "lesion_contrast.md").read_text()
+
+
+def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, tiny_study_cache, tiny_phantom_root):
+    _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
+            detail_weight=1.0, training_data="two tiny phantoms", **TINY_TRAINING)
+    (epoch,) = read_history(tmp_path / "eval" / "train" / "history.json")["epochs"]
+    assert epoch["g_detail"] > 0 and epoch["iterations"] > 0 and "val_QABF" in epoch
+    card = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["card"]
+    assert card["detail_weight"] == 1.0 and card["training_data"] == "two tiny phantoms"
+    assert (card["training_studies"], card["validation_studies"]) == (1, 1) and len(card["created"]) == 10
+
+
+def test_a_time_limit_ends_training_before_its_epochs(tmp_path, tiny_study_cache, tiny_phantom_root):
+    _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
+            **{**TINY_TRAINING, "epochs": 1000, "val_interval": 1000}, time_limit_s=3)
+    trainer = torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]
+    assert 0 < trainer["iteration"] < 1000 * trainer["epoch_length"]
+
+
+def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tiny_phantom_root):
+    _bundle("evaluate.json", "evaluate", trained, tiny_phantom_root, study_cache=str(tiny_study_cache),
+            output_dir=str(tmp_path), methods=["average", "max"])
+    rows = (tmp_path / "metrics_per_study.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2  # the one validation study, two windows, two methods
+    assert (tmp_path / "lesion_contrast.md").is_file()
 
 
 def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_phantom_root):

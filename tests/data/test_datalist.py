@@ -73,3 +73,12 @@ def test_slice_pairs_cover_body_slices_in_both_windows(tiny_datalist):
     lung = next(s for s in samples if s["window"] == "lung" and s["slice_index"] == sample["slice_index"])
     mediastinal = next(s for s in samples if s["window"] == "mediastinal" and s["slice_index"] == sample["slice_index"])
     assert not lung["ct"].equal(mediastinal["ct"]) and lung["pet"].equal(mediastinal["pet"])
+
+
+def test_a_curated_split_is_kept_and_only_the_rest_is_drawn():
+    studies = [{"study_key": f"k{i}", "split": split} for i, split in enumerate(["train", "val", None, None, None, None])]
+    split = split_by_study(studies, val_fraction=0.25, seed=3)
+    train_keys, val_keys = ({s["study_key"] for s in split[name]} for name in ("train", "val"))
+    assert "k0" in train_keys and "k1" in val_keys
+    assert len(val_keys) == 2 and len(train_keys) == 4  # one of the four free studies held out
+    assert train_keys.isdisjoint(val_keys)

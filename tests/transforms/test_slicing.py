@@ -6,7 +6,14 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate
 from monai.transforms import Compose, Lambdad
 
-from pipeline.transforms.slicing import AxialSlices, AxialSlicesd, SlicesToVolume, SlicesToVolumed, body_slice_indices
+from pipeline.transforms.slicing import (
+    AxialSlices,
+    AxialSlicesd,
+    BodySlicesd,
+    SlicesToVolume,
+    SlicesToVolumed,
+    body_slice_indices,
+)
 
 SHAPE = (1, 6, 5, 7)
 BODY = [1, 2, 4, 5]  # slices 0, 3 and 6 are air only
@@ -24,6 +31,12 @@ def _study() -> dict[str, object]:
 def test_body_slices():
     assert body_slice_indices(_study()["ct"]) == BODY
     assert body_slice_indices(_study()["ct"], min_fraction=0.5) == []
+
+
+def test_body_slice_flags_travel_with_the_study():
+    flags = BodySlicesd(keys="ct")(_study())["body_slices"]
+    assert flags.dtype == torch.bool and flags.shape == (SHAPE[-1],)
+    assert torch.nonzero(flags).flatten().tolist() == BODY
 
 
 def test_axial_slices_are_channel_first_2d():

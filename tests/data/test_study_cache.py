@@ -1,0 +1,80 @@
+"""The study cache: the preprocessing's network input, stored once at 8 bits and read back without DICOM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from pipeline.data import LoadCachedStudyd, cache_studies, load_cached_datalist, slice_pairs
+from pipeline.errors import InputError
+from pipeline.transforms.study import study_preprocessing
+
+
+def test_cached_studies_match_the_preprocessing_within_one_grey_level(tiny_study_cache, tiny_datalist):
+    cached = load_cached_datalist(tiny_study_cache)
+    assert [c["study_key"] for c in cached] == [s["study_key"] for s in tiny_datalist]
+    assert [c["split"] for c in cached] == ["train", "val"] and {c["origin"] for c in cached} == {"phantom"}
+    loaded = LoadCachedStudyd()(cached[0])
+    fresh = study_preprocessing()(dict(tiny_datalist[0]))
+    assert loaded["image"].shape == fresh["image"].shape
+    assert torch.allclose(loaded["image"].as_tensor(), fresh["image"].as_tensor(), atol=0.5 / 255 + 1e-6)
+    assert torch.allclose(loaded["image"].affine, fresh["image"].affine.to(loaded["image"].affine.dtype))
+    assert torch.equal(loaded["body_slices"], fresh["body_slices"])
+
+
+def test_the_index_names_no_source_and_no_patient(tiny_study_cache, tiny_phantom_root):
+    text = (tiny_study_cache / "datalist.json").read_text()
+    index = json.loads(text)
+    assert all(set(entry) == {"image", "study_key", "split", "origin"} for entry in index["studies"])
+    header = pydicom.dcmread(next((tiny_phantom_root / "seed_000" / "dicom" / "CT").rglob("*.dcm")))
+    assert str(header.PatientName) not in text and str(header.PatientID) not in text
+    assert "dicom" not in text
+
+
+def test_a_slice_step_keeps_every_kth_slice_with_a_matching_affine(tmp_path, tiny_datalist):
+    (every_other,) = cache_studies([{**tiny_datalist[0], "slice_step": 2}], tmp_path, progress=False)
+    full = study_preprocessing()(dict(tiny_datalist[0]))
+    loaded = LoadCachedStudyd()(every_other)
+    assert loaded["image"].shape[-1] == (full["image"].shape[-1] + 1) // 2
+    assert torch.allclose(loaded["image"].affine[:, 2], 2 * full["image"].affine[:, 2].to(torch.float64))
+    assert torch.equal(loaded["body_slices"], full["body_slices"][::2])
+
+
+def test_training_slices_come_from_the_cache(tiny_study_cache):
+    (train, _) = load_cached_datalist(tiny_study_cache)
+    samples = slice_pairs([train], preprocess=LoadCachedStudyd(), progress=False)
+    n_body = int(LoadCachedStudyd()(train)["body_slices"].sum())
+    assert len(samples) == 2 * n_body  # one sample per body slice and window
+    assert {s["window"] for s in samples} == {"lung", "mediastinal"}
+    assert all(s["ct"].shape == s["pet"].shape and s["ct"].ndim == 3 for s in samples)
+
+
+def test_other_windows_than_the_cache_holds_are_refused(tiny_study_cache):
+    (train, _) = load_cached_datalist(tiny_study_cache)
+    with pytest.raises(InputError, match="cached with windows") as error:
+        LoadCachedStudyd(windows=["lung"])(train)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a cache"])
+def test_a_damaged_cache_is_one_clear_line_naming_the_file(tmp_path, tiny_study_cache, damage):
+    (train, _) = load_cached_datalist(tiny_study_cache)
+    broken = tmp_path / "broken.npz"
+    if damage == "truncated":
+        broken.write_bytes(open(train["image"], "rb").read()[:200])
+        with pytest.raises(InputError, match="unreadable cached study") as error:
+            LoadCachedStudyd()({**train, "image": str(broken)})
+    else:
+        with pytest.raises(InputError, match="not a study cache") as error:
+            load_cached_datalist(tmp_path)
+    assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
+
+
+def test_cached_values_are_eight_bit(tiny_study_cache):
+    (train, _) = load_cached_datalist(tiny_study_cache)
+    with np.load(train["image"]) as arrays:
+        assert arrays["image"].dtype == np.uint8 and arrays["body_slices"].dtype == bool

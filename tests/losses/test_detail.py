@@ -1,0 +1,58 @@
+"""The detail loss on the final fused image, and its place in the generator objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.losses import DetailLoss, GeneratorLoss, SobelMagnitude
+from pipeline.networks import DCIFGAN
+
+
+def test_sobel_magnitude_is_zero_on_flat_images_and_known_on_a_ramp():
+    sobel = SobelMagnitude()
+    assert torch.count_nonzero(sobel(torch.full((1, 1, 8, 8), 0.3))) == 0
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None] / 10  # +0.1 per column
+    inner = sobel(ramp)[..., 1:-1, 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 0.8))  # Sobel weights 1+2+1 on a 0.2 central difference
+
+
+def test_detail_loss_is_zero_for_the_common_image_and_grows_with_blur():
+    image = torch.rand(2, 1, 16, 16)
+    loss = DetailLoss()
+    assert loss(image, image, image).item() == pytest.approx(0.0, abs=1e-7)
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+    assert loss(blurred, image, image) > loss(0.5 * (image + blurred), image, image) > 0
+
+
+def test_detail_loss_prefers_the_brighter_source_over_the_average():
+    a, b = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    loss = DetailLoss()
+    assert loss(b, a, b).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(0.5 * (a + b), a, b).item() == pytest.approx(0.5)
+
+
+def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
+    gan = DCIFGAN(variant="network1", width=8, num_heads=2, depths=(1, 1, 1))
+    ct, pet = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    f_ct, f_pet = gan.generator.streams(ct, pet)
+    paper = GeneratorLoss(alpha=10.0)(ct, pet, f_ct, f_pet, gan.d1, gan.d2)
+    assert "detail" not in paper
+    with_detail = GeneratorLoss(alpha=10.0, detail_weight=2.0)(ct, pet, f_ct, f_pet, gan.d1, gan.d2)
+    expected = DetailLoss()(0.5 * (f_ct + f_pet), ct, pet)
+    assert torch.allclose(with_detail["detail"], expected)
+    assert torch.allclose(with_detail["total"], paper["total"] + 10.0 * 2.0 * expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the loss must follow its inputs there")
+def test_detail_loss_follows_its_inputs_to_the_gpu_under_bf16_autocast():
+    image = torch.rand(2, 1, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.isfinite(DetailLoss()(image, image, image))
+
+
+def test_detail_loss_runs_under_bf16_autocast():
+    image = torch.rand(2, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = DetailLoss()(image.to(torch.bfloat16), image, image)
+    assert torch.isfinite(value)

@@ -1,0 +1,56 @@
+"""The sweep driver's pieces: the commands it builds and the tables it reads back (the runs themselves are
+the bundle's own workflows, tested in tests/bundle)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("train_sweep", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_run_is_the_bundle_training_with_its_overrides_on_top_of_the_common_ones(sweep, tmp_path):
+    overrides = sweep.training_overrides({"alpha": 100.0, "detail_weight": 1.0}, {"detail_weight": 0.0},
+                                        tmp_path / "n4", tmp_path / "cache", 300)
+    command = sweep.bundle_command("training", "train.json", overrides)
+    assert command[:5] == [sys.executable, "-m", "monai.bundle", "run", "training"]
+    pairs = dict(zip(command[7::2], command[8::2]))
+    assert pairs["--detail_weight"] == "0.0" and pairs["--alpha"] == "100.0"
+    assert pairs["--model_dir"] == str(tmp_path / "n4") and pairs["--time_limit_s"] == "300"
+    assert pairs["--study_cache"] == str(tmp_path / "cache")
+
+
+def test_the_shipped_sweep_file_names_every_ablation_variant(sweep):
+    spec = json.loads((TOOL.parent / "sweeps" / "dcif_gan.json").read_text())
+    variants = {own.get("generator_config#variant", "network4") for own in spec["runs"].values()}
+    assert variants == {"network1", "network2", "network3", "network4"}
+
+
+def test_evaluation_rows_are_renamed_to_their_run(sweep, tmp_path):
+    (tmp_path / "metrics_per_study.csv").write_text(
+        "study_index,study_key,window,method,slices,AG,SF,SSIM,SD,MI,PSNR,IE,QABF\n"
+        "0,abc,lung,dcif_gan,3,1,2,0.5,4,1.5,10,5,0.6\n")
+    (row,) = sweep.study_rows(tmp_path, rename="n1")
+    assert row["method"] == "n1" and row["QABF"] == 0.6 and row["study_key"] == "abc"
+    assert sweep.study_rows(tmp_path / "absent") == []
+
+
+def test_a_run_summary_takes_the_best_validated_epoch(sweep, tmp_path):
+    history = {"params": {}, "epochs": [{"epoch": 1, "val_QABF": 0.2, "val_MI": 1.0},
+                                        {"epoch": 2, "val_QABF": 0.3, "val_MI": 0.9}, {"epoch": 3}]}
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "history.json").write_text(json.dumps(history))
+    summary = sweep.run_summary("n4", tmp_path, {"alpha": 20.0}, 0)
+    assert (summary["epochs"], summary["best_epoch"], summary["val_QABF"]) == (3, 2, 0.3)

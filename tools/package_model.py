@@ -1,0 +1,64 @@
+"""Ship a trained checkpoint in the bundle: generator weights, its config, and a card with its evidence.
+
+Training saves ``{"generator", "config", "card"}`` with the training facts (data, loss weights,
+seed, date). This adds what only an evaluation knows, the mean of each fusion metric per CT window
+on the held-out studies (read from the ``metrics_per_study.csv`` the bundle's ``evaluate`` wrote),
+and drops everything a fuser does not need, so the shipped file stays small. The write is atomic.
+
+    .venv/bin/python tools/package_model.py runs/cpu_n4/model.pt --evaluation bundles/dcif_gan/eval/real_val \\
+        --out bundles/dcif_gan/models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from pipeline.io.atomic import atomic_write
+from pipeline.metrics import METRIC_NAMES
+
+
+def evaluation_means(evaluation_dir: Path, method: str = "dcif_gan") -> dict[str, dict[str, float]]:
+    """Mean over studies of each metric of ``method``, per window, from an evaluation's per-study table."""
+    with (evaluation_dir / "metrics_per_study.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["method"] == method]
+    if not rows:
+        raise SystemExit(f"{evaluation_dir}: no '{method}' rows in metrics_per_study.csv")
+    per_window: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        per_window[row["window"]].append(row)
+    return {
+        window: {name: round(sum(float(r[name]) for r in members) / len(members), 4) for name in METRIC_NAMES}
+        | {"studies": len(members)}
+        for window, members in per_window.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="model.pt written by the bundle's training")
+    parser.add_argument("--evaluation", type=Path, required=True, help="output folder of the bundle's evaluate run")
+    parser.add_argument("--evaluated-on", default="held-out validation studies",
+                        help="what the evaluation ran on, for the card")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the shipped checkpoint")
+    args = parser.parse_args(argv)
+
+    saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    card = {**saved.get("card", {}), "metrics": evaluation_means(args.evaluation),
+            "evaluated_on": args.evaluated_on}
+    shipped = {"generator": saved["generator"], "config": saved["config"], "card": card}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out) as temporary:
+        torch.save(shipped, temporary)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    for window, metrics in card["metrics"].items():
+        print(window, metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
