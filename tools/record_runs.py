@@ -12,25 +12,33 @@ metric at that epoch, and the history file itself as an artifact.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
 from pipeline.tracking import read_history, run_name
 
 NOT_METRICS = {"epoch"}
 
 
-def record(history_path: Path, run_name: str, tags: dict[str, str]) -> str:
-    """Log one history file as a finished MLflow run in the active experiment; returns the run id."""
+def record(client: MlflowClient, experiment_id: str, history_path: Path, tags: dict[str, str]) -> str:
+    """Log one history file as a finished run of ``experiment_id``; returns the run id.
+
+    Goes through an explicit client, not mlflow's process-wide active run and experiment, so
+    recording never redirects what a training in the same process logs.
+    """
     history = read_history(history_path)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        mlflow.log_params({key: str(value)[:500] for key, value in history["params"].items()})
-        for row in history["epochs"]:
-            metrics = {key: float(value) for key, value in row.items() if key not in NOT_METRICS}
-            mlflow.log_metrics(metrics, step=int(row["epoch"]))
-        mlflow.log_artifact(str(history_path))
-        return run.info.run_id
+    run = client.create_run(experiment_id, run_name=run_name(history_path), tags=tags)
+    now = int(time.time() * 1000)
+    params = [Param(key, str(value)[:500]) for key, value in history["params"].items()]
+    metrics = [Metric(key, float(value), now, int(row["epoch"]))
+               for row in history["epochs"] for key, value in row.items() if key not in NOT_METRICS]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.log_artifact(run.info.run_id, str(history_path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="tag every run (e.g. host=H200); repeatable")
     args = parser.parse_args(argv)
     tags = dict(item.split("=", 1) for item in args.tag)
-    mlflow.set_tracking_uri(args.tracking_uri)
-    mlflow.set_experiment(args.experiment)
+    client = MlflowClient(tracking_uri=args.tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
     for path in args.histories:
-        print(f"{run_name(path)}: run {record(path, run_name(path), tags)}")
+        print(f"{run_name(path)}: run {record(client, experiment_id, path, tags)}")
     return 0
 
 
