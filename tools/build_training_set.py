@@ -37,8 +37,8 @@ def phantom_studies(root: Path, count: int, first_seed: int) -> list[dict[str, A
             "noise": round(draw.uniform(0.5, 2.0), 2),
             "pet_spacing": (round(draw.uniform(3.5, 5.5), 2),) * 2 + (4.0,),
         }
-        studies += phantom_datalist(root, n_studies=1, size=(size, size, 24), spacing=(spacing, spacing, 4.0),
-                                    first_seed=seed, **options)
+        studies += phantom_datalist(root, n_studies=1, size=(size, size, 24),
+                                    spacing=(spacing, spacing, 4.0), first_seed=seed, **options)
     return [{**study, "split": "train", "origin": "phantom"} for study in studies]
 
 
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the phantom studies are made (reused when already there)")
     parser.add_argument("--first-seed", type=int, default=100, help="seed of the first phantom (default 100)")
     parser.add_argument("--real-slice-step", type=int, default=2,
-                        help="keep every k-th axial slice of the real studies (default 2: their 3.3 mm slices "
-                             "change little from one to the next, and the cache stays small enough to ship to a GPU host)")
+                        help="keep every k-th axial slice of the real studies (default 2: their 3.3 mm "
+                             "slices change little from one to the next, and the cache stays small enough "
+                             "to ship to a GPU host)")
     args = parser.parse_args(argv)
     try:
         studies = phantom_studies(args.phantom_root, args.phantoms, args.first_seed)

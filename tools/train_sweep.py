@@ -93,6 +93,17 @@ def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) 
             "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")}}
 
 
+def runs_table(summaries: list[dict[str, Any]]) -> str:
+    """One markdown row per run: exit code, epochs, best validation numbers, its overrides."""
+    lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | overrides |", "|---" * 8 + "|"]
+    for summary in summaries:
+        values = [summary.get(k) for k in ("val_QABF", "val_MI", "val_SSIM")]
+        shown = " | ".join("" if v is None else f"{v:.4f}" for v in values)
+        lines.append(f"| {summary['run']} | {summary['exit']} | {summary['epochs']} | {summary['best_epoch']} | "
+                     f"{shown} | `{json.dumps(summary['overrides'])}` |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="sweep file: {'common': {...}, 'runs': {name: {...}}}")
@@ -109,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     cache, out = args.cache.resolve(), args.out.resolve()
     started = time.monotonic()
 
+    common = sweep.get("common", {})
     commands = {name: bundle_command("training", "train.json",
-                                     training_overrides(sweep.get("common", {}), own, out / name, cache, args.time_limit))
+                                     training_overrides(common, own, out / name, cache, args.time_limit))
                 for name, own in runs.items()}
     codes = launch(commands, {name: out / name / "train.log" for name in runs}, threads)
     print(f"trained {len(runs)} runs in {time.monotonic() - started:.0f} s: {codes}", flush=True)
 
-    evaluations = {name: bundle_command("evaluate", "evaluate.json",
-                                        evaluation_overrides(["dcif_gan"], out / name / "eval", cache, out / name / "model.pt"))
+    evaluations = {name: bundle_command("evaluate", "evaluate.json", evaluation_overrides(
+                       ["dcif_gan"], out / name / "eval", cache, out / name / "model.pt"))
                    for name in runs if (out / name / "model.pt").is_file()}
     evaluations["baselines"] = bundle_command("evaluate", "evaluate.json",
                                               evaluation_overrides(BASELINES, out / "baselines", cache, None))
@@ -126,13 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = study_rows(out / "baselines") + [row for name in runs for row in study_rows(out / name / "eval", name)]
     summaries = [run_summary(name, out / name, own, codes[name]) for name, own in runs.items()]
-    table = markdown_summary(rows) if rows else "no evaluation rows\n"
-    lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | overrides |", "|---" * 8 + "|"]
-    for s in summaries:
-        values = [s.get(k) for k in ("val_QABF", "val_MI", "val_SSIM")]
-        shown = " | ".join("" if v is None else f"{v:.4f}" for v in values)
-        lines.append(f"| {s['run']} | {s['exit']} | {s['epochs']} | {s['best_epoch']} | {shown} | `{json.dumps(s['overrides'])}` |")
-    report = "\n".join(lines) + "\n\n" + table
+    report = runs_table(summaries) + "\n" + (markdown_summary(rows) if rows else "no evaluation rows\n")
     print(report)
     with atomic_write(out / "sweep.md") as temporary:
         temporary.write_text(report)

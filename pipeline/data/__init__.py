@@ -1,4 +1,5 @@
-"""Datalists of studies for the bundle's workflows, their preprocessed cache, and the 2-D slice pairs training draws from."""
+"""Datalists of studies for the bundle's workflows, their preprocessed cache, and the 2-D slice pairs
+training draws from."""
 
 from pipeline.data.datalist import load_datalist, phantom_datalist, split_by_study
 from pipeline.data.slices import slice_pairs

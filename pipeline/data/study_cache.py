@@ -66,7 +66,8 @@ def cache_studies(
                 affine=affine,
                 body_slices=data["body_slices"].numpy()[::step],
             )
-        entries.append({"image": name, "study_key": data["study_key"], **{k: item[k] for k in KEPT_FIELDS if k in item}})
+        kept = {k: item[k] for k in KEPT_FIELDS if k in item}
+        entries.append({"image": name, "study_key": data["study_key"], **kept})
     index = {"format": CACHE_FORMAT, "windows": list(windows), "suv_max": float(suv_max), "studies": entries}
     with atomic_write(folder / DATALIST_NAME) as temporary:
         temporary.write_text(json.dumps(index, indent=2))

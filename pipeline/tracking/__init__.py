@@ -1,5 +1,5 @@
-"""Run tracking: MLflow on top of MONAI's ``MLFlowHandler`` (fused volumes slice by slice, every GAN loss
-term), and a plain per-epoch history file for hosts without MLflow."""
+"""Run tracking: MLflow on top of MONAI's ``MLFlowHandler`` (fused volumes slice by slice, every GAN
+loss term), and a plain per-epoch history file for hosts without MLflow."""
 
 from pipeline.tracking.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
 from pipeline.tracking.history import TrainingHistory, read_history, run_name

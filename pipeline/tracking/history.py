@@ -94,6 +94,6 @@ def read_history(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def run_name(path: str | os.PathLike[str]) -> str:
-    """A run's name from its history file: the bundle's ``<output_dir>/train/history.json`` -> ``<output_dir>``'s name."""
+    """A run's name from its history file: ``<output_dir>/train/history.json`` gives ``<output_dir>``'s name."""
     path = Path(path)
     return path.parent.parent.name if path.parent.name == "train" else path.parent.name

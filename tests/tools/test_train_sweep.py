@@ -54,3 +54,13 @@ def test_a_run_summary_takes_the_best_validated_epoch(sweep, tmp_path):
     (tmp_path / "train" / "history.json").write_text(json.dumps(history))
     summary = sweep.run_summary("n4", tmp_path, {"alpha": 20.0}, 0)
     assert (summary["epochs"], summary["best_epoch"], summary["val_QABF"]) == (3, 2, 0.3)
+
+
+def test_the_runs_table_shows_a_failed_run_without_numbers(sweep):
+    table = sweep.runs_table([
+        {"run": "n4", "exit": 0, "epochs": 3, "best_epoch": 2, "val_QABF": 0.61, "overrides": {}},
+        {"run": "n1", "exit": 1, "epochs": 0, "best_epoch": None, "overrides": {"alpha": 20.0}},
+    ])
+    lines = table.splitlines()
+    assert lines[2].startswith("| n4 | 0 | 3 | 2 | 0.6100 |  |  |")
+    assert lines[3].startswith("| n1 | 1 | 0 | None |  |  |  |") and '`{"alpha": 20.0}`' in lines[3]
