@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.fusion.study import FusedStudy
 from pipeline.metrics import fusion_metrics, summarise
-from pipeline.transforms.slicing import body_slice_indices
+from pipeline.transforms.slicing import flagged_slices
 
 DEFAULT_METRIC_SLICES = 32
 
@@ -34,7 +34,7 @@ def score_fused_study(result: FusedStudy, windows: Sequence[str],
     A metric without any finite value (e.g. Q^AB/F where no slice has an edge) is None, as JSON has no NaN.
     """
     image = result.data["image"]
-    chosen = spread(body_slice_indices(result.data["ct"]), max_slices)
+    chosen = spread(flagged_slices(result.data["body_slices"]), max_slices)
     scores = {}
     for (window, method), volume in result.fused.items():
         ct, pet = image[list(windows).index(window)], image[-1]

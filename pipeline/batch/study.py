@@ -21,7 +21,7 @@ from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.study import FusedStudy, fuse_study
 from pipeline.io.discovery import StudyPair, one_line, read_dicom
-from pipeline.transforms.slicing import body_slice_indices
+from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.study import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 from pipeline.visualization.preview import preview_slices, write_preview
@@ -73,7 +73,7 @@ def _write_outputs(result: FusedStudy, task: StudyTask, folder: Path) -> None:
     result.save_dicom([read_dicom(path) for path in task.pair.ct.files], folder)
     image = result.data["image"]
     ct, pet = image[:1], image[-1:]
-    slices = preview_slices(pet, body_slice_indices(result.data["ct"]))
+    slices = preview_slices(pet, flagged_slices(result.data["body_slices"]))
     write_preview(folder / PREVIEW_FILE, ct, pet, list(result.fused.values()), slices)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -35,7 +35,7 @@ def slice_pairs(
     for study in tqdm(studies, desc="slicing studies", unit="study", disable=not progress):
         data = preprocess(study)
         image = data["image"].as_tensor()
-        for z in torch.nonzero(data["body_slices"]).flatten().tolist():
+        for z in flagged_slices(data["body_slices"]):
             for w, window in enumerate(windows):
                 samples.append({
                     "ct": image[w : w + 1, ..., z].clone(),

@@ -82,6 +82,8 @@ def _index(folder: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a study cache ({error})") from None
     if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT or not isinstance(index.get("studies"), list):
         raise InputError(f"{path}: not a study cache of format {CACHE_FORMAT}")
+    if not all(isinstance(entry, dict) and {"image", "study_key"} <= entry.keys() for entry in index["studies"]):
+        raise InputError(f"{path}: every cached study needs an 'image' file and a 'study_key'")
     return index
 
 

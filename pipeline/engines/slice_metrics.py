@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.metrics import fusion_metrics
+from pipeline.transforms.slicing import flagged_slices
 
 
 def batch_field(engine: Engine, key: str) -> Any:
@@ -67,7 +68,7 @@ class FusionSliceMetrics:
         context = {key: batch_field(engine, key) for key in ("study_key", "study_index")}
         pet = image[-1]
         # Slices outside the body carry nothing to score.
-        scored = torch.nonzero(engine.state.batch["body_slices"][0]).flatten().tolist()[:: self.every_k]
+        scored = flagged_slices(engine.state.batch["body_slices"][0])[:: self.every_k]
         slices: list[dict[str, Any]] = []
         for w, window in enumerate(self.windows):
             ct = image[w]

@@ -4,8 +4,8 @@ Roles (paper): PET is "real" for D1 and G1's F_CT is "fake"; CT is "real" for D2
 "fake". L_G = sum over both generators of adv_i + alpha * content_i, content_i holding G_i to its
 own source (F_CT to CT, F_PET to PET), plus, optionally, ``detail_weight`` times a
 :class:`~pipeline.losses.detail.DetailLoss` of the final image. L_D = d1 + d2. For Network1 (one
-generator, ``d1 is d2``) the same formulas hold with F_CT = F_PET = F: the single discriminator sees F against PET and
-against CT, and F is held to both sources.
+generator, ``d1 is d2``) the same formulas hold with F_CT = F_PET = F: the single discriminator
+sees F against PET and against CT, and F is held to both sources.
 """
 
 from __future__ import annotations

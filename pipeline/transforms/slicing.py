@@ -27,6 +27,11 @@ def body_slice_indices(volume: torch.Tensor, threshold: float = DEFAULT_BODY_THR
     return torch.nonzero(fraction >= min_fraction).flatten().tolist()
 
 
+def flagged_slices(flags: torch.Tensor) -> list[int]:
+    """Indices of the slices a bool ``(Z,)`` flag tensor (``body_slices``) marks."""
+    return torch.nonzero(flags).flatten().tolist()
+
+
 class BodySlicesd(MapTransform):
     """Flag the axial slices inside the body: ``data[output_key]`` = bool ``(Z,)`` from the HU CT ``data[key]``.
 

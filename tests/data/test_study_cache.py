@@ -60,6 +60,14 @@ def test_other_windows_than_the_cache_holds_are_refused(tiny_study_cache):
     assert "\n" not in str(error.value)
 
 
+def test_an_index_entry_without_its_file_is_one_clear_line(tmp_path):
+    (tmp_path / "datalist.json").write_text(json.dumps({"format": 1, "windows": ["lung"], "suv_max": 15.0,
+                                                        "studies": [{"study_key": "abc"}]}))
+    with pytest.raises(InputError, match="needs an 'image' file") as error:
+        load_cached_datalist(tmp_path)
+    assert "\n" not in str(error.value) and "datalist.json" in str(error.value)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not a cache"])
 def test_a_damaged_cache_is_one_clear_line_naming_the_file(tmp_path, tiny_study_cache, damage):
     (train, _) = load_cached_datalist(tiny_study_cache)

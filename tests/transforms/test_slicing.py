@@ -13,6 +13,7 @@ from pipeline.transforms.slicing import (
     SlicesToVolume,
     SlicesToVolumed,
     body_slice_indices,
+    flagged_slices,
 )
 
 SHAPE = (1, 6, 5, 7)
@@ -36,7 +37,7 @@ def test_body_slices():
 def test_body_slice_flags_travel_with_the_study():
     flags = BodySlicesd(keys="ct")(_study())["body_slices"]
     assert flags.dtype == torch.bool and flags.shape == (SHAPE[-1],)
-    assert torch.nonzero(flags).flatten().tolist() == BODY
+    assert flagged_slices(flags) == BODY
 
 
 def test_axial_slices_are_channel_first_2d():
