@@ -4,6 +4,10 @@ G1 is held to the CT it starts from and G2 to the PET, so each pre-fused image k
 modality while the adversarial term pulls in the other one. SSIM is MONAI's (Gaussian window 11,
 sigma 1.5, K1 0.01, K2 0.03, data range 1 for inputs in [0, 1]): the Wang et al. 2004 defaults,
 so values compare with the fusion-metric protocol.
+
+SSIM is always computed in float32, also inside a bf16 autocast region: its variance terms
+(E[x^2] - E[x]^2) cancel catastrophically at bf16's 8-bit mantissa, which turned the loss into
+noise (and into infinities where a denominator rounded to zero) in mixed-precision training.
 """
 
 from __future__ import annotations
@@ -38,4 +42,6 @@ class ContentLoss(nn.Module):
         self.mu = mu
 
     def forward(self, output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        return self.intensity(output, source) + self.mu * self.structure(output, source)
+        with torch.autocast(device_type=output.device.type, enabled=False):
+            structure = self.structure(output.float(), source.float())
+        return self.intensity(output, source) + self.mu * structure

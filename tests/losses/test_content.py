@@ -34,3 +34,15 @@ def test_structural_term_is_weighted_by_mu(image: torch.Tensor) -> None:
 def test_unknown_intensity_term_is_rejected() -> None:
     with pytest.raises(ValueError, match="l3"):
         ContentLoss("l3")
+
+
+def test_structural_term_keeps_float32_precision_under_bf16_autocast() -> None:
+    """A flat patch with faint detail: bf16 SSIM cancels it into noise (0.2 instead of 0.003)."""
+    source = torch.full((2, 1, 32, 32), 0.3)
+    output = source.clone()
+    output[..., ::7, ::5] -= 0.01
+    reference = ContentLoss(mu=1.0)(output, source)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = ContentLoss(mu=1.0)(output, source)
+    assert reference.item() < 0.02
+    torch.testing.assert_close(mixed.float(), reference, atol=1e-4, rtol=1e-3)
