@@ -7,6 +7,12 @@ variants at equal cost. All runs start together (one GPU is shared; CPU threads 
 them). Then the bundle's ``evaluate`` workflow scores every run's best checkpoint and the classical
 baselines on the cache's validation studies, and the combined table is printed and written.
 
+The runs table also gives each run's lesion contrast ratio per CT window (fused over PET, from the
+evaluation's ``lesion_contrast.json``) and marks the selected run: the best validation Q^AB/F among
+the runs that keep at least ``--min-lesion-ratio`` of the PET's lesion contrast in every window.
+The fusion metrics alone reward copying the brighter source, which in the lung window hides the
+lesion; the product must not ship such a model.
+
 Sweep file (JSON)::
 
     {"common": {"epochs": 1000, ...},                    # overrides for every run
@@ -14,7 +20,8 @@ Sweep file (JSON)::
 
 Override keys are bundle config ids (``generator_config#variant``). Per run, ``<out>/<name>/``
 holds ``model.pt`` (best by validation Q^AB/F), ``train/history.json``, ``train.log`` and
-``eval/``; ``<out>/sweep.md`` holds the table.
+``eval/``; ``<out>/sweep.md`` holds the table. ``--report-only`` rebuilds the tables from such a
+folder (runs trained elsewhere) without training or evaluating.
 
     python tools/train_sweep.py tools/sweeps/dcif_gan.json --cache data/cache --out runs --time-limit 400
 """
@@ -31,12 +38,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.engines.lesion_report import JSON_NAME as LESION_JSON
+from pipeline.engines.lesion_report import ratio_summary
 from pipeline.engines.report import markdown_summary
 from pipeline.io.atomic import atomic_write
 from pipeline.tracking import read_history
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"
 BASELINES = ["average", "max", "laplacian", "dwt"]
+WINDOWS = ("lung", "mediastinal")
 
 
 def bundle_command(workflow: str, config: str, overrides: dict[str, Any]) -> list[str]:
@@ -83,46 +93,54 @@ def study_rows(eval_dir: Path, rename: str | None = None) -> list[dict[str, Any]
     return rows
 
 
+def lesion_ratios(eval_dir: Path) -> dict[str, float]:
+    """Mean lesion contrast ratio of the run's model per CT window, from its evaluation."""
+    path = eval_dir / LESION_JSON
+    if not path.is_file():
+        return {}
+    rows = [row for row in json.loads(path.read_text())["rows"] if row["method"] == "dcif_gan"]
+    return {f"lesion_{entry['window']}": entry["mean_ratio"] for entry in ratio_summary(rows)}
+
+
 def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) -> dict[str, Any]:
-    """One line of the runs table: the run's own overrides, epochs reached, last validation numbers."""
+    """One line of the runs table: its overrides, last epoch reached (counted from the start of a resumed
+    run), best validation numbers, lesion ratios."""
     history_path = run_dir / "train" / "history.json"
     epochs = read_history(history_path)["epochs"] if history_path.is_file() else []
     validated = [row for row in epochs if "val_QABF" in row]
     best = max(validated, key=lambda row: row["val_QABF"], default={})
-    return {"run": name, "exit": code, "overrides": overrides, "epochs": len(epochs),
-            "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")}}
+    return {"run": name, "exit": code, "overrides": overrides, "epochs": epochs[-1]["epoch"] if epochs else 0,
+            "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")},
+            **lesion_ratios(run_dir / "eval")}
 
 
-def runs_table(summaries: list[dict[str, Any]]) -> str:
-    """One markdown row per run: exit code, epochs, best validation numbers, its overrides."""
-    lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | overrides |", "|---" * 8 + "|"]
+def select_run(summaries: list[dict[str, Any]], min_lesion_ratio: float) -> str | None:
+    """Best validation Q^AB/F among the runs whose lesion ratio reaches ``min_lesion_ratio`` in every window."""
+    eligible = [s for s in summaries if "val_QABF" in s
+                and all(s.get(f"lesion_{window}", -1.0) >= min_lesion_ratio for window in WINDOWS)]
+    return max(eligible, key=lambda s: s["val_QABF"])["run"] if eligible else None
+
+
+def runs_table(summaries: list[dict[str, Any]], selected: str | None = None) -> str:
+    """One markdown row per run (the selected one in bold): exit code, epochs, validation numbers, lesion
+    ratios, its overrides."""
+    columns = ("val_QABF", "val_MI", "val_SSIM", *(f"lesion_{window}" for window in WINDOWS))
+    lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | lesion lung | lesion mediastinal "
+             "| overrides |", "|---" * 10 + "|"]
     for summary in summaries:
-        values = [summary.get(k) for k in ("val_QABF", "val_MI", "val_SSIM")]
-        shown = " | ".join("" if v is None else f"{v:.4f}" for v in values)
-        lines.append(f"| {summary['run']} | {summary['exit']} | {summary['epochs']} | {summary['best_epoch']} | "
+        shown = " | ".join("" if summary.get(k) is None else f"{summary[k]:.4f}" for k in columns)
+        name = f"**{summary['run']}**" if summary["run"] == selected else summary["run"]
+        lines.append(f"| {name} | {summary['exit']} | {summary['epochs']} | {summary['best_epoch']} | "
                      f"{shown} | `{json.dumps(summary['overrides'])}` |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", type=Path, help="sweep file: {'common': {...}, 'runs': {name: {...}}}")
-    parser.add_argument("--cache", type=Path, required=True, help="study cache with train and val studies")
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
-    parser.add_argument("--time-limit", type=int, default=600, help="training seconds per run (default 600)")
-    parser.add_argument("--only", nargs="*", help="run only these names from the sweep file")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: cores / runs)")
-    args = parser.parse_args(argv)
-
-    sweep = json.loads(args.sweep.read_text())
-    runs = {name: own for name, own in sweep["runs"].items() if not args.only or name in args.only}
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(len(runs), 1))
-    cache, out = args.cache.resolve(), args.out.resolve()
+def train_and_evaluate(runs: dict[str, dict[str, Any]], common: dict[str, Any], cache: Path, out: Path,
+                       time_limit: int, threads: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Train every run side by side, then evaluate every best checkpoint and the baselines; exit codes."""
     started = time.monotonic()
-
-    common = sweep.get("common", {})
     commands = {name: bundle_command("training", "train.json",
-                                     training_overrides(common, own, out / name, cache, args.time_limit))
+                                     training_overrides(common, own, out / name, cache, time_limit))
                 for name, own in runs.items()}
     codes = launch(commands, {name: out / name / "train.log" for name in runs}, threads)
     print(f"trained {len(runs)} runs in {time.monotonic() - started:.0f} s: {codes}", flush=True)
@@ -135,16 +153,47 @@ def main(argv: list[str] | None = None) -> int:
     logs = {name: (out / name / "eval.log" if name in runs else out / "baselines.log") for name in evaluations}
     eval_codes = launch(evaluations, logs, threads)
     print(f"evaluated in {time.monotonic() - started:.0f} s: {eval_codes}", flush=True)
+    return codes, eval_codes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="sweep file: {'common': {...}, 'runs': {name: {...}}}")
+    parser.add_argument("--cache", type=Path, help="study cache with train and val studies (needed unless --report-only)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
+    parser.add_argument("--time-limit", type=int, default=600, help="training seconds per run (default 600)")
+    parser.add_argument("--only", nargs="*", help="run only these names from the sweep file")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: cores / runs)")
+    parser.add_argument("--min-lesion-ratio", type=float, default=0.25,
+                        help="lesion contrast (fused / PET) a run must keep in every window to be selected (0.25)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the tables from the runs already in --out; train and evaluate nothing")
+    args = parser.parse_args(argv)
+    if not args.report_only and args.cache is None:
+        parser.error("--cache is required unless --report-only")
+
+    sweep = json.loads(args.sweep.read_text())
+    runs = {name: own for name, own in sweep["runs"].items() if not args.only or name in args.only}
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(len(runs), 1))
+    out = args.out.resolve()
+    common = sweep.get("common", {})
+    if args.report_only:
+        codes, eval_codes = dict.fromkeys(runs, 0), {}
+    else:
+        codes, eval_codes = train_and_evaluate(runs, common, args.cache.resolve(), out, args.time_limit, threads)
 
     rows = study_rows(out / "baselines") + [row for name in runs for row in study_rows(out / name / "eval", name)]
     summaries = [run_summary(name, out / name, own, codes[name]) for name, own in runs.items()]
-    report = runs_table(summaries) + "\n" + (markdown_summary(rows) if rows else "no evaluation rows\n")
+    selected = select_run(summaries, args.min_lesion_ratio)
+    report = (runs_table(summaries, selected) + f"\nselected (lesion ratio >= {args.min_lesion_ratio:g} in every window): "
+              f"{selected or 'none'}\n\n" + (markdown_summary(rows) if rows else "no evaluation rows\n"))
     print(report)
     with atomic_write(out / "sweep.md") as temporary:
         temporary.write_text(report)
     with atomic_write(out / "sweep.json") as temporary:
-        temporary.write_text(json.dumps({"time_limit_s": args.time_limit, "common": sweep.get("common", {}),
-                                         "runs": summaries}, indent=1, default=str))
+        temporary.write_text(json.dumps({"time_limit_s": args.time_limit, "common": common, "selected": selected,
+                                         "min_lesion_ratio": args.min_lesion_ratio, "runs": summaries},
+                                        indent=1, default=str))
     return 0 if all(code == 0 for code in [*codes.values(), *eval_codes.values()]) else 1
 
 

@@ -32,8 +32,9 @@ def test_each_run_is_the_bundle_training_with_its_overrides_on_top_of_the_common
     assert pairs["--study_cache"] == str(tmp_path / "cache")
 
 
-def test_the_shipped_sweep_file_names_every_ablation_variant(sweep):
-    spec = json.loads((TOOL.parent / "sweeps" / "dcif_gan.json").read_text())
+@pytest.mark.parametrize("name", ["dcif_gan.json", "ablation.json"])
+def test_the_shipped_sweep_files_name_every_ablation_variant(sweep, name):
+    spec = json.loads((TOOL.parent / "sweeps" / name).read_text())
     variants = {own.get("generator_config#variant", "network4") for own in spec["runs"].values()}
     assert variants == {"network1", "network2", "network3", "network4"}
 
@@ -58,9 +59,58 @@ def test_a_run_summary_takes_the_best_validated_epoch(sweep, tmp_path):
 
 def test_the_runs_table_shows_a_failed_run_without_numbers(sweep):
     table = sweep.runs_table([
-        {"run": "n4", "exit": 0, "epochs": 3, "best_epoch": 2, "val_QABF": 0.61, "overrides": {}},
+        {"run": "n4", "exit": 0, "epochs": 3, "best_epoch": 2, "val_QABF": 0.61, "lesion_lung": 0.3, "overrides": {}},
         {"run": "n1", "exit": 1, "epochs": 0, "best_epoch": None, "overrides": {"alpha": 20.0}},
-    ])
+    ], selected="n4")
     lines = table.splitlines()
-    assert lines[2].startswith("| n4 | 0 | 3 | 2 | 0.6100 |  |  |")
-    assert lines[3].startswith("| n1 | 1 | 0 | None |  |  |  |") and '`{"alpha": 20.0}`' in lines[3]
+    assert lines[2].startswith("| **n4** | 0 | 3 | 2 | 0.6100 |  |  | 0.3000 |  |")
+    assert lines[3].startswith("| n1 | 1 | 0 | None |  |  |  |  |  |") and '`{"alpha": 20.0}`' in lines[3]
+
+
+def _lesion_file(eval_dir: Path, ratios: dict[str, list[float]]) -> None:
+    eval_dir.mkdir(parents=True)
+    rows = [{"study_key": f"s{i}", "window": window, "method": "dcif_gan", "ratio": ratio}
+            for window, values in ratios.items() for i, ratio in enumerate(values)]
+    rows.append({"study_key": "s0", "window": "lung", "method": "max", "ratio": 0.9})
+    (eval_dir / "lesion_contrast.json").write_text(json.dumps({"rows": rows}))
+
+
+def test_lesion_ratios_are_the_model_means_per_window(sweep, tmp_path):
+    _lesion_file(tmp_path / "eval", {"lung": [0.2, 0.4], "mediastinal": [0.5, float("nan")]})
+    ratios = sweep.lesion_ratios(tmp_path / "eval")
+    assert ratios == pytest.approx({"lesion_lung": 0.3, "lesion_mediastinal": 0.5})
+    assert sweep.lesion_ratios(tmp_path / "absent") == {}
+
+
+def test_selection_skips_a_run_that_hides_the_lesion_however_well_it_scores(sweep):
+    summaries = [
+        {"run": "max_like", "val_QABF": 0.83, "lesion_lung": 0.04, "lesion_mediastinal": 0.23},
+        {"run": "keeps_lesion", "val_QABF": 0.67, "lesion_lung": 0.31, "lesion_mediastinal": 0.43},
+        {"run": "weaker", "val_QABF": 0.60, "lesion_lung": 0.35, "lesion_mediastinal": 0.50},
+        {"run": "not_evaluated", "val_QABF": 0.90},
+        {"run": "crashed", "lesion_lung": 0.9, "lesion_mediastinal": 0.9},
+    ]
+    assert sweep.select_run(summaries, 0.25) == "keeps_lesion"
+    assert sweep.select_run(summaries, 0.0) == "max_like"
+    assert sweep.select_run(summaries, 0.6) is None
+
+
+def test_report_only_rebuilds_the_tables_from_runs_trained_elsewhere(sweep, tmp_path, capsys):
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"common": {}, "runs": {"a": {"alpha": 20.0}, "b": {}}}))
+    for name, qabf, lung in (("a", 0.7, 0.1), ("b", 0.6, 0.3)):
+        (tmp_path / "out" / name / "train").mkdir(parents=True)
+        (tmp_path / "out" / name / "train" / "history.json").write_text(
+            json.dumps({"params": {}, "epochs": [{"epoch": 4, "val_QABF": qabf}]}))
+        _lesion_file(tmp_path / "out" / name / "eval", {"lung": [lung], "mediastinal": [0.4]})
+    assert sweep.main([str(spec), "--out", str(tmp_path / "out"), "--report-only"]) == 0
+    assert "selected (lesion ratio >= 0.25 in every window): b" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert saved["selected"] == "b" and [run["epochs"] for run in saved["runs"]] == [4, 4]
+
+
+def test_training_needs_a_cache(sweep, tmp_path):
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"runs": {"a": {}}}))
+    with pytest.raises(SystemExit):
+        sweep.main([str(spec), "--out", str(tmp_path / "out")])
