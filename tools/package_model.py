@@ -2,8 +2,8 @@
 
 Training saves ``{"generator", "config", "card"}`` with the training facts (data, loss weights,
 seed, date). This adds what only an evaluation knows, the mean of each fusion metric per CT window
-on the held-out studies (read from the ``metrics_per_study.csv`` the bundle's ``evaluate`` wrote),
-and drops everything a fuser does not need, so the shipped file stays small. The write is atomic.
+on the held-out studies (read from the ``metrics_per_study.csv`` the bundle's ``evaluate`` wrote)
+and the lesion contrast ratio per window (its ``lesion_contrast.json``), and drops everything a fuser does not need, so the shipped file stays small. The write is atomic.
 
     .venv/bin/python tools/package_model.py runs/cpu_n4/model.pt --evaluation bundles/dcif_gan/eval/real_val \\
         --out bundles/dcif_gan/models/model.pt
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.engines.lesion_report import read_lesion_ratios
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics import METRIC_NAMES
 
@@ -45,18 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluated-on", default="held-out validation studies",
                         help="what the evaluation ran on, for the card")
     parser.add_argument("--out", type=Path, required=True, help="where to write the shipped checkpoint")
+    parser.add_argument("--trained", help="how and where it trained (epochs, hardware), for the card")
     args = parser.parse_args(argv)
 
+    metrics = evaluation_means(args.evaluation)
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"{args.checkpoint}: no such checkpoint")
     saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    card = {**saved.get("card", {}), "metrics": evaluation_means(args.evaluation),
-            "evaluated_on": args.evaluated_on}
+    card = {**saved.get("card", {}), "metrics": metrics,
+            "lesion_contrast_ratio": read_lesion_ratios(args.evaluation, "dcif_gan"),
+            "evaluated_on": args.evaluated_on} | ({"trained": args.trained} if args.trained else {})
     shipped = {"generator": saved["generator"], "config": saved["config"], "card": card}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as temporary:
         torch.save(shipped, temporary)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     for window, metrics in card["metrics"].items():
-        print(window, metrics)
+        print(window, metrics, "lesion contrast ratio", card["lesion_contrast_ratio"].get(window))
     return 0
 
 

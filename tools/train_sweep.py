@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.lesion_report import JSON_NAME as LESION_JSON
-from pipeline.engines.lesion_report import ratio_summary
+from pipeline.engines.lesion_report import read_lesion_ratios
 from pipeline.engines.report import markdown_summary
 from pipeline.io.atomic import atomic_write
 from pipeline.tracking import read_history
@@ -93,15 +92,6 @@ def study_rows(eval_dir: Path, rename: str | None = None) -> list[dict[str, Any]
     return rows
 
 
-def lesion_ratios(eval_dir: Path) -> dict[str, float]:
-    """Mean lesion contrast ratio of the run's model per CT window, from its evaluation."""
-    path = eval_dir / LESION_JSON
-    if not path.is_file():
-        return {}
-    rows = [row for row in json.loads(path.read_text())["rows"] if row["method"] == "dcif_gan"]
-    return {f"lesion_{entry['window']}": entry["mean_ratio"] for entry in ratio_summary(rows)}
-
-
 def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) -> dict[str, Any]:
     """One line of the runs table: its overrides, last epoch reached (counted from the start of a resumed
     run), best validation numbers, lesion ratios."""
@@ -111,7 +101,7 @@ def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) 
     best = max(validated, key=lambda row: row["val_QABF"], default={})
     return {"run": name, "exit": code, "overrides": overrides, "epochs": epochs[-1]["epoch"] if epochs else 0,
             "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")},
-            **lesion_ratios(run_dir / "eval")}
+            **{f"lesion_{window}": ratio for window, ratio in read_lesion_ratios(run_dir / "eval", "dcif_gan").items()}}
 
 
 def select_run(summaries: list[dict[str, Any]], min_lesion_ratio: float) -> str | None:

@@ -87,6 +87,17 @@ def markdown_table(summary: Sequence[dict[str, Any]], fraction: float, ring_mm: 
     return "\n".join(lines) + "\n"
 
 
+def read_lesion_ratios(output_dir: str | Path, method: str) -> dict[str, float]:
+    """Mean lesion contrast ratio of ``method`` per CT window, from the report an evaluation wrote in
+    ``output_dir``; empty when there is no report. Windows whose ratio was undefined are left out."""
+    path = Path(output_dir) / JSON_NAME
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())["summary"]
+    return {group["window"]: group["mean_ratio"] for group in summary
+            if group["method"] == method and group["mean_ratio"] is not None}
+
+
 def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
     """JSON has no nan: an undefined contrast or ratio is written as null."""
     return {key: None if isinstance(value, float) and not math.isfinite(value) else value

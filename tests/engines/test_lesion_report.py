@@ -11,7 +11,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor, list_data_collate
 from monai.data.utils import affine_to_spacing
 
-from pipeline.engines import LesionContrastReport
+from pipeline.engines import LesionContrastReport, read_lesion_ratios
 from pipeline.errors import InputError
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
 from pipeline.transforms.study import study_preprocessing
@@ -65,6 +65,19 @@ def test_undefined_ratios_are_null_in_json_and_left_out_of_the_summary(tmp_path)
     report = json.loads((tmp_path / "lesion_contrast.json").read_text())
     assert all(row["ratio"] is None for row in report["rows"]) and len(engine.state.lesion_rows) == 2
     assert report["summary"][0]["studies"] == 0
+
+
+def test_a_written_report_reads_back_as_mean_ratio_per_window(tmp_path):
+    run_report(tmp_path, [list_data_collate([synthetic_study("aaa", 0.9)])])
+    assert read_lesion_ratios(tmp_path, "copy") == {"lung": pytest.approx(1.0)}
+    assert read_lesion_ratios(tmp_path, "flat") == {"lung": pytest.approx(0.0)}
+    assert read_lesion_ratios(tmp_path, "absent_method") == {}
+    assert read_lesion_ratios(tmp_path / "no_report", "copy") == {}
+
+
+def test_a_window_without_a_defined_ratio_is_left_out_when_read_back(tmp_path):
+    run_report(tmp_path, [list_data_collate([synthetic_study("ccc", 0.1)])])
+    assert read_lesion_ratios(tmp_path, "copy") == {}
 
 
 def test_phantom_truth_gives_the_lesion(tmp_path, tiny_datalist, tiny_phantom_root):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.engines.lesion_report import ratio_summary
+
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_sweep.py"
 
 
@@ -67,19 +69,21 @@ def test_the_runs_table_shows_a_failed_run_without_numbers(sweep):
     assert lines[3].startswith("| n1 | 1 | 0 | None |  |  |  |  |  |") and '`{"alpha": 20.0}`' in lines[3]
 
 
-def _lesion_file(eval_dir: Path, ratios: dict[str, list[float]]) -> None:
+def _lesion_file(eval_dir: Path, ratios: dict[str, float]) -> None:
+    """A lesion report as the evaluation writes it: rows and their summary (one study per window)."""
     eval_dir.mkdir(parents=True)
-    rows = [{"study_key": f"s{i}", "window": window, "method": "dcif_gan", "ratio": ratio}
-            for window, values in ratios.items() for i, ratio in enumerate(values)]
+    rows = [{"study_key": "s0", "window": window, "method": "dcif_gan", "ratio": ratio}
+            for window, ratio in ratios.items()]
     rows.append({"study_key": "s0", "window": "lung", "method": "max", "ratio": 0.9})
-    (eval_dir / "lesion_contrast.json").write_text(json.dumps({"rows": rows}))
+    (eval_dir / "lesion_contrast.json").write_text(json.dumps({"rows": rows, "summary": ratio_summary(rows)}))
 
 
-def test_lesion_ratios_are_the_model_means_per_window(sweep, tmp_path):
-    _lesion_file(tmp_path / "eval", {"lung": [0.2, 0.4], "mediastinal": [0.5, float("nan")]})
-    ratios = sweep.lesion_ratios(tmp_path / "eval")
-    assert ratios == pytest.approx({"lesion_lung": 0.3, "lesion_mediastinal": 0.5})
-    assert sweep.lesion_ratios(tmp_path / "absent") == {}
+def test_the_summary_carries_the_model_lesion_ratio_per_window(sweep, tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "history.json").write_text(json.dumps({"params": {}, "epochs": [{"epoch": 1}]}))
+    _lesion_file(tmp_path / "eval", {"lung": 0.2, "mediastinal": 0.5})
+    summary = sweep.run_summary("n4", tmp_path, {}, 0)
+    assert (summary["lesion_lung"], summary["lesion_mediastinal"]) == (0.2, 0.5)
 
 
 def test_selection_skips_a_run_that_hides_the_lesion_however_well_it_scores(sweep):
@@ -102,7 +106,7 @@ def test_report_only_rebuilds_the_tables_from_runs_trained_elsewhere(sweep, tmp_
         (tmp_path / "out" / name / "train").mkdir(parents=True)
         (tmp_path / "out" / name / "train" / "history.json").write_text(
             json.dumps({"params": {}, "epochs": [{"epoch": 4, "val_QABF": qabf}]}))
-        _lesion_file(tmp_path / "out" / name / "eval", {"lung": [lung], "mediastinal": [0.4]})
+        _lesion_file(tmp_path / "out" / name / "eval", {"lung": lung, "mediastinal": 0.4})
     assert sweep.main([str(spec), "--out", str(tmp_path / "out"), "--report-only"]) == 0
     assert "selected (lesion ratio >= 0.25 in every window): b" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
