@@ -118,3 +118,14 @@ def test_training_needs_a_cache(sweep, tmp_path):
     spec.write_text(json.dumps({"runs": {"a": {}}}))
     with pytest.raises(SystemExit):
         sweep.main([str(spec), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("path", sorted((TOOL.parent / "sweeps").glob("*.json")), ids=lambda p: p.name)
+def test_every_sweep_override_is_a_training_config_id(path):
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(TOOL.parents[1] / "bundles" / "dcif_gan" / "configs" / "train.json")
+    spec = json.loads(path.read_text())
+    keys = set(spec.get("common", {})) | {key for own in spec["runs"].values() for key in own}
+    assert keys and all(key in config for key in keys), sorted(k for k in keys if k not in config)
