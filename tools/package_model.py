@@ -3,7 +3,8 @@
 Training saves ``{"generator", "config", "card"}`` with the training facts (data, loss weights,
 seed, date). This adds what only an evaluation knows, the mean of each fusion metric per CT window
 on the held-out studies (read from the ``metrics_per_study.csv`` the bundle's ``evaluate`` wrote)
-and the lesion contrast ratio per window (its ``lesion_contrast.json``), and drops everything a fuser does not need, so the shipped file stays small. The write is atomic.
+and the lesion contrast ratio per window (its ``lesion_contrast.json``), and drops everything a
+fuser does not need, so the shipped file stays small. The write is atomic.
 
     .venv/bin/python tools/package_model.py runs/cpu_n4/model.pt --evaluation bundles/dcif_gan/eval/real_val \\
         --out bundles/dcif_gan/models/model.pt

@@ -42,10 +42,10 @@ from pipeline.engines.lesion_report import read_lesion_ratios
 from pipeline.engines.report import markdown_summary
 from pipeline.io.atomic import atomic_write
 from pipeline.tracking import read_history
+from pipeline.transforms.study import DEFAULT_WINDOWS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"
 BASELINES = ["average", "max", "laplacian", "dwt"]
-WINDOWS = ("lung", "mediastinal")
 
 
 def bundle_command(workflow: str, config: str, overrides: dict[str, Any]) -> list[str]:
@@ -107,14 +107,14 @@ def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) 
 def select_run(summaries: list[dict[str, Any]], min_lesion_ratio: float) -> str | None:
     """Best validation Q^AB/F among the runs whose lesion ratio reaches ``min_lesion_ratio`` in every window."""
     eligible = [s for s in summaries if "val_QABF" in s
-                and all(s.get(f"lesion_{window}", -1.0) >= min_lesion_ratio for window in WINDOWS)]
+                and all(s.get(f"lesion_{window}", -1.0) >= min_lesion_ratio for window in DEFAULT_WINDOWS)]
     return max(eligible, key=lambda s: s["val_QABF"])["run"] if eligible else None
 
 
 def runs_table(summaries: list[dict[str, Any]], selected: str | None = None) -> str:
     """One markdown row per run (the selected one in bold): exit code, epochs, validation numbers, lesion
     ratios, its overrides."""
-    columns = ("val_QABF", "val_MI", "val_SSIM", *(f"lesion_{window}" for window in WINDOWS))
+    columns = ("val_QABF", "val_MI", "val_SSIM", *(f"lesion_{window}" for window in DEFAULT_WINDOWS))
     lines = ["| run | exit | epochs | best epoch | val Q^AB/F | val MI | val SSIM | lesion lung | lesion mediastinal "
              "| overrides |", "|---" * 10 + "|"]
     for summary in summaries:

@@ -3,7 +3,6 @@ state is dropped, and the shipped file still rebuilds the generator."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,16 +14,12 @@ from pipeline.fusion import ModelFuser
 from pipeline.metrics import METRIC_NAMES
 from pipeline.networks import DCIFGenerator
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "package_model.py"
 CONFIG = {"variant": "network4", "width": 8, "num_heads": 2, "window_size": 4, "mlp_ratio": 2.0, "depths": [1, 1, 1]}
 
 
 @pytest.fixture(scope="module")
-def package():
-    spec = importlib.util.spec_from_file_location("package_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def package(load_tool):
+    return load_tool("package_model")
 
 
 @pytest.fixture()

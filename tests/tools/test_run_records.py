@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture()
 def history(tmp_path) -> Path:
@@ -29,9 +18,9 @@ def history(tmp_path) -> Path:
     return path
 
 
-def test_a_history_becomes_an_mlflow_run_with_per_epoch_metrics(history, tmp_path):
+def test_a_history_becomes_an_mlflow_run_with_per_epoch_metrics(history, tmp_path, load_tool):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    assert _tool("record_runs").main([str(history), "--tracking-uri", uri, "--tag", "host=test"]) == 0
+    assert load_tool("record_runs").main([str(history), "--tracking-uri", uri, "--tag", "host=test"]) == 0
     client = MlflowClient(tracking_uri=uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_sweep"]
     (run,) = client.search_runs([experiment.experiment_id])
@@ -42,8 +31,8 @@ def test_a_history_becomes_an_mlflow_run_with_per_epoch_metrics(history, tmp_pat
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["history.json"]
 
 
-def test_the_curves_figure_is_a_png_with_every_panel(history, tmp_path):
-    plot = _tool("plot_training")
+def test_the_curves_figure_is_a_png_with_every_panel(history, tmp_path, load_tool):
+    plot = load_tool("plot_training")
     out = tmp_path / "curves.png"
     assert plot.main([str(history), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

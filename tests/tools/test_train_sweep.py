@@ -3,7 +3,6 @@ the bundle's own workflows, tested in tests/bundle)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,11 +15,8 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_sweep.py"
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("train_sweep", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_tool):
+    return load_tool("train_sweep")
 
 
 def test_each_run_is_the_bundle_training_with_its_overrides_on_top_of_the_common_ones(sweep, tmp_path):
