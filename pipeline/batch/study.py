@@ -68,9 +68,9 @@ def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str)
 
 
 def _write_outputs(result: FusedStudy, task: StudyTask, folder: Path) -> None:
-    """NIfTI and a DICOM series per (method, window), and the preview picture."""
+    """NIfTI, a grey and a colour DICOM series per (method, window), and the preview picture."""
     result.save_nifti(folder)
-    result.save_dicom([read_dicom(path) for path in task.pair.ct.files], folder)
+    result.save_dicom(*([read_dicom(path) for path in series.files] for series in (task.pair.ct, task.pair.pet)), folder)
     image = result.data["image"]
     ct, pet = image[:1], image[-1:]
     slices = preview_slices(pet, flagged_slices(result.data["body_slices"]))

@@ -130,7 +130,7 @@ class FusedDicomWriterOperator(Operator):
     """Write every fused volume as the batch job's derived DICOM series, and as NIfTI for convenience.
 
     Named inputs: ``fused`` (a :class:`FusedStudy`) and ``study_selected_series_list`` (for the CT
-    headers the derived series copies its study and geometry from).
+    and PET headers the derived series copies its study and geometry from and references).
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
@@ -144,6 +144,6 @@ class FusedDicomWriterOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         result: FusedStudy = op_input.receive(FUSED_PORT)
         selection = op_input.receive(SELECTION_PORT)[0]
-        ct_headers = native_datasets(selected_series(selection, "CT"))
+        ct_headers, pet_headers = (native_datasets(selected_series(selection, name)) for name in ("CT", "PET"))
         result.save_nifti(self._output_folder)
-        result.save_dicom(ct_headers, self._output_folder)
+        result.save_dicom(ct_headers, pet_headers, self._output_folder)

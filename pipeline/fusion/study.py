@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,21 @@ from pydicom.dataset import Dataset
 
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
-from pipeline.io.derived_series import FUSED_SERIES_NUMBER, dicom_folder_name, write_fused_series
+from pipeline.io.derived_series import (
+    COLOUR_SERIES_OFFSET,
+    FUSED_SERIES_NUMBER,
+    Provenance,
+    colour_folder_name,
+    dicom_folder_name,
+    write_colour_series,
+    write_fused_series,
+)
 from pipeline.io.nifti import save_volume
 from pipeline.io.study import StudySource
+from pipeline.provenance import BASELINE_VERSION, fuser_version
 from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
+from pipeline.visualization.colour import colour_fusion
 
 
 def fused_filename(window: str, method: str) -> str:
@@ -37,11 +48,16 @@ _STAGES = {"LoadStudyd": "load", "PETToSUVd": "suv", "ResampleToReferenced": "re
 
 @dataclass
 class FusedStudy:
-    """A fused study: the preprocessed inputs and one volume per ``(window, method)``."""
+    """A fused study: the preprocessed inputs, one volume per ``(window, method)``, and what made them.
+
+    ``versions`` maps each method to its :func:`~pipeline.provenance.fuser_version`.
+    """
 
     data: dict[str, Any]
     fused: dict[tuple[str, str], MetaTensor]
     timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    suv_max: float = DEFAULT_SUV_MAX
 
     @property
     def study_key(self) -> str | None:
@@ -52,15 +68,26 @@ class FusedStudy:
         return [save_volume(Path(folder) / fused_filename(window, method), volume)
                 for (window, method), volume in self.fused.items()]
 
-    def save_dicom(self, ct_headers: Sequence[Dataset], folder: str | Path) -> list[Path]:
-        """Write every fused volume as a derived DICOM series of the CT (headers: its slices, any order).
+    def save_dicom(self, ct_headers: Sequence[Dataset], pet_headers: Sequence[Dataset], folder: str | Path,
+                   colour: bool = True) -> list[Path]:
+        """Write every fused volume as a derived DICOM series in the CT's study, and its colour rendering.
 
-        One sub-folder per window and method, series numbers from ``FUSED_SERIES_NUMBER`` up.
+        Headers: the source CT and PET slices, any order. One sub-folder per window and method
+        (``dicom_*``, and ``colour_*`` with ``colour``), series numbers from ``FUSED_SERIES_NUMBER`` up;
+        every series gets the same fusion date and time.
         """
+        created = datetime.now().astimezone()
+        pet = self.data["image"][-1:]
         written = []
         for number, ((window, method), volume) in enumerate(self.fused.items(), start=FUSED_SERIES_NUMBER):
-            written += write_fused_series(volume, ct_headers, Path(folder) / dicom_folder_name(method, window),
-                                          method=method, window=window, series_number=number)
+            provenance = Provenance(method, window, self.versions.get(method, BASELINE_VERSION), self.suv_max,
+                                    created=created)
+            written.append(write_fused_series(volume, ct_headers, pet_headers,
+                                              Path(folder) / dicom_folder_name(method, window), provenance, number))
+            if colour:
+                written.append(write_colour_series(colour_fusion(volume, pet), ct_headers, pet_headers,
+                                                   Path(folder) / colour_folder_name(method, window), provenance,
+                                                   number + COLOUR_SERIES_OFFSET))
         return written
 
 
@@ -96,4 +123,5 @@ def fuse_study(
         meta = {key: value for key, value in reference.meta.items() if key != "affine"}
         meta.update(modality="fused", window=window, method=method)
         fused[(window, method)] = MetaTensor(stacked[channel : channel + 1], affine=reference.affine, meta=meta)
-    return FusedStudy(data=data, fused=fused, timings=timings)
+    versions = {name: fuser_version(fuser) for name, fuser in fusers.items()}
+    return FusedStudy(data=data, fused=fused, timings=timings, versions=versions, suv_max=suv_max)

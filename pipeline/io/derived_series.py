@@ -1,48 +1,78 @@
-"""Write a fused volume as a derived DICOM series that a PACS files next to the CT it came from.
+"""Write a fused volume as a derived DICOM object that a PACS files in the CT's study and no tool takes for a CT.
 
-One CT Image Storage object per CT slice, with the CT's study, frame of reference and slice
-geometry, so a viewer hangs, scrolls and links it with the source CT, and SimpleITK rebuilds the
-CT's grid from it. pydicom rather than highdicom: highdicom builds enhanced multi-frame objects
-(parametric maps, secondary captures) that viewers do not stack with a single-frame CT and that
-SimpleITK's series reader does not place in space.
+SOP class: Multi-frame Grayscale Word Secondary Capture (grey fused images) and Multi-frame True
+Color Secondary Capture (the colour rendering), Modality ``OT``, one multi-frame object per series.
+Why: CT Image Storage requires Modality ``CT``, so a QIDO query or a router for CT returned the
+fused series beside the real CT and HU presets applied to it. Single-frame Secondary Capture has
+no Frame of Reference nor Image Plane module (adding them makes a "Standard Extended" object that
+dciodvfy warns about). The multi-frame SC IODs include Frame of Reference and Multi-frame
+Functional Groups, so each frame carries its CT slice's position, orientation and spacing: viewers
+that link series by frame of reference hang and scroll it with the CT, and SimpleITK (GDCM) rebuilds
+the CT's grid from the one file.
 
-Pixels are unsigned 12-bit integers, ``stored = round(fused * 4095)``, with RescaleSlope 1,
-RescaleIntercept 0 and RescaleType ``US`` (unspecified units, not HU): fused intensities are
-unit-less. Every UID is derived from the source UIDs, method and window, and nothing carries a
-timestamp, so a re-run writes byte-identical files.
+Provenance: the CT and PET slices are Source Images (purpose: source image for image processing
+operation), both series are in the Referenced Series Sequence, the Derivation Code Sequence says
+image processing, Software Versions hold the product and model version, and the series and content
+dates/times are those of the fusion. Every UID is derived from the source series, method, window,
+model version, SUV ceiling and product version: whenever the pixels may change, the UIDs do, so a
+PACS stores a new model's images instead of answering "already stored".
+
+Grey pixels are unsigned 12-bit integers, ``stored = round(fused * 4095)`` (unit-less).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, UID, generate_uid
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
 from pipeline.io.discovery import slice_normal
+from pipeline.provenance import SOFTWARE_VERSION
 
 FUSED_SERIES_NUMBER = 9000
-MAX_STORED = 4095  # 12 bits stored: the range every CT viewer handles
+COLOUR_SERIES_OFFSET = 100  # the colour rendering of grey series 9000 + i is series 9100 + i
+MAX_STORED = 4095  # 12 bits stored: the range every viewer handles
 MANUFACTURER = "DCIF-GAN fusion (dcif-fusion)"
+FUSED_MODALITY = "OT"
+GREY_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7.3")  # Multi-frame Grayscale Word Secondary Capture Image Storage
+COLOUR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7.4")  # Multi-frame True Color Secondary Capture Image Storage
+FUSED_FILE = "fused.dcm"
 
 # Source-study elements copied verbatim: PACS files the derived series under the same patient and study
 # only when these match. Other identifying patient elements (birth date, ...) are left out.
 _STUDY_TAGS = (
     "SpecificCharacterSet", "PatientName", "PatientID", "PatientSex", "StudyInstanceUID", "StudyDate",
     "StudyTime", "StudyID", "AccessionNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "PatientPosition",
+    "PatientPosition", "BodyPartExamined",
 )
-# Type 2 elements of the CT Image IOD that must be present, and are left empty.
-_EMPTY_TAGS = ("PatientBirthDate", "ReferringPhysicianName", "KVP", "AcquisitionNumber")
-# Per-slice geometry copied from the CT slice the fused slice lies on.
-_GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                  "SliceLocation")
+# Type 2 elements of the IOD that must be present, and are left empty.
+_EMPTY_TAGS = ("PatientBirthDate", "ReferringPhysicianName", "PatientOrientation", "PositionReferenceIndicator")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made one fused volume: the facts its UIDs and provenance elements are built from."""
+
+    method: str
+    window: str
+    model_version: str  # pipeline.provenance.fuser_version
+    suv_max: float
+    software_version: str = SOFTWARE_VERSION
+    created: datetime = field(default_factory=lambda: datetime.now().astimezone())
+
+    def identity(self) -> list[str]:
+        """Everything the pixels depend on besides the sources; not the creation time."""
+        return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.software_version]
 
 
 def dicom_folder_name(method: str, window: str) -> str:
@@ -50,112 +80,160 @@ def dicom_folder_name(method: str, window: str) -> str:
     return f"dicom_{method}_{window}"
 
 
-def fused_series_description(method: str, window: str) -> str:
-    """What a radiologist sees in the series list: the method and the CT window."""
-    return f"DCIF fusion {method} {window}"
+def colour_folder_name(method: str, window: str) -> str:
+    """Folder of the colour rendering (PET on the fused image) of one method and window."""
+    return f"colour_{method}_{window}"
+
+
+def fused_series_description(method: str, window: str, colour: bool = False) -> str:
+    """What a radiologist sees in the series list: the method, the CT window, colour or not."""
+    return f"DCIF fusion {method} {window}{' PET colour' if colour else ''}"
 
 
 def _position(header: Dataset) -> float:
     return float(slice_normal(header.ImageOrientationPatient) @ np.asarray(header.ImagePositionPatient, float))
 
 
-def _ordered_headers(ct_headers: Sequence[Dataset], volume: MetaTensor) -> list[Dataset]:
-    """CT headers in the volume's slice order (by position), after checking they describe its grid."""
-    columns, rows, n_slices = volume.shape[1:]
+def _ordered_headers(ct_headers: Sequence[Dataset], shape: tuple[int, int, int], where: str) -> list[Dataset]:
+    """CT headers in the volume's slice order (by position), after checking they describe its ``(X, Y, Z)`` grid."""
+    columns, rows, n_slices = shape
     if len(ct_headers) != n_slices:
-        raise InputError(f"{volume.meta.get('filename_or_obj', 'fused volume')}: {n_slices} slices but "
-                         f"{len(ct_headers)} CT headers to place them")
+        raise InputError(f"{where}: {n_slices} slices but {len(ct_headers)} CT headers to place them")
     for header in ct_headers:
         if (int(header.Rows), int(header.Columns)) != (rows, columns):
-            where = getattr(header, "filename", None) or f"CT slice {header.SOPInstanceUID}"
-            raise InputError(f"{where}: {header.Rows}x{header.Columns} pixels, the fused volume has {rows}x{columns}")
+            source = getattr(header, "filename", None) or f"CT slice {header.SOPInstanceUID}"
+            raise InputError(f"{source}: {header.Rows}x{header.Columns} pixels, the fused volume has {rows}x{columns}")
     return sorted(ct_headers, key=_position)
 
 
-def _series_template(first: Dataset, series_uid: str, method: str, window: str, series_number: int) -> Dataset:
-    """Elements shared by every slice of the derived series."""
+def _item(**elements: object) -> Dataset:
     ds = Dataset()
-    for keyword in _STUDY_TAGS:
-        if keyword in first:
-            setattr(ds, keyword, first.data_element(keyword).value)
-    for keyword in _EMPTY_TAGS:
-        setattr(ds, keyword, None)
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = "CT"  # so viewers hang it with the CT; RescaleType says the values are not HU
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = fused_series_description(method, window)
-    ds.Manufacturer = MANUFACTURER
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    ds.DerivationDescription = (f"PET/CT fusion by {method} of the CT ({window} window) and the PET "
-                                f"resampled onto the CT grid; stored = round(fused * {MAX_STORED})")
-    for keyword in ("ContentDate", "ContentTime"):  # source times, never the clock: re-runs are identical
-        if keyword in first:
-            setattr(ds, keyword, first.data_element(keyword).value)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
-    ds.WindowCenter, ds.WindowWidth = str(MAX_STORED / 2), str(MAX_STORED + 1)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
     return ds
 
 
-def _reference_source(ds: Dataset, header: Dataset) -> None:
-    """Point a fused slice at its CT slice: the Source Image and the Common Instance Reference modules."""
-    source = Dataset()
-    source.ReferencedSOPClassUID = header.SOPClassUID
-    source.ReferencedSOPInstanceUID = header.SOPInstanceUID
-    ds.SourceImageSequence = [source]
-    series = Dataset()
-    series.SeriesInstanceUID = header.SeriesInstanceUID
-    series.ReferencedInstanceSequence = [source]
-    ds.ReferencedSeriesSequence = [series]
+def _code(code) -> Dataset:
+    return _item(CodeValue=code.value, CodingSchemeDesignator=code.scheme_designator, CodeMeaning=code.meaning)
+
+
+def _references(ct: Sequence[Dataset], pet: Sequence[Dataset]) -> tuple[list[Dataset], list[Dataset]]:
+    """Source Image items for every CT and PET slice, and the Referenced Series items of both series."""
+    purpose = _code(codes.DCM.SourceImageForImageProcessingOperation)
+    sources, series = [], {}
+    for header in [*ct, *pet]:
+        instance = {"ReferencedSOPClassUID": header.SOPClassUID, "ReferencedSOPInstanceUID": header.SOPInstanceUID}
+        sources.append(_item(**instance, PurposeOfReferenceCodeSequence=[purpose]))
+        series.setdefault(header.SeriesInstanceUID, []).append(_item(**instance))
+    return sources, [_item(SeriesInstanceUID=uid, ReferencedInstanceSequence=items) for uid, items in series.items()]
+
+
+def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provenance: Provenance, colour: bool,
+             series_number: int) -> Dataset:
+    """Every element but the pixels: study, series, equipment, provenance and the per-frame geometry."""
+    first = ordered[0]
+    ds = Dataset()
+    for keyword in _EMPTY_TAGS:
+        setattr(ds, keyword, None)
+    for keyword in _STUDY_TAGS:
+        if keyword in first:
+            setattr(ds, keyword, first.data_element(keyword).value)
+    if "BodyPartExamined" not in ds:  # Laterality (type 2C) is required, empty when unknown, only then
+        ds.Laterality = None
+    sop_class = COLOUR_SOP_CLASS if colour else GREY_SOP_CLASS
+    pet_series = pet_headers[0].SeriesInstanceUID if pet_headers else ""
+    identity = [sop_class, first.SeriesInstanceUID, pet_series, *provenance.identity()]
+    ds.SOPClassUID = sop_class
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["dcif-fused-series", *identity])
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["dcif-fused-instance", *identity])
+    ds.Modality = FUSED_MODALITY
+    ds.SeriesNumber, ds.InstanceNumber = series_number, 1
+    ds.SeriesDescription = fused_series_description(provenance.method, provenance.window, colour)
+    date, time = provenance.created.strftime("%Y%m%d"), provenance.created.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
+    ds.Manufacturer = MANUFACTURER
+    ds.SoftwareVersions = [provenance.software_version, f"model {provenance.model_version}"]
+    ds.ConversionType = "WSD"  # workstation: made by software from other images
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.BurnedInAnnotation = "NO"
+    ds.DerivationDescription = (
+        f"PET/CT fusion by {provenance.method} ({provenance.model_version}) of the CT ({provenance.window} window) "
+        f"and the PET in SUV 0-{provenance.suv_max:g} resampled onto the CT grid"
+        + ("; hot-iron PET over the grey fused image" if colour else f"; stored = round(fused * {MAX_STORED})"))
+    ds.DerivationCodeSequence = [_code(codes.DCM.ImageProcessing)]
+    ds.SourceImageSequence, ds.ReferencedSeriesSequence = _references(ordered, pet_headers)
+
+    ds.NumberOfFrames = len(ordered)
+    ds.FrameIncrementPointer = "SliceLocationVector"
+    ds.SliceLocationVector = [round(_position(header), 4) for header in ordered]
+    ds.SharedFunctionalGroupsSequence = [_item(
+        PixelMeasuresSequence=[_item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)],
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=first.ImageOrientationPatient)],
+    )]
+    ds.PerFrameFunctionalGroupsSequence = [
+        _item(PlanePositionSequence=[_item(ImagePositionPatient=header.ImagePositionPatient)]) for header in ordered]
+    ds.Rows, ds.Columns = first.Rows, first.Columns
+    if colour:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.WindowCenter, ds.WindowWidth = str(MAX_STORED / 2), str(MAX_STORED + 1)
+    ds.PixelRepresentation = 0
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return ds
+
+
+def _save(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
+    path = Path(out_dir) / FUSED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        ds.save_as(temporary, enforce_file_format=True)
+    return path
 
 
 def write_fused_series(
     volume: MetaTensor,
     ct_headers: Sequence[Dataset],
+    pet_headers: Sequence[Dataset],
     out_dir: str | os.PathLike[str],
-    *,
-    method: str,
-    window: str,
+    provenance: Provenance,
     series_number: int = FUSED_SERIES_NUMBER,
-) -> list[Path]:
-    """Write a ``(1, X, Y, Z)`` fused volume in [0, 1] on the CT grid as ``fused_<index>.dcm`` files.
+) -> Path:
+    """Write a ``(1, X, Y, Z)`` fused volume in [0, 1] on the CT grid as ``out_dir/fused.dcm`` (atomically).
 
-    ``ct_headers`` are the CT slices' headers (any order; pixel data not needed); the volume's z index
-    ``i`` is the ``i``-th of them by position along the slice normal, as the DICOM loader orders them.
-    Each file is written atomically. Raises InputError when the headers do not match the volume.
+    ``ct_headers`` and ``pet_headers`` are the source slices' headers (any order; pixel data not
+    needed); the volume's z index ``i`` is the ``i``-th CT slice by position along the slice normal,
+    as the DICOM loader orders them. Raises InputError when the CT headers do not match the volume.
     """
-    ordered = _ordered_headers(ct_headers, volume)
-    first = ordered[0]
-    series_uid = generate_uid(entropy_srcs=["dcif-fused-series", first.SeriesInstanceUID, method, window])
-    template = _series_template(first, series_uid, method, window, series_number)
-    # (X, Y, Z) -> (Z, rows = Y, columns = X) in one pass, so each slice's pixels are contiguous bytes.
+    where = str(volume.meta.get("filename_or_obj", "fused volume"))
+    ordered = _ordered_headers(ct_headers, tuple(volume.shape[1:]), where)
+    ds = _dataset(ordered, pet_headers, provenance, colour=False, series_number=series_number)
+    # (X, Y, Z) -> (Z = frames, rows = Y, columns = X) in one pass, so the frames are contiguous bytes.
     values = np.clip(volume.detach().cpu().numpy()[0], 0.0, 1.0).transpose(2, 1, 0)
-    stored = np.ascontiguousarray(np.rint(values * MAX_STORED), dtype="<u2")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, header in enumerate(ordered):
-        ds = Dataset()
-        ds.update(template)
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, header.SOPInstanceUID])
-        ds.InstanceNumber = index + 1
-        for keyword in _GEOMETRY_TAGS:
-            if keyword in header:
-                setattr(ds, keyword, header.data_element(keyword).value)
-        ds.Rows, ds.Columns = header.Rows, header.Columns
-        _reference_source(ds, header)
-        ds.PixelData = stored[index].tobytes()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        path = out_dir / f"fused_{index:04d}.dcm"
-        with atomic_write(path) as temporary:
-            ds.save_as(temporary, enforce_file_format=True)
-        written.append(path)
-    return written
+    ds.PixelData = np.ascontiguousarray(np.rint(values * MAX_STORED), dtype="<u2").tobytes()
+    return _save(ds, out_dir)
+
+
+def write_colour_series(
+    rgb: np.ndarray,
+    ct_headers: Sequence[Dataset],
+    pet_headers: Sequence[Dataset],
+    out_dir: str | os.PathLike[str],
+    provenance: Provenance,
+    series_number: int = FUSED_SERIES_NUMBER + COLOUR_SERIES_OFFSET,
+) -> Path:
+    """Write a ``(Z, rows, columns, 3)`` uint8 RGB rendering on the CT grid as ``out_dir/fused.dcm`` (atomically)."""
+    frames, rows, columns, _ = rgb.shape
+    ordered = _ordered_headers(ct_headers, (columns, rows, frames), "colour rendering")
+    ds = _dataset(ordered, pet_headers, provenance, colour=True, series_number=series_number)
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return _save(ds, out_dir)

@@ -24,11 +24,11 @@ def to_uint8(slice_xy: ArrayLike) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _hot(values: np.ndarray) -> np.ndarray:
-    """A 'hot' colour map (black-red-yellow-white), the usual PET display, without matplotlib."""
-    red = np.clip(values * 3.0, 0.0, 1.0)
-    green = np.clip(values * 3.0 - 1.0, 0.0, 1.0)
-    blue = np.clip(values * 3.0 - 2.0, 0.0, 1.0)
+def hot_iron(values: np.ndarray) -> np.ndarray:
+    """DICOM's Hot Iron palette (PS3.6 Annex B), the usual PET display: black-red-yellow-white, RGB in [0, 1]."""
+    red = np.clip(values * 2.0, 0.0, 1.0)
+    green = np.clip(values * 2.0 - 1.0, 0.0, 1.0)
+    blue = np.clip(values * 4.0 - 3.0, 0.0, 1.0)
     return np.stack([red, green, blue], axis=-1)
 
 
@@ -37,7 +37,7 @@ def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5) -> np
     ct = _display(ct_xy)[..., None]
     pet = _display(pet_xy)
     alpha = opacity * pet[..., None]
-    blended = (1.0 - alpha) * ct + alpha * _hot(pet)
+    blended = (1.0 - alpha) * ct + alpha * hot_iron(pet)
     return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

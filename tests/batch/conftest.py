@@ -8,6 +8,7 @@ other runs (resumed, repeated, parallel, on Ray) must reproduce byte for byte.
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +83,24 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, good_export: Path) -
 
 @pytest.fixture(scope="session")
 def fused_files() -> Callable[[Path], dict[str, bytes]]:
-    """Bytes of every fused output (NIfTI, DICOM, preview) under an OUT folder, by relative path."""
+    """Bytes of every fused output (NIfTI, DICOM, preview) under an OUT folder, by relative path.
+
+    DICOM objects without their fusion dates and times: those are the clock's, everything else is reproducible.
+    """
+
+    def content(path: Path) -> bytes:
+        if path.suffix != ".dcm":
+            return path.read_bytes()
+        ds = pydicom.dcmread(path)
+        for keyword in ("SeriesDate", "SeriesTime", "ContentDate", "ContentTime", "InstanceCreationDate",
+                        "InstanceCreationTime"):
+            delattr(ds, keyword)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        return buffer.getvalue()
 
     def read(out: Path) -> dict[str, bytes]:
-        return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*"))
+        return {str(path.relative_to(out)): content(path) for path in sorted(out.rglob("*"))
                 if path.suffix in (".gz", ".dcm", ".png")}
 
     return read

@@ -33,15 +33,16 @@ def test_batch_writes_every_output_of_every_study(tmp_path: Path, good_export: P
     for row in _rows(tmp_path):
         folder = tmp_path / row["key"]
         assert set(row["timings"]) == {"discover", "load", "suv", "resample", "window", "fuse", "metrics", "write"}
-        assert row["slices"] == 16 and row["location"].startswith("patient_")
+        assert row["slices"] == 16 and row["location"].startswith("#") and "patient" not in row["location"]
         for method in options.methods:
             for window in options.windows:
                 assert set(row["metrics"][f"{method}_{window}"]) == set(METRIC_NAMES)
                 fused = nib.load(folder / f"fused_{method}_{window}.nii.gz").get_fdata()
                 assert fused.shape == (64, 64, 16) and 0.0 <= fused.min() and fused.max() <= 1.0
-                series = sorted((folder / f"dicom_{method}_{window}").iterdir())
-                assert len(series) == 16
-                assert pydicom.dcmread(series[0]).SeriesDescription == f"DCIF fusion {method} {window}"
+                for kind, description in (("dicom", ""), ("colour", " PET colour")):
+                    derived = pydicom.dcmread(folder / f"{kind}_{method}_{window}" / "fused.dcm")
+                    assert derived.NumberOfFrames == 16
+                    assert derived.SeriesDescription == f"DCIF fusion {method} {window}{description}"
         assert (folder / PREVIEW_FILE).read_bytes().startswith(b"\x89PNG")
         assert json.loads((folder / DONE_FILE).read_text())["status"] == "ok"
     with (tmp_path / "report.csv").open() as stream:
@@ -53,7 +54,7 @@ def test_batch_writes_every_output_of_every_study(tmp_path: Path, good_export: P
 def test_broken_studies_are_reported_and_the_batch_goes_on(tmp_path: Path, mixed_export: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     status = main(["-q", "fuse-batch", str(mixed_export), str(tmp_path), "--method", "laplacian",
-                   "--window", "lung", "--metric-slices", "4"])
+                   "--window", "lung", "--metric-slices", "4", "--report-paths"])
 
     assert status == 1
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -110,7 +111,7 @@ def test_hostile_patient_tags_stay_out_of_paths_and_report(tmp_path: Path, good_
     for name in ("report.json", "report.csv"):
         text = (out / name).read_text()
         assert "EVIL" not in text and "../../etc" not in text and "19450102" not in text
-    derived = pydicom.dcmread(next(out.rglob("fused_0000.dcm")))
+    derived = pydicom.dcmread(next(out.rglob("fused.dcm")))
     assert derived.PatientID == "../../etc"  # PACS files the fused series under the same patient
     assert derived.PatientBirthDate == ""
 
@@ -137,6 +138,6 @@ def test_an_empty_folder_is_an_input_error(tmp_path: Path, batch_options: BatchO
 def test_derived_series_values_match_the_nifti(reference_run: Path) -> None:
     folder = next(p for p in reference_run.iterdir() if p.is_dir())
     nifti = nib.load(folder / "fused_laplacian_lung.nii.gz").get_fdata()
-    series = [pydicom.dcmread(path) for path in sorted((folder / "dicom_laplacian_lung").iterdir())]
-    stacked = np.stack([ds.pixel_array.T for ds in series], axis=-1) / 4095.0
+    frames = pydicom.dcmread(folder / "dicom_laplacian_lung" / "fused.dcm").pixel_array  # (Z, rows, columns)
+    stacked = frames.transpose(2, 1, 0) / 4095.0
     assert np.abs(stacked - nifti).max() <= 0.5 / 4095 + 1e-6

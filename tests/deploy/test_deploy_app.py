@@ -39,17 +39,17 @@ def assert_output_matches(out_dir: Path, ct_dir: Path, expected: FusedStudy) -> 
         dicom_folder_name(method, window) for window, method in expected.fused)
     for (window, method), volume in expected.fused.items():
         assert (out_dir / fused_filename(window, method)).is_file()
-        series_dir = out_dir / dicom_folder_name(method, window)
-        headers = [pydicom.dcmread(path) for path in sorted(series_dir.glob("*.dcm"))]
-        assert len(headers) == ct.GetSize()[2]
-        assert {h.StudyInstanceUID for h in headers} == {ct_header.StudyInstanceUID}
-        assert {h.FrameOfReferenceUID for h in headers} == {ct_header.FrameOfReferenceUID}
-        assert len({h.SeriesInstanceUID for h in headers}) == 1
-        assert headers[0].SeriesInstanceUID != ct_header.SeriesInstanceUID
-        assert headers[0].ReferencedSeriesSequence[0].SeriesInstanceUID == ct_header.SeriesInstanceUID
-        assert headers[0].pixel_array.shape == (ct_header.Rows, ct_header.Columns)
+        series_file = out_dir / dicom_folder_name(method, window) / "fused.dcm"
+        header = pydicom.dcmread(series_file)
+        assert header.NumberOfFrames == ct.GetSize()[2] and header.Modality == "OT"
+        assert header.StudyInstanceUID == ct_header.StudyInstanceUID
+        assert header.FrameOfReferenceUID == ct_header.FrameOfReferenceUID
+        assert header.SeriesInstanceUID != ct_header.SeriesInstanceUID
+        assert ct_header.SeriesInstanceUID in {item.SeriesInstanceUID for item in header.ReferencedSeriesSequence}
+        assert len(header.ReferencedSeriesSequence) == 2  # the CT and the PET
+        assert (header.Rows, header.Columns) == (ct_header.Rows, ct_header.Columns)
 
-        fused = _read_sitk(series_dir)
+        fused = sitk.ReadImage(str(series_file))
         assert fused.GetSize() == ct.GetSize()
         np.testing.assert_allclose(fused.GetSpacing(), ct.GetSpacing(), atol=1e-4)
         np.testing.assert_allclose(fused.GetOrigin(), ct.GetOrigin(), atol=1e-3)

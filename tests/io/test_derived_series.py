@@ -1,7 +1,11 @@
-"""The fused volume as a derived DICOM series: valid objects on the CT's grid, in its study, reproducible."""
+"""The fused volume as a derived DICOM object: valid, on the CT's grid, in its study, traceable, never a CT."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +16,31 @@ import torch
 from monai.data import MetaTensor
 
 from pipeline.errors import InputError
-from pipeline.io.derived_series import write_fused_series
+from pipeline.io.derived_series import (
+    COLOUR_SOP_CLASS,
+    GREY_SOP_CLASS,
+    Provenance,
+    write_colour_series,
+    write_fused_series,
+)
 from pipeline.io.dicom import load_series
 from pipeline.io.discovery import read_dicom
 from pipeline.phantom import make_phantom
 
+PROVENANCE = Provenance("laplacian", "lung", "no weights", 7.0)
+
 
 @pytest.fixture(scope="module")
-def ct_series(tmp_path_factory: pytest.TempPathFactory, tiny_geometry: dict) -> Path:
+def phantom(tmp_path_factory: pytest.TempPathFactory, tiny_geometry: dict):
     root = tmp_path_factory.mktemp("derived_series_phantom")
     return make_phantom(root, ct_shape=tiny_geometry["size"], ct_spacing=tiny_geometry["spacing"], seed=3,
-                        write_nifti=False).ct_dir
+                        write_nifti=False)
 
 
 @pytest.fixture(scope="module")
-def fused(ct_series: Path) -> MetaTensor:
+def fused(phantom) -> MetaTensor:
     """A stand-in fused volume on the CT grid: a ramp along every axis, so a swapped axis shows."""
-    ct = load_series(ct_series)
+    ct = load_series(phantom.ct_dir)
     x, y, z = (torch.linspace(0, 1, n) for n in ct.shape[1:])
     ramp = (0.5 * x[:, None, None] + 0.3 * y[None, :, None] + 0.2 * z[None, None, :])[None]
     return MetaTensor(ramp, affine=ct.affine, meta={k: v for k, v in ct.meta.items() if k != "affine"})
@@ -38,18 +50,22 @@ def _headers(folder: Path) -> list[pydicom.Dataset]:
     return [read_dicom(path) for path in sorted(folder.iterdir())]
 
 
+def _write(phantom, fused: MetaTensor, out: Path, provenance: Provenance = PROVENANCE, **kwargs) -> Path:
+    return write_fused_series(fused, _headers(phantom.ct_dir), _headers(phantom.pet_dir), out, provenance, **kwargs)
+
+
 def _sitk_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     return reader.Execute()
 
 
-def test_series_has_the_ct_geometry_and_the_fused_values(tmp_path: Path, ct_series: Path, fused: MetaTensor) -> None:
-    headers = _headers(ct_series)[::-1]  # any order: slices are matched by position
-    written = write_fused_series(fused, headers, tmp_path, method="laplacian", window="lung")
+def test_object_has_the_ct_geometry_and_the_fused_values(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    headers = _headers(phantom.ct_dir)[::-1]  # any order: slices are matched by position
+    written = write_fused_series(fused, headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE)
 
-    assert [path.name for path in written] == [f"fused_{i:04d}.dcm" for i in range(16)]
-    ct, derived = _sitk_series(ct_series), _sitk_series(tmp_path)
+    assert written == tmp_path / "fused.dcm"
+    ct, derived = _sitk_series(phantom.ct_dir), sitk.ReadImage(str(written))
     assert derived.GetSize() == ct.GetSize()
     assert np.allclose(derived.GetOrigin(), ct.GetOrigin()) and np.allclose(derived.GetSpacing(), ct.GetSpacing())
     assert np.allclose(derived.GetDirection(), ct.GetDirection())
@@ -57,39 +73,80 @@ def test_series_has_the_ct_geometry_and_the_fused_values(tmp_path: Path, ct_seri
     assert np.array_equal(sitk.GetArrayFromImage(derived), expected)
 
 
-def test_objects_are_derived_ct_images_in_the_source_study(tmp_path: Path, ct_series: Path, fused: MetaTensor) -> None:
-    headers = _headers(ct_series)
-    written = write_fused_series(fused, headers, tmp_path, method="dwt", window="mediastinal", series_number=9003)
-    first, source = pydicom.dcmread(written[0]), min(headers, key=lambda h: float(h.ImagePositionPatient[2]))
+def test_object_is_a_derived_non_ct_image_in_the_source_study_referencing_ct_and_pet(
+        tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    ct, pet = _headers(phantom.ct_dir), _headers(phantom.pet_dir)
+    ds = pydicom.dcmread(_write(phantom, fused, tmp_path, replace(PROVENANCE, model_version="sha256:00ff"),
+                                series_number=9003))
+    source = min(ct, key=lambda h: float(h.ImagePositionPatient[2]))
 
-    assert first.StudyInstanceUID == source.StudyInstanceUID
-    assert first.FrameOfReferenceUID == source.FrameOfReferenceUID
-    assert first.SeriesInstanceUID != source.SeriesInstanceUID and first.SOPInstanceUID != source.SOPInstanceUID
-    assert list(first.ImagePositionPatient) == list(source.ImagePositionPatient)
-    assert list(first.ImageType[:2]) == ["DERIVED", "SECONDARY"] and first.Modality == "CT"
-    assert first.SeriesDescription == "DCIF fusion dwt mediastinal" and first.SeriesNumber == 9003
-    assert first.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert first.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    assert first.PatientID == source.PatientID and first.PatientBirthDate == ""
-    assert len({pydicom.dcmread(path).SOPInstanceUID for path in written}) == len(written)
+    assert ds.SOPClassUID == GREY_SOP_CLASS and ds.Modality == "OT"  # a CT query or router never takes it
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert ds.PatientID == source.PatientID and ds.PatientBirthDate == ""
+    assert ds.SeriesInstanceUID not in {h.SeriesInstanceUID for h in ct + pet}
+    assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    assert ds.SeriesDescription == "DCIF fusion laplacian lung" and ds.SeriesNumber == 9003
+    assert ds.NumberOfFrames == len(ct)
+    positions = [list(frame.PlanePositionSequence[0].ImagePositionPatient) for frame in ds.PerFrameFunctionalGroupsSequence]
+    assert positions[0] == list(source.ImagePositionPatient)
+    referenced = {item.ReferencedSOPInstanceUID for item in ds.SourceImageSequence}
+    assert referenced == {h.SOPInstanceUID for h in ct + pet}
+    assert {item.PurposeOfReferenceCodeSequence[0].CodeValue for item in ds.SourceImageSequence} == {"121322"}
+    assert {item.SeriesInstanceUID for item in ds.ReferencedSeriesSequence} == {ct[0].SeriesInstanceUID,
+                                                                                 pet[0].SeriesInstanceUID}
+    assert ds.DerivationCodeSequence[0].CodeValue == "110001"
+    assert list(ds.SoftwareVersions) == [PROVENANCE.software_version, "model sha256:00ff"]
+    assert ds.SeriesDate == ds.ContentDate == PROVENANCE.created.strftime("%Y%m%d")
+    assert ds.SeriesTime == ds.ContentTime == PROVENANCE.created.strftime("%H%M%S")
 
 
-def test_rewriting_gives_identical_bytes_and_other_methods_other_uids(tmp_path: Path, ct_series: Path,
-                                                                     fused: MetaTensor) -> None:
-    headers = _headers(ct_series)
-    first = write_fused_series(fused, headers, tmp_path / "a", method="max", window="lung")
-    again = write_fused_series(fused, headers[::-1], tmp_path / "b", method="max", window="lung")
-    other = write_fused_series(fused, headers, tmp_path / "c", method="average", window="lung")
+@pytest.mark.parametrize("change", [{"model_version": "sha256:1234"}, {"method": "dwt"}, {"window": "mediastinal"},
+                                    {"suv_max": 10.0}, {"software_version": "dcif-fusion 9.9"}])
+def test_uids_change_whenever_the_pixels_may(tmp_path: Path, phantom, fused: MetaTensor, change: dict) -> None:
+    first = pydicom.dcmread(_write(phantom, fused, tmp_path / "a"))
+    later = pydicom.dcmread(_write(phantom, fused, tmp_path / "b", replace(PROVENANCE, created=PROVENANCE.created.replace(year=2030))))
+    other = pydicom.dcmread(_write(phantom, fused, tmp_path / "c", replace(PROVENANCE, **change)))
 
-    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in again]
-    assert pydicom.dcmread(first[0]).SeriesInstanceUID != pydicom.dcmread(other[0]).SeriesInstanceUID
+    assert (later.SeriesInstanceUID, later.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+    assert other.SeriesInstanceUID != first.SeriesInstanceUID and other.SOPInstanceUID != first.SOPInstanceUID
 
 
-def test_headers_that_do_not_fit_the_volume_are_refused(tmp_path: Path, ct_series: Path, fused: MetaTensor) -> None:
-    headers = _headers(ct_series)
+def test_colour_rendering_is_an_rgb_object_on_the_same_grid(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    rgb = np.zeros((16, 64, 64, 3), np.uint8)
+    rgb[3, 5, 7] = (255, 128, 0)
+    path = write_colour_series(rgb, _headers(phantom.ct_dir), _headers(phantom.pet_dir), tmp_path, PROVENANCE)
+    ds = pydicom.dcmread(path)
+    grey = pydicom.dcmread(_write(phantom, fused, tmp_path / "grey"))
+
+    assert ds.SOPClassUID == COLOUR_SOP_CLASS and ds.PhotometricInterpretation == "RGB"
+    assert ds.SeriesInstanceUID != grey.SeriesInstanceUID and ds.FrameOfReferenceUID == grey.FrameOfReferenceUID
+    assert ds.SeriesDescription == "DCIF fusion laplacian lung PET colour"
+    assert np.array_equal(ds.pixel_array, rgb)
+    assert np.allclose(sitk.ReadImage(str(path)).GetOrigin(), sitk.ReadImage(str(tmp_path / "grey" / "fused.dcm")).GetOrigin())
+
+
+def test_headers_that_do_not_fit_the_volume_are_refused(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    headers, pet = _headers(phantom.ct_dir), _headers(phantom.pet_dir)
     with pytest.raises(InputError, match="16 slices but 15 CT headers"):
-        write_fused_series(fused, headers[1:], tmp_path, method="max", window="lung")
+        write_fused_series(fused, headers[1:], pet, tmp_path, PROVENANCE)
     headers[4].Rows = 32
     with pytest.raises(InputError, match=r"ct_0004\.dcm: 32x64 pixels, the fused volume has 64x64"):
-        write_fused_series(fused, headers, tmp_path, method="max", window="lung")
+        write_fused_series(fused, headers, pet, tmp_path, PROVENANCE)
     assert not any(tmp_path.iterdir())
+
+
+def _dciodvfy(path: Path) -> set[str]:
+    """dciodvfy's error and warning lines for one file, without the file-specific values."""
+    output = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (output.stdout + output.stderr).splitlines()
+    return {re.sub(r"<[^>]*>", "<>", line) for line in lines if line.startswith(("Error", "Warning"))}
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
+def test_validator_finds_nothing_the_source_ct_does_not_have(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    source = _dciodvfy(next(phantom.ct_dir.iterdir()))
+    grey = _write(phantom, fused, tmp_path / "grey")
+    colour = write_colour_series(np.zeros((16, 64, 64, 3), np.uint8), _headers(phantom.ct_dir),
+                                 _headers(phantom.pet_dir), tmp_path / "colour", PROVENANCE)
+    assert _dciodvfy(grey) <= source
+    assert _dciodvfy(colour) <= source
