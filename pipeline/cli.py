@@ -46,17 +46,20 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import secrets
+
+    from pipeline.batch.report import Locator
     from pipeline.io.discovery import discover_studies
 
-    found = discover_studies(args.in_dir)
+    in_dir = args.in_dir.resolve()
+    found = discover_studies(in_dir)
+    # Folder names may name patients: pseudonyms (a fresh key each run) unless the user asks for paths.
+    locator = Locator(in_dir, None if args.show_paths else secrets.token_bytes(16))
     print(f"{len(found.pairs)} PET/CT studies ready to fuse, {len(found.failures)} failed, "
-          f"{len(found.problems)} unreadable files under {args.in_dir}")
-    for pair in found.pairs:
-        print(f"  ok    {pair}")
-    for failure in found.failures:
-        print(f"  fail  {failure}")
-    for problem in found.problems:
-        print(f"  skip  {problem}")
+          f"{len(found.problems)} unreadable files")
+    for state, entries in (("ok  ", found.pairs), ("fail", found.failures), ("skip", found.problems)):
+        for entry in entries:
+            print(f"  {state}  {locator.redact(entry)}")
     return 0 if found.pairs else 1
 
 
@@ -69,7 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.batch import BatchOptions, make_engine, run_batch
+    from pipeline.batch.pacs import run_dicomweb_batch
     from pipeline.fusion.selection import BUNDLED_CHECKPOINT, default_method
+    from pipeline.io.dicomweb import is_dicomweb_url
 
     checkpoint = args.checkpoint or BUNDLED_CHECKPOINT
     given = {"suv_max": args.suv_max, "metric_slices": args.metric_slices}
@@ -78,9 +83,22 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
         checkpoint=str(checkpoint), **{key: value for key, value in given.items() if value is not None},
     )
     engine = make_engine(args.engine, workers=args.workers, address=args.address, device=args.device)
-    report = run_batch(args.in_dir, args.out_dir, options, engine=engine, progress=not args.quiet)
+    if is_dicomweb_url(args.in_dir):
+        report = run_dicomweb_batch(args.in_dir, args.out_dir, options, dict(args.query), store=args.store,
+                                    engine=engine, progress=not args.quiet)
+    else:
+        report = run_batch(args.in_dir, args.out_dir, options, engine=engine, progress=not args.quiet,
+                           explicit_paths=args.report_paths)
     print(f"fuse-batch: {report.summary()}")
     return 0 if report.all_ok else 1
+
+
+def _query_term(text: str) -> tuple[str, str]:
+    """Argument type: one ``KEY=VALUE`` QIDO-RS filter."""
+    key, sign, value = text.partition("=")
+    if not sign or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 def _at_least(minimum: int):
@@ -126,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "No patient identifiers are printed.",
     )
     inspect.add_argument("in_dir", type=Path, help="folder to scan")
+    inspect.add_argument("--show-paths", action="store_true",
+                         help="print input paths as they are (default: pseudonyms, as folder names may name patients)")
     inspect.set_defaults(func=cmd_inspect)
 
     demo = sub.add_parser(
@@ -152,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "skipped because done). Re-running the same command resumes an interrupted batch. "
                     "Exit status 0 when every study is ok, 1 when some failed, 2 on bad arguments.",
     )
-    batch.add_argument("in_dir", type=Path, help="folder tree of DICOM files (e.g. a PACS export)")
+    batch.add_argument("in_dir", metavar="IN_DIR|URL",
+                       help="folder tree of DICOM files (e.g. a PACS export), or a DICOMweb endpoint "
+                            "(http[s]://...; credentials from DCIF_DICOMWEB_USER/_PASSWORD or DCIF_DICOMWEB_CREDENTIALS)")
+    batch.add_argument("--query", type=_query_term, action="append", default=[], metavar="KEY=VALUE",
+                       help="with a URL: QIDO-RS study filter, repeatable (e.g. StudyDate=20260101-); "
+                            "studies without both CT and PT are left out")
+    batch.add_argument("--store", action="store_true",
+                       help="with a URL: STOW-RS every fused series back into its patient and study")
     batch.add_argument("out_dir", type=Path, help="output folder (created; must not lie inside IN_DIR)")
     batch.add_argument("--method", type=_windows, default=None, metavar="M[,M]",
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
@@ -173,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--metric-slices", type=_at_least(0), default=None, metavar="N",
                        help="body slices, evenly spread, scored for the report's metrics; 0 = all "
                             "(default 32: scoring all costs about as much as fusing)")
+    batch.add_argument("--report-paths", action="store_true",
+                       help="name inputs in the reports by their paths relative to IN_DIR (default: every folder and "
+                            "file name but plain numbers pseudonymised, as exports name folders by patient)")
     batch.set_defaults(func=cmd_fuse_batch)
     return parser
 

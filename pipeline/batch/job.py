@@ -9,6 +9,7 @@ study is redone from scratch, and leftover temporary files are removed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -18,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.batch.engines import Engine, LocalEngine
-from pipeline.batch.layout import clear_partial_files, finished_result, study_folder
-from pipeline.batch.report import FAILED, BatchReport, FileIssue, StudyResult, relative_to_input
+from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
+from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, StudyResult
 from pipeline.batch.study import BatchOptions, StudyTask, cached_fusers
 from pipeline.errors import DcifError, InputError
 from pipeline.io.discovery import DiscoveryResult, discover_studies
@@ -37,41 +38,55 @@ def check_options(options: BatchOptions, engine: Engine) -> None:
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
     if options.device == "cuda" and isinstance(engine, LocalEngine) and not torch.cuda.is_available():
         raise DcifError("--device cuda: no CUDA device is available on this machine")
+    if not (math.isfinite(options.suv_max) and options.suv_max > 0):
+        raise InputError(f"--suv-max must be a positive number, got {options.suv_max}")
     # Builds the fusers (kept for an in-process run): an unknown method or a missing checkpoint fails now,
     # on the CPU where the studies run elsewhere (this machine may have no GPU).
     cached_fusers(options.methods, options.checkpoint, options.device if engine.in_process else "cpu")
 
 
-def _discovery_failures(found: DiscoveryResult, in_dir: Path) -> tuple[list[StudyResult], list[FileIssue]]:
-    """Studies discovery could not pair, and files it could not read, named relative to IN_DIR."""
-    failed = [StudyResult(key="", status=FAILED, location=relative_to_input(failure.location, in_dir) or ".",
-                          reason=relative_to_input(failure.reason, in_dir))
+def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:
+    """Studies discovery could not pair, and files it could not read, named by the locator."""
+    failed = [StudyResult(key="", status=FAILED, location=locator.location(failure.location),
+                          reason=locator.redact(failure.reason))
               for failure in found.failures]
-    unreadable = [FileIssue(relative_to_input(problem.path, in_dir), relative_to_input(problem.reason, in_dir))
+    unreadable = [FileIssue(locator.location(problem.path), locator.redact(problem.reason))
                   for problem in found.problems]
     return failed, unreadable
 
 
 def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BatchOptions,
-              engine: Engine | None = None, progress: bool = True) -> BatchReport:
+              engine: Engine | None = None, progress: bool = True, explicit_paths: bool = False) -> BatchReport:
     """Fuse every study under ``in_dir`` into ``out_dir`` (resuming a previous run) and write the report.
 
     ``progress`` shows an overall bar (studies) and, when studies run in this process, one per study.
-    Raises DcifError only for bad arguments or an unusable IN_DIR; study failures go into the report.
+    ``explicit_paths`` names inputs in the report by their paths instead of pseudonyms (they may name patients).
+    Raises DcifError only for bad arguments, an unusable IN_DIR or OUT_DIR, or OUT_DIR held by another
+    live run; study failures go into the report.
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     engine = engine or LocalEngine()
     check_options(options, engine)
     if out_dir == in_dir or out_dir.is_relative_to(in_dir):
         raise InputError(f"{out_dir}: OUT_DIR must not lie inside IN_DIR (outputs would be rescanned)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_partial_files(out_dir)
+    with own_output(out_dir):
+        try:
+            clear_partial_files(out_dir)
+            locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
+            report = _run(in_dir, out_dir, locator, options, engine, progress)
+            report.write()
+        except OSError as error:  # OUT_DIR became unwritable or full outside any one study
+            raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
+    return report
 
+
+def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, engine: Engine,
+         progress: bool) -> BatchReport:
     start = time.perf_counter()
     found = discover_studies(in_dir)
     # One scan serves every study: each is charged an equal share of it as its "discover" stage.
     discover_s = (time.perf_counter() - start) / max(1, len(found.pairs))
-    results, unreadable = _discovery_failures(found, in_dir)
+    results, unreadable = _discovery_failures(found, locator)
     options = replace(options, progress=progress and engine.in_process)
     tasks = []
     for pair in found.pairs:
@@ -79,7 +94,7 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
         if finished is not None:
             results.append(finished.skipped())
         else:
-            tasks.append(StudyTask(pair, in_dir, out_dir, options, discover_s))
+            tasks.append(StudyTask(pair, locator, out_dir, options, discover_s))
     logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),
                 len(found.pairs) - len(tasks), len(found.failures))
 
@@ -87,7 +102,4 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
         for result in engine.run(tasks):
             results.append(result)
             bar.update()
-    report = BatchReport(in_dir, out_dir, sorted(results, key=lambda r: (r.key == "", r.key, r.location)),
-                         unreadable)
-    report.write()
-    return report
+    return BatchReport(locator, out_dir, sorted(results, key=lambda r: (r.key == "", r.key, r.location)), unreadable)

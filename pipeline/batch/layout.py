@@ -3,19 +3,29 @@
 ``OUT/<study_key>/`` per study, named by the hash of the StudyInstanceUID and never by a tag value,
 so a hostile PatientID such as ``../../etc`` cannot steer a path. ``done.json`` is written last and
 atomically: a study folder holding it is complete; a folder without it was interrupted and is redone.
+One run at a time owns OUT: it holds an ``flock`` on ``OUT/.lock``, which the kernel releases when
+the process ends however it ends, so a crash never leaves the folder locked.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.batch.report import StudyResult
+from pipeline.errors import DcifError
 from pipeline.io.atomic import atomic_write
 
 DONE_FILE = "done.json"
 PREVIEW_FILE = "preview.png"
+LOCK_FILE = ".lock"
+LOCATION_KEY_FILE = ".location-key"  # secret of the report's pseudonymised input locations: never share
 _STUDY_KEY = re.compile(r"[0-9a-f]{12}")
 _PARTIAL = ".*.partial.*"  # temporary names of pipeline.io.atomic.atomic_write
 
@@ -52,3 +62,33 @@ def clear_partial_files(out_dir: Path) -> None:
     """Delete temporary files a killed run left at OUT's top level (the report's)."""
     for leftover in out_dir.glob(_PARTIAL):
         leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def own_output(out_dir: Path) -> Iterator[None]:
+    """Create OUT and hold it for this run; another live run holding it stops this one at once.
+
+    Any OS error on OUT (a file, read-only, no permission, full) becomes one line naming it.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = (out_dir / LOCK_FILE).open("a")
+    except OSError as error:
+        raise DcifError(f"{out_dir}: cannot use as output folder ({error.strerror or error})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DcifError(f"{out_dir}: another fuse-batch run is writing into this output folder; "
+                            "wait for it to end, or choose another OUT_DIR") from None
+        yield
+
+
+def location_key(out_dir: Path) -> bytes:
+    """The secret that pseudonymises input locations of OUT's reports, made on first use and kept."""
+    path = out_dir / LOCATION_KEY_FILE
+    if not path.exists():
+        with atomic_write(path) as temporary:
+            temporary.write_text(secrets.token_hex(32))
+            os.chmod(temporary, 0o600)
+    return bytes.fromhex(path.read_text().strip())

@@ -1,15 +1,19 @@
 """What a batch did, study by study: ``report.json`` for programs and ``report.csv`` for spreadsheets.
 
-Studies are named by their non-identifying study key and their input location relative to IN_DIR:
-no patient identifier is ever read into a report. A study's row is also its ``done.json``, which is
+Studies are named by their non-identifying study key and an input location that cannot carry patient
+data (exports name folders and files by patient: every path component is pseudonymised, see
+:class:`Locator`): no patient identifier is ever written into a report. A study's row is also its ``done.json``, which is
 how a resumed run reports the studies it skips with their original timings and metrics.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,9 +27,53 @@ SKIPPED_REASON = "done (finished by an earlier run)"
 STAGES = ("discover", "load", "suv", "resample", "window", "fuse", "metrics", "write")
 
 
-def relative_to_input(text: str | os.PathLike[str], in_dir: Path) -> str:
-    """A path or message with IN_DIR's prefix removed: the report names inputs relative to the batch."""
-    return str(text).replace(f"{in_dir}{os.sep}", "")
+_PLAIN_COMPONENT = re.compile(r"[0-9]{1,6}")  # a folder index (1, 0003) names no one: kept
+_PATH_END = re.compile(r"(?=[:),\s])|$")  # where a path quoted in a message may end
+
+
+def printable(text: str) -> str:
+    """Text safe for any UTF-8 writer: undecodable bytes of file names (surrogate escapes) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Locator:
+    """Names input files in shareable output: paths relative to IN_DIR, pseudonymised unless asked not to.
+
+    With a ``key``, every path component that is not a plain number becomes ``#`` + a keyed hash
+    (HMAC-SHA256) of its bytes: the same folder gets the same name throughout a report, but neither a
+    patient's name nor a dictionary of MRNs can be recovered without the key, which stays in OUT_DIR.
+    ``key=None`` (opt-in) writes the relative paths themselves.
+    """
+
+    in_dir: Path
+    key: bytes | None = None
+
+    def _component(self, part: str) -> str:
+        if self.key is None or _PLAIN_COMPONENT.fullmatch(part):
+            return printable(part)
+        return "#" + hmac.new(self.key, os.fsencode(part), hashlib.sha256).hexdigest()[:10]
+
+    def location(self, path: str | os.PathLike[str]) -> str:
+        """The shareable name of an input file or folder ("." for IN_DIR itself)."""
+        path = Path(path)
+        relative = path.relative_to(self.in_dir) if path.is_relative_to(self.in_dir) else path
+        return "/".join(self._component(part) for part in relative.parts) or "."
+
+    def redact(self, text: object) -> str:
+        """A one-line message with every input path in it replaced by its :meth:`location`.
+
+        A message quotes a path up to ``:``, ``)``, ``,`` or a space; as folder names may hold those too,
+        the longest candidate that exists on disk is taken.
+        """
+        text, prefix = " ".join(str(text).split()), f"{self.in_dir}{os.sep}"
+        pieces, start = [], 0
+        while (found := text.find(prefix, start)) >= 0:
+            ends = [match.start() for match in _PATH_END.finditer(text, found + len(prefix))]
+            end = next((end for end in reversed(ends) if os.path.lexists(text[found:end])), ends[0])
+            pieces += [text[start:found], self.location(text[found:end])]
+            start = end
+        return printable("".join(pieces) + text[start:])
 
 
 @dataclass(frozen=True)
@@ -37,6 +85,7 @@ class StudyResult:
     location: str
     reason: str = ""
     slices: int = 0
+    duplicate_instances: int = 0  # files dropped as second copies of an instance (same SOPInstanceUID)
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
@@ -54,7 +103,8 @@ class StudyResult:
     def csv_row(self) -> dict[str, object]:
         """Flat row: timings as ``<stage>_s``, metrics as ``<method>_<window>_<metric>``."""
         row: dict[str, object] = {"key": self.key, "status": self.status, "reason": self.reason,
-                                  "location": self.location, "slices": self.slices}
+                                  "location": self.location, "slices": self.slices,
+                                  "duplicate_instances": self.duplicate_instances}
         row.update({f"{stage}_s": round(seconds, 3) for stage, seconds in self.timings.items()})
         row.update({f"{volume}_{name}": value
                     for volume, values in self.metrics.items() for name, value in values.items()})
@@ -73,7 +123,7 @@ class FileIssue:
 class BatchReport:
     """Every study's result (in study-key order) and the unreadable input files."""
 
-    in_dir: Path
+    locator: Locator
     out_dir: Path
     studies: list[StudyResult]
     unreadable_files: list[FileIssue] = field(default_factory=list)
@@ -96,7 +146,7 @@ class BatchReport:
     def write(self) -> tuple[Path, Path]:
         """Write ``report.json`` and ``report.csv`` into OUT_DIR atomically."""
         document = {
-            "in_dir": str(self.in_dir),
+            "in_dir": printable(str(self.locator.in_dir)) if self.locator.key is None else "(not recorded)",
             "out_dir": str(self.out_dir),
             "counts": self.counts(),
             "studies": [asdict(result) for result in self.studies],

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.batch.layout import PREVIEW_FILE, clear_study, mark_done, study_folder
-from pipeline.batch.report import FAILED, OK, STAGES, StudyResult, relative_to_input
+from pipeline.batch.report import FAILED, OK, STAGES, Locator, StudyResult
 from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, score_fused_study
 from pipeline.errors import DcifError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.study import FusedStudy, fuse_study
-from pipeline.io.discovery import StudyPair, one_line, read_dicom
+from pipeline.io.discovery import StudyPair, read_dicom
 from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.study import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
@@ -43,22 +43,23 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class StudyTask:
-    """One study to fuse, where to write it, and its share of the batch's discovery time."""
+    """One study to fuse, where to write it, how to name its inputs, and its share of the discovery time."""
 
     pair: StudyPair
-    in_dir: Path
+    locator: Locator
     out_dir: Path
     options: BatchOptions
     discover_s: float = 0.0
 
-    @property
-    def location(self) -> str:
-        return relative_to_input(self.pair.ct.folder, self.in_dir)
+    def result(self, status: str, reason: str = "", **values: object) -> StudyResult:
+        """This study's row, its inputs named by the locator (no patient data)."""
+        return StudyResult(key=self.pair.study_key, status=status, location=self.locator.location(self.pair.ct.folder),
+                           reason=self.locator.redact(reason), slices=self.pair.ct.n_slices,
+                           duplicate_instances=self.pair.ct.duplicates + self.pair.pet.duplicates, **values)
 
     def failed(self, reason: str) -> StudyResult:
-        """The failed result of this study, with a one-line reason naming inputs relative to IN_DIR."""
-        return StudyResult(key=self.pair.study_key, status=FAILED, location=self.location,
-                           reason=relative_to_input(one_line(reason), self.in_dir), slices=self.pair.ct.n_slices)
+        """The failed result of this study, with a one-line reason."""
+        return self.result(FAILED, reason)
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,8 +91,7 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     _write_outputs(result, task, folder)
     timings["write"] = time.perf_counter() - start
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
-    return StudyResult(key=task.pair.study_key, status=OK, location=task.location,
-                       slices=task.pair.ct.n_slices, timings=ordered, metrics=metrics)
+    return task.result(OK, timings=ordered, metrics=metrics)
 
 
 def process_study(task: StudyTask) -> StudyResult:
@@ -107,4 +107,13 @@ def process_study(task: StudyTask) -> StudyResult:
         return outcome
     except Exception as error:  # any failure on one study's data (ours or a library's) must not stop the batch
         clear_study(folder)
-        return task.failed(str(error) if isinstance(error, DcifError) else f"{type(error).__name__}: {error}")
+        return task.failed(_reason(error))
+
+
+def _reason(error: Exception) -> str:
+    """One line for any failure: ours as is, an OS error as its file and problem (e.g. a full disk)."""
+    if isinstance(error, DcifError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename or 'output'}: {error.strerror}"
+    return f"{type(error).__name__}: {error}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.batch.layout import clear_partial_files, finished_result, mark_done, study_folder
-from pipeline.batch.report import BatchReport, FileIssue, StudyResult, relative_to_input
+from pipeline.batch.report import BatchReport, FileIssue, Locator, StudyResult
 
 RESULT = StudyResult(key="0123456789ab", status="ok", location="export/CT", slices=16,
                      timings={"load": 0.5, "fuse": 1.25}, metrics={"laplacian_lung": {"SSIM": 0.75, "QABF": None}})
@@ -27,11 +27,11 @@ def test_done_json_round_trips_and_reads_back_as_skipped(tmp_path: Path) -> None
 
 def test_report_files_list_studies_and_unreadable_files(tmp_path: Path) -> None:
     failed = StudyResult(key="", status="failed", location="no_pet/CT", reason="study abc has CT but no PET series")
-    report = BatchReport(Path("/in"), tmp_path, [RESULT, failed], [FileIssue("notes.txt", "not a DICOM file")])
+    report = BatchReport(Locator(Path("/in"), b"key"), tmp_path, [RESULT, failed], [FileIssue("notes.txt", "not a DICOM file")])
     json_path, csv_path = report.write()
 
     document = json.loads(json_path.read_text())
-    assert document["counts"] == {"ok": 1, "failed": 1, "skipped": 0}
+    assert document["counts"] == {"ok": 1, "failed": 1, "skipped": 0} and "/in" not in json_path.read_text()
     assert document["unreadable_files"] == [{"location": "notes.txt", "reason": "not a DICOM file"}]
     with csv_path.open() as stream:
         rows = list(csv.DictReader(stream))
@@ -41,8 +41,19 @@ def test_report_files_list_studies_and_unreadable_files(tmp_path: Path) -> None:
     assert report.summary().startswith("1 ok, 1 failed, 0 skipped (done), 1 unreadable files; report ")
 
 
-def test_locations_are_relative_to_the_input_folder() -> None:
-    assert relative_to_input("/data/in/a/b.dcm: broken", Path("/data/in")) == "a/b.dcm: broken"
+def test_locations_are_relative_and_hide_every_name_but_folder_indices(tmp_path: Path) -> None:
+    folder = tmp_path / "DOE^JOHN 123456" / "0003" / "CT, thin"
+    folder.mkdir(parents=True)
+    (folder / "x.dcm").touch()
+    locator, explicit = Locator(tmp_path, b"secret"), Locator(tmp_path)
+
+    hidden = locator.location(folder / "x.dcm")
+    assert hidden.split("/")[1] == "0003" and "DOE" not in hidden and "thin" not in hidden and "x.dcm" not in hidden
+    assert hidden != Locator(tmp_path, b"other key").location(folder / "x.dcm")  # no key, no dictionary attack
+    message = locator.redact(f"{folder / 'x.dcm'}: empty file (0 bytes) (same as {folder / 'x.dcm'})")
+    assert message == f"{hidden}: empty file (0 bytes) (same as {hidden})"
+    assert explicit.location(folder) == "DOE^JOHN 123456/0003/CT, thin"
+    assert explicit.redact(f"{tmp_path}/M\udcfcller: bad") == "M\\xfcller: bad"  # undecodable byte, printable
 
 
 @pytest.mark.parametrize("key", ["../../etc", "0123456789AB", "0123456789abc", ""])
