@@ -8,10 +8,15 @@ Ray is imported only by the Ray engine: the default local engine needs none of i
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Protocol
@@ -42,8 +47,30 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
         return task.failed(f"worker lost while fusing ({type(error).__name__}: {one_line(error)})")
 
 
-def _limit_threads(threads: int) -> None:
-    """Worker initialiser: parallel studies share the cores instead of each taking all of them."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 0.2
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose batch process is gone (even by kill -9) exits at once instead of writing on.
+
+    Linux kills it with the parent (PR_SET_PDEATHSIG); elsewhere, and as a backstop, a thread watches
+    for the worker being re-parented. Its unfinished study has no done.json and is redone by a rerun.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Worker initialiser: share the cores with the other workers, and end with the batch process."""
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
 
 
@@ -63,7 +90,7 @@ class LocalEngine:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked copy of a process holding torch's thread pools can deadlock.
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_limit_threads, initargs=(threads,)) as pool:
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
             futures = {pool.submit(process_study, task): task for task in tasks}
             for future in as_completed(futures):
                 yield _collect(future.result, futures[future])
