@@ -3,7 +3,8 @@
 Slices are ordered by their position along the slice normal (file names and InstanceNumber are not
 reliable), rescaled slice by slice (PET slopes differ per slice) into one preallocated float32 volume,
 so a large CT never exists as both an integer and a float copy. A volume is a regular stack: tilted
-(sheared) series are refused; gaps and uneven steps are reported, and the volume uses the mean step.
+(sheared) series are refused, and so are gaps (missing slices: resampling across them would invent
+data); slightly uneven steps are reported, and the volume uses the mean step.
 The affine and axis order are those of MONAI's ``PydicomReader`` (axis 0 = DICOM column, 1 = row,
 2 = slice; LPS turned into RAS), but slices are ordered by position where that reader uses
 InstanceNumber. Only whitelisted header fields reach ``.meta``; patient identifiers never do.
@@ -31,11 +32,18 @@ from pipeline.io.discovery import SeriesInfo, one_line, read_dicom, scan_series,
 logger = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# Series-level header fields copied into meta: identity, plus everything body-weight SUV needs.
+# Series-level header fields copied into meta: identity, plus everything SUV needs (sex and size only as
+# inputs of the lean-body-mass, ideal-weight and surface-area normalisations; never reported).
 SERIES_TAGS = (
     "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesDescription", "Manufacturer",
-    "StudyDate", "SeriesDate", "SeriesTime", "Units", "DecayCorrection", "PatientWeight", "CorrectedImage",
+    "StudyDate", "SeriesDate", "SeriesTime", "Units", "SUVType", "DecayCorrection", "PatientWeight",
+    "PatientSize", "PatientSex", "CorrectedImage",
 )
+# Per-slice PET fields SUV needs (meta["pet_slices"], in slice order): timing, and Philips' private factors
+# from counts to SUVbw or to Bq/ml; plus the vendors' private decay-correction reference datetimes.
+PET_SLICE_TAGS = {"FrameReferenceTime": "FrameReferenceTime", "ActualFrameDuration": "ActualFrameDuration",
+                  "PhilipsSUVScale": 0x70531000, "PhilipsActivityScale": 0x70531009}
+PRIVATE_DECAY_TAGS = {"GEDecayDateTime": 0x0009100D, "SiemensDecayDateTime": 0x00711022}
 RADIOPHARMACEUTICAL_TAGS = (
     "Radiopharmaceutical", "RadionuclideTotalDose", "RadionuclideHalfLife",
     "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime",
@@ -46,6 +54,7 @@ _DUPLICATE_TOLERANCE_MM = 1e-3
 _UNEVEN_TOLERANCE = 0.01  # relative deviation of a slice step from the median step
 _GAP_FACTOR = 1.5  # a step this many times the median means missing slices
 _BLOCK_SLICES = 16  # slices decoded per block before one transposing write into the volume
+_MAX_MATRIX = 8192  # Rows/Columns beyond this are a corrupt header, not an image (65535^2 floats: 16 GiB a slice)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class _Slice:
     path: Path
     position: float
     acquisition: tuple[str, str] | None  # (AcquisitionDate, AcquisitionTime)
+    pet: dict[str, object] | None  # PET slices: acquisition date and time, and PET_SLICE_TAGS
 
 
 def _require(header: Dataset, keyword: str, path: Path) -> object:
@@ -69,6 +79,9 @@ def _slice_position(header: Dataset, path: Path) -> float:
     """Position along the slice normal (IOP cross product . IPP), after checking the slice geometry exists."""
     for keyword in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient"):
         _require(header, keyword, path)
+    if max(int(header.Rows), int(header.Columns)) > _MAX_MATRIX:
+        raise InputError(f"{path}: {header.Rows}x{header.Columns} pixels exceed the {_MAX_MATRIX}x{_MAX_MATRIX} "
+                         "supported (corrupt Rows/Columns?)")
     if int(header.get("NumberOfFrames", 1) or 1) > 1:
         raise InputError(f"{path}: multi-frame images are not supported (NumberOfFrames {header.NumberOfFrames})")
     return float(slice_normal(header.ImageOrientationPatient) @ np.asarray(header.ImagePositionPatient, float))
@@ -97,20 +110,20 @@ def _ordered_files(source: SeriesInfo | str | os.PathLike[str] | Sequence[str | 
 def _check_matches(header: Dataset, path: Path, first: Dataset, first_path: Path) -> None:
     """A slice must continue the first one's stack: same series, orientation, matrix, spacing, no tilt."""
     if header.get("SeriesInstanceUID") != first.get("SeriesInstanceUID"):
-        raise InputError(f"{path}: belongs to another series than {first_path.name} (mixed series)")
+        raise InputError(f"{path}: belongs to another series than {first_path} (mixed series)")
     if not np.allclose(np.asarray(header.ImageOrientationPatient, float),
                        np.asarray(first.ImageOrientationPatient, float), atol=_ORIENTATION_TOLERANCE):
-        raise InputError(f"{path}: ImageOrientationPatient differs from {first_path.name} (mixed orientations)")
+        raise InputError(f"{path}: ImageOrientationPatient differs from {first_path} (mixed orientations)")
     if (header.Rows, header.Columns) != (first.Rows, first.Columns):
         raise InputError(f"{path}: {header.Rows}x{header.Columns} pixels differ from "
-                         f"{first_path.name}'s {first.Rows}x{first.Columns} (mixed Rows/Columns)")
+                         f"{first_path}'s {first.Rows}x{first.Columns} (mixed Rows/Columns)")
     if not np.allclose(np.asarray(header.PixelSpacing, float), np.asarray(first.PixelSpacing, float)):
-        raise InputError(f"{path}: PixelSpacing differs from {first_path.name} (mixed pixel spacing)")
+        raise InputError(f"{path}: PixelSpacing differs from {first_path} (mixed pixel spacing)")
     offset = np.asarray(header.ImagePositionPatient, float) - np.asarray(first.ImagePositionPatient, float)
     normal = slice_normal(first.ImageOrientationPatient)
     in_plane = float(np.linalg.norm(offset - (offset @ normal) * normal))
     if in_plane > _IN_PLANE_TOLERANCE_MM:
-        raise InputError(f"{path}: slice origin is {in_plane:.2f} mm off the stack of {first_path.name} "
+        raise InputError(f"{path}: slice origin is {in_plane:.2f} mm off the stack of {first_path} "
                          "(gantry tilt or sheared series, not supported)")
 
 
@@ -124,6 +137,10 @@ def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {one_line(exc)})") from None
     if pixels.shape != (dataset.Rows, dataset.Columns):
         raise InputError(f"{path}: pixel data shape {pixels.shape} is not Rows x Columns")
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        value = dataset.get(keyword)
+        if value is not None and not np.isfinite(float(value)):
+            raise InputError(f"{path}: {keyword} {value} is not a finite number")
     return apply_rescale(pixels, dataset)
 
 
@@ -145,35 +162,50 @@ def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]
             block[offset] = _pixels(dataset, path)
             acquisition = (str(dataset.get("AcquisitionDate", "")), str(dataset.AcquisitionTime)) \
                 if dataset.get("AcquisitionTime") else None
-            slices.append(_Slice(path, position, acquisition))
+            slices.append(_Slice(path, position, acquisition, _pet_slice(dataset, acquisition)))
         planes[:, :, start:start + len(chunk)] = block[:len(chunk)].transpose(2, 1, 0)
     return slices
 
 
+def _pet_slice(dataset: Dataset, acquisition: tuple[str, str] | None) -> dict[str, object] | None:
+    """What per-slice SUV needs of a PET slice: its acquisition date and time, frame timing, Philips factors."""
+    if dataset.get("Modality") != "PT":
+        return None
+    found: dict[str, object] = dict(zip(("AcquisitionDate", "AcquisitionTime"), acquisition or (None, None)))
+    for name, tag in PET_SLICE_TAGS.items():
+        element = dataset.get(tag)
+        value = getattr(element, "value", element)
+        found[name] = float(value) if value not in (None, "", b"") else None
+    return found
+
+
 def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | int | bool]:
-    """Describe the slice steps; raise on duplicates, warn on gaps and uneven spacing."""
+    """Describe the slice steps; raise on duplicates and gaps, warn on uneven spacing."""
     positions = np.array([s.position for s in slices])
     steps = np.diff(positions)
     for index in np.flatnonzero(steps < _DUPLICATE_TOLERANCE_MM):
         earlier, later = slices[index], slices[index + 1]
         raise InputError(f"{later.path}: duplicate slice position {later.position:.3f} mm "
-                         f"(same as {earlier.path.name})")
+                         f"(same as {earlier.path})")
     if len(slices) == 1:
         thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
         return {"n_slices": 1, "step_mm": thickness, "min_step_mm": thickness, "max_step_mm": thickness,
-                "n_gaps": 0, "uneven": False}
+                "uneven": False}
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > _GAP_FACTOR * median)
+    if gaps.size:
+        index = gaps[0]
+        raise InputError(f"{slices[index + 1].path}: {steps[index]:.2f} mm from the previous slice "
+                         f"{slices[index].path}, over {_GAP_FACTOR} x the {median:.2f} mm step: "
+                         f"missing slices ({gaps.size} gap(s) in the series)")
     uneven = bool(np.any(np.abs(steps - median) > _UNEVEN_TOLERANCE * median))
     report = {"n_slices": len(slices), "step_mm": float((positions[-1] - positions[0]) / (len(slices) - 1)),
               "min_step_mm": float(steps.min()), "max_step_mm": float(steps.max()),
-              "n_gaps": int(gaps.size), "uneven": uneven}
+              "uneven": uneven}
     if uneven:
-        folder = slices[0].path.parent
-        gap_text = ", ".join(f"after {slices[i].path.name} ({steps[i]:.2f} mm)" for i in gaps[:5])
-        logger.warning("%s: uneven slice spacing %.3f-%.3f mm (median %.3f)%s; volume uses the mean step %.3f mm",
-                       folder, report["min_step_mm"], report["max_step_mm"], median,
-                       f"; gaps {gap_text}" if gap_text else "", report["step_mm"])
+        logger.warning("%s: uneven slice spacing %.3f-%.3f mm (median %.3f); volume uses the mean step %.3f mm",
+                       slices[0].path.parent, report["min_step_mm"], report["max_step_mm"], median,
+                       report["step_mm"])
     return report
 
 
@@ -204,6 +236,11 @@ def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
     acquisitions = [s.acquisition for s in slices if s.acquisition]
     if acquisitions:
         meta["AcquisitionDate"], meta["AcquisitionTime"] = min(acquisitions)
+    if first.get("Modality") == "PT":
+        meta["pet_slices"] = [s.pet for s in slices]
+        for name, tag in PRIVATE_DECAY_TAGS.items():
+            if first.get(tag) is not None and first[tag].value:
+                meta[name] = str(first[tag].value)
     radiopharmaceutical = first.get("RadiopharmaceuticalInformationSequence")
     if radiopharmaceutical:
         item = radiopharmaceutical[0]

@@ -32,7 +32,9 @@ DISCOVERY_TAGS = (
     "CorrectedImage",
     "ImagePositionPatient",
     "ImageOrientationPatient",
+    "SOPInstanceUID",
 )
+_MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer paths cannot be opened
 PAIRED_MODALITIES = ("CT", "PT")
 _NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non[ _-]?corrected")
 
@@ -94,6 +96,7 @@ class SeriesInfo:
     normal: tuple[float, float, float] = field(repr=False)
     positions: tuple[float, ...] = field(repr=False)
     files: tuple[Path, ...] = field(repr=False)
+    duplicates: int = 0  # further copies of the series' instances (same SOPInstanceUID), not used
 
     @property
     def n_slices(self) -> int:
@@ -186,13 +189,21 @@ def find_nifti_pair(folder: str | os.PathLike[str]) -> NiftiPair | None:
     return None
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Every regular file below root, in a stable order, without following symlinked folders."""
-    for folder, subfolders, names in os.walk(root):
+def _walk_files(root: Path, problems: list[FileProblem]) -> Iterator[Path]:
+    """Every regular file below root, in a stable order, without following symlinked folders.
+
+    Folders that cannot be listed and paths too long to open become problems, never silent gaps.
+    """
+    def unlisted(error: OSError) -> None:
+        problems.append(FileProblem(Path(error.filename), f"{error.filename}: cannot read folder ({error.strerror})"))
+
+    for folder, subfolders, names in os.walk(root, onerror=unlisted):
         subfolders.sort()
         for name in sorted(names):
             path = Path(folder, name)
-            if path.is_file():
+            if len(os.fsencode(path)) >= _MAX_PATH_BYTES:
+                problems.append(FileProblem(path, f"{path}: path longer than {_MAX_PATH_BYTES} bytes, cannot be opened"))
+            elif path.is_file():
                 yield path
 
 
@@ -202,6 +213,8 @@ class _SeriesFiles:
 
     first: Dataset
     slices: list[tuple[float, Path]] = field(default_factory=list)
+    instances: set[str] = field(default_factory=set)
+    duplicates: int = 0
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -221,13 +234,16 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
     series: dict[str, _SeriesFiles] = {}
     problems: list[FileProblem] = []
     found_dicom = False
-    for path in _walk_files(root):
+    for path in _walk_files(root, problems):
         try:
             ds = read_dicom(path, specific_tags=DISCOVERY_TAGS)
         except InputError as exc:
             problems.append(FileProblem(path, str(exc)))
             continue
         found_dicom = True
+        if "Modality" not in ds:  # every DICOM object has one: the file was cut short
+            problems.append(FileProblem(path, f"{path}: no Modality in the header (truncated file?)"))
+            continue
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             if _text(ds, "Modality") in PAIRED_MODALITIES:
                 problems.append(FileProblem(path, f"{path}: {ds.Modality} file without slice position/orientation"))
@@ -236,6 +252,11 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
             problems.append(FileProblem(path, f"{path}: missing StudyInstanceUID/SeriesInstanceUID"))
             continue
         entry = series.setdefault(ds.SeriesInstanceUID, _SeriesFiles(first=ds))
+        instance = _text(ds, "SOPInstanceUID")
+        if instance and instance in entry.instances:  # the same instance exported twice: keep one copy
+            entry.duplicates += 1
+            continue
+        entry.instances.add(instance)
         position = float(slice_normal(entry.first.ImageOrientationPatient) @ np.asarray(ds.ImagePositionPatient, float))
         entry.slices.append((position, path))
     if not found_dicom:
@@ -258,6 +279,7 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
         normal=tuple(float(v) for v in slice_normal(ds.ImageOrientationPatient)),
         positions=tuple(p for p, _ in ordered),
         files=tuple(f for _, f in ordered),
+        duplicates=entry.duplicates,
     )
 
 
@@ -289,6 +311,32 @@ def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFail
     return StudyPair(study_uid=study_uid, ct=ct, pet=pet)
 
 
+def _shared_uid(study_uid: str, series: list[SeriesInfo]) -> StudyFailure | None:
+    """Two studies under one StudyInstanceUID (a copied or blanked UID): CT+PET on more than one frame of
+    reference. Fusing one would silently drop the other, so the study fails naming both."""
+    frames: dict[str, list[SeriesInfo]] = defaultdict(list)
+    for info in series:
+        frames[info.frame_of_reference_uid].append(info)
+    complete = [group for group in frames.values() if {s.modality for s in group} >= set(PAIRED_MODALITIES)]
+    if len(complete) < 2:
+        return None
+    places = " and ".join(str(_common_folder(group)) for group in complete)
+    return StudyFailure(_common_folder(series), f"study {study_key(study_uid)}: {len(complete)} PET/CT studies "
+                                                f"share one StudyInstanceUID{' (empty)' if not study_uid else ''}: "
+                                                f"{places}; give each its own UID")
+
+
+def _without_overlap(pair: StudyPair) -> StudyFailure | None:
+    """A PET that covers none of its CT's axial range would fuse as CT alone: the study fails."""
+    ct_lo, ct_hi = pair.ct.span_along(pair.ct.normal)
+    pet_lo, pet_hi = pair.pet.span_along(pair.ct.normal)
+    if pet_lo <= ct_hi and ct_lo <= pet_hi:
+        return None
+    return StudyFailure(pair.ct.folder, f"study {pair.study_key}: its PET ({pet_lo:.1f} to {pet_hi:.1f} mm, "
+                                        f"{pair.pet.folder}) does not overlap its CT ({ct_lo:.1f} to {ct_hi:.1f} mm) "
+                                        "axially")
+
+
 def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
     """Scan a folder tree for PET/CT studies; see the module docstring for what is read and reported."""
     series, problems = scan_series(root)
@@ -299,6 +347,8 @@ def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
     pairs: list[StudyPair] = []
     failures: list[StudyFailure] = []
     for study_uid in sorted(by_study, key=study_key):
-        outcome = pick_pair(study_uid, by_study[study_uid])
+        outcome = _shared_uid(study_uid, by_study[study_uid]) or pick_pair(study_uid, by_study[study_uid])
+        if isinstance(outcome, StudyPair):
+            outcome = _without_overlap(outcome) or outcome
         (pairs if isinstance(outcome, StudyPair) else failures).append(outcome)
     return DiscoveryResult(pairs=pairs, failures=failures, problems=problems)

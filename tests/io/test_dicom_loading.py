@@ -10,6 +10,7 @@ import torch
 from monai.transforms import LoadImage
 
 from pipeline.io.dicom import load_series
+from pipeline.errors import InputError
 from pipeline.io.discovery import discover_studies
 
 
@@ -88,24 +89,20 @@ def test_earliest_acquisition_time(dicom_factory):
 def test_regular_spacing_report(dicom_factory):
     report = load_series(dicom_factory.series("ct", modality="CT")).meta["spacing_report"]
     assert report == {"n_slices": 4, "step_mm": pytest.approx(3.0), "min_step_mm": pytest.approx(3.0),
-                      "max_step_mm": pytest.approx(3.0), "n_gaps": 0, "uneven": False}
+                      "max_step_mm": pytest.approx(3.0), "uneven": False}
 
 
-def test_gap_is_reported_and_warned(dicom_factory, caplog):
+def test_gap_fails_naming_the_slices_around_it(dicom_factory):
     folder = dicom_factory.series("ct", dicom_factory.ramp((6, 5, 5)), modality="CT", positions=[0, 3, 6, 12, 15])
-    with caplog.at_level(logging.WARNING, logger="pipeline.io.dicom"):
-        volume = load_series(folder)
-    report = volume.meta["spacing_report"]
-    assert report["uneven"] and report["n_gaps"] == 1 and report["max_step_mm"] == pytest.approx(6.0)
-    assert report["step_mm"] == pytest.approx(15.0 / 4)
-    assert "uneven slice spacing" in caplog.text and "gaps after z003.dcm" in caplog.text
+    with pytest.raises(InputError, match=r"z002.dcm: 6.00 mm from the previous slice .*z003.dcm.* missing slices"):
+        load_series(folder)
 
 
 def test_uneven_without_gap(dicom_factory, caplog):
     folder = dicom_factory.series("ct", modality="CT", positions=[0, 3, 6.4, 9])
     with caplog.at_level(logging.WARNING, logger="pipeline.io.dicom"):
         report = load_series(folder).meta["spacing_report"]
-    assert report["uneven"] and report["n_gaps"] == 0
+    assert report["uneven"] and report["step_mm"] == pytest.approx(3.0)
     assert "uneven slice spacing" in caplog.text
 
 
