@@ -6,6 +6,10 @@ what is wrong and with which file instead of a traceback from deep inside a libr
 
 from __future__ import annotations
 
+import os
+import sys
+from types import TracebackType
+
 
 class DcifError(Exception):
     """Base class: a problem the user can act on, described in one line."""
@@ -17,3 +21,23 @@ class InputError(DcifError):
 
 class CheckpointError(DcifError):
     """A model checkpoint is missing or does not match the configured network."""
+
+
+def one_line_errors(program: str) -> None:
+    """End an uncaught error in one line on stderr instead of a traceback, where we do not own the entry point.
+
+    For ``python -m monai.bundle run``, whose parser wraps our errors in its own: the DcifError found
+    in the chain of causes is printed; any other error as its type and message. The exit status stays
+    non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback, for debugging.
+    """
+    if os.environ.get("DCIF_TRACEBACK"):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, DcifError):
+            cause = cause.__cause__ or cause.__context__
+        message = str(cause) if cause is not None else f"{kind.__name__}: {error}"
+        print(f"{program}: error: {' '.join(message.split())}", file=sys.stderr)
+
+    sys.excepthook = hook

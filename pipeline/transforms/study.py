@@ -34,10 +34,12 @@ def study_preprocessing(
     weight_kg: float | None = None,
     dose_bq: float | None = None,
     resample_mode: str = "linear",
+    units: str | None = None,
 ) -> Compose:
     """Load, SUV, PET onto the CT grid, window the CT, scale the PET, stack the network input.
 
-    ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them.
+    ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them; ``units``
+    (e.g. BQML) states the PET's units where no header does (NIfTI input).
     """
     windows = list(windows)
     unknown = [window for window in windows if window not in WINDOW_PRESETS]
@@ -46,7 +48,7 @@ def study_preprocessing(
     return Compose(
         [
             LoadStudyd(keys=("ct", "pet")),
-            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq),
+            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units),
             ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
             SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
             *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
