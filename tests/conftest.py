@@ -24,6 +24,15 @@ def shared_petct() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def suv_dro() -> Path:
+    """The SUV digital reference objects' ``DRO`` folder (``DCIF_SUV_DRO`` overrides), or a skip saying why."""
+    path = Path(os.environ.get("DCIF_SUV_DRO", REPO_ROOT.parent / "shared" / "data" / "suv_dro" / "DRO"))
+    if not path.is_dir():
+        pytest.skip(f"SUV reference objects not found at {path} (set DCIF_SUV_DRO)")
+    return path
+
+
 TINY_PHANTOM = {"size": (64, 64, 16), "spacing": (6.0, 6.0, 8.0)}
 """A whole thorax in few voxels: big enough for every anatomy, small enough for seconds-long tests."""
 

@@ -1,10 +1,19 @@
-"""Body-weight SUV from PET activity concentration, using the DICOM header fields kept in ``.meta``.
+"""SUV from PET headers, following the IBSI-SUV standardised computation (the ``suv_dro`` manual).
 
-SUVbw = C [Bq/ml] * weight [g] / injected dose decayed to the reference time [Bq]. The reference time
-follows DecayCorrection: START (values decay-corrected to the series start, SeriesTime), ADMIN (already
-corrected to injection: no decay) or NONE (not corrected: the dose is decayed to the first
-acquisition, an approximation for multi-bed series, hence a warning). Images already in SUV (Units
-GML, as IBSI/TCIA exports store them) pass unchanged.
+SUV = C [Bq/ml] * N / dose decayed to the reference time [Bq], where the normaliser N is the body
+weight (SUVbw, g), lean body mass (James 1976, SUVlbm), ideal body weight (SUVibw) or body surface
+area (Du Bois, SUVbsa, cm^2). What the pixels are is read from the header:
+
+- Units BQML, or CNTS with Philips' private activity factor (7053,1009): activity concentration.
+- Units GML (SUV of the header's SUVType, BW when absent), CM2ML (SUVbsa), CNTS with Philips' SUV
+  factor (7053,1000) (SUVbw): already SUV, re-normalised to the requested type by N_target / N_source.
+
+Reference time per DecayCorrection: ADMIN (no decay); START: the vendor's private decay datetime
+(GE, Siemens), else SeriesTime, unless SeriesTime is later than the earliest acquisition (re-written
+by a re-reconstruction), then that slice's acquisition + mean count-rate time - FrameReferenceTime
+(GE: acquisition - FrameReferenceTime); NONE: each slice is decayed to its own acquisition plus the
+mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq. The injection time tolerates
+midnight and de-identified dates.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import math
 from collections.abc import Hashable, Mapping
 from datetime import date, datetime, timedelta
 
+import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -23,98 +34,224 @@ from pipeline.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-SUV_UNITS = "SUVbw"
+# SUV type (DICOM SUVType code) -> the Units our SUV volumes carry.
+SUV_TYPES = {"BW": "SUVbw", "LBMJAMES128": "SUVlbm", "IBW": "SUVibw", "BSA": "SUVbsa"}
+SUV_UNITS = SUV_TYPES["BW"]
+_MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in MBq
 _ONE_DAY = timedelta(days=1)
 
 
 def is_suv_units(units: object) -> bool:
-    """DICOM ``GML`` (g/ml, what SUVbw is) or our own ``SUVbw`` marker."""
-    return str(units).upper() in {"GML", SUV_UNITS.upper()}
+    """DICOM ``GML`` (g/ml, what SUVbw is) or one of our own SUV markers (``SUVbw``, ``SUVlbm``...)."""
+    return str(units).upper() in {"GML", *(u.upper() for u in SUV_TYPES.values())}
 
 
 def _source(meta: Mapping[str, object]) -> str:
     return str(meta.get("filename_or_obj", "PET volume"))
 
 
-def _header(meta: Mapping[str, object], keyword: str) -> object:
+def _header(meta: Mapping[str, object], keyword: str, why: str = "SUV") -> object:
     value = meta.get(keyword)
     if value is None or value == "":
-        raise InputError(f"{_source(meta)}: PET header lacks {keyword}, needed for SUV")
+        raise InputError(f"{_source(meta)}: PET header lacks {keyword}, needed for {why}")
     return value
 
 
-def _moment(meta: Mapping[str, object], date_keyword: str, time_keyword: str) -> tuple[date | None, datetime]:
-    """A header time as a datetime (on its date when known, else on an arbitrary day) plus that date."""
-    time_of_day = TM(str(_header(meta, time_keyword)))
-    day = DA(str(meta[date_keyword])) if meta.get(date_keyword) else None
-    return day, datetime.combine(day or date(2000, 1, 1), time_of_day)
+def normaliser(meta: Mapping[str, object], suv_type: str, weight_kg: float | None = None) -> float:
+    """N of ``suv_type`` in g (cm^2 for BSA) from the patient's weight, size (m) and sex.
 
-
-def _seconds_since_injection(meta: Mapping[str, object], date_keyword: str, time_keyword: str) -> float:
-    """Seconds from injection to the reference moment; tolerates midnight and de-identified dates.
-
-    With full dates on both sides the true interval is used when it is plausible (0 to 24 h);
-    otherwise (no dates, or dates shifted inconsistently by de-identification) times of day are
-    compared and an injection "later" than the scan is taken as the previous day.
+    Sex O (or unknown) takes the mean of the male and female formulas, as the IBSI-SUV manual does.
     """
-    day, reference = _moment(meta, date_keyword, time_keyword)
+    why = "SUV" if suv_type == "BW" else f"SUV type {suv_type}"
+    weight = float(weight_kg if weight_kg is not None else _header(meta, "PatientWeight", why))
+    if weight <= 0:
+        raise InputError(f"{_source(meta)}: patient weight {weight} kg must be positive for SUV")
+    if suv_type == "BW":
+        return weight * 1000.0
+    height_cm = float(_header(meta, "PatientSize", why)) * 100.0
+    if suv_type == "BSA":
+        return 0.007184 * weight**0.425 * height_cm**0.725 * 1e4
+    if suv_type not in SUV_TYPES:
+        raise InputError(f"{_source(meta)}: SUV type {suv_type} is not supported (use {', '.join(SUV_TYPES)})")
+    if suv_type == "LBMJAMES128":
+        ratio = (weight / height_cm) ** 2
+        male, female = 1.10 * weight - 128.0 * ratio, 1.07 * weight - 148.0 * ratio
+    else:
+        male, female = 48.0 + 1.06 * (height_cm - 152.0), 45.5 + 0.91 * (height_cm - 152.0)
+    sex = str(_header(meta, "PatientSex", why)).upper()
+    return 1000.0 * {"M": male, "F": female}.get(sex, (male + female) / 2.0)
+
+
+def _slices(meta: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """Per-slice PET fields (one entry standing for the series when the loader gave none, e.g. NIfTI)."""
+    return list(meta.get("pet_slices") or [meta])
+
+
+def _philips(meta: Mapping[str, object], name: str) -> np.ndarray | None:
+    values = [s.get(name) for s in _slices(meta)]
+    return np.asarray(values, float) if all(v not in (None, 0.0) for v in values) else None
+
+
+def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple[str | None, np.ndarray]:
+    """(SUV type the pixels already are, or None for Bq/ml; multiplier per slice to those values).
+
+    Raises InputError when the units have no way to Bq/ml or SUV (relative PET: see :mod:`relative`).
+    """
+    found = str(meta.get("Units") or units or "").upper()
+    if not found:
+        raise InputError(f"{_source(meta)}: PET header lacks Units (pass units= for NIfTI input)")
+    one = np.ones(1)
+    if found == "BQML":
+        return None, one
+    ours = {u.upper(): code for code, u in SUV_TYPES.items()}
+    if found in ours:
+        return ours[found], one
+    if found == "GML":
+        return str(meta.get("SUVType") or "BW").upper(), one
+    if found == "CM2ML":
+        return "BSA", one
+    activity, suv = _philips(meta, "PhilipsActivityScale"), _philips(meta, "PhilipsSUVScale")
+    if activity is not None:
+        return None, activity
+    if suv is not None:
+        return "BW", suv
+    raise InputError(f"{_source(meta)}: PET Units {found} cannot be converted to SUV "
+                     "(need BQML, GML, CM2ML or Philips scale factors)")
+
+
+def _when(day: object, time_of_day: object) -> tuple[bool, datetime]:
+    """(whether the date is known, the moment on it, or on an arbitrary day)."""
+    known = bool(day)
+    return known, datetime.combine(DA(str(day)) if known else date(2000, 1, 1), TM(str(time_of_day)))
+
+
+def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
+    """Seconds from injection to ``reference``; tolerates midnight and de-identified dates.
+
+    With dates on both sides the true interval is used when plausible (0 to 24 h); otherwise times of
+    day are compared and an injection "later" than the reference is taken as the day before.
+    """
+    dated, moment = reference
     start_datetime = meta.get("RadiopharmaceuticalStartDateTime")
-    if day is not None and start_datetime:
-        interval = reference - DT(str(start_datetime)).replace(tzinfo=None)
-        if timedelta(0) <= interval < _ONE_DAY:
-            return interval.total_seconds()
-    injection = TM(str(_header(meta, "RadiopharmaceuticalStartTime")))
-    interval = reference - datetime.combine(reference.date(), injection)
-    return (interval % _ONE_DAY).total_seconds()
+    start = DT(str(start_datetime)).replace(tzinfo=None) if start_datetime else None
+    if dated and start is not None and timedelta(0) <= moment - start < _ONE_DAY:
+        return (moment - start).total_seconds()
+    injection = TM(str(meta["RadiopharmaceuticalStartTime"])) if meta.get("RadiopharmaceuticalStartTime") \
+        else start.time() if start is not None else _header(meta, "RadiopharmaceuticalStartTime")
+    return ((moment - datetime.combine(moment.date(), injection)) % _ONE_DAY).total_seconds()
+
+
+def mean_count_time(duration_s: float, half_life_s: float) -> float:
+    """Time after a frame's start at which the decaying activity equals its mean over the frame."""
+    if duration_s <= 0:
+        return 0.0
+    rate = math.log(2.0) / half_life_s
+    return math.log(rate * duration_s / -math.expm1(-rate * duration_s)) / rate
+
+
+def _acquisition(item: Mapping[str, object], meta: Mapping[str, object]) -> tuple[bool, datetime]:
+    """A slice's acquisition moment (the series' when the slice does not say)."""
+    return _when(item.get("AcquisitionDate") or meta.get("AcquisitionDate"),
+                 item.get("AcquisitionTime") or _header(meta, "AcquisitionTime"))
+
+
+def _frame_s(item: Mapping[str, object], keyword: str) -> float:
+    return float(item.get(keyword) or 0.0) / 1000.0
+
+
+def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
+    """The one instant a START series is decay-corrected to (see the module docstring)."""
+    for keyword in ("GEDecayDateTime", "SiemensDecayDateTime"):
+        if meta.get(keyword):
+            return True, DT(str(meta[keyword])).replace(tzinfo=None)
+    series = _when(meta.get("SeriesDate"), _header(meta, "SeriesTime"))
+    acquired = [_acquisition(s, meta) + (s,) for s in _slices(meta) if s.get("AcquisitionTime")]
+    if not acquired:
+        return series
+    dated, earliest, first = min(acquired, key=lambda a: a[1])
+    later = series[1] > earliest if dated and series[0] else series[1].time() > earliest.time()
+    if not later:
+        return series
+    logger.warning("%s: SeriesTime is later than the first acquisition; decay reference taken from the "
+                   "first acquisition", _source(meta))
+    offset = -_frame_s(first, "FrameReferenceTime")
+    if "GE" not in str(meta.get("Manufacturer", "")).upper().split():
+        offset += mean_count_time(_frame_s(first, "ActualFrameDuration"), float(_header(meta, "RadionuclideHalfLife")))
+    return dated, earliest + timedelta(seconds=offset)
+
+
+def decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
+    """Seconds of decay from injection to each slice's reference time (one value when uniform)."""
+    correction = str(_header(meta, "DecayCorrection")).upper()
+    if correction == "ADMIN":
+        return np.zeros(1)
+    if correction not in ("START", "NONE"):
+        raise InputError(f"{_source(meta)}: unsupported DecayCorrection {correction} (need START, ADMIN or NONE)")
+    if correction == "START":
+        return np.array([_seconds_since_injection(meta, _start_reference(meta))])
+    half_life = float(_header(meta, "RadionuclideHalfLife"))
+    seconds = []
+    for item in _slices(meta):
+        dated, moment = _acquisition(item, meta)
+        moment += timedelta(seconds=mean_count_time(_frame_s(item, "ActualFrameDuration"), half_life))
+        seconds.append(_seconds_since_injection(meta, (dated, moment)))
+    return np.asarray(seconds)
+
+
+def injected_dose(meta: Mapping[str, object], dose_bq: float | None = None) -> float:
+    """The injected dose in Bq (``dose_bq`` overrides the header; a header dose in MBq is recognised)."""
+    dose = float(dose_bq if dose_bq is not None else _header(meta, "RadionuclideTotalDose"))
+    if dose <= 0:
+        raise InputError(f"{_source(meta)}: injected dose {dose} Bq must be positive for SUV")
+    if dose_bq is None and dose < _MBQ_BELOW_BQ:
+        logger.warning("%s: RadionuclideTotalDose %g read as MBq", _source(meta), dose)
+        dose *= 1e6
+    return dose
 
 
 def suv_factor(meta: Mapping[str, object], weight_kg: float | None = None, dose_bq: float | None = None,
-               units: str | None = None) -> float:
-    """Multiplier turning the PET values described by ``meta`` into SUVbw (1.0 when already SUV).
+               units: str | None = None, suv_type: str = "BW") -> np.ndarray:
+    """Multiplier per PET slice (one value when every slice shares it) turning the pixels into ``suv_type``.
 
     ``weight_kg``/``dose_bq`` (injected dose at injection time) override the header; ``units`` is
     assumed when the header has none (NIfTI input). Raises InputError naming the missing tag.
     """
-    found_units = str(meta.get("Units") or units or "")
-    if not found_units:
-        raise InputError(f"{_source(meta)}: PET header lacks Units (pass units= for NIfTI input)")
-    if is_suv_units(found_units):
-        return 1.0
-    if found_units.upper() != "BQML":
-        raise InputError(f"{_source(meta)}: PET Units {found_units} cannot be converted to SUV (need BQML or GML)")
-    weight = float(weight_kg if weight_kg is not None else _header(meta, "PatientWeight"))
-    dose = float(dose_bq if dose_bq is not None else _header(meta, "RadionuclideTotalDose"))
-    if weight <= 0 or dose <= 0:
-        raise InputError(f"{_source(meta)}: patient weight {weight} kg and dose {dose} Bq must be positive for SUV")
-    correction = str(_header(meta, "DecayCorrection")).upper()
-    if correction == "ADMIN":
-        decayed_dose = dose
-    else:
-        if correction == "NONE":
-            logger.warning("%s: PET not decay corrected; SUV uses the dose decayed to the first acquisition",
-                           _source(meta))
-            elapsed = _seconds_since_injection(meta, "AcquisitionDate", "AcquisitionTime")
-        elif correction == "START":
-            elapsed = _seconds_since_injection(meta, "SeriesDate", "SeriesTime")
-        else:
-            raise InputError(f"{_source(meta)}: unsupported DecayCorrection {correction} (need START, ADMIN or NONE)")
-        half_life = float(_header(meta, "RadionuclideHalfLife"))
-        decayed_dose = dose * math.exp(-math.log(2.0) * elapsed / half_life)
-    return weight * 1000.0 / decayed_dose
+    source_type, scale = pixel_meaning(meta, units)
+    if source_type == suv_type:
+        return scale
+    target = normaliser(meta, suv_type, weight_kg)
+    if source_type is not None:
+        return scale * target / normaliser(meta, source_type, weight_kg)
+    dose = injected_dose(meta, dose_bq)
+    decay = decay_seconds(meta)
+    half_life = float(_header(meta, "RadionuclideHalfLife")) if np.any(decay) else 1.0
+    decayed = dose * np.exp(-math.log(2.0) * decay / half_life)
+    return scale * target / decayed
 
 
 class PETToSUV(Transform):
-    """Convert a PET MetaTensor to body-weight SUV; ``meta["Units"]`` becomes ``"SUVbw"``."""
+    """Convert a PET MetaTensor to SUV of ``suv_type`` (BW, LBMJAMES128, IBW or BSA).
 
-    def __init__(self, weight_kg: float | None = None, dose_bq: float | None = None, units: str | None = None):
+    ``meta["Units"]`` becomes ``SUVbw`` (``SUVlbm``...), ``meta["suv_type"]`` the DICOM SUVType code.
+    """
+
+    def __init__(self, weight_kg: float | None = None, dose_bq: float | None = None, units: str | None = None,
+                 suv_type: str = "BW"):
+        if suv_type not in SUV_TYPES:
+            raise ValueError(f"suv_type must be one of {sorted(SUV_TYPES)}, got {suv_type!r}")
         self.weight_kg = weight_kg
         self.dose_bq = dose_bq
         self.units = units
+        self.suv_type = suv_type
 
     def __call__(self, pet: MetaTensor) -> MetaTensor:
-        factor = suv_factor(pet.meta, self.weight_kg, self.dose_bq, self.units)
-        suv = pet * factor if factor != 1.0 else pet.clone()
-        suv.meta = {**pet.meta, "Units": SUV_UNITS, "suv_factor": factor}
+        factor = suv_factor(pet.meta, self.weight_kg, self.dose_bq, self.units, self.suv_type)
+        if factor.size not in (1, pet.shape[-1]):
+            raise InputError(f"{_source(pet.meta)}: {factor.size} slice factors for {pet.shape[-1]} PET slices")
+        uniform = bool(np.all(factor == factor[0]))
+        suv = pet * float(factor[0]) if uniform else pet * torch.as_tensor(factor, dtype=pet.dtype)
+        suv.meta = {**pet.meta, "Units": SUV_TYPES[self.suv_type], "suv_type": self.suv_type,
+                    "suv_factor": float(factor[0]) if uniform else factor.tolist()}
         return suv
 
 
@@ -122,9 +259,9 @@ class PETToSUVd(MapTransform):
     """Dictionary twin of :class:`PETToSUV` (default key ``"pet"``)."""
 
     def __init__(self, keys: KeysCollection = "pet", weight_kg: float | None = None, dose_bq: float | None = None,
-                 units: str | None = None, allow_missing_keys: bool = False):
+                 units: str | None = None, suv_type: str = "BW", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.converter = PETToSUV(weight_kg, dose_bq, units)
+        self.converter = PETToSUV(weight_kg, dose_bq, units, suv_type)
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, MetaTensor]:
         d = dict(data)

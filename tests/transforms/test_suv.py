@@ -10,7 +10,7 @@ import torch
 from monai.data import MetaTensor
 
 from pipeline.errors import InputError
-from pipeline.transforms.suv import PETToSUV, PETToSUVd, suv_factor
+from pipeline.transforms.suv import PETToSUV, PETToSUVd, mean_count_time, suv_factor
 
 HALF_LIFE = 6586.2
 DOSE = 3.7e8
@@ -39,11 +39,45 @@ def test_admin_uses_undecayed_dose():
     assert suv_factor(_meta(DecayCorrection="ADMIN")) == pytest.approx(_expected(0.0), rel=1e-12)
 
 
-def test_none_decays_to_first_acquisition_and_warns(caplog):
+def test_none_decays_each_slice_to_its_own_acquisition():
+    slices = [{"AcquisitionTime": "101500", "ActualFrameDuration": 0.0},
+              {"AcquisitionTime": "103000", "ActualFrameDuration": 120000.0}]
+    factors = suv_factor(_meta(DecayCorrection="NONE", pet_slices=slices))
+    assert factors[0] == pytest.approx(_expected(4500.0), rel=1e-12)
+    assert factors[1] == pytest.approx(_expected(5400.0 + mean_count_time(120.0, HALF_LIFE)), rel=1e-12)
+    assert 59.0 < mean_count_time(120.0, HALF_LIFE) < 60.0  # just under the middle of the frame
+
+
+def test_start_with_series_time_after_acquisition_uses_the_first_acquisition(caplog):
+    slices = [{"AcquisitionTime": "093000", "FrameReferenceTime": 60000.0, "ActualFrameDuration": 120000.0}]
     with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
-        factor = suv_factor(_meta(DecayCorrection="NONE"))
-    assert factor == pytest.approx(_expected(4500.0), rel=1e-12)
-    assert "not decay corrected" in caplog.text
+        factor = suv_factor(_meta(SeriesTime="110000", pet_slices=slices))
+    assert factor[0] == pytest.approx(_expected(1800.0 - 60.0 + mean_count_time(120.0, HALF_LIFE)), rel=1e-12)
+    assert "SeriesTime is later" in caplog.text
+
+
+def test_private_decay_datetime_wins():
+    meta = _meta(SeriesTime="110000", GEDecayDateTime="20240105093000")
+    assert suv_factor(meta)[0] == pytest.approx(_expected(1800.0), rel=1e-12)
+
+
+def test_dose_in_mbq_is_recognised():
+    assert suv_factor(_meta(RadionuclideTotalDose=DOSE / 1e6))[0] == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("key", ["PhilipsSUVScale", "PhilipsActivityScale"])
+def test_philips_counts(key):
+    per_slice = [{key: 0.5}, {key: 0.25}]
+    factors = suv_factor(_meta(Units="CNTS", pet_slices=per_slice))
+    to_suv = 1.0 if key == "PhilipsSUVScale" else _expected(3600.0)
+    assert factors.tolist() == pytest.approx([0.5 * to_suv, 0.25 * to_suv], rel=1e-12)
+
+
+def test_suv_of_another_type_is_renormalised_to_body_weight():
+    meta = _meta(Units="GML", SUVType="LBMJAMES128", PatientSex="M", PatientSize=1.75)
+    assert suv_factor(meta)[0] == pytest.approx(WEIGHT / (1.10 * WEIGHT - 128 * (WEIGHT / 175) ** 2), rel=1e-12)
+    with pytest.raises(InputError, match="lacks PatientSex, needed for SUV type LBMJAMES128"):
+        suv_factor(_meta(Units="GML", SUVType="LBMJAMES128", PatientSize=1.75))
 
 
 def test_injection_before_midnight_times_only():
@@ -52,7 +86,8 @@ def test_injection_before_midnight_times_only():
 
 
 def test_injection_before_midnight_with_datetimes():
-    meta = _meta(SeriesDate="20240106", SeriesTime="003000", RadiopharmaceuticalStartDateTime="20240105233000")
+    meta = _meta(SeriesDate="20240106", SeriesTime="003000", AcquisitionDate="20240106", AcquisitionTime="003000",
+                 RadiopharmaceuticalStartDateTime="20240105233000")
     assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
 
 
@@ -70,17 +105,17 @@ def test_manual_weight_and_dose_override_headers():
 
 @pytest.mark.parametrize("units", ["GML", "SUVbw"])
 def test_already_suv_is_unchanged(units):
-    assert suv_factor({"Units": units}) == 1.0
+    assert suv_factor({"Units": units}) == [1.0]
 
 
 def test_units_hint_for_nifti():
-    assert suv_factor({"filename_or_obj": "pet.nii.gz"}, units="GML") == 1.0
+    assert suv_factor({"filename_or_obj": "pet.nii.gz"}, units="GML") == [1.0]
     with pytest.raises(InputError, match=r"pet\.nii\.gz: PET header lacks Units"):
         suv_factor({"filename_or_obj": "pet.nii.gz"})
 
 
 def test_unsupported_units():
-    with pytest.raises(InputError, match="Units CNTS cannot be converted"):
+    with pytest.raises(InputError, match="Units CNTS cannot be converted to SUV"):
         suv_factor(_meta(Units="CNTS"))
 
 
