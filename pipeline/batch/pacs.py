@@ -1,0 +1,64 @@
+"""``dcif fuse-batch URL OUT_DIR``: the folder batch with a PACS as input and, optionally, output.
+
+QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/``
+(kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses them
+with its report, resume and per-study isolation, and with ``store`` the fused series of every study
+fused by this run go back by STOW-RS into their patient and study. A study the PACS will not give
+or take fails alone, with its reason in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.batch.engines import Engine
+from pipeline.batch.job import run_batch
+from pipeline.batch.layout import clear_study, study_folder
+from pipeline.batch.report import FAILED, OK, BatchReport, StudyResult
+from pipeline.batch.study import BatchOptions
+from pipeline.errors import DcifError
+from pipeline.io.derived_series import FUSED_FILE
+from pipeline.io.dicomweb import connect, fetch_study, find_studies, store_instances
+from pipeline.io.discovery import study_key
+
+logger = logging.getLogger(__name__)
+INBOX = ".dicomweb"
+
+
+def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: BatchOptions, query: Mapping[str, str],
+                       store: bool = False, engine: Engine | None = None, progress: bool = True,
+                       environ: Mapping[str, str] = os.environ) -> BatchReport:
+    """Fuse the PACS studies ``query`` finds at ``url`` into ``out_dir``; ``store`` sends the results back."""
+    out_dir = Path(out_dir).resolve()
+    client = connect(url, environ)
+    inbox = out_dir / INBOX
+    inbox.mkdir(parents=True, exist_ok=True)
+    fetch_failures = []
+    for uid in find_studies(client, query):
+        try:
+            fetch_study(client, uid, inbox)
+        except DcifError as error:
+            fetch_failures.append(StudyResult(key=study_key(uid), status=FAILED, location=url, reason=str(error)))
+    logger.info("%d studies fetched from %s", len(list(inbox.iterdir())), url)
+    report = run_batch(inbox, out_dir, options, engine=engine, progress=progress)
+    studies = [_stored(client, out_dir, result) if store else result for result in report.studies]
+    report = replace(report, studies=studies + fetch_failures)
+    report.write()
+    return report
+
+
+def _stored(client, out_dir: Path, result: StudyResult) -> StudyResult:
+    """Send a study fused by this run to the PACS; a refusal fails that study only (it is redone next run)."""
+    if result.status != OK:
+        return result
+    folder = study_folder(out_dir, result.key)
+    try:
+        store_instances(client, sorted(folder.glob(f"*/{FUSED_FILE}")))
+    except DcifError as error:
+        clear_study(folder)  # not done until stored: the next run fuses and stores it again
+        return replace(result, status=FAILED, reason=str(error))
+    return result
