@@ -56,8 +56,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # Folder names may name patients: pseudonyms (a fresh key each run) unless the user asks for paths.
     locator = Locator(in_dir, None if args.show_paths else secrets.token_bytes(16))
     print(f"{len(found.pairs)} PET/CT studies ready to fuse, {len(found.failures)} failed, "
-          f"{len(found.problems)} unreadable files")
-    for state, entries in (("ok  ", found.pairs), ("fail", found.failures), ("skip", found.problems)):
+          f"{len(found.problems)} unreadable files, {len(found.ignored)} series ignored")
+    for state, entries in (("ok  ", found.pairs), ("fail", found.failures), ("skip", found.problems),
+                           ("ignore", found.ignored)):
         for entry in entries:
             print(f"  {state}  {locator.redact(entry)}")
     return 0 if found.pairs else 1

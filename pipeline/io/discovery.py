@@ -33,10 +33,16 @@ DISCOVERY_TAGS = (
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "SOPInstanceUID",
+    "ImageType",
+    "Manufacturer",
+    "ReferencedSeriesSequence",
+    "SourceImageSequence",
 )
 _MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer paths cannot be opened
 PAIRED_MODALITIES = ("CT", "PT")
 _NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non[ _-]?corrected")
+# CT series descriptions of the attenuation-correction CT (low dose, acquired with the PET in its position)
+_ATTENUATION_CT = re.compile(r"(?<![a-z])(ctac|ac|ldct)(?![a-z])|atten|low[ _-]?dose")
 
 
 def one_line(text: object) -> str:
@@ -97,6 +103,9 @@ class SeriesInfo:
     positions: tuple[float, ...] = field(repr=False)
     files: tuple[Path, ...] = field(repr=False)
     duplicates: int = 0  # further copies of the series' instances (same SOPInstanceUID), not used
+    derived: str = ""  # why the series is not an original acquisition (empty when it is)
+    references: frozenset[str] = field(default=frozenset(), repr=False)  # series/instance UIDs it derives from
+    instances: frozenset[str] = field(default=frozenset(), repr=False)  # its SOPInstanceUIDs
 
     @property
     def n_slices(self) -> int:
@@ -113,6 +122,15 @@ class SeriesInfo:
         if self.corrected_image:
             return "ATTN" in self.corrected_image
         return not _NON_ATTENUATION_CORRECTED.search(self.description.lower())
+
+    @property
+    def is_attenuation_ct(self) -> bool:
+        """A CT whose description names it the attenuation-correction (low-dose) CT."""
+        return bool(_ATTENUATION_CT.search(self.description.lower()))
+
+    def derives_from(self, other: SeriesInfo) -> bool:
+        """Whether this series references ``other`` (its series UID or one of its instances)."""
+        return other.series_uid in self.references or not self.references.isdisjoint(other.instances)
 
     def overlap_mm(self, other: SeriesInfo) -> float:
         """Length of the overlap of the two series' slice ranges, measured along this series' normal."""
@@ -155,13 +173,18 @@ class StudyFailure:
         return f"{self.location}: {self.reason}"
 
 
+class IgnoredSeries(StudyFailure):
+    """A series discovery will not fuse (e.g. a derived CT such as our own fused output), and why."""
+
+
 @dataclass(frozen=True)
 class DiscoveryResult:
-    """What a scan found: fusable pairs, studies that failed, and files that could not be read."""
+    """What a scan found: fusable pairs, studies that failed, files that could not be read, series ignored."""
 
     pairs: list[StudyPair]
     failures: list[StudyFailure]
     problems: list[FileProblem]
+    ignored: list[IgnoredSeries] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -264,6 +287,27 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
     return [_series_info(uid, entry) for uid, entry in series.items()], problems
 
 
+def _references(ds: Dataset) -> frozenset[str]:
+    """Series and instance UIDs a derived image names as its sources."""
+    found = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence") or []
+             if "SeriesInstanceUID" in item}
+    found |= {str(item.ReferencedSOPInstanceUID) for item in ds.get("SourceImageSequence") or []
+              if "ReferencedSOPInstanceUID" in item}
+    return frozenset(found)
+
+
+def _derived(ds: Dataset) -> str:
+    """Why a series' header says it is not an original acquisition ("" when it is)."""
+    from pipeline.io.derived_series import MANUFACTURER
+
+    if _text(ds, "Manufacturer") == MANUFACTURER:
+        return "our own fused output (Manufacturer signature)"
+    image_type = ds.get("ImageType") or ()
+    if (image_type if isinstance(image_type, str) else image_type[0] if image_type else "") == "DERIVED":
+        return "ImageType DERIVED"
+    return ""
+
+
 def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
     ds = entry.first
     ordered = sorted(entry.slices)
@@ -280,6 +324,9 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
         positions=tuple(p for p, _ in ordered),
         files=tuple(f for _, f in ordered),
         duplicates=entry.duplicates,
+        derived=_derived(ds),
+        references=_references(ds),
+        instances=frozenset(entry.instances - {""}),
     )
 
 
@@ -290,13 +337,18 @@ def _common_folder(series: list[SeriesInfo]) -> Path:
 def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFailure:
     """Choose the PET/CT pair of one study, or say in one line why there is none.
 
-    Only series sharing a FrameOfReferenceUID are co-registered. Among those, prefer
-    attenuation-corrected PET, then the CT covering most of the PET's axial range, then more CT slices.
+    Derived CTs (see :func:`ignored_cts`) are never picked. Only series sharing a FrameOfReferenceUID
+    are co-registered. Among those, prefer attenuation-corrected PET, then the CT covering most of the
+    PET's axial range, then the attenuation-correction CT (acquired with the PET, in its position) over a
+    diagnostic CT, then more CT slices; the folder breaks remaining ties (UIDs are rewritten by anonymisers).
     """
-    cts = [s for s in series if s.modality == "CT"]
+    ignored = {info.series_uid for info, _ in ignored_cts(series)}
+    cts = [s for s in series if s.modality == "CT" and s.series_uid not in ignored]
     pets = [s for s in series if s.modality == "PT"]
     where = _common_folder(series)
     name = f"study {study_key(study_uid)}"
+    if ignored and not cts:
+        return StudyFailure(where, f"{name}: its only CT series are derived images (ignored), no original CT")
     if not cts or not pets:
         missing = "PET" if cts else "CT"
         present = "CT" if cts else "PET"
@@ -307,8 +359,25 @@ def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFail
         return StudyFailure(where, f"{name}: its PET and CT series have different FrameOfReferenceUIDs "
                                    "(not co-registered)")
     ct, pet = max(candidates, key=lambda c: (c[1].is_attenuation_corrected, c[1].overlap_mm(c[0]),
-                                             c[0].n_slices, c[1].n_slices, c[0].series_uid, c[1].series_uid))
+                                             c[0].is_attenuation_ct, c[0].n_slices, c[1].n_slices,
+                                             str(c[0].folder), str(c[1].folder)))
     return StudyPair(study_uid=study_uid, ct=ct, pet=pet)
+
+
+def ignored_cts(series: list[SeriesInfo]) -> list[tuple[SeriesInfo, str]]:
+    """The CTs of one study that are derived images, never a pair's CT, each with the reason.
+
+    A derived header (ImageType DERIVED, our own Manufacturer signature), or a CT whose images
+    reference another CT series of the study: both hold after an anonymiser rewrites every UID.
+    """
+    cts = [s for s in series if s.modality == "CT"]
+    found = []
+    for ct in cts:
+        source = next((other for other in cts if other is not ct and ct.derives_from(other)), None)
+        reason = ct.derived or (f"derived from the CT series in {source.folder}" if source else "")
+        if reason:
+            found.append((ct, f"{ct.modality} series ignored: {reason}"))
+    return found
 
 
 def _shared_uid(study_uid: str, series: list[SeriesInfo]) -> StudyFailure | None:
@@ -346,9 +415,11 @@ def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
             by_study[info.study_uid].append(info)
     pairs: list[StudyPair] = []
     failures: list[StudyFailure] = []
+    ignored = [IgnoredSeries(info.folder, reason)
+               for study in by_study.values() for info, reason in ignored_cts(study)]
     for study_uid in sorted(by_study, key=study_key):
         outcome = _shared_uid(study_uid, by_study[study_uid]) or pick_pair(study_uid, by_study[study_uid])
         if isinstance(outcome, StudyPair):
             outcome = _without_overlap(outcome) or outcome
         (pairs if isinstance(outcome, StudyPair) else failures).append(outcome)
-    return DiscoveryResult(pairs=pairs, failures=failures, problems=problems)
+    return DiscoveryResult(pairs=pairs, failures=failures, problems=problems, ignored=ignored)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, study_key
+from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, read_dicom, study_key
 
 
 def _pet_ct_study(factory, folder: str = "study", study_uid: str | None = None, frame_uid: str | None = None) -> None:
@@ -148,3 +149,93 @@ def test_overlap_is_measured_along_the_normal(dicom_factory):
     dicom_factory.series("s/pet", modality="PT", positions=[5.0, 8.0, 11.0, 14.0])
     (pair,) = discover_studies(dicom_factory.root).pairs
     assert pair.pet.overlap_mm(pair.ct) == pytest.approx(9.0)
+
+
+def _old_fused_output(factory, ct_folder: Path, name: str, description: str = "DCIF fusion laplacian lung"):
+    """A fused series as earlier versions wrote it: Modality CT, derived, referencing every CT slice."""
+    from pydicom.dataset import Dataset
+
+    from pipeline.io.derived_series import MANUFACTURER
+
+    ct = {float(read_dicom(p).ImagePositionPatient[2]): read_dicom(p) for p in ct_folder.iterdir()}
+    ordered = [ct[z] for z in sorted(ct)]
+
+    def derived(ds, k):
+        source = Dataset()
+        source.ReferencedSOPInstanceUID = ordered[k].SOPInstanceUID
+        series = Dataset()
+        series.SeriesInstanceUID = ordered[k].SeriesInstanceUID
+        ds.SourceImageSequence, ds.ReferencedSeriesSequence = [source], [series]
+        ds.ImageType, ds.Manufacturer = ["DERIVED", "SECONDARY", "AXIAL"], MANUFACTURER
+
+    # more slices than the true CT and a UID sorting first: the old tie-breaks would pick it
+    return factory.series(name, factory.ramp((6, 5, 4)), modality="CT", header=derived, description=description,
+                          series_uid="1.2.999." + "9" * 40)
+
+
+def _anonymise(root: Path, strip_signature: bool) -> None:
+    """Rewrite every UID consistently (as a de-identifying PACS export does); optionally drop our signature."""
+    mapping: dict[str, str] = {}
+
+    def rewrite(ds):
+        for element in ds:
+            if element.VR == "SQ":
+                for item in element.value:
+                    rewrite(item)
+            elif element.VR == "UI" and element.keyword not in ("SOPClassUID", "ReferencedSOPClassUID"):
+                element.value = mapping.setdefault(str(element.value), generate_uid())
+
+    for path in root.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        rewrite(ds)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if strip_signature and "ImageType" in ds:
+            ds.ImageType, ds.Manufacturer, ds.SeriesDescription = ["ORIGINAL", "PRIMARY", "AXIAL"], "", ""
+        ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("anonymised", [None, "uids", "uids and signature"])
+def test_never_picks_our_own_fused_output_as_the_ct(dicom_factory, anonymised):
+    _pet_ct_study(dicom_factory)
+    root = dicom_factory.root
+    _old_fused_output(dicom_factory, root / "study" / "deep" / "ct", "study/fused")
+    if anonymised:
+        _anonymise(root, strip_signature=anonymised == "uids and signature")
+    result = discover_studies(root)
+    (pair,) = result.pairs
+    assert pair.ct.folder == root / "study" / "deep" / "ct"
+    (ignored,) = result.ignored
+    assert ignored.location == root / "study" / "fused"
+    expected = {None: "Manufacturer signature", "uids": "Manufacturer signature",
+                "uids and signature": "derived from the CT series in"}[anonymised]
+    assert expected in ignored.reason
+
+
+def test_study_with_only_derived_ct_fails_with_reason(dicom_factory):
+    mark = lambda ds, k: setattr(ds, "ImageType", ["DERIVED", "SECONDARY"])  # noqa: E731
+    dicom_factory.series("s/ct", modality="CT", header=mark)
+    dicom_factory.series("s/pet", modality="PT")
+    result = discover_studies(dicom_factory.root)
+    assert not result.pairs and "only CT series are derived" in result.failures[0].reason
+    assert "ImageType DERIVED" in result.ignored[0].reason
+
+
+def test_prefers_the_attenuation_correction_ct_at_equal_coverage(dicom_factory):
+    dicom_factory.series("s/pet", modality="PT")
+    dicom_factory.series("s/ct_diagnostic", dicom_factory.ramp((6, 5, 7)), modality="CT", spacing=(2.0, 1.5, 1.5),
+                         description="CT venous phase")
+    dicom_factory.series("s/ct_ac", modality="CT", description="CTAC 3.75 mm")
+    (pair,) = discover_studies(dicom_factory.root).pairs
+    assert pair.ct.folder.name == "ct_ac"  # although the diagnostic CT has more slices
+
+
+def test_inspect_says_which_series_it_ignored_and_why(dicom_factory, capsys):
+    from pipeline.cli import main
+
+    _pet_ct_study(dicom_factory)
+    _old_fused_output(dicom_factory, dicom_factory.root / "study" / "deep" / "ct", "study/fused")
+    assert main(["-q", "inspect", str(dicom_factory.root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 series ignored" in out
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("ignore")]
+    assert "CT series ignored: our own fused output" in line
