@@ -4,7 +4,7 @@ MONAI's ``GanTrainer`` is unconditional and ``AdversarialTrainer`` judges the ou
 network's own input, so neither fits a two-source fusion GAN whose discriminators compare each
 generator's output with the *other* modality. This engine keeps MONAI's ``Trainer`` machinery
 (handlers, metrics, ``--tracking mlflow``) and only replaces one iteration: update D1/D2, then
-G1/G2, and report a ``loss`` key (the generator total) as MONAI's MLflow settings expect.
+G1/G2 from one generator forward, and report a ``loss`` key (the generator total) as MONAI's MLflow settings expect.
 """
 
 from __future__ import annotations
@@ -93,18 +93,19 @@ class FusionGANTrainer(Trainer):
         streams, d1, d2 = engine.players
         engine.model.train()
 
+        # One generator forward serves both players: D steps see it detached, the G step through it.
+        with engine._autocast():
+            f_ct, f_pet = streams(ct, pet)
+        fake_ct, fake_pet = f_ct.detach().float(), f_pet.detach().float()
         for _ in range(engine.d_steps):
-            with torch.no_grad(), engine._autocast():
-                f_ct, f_pet = streams(ct, pet)
             engine.d_optimizer.zero_grad(set_to_none=True)
             with engine._autocast():
-                d_terms = engine.d_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+                d_terms = engine.d_loss_function(ct, pet, fake_ct, fake_pet, d1, d2)
             d_terms["total"].backward()
             engine.d_optimizer.step()
 
         engine.g_optimizer.zero_grad(set_to_none=True)
         with engine._autocast():
-            f_ct, f_pet = streams(ct, pet)
             g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
         g_terms["total"].backward()
         engine.g_optimizer.step()

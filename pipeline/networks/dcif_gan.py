@@ -169,8 +169,12 @@ class DCIFGenerator(nn.Module):
             shallow, deep = self.extractor_ct(torch.cat([ct, pet], dim=1))
             fused = self.reconstructor_ct(deep, shallow)[..., :h, :w]
             return fused, fused
-        shallow_ct, deep_ct = self.extractor_ct(ct)
-        shallow_pet, deep_pet = self.extractor_pet(pet)
+        if self.extractor_ct is self.extractor_pet:  # one pass of the shared extractor over both modalities
+            shallow, deep = self.extractor_ct(torch.cat([ct, pet]))
+            (shallow_ct, shallow_pet), (deep_ct, deep_pet) = shallow.chunk(2), deep.chunk(2)
+        else:
+            shallow_ct, deep_ct = self.extractor_ct(ct)
+            shallow_pet, deep_pet = self.extractor_pet(pet)
         fused_ct, fused_pet = self.fusion(deep_ct, deep_pet)
         f_ct = self.reconstructor_ct(fused_ct, shallow_ct)
         f_pet = self.reconstructor_pet(fused_pet, shallow_pet)

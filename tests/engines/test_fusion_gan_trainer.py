@@ -52,3 +52,13 @@ def test_output_is_decollated_with_every_loss_term():
     assert keys <= output[0].keys()
     assert all(isinstance(output[0][k], float) and output[0][k] == output[0][k] for k in keys)
     assert output[0]["pred"].shape == (1, 16, 16)
+
+
+def test_each_iteration_runs_the_generator_once(monkeypatch):
+    trainer, model = _trainer("network4")
+    calls = []
+    streams = model.generator.streams
+    monkeypatch.setattr(model.generator, "streams", lambda ct, pet: calls.append(1) or streams(ct, pet))
+    trainer.players = trainer.players._replace(streams=model.generator.streams)
+    trainer.run()
+    assert len(calls) == trainer.state.iteration == 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.networks.blocks.cross_modal import ConcatFusion, CrossModalBlock, CrossModalFusion
-from pipeline.networks.blocks.swin import shifted_window_mask
+from pipeline.networks.blocks.windows import _cached_windows
 
 CPU = torch.device("cpu")
 
@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 def _reference_attention(stream, other, x_query: torch.Tensor, x_context: torch.Tensor) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d) + B) V with Q from ``stream``'s weights, K and V from ``other``'s, one window."""
     tokens, dim = x_query.shape
-    heads = stream.num_heads
+    heads = stream.attn.num_heads
     q, _, _ = stream.attn.qkv(stream.norm1(x_query)).split(dim, dim=-1)
     _, k, v = other.attn.qkv(other.norm1(x_context)).split(dim, dim=-1)
     q, k, v = (t.reshape(tokens, heads, dim // heads).transpose(0, 1) for t in (q, k, v))
@@ -25,8 +25,9 @@ def _reference_attention(stream, other, x_query: torch.Tensor, x_context: torch.
 def test_block_swaps_keys_and_values_between_streams() -> None:
     torch.manual_seed(0)
     block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=False, mlp_ratio=2.0)
-    ct, pet = torch.randn(1, 8, 8, 12), torch.randn(1, 8, 8, 12)
-    out_ct, out_pet = block(ct, pet, shifted_window_mask(8, 8, 8, CPU))
+    ct, pet = torch.randn(1, 8, 8, 12), torch.randn(1, 8, 8, 12)  # one window: window order is raster order
+    order = _cached_windows(1, 8, 8, 8, CPU, None).regular
+    out_ct, out_pet = (t.reshape(1, 8, 8, 12) for t in block(ct.reshape(64, 12), pet.reshape(64, 12), order))
 
     cases = ((out_ct, block.ct, block.pet, ct, pet), (out_pet, block.pet, block.ct, pet, ct))
     for out, own, other, x_own, x_other in cases:
@@ -39,18 +40,18 @@ def test_block_swaps_keys_and_values_between_streams() -> None:
 def test_shifted_block_masks_context_wrapped_from_the_opposite_border() -> None:
     torch.manual_seed(0)
     block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
-    mask = shifted_window_mask(16, 16, 8, CPU)
-    ct, pet = torch.randn(1, 16, 16, 12), torch.randn(1, 16, 16, 12)
+    windows = _cached_windows(1, 16, 16, 8, CPU, None)
+    ct, pet = torch.randn(1, 12, 16, 16), torch.randn(1, 12, 16, 16)
     nudged = pet.clone()
-    nudged[0, 0, 0] += torch.randn(12)
+    nudged[0, :, 0, 0] += torch.randn(12)
 
-    def ct_change(attn_mask: torch.Tensor) -> torch.Tensor:
-        return (block(ct, nudged, attn_mask)[0] - block(ct, pet, attn_mask)[0]).abs().sum(-1)[0]
+    def ct_out(context: torch.Tensor) -> torch.Tensor:
+        out = block(windows.enter(ct, True), windows.enter(context, True), windows.shifted)[0]
+        return windows.leave(out, True, ct.shape)
 
-    masked = ct_change(mask)
-    assert masked[3, 3] > 1e-4  # CT queries read PET inside the shifted window
-    assert masked[15, 15] < 1e-6  # but not across the wrapped border
-    assert ct_change(torch.zeros_like(mask))[15, 15] > 1e-4
+    change = (ct_out(nudged) - ct_out(pet)).abs().sum(1)[0]
+    assert change[3, 3] > 1e-4  # CT queries read PET inside the shifted window
+    assert change[15, 15] < 1e-6  # but not across the wrapped border
 
 
 @pytest.mark.parametrize("shape", [(2, 12, 16, 24), (1, 12, 13, 21)])

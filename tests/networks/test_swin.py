@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple, shifted_window_mask
+from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple
+from pipeline.networks.blocks.windows import _cached_windows
 
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 21)])
@@ -15,7 +16,7 @@ def test_stage_keeps_bchw_shape(size: tuple[int, int]) -> None:
 
 def test_stage_alternates_regular_and_shifted_windows() -> None:
     stage = SwinStage(12, depth=4, num_heads=2, window_size=8)
-    assert [tuple(block.shift_size) for block in stage.blocks] == [(0, 0), (4, 4), (0, 0), (4, 4)]
+    assert [block.shifted for block in stage.blocks] == [False, True, False, True]
 
 
 def test_pad_to_multiple_reflects_and_is_a_no_op_on_multiples() -> None:
@@ -34,28 +35,29 @@ def test_pad_to_multiple_replicates_maps_too_small_to_reflect() -> None:
     assert torch.equal(padded[..., 7, :3], x[..., 2, :])
 
 
-def test_shifted_window_mask_only_separates_wrapped_regions() -> None:
-    mask = shifted_window_mask(16, 16, 8, torch.device("cpu"))
-    assert mask.shape == (4, 64, 64)
-    assert torch.all(mask[0] == 0)  # the top-left window holds no wrapped-around pixels
-    assert set(mask[3].unique().tolist()) == {-100.0, 0.0}
+def test_only_windows_wrapped_by_the_shift_carry_a_mask() -> None:
+    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None)
+    assert all(chunk.mask is None for chunk in windows.regular.chunks)
+    masks = [chunk.mask for chunk in windows.shifted.chunks if chunk.mask is not None]
+    assert sum(mask.shape[0] for mask in masks) == 3  # of 4 windows, the top-left holds no wrapped pixels
+    assert set(torch.cat(masks).unique().tolist()) == {-100.0, 0.0}
+    assert torch.equal(windows.regular.order[windows.regular.inverse], torch.arange(256))
 
 
 def test_shifted_block_masks_pixels_wrapped_from_the_opposite_border() -> None:
     torch.manual_seed(0)
     block = SwinStage(12, depth=2, num_heads=2, window_size=8).blocks[1]
-    mask = shifted_window_mask(16, 16, 8, torch.device("cpu"))
-    z = torch.randn(1, 16, 16, 12)
+    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None)
+    z = torch.randn(1, 12, 16, 16)
     nudged = z.clone()
-    nudged[0, 0, 0] += torch.randn(12)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
+    nudged[0, :, 0, 0] += torch.randn(12)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
 
-    def change(attn_mask: torch.Tensor | None) -> torch.Tensor:
-        return (block(nudged, attn_mask) - block(z, attn_mask)).abs().sum(-1)[0]
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return windows.leave(block(windows.enter(x, True), windows.shifted), True, x.shape)
 
-    masked = change(mask)
-    assert masked[3, 3] > 1e-4  # same region: attends
-    assert masked[15, 15] < 1e-6  # wrapped from the far border: masked out
-    assert change(None)[15, 15] > 1e-4  # and it is the mask that does it
+    change = (run(nudged) - run(z)).abs().sum(1)[0]
+    assert change[3, 3] > 1e-4  # same region: attends
+    assert change[15, 15] < 1e-6  # wrapped from the far border: masked out
 
 
 def test_relative_position_bias_is_learned() -> None:

@@ -1,17 +1,23 @@
-"""Swin Transformer stage for 2-D feature maps, built on MONAI's Swin blocks.
+"""Swin Transformer blocks and stages for 2-D feature maps, run window-chunk by window-chunk.
 
-MONAI's ``SwinTransformerBlock`` already implements the DCIF-GAN STB in 2-D: pre-norm residual
-window attention with a learned relative position bias, the cyclic shift toward the top-left
-with its attention mask, and a GELU feed-forward. MONAI's own stage (``BasicLayer``) needs
-``einops``, so this module stacks the blocks itself and owns the (B, C, H, W) boundary layout.
+A block is MONAI's ``SwinTransformerBlock`` in 2-D (pre-norm residual window attention with a
+learned relative position bias, shifted windows with their mask, a GELU feed-forward) with the
+same parameters under the same names, so a checkpoint of either loads into the other and both
+give the same numbers. What differs is the layout (see :mod:`pipeline.networks.blocks.windows`):
+the stage holds its map as tokens in window order, each block runs its layers over chunks of
+whole windows, and attention is ``scaled_dot_product_attention`` with the position bias broadcast
+over the windows that need no mask.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask, get_window_size
+from monai.networks.blocks import MLPBlock
+from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
+
+from pipeline.networks.blocks.windows import Chunk, Windows, WindowOrder, windows_for
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -29,24 +35,78 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def shifted_window_mask(height: int, width: int, window_size: int, device: torch.device) -> torch.Tensor:
-    """SW-MSA mask (num_windows, N, N) for a (height, width) map, as MONAI's blocks expect it.
+class ChunkedWindowAttention(WindowAttention):
+    """MONAI's ``WindowAttention`` (its projections, bias table and index) on chunks of windows.
 
-    It holds -100 between tokens that the cyclic shift brought together from opposite borders, so
-    they do not attend to each other. Window and shift follow MONAI's ``get_window_size`` (the
-    window shrinks to a side no longer than it, and the shift along that side drops to 0).
+    ``attend`` takes Q from one token set and K, V from another, so the same module serves
+    self-attention (Swin blocks) and the K/V swap of CMIFM.
     """
-    window, shift = get_window_size((height, width), (window_size,) * 2, (window_size // 2,) * 2)
-    padded = [-(-size // win) * win for size, win in zip((height, width), window)]
-    return compute_mask(padded, window, shift, device)
+
+    def position_bias(self, window_tokens: int) -> torch.Tensor:
+        """B: (heads, N, N), gathered from the learned table once per block call."""
+        index = self.relative_position_index[:window_tokens, :window_tokens].reshape(-1)
+        table = self.relative_position_bias_table[index]
+        return table.view(window_tokens, window_tokens, self.num_heads).permute(2, 0, 1)
+
+    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V of tokens ``x`` (windows * N, C), each (windows, heads, N, head_dim), as views."""
+        dim = x.shape[-1]
+        qkv = self.qkv(x).view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C)."""
+        attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.scale)
+        windows, heads, tokens, head_dim = out.shape
+        return self.proj(out.transpose(1, 2).reshape(windows * tokens, heads * head_dim))
+
+
+class SwinBlock(nn.Module):
+    """One STB: Z' = MSA(LN(Z)) + Z; Z = FFN(LN(Z')) + Z', on tokens in this block's window order."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ChunkedWindowAttention(dim, num_heads, (window_size, window_size), qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
+
+    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn.project(self.norm1(x), window_tokens)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm2(x))
+
+    def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:
+        bias = self.attn.position_bias(order.window_tokens)
+
+        def run(chunk: Chunk) -> torch.Tensor:
+            x = z[chunk.start:chunk.stop]
+            attended = self.attn.attend(*self.project(x, order.window_tokens), bias, chunk.mask)
+            return self.feed_forward(x + attended)
+
+        return torch.cat([run(chunk) for chunk in order.chunks])
+
+
+def alternate_windows(blocks: nn.ModuleList, windows: Windows, step, *streams: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``step(block, order, *streams)`` for each block, regathering the streams between orders."""
+    shifted = blocks[0].shifted
+    for block in blocks:
+        streams = tuple(windows.switch(z, shifted, block.shifted) for z in streams)
+        shifted = block.shifted
+        streams = step(block, windows.order(shifted), *streams)
+    return list(streams)
 
 
 class SwinStage(nn.Module):
-    """``depth`` Swin Transformer blocks alternating W-MSA and SW-MSA, on (B, C, H, W) maps.
+    """``depth`` Swin blocks alternating W-MSA and SW-MSA, on (B, C, H, W) maps of any size.
 
-    Z' = MSA(LN(Z)) + Z; Z = FFN(LN(Z')) + Z'. Any H, W works (MONAI's block zero-pads inside), but
-    the generator pads to a multiple of the window first so that no zero border is attended to.
-    At inference (autograd off) attention runs through ``scaled_dot_product_attention``.
+    Sides that are not window multiples are reflect-padded and cropped back (the generator pads
+    its inputs first, so inside it no padding happens here).
     """
 
     def __init__(
@@ -55,21 +115,14 @@ class SwinStage(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(
-                dim=dim,
-                num_heads=num_heads,
-                window_size=(window_size, window_size),
-                shift_size=(window_size // 2,) * 2 if index % 2 else (0, 0),
-                mlp_ratio=mlp_ratio,
-                qkv_bias=True,
-                use_flash_attention=True,
-            )
+            SwinBlock(dim, num_heads, window_size, shifted=bool(index % 2), mlp_ratio=mlp_ratio)
             for index in range(depth)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = shifted_window_mask(*x.shape[-2:], self.window_size, x.device)
-        z = x.permute(0, 2, 3, 1)
-        for block in self.blocks:
-            z = block(z, mask)
-        return z.permute(0, 3, 1, 2).contiguous()
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.window_size)
+        windows = windows_for(x, self.window_size)
+        z = windows.enter(x, self.blocks[0].shifted)
+        (z,) = alternate_windows(self.blocks, windows, lambda block, order, z: (block(z, order),), z)
+        return windows.leave(z, self.blocks[-1].shifted, x.shape)[..., :h, :w]

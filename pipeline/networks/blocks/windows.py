@@ -1,0 +1,135 @@
+"""Token orders of (shifted) window attention, computed once per map size and reused by every block.
+
+Window attention is local: every layer of a Swin block acts on one token at a time except the
+attention, which acts within one window. So a stage keeps its feature map as a (tokens, C) matrix
+in *window order* (the tokens of each window side by side) and its blocks run over chunks of whole
+windows small enough to stay in the CPU's cache, instead of over full-slice tensors that stream
+through memory (and, at 512 x 512, through freshly mapped pages) at every layer. The cyclic shift
+and the window partition of MONAI's blocks (roll, permute, copy; and back) become one precomputed
+gather between consecutive blocks.
+
+Windows whose shifted content wraps around the map border (the last row and column of windows)
+are placed last, so only they carry the SW-MSA mask; every other window shares the relative
+position bias, broadcast. Window and shift sizes follow MONAI's ``get_window_size`` (a side no
+longer than the window keeps the window at that side and drops the shift), and the mask is MONAI's
+``compute_mask``, so the numbers are those of MONAI's ``SwinTransformerBlock``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+
+CPU_CHUNK_TOKENS = 4096
+"""Tokens per chunk on the CPU: 64 windows of 8 x 8; at width 32 each activation is 0.5 MB (L2-sized)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens ``[start, stop)`` of the window order, and the SW-MSA mask of their windows (or None)."""
+
+    start: int
+    stop: int
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class WindowOrder:
+    """One block's token order: ``order[i]`` is the raster index of window-order token ``i``."""
+
+    window_tokens: int
+    order: torch.Tensor
+    inverse: torch.Tensor
+    chunks: tuple[Chunk, ...]
+
+
+def _chunks(start: int, stop: int, per_chunk: int, window_tokens: int, mask: torch.Tensor | None) -> list[Chunk]:
+    """Split windows ``[start, stop)`` (in tokens) into chunks; ``mask`` (windows, N, N) covers that range."""
+    chunks = []
+    for first in range(start, stop, per_chunk):
+        last = min(stop, first + per_chunk)
+        window_slice = slice((first - start) // window_tokens, (last - start) // window_tokens)
+        chunks.append(Chunk(first, last, None if mask is None else mask[window_slice]))
+    return chunks
+
+
+def _window_order(batch: int, height: int, width: int, window_size: int, shifted: bool, device: torch.device,
+                  chunk_tokens: int | None) -> WindowOrder:
+    window, shift = get_window_size((height, width), (window_size,) * 2, (window_size // 2 if shifted else 0,) * 2)
+    if height % window[0] or width % window[1]:
+        raise ValueError(f"window attention needs sides that are window multiples, got {height}x{width}")
+    raster = torch.arange(batch * height * width, device=device).view(batch, height, width)
+    if any(shift):
+        raster = torch.roll(raster, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    rows, cols = height // window[0], width // window[1]
+    tokens = window[0] * window[1]
+    per_window = raster.view(batch, rows, window[0], cols, window[1]).permute(0, 1, 3, 2, 4).reshape(batch, -1, tokens)
+    masked = torch.zeros(rows * cols, dtype=torch.bool, device=device)
+    mask = None
+    if any(shift):
+        mask = compute_mask([height, width], window, shift, device)
+        masked = mask.flatten(1).ne(0).any(1)
+    plain_windows, masked_windows = per_window[:, ~masked].flatten(), per_window[:, masked].flatten()
+    order = torch.cat([plain_windows, masked_windows])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=device)
+    per_chunk = max(tokens, (chunk_tokens or order.numel()) // tokens * tokens)
+    split = plain_windows.numel()
+    chunks = _chunks(0, split, per_chunk, tokens, None)
+    if masked_windows.numel():
+        chunks += _chunks(split, order.numel(), per_chunk, tokens, mask[masked].repeat(batch, 1, 1))
+    return WindowOrder(tokens, order, inverse, tuple(chunks))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Both token orders of one (batch, height, width) map and the gathers into, between and out of them."""
+
+    regular: WindowOrder
+    shifted: WindowOrder
+    to_shifted: torch.Tensor
+    to_regular: torch.Tensor
+
+    def order(self, shifted: bool) -> WindowOrder:
+        return self.shifted if shifted else self.regular
+
+    def enter(self, x: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """(B, C, H, W) -> (B * H * W, C) tokens in the window order (a view first when channels-last)."""
+        tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        return tokens.index_select(0, self.order(shifted).order)
+
+    def switch(self, z: torch.Tensor, from_shifted: bool, to_shifted: bool) -> torch.Tensor:
+        """Tokens of one block's order regathered into the next block's order."""
+        if from_shifted == to_shifted:
+            return z
+        return z.index_select(0, self.to_shifted if to_shifted else self.to_regular)
+
+    def leave(self, z: torch.Tensor, shifted: bool, shape: torch.Size) -> torch.Tensor:
+        """Tokens back to a (B, C, H, W) map in channels-last memory layout (``shape`` is the map's)."""
+        b, c, h, w = shape
+        return z.index_select(0, self.order(shifted).inverse).view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+@lru_cache(maxsize=16)
+def _cached_windows(batch: int, height: int, width: int, window_size: int, device: torch.device,
+                    chunk_tokens: int | None) -> Windows:
+    # Normal tensors even when first asked for under inference mode: training reuses the cache.
+    with torch.inference_mode(False):
+        return _build_windows(batch, height, width, window_size, device, chunk_tokens)
+
+
+def _build_windows(batch: int, height: int, width: int, window_size: int, device: torch.device,
+                   chunk_tokens: int | None) -> Windows:
+    regular, shifted = (
+        _window_order(batch, height, width, window_size, flag, device, chunk_tokens) for flag in (False, True)
+    )
+    return Windows(regular, shifted, regular.inverse[shifted.order], shifted.inverse[regular.order])
+
+
+def windows_for(x: torch.Tensor, window_size: int) -> Windows:
+    """The cached :class:`Windows` of map ``x`` (B, C, H, W): chunked on the CPU, whole on accelerators."""
+    chunk_tokens = CPU_CHUNK_TOKENS if x.device.type == "cpu" else None
+    return _cached_windows(x.shape[0], x.shape[2], x.shape[3], window_size, x.device, chunk_tokens)
