@@ -9,13 +9,16 @@ patient identifier.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
+from pipeline.fusion.registry import Fuser
+from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_version
 from pipeline.visualization import fusion_panel
 
 
@@ -29,48 +32,102 @@ def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
     return None
 
 
+def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: float,
+                  checkpoint: str | Path | None = None) -> dict[str, str]:
+    """The params of an inference or evaluation run: what its fused images depend on.
+
+    ``model_version`` is the loaded weights' digest (the one in the DICOM provenance); ``checkpoint_sha256``
+    the checkpoint file's, when a model method loaded one.
+    """
+    params = {"method": ",".join(fusers), "windows": ",".join(windows), "suv_max": f"{suv_max:g}",
+              "software_version": SOFTWARE_VERSION}
+    params.update({f"model_version.{name}": fuser_version(fuser) for name, fuser in fusers.items()})
+    if checkpoint is not None and Path(checkpoint).is_file() and any(
+            fuser_version(fuser) != BASELINE_VERSION for fuser in fusers.values()):
+        params["checkpoint_sha256"] = file_digest(checkpoint)
+    return params
+
+
 class _RunIterationHandler:
-    """Base of the loggers: on each iteration, log into the MLflow run when there is one."""
+    """Base of the loggers: on each iteration, log into the MLflow run when there is one.
+
+    ``params`` are logged once, on the first iteration, when the run MONAI opened exists, and so is
+    the newest ``config_*.json`` in ``executed_config_dir``: the executed config MONAI's ``--tracking``
+    writes there. MONAI logs it itself only when ``output_dir`` is left to the config: overridden
+    (``--output_dir DIR``), its artifact path becomes ``"DIR + '/config_...'"``, which names no file.
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None,
+                 executed_config_dir: str | Path | None = None) -> None:
+        self.params = {name: str(value) for name, value in (params or {}).items()}
+        self.executed_config_dir = None if executed_config_dir is None else Path(executed_config_dir)
+        self._params_logged = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         found = find_mlflow_run(engine)
-        if found is not None:
-            self.log(engine, *found)
+        if found is None:
+            return
+        if not self._params_logged:
+            for name, value in self.params.items():
+                found[0].log_param(found[1], name, value[:500])
+            configs = sorted(self.executed_config_dir.glob("config_*.json")) if self.executed_config_dir else []
+            if configs:
+                found[0].log_artifact(found[1], str(configs[-1]))
+            self._params_logged = True
+        self.log(engine, *found)
 
     def log(self, engine: Engine, client: Any, run_id: str) -> None:
         raise NotImplementedError
 
 
 class MLflowSliceLogger(_RunIterationHandler):
-    """Per study: a CT | PET | fused picture and the fusion metrics of each scored slice.
+    """Per study: a CT | PET | fused picture and the fusion metrics of each scored slice, and their means.
 
     Reads what :class:`pipeline.engines.FusionSliceMetrics` put on ``engine.state.fusion_slices``
     for the iteration just finished (which slices: its ``every_k``) and what
     :class:`pipeline.engines.FusedVolumeWriter` put on ``engine.state.fusion_written`` (the NIfTI
-    files), and logs them as images, slice-indexed metrics and artifacts.
+    files), and logs them as images, artifacts and metrics. Names start with the metric and window,
+    the part a chart title keeps: ``<metric>.<window>.<method>.study<i>`` is a study's mean over its
+    scored slices (one value, what the run overview shows), ``....study<i>.slices`` the per-slice
+    series (step = slice index). The picture folders name the study by its hashed key.
     """
 
-    def __init__(self, log_volumes: bool = True) -> None:
+    def __init__(self, log_volumes: bool = True, params: Mapping[str, Any] | None = None,
+                 executed_config_dir: str | Path | None = None) -> None:
+        super().__init__(params, executed_config_dir)
         self.log_volumes = log_volumes
 
     def log(self, engine: Engine, client: Any, run_id: str) -> None:
+        studies: dict[str, list[dict[str, float]]] = {}
         for item in getattr(engine.state, "fusion_slices", []):
             self._log_slice(client, run_id, item)
+            studies.setdefault(_metric_prefix(item), []).append(item["metrics"])
+        for prefix, rows in studies.items():
+            finite = [dict(_finite(row)) for row in rows]
+            for name in rows[0]:
+                values = [row[name] for row in finite if name in row]
+                if values:
+                    client.log_metric(run_id, prefix.format(metric=name), float(np.mean(values)))
         if self.log_volumes:
             for path in getattr(engine.state, "fusion_written", []):
                 client.log_artifact(run_id, str(path), artifact_path=f"volumes/{Path(path).parent.name}")
 
     def _log_slice(self, client: Any, run_id: str, item: dict[str, Any]) -> None:
         index = item["slice_index"]
-        prefix = f"study{item['study_index']:03d}_{item['study_key']}/{item['window']}/{item['method']}"
+        folder = f"study{item['study_index']:03d}_{item['study_key']}/{item['window']}/{item['method']}"
         picture = fusion_panel(item["ct"], item["pet"], item["fused"])
-        client.log_image(run_id, picture, artifact_file=f"slices/{prefix}/slice_{index:04d}.png")
-        metric_prefix = prefix.replace("/", ".")
+        client.log_image(run_id, picture, artifact_file=f"slices/{folder}/slice_{index:04d}.png")
+        prefix = _metric_prefix(item)
         for name, value in _finite(item["metrics"]):
-            client.log_metric(run_id, f"{metric_prefix}.{name}", value, step=index)
+            client.log_metric(run_id, prefix.format(metric=name) + ".slices", value, step=index)
+
+
+def _metric_prefix(item: Mapping[str, Any]) -> str:
+    """``{metric}.<window>.<method>.study<i>``, with ``{metric}`` left to fill in."""
+    return f"{{metric}}.{item['window']}.{item['method']}.study{item['study_index']:03d}"
 
 
 def _finite(metrics: dict[str, float]) -> Iterable[tuple[str, float]]:
@@ -81,17 +138,17 @@ def _finite(metrics: dict[str, float]) -> Iterable[tuple[str, float]]:
 class MLflowTrainingLogger(_RunIterationHandler):
     """Every loss term of every iteration (D and G, adversarial and content), parameters, checkpoints.
 
-    MONAI's handler logs the single ``loss`` value; a GAN needs both players' curves to show it
-    did not collapse. ``params`` (the resolved hyper-parameters) are logged once, on the first
-    iteration, when the run MONAI opened exists. ``checkpoints`` (e.g. the best model) are logged
+    MONAI's handler logs the single ``loss`` value (as ``train_loss``; not logged again here); a GAN
+    needs both players' curves to show it did not collapse. ``params`` are the resolved
+    hyper-parameters. ``checkpoints`` (e.g. the best model) are logged
     as artifacts after each epoch in which they changed; validation, which writes the best model,
     runs before this handler at the end of an epoch.
     """
 
-    def __init__(self, params: dict[str, Any] | None = None, checkpoints: Sequence[str | Path] = ()) -> None:
-        self.params = {name: str(value) for name, value in (params or {}).items()}
+    def __init__(self, params: dict[str, Any] | None = None, checkpoints: Sequence[str | Path] = (),
+                 executed_config_dir: str | Path | None = None) -> None:
+        super().__init__(params, executed_config_dir)
         self.checkpoints = [Path(path) for path in checkpoints]
-        self._params_logged = False
         self._logged_versions: dict[Path, int] = {}
 
     def attach(self, engine: Engine) -> None:
@@ -110,11 +167,7 @@ class MLflowTrainingLogger(_RunIterationHandler):
                 self._logged_versions[path] = version
 
     def log(self, engine: Engine, client: Any, run_id: str) -> None:
-        if not self._params_logged:
-            for name, value in self.params.items():
-                client.log_param(run_id, name, value[:500])
-            self._params_logged = True
         output = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
-        scalars = {name: value for name, value in output.items() if isinstance(value, float)}
+        scalars = {name: value for name, value in output.items() if isinstance(value, float) and name != "loss"}
         for name, value in _finite(scalars):
             client.log_metric(run_id, f"train_{name}", value, step=engine.state.iteration)

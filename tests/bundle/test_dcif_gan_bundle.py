@@ -150,7 +150,7 @@ def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, 
     (run_info,) = client.search_runs([experiment.experiment_id])
     slices = client.list_artifacts(run_info.info.run_id, f"slices/study000_{key}/lung/dcif_gan")
     assert slices and all(a.path.endswith(".png") for a in slices)
-    assert client.get_metric_history(run_info.info.run_id, f"study000_{key}.lung.dcif_gan.QABF")
+    assert client.get_metric_history(run_info.info.run_id, "QABF.lung.dcif_gan.study000.slices")
     assert client.list_artifacts(run_info.info.run_id, f"volumes/{key}")
     logged = " ".join([run_info.info.run_name, *run_info.data.tags.values(), *run_info.data.params.values()])
     assert "PHANTOM" not in logged.upper()  # no patient name or ID reaches MLflow

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 from monai.handlers import MLFlowHandler
 
 from pipeline.tracking import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _engine(output) -> Engine:
@@ -48,8 +52,36 @@ def test_loggers_write_into_monais_run(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert run.data.params["variant"] == "network4"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train_d_loss")] == [0.5, 0.5]
-    (qabf,) = client.get_metric_history(run.info.run_id, "study000_abc123.lung.max.QABF")
+    (qabf,) = client.get_metric_history(run.info.run_id, "QABF.lung.max.study000.slices")
     assert qabf.step == 3 and qabf.value == 0.5
-    assert "study000_abc123.lung.max.PSNR" not in run.data.metrics  # inf is skipped, MLflow rejects it
+    assert run.data.metrics["QABF.lung.max.study000"] == 0.5  # the study's mean: what the overview shows
+    assert "PSNR.lung.max.study000.slices" not in run.data.metrics  # inf is skipped, MLflow rejects it
+    assert "train_loss" not in run.data.metrics  # MONAI's handler logs it (when asked to), not this one twice
     (picture,) = client.list_artifacts(run.info.run_id, "slices/study000_abc123/lung/max")
     assert picture.path.endswith("slice_0003.png")
+
+
+def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_path, tiny_datalist, tiny_phantom_root):
+    """The bundle's inference with a baseline and --tracking mlflow, read back as a user's MlflowClient would."""
+    from monai.bundle import run
+
+    configs = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
+    out = tmp_path / "out"
+    run("inference", config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), bundle_root=str(tmp_path), phantom_root=str(tiny_phantom_root),
+        output_dir=str(out), method="laplacian", windows=["lung"],
+        suv_max=12.0, every_k=8, tracking="mlflow")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_inference"]
+    (found,) = client.search_runs([experiment.experiment_id])
+    run_id, params = found.info.run_id, found.data.params
+
+    assert params["method"] == "laplacian" and params["windows"] == "lung" and params["suv_max"] == "12"
+    assert params["model_version.laplacian"] == "no weights" and params["software_version"].startswith("dcif-fusion")
+    study = f"QABF.lung.laplacian.study000"
+    assert len(client.get_metric_history(run_id, study)) == 1  # one study-level value
+    slices = client.get_metric_history(run_id, study + ".slices")
+    assert len(slices) >= 2 and len({m.step for m in slices}) == len(slices)  # one point per slice, none twice
+    assert np.isclose(found.data.metrics[study], np.mean([m.value for m in slices]))
+    artifacts = [a.path for a in client.list_artifacts(run_id)]
+    assert any(path.startswith("config_") and path.endswith(".json") for path in artifacts), artifacts
