@@ -86,6 +86,8 @@ class StudyResult:
     reason: str = ""
     slices: int = 0
     duplicate_instances: int = 0  # files dropped as second copies of an instance (same SOPInstanceUID)
+    ct_slices_without_pet: int = 0  # CT slices outside the PET's axial extent: blank in the output, not scored
+    pet_scaling: str = ""  # how PET intensities were scaled for display: an SUV type, or a relative scaling
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
@@ -104,7 +106,8 @@ class StudyResult:
         """Flat row: timings as ``<stage>_s``, metrics as ``<method>_<window>_<metric>``."""
         row: dict[str, object] = {"key": self.key, "status": self.status, "reason": self.reason,
                                   "location": self.location, "slices": self.slices,
-                                  "duplicate_instances": self.duplicate_instances}
+                                  "duplicate_instances": self.duplicate_instances,
+                                  "ct_slices_without_pet": self.ct_slices_without_pet, "pet_scaling": self.pet_scaling}
         row.update({f"{stage}_s": round(seconds, 3) for stage, seconds in self.timings.items()})
         row.update({f"{volume}_{name}": value
                     for volume, values in self.metrics.items() for name, value in values.items()})

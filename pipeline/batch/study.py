@@ -55,7 +55,8 @@ class StudyTask:
         """This study's row, its inputs named by the locator (no patient data)."""
         return StudyResult(key=self.pair.study_key, status=status, location=self.locator.location(self.pair.ct.folder),
                            reason=self.locator.redact(reason), slices=self.pair.ct.n_slices,
-                           duplicate_instances=self.pair.ct.duplicates + self.pair.pet.duplicates, **values)
+                           duplicate_instances=self.pair.ct.duplicates + self.pair.pet.duplicates,
+                           ct_slices_without_pet=self.pair.ct_slices_without_pet, **values)
 
     def failed(self, reason: str) -> StudyResult:
         """The failed result of this study, with a one-line reason."""
@@ -91,7 +92,7 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     _write_outputs(result, task, folder)
     timings["write"] = time.perf_counter() - start
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
-    return task.result(OK, timings=ordered, metrics=metrics)
+    return task.result(OK, timings=ordered, metrics=metrics, pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
 
 
 def process_study(task: StudyTask) -> StudyResult:

@@ -43,7 +43,7 @@ def fused_filename(window: str, method: str) -> str:
 
 
 # Preprocessing transforms by the stage a report names them with; the rest is windowing.
-_STAGES = {"LoadStudyd": "load", "PETToSUVd": "suv", "ResampleToReferenced": "resample"}
+_STAGES = {"LoadStudyd": "load", "PETToSUVd": "suv", "PETCoveraged": "resample", "ResampleToReferenced": "resample"}
 
 
 @dataclass
@@ -116,6 +116,9 @@ def fuse_study(
     network = FusionNetwork(fusers, windows)
     stacked = fuse_volume(network, data["image"], device=device, sw_batch_size=sw_batch_size, progress=progress)
     timings["fuse"] = time.perf_counter() - start
+    if "pet_slices" in data:  # CT slices the PET does not cover are blank, never a "fusion" of CT alone
+        with torch.inference_mode():  # fuse_volume's output is an inference tensor
+            stacked[..., ~data["pet_slices"].to(stacked.device)] = 0.0
     reference = data["ct"]
     fused = {}
     for channel, name in enumerate(network.channel_names):

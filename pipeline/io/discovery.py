@@ -157,9 +157,18 @@ class StudyPair:
     def study_key(self) -> str:
         return study_key(self.study_uid)
 
+    @property
+    def ct_slices_without_pet(self) -> int:
+        """CT slices outside the PET's axial extent (its outer slice faces): a shorter or z-shifted PET."""
+        low, high = self.pet.span_along(self.ct.normal)
+        half = (high - low) / (2 * (self.pet.n_slices - 1)) if self.pet.n_slices > 1 else 0.0
+        return sum(1 for z in self.ct.positions if z < low - half or z > high + half)
+
     def __str__(self) -> str:
+        missing = self.ct_slices_without_pet
         return (f"study {self.study_key}: CT {self.ct.n_slices} slices in {self.ct.folder}, "
-                f"PET {self.pet.n_slices} slices in {self.pet.folder}")
+                f"PET {self.pet.n_slices} slices in {self.pet.folder}"
+                + (f"; {missing} CT slices without PET (left blank, not scored)" if missing else ""))
 
 
 @dataclass(frozen=True)

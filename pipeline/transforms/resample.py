@@ -15,6 +15,7 @@ such as a bare GPU training host.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -131,4 +134,43 @@ class ResampleToReferenced(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.resampler(d[key], d[self.ref_key])
+        return d
+
+
+def covered_slices(img: MetaTensor, reference: MetaTensor) -> torch.Tensor:
+    """Bool ``(Z,)``: which axial slices of ``reference`` lie within ``img``'s axial extent.
+
+    Each reference slice's centre is mapped into ``img``'s voxel indices; it is covered when its slice
+    index lies inside ``img``'s voxels (to their outer faces, -0.5 to n - 0.5), as the resampler
+    interpolates there and fills 0 beyond: a PET shorter than, or shifted along z against, the CT.
+    """
+    n_x, n_y, n_z = reference.shape[1:]
+    centres = np.stack([np.full(n_z, (n_x - 1) / 2), np.full(n_z, (n_y - 1) / 2), np.arange(n_z), np.ones(n_z)])
+    world = np.asarray(reference.affine, float) @ centres
+    index = np.linalg.inv(np.asarray(img.affine, float)) @ world
+    inside = (index[2] >= -0.5) & (index[2] <= img.shape[-1] - 0.5)
+    return torch.as_tensor(inside, dtype=torch.bool)
+
+
+class PETCoveraged(MapTransform):
+    """``data[output_key]`` = :func:`covered_slices` of ``data[key]`` on ``data[ref_key]``; run before resampling.
+
+    A warning names the study and how many reference slices lack PET, since those slices show CT alone.
+    """
+
+    def __init__(self, keys: KeysCollection = "pet", ref_key: str = "ct", output_key: str = "pet_slices"):
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            flags = covered_slices(d[key], d[self.ref_key])
+            missing = int((~flags).sum())
+            if missing:
+                logger.warning("study %s: %d of %d CT slices lack PET (PET shorter than or shifted against the CT); "
+                               "they are left out of the fused output and the metrics", d.get("study_key", "?"),
+                               missing, flags.numel())
+            d[self.output_key] = flags
         return d

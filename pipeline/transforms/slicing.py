@@ -36,13 +36,16 @@ class BodySlicesd(MapTransform):
     """Flag the axial slices inside the body: ``data[output_key]`` = bool ``(Z,)`` from the HU CT ``data[key]``.
 
     Computed once with the preprocessing (and kept in the study cache), so slicing for training and
-    scoring for evaluation pick the same slices without needing the HU CT again.
+    scoring for evaluation pick the same slices without needing the HU CT again. ``within_key`` names
+    flags a slice must also carry (``pet_slices``: covered by the PET).
     """
 
     def __init__(self, keys: KeysCollection = "ct", output_key: str = "body_slices",
-                 threshold: float = DEFAULT_BODY_THRESHOLD_HU, min_fraction: float = DEFAULT_MIN_BODY_FRACTION):
+                 threshold: float = DEFAULT_BODY_THRESHOLD_HU, min_fraction: float = DEFAULT_MIN_BODY_FRACTION,
+                 within_key: str | None = None):
         super().__init__(keys)
         self.output_key = output_key
+        self.within_key = within_key
         self.threshold = threshold
         self.min_fraction = min_fraction
 
@@ -51,7 +54,7 @@ class BodySlicesd(MapTransform):
         for key in self.key_iterator(d):
             flags = torch.zeros(d[key].shape[-1], dtype=torch.bool)
             flags[body_slice_indices(d[key], self.threshold, self.min_fraction)] = True
-            d[self.output_key] = flags
+            d[self.output_key] = flags & d[self.within_key] if self.within_key else flags
         return d
 
 

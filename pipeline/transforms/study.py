@@ -5,7 +5,8 @@ network input here, so the same study gives the same fused output whichever door
 Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ceiling in [0, 1]),
 ``ct_<window>`` (each window in [0, 1]), ``image``: the network input, one channel per CT window
 followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry, and
-``body_slices``: a bool ``(Z,)`` flag per axial slice inside the body.
+``pet_slices``: a bool ``(Z,)`` flag per axial CT slice the PET covers, and ``body_slices``: the same per
+slice inside the body and covered by the PET (what is scored and shown).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from monai.transforms import Compose, ConcatItemsd
 
 from pipeline.transforms.loading import LoadStudyd
-from pipeline.transforms.resample import ResampleToReferenced
+from pipeline.transforms.resample import PETCoveraged, ResampleToReferenced
 from pipeline.transforms.slicing import BodySlicesd
 from pipeline.transforms.suv import PETToSUVd
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, WINDOW_PRESETS, CTWindowd, SUVScaled
@@ -49,10 +50,11 @@ def study_preprocessing(
         [
             LoadStudyd(keys=("ct", "pet")),
             PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units),
+            PETCoveraged(keys="pet", ref_key="ct", output_key="pet_slices"),
             ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
             SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
             *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
             ConcatItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
-            BodySlicesd(keys="ct", output_key="body_slices"),
+            BodySlicesd(keys="ct", output_key="body_slices", within_key="pet_slices"),
         ]
     )

@@ -251,6 +251,7 @@ class PETToSUV(Transform):
         uniform = bool(np.all(factor == factor[0]))
         suv = pet * float(factor[0]) if uniform else pet * torch.as_tensor(factor, dtype=pet.dtype)
         suv.meta = {**pet.meta, "Units": SUV_TYPES[self.suv_type], "suv_type": self.suv_type,
+                    "pet_scaling": SUV_TYPES[self.suv_type],
                     "suv_factor": float(factor[0]) if uniform else factor.tolist()}
         return suv
 

@@ -113,3 +113,15 @@ def test_slabs_give_the_same_result(monkeypatch):
     monkeypatch.setattr("pipeline.transforms.resample._SLAB_VOXELS", 5 * CT_SHAPE[1] * CT_SHAPE[2])
     in_slabs = ResampleToReference()(pet, ct)  # 24 x-columns in slabs of 5
     assert torch.equal(whole, in_slabs)
+
+
+@pytest.mark.parametrize("pet_z_mm, expected", [(0.0, [True] * 10), (-15.0, [True] * 5 + [False] * 5),
+                                                (12.0, [False] * 4 + [True] * 6)])
+def test_covered_slices_follow_the_pet_extent(pet_z_mm, expected):
+    from pipeline.transforms.resample import covered_slices
+
+    ct = MetaTensor(torch.zeros((1, 4, 4, 10)), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    pet_affine = torch.diag(torch.tensor([4.0, 4.0, 6.0, 1.0]))
+    pet_affine[2, 3] = 1.5 + pet_z_mm  # 5 PET slices of 6 mm, faces at -1.5 ... 28.5 mm before the shift
+    pet = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine)
+    assert covered_slices(pet, ct).tolist() == expected
