@@ -36,11 +36,13 @@ def study_preprocessing(
     dose_bq: float | None = None,
     resample_mode: str = "linear",
     units: str | None = None,
+    pet_factor: float | None = None,
 ) -> Compose:
     """Load, SUV, PET onto the CT grid, window the CT, scale the PET, stack the network input.
 
     ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them; ``units``
-    (e.g. BQML) states the PET's units where no header does (NIfTI input).
+    (e.g. BQML) states the PET's units where no header does (NIfTI input); ``pet_factor`` (pixels x
+    factor = SUVbw) replaces the units altogether, e.g. for PET in counts (else scaled relatively).
     """
     windows = list(windows)
     unknown = [window for window in windows if window not in WINDOW_PRESETS]
@@ -49,7 +51,7 @@ def study_preprocessing(
     return Compose(
         [
             LoadStudyd(keys=("ct", "pet")),
-            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units),
+            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units, factor=pet_factor),
             PETCoveraged(keys="pet", ref_key="ct", output_key="pet_slices"),
             ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
             SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),

@@ -14,6 +14,11 @@ by a re-reconstruction), then that slice's acquisition + mean count-rate time - 
 (GE: acquisition - FrameReferenceTime); NONE: each slice is decayed to its own acquisition plus the
 mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq. The injection time tolerates
 midnight and de-identified dates.
+
+PET without absolute units (CNTS, PROPCNTS, ... with no factor to Bq/ml) is still fused: divided by its
+99th percentile inside the body (voxels above 10% of the maximum) and multiplied by
+``RELATIVE_REFERENCE``, so that percentile shows as an SUV of 5 would. Units become ``relative``: never
+an SUV claim. ``factor=`` (pixels x factor = SUVbw) replaces that scaling when the user knows better.
 """
 
 from __future__ import annotations
@@ -37,8 +42,16 @@ logger = logging.getLogger(__name__)
 # SUV type (DICOM SUVType code) -> the Units our SUV volumes carry.
 SUV_TYPES = {"BW": "SUVbw", "LBMJAMES128": "SUVlbm", "IBW": "SUVibw", "BSA": "SUVbsa"}
 SUV_UNITS = SUV_TYPES["BW"]
+RELATIVE_UNITS = "relative"
+RELATIVE_PERCENTILE = 99.0
+RELATIVE_BODY_FRACTION = 0.1  # voxels above this fraction of the maximum are the body
+RELATIVE_REFERENCE = 5.0  # the percentile is shown as this SUV would be
 _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in MBq
 _ONE_DAY = timedelta(days=1)
+
+
+class NoAbsoluteUnits(InputError):
+    """PET whose units have no way to Bq/ml or SUV (counts): fusable with a relative scaling only."""
 
 
 def is_suv_units(units: object) -> bool:
@@ -115,8 +128,8 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
         return None, activity
     if suv is not None:
         return "BW", suv
-    raise InputError(f"{_source(meta)}: PET Units {found} cannot be converted to SUV "
-                     "(need BQML, GML, CM2ML or Philips scale factors)")
+    raise NoAbsoluteUnits(f"{_source(meta)}: PET Units {found} cannot be converted to SUV "
+                          "(need BQML, GML, CM2ML or Philips scale factors)")
 
 
 def _when(day: object, time_of_day: object) -> tuple[bool, datetime]:
@@ -236,16 +249,25 @@ class PETToSUV(Transform):
     """
 
     def __init__(self, weight_kg: float | None = None, dose_bq: float | None = None, units: str | None = None,
-                 suv_type: str = "BW"):
+                 suv_type: str = "BW", factor: float | None = None):
         if suv_type not in SUV_TYPES:
             raise ValueError(f"suv_type must be one of {sorted(SUV_TYPES)}, got {suv_type!r}")
+        if factor is not None and not factor > 0:
+            raise ValueError(f"factor must be positive, got {factor}")
         self.weight_kg = weight_kg
         self.dose_bq = dose_bq
         self.units = units
         self.suv_type = suv_type
+        self.factor = factor
 
-    def __call__(self, pet: MetaTensor) -> MetaTensor:
-        factor = suv_factor(pet.meta, self.weight_kg, self.dose_bq, self.units, self.suv_type)
+    def __call__(self, pet: MetaTensor, name: str | None = None) -> MetaTensor:
+        """``name`` (a study key) names the study in the warning about relative scaling."""
+        if self.factor is not None:
+            return _scaled(pet, self.factor, SUV_UNITS, f"{SUV_UNITS} (factor {self.factor:g} given by hand)")
+        try:
+            factor = suv_factor(pet.meta, self.weight_kg, self.dose_bq, self.units, self.suv_type)
+        except NoAbsoluteUnits as error:
+            return relative_pet(pet, name or _source(pet.meta), str(error))
         if factor.size not in (1, pet.shape[-1]):
             raise InputError(f"{_source(pet.meta)}: {factor.size} slice factors for {pet.shape[-1]} PET slices")
         uniform = bool(np.all(factor == factor[0]))
@@ -256,16 +278,36 @@ class PETToSUV(Transform):
         return suv
 
 
+def _scaled(pet: MetaTensor, factor: float, units: str, scaling: str) -> MetaTensor:
+    out = pet * factor
+    out.meta = {**pet.meta, "Units": units, "pet_scaling": scaling, "suv_factor": factor}
+    return out
+
+
+def relative_pet(pet: MetaTensor, name: str, why: str) -> MetaTensor:
+    """PET without absolute units scaled for display (see the module docstring), with a one-line warning."""
+    values = pet.detach().cpu().numpy()
+    body = values[values > RELATIVE_BODY_FRACTION * float(values.max())]
+    if body.size == 0:
+        raise InputError(f"{_source(pet.meta)}: PET holds no positive value to scale")
+    reference = float(np.percentile(body, RELATIVE_PERCENTILE))
+    scaling = f"relative: body p{RELATIVE_PERCENTILE:g} shown as SUV {RELATIVE_REFERENCE:g}"
+    logger.warning("study %s: PET has no absolute units (%s); fused with %s, not SUV", name,
+                   why.split(": ", 1)[-1], scaling)
+    return _scaled(pet, RELATIVE_REFERENCE / reference, RELATIVE_UNITS, scaling)
+
+
 class PETToSUVd(MapTransform):
     """Dictionary twin of :class:`PETToSUV` (default key ``"pet"``)."""
 
     def __init__(self, keys: KeysCollection = "pet", weight_kg: float | None = None, dose_bq: float | None = None,
-                 units: str | None = None, suv_type: str = "BW", allow_missing_keys: bool = False):
+                 units: str | None = None, suv_type: str = "BW", factor: float | None = None,
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.converter = PETToSUV(weight_kg, dose_bq, units, suv_type)
+        self.converter = PETToSUV(weight_kg, dose_bq, units, suv_type, factor)
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, MetaTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
+            d[key] = self.converter(d[key], d.get("study_key"))
         return d

@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import InputError
-from pipeline.transforms.suv import is_suv_units
+from pipeline.transforms.suv import RELATIVE_UNITS, is_suv_units
 
 # (width, level) in HU of the CT windows the method fuses with PET.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 40.0)}
@@ -58,7 +58,7 @@ class SUVScale(ClipScale):
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         units = img.meta.get("Units") if isinstance(img, MetaTensor) else None
-        if units and not is_suv_units(units):
+        if units and not (is_suv_units(units) or units == RELATIVE_UNITS):
             raise InputError(f"{img.meta.get('filename_or_obj', 'PET volume')}: PET is in {units}, not SUV "
                              "(apply PETToSUV first)")
         return super().__call__(img)

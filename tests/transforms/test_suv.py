@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -140,3 +141,19 @@ def test_dictionary_twin():
     out = PETToSUVd(keys="pet")({"pet": pet, "ct": "untouched"})
     assert out["pet"].meta["Units"] == "SUVbw" and out["ct"] == "untouched"
     assert torch.equal(out["pet"], pet)
+
+
+def test_pet_without_absolute_units_is_scaled_relatively_and_warns(caplog):
+    values = torch.arange(1000, dtype=torch.float32).reshape(1, 10, 10, 10)
+    pet = MetaTensor(values, affine=torch.eye(4), meta=_meta(Units="PROPCNTS", RadionuclideTotalDose=None))
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        out = PETToSUV()(pet, name="abc123")
+    body = values[values > 0.1 * 999]
+    assert float(out.max()) == pytest.approx(5.0 * 999 / float(np.percentile(body.numpy(), 99.0)), rel=1e-5)
+    assert out.meta["Units"] == "relative" and out.meta["pet_scaling"].startswith("relative: body p99")
+    (record,) = caplog.records
+    assert record.getMessage().startswith("study abc123: PET has no absolute units (PET Units PROPCNTS")
+    assert "\n" not in record.getMessage()
+    forced = PETToSUV(factor=0.01)(pet)
+    assert torch.allclose(forced, values * 0.01) and forced.meta["Units"] == "SUVbw"
+    assert "given by hand" in forced.meta["pet_scaling"]
