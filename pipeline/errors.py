@@ -27,17 +27,19 @@ def one_line_errors(program: str) -> None:
     """End an uncaught error in one line on stderr instead of a traceback, where we do not own the entry point.
 
     For ``python -m monai.bundle run``, whose parser wraps our errors in its own: the DcifError found
-    in the chain of causes is printed; any other error as its type and message. The exit status stays
-    non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback, for debugging.
+    in the chain of causes is printed, else the first error of the chain (the wrappers only say where
+    it surfaced) as its type and message. The exit status stays non-zero. ``DCIF_TRACEBACK=1`` keeps
+    the full traceback, for debugging.
     """
     if os.environ.get("DCIF_TRACEBACK"):
         return
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
-        cause: BaseException | None = error
-        while cause is not None and not isinstance(cause, DcifError):
-            cause = cause.__cause__ or cause.__context__
-        message = str(cause) if cause is not None else f"{kind.__name__}: {error}"
+        chain = [error]
+        while not isinstance(chain[-1], DcifError) and (chain[-1].__cause__ or chain[-1].__context__):
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        cause = chain[-1]
+        message = str(cause) if isinstance(cause, DcifError) else f"{type(cause).__name__}: {cause}"
         print(f"{program}: error: {' '.join(message.split())}", file=sys.stderr)
 
     sys.excepthook = hook

@@ -1,0 +1,35 @@
+"""The bundle workflows as a MONAI user runs them: errors are one line, NIfTI input takes the PET's units."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from monai.bundle import run
+
+from pipeline.phantom import make_phantom
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INFERENCE = REPO_ROOT / "bundles" / "dcif_gan" / "configs" / "inference.json"
+
+
+def test_a_missing_checkpoint_is_one_line_and_a_failed_exit(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFERENCE),
+                             "--checkpoint", str(tmp_path / "absent.pt"), "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("monai.bundle run inference: error: no dcif_gan checkpoint found at ")
+    assert "absent.pt" in last
+
+
+def test_nifti_input_takes_the_pet_units_from_the_config(tmp_path: Path, tiny_geometry: dict) -> None:
+    study = make_phantom(tmp_path / "phantom", ct_shape=tiny_geometry["size"], ct_spacing=tiny_geometry["spacing"])
+    out = tmp_path / "out"
+    run("inference", config_file=str(INFERENCE), input=str(study.ct_nifti.parent), output_dir=str(out),
+        method="laplacian", windows=["lung"], pet_units="GML")  # NIfTI holds no units: the PET is read as SUV
+
+    assert len(list(out.rglob("fused_laplacian_lung.nii.gz"))) == 1
