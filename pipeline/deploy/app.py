@@ -87,10 +87,14 @@ class DcifFusionApp(Application):
 
 
 def main() -> int:
-    """Run the app on ``sys.argv``; a :class:`DcifError` becomes its one-line message and exit status 1."""
+    """Run the app on ``sys.argv``; a :class:`DcifError`, or an OS error on the input or output folder
+    (unwritable, read-only, full disk), becomes one line and exit status 1."""
     try:
         DcifFusionApp().run()
     except DcifError as error:
         print(f"dcif-deploy: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"dcif-deploy: error: {error.filename or 'output'}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
