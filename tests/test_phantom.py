@@ -226,3 +226,22 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
 
 def _study_uid(folder: Path) -> str:
     return pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True).StudyInstanceUID
+
+
+def test_pet_is_a_merged_multi_bed_series(study: PhantomStudy, truth: dict) -> None:
+    """Several bed positions in one series: per-slice acquisition times and slopes; SUV still the design's."""
+    from pipeline.io.dicom import load_series
+    from pipeline.phantom.dicom_writer import bed_positions
+    from pipeline.phantom.study import PET_BED_MM, PET_BED_OVERLAP_MM
+    from pipeline.transforms.suv import PETToSUV
+
+    bqml, datasets = read_series(study.pet_dir)
+    z = np.array([float(ds.ImagePositionPatient[2]) for ds in datasets])
+    beds = bed_positions(z, PET_BED_MM, PET_BED_OVERLAP_MM)
+    times = [ds.AcquisitionTime for ds in datasets]
+    assert len(set(times)) == len(set(beds.tolist())) >= 2
+    assert min(times) == datasets[0].SeriesTime and len({ds.RescaleSlope for ds in datasets}) > 1
+    top_bed = z > z.max() - (PET_BED_MM - PET_BED_OVERLAP_MM)  # the first bed, acquired at the series start
+    assert {ds.AcquisitionTime for ds, first in zip(datasets, top_bed) if first} == {datasets[0].SeriesTime}
+    suv = PETToSUV()(load_series(study.pet_dir))
+    assert suv.meta["suv_factor"] == pytest.approx(1.0 / truth["pet"]["bqml_per_suv"], rel=1e-6)

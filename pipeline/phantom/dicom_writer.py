@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +68,31 @@ def write_ct_series(
     template.KVP = "120"
     template.ConvolutionKernel = "STANDARD"
     template.RescaleType = "HU"
-    _write_series(folder, series.name, volume, grid, template, on_slice)
+    _write_series(folder, series.name, volume, grid, template, on_slice, lambda ds, k: None)
+
+
+def bed_positions(z_mm: np.ndarray, bed_mm: float, overlap_mm: float) -> np.ndarray:
+    """Bed index of each slice of a head-first multi-bed scan merged into one series.
+
+    Beds ``bed_mm`` long, each overlapping the previous by ``overlap_mm``, from the highest slice down; a
+    slice in an overlap belongs to the bed whose centre is nearer, as scanners merge them.
+    """
+    step = bed_mm - overlap_mm
+    top = float(z_mm.max())
+    n_beds = max(1, int(np.ceil((top - float(z_mm.min()) - overlap_mm) / step)))
+    centres = top - bed_mm / 2 - step * np.arange(n_beds)
+    return np.abs(z_mm[:, None] - centres[None, :]).argmin(axis=1)
 
 
 def write_pet_series(
     folder: Path, volume: StoredVolume, grid: Grid, study: StudyHeader, series: SeriesHeader,
-    injection: Injection, on_slice: Callable[[], object],
+    injection: Injection, on_slice: Callable[[], object], beds: np.ndarray | None = None,
 ) -> None:
-    """PET Image Storage series in Bq/ml, decay-corrected to the series start, with the SUV headers."""
+    """PET Image Storage series in Bq/ml, decay-corrected to the series start, with the SUV headers.
+
+    ``beds`` (a bed index per slice, see :func:`bed_positions`) gives each slice its bed's
+    acquisition time and frame reference time, as a merged multi-bed series carries them.
+    """
     template = _template(study, series, grid, PositronEmissionTomographyImageStorage, "PT")
     template.ImageType = ["ORIGINAL", "PRIMARY"]
     template.SeriesType = ["WHOLE BODY", "IMAGE"]
@@ -93,7 +110,16 @@ def write_pet_series(
     template.NumberOfSlices = grid.shape[2]
     template.NumberOfTimeSlices = 1
     template.RadiopharmaceuticalInformationSequence = [_radiopharmaceutical(injection)]
-    _write_series(folder, series.name, volume, grid, template, on_slice)
+    frame_s = template.ActualFrameDuration / 1000.0
+    beds = np.zeros(grid.shape[2], dtype=int) if beds is None else beds
+
+    def per_slice(ds: Dataset, k: int) -> None:
+        ds.ImageIndex = k + 1  # the PET Image module requires it
+        start = series.start + timedelta(seconds=float(beds[k]) * frame_s)
+        ds.AcquisitionDate, ds.AcquisitionTime = _da(start), _tm(start)
+        ds.FrameReferenceTime = _ds(1000.0 * (float(beds[k]) * frame_s + frame_s / 2))
+
+    _write_series(folder, series.name, volume, grid, template, on_slice, per_slice)
 
 
 def _radiopharmaceutical(injection: Injection) -> Dataset:
@@ -162,9 +188,12 @@ def _template(study: StudyHeader, series: SeriesHeader, grid: Grid, sop_class: s
 
 
 def _write_series(
-    folder: Path, prefix: str, volume: StoredVolume, grid: Grid, template: Dataset, on_slice: Callable[[], object]
+    folder: Path, prefix: str, volume: StoredVolume, grid: Grid, template: Dataset, on_slice: Callable[[], object],
+    per_slice: Callable[[Dataset, int], None],
 ) -> None:
-    """One file per slice, ``<prefix>_0000.dcm`` upwards in z; leftovers of a longer earlier run are removed."""
+    """One file per slice, ``<prefix>_0000.dcm`` upwards in z; leftovers of a longer earlier run are removed.
+
+    ``per_slice(ds, k)`` sets what differs per slice beyond geometry and rescale."""
     folder.mkdir(parents=True, exist_ok=True)
     written = set()
     ds = template
@@ -172,8 +201,7 @@ def _write_series(
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[ds.SeriesInstanceUID, str(k)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
-        if ds.Modality == "PT":
-            ds.ImageIndex = k + 1  # the PET Image module requires it
+        per_slice(ds, k)
         ds.ImagePositionPatient = [_ds(grid.origin[0]), _ds(grid.origin[1]), _ds(z)]
         ds.SliceLocation = _ds(z)
         ds.RescaleIntercept = _ds(volume.intercept)

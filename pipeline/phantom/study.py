@@ -26,7 +26,13 @@ from tqdm import tqdm
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
 from pipeline.phantom.ct_image import NOISE_STD_HU, simulate_ct
-from pipeline.phantom.dicom_writer import SeriesHeader, StudyHeader, write_ct_series, write_pet_series
+from pipeline.phantom.dicom_writer import (
+    SeriesHeader,
+    StudyHeader,
+    bed_positions,
+    write_ct_series,
+    write_pet_series,
+)
 from pipeline.phantom.grid import LPS_TO_RAS, Grid
 from pipeline.phantom.injection import Injection
 from pipeline.phantom.nifti_writer import save_nifti
@@ -39,6 +45,9 @@ from pipeline.phantom.tissues import HU, suv_table
 INJECTED_AT = datetime(2024, 1, 15, 9, 0, 0)
 #: The CT is acquired this long before the PET series starts.
 CT_LEAD_S = 120.0
+#: Axial field of view of one PET bed position and the overlap of consecutive beds (mm).
+PET_BED_MM = 150.0
+PET_BED_OVERLAP_MM = 40.0
 #: Smallest PET in-plane matrix (a common clinical reconstruction size).
 PET_MATRIX = 128
 #: Default tumour radius (mm) and the relative jitter the seed applies to it.
@@ -76,6 +85,7 @@ def make_phantom(
     uptake_delay_s: float = 3600.0,
     write_nifti: bool = True,
     progress: bool = False,
+    bed_mm: float = PET_BED_MM,
 ) -> PhantomStudy:
     """Write a synthetic thorax FDG-PET/CT study (DICOM, optional NIfTI, truth.json) under ``out_dir``.
 
@@ -83,7 +93,9 @@ def make_phantom(
     patient-coordinate origin; the PET, by default at least 128x128 in-plane, covers the CT's
     extent with slices staggered against the CT's. The seed varies the anatomy, the tumour
     (a random lung, a radius of 12 mm +-15%) and the noise; ``tumour_centre_lps`` (mm) and
-    ``tumour_radius_mm`` pin the tumour. ``noise`` scales the CT and PET noise (0: noise-free).
+    ``tumour_radius_mm`` pin the tumour. ``noise`` scales the CT and PET noise (0: noise-free). The PET
+    is one series merged from bed positions ``bed_mm`` long overlapping by ``PET_BED_OVERLAP_MM``, head
+    first, each slice with its bed's acquisition time and its own RescaleSlope, as whole-body scans are.
     """
     root = Path(out_dir)
     ct_grid = Grid.centred(_shape(root, "ct_shape", ct_shape), _spacing(root, "ct_spacing", ct_spacing), (0, 0, 0))
@@ -94,6 +106,7 @@ def make_phantom(
                         ("injected_dose_bq", injected_dose_bq)):
         _require(value > 0, root, f"{name} must be positive, got {value}")
     _require(noise >= 0 and uptake_delay_s >= 0, root, "noise and uptake_delay_s must not be negative")
+    _require(bed_mm > 0, root, f"bed_mm must be positive, got {bed_mm}")
     _require(tumour_radius_mm is None or tumour_radius_mm > 0, root, "tumour_radius_mm must be positive")
 
     anatomy_rng, ct_rng, pet_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
@@ -136,7 +149,8 @@ def make_phantom(
         activity = StoredVolume.with_slope_per_slice(pet.suv * injection.bqml_per_suv)
         suv_0_to_6 = (3.0 * injection.bqml_per_suv, 6.0 * injection.bqml_per_suv)
         pet_series = SeriesHeader("pet", 3, "PET FDG AC (synthetic phantom)", injection.scan_start, suv_0_to_6)
-        write_pet_series(paths.pet_dir, activity, pet_grid, study, pet_series, injection, bar.update)
+        beds = bed_positions(pet_grid.axis(2), bed_mm, min(PET_BED_OVERLAP_MM, bed_mm / 2))
+        write_pet_series(paths.pet_dir, activity, pet_grid, study, pet_series, injection, bar.update, beds)
         if write_nifti:
             save_nifti(paths.pet_nifti, activity, pet_grid)
 
