@@ -78,7 +78,7 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.io.dicomweb import is_dicomweb_url
 
     checkpoint = args.checkpoint or BUNDLED_CHECKPOINT
-    given = {"suv_max": args.suv_max, "metric_slices": args.metric_slices}
+    given = {"suv_max": args.suv_max, "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
     options = BatchOptions(
         methods=tuple(args.method or [default_method(checkpoint)]), windows=tuple(args.window), device=args.device,
         checkpoint=str(checkpoint), **{key: value for key, value in given.items() if value is not None},
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dcif_gan weights (default: the bundle's models/model.pt)")
     batch.add_argument("--suv-max", type=float, default=None, metavar="X",
                        help="SUV shown at full PET intensity (default: the data path's, as in 'demo')")
+    batch.add_argument("--pet-factor", type=float, default=None, metavar="F",
+                       help="PET pixels x F = SUVbw, replacing the PET's units (e.g. counts, which are "
+                            "otherwise fused with a relative scaling)")
     batch.add_argument("--metric-slices", type=_at_least(0), default=None, metavar="N",
                        help="body slices, evenly spread, scored for the report's metrics; 0 = all "
                             "(default 32: scoring all costs about as much as fusing)")

@@ -40,6 +40,8 @@ def check_options(options: BatchOptions, engine: Engine) -> None:
         raise DcifError("--device cuda: no CUDA device is available on this machine")
     if not (math.isfinite(options.suv_max) and options.suv_max > 0):
         raise InputError(f"--suv-max must be a positive number, got {options.suv_max}")
+    if options.pet_factor is not None and not (math.isfinite(options.pet_factor) and options.pet_factor > 0):
+        raise InputError(f"--pet-factor must be a positive number, got {options.pet_factor}")
     # Builds the fusers (kept for an in-process run): an unknown method or a missing checkpoint fails now,
     # on the CPU where the studies run elsewhere (this machine may have no GPU).
     cached_fusers(options.methods, options.checkpoint, options.device if engine.in_process else "cpu")

@@ -39,6 +39,7 @@ class BatchOptions:
     sw_batch_size: int = 8
     metric_slices: int = DEFAULT_METRIC_SLICES  # 0: every body slice
     progress: bool = False
+    pet_factor: float | None = None  # pixels x factor = SUVbw, replacing the PET's units (e.g. counts)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     options = task.options
     fusers = cached_fusers(options.methods, options.checkpoint, options.device)
     result = fuse_study(task.pair, fusers, options.windows, suv_max=options.suv_max, device=options.device,
-                        sw_batch_size=options.sw_batch_size, progress=options.progress)
+                        sw_batch_size=options.sw_batch_size, progress=options.progress, pet_factor=options.pet_factor)
     timings = {"discover": task.discover_s, **result.timings}
     start = time.perf_counter()
     metrics = score_fused_study(result, options.windows, options.metric_slices)

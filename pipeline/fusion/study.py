@@ -99,6 +99,7 @@ def fuse_study(
     device: str | torch.device = "cpu",
     sw_batch_size: int = 8,
     progress: bool = False,
+    pet_factor: float | None = None,
 ) -> FusedStudy:
     """Preprocess ``study`` and fuse every window with every fuser, timing each stage.
 
@@ -107,7 +108,7 @@ def fuse_study(
     """
     timings: dict[str, float] = {}
     data: Any = study
-    for transform in study_preprocessing(windows, suv_max).transforms:
+    for transform in study_preprocessing(windows, suv_max, pet_factor=pet_factor).transforms:
         start = time.perf_counter()
         data = transform(data)
         stage = _STAGES.get(type(transform).__name__, "window")
