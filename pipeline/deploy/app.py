@@ -36,9 +36,14 @@ CHECKPOINT_NAME = BUNDLED_CHECKPOINT.name  # what a model folder (HOLOSCAN_MODEL
 
 
 def find_checkpoint(model_path: str | Path) -> Path | None:
-    """The checkpoint ``model_path`` names (a file, or a folder holding ``model.pt``), else the bundle's."""
+    """The checkpoint ``model_path`` names, else the bundle's.
+
+    ``model_path``: a file, a folder holding ``model.pt``, or the MAP packager's models folder (one
+    sub-folder per model; the first by name holding ``model.pt``).
+    """
     path = Path(model_path)
-    for candidate in (path, path / CHECKPOINT_NAME, BUNDLED_CHECKPOINT):
+    packaged = sorted(path.glob(f"*/{CHECKPOINT_NAME}")) if path.is_dir() else []
+    for candidate in (path, path / CHECKPOINT_NAME, *packaged, BUNDLED_CHECKPOINT):
         if candidate.is_file():
             return candidate
     return None

@@ -27,18 +27,29 @@ def _instructions() -> list[tuple[str, str]]:
             if line and not line.startswith("#")]
 
 
-def _entrypoint_module() -> str:
-    entrypoints = [json.loads(args) for name, args in _instructions() if name == "ENTRYPOINT"]
-    assert len(entrypoints) == 1
-    command = entrypoints[0]
-    assert command[:2] == ["python", "-m"], command
-    return command[2]
+APP_DIR = "/opt/holoscan/app"  # where the MAP packager puts the application folder
+
+
+def _copies() -> dict[str, str]:
+    """Destination -> source of the Dockerfile's single-source COPY instructions."""
+    pairs = [[w for w in shlex.split(args) if not w.startswith("--")] for name, args in _instructions() if name == "COPY"]
+    return {words[-1]: words[0] for words in pairs if len(words) == 2}
+
+
+def test_image_runs_the_app_folder_as_the_packager_lays_it_out():
+    (entrypoint,) = [json.loads(args) for name, args in _instructions() if name == "ENTRYPOINT"]
+    copies = _copies()
+    assert entrypoint == ["python", APP_DIR]
+    assert copies[f"{APP_DIR}/__main__.py"] == "pipeline/deploy/__main__.py"
+    assert copies[f"{APP_DIR}/pipeline"] == "pipeline"
+    assert copies["/opt/holoscan/models/dcif_gan"] == "bundles/dcif_gan/models"  # one folder per model
+    assert copies["/var/holoscan/app.yaml"] == "pipeline/deploy/app.yaml"
 
 
 def test_every_copied_path_exists():
     copies = [shlex.split(args) for name, args in _instructions() if name == "COPY"]
     sources = [source for words in copies for source in [w for w in words if not w.startswith("--")][:-1]]
-    assert "pipeline" in sources and "bundles/dcif_gan" in sources
+    assert "pipeline" in sources and "bundles/dcif_gan/models" in sources
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"Dockerfile copies {source}, which the repository lacks"
 
@@ -49,13 +60,15 @@ def test_image_is_cuda_runs_as_non_root_and_bakes_the_bundle():
     users = [args for name, args in instructions if name == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert any(name == "RUN" and "torch==2.13.0" in args for name, args in instructions)
-    assert any(name == "RUN" and "[deploy]" in args for name, args in instructions)
+    assert any(name == "RUN" and f"-r {APP_DIR}/requirements.txt" in args for name, args in instructions)
     env = " ".join(args for name, args in instructions if name == "ENV")
-    assert "HOLOSCAN_MODEL_PATH=/opt/dcif/bundles/dcif_gan/models" in env
+    for variable in ("HOLOSCAN_MODEL_PATH=/opt/holoscan/models", f"HOLOSCAN_APPLICATION={APP_DIR}",
+                     "HOLOSCAN_INPUT_PATH=/var/holoscan/input", "HOLOSCAN_OUTPUT_PATH=/var/holoscan/output"):
+        assert variable in env
 
 
 def test_entrypoint_module_imports_in_the_deploy_env(deploy_python):
-    module = _entrypoint_module()
+    module = "pipeline.deploy"  # the __main__.py the image runs
     code = (f"import importlib, importlib.util; assert importlib.util.find_spec('{module}.__main__'); "
             f"from {module}.app import DcifFusionApp; from monai.deploy.core import Application; "
             "assert issubclass(DcifFusionApp, Application)")
@@ -93,3 +106,15 @@ def test_entrypoint_without_the_sdk_names_the_missing_extra():
     assert done.returncode == 1
     assert done.stderr.strip() == ("dcif-deploy: error: monai.deploy is missing: install the deploy extra, "
                                    "pip install -e '.[deploy]'")
+
+
+def test_app_finds_the_model_where_the_packager_puts_it(deploy_python, tmp_path):
+    checkpoint = tmp_path / "models" / "dcif_gan" / "model.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    code = ("from pipeline.deploy.app import find_checkpoint; "
+            f"print(find_checkpoint({str(tmp_path / 'models')!r}))")
+    done = subprocess.run([str(deploy_python), "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(checkpoint)
