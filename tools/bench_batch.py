@@ -1,8 +1,10 @@
-"""Benchmark ``dcif fuse-batch``: studies per minute and seconds per study by stage.
+"""Benchmark ``dcif fuse-batch``: studies per minute, seconds per study by stage, and peak memory.
 
 Makes phantom PET/CT studies (default two 512 x 512 x 300 CTs at 0.977 x 0.977 x 1.0 mm, cached in
 the work folder), then runs the local engine with each worker count on each device and prints a
-markdown table naming the CPU (and GPU). A benchmark, not a test: nothing here asserts a time.
+markdown table naming the CPU (and GPU). Peak memory is the largest resident set of the batch (this
+process and its workers together, sampled), also as a multiple of one raw CT in float32. A benchmark,
+not a test: nothing here asserts a time.
 
     .venv/bin/python tools/bench_batch.py                      # full size, CPU (and CUDA if present)
     .venv/bin/python tools/bench_batch.py --size 128,128,64    # a quick run
@@ -11,8 +13,10 @@ markdown table naming the CPU (and GPU). A benchmark, not a test: nothing here a
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +56,37 @@ def make_studies(root: Path, count: int, size: tuple[int, ...], spacing: tuple[f
     return export
 
 
+def _resident_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants (Linux /proc; 0 where it cannot be read)."""
+    try:
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return 0
+    return rss + sum(map(_resident_bytes, children))
+
+
+class PeakMemory:
+    """Samples the resident memory of this process tree in a thread while the block runs."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s, self.peak, self._done = interval_s, 0, threading.Event()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval_s):
+            self.peak = max(self.peak, _resident_bytes(os.getpid()))
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def mean_stages(report: BatchReport) -> dict[str, float]:
     """Seconds per study by stage, averaged over the studies that ran."""
     ran = [result for result in report.studies if result.status == "ok"]
@@ -81,22 +116,26 @@ def main() -> None:
             out = args.work_dir / f"out_{device}_{workers}"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
-            report = run_batch(export, out, options, engine=LocalEngine(workers), progress=False)
+            with PeakMemory() as memory:
+                report = run_batch(export, out, options, engine=LocalEngine(workers), progress=False)
             wall = time.perf_counter() - start
             shutil.rmtree(out)
             counts = report.counts()
             print(f"{device}, {workers} worker(s): {counts} in {wall:.1f} s", flush=True)
-            rows.append((device, workers, counts["ok"] * 60.0 / wall, mean_stages(report)))
+            rows.append((device, workers, counts["ok"] * 60.0 / wall, memory.peak, mean_stages(report)))
 
     print(f"\n{args.studies} phantom studies, CT {args.size} at {args.spacing} mm, {args.method}, "
           f"windows {args.windows}; wall time includes worker start-up\n")
     for device in dict.fromkeys(row[0] for row in rows):
         print(f"- {device}: {device_name(device)}")
     print()
-    print("| device | workers | studies/min | " + " | ".join(f"{stage} s" for stage in STAGES) + " |")
-    print("|---|---|---|" + "---|" * len(STAGES))
-    for device, workers, per_minute, stages in rows:
-        print(f"| {device} | {workers} | {per_minute:.2f} | " + " | ".join(f"{stages[s]:.2f}" for s in STAGES) + " |")
+    raw_ct = 4 * size[0] * size[1] * size[2]  # one CT in float32
+    print("| device | workers | studies/min | peak memory GB | x raw CT | "
+          + " | ".join(f"{stage} s" for stage in STAGES) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(STAGES))
+    for device, workers, per_minute, peak, stages in rows:
+        print(f"| {device} | {workers} | {per_minute:.2f} | {peak / 1e9:.2f} | {peak / raw_ct:.1f} | "
+              + " | ".join(f"{stages[s]:.2f}" for s in STAGES) + " |")
 
 
 if __name__ == "__main__":
