@@ -239,3 +239,30 @@ def test_inspect_says_which_series_it_ignored_and_why(dicom_factory, capsys):
     assert "1 series ignored" in out
     (line,) = [line for line in out.splitlines() if line.strip().startswith("ignore")]
     assert "CT series ignored: our own fused output" in line
+
+
+def test_unlistable_folders_and_overlong_paths_are_problems_not_gaps(dicom_factory, monkeypatch):
+    import os
+
+    from pipeline.io import discovery
+
+    _pet_ct_study(dicom_factory)
+    root = dicom_factory.root
+    (root / "locked").mkdir()
+    long = root / "study" / f"{'x' * 200}.dcm"
+    long.write_bytes(b"")
+    scandir = os.scandir
+
+    def refusing(path):  # root reads every folder, so refusal is simulated
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    monkeypatch.setattr(discovery, "_MAX_PATH_BYTES", len(os.fsencode(long)))  # as if over 4096 bytes
+    result = discover_studies(root)
+
+    assert len(result.pairs) == 1
+    problems = {p.path.name: p.reason for p in result.problems}
+    assert "cannot read folder (Permission denied)" in problems["locked"]
+    assert "path longer than" in problems[long.name]
