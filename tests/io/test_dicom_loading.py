@@ -86,6 +86,20 @@ def test_earliest_acquisition_time(dicom_factory):
     assert meta["AcquisitionTime"] == "100000"
 
 
+def test_per_slice_pet_timing_and_philips_factors_in_slice_order(dicom_factory):
+    def per_slice(ds, k):
+        ds.AcquisitionTime, ds.FrameReferenceTime, ds.ActualFrameDuration = f"10{k:02d}00", 1000.0 * k, 60000
+        ds.add_new(0x70531000, "DS", f"{0.5 + k}")
+        ds.add_new(0x0009100D, "DT", "20240105095000")
+
+    meta = load_series(dicom_factory.series("pet", modality="PT", header=per_slice)).meta
+    assert [s["AcquisitionTime"] for s in meta["pet_slices"]] == ["100000", "100100", "100200", "100300"]
+    assert [s["FrameReferenceTime"] for s in meta["pet_slices"]] == [0.0, 1000.0, 2000.0, 3000.0]
+    assert [s["PhilipsSUVScale"] for s in meta["pet_slices"]] == [0.5, 1.5, 2.5, 3.5]
+    assert {s["ActualFrameDuration"] for s in meta["pet_slices"]} == {60000.0}
+    assert meta["GEDecayDateTime"] == "20240105095000"
+
+
 def test_regular_spacing_report(dicom_factory):
     report = load_series(dicom_factory.series("ct", modality="CT")).meta["spacing_report"]
     assert report == {"n_slices": 4, "step_mm": pytest.approx(3.0), "min_step_mm": pytest.approx(3.0),
