@@ -1,7 +1,7 @@
 """``dcif fuse-batch URL OUT_DIR``: the folder batch with a PACS as input and, optionally, output.
 
-QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/``
-(kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses them
+QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/`` (whole
+studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses them
 with its report, resume and per-study isolation, and with ``store`` the fused series of every study
 fused by this run go back by STOW-RS into their patient and study. A study the PACS will not give
 or take fails alone, with its reason in the report.

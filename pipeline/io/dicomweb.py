@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -20,14 +21,12 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
 from pipeline.errors import DcifError, InputError
-from pipeline.io.atomic import atomic_write
 from pipeline.io.discovery import study_key
 
 USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_PASSWORD", "DCIF_DICOMWEB_CREDENTIALS"
 STUDY_UID, MODALITIES_IN_STUDY = "0020000D", "00080061"
 PAIRED = {"CT", "PT"}
 MAX_STUDIES = 10_000  # one query never pages further than this
-COMPLETE_FILE = ".complete"  # written last into a fetched study's folder
 
 
 def is_dicomweb_url(text: str | os.PathLike[str]) -> bool:
@@ -79,17 +78,23 @@ def find_studies(client: DICOMwebClient, query: Mapping[str, str]) -> list[str]:
 
 
 def fetch_study(client: DICOMwebClient, study_uid: str, into: Path) -> Path:
-    """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept when fetched before."""
+    """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept when fetched before.
+
+    The files are written into a sibling staging folder first and moved in whole, so ``into``
+    holds complete studies only, even after a killed run.
+    """
     folder = into / study_key(study_uid)
-    if (folder / COMPLETE_FILE).is_file():
+    if folder.is_dir():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with _calling(client.base_url, f"WADO-RS retrieve of study {study_key(study_uid)}"):
+    staging = into.parent / f"{into.name}-partial" / folder.name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with _calling(client.base_url, f"WADO-RS retrieve of study {folder.name}"):
         instances = client.retrieve_study(study_uid)
     for index, dataset in enumerate(instances):
-        with atomic_write(folder / f"{index:05d}.dcm") as temporary:
-            dataset.save_as(temporary, enforce_file_format=True)
-    (folder / COMPLETE_FILE).touch()
+        dataset.save_as(staging / f"{index:05d}.dcm", enforce_file_format=True)
+    into.mkdir(parents=True, exist_ok=True)
+    staging.rename(folder)
     return folder
 
 

@@ -87,6 +87,7 @@ def test_fused_series_go_back_once_into_the_source_study(tmp_path: Path, orthanc
     fresh = _run(orthanc, tmp_path / "fresh", batch_options)  # redone: the same UIDs, the PACS keeps one copy
 
     assert first.counts() == {"ok": 1, "failed": 0, "skipped": 0} and again.counts()["skipped"] == 1
+    assert first.unreadable_files == []  # the fetched folder holds the study's DICOM files only
     assert fresh.counts()["ok"] == 1
     series = _fused_series(orthanc, pacs_study)
     assert len(series) == 2  # grey and colour, laplacian x lung, once
