@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from collections.abc import Hashable, Mapping
+
+from monai.data import MetaTensor
 from monai.transforms import Compose, ConcatItemsd
 
 from pipeline.transforms.loading import LoadStudyd
@@ -22,6 +25,25 @@ from pipeline.transforms.suv import PETToSUVd
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, WINDOW_PRESETS, CTWindowd, SUVScaled
 
 DEFAULT_WINDOWS = ("lung", "mediastinal")
+
+
+class StackItemsd(ConcatItemsd):
+    """MONAI's ``ConcatItemsd`` whose inputs then become views of their channels in the stack.
+
+    The windowed CTs and the scaled PET are otherwise kept twice (alone and in ``image``): at
+    512 x 512 x 300 that is 0.3 GiB a copy.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = super().__call__(data)
+        start = 0
+        for key in self.key_iterator(d):
+            alone, channels = d[key], d[key].shape[self.dim]
+            d[key] = d[self.name].narrow(self.dim, start, channels)
+            if isinstance(alone, MetaTensor):
+                d[key].meta = alone.meta  # the view keeps its own item's meta (the stack has the first's)
+            start += channels
+        return d
 
 
 def window_key(window: str) -> str:
@@ -56,7 +78,7 @@ def study_preprocessing(
             ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
             SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
             *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
-            ConcatItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
+            StackItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
             BodySlicesd(keys="ct", output_key="body_slices", within_key="pet_slices"),
         ]
     )

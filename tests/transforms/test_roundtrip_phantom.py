@@ -98,3 +98,17 @@ def test_slices_round_trip(volumes):
                                          "ct": volumes["ct"]})
     kept = [s["slice_index"] for s in slices]
     assert torch.equal(out["fused"][..., kept], volumes["pet"][..., kept].as_tensor())
+
+
+def test_stacked_items_are_views_of_the_network_input():
+    import torch
+    from monai.data import MetaTensor
+
+    from pipeline.transforms.study import StackItemsd
+
+    data = {"ct_lung": MetaTensor(torch.ones(1, 2, 2, 2), meta={"Units": "HU"}),
+            "pet_scaled": MetaTensor(torch.full((1, 2, 2, 2), 0.5), meta={"Units": "SUVbw"})}
+    out = StackItemsd(keys=["ct_lung", "pet_scaled"], name="image", dim=0)(data)
+    assert out["image"].shape == (2, 2, 2, 2)
+    assert out["pet_scaled"].data_ptr() == out["image"][1].data_ptr()  # no second copy
+    assert torch.equal(out["pet_scaled"], data["pet_scaled"]) and out["pet_scaled"].meta["Units"] == "SUVbw"
