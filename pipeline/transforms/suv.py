@@ -70,6 +70,14 @@ def _header(meta: Mapping[str, object], keyword: str, why: str = "SUV") -> objec
     return value
 
 
+def _half_life(meta: Mapping[str, object]) -> float:
+    """RadionuclideHalfLife in s; 0, negative or NaN (a broken header) would divide by zero or poison SUV."""
+    value = float(_header(meta, "RadionuclideHalfLife"))
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{_source(meta)}: RadionuclideHalfLife {value} s must be a positive number for SUV")
+    return value
+
+
 def normaliser(meta: Mapping[str, object], suv_type: str, weight_kg: float | None = None) -> float:
     """N of ``suv_type`` in g (cm^2 for BSA) from the patient's weight, size (m) and sex.
 
@@ -189,7 +197,7 @@ def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
                    "first acquisition", _source(meta))
     offset = -_frame_s(first, "FrameReferenceTime")
     if "GE" not in str(meta.get("Manufacturer", "")).upper().split():
-        offset += mean_count_time(_frame_s(first, "ActualFrameDuration"), float(_header(meta, "RadionuclideHalfLife")))
+        offset += mean_count_time(_frame_s(first, "ActualFrameDuration"), _half_life(meta))
     return dated, earliest + timedelta(seconds=offset)
 
 
@@ -202,7 +210,7 @@ def decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
         raise InputError(f"{_source(meta)}: unsupported DecayCorrection {correction} (need START, ADMIN or NONE)")
     if correction == "START":
         return np.array([_seconds_since_injection(meta, _start_reference(meta))])
-    half_life = float(_header(meta, "RadionuclideHalfLife"))
+    half_life = _half_life(meta)
     seconds = []
     for item in _slices(meta):
         dated, moment = _acquisition(item, meta)
@@ -237,7 +245,7 @@ def suv_factor(meta: Mapping[str, object], weight_kg: float | None = None, dose_
         return scale * target / normaliser(meta, source_type, weight_kg)
     dose = injected_dose(meta, dose_bq)
     decay = decay_seconds(meta)
-    half_life = float(_header(meta, "RadionuclideHalfLife")) if np.any(decay) else 1.0
+    half_life = _half_life(meta) if np.any(decay) else 1.0
     decayed = dose * np.exp(-math.log(2.0) * decay / half_life)
     return scale * target / decayed
 

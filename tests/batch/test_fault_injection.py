@@ -68,6 +68,13 @@ def _nan_slope(study: Path, _: Path, rewrite) -> None:
     rewrite(_files(study, "PET")[10:11], RescaleSlope="NaN")
 
 
+def _zero_half_life(study: Path, _: Path, rewrite) -> None:
+    for path in _files(study, "PET"):
+        ds = pydicom.dcmread(path)
+        ds.RadiopharmaceuticalInformationSequence[0].RadionuclideHalfLife = "0"
+        ds.save_as(path)
+
+
 def _huge_matrix(study: Path, _: Path, rewrite) -> None:
     rewrite(_files(study, "CT")[:1], Rows=65535, Columns=65535)
 
@@ -89,6 +96,7 @@ HOSTILE = {
     "truncated_pet": (_truncate_pet, "failed", "missing slices"),
     "nan_slope": (_nan_slope, "failed", "pet_0010.dcm: RescaleSlope NaN is not a finite number"),
     "huge_matrix": (_huge_matrix, "failed", "65535x65535 pixels exceed"),
+    "zero_half_life": (_zero_half_life, "failed", "zero_half_life/dicom/PET: RadionuclideHalfLife 0.0 s must be a positive"),
     "exported_twice": (_exported_twice, "ok", ""),
     "latin1_name": (_latin1_name, "ok", ""),
 }
