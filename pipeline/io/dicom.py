@@ -168,14 +168,18 @@ def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]
 
 
 def _pet_slice(dataset: Dataset, acquisition: tuple[str, str] | None) -> dict[str, object] | None:
-    """What per-slice SUV needs of a PET slice: its acquisition date and time, frame timing, Philips factors."""
+    """What per-slice SUV needs of a PET slice: its acquisition date and time, frame timing, Philips factors.
+
+    Absent fields are left out rather than None, so the meta still collates in a MONAI DataLoader.
+    """
     if dataset.get("Modality") != "PT":
         return None
-    found: dict[str, object] = dict(zip(("AcquisitionDate", "AcquisitionTime"), acquisition or (None, None)))
+    found: dict[str, object] = dict(zip(("AcquisitionDate", "AcquisitionTime"), acquisition or ()))
     for name, tag in PET_SLICE_TAGS.items():
         element = dataset.get(tag)
         value = getattr(element, "value", element)
-        found[name] = float(value) if value not in (None, "", b"") else None
+        if value not in (None, "", b""):
+            found[name] = float(value)
     return found
 
 

@@ -112,3 +112,16 @@ def test_stacked_items_are_views_of_the_network_input():
     assert out["image"].shape == (2, 2, 2, 2)
     assert out["pet_scaled"].data_ptr() == out["image"][1].data_ptr()  # no second copy
     assert torch.equal(out["pet_scaled"], data["pet_scaled"]) and out["pet_scaled"].meta["Units"] == "SUVbw"
+
+
+def test_preprocessed_study_collates_in_a_monai_dataloader(study):
+    """The bundle's workflows batch the preprocessed study: its meta (per-slice PET timing too) must collate."""
+    from monai.data import DataLoader, Dataset
+
+    from pipeline.transforms.study import study_preprocessing
+
+    root, _ = study
+    (pair,) = discover_studies(root).pairs
+    batch = next(iter(DataLoader(Dataset([pair], transform=study_preprocessing()), batch_size=1)))
+    assert batch["image"].shape[:2] == (1, 3)
+    assert len(batch["pet"].meta["pet_slices"]) == pair.pet.n_slices
