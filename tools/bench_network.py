@@ -1,26 +1,27 @@
-"""Benchmark the DCIF-GAN generator: forward time, peak memory and parameter counts.
+"""Benchmark the DCIF-GAN generator against the hardware: GFLOP/s, efficiency, scaling, memory.
 
-Each (variant, device, dtype, batch) cell runs in a fresh subprocess, so its peak memory is its
-own: on CPU the rise of the process high-water mark VmHWM (reset through /proc/self/clear_refs)
-over the resident size before the first full-size forward (Python-level tracers cannot see torch's
-buffers), on CUDA ``torch.cuda.max_memory_allocated`` over the allocation before it. That first call
-is also the warm-up; the timed calls follow it. Forward passes run the generator's single-tensor call (what inference
-uses) under ``torch.inference_mode``; bf16 uses autocast. The ratio column compares time per slice
-with the first variant's float32 batch-1 cell on the same device (by default network1, CNN only).
+For each network configuration, slice size, batch and device, one fresh subprocess measures the
+generator's forward (inference mode, the single-tensor call inference uses): GFLOP per slice
+(``torch.utils.flop_counter``, which counts convolutions and linear layers but not the attention
+kernel, so attention time is pure overhead in these rates), ms per slice, achieved GFLOP/s, peak
+memory, and the float32 2048 x 2048 matmul rate measured right before and after the cell in the
+same process: the efficiency column is achieved / matmul. ``--reference`` adds the same network
+run through MONAI's own Swin blocks (the layout before the fast path) for a speed-up ratio, and the
+pixel average is the floor every fuser pays. A benchmark, not a test: nothing asserts a time.
 
-    .venv/bin/python tools/bench_network.py                       # CPU, plus CUDA when present
-    .venv/bin/python tools/bench_network.py --variants network4 --batches 1 --repeats 1 --threads 1
+    .venv/bin/python tools/bench_network.py                                   # CPU, 2 threads
+    .venv/bin/python tools/bench_network.py --configs paper --sizes 512 --batches 1 --reference
+    .venv/bin/python tools/bench_network.py --devices cuda --dtypes float32 bf16 --batches 1 32
 
-On a CPU shared with other jobs, ``--threads 1`` gives steadier numbers: with more threads than
-free cores, every small kernel waits on the busiest one.
+Configurations: ``shipped`` (width 16, 2 heads, depths 2/2/1), ``paper`` (width 32, 4 heads, depths
+4/4/2, the paper's block counts), ``swinfusion`` (width 60, 6 heads, depths 4/4/2, SwinFusion's
+size built from our blocks); all Network4, window 8, MLP ratio 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,139 +30,176 @@ from statistics import median
 
 import torch
 
-from pipeline.networks import DCIFGAN, count_parameters
-
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "shipped": {"width": 16, "num_heads": 2, "depths": (2, 2, 1)},
+    "paper": {"width": 32, "num_heads": 4, "depths": (4, 4, 2)},
+    "swinfusion": {"width": 60, "num_heads": 6, "depths": (4, 4, 2)},
+}
 DTYPES = {"float32": None, "bf16": torch.bfloat16}
 
 
 def _status_kib(field: str) -> int:
-    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def measure(
-    variant: str, device: str, dtype: str, batch: int, size: int, repeats: int, threads: int | None, model_kwargs: dict
-) -> dict:
-    """Median seconds per forward call and peak memory (MiB) of one cell; run in its own process."""
+def matmul_rate(device: str) -> float:
+    """float32 GFLOP/s of a 2048 x 2048 matmul on ``device`` (median of 3 after a warm-up)."""
+    a = torch.rand(2048, 2048, device=device)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        a @ a
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * 2048**3 / median(times[1:]) / 1e9
+
+
+def _network(config: str, layout: str, device: str) -> torch.nn.Module:
+    from pipeline.networks import DCIFGAN
+
+    torch.manual_seed(0)
+    generator = DCIFGAN("network4", window_size=8, mlp_ratio=2.0, **CONFIGS[config]).generator
+    if layout == "monai":
+        sys.path.insert(0, str(REPO))
+        from tests.networks.monai_reference import reference_generator
+
+        generator = reference_generator(generator)
+    return generator.to(device).eval()
+
+
+def measure(config: str, layout: str, device: str, dtype: str, batch: int, size: int, repeats: int,
+            threads: int | None, compile: bool) -> dict:
+    """One cell, in its own process so its peak memory is its own."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    generator = DCIFGAN(variant, **model_kwargs).generator.to(device).eval()
     cuda = device.startswith("cuda")
+    if layout == "average":
+        network = lambda x: x.mean(1, keepdim=True)  # noqa: E731 - the pixel-average fuser's whole cost
+    else:
+        network = _network(config, layout, device)
+        if compile:
+            network = torch.compile(network)
 
     def forward(x: torch.Tensor) -> None:
         autocast = torch.autocast(device.split(":")[0], DTYPES[dtype], enabled=dtype != "float32")
         with torch.inference_mode(), autocast:
-            generator(x)
+            network(x)
         if cuda:
             torch.cuda.synchronize()
 
-    forward(torch.rand(1, 2, 16, 16, device=device))  # load kernels and libraries outside the measurement
     x = torch.rand(batch, 2, size, size, device=device)
+    with FlopCounterMode(display=False) as counter:  # counted on the fast layout, so every layout shares it
+        counted = network if layout != "monai" else _network(config, "fast", device)
+        with torch.inference_mode():
+            counted(x[:1])
+    rate_before = matmul_rate(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
         baseline = _status_kib("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM from the current RSS
-    forward(x)  # first full-size call: its peak is the one reported; also the timing warm-up
+    forward(x)  # warm-up at full size (and compilation); its peak is the one reported
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         forward(x)
         times.append(time.perf_counter() - start)
-    return {"seconds": median(times), "peak_mib": (peak - baseline) / 2**20}
+    rate = (rate_before + matmul_rate(device)) / 2
+    return {"seconds": median(times), "peak_mib": (peak - baseline) / 2**20,
+            "gflop": counter.get_total_flops() / 1e9, "matmul": rate}
 
 
-def _run_cell(args: argparse.Namespace, variant: str, device: str, dtype: str, batch: int) -> dict:
-    cell = {"variant": variant, "device": device, "dtype": dtype, "batch": batch}
-    request = {**cell, "size": args.size, "repeats": args.repeats, "threads": args.threads}
-    request["model_kwargs"] = _model_kwargs(args)
-    done = subprocess.run(
-        [sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True, check=True
-    )
-    return {**cell, **json.loads(done.stdout.strip().splitlines()[-1])}
-
-
-def _model_kwargs(args: argparse.Namespace) -> dict:
-    return {
-        "width": args.width,
-        "num_heads": args.heads,
-        "window_size": args.window,
-        "mlp_ratio": args.mlp_ratio,
-    }
-
-
-def _device_name(device: str, threads: int) -> str:
+def _device_name(device: str, threads: int | None) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {threads} torch threads, load average {os.getloadavg()[0]:.1f}"
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU")
+    return f"{model}, {threads or torch.get_num_threads()} torch threads"
 
 
-def _table(args: argparse.Namespace, cells: list[dict]) -> str:
-    params = {}
-    for variant in args.variants:
-        model = DCIFGAN(variant, **_model_kwargs(args))
-        params[variant] = (count_parameters(model.generator), count_parameters(model.d1, model.d2))
-    baselines = {}
-    for c in cells:
-        if c["variant"] == args.variants[0] and c["dtype"] == "float32" and c["batch"] == 1:
-            baselines.setdefault(c["device"], c["seconds"])
-    threads = args.threads or torch.get_num_threads()
-    devices = "; ".join(f"{d} = {_device_name(d, threads)}" for d in dict.fromkeys(c["device"] for c in cells))
+def _run_cell(request: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
+    return {**request, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def _table(cells: list[dict], args: argparse.Namespace) -> str:
+    reference = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
+                 for c in cells if c["layout"] == "monai"}
+    single = {(c["config"], c["layout"], c["device"], c["dtype"], c["size"]): c["seconds"]
+              for c in cells if c["batch"] == 1}
+    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in dict.fromkeys(c["device"] for c in cells))
     lines = [
-        f"DCIF-GAN generator forward, {args.size}x{args.size} slice pairs, width {args.width}, "
-        f"{args.heads} heads, window {args.window}, MLP ratio {args.mlp_ratio}; median of {args.repeats} "
-        f"after 1 warm-up. Devices: {devices}.",
+        f"DCIF-GAN generator forward (Network4, window 8), median of {args.repeats} after a warm-up. {devices}. "
+        "Efficiency = achieved GFLOP/s / float32 matmul GFLOP/s measured in the same process. "
+        "x MONAI = time of MONAI's blocks / time of this layout. x batch 1 = per-slice time / batch-1 per-slice time.",
         "",
-        "| variant | device | dtype | batch | ms / call | ms / slice | x baseline | peak MiB "
-        "| G params | D params | total |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| config | layout | device | dtype | size | batch | GFLOP/slice | ms/slice | GFLOP/s | matmul GFLOP/s "
+        "| efficiency | x MONAI | x batch 1 | peak MiB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
-        g, d = params[c["variant"]]
         per_slice = c["seconds"] / c["batch"]
-        ratio = per_slice / baselines[c["device"]] if c["device"] in baselines else float("nan")
+        gflop_s = c["gflop"] / per_slice
+        ref = reference.get((c["config"], c["device"], c["dtype"], c["batch"], c["size"]))
+        speedup = f"{ref / c['seconds']:.2f}" if ref and c["layout"] == "fast" else ""
+        one = single.get((c["config"], c["layout"], c["device"], c["dtype"], c["size"]))
+        batch_ratio = f"{per_slice / one:.2f}" if one else ""
         lines.append(
-            f"| {c['variant']} | {c['device']} | {c['dtype']} | {c['batch']} | {1e3 * c['seconds']:.0f} | "
-            f"{1e3 * per_slice:.0f} | {ratio:.2f} | {c['peak_mib']:.0f} | {g:,} | {d:,} | {g + d:,} |"
+            f"| {c['config'] if c['layout'] != 'average' else '-'} | {c['layout']} | {c['device']} | {c['dtype']} "
+            f"| {c['size']} | {c['batch']} | {c['gflop']:.2f} | {1e3 * per_slice:.1f} | {gflop_s:.1f} "
+            f"| {c['matmul']:.0f} | {gflop_s / c['matmul']:.3f} | {speedup} | {batch_ratio} | {c['peak_mib']:.0f} |"
         )
+    fast = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
+            for c in cells if c["layout"] == "fast"}
+    for (config, device, dtype, batch, size), seconds in fast.items():
+        if size == 512 and (config, device, dtype, batch, 256) in fast:
+            lines.append(f"\n{config} {device} {dtype} batch {batch}: 512x512 time / 256x256 time = "
+                         f"{seconds / fast[(config, device, dtype, batch, 256)]:.2f} (4.00 is linear in pixels)")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["network1", "network4"])
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="default: float32 on CPU, both on CUDA")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["shipped", "paper", "swinfusion"])
+    parser.add_argument("--devices", nargs="+", default=["cpu"])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 356, 512])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--size", type=int, default=356)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--width", type=int, default=48)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--mlp-ratio", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
+    parser.add_argument("--reference", action="store_true", help="also time MONAI's own blocks (slow)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast network")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: measure one cell in this process
     args = parser.parse_args()
-
     if args.cell:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
+
+    layouts = ["fast", "monai"] if args.reference else ["fast"]
     cells = []
     for device in args.devices:
-        dtypes = args.dtypes or (["float32", "bf16"] if device.startswith("cuda") else ["float32"])
-        for variant in args.variants:
-            for dtype in dtypes:
+        for dtype in args.dtypes:
+            for size in args.sizes:
                 for batch in args.batches:
-                    cells.append(_run_cell(args, variant, device, dtype, batch))
-                    print(f"measured {cells[-1]}", file=sys.stderr)
-    print(_table(args, cells))
+                    jobs = [("-", "average")] + [(config, layout) for config in args.configs for layout in layouts]
+                    for config, layout in jobs:
+                        request = {"config": config, "layout": layout, "device": device, "dtype": dtype,
+                                   "batch": batch, "size": size, "repeats": args.repeats,
+                                   "threads": args.threads, "compile": args.compile}
+                        cells.append(_run_cell(request))
+                        print(f"measured {cells[-1]}", file=sys.stderr, flush=True)
+    print(_table(cells, args))
 
 
 if __name__ == "__main__":

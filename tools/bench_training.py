@@ -1,0 +1,135 @@
+"""Benchmark one DCIF-GAN training iteration (D step then G step) of the engine, fast layout vs before.
+
+Each cell runs ``FusionGANTrainer`` for a few iterations on random crops in its own process and
+reports the median seconds per iteration. ``before`` is the engine as it was until the fast path:
+MONAI's own Swin blocks (tests/networks/monai_reference.py) and two generator forwards per
+iteration (one without gradients for the D step, one for the G step); ``fast`` is the product's
+layout with one forward. The ratio column is before / fast, measured in the same run. A benchmark,
+not a test: nothing asserts a time.
+
+    .venv/bin/python tools/bench_training.py                         # CPU, batch 8, 64 and 128 crops
+    .venv/bin/python tools/bench_training.py --devices cuda --amp --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench_network import CONFIGS, _device_name, _network  # noqa: E402
+
+
+def _before_iteration(engine, batchdata):
+    """The engine's iteration before the fast path: a no-grad forward for D, another for G."""
+    ct, pet = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+    streams, d1, d2 = engine.players
+    with torch.no_grad(), engine._autocast():
+        f_ct, f_pet = streams(ct, pet)
+    engine.d_optimizer.zero_grad(set_to_none=True)
+    with engine._autocast():
+        d_terms = engine.d_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+    d_terms["total"].backward()
+    engine.d_optimizer.step()
+    engine.g_optimizer.zero_grad(set_to_none=True)
+    with engine._autocast():
+        f_ct, f_pet = streams(ct, pet)
+        g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+    g_terms["total"].backward()
+    engine.g_optimizer.step()
+    return {"loss": g_terms["total"].item()}
+
+
+def measure(config: str, layout: str, device: str, batch: int, crop: int, iterations: int, threads: int,
+            amp: bool) -> dict:
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+
+    from pipeline.engines import FusionGANTrainer
+    from pipeline.losses import DiscriminatorLoss, GeneratorLoss
+    from pipeline.networks import DCIFGAN
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gan = DCIFGAN("network4", window_size=8, mlp_ratio=2.0, **CONFIGS[config]).to(device)
+    if layout == "before":
+        gan.generator = _network(config, "monai", device).train()
+    items = [{"ct": torch.rand(1, crop, crop), "pet": torch.rand(1, crop, crop)} for _ in range(batch * (iterations + 1))]
+    times: list[float] = []
+    trainer = FusionGANTrainer(
+        device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
+        g_optimizer=torch.optim.Adam(gan.generator.parameters(), lr=1e-4),
+        d_optimizer=torch.optim.Adam(torch.nn.ModuleList([gan.d1, gan.d2]).parameters(), lr=1e-4),
+        g_loss_function=GeneratorLoss(alpha=100.0), d_loss_function=DiscriminatorLoss(), amp=amp,
+    )
+    if layout == "before":
+        trainer._process_function = _before_iteration  # ignite calls it as (engine, batch)
+    clock = {}
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _start(_) -> None:
+        clock["start"] = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _stop(_) -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - clock["start"])
+
+    trainer.run()
+    return {"seconds": median(times[1:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["shipped", "paper"])
+    parser.add_argument("--devices", nargs="+", default=["cpu"])
+    parser.add_argument("--crops", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--layouts", nargs="+", choices=["fast", "before"], default=["fast", "before"])
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        print(json.dumps(measure(**json.loads(args.cell))))
+        return
+    rows = []
+    for device in args.devices:
+        for config in args.configs:
+            for crop in args.crops:
+                cells = {}
+                for layout in args.layouts:
+                    request = {"config": config, "layout": layout, "device": device, "batch": args.batch,
+                               "crop": crop, "iterations": args.iterations, "threads": args.threads, "amp": args.amp}
+                    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)],
+                                          capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
+                    cells[layout] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+                    print(f"measured {request} {cells[layout]:.3f} s", file=sys.stderr, flush=True)
+                ratio = f"{cells['before'] / cells['fast']:.2f}" if len(cells) == 2 else ""
+                rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
+                            + " | ".join(f"{1e3 * cells[layout]:.0f}" if layout in cells else "" for layout in ("fast", "before"))
+                            + f" | {ratio} |")
+    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in args.devices)
+    print(f"DCIF-GAN training iteration (D step + G step, Adam), median of {args.iterations} after a warm-up; "
+          f"amp {args.amp}. {devices}.\n")
+    print("| config | device | crop | batch | fast ms/iter | before ms/iter | x faster |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One short GPU check for a session lent a device: inference table (fast layout vs MONAI's blocks,
+# float32 and bf16, batch 1 and 32) and a training-throughput line, in well under 5 minutes.
+# Run from the repository root on the device machine:  bash tools/device_check.sh
+set -euo pipefail
+PY=${PY:-python3}
+if ! "$PY" -c "import pipeline" 2>/dev/null; then
+    "$PY" -m pip install -q -e . >/dev/null   # the device's torch stays as it is
+fi
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+timeout 150 "$PY" tools/bench_network.py --devices cuda --dtypes float32 bf16 --configs paper --sizes 512 \
+    --batches 1 32 --repeats 3 --reference
+timeout 60 "$PY" tools/bench_network.py --devices cuda --dtypes bf16 --configs paper --sizes 512 \
+    --batches 32 --repeats 3 --compile || echo "torch.compile cell failed or timed out"
+timeout 60 "$PY" tools/bench_training.py --devices cuda --amp --configs paper --crops 128 --batch 64 --iterations 5
