@@ -8,6 +8,7 @@ from pipeline.fusion.laplacian import LaplacianPyramidFuser
 from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.pixelwise import AverageFuser, MaxFuser
 from pipeline.fusion.registry import Fuser, UnknownFuserError, available_fusers, get_fuser, register_fuser
+from pipeline.fusion.saliency import SaliencyLaplacianFuser, pet_saliency
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
 from pipeline.fusion.wavelet import WaveletFuser
 
@@ -18,10 +19,12 @@ __all__ = [
     "LaplacianPyramidFuser",
     "MaxFuser",
     "ModelFuser",
+    "SaliencyLaplacianFuser",
     "UnknownFuserError",
     "WaveletFuser",
     "available_fusers",
     "fuse_volume",
     "get_fuser",
+    "pet_saliency",
     "register_fuser",
 ]

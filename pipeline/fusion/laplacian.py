@@ -61,7 +61,14 @@ class LaplacianPyramidFuser(Fuser):
         self.levels = levels
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        details, ct_base, pet_base = self.select_details(ct, pet)
+        return collapse_pyramid([*details, (ct_base + pet_base) / 2])
+
+    def select_details(
+        self, ct: torch.Tensor, pet: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The fused detail levels (larger magnitude, CT on ties), then the CT's and the PET's bases."""
         *ct_details, ct_base = laplacian_pyramid(ct, self.levels)
         *pet_details, pet_base = laplacian_pyramid(pet, self.levels)
         details = [torch.where(c.abs() >= p.abs(), c, p) for c, p in zip(ct_details, pet_details)]
-        return collapse_pyramid([*details, (ct_base + pet_base) / 2])
+        return details, ct_base, pet_base

@@ -42,6 +42,8 @@ class ContentLoss(nn.Module):
         self.mu = mu
 
     def forward(self, output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        if not self.mu:
+            return self.intensity(output, source)
         with torch.autocast(device_type=output.device.type, enabled=False):
             structure = self.structure(output.float(), source.float())
         return self.intensity(output, source) + self.mu * structure

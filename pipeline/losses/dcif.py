@@ -35,6 +35,8 @@ class GeneratorLoss(nn.Module):
         mode: ``"ralsgan"`` (paper) or ``"lsgan"``.
         detail_weight: weight (inside ``alpha``) of the :class:`DetailLoss` of the final image
             ``(F_CT + F_PET) / 2``, logged as ``detail``; 0 (default) is the paper's objective.
+        detail_target: the classical fuser whose output is the detail loss's intensity target.
+        detail_mu: SSIM weight of the detail loss against that target.
     """
 
     def __init__(
@@ -44,13 +46,15 @@ class GeneratorLoss(nn.Module):
         intensity: IntensityNorm = "l1",
         mode: AdversarialMode = "ralsgan",
         detail_weight: float = 0.0,
+        detail_target: str = "max",
+        detail_mu: float = 0.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss()
+        self.detail = DetailLoss(detail_target, detail_mu)
 
     def forward(
         self,

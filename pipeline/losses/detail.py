@@ -1,13 +1,17 @@
-"""Detail loss on the final fused image: keep the brighter source's intensity and the stronger edge.
+"""Detail loss on the final fused image: pull it towards a classical fusion target and the stronger edge.
 
 DCIF-GAN's content terms hold each pre-fused image to its own source, so their mean drifts towards
-an average of CT and PET, the baseline that scores lowest on edge and contrast metrics. This term,
-the joint loss of SwinFusion (Ma et al. 2022), acts on ``F = (F_CT + F_PET) / 2`` itself:
+an average of CT and PET, the baseline that scores lowest on edge and contrast metrics. This term
+acts on ``F = (F_CT + F_PET) / 2`` itself:
 
-    L_detail = L1(F, max(CT, PET)) + L1(|grad F|, max(|grad CT|, |grad PET|))
+    L_detail = L1(F, T) + mu * (1 - SSIM(F, T)) + L1(|grad F|, max(|grad CT|, |grad PET|))
 
-with Sobel gradients. It is a product option (``detail_weight`` in the bundle, 0 = the paper's
-objective), chosen by validation on real studies.
+with Sobel gradients and T the output of a registered classical fuser. With ``target="max"`` and
+``mu=0`` it is the joint loss of SwinFusion (Ma et al. 2022), which lifts the edge metrics but
+hides lung-window lesions (the brighter source there is the soft tissue around them). With
+``target="saliency"`` (:class:`pipeline.fusion.saliency.SaliencyLaplacianFuser`) T keeps the CT
+outside PET uptake and the PET on and around a lesion. It is a product option (``detail_weight``
+in the bundle, 0 = the paper's objective), chosen by validation on real studies.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.fusion import get_fuser
+from pipeline.losses.content import ContentLoss
 
 
 class SobelMagnitude(nn.Module):
@@ -31,13 +38,21 @@ class SobelMagnitude(nn.Module):
 
 
 class DetailLoss(nn.Module):
-    """``L1(F, max(A, B)) + L1(|grad F|, max(|grad A|, |grad B|))`` for images in [0, 1]."""
+    """``L1(F, T) + mu (1 - SSIM(F, T)) + L1(|grad F|, max(|grad A|, |grad B|))`` for images in [0, 1].
 
-    def __init__(self) -> None:
+    Args:
+        target: the registered fuser whose output of (A, B) is the intensity target T.
+        mu: weight of the structural term against T (0: intensity and edges only).
+    """
+
+    def __init__(self, target: str = "max", mu: float = 0.0) -> None:
         super().__init__()
+        self.target = get_fuser(target)
+        self.intensity = ContentLoss("l1", mu)
         self.gradient = SobelMagnitude()
 
     def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        intensity = F.l1_loss(fused, torch.maximum(a, b))
+        with torch.no_grad():
+            target = self.target(a.float(), b.float())
         edges = F.l1_loss(self.gradient(fused), torch.maximum(self.gradient(a), self.gradient(b)))
-        return intensity + edges
+        return self.intensity(fused, target) + edges

@@ -8,8 +8,8 @@ import torch
 from pipeline.fusion import get_fuser
 from pipeline.metrics import fusion_metrics
 
-BASELINES = ["average", "max", "laplacian", "dwt"]
-MULTISCALE = ["laplacian", "dwt"]
+BASELINES = ["average", "max", "laplacian", "dwt", "saliency"]
+MULTISCALE = ["laplacian", "dwt", "saliency"]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 

@@ -8,7 +8,7 @@ import torch
 from pipeline.errors import DcifError
 from pipeline.fusion import AverageFuser, Fuser, available_fusers, get_fuser, register_fuser
 
-BASELINES = ["average", "dwt", "laplacian", "max"]
+BASELINES = ["average", "dwt", "laplacian", "max", "saliency"]
 
 
 def test_registry_lists_every_method():

@@ -56,3 +56,27 @@ def test_detail_loss_runs_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = DetailLoss()(image.to(torch.bfloat16), image, image)
     assert torch.isfinite(value)
+
+
+def test_detail_loss_with_the_saliency_target_prefers_that_fusion_to_max_and_average():
+    from pipeline.fusion import get_fuser
+
+    generator = torch.Generator().manual_seed(0)
+    ct = torch.rand(2, 1, 32, 32, generator=generator)
+    pet = torch.zeros(2, 1, 32, 32)
+    pet[..., 10:20, 10:20] = 0.8
+    loss = DetailLoss(target="saliency", mu=1.0)
+    target = get_fuser("saliency")(ct, pet)
+    at_target = loss(target, ct, pet)
+    assert at_target < loss(torch.maximum(ct, pet), ct, pet)
+    assert at_target < loss(0.5 * (ct + pet), ct, pet)
+
+
+def test_generator_loss_passes_the_detail_target_and_structure_weight_on():
+    gan = DCIFGAN(variant="network1", width=8, num_heads=2, depths=(1, 1, 1))
+    ct, pet = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    f_ct, f_pet = gan.generator.streams(ct, pet)
+    terms = GeneratorLoss(alpha=10.0, detail_weight=2.0, detail_target="saliency", detail_mu=1.0)(
+        ct, pet, f_ct, f_pet, gan.d1, gan.d2)
+    expected = DetailLoss("saliency", 1.0)(0.5 * (f_ct + f_pet), ct, pet)
+    assert torch.allclose(terms["detail"], expected)

@@ -1,0 +1,65 @@
+"""PET-saliency Laplacian fusion: CT anatomy at full contrast, the PET where it shows uptake.
+
+The classical baselines trade one goal for the other. Max fusion keeps CT contrast but hides a
+soft-tissue lesion in the lung window (soft tissue is near white there, brighter than most of
+the PET); the average and the Laplacian pyramid keep the lesion at about a third of the PET's
+contrast by halving the CT everywhere. This rule keeps every band-pass detail of the stronger
+source, as the Laplacian pyramid does, and chooses the low-pass base by PET saliency, mixed at
+full resolution (collapsing is linear, so each base can be expanded on its own):
+
+    s = blur(maxpool(clip((PET - low) / (high - low), 0, 1), 2 r + 1), r / 2)
+    F = collapse(details) + (1 - s) * expand(base_CT) + s * expand(base_PET)
+
+Outside uptake (s = 0) the fused image is the CT, with air black and bone white; on a lesion and
+within about ``radius`` pixels around it (s = 1) the base is the PET's, so the lesion stands out
+against its surroundings as it does in the PET, with the CT's edges kept on top. The defaults
+(``low`` 0.12 and ``high`` 0.25 of the SUV ceiling, SUV 1.8 and 3.75 at the default ceiling 15,
+about blood pool and above liver background; ``radius`` 8 pixels, about a 10 mm shell at the usual
+0.8-1.3 mm CT pixels) were chosen on the five validation studies, and the rule is the intensity
+target of DCIF-GAN's detail loss (:class:`pipeline.losses.DetailLoss`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+
+from pipeline.fusion.laplacian import LaplacianPyramidFuser, collapse_pyramid
+from pipeline.fusion.registry import register_fuser
+
+DEFAULT_LOW = 0.12
+DEFAULT_HIGH = 0.25
+DEFAULT_RADIUS = 8
+
+
+def pet_saliency(
+    pet: torch.Tensor, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, radius: int = DEFAULT_RADIUS
+) -> torch.Tensor:
+    """Weight in [0, 1] of the PET: 1 on uptake above ``high`` and within ``radius`` pixels of it."""
+    core = ((pet - low) / (high - low)).clamp(0, 1)
+    halo = F.max_pool2d(core, 2 * radius + 1, stride=1, padding=radius) if radius else core
+    return GaussianFilter(2, max(radius / 2, 1.0)).to(pet.device)(halo).clamp(0, 1)
+
+
+@register_fuser("saliency")
+class SaliencyLaplacianFuser(LaplacianPyramidFuser):
+    """Laplacian detail selection with a PET-saliency-weighted base (see the module docstring)."""
+
+    def __init__(
+        self, levels: int = 4, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, radius: int = DEFAULT_RADIUS
+    ) -> None:
+        super().__init__(levels)
+        if not 0 <= low < high:
+            raise ValueError(f"saliency fusion needs 0 <= low < high; got low {low}, high {high}")
+        if radius < 0:
+            raise ValueError(f"saliency fusion needs a radius >= 0 pixels; got {radius}")
+        self.low, self.high, self.radius = low, high, radius
+
+    def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        # A weight sampled on the coarse base grid would blur a small lesion's halo into the CT.
+        details, ct_base, pet_base = self.select_details(ct, pet)
+        flat = [torch.zeros_like(d) for d in details]
+        weight = pet_saliency(pet, self.low, self.high, self.radius)
+        bases = (1 - weight) * collapse_pyramid([*flat, ct_base]) + weight * collapse_pyramid([*flat, pet_base])
+        return collapse_pyramid([*details, torch.zeros_like(ct_base)]) + bases

@@ -1,0 +1,70 @@
+"""PET-saliency Laplacian fusion: the CT untouched outside uptake, the lesion kept where the CT is bright."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.fusion import get_fuser, pet_saliency
+from pipeline.metrics.lesion import lesion_contrast_ratio, lesion_mask_from_pet, ring_mask
+
+
+def lung_window_lesion(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft tissue near white (as in the lung window) with a bone bar; a PET lesion darker than it."""
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ct = torch.zeros(size, size)
+    ct[8:88, 8:88] = 0.93
+    ct[20:76, 70:74] = 1.0
+    pet = 0.05 + 0.65 * torch.exp(-((y - 48) ** 2 + (x - 40) ** 2) / (2 * 5.0**2))
+    pet[ct == 0] = 0.0
+    return ct[None, None], pet[None, None]
+
+
+def test_saliency_is_one_on_uptake_and_its_halo_and_zero_far_from_it():
+    pet = torch.zeros(1, 1, 64, 64)
+    pet[..., 30:34, 30:34] = 0.6
+    weight = pet_saliency(pet, low=0.12, high=0.25, radius=8)
+    assert weight[0, 0, 32, 32] > 0.95
+    assert weight[0, 0, 32, 37] > 0.85  # 4 pixels from the uptake: inside the halo
+    assert weight[0, 0, 32, 60] < 1e-3 and weight[0, 0, 2, 2] < 1e-3
+    assert pet_saliency(pet, radius=0)[0, 0, 32, 40] < pet_saliency(pet, radius=8)[0, 0, 32, 40]
+
+
+def test_without_uptake_the_fused_image_is_the_ct():
+    generator = torch.Generator().manual_seed(0)
+    ct = torch.rand(2, 1, 48, 40, generator=generator)
+    pet = 0.1 * torch.rand(2, 1, 48, 40, generator=generator)  # below the 0.12 threshold everywhere
+    fused = get_fuser("saliency")(ct, pet)
+    # Only PET details stronger than the CT's can show; with this faint PET they barely do.
+    assert torch.mean((fused - ct).abs()) < 0.01
+
+
+def test_the_lesion_stays_visible_where_the_ct_is_brighter_than_the_pet():
+    ct, pet = lung_window_lesion()
+    pet_np = pet[0, 0].numpy()[..., None]
+    lesion = lesion_mask_from_pet(pet_np)
+    ring = ring_mask(lesion, (1.0, 1.0, 1.0), ring_mm=8.0)
+
+    def ratio(name: str) -> float:
+        fused = get_fuser(name)(ct, pet)[0, 0].numpy()[..., None]
+        return lesion_contrast_ratio(fused, pet_np, lesion, ring)["ratio"]
+
+    saliency = ratio("saliency")
+    assert saliency > 0.5
+    assert saliency > ratio("laplacian") + 0.2 and saliency > ratio("average") + 0.2
+    assert ratio("max") < 0.1  # max fusion hides it: the soft tissue is brighter than the lesion
+
+
+def test_the_ct_bone_keeps_its_contrast_outside_the_halo():
+    ct, pet = lung_window_lesion()
+    fused = get_fuser("saliency")(ct, pet)
+    bone, tissue = fused[0, 0, 20:76, 71].mean(), fused[0, 0, 20:76, 80].mean()
+    assert float(bone - tissue) == pytest.approx(0.07, abs=0.02)
+    assert np.isclose(float(fused[0, 0, 2, 2]), 0.0, atol=1e-3)  # air stays black
+
+
+@pytest.mark.parametrize("options", [{"low": 0.3, "high": 0.3}, {"low": -0.1}, {"radius": -1}])
+def test_invalid_settings_are_refused(options):
+    with pytest.raises(ValueError, match="saliency fusion needs"):
+        get_fuser("saliency", **options)
