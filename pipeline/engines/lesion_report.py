@@ -20,6 +20,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
+from PIL import Image
 
 from pipeline.engines.slice_metrics import batch_field, evaluator_volumes
 from pipeline.errors import InputError
@@ -32,8 +33,10 @@ from pipeline.metrics.lesion import (
     phantom_lesion_mask,
     ring_mask,
 )
+from pipeline.visualization.panels import fusion_panel
 
 JSON_NAME = "lesion_contrast.json"
+PANEL_DIR = "lesion_panels"
 MARKDOWN_NAME = "lesion_contrast.md"
 
 
@@ -67,9 +70,10 @@ def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for (window, method), values in ratios.items():
         finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
-        mean, low = (float(finite.mean()), float(finite.min())) if finite.size else (math.nan, math.nan)
-        summary.append({"window": window, "method": method, "mean_ratio": mean, "min_ratio": low,
-                        "studies": int(finite.size)})
+        mean, median, low = ((float(finite.mean()), float(np.median(finite)), float(finite.min()))
+                             if finite.size else (math.nan,) * 3)
+        summary.append({"window": window, "method": method, "mean_ratio": mean, "median_ratio": median,
+                        "min_ratio": low, "studies": int(finite.size)})
     return summary
 
 
@@ -79,11 +83,11 @@ def markdown_table(summary: Sequence[dict[str, Any]], fraction: float, ring_mm: 
         f"### Lesion contrast ratio C(fused) / C(PET) (lesion: PET >= {fraction:.0%} of its max, or the phantom's "
         f"designed tumour; ring {ring_mm:g} mm; studies: those with a defined ratio)",
         "",
-        "| window | method | mean ratio | min ratio | studies |",
-        "|---|---|---|---|---|",
+        "| window | method | mean ratio | median ratio | min ratio | studies |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {s['window']} | {s['method']} | {s['mean_ratio']:.4f} | {s['min_ratio']:.4f} | {s['studies']} |"
-              for s in summary]
+    lines += [f"| {s['window']} | {s['method']} | {s['mean_ratio']:.4f} | {s['median_ratio']:.4f} "
+              f"| {s['min_ratio']:.4f} | {s['studies']} |" for s in summary]
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +117,9 @@ class LesionContrastReport:
         output_dir: where ``lesion_contrast.json`` and ``lesion_contrast.md`` go.
         fraction: PET threshold of the lesion, as a fraction of its maximum (real data).
         ring_mm: width of the surrounding shell the lesion is compared with.
+        panels: also write ``lesion_panels/<study key>_<window>.png``, the axial slice with the
+            largest lesion area as CT | PET | each method in ``methods`` order, so a reader sees
+            what the ratios mean.
     """
 
     def __init__(
@@ -122,7 +129,9 @@ class LesionContrastReport:
         output_dir: str | Path,
         fraction: float = DEFAULT_FRACTION,
         ring_mm: float = DEFAULT_RING_MM,
+        panels: bool = True,
     ) -> None:
+        self.panels = panels
         self.windows = list(windows)
         self.methods = list(methods)
         self.output_dir = Path(output_dir)
@@ -148,10 +157,22 @@ class LesionContrastReport:
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
         for w, window in enumerate(self.windows):
-            for m, method in enumerate(self.methods):
-                contrast = lesion_contrast_ratio(pred[w * len(self.methods) + m], pet, lesion, ring)
+            fused = pred[w * len(self.methods):(w + 1) * len(self.methods)]
+            for method, image_fused in zip(self.methods, fused):
+                contrast = lesion_contrast_ratio(image_fused, pet, lesion, ring)
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  **contrast})
+            if self.panels and lesion.any():
+                self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion)
+
+    def _write_panel(self, name: str, ct: np.ndarray, pet: np.ndarray, fused: np.ndarray, lesion: np.ndarray) -> None:
+        """CT | PET | each fused image at the axial slice holding the most lesion voxels, atomically."""
+        z = int(np.argmax(lesion.sum(axis=(0, 1))))
+        picture = fusion_panel(ct[..., z], pet[..., z], *(channel[..., z] for channel in fused))
+        folder = self.output_dir / PANEL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder / name) as temporary:
+            Image.fromarray(picture).save(temporary, format="PNG")
 
     def write(self, engine: Engine) -> None:
         """Write the rows and their per (window, method) summary, each file atomically."""

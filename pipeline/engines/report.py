@@ -76,8 +76,24 @@ def markdown_summary(study_rows: Sequence[dict[str, Any]], suv_max: float | None
                 cell = f"{mean:.4f} ± {std:.4f}"
                 cells.append(f"**{cell}**" if np.isclose(mean, best[name]) else cell)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *wins_table({m: stats[(window, m)] for m in methods}), ""]
     return "\n".join(lines)
+
+
+def wins(row: dict[str, tuple[float, float]], other: dict[str, tuple[float, float]]) -> int:
+    """On how many of the eight metrics ``row``'s mean over studies beats ``other``'s."""
+    return sum(row[name][0] > other[name][0] for name in METRIC_NAMES)
+
+
+def wins_table(stats: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """Markdown lines: for each method (row), the metrics it wins against each other method (column)."""
+    methods = list(stats)
+    lines = [f"Metrics won (of {len(METRIC_NAMES)}, mean over studies), row method against column method:", "",
+             "| method | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for method in methods:
+        cells = ["-" if other == method else str(wins(stats[method], stats[other])) for other in methods]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -54,9 +54,22 @@ def test_rows_and_reports_from_the_pet_threshold(tmp_path):
     summary = {entry["method"]: entry for entry in report["summary"]}
     assert summary["copy"]["mean_ratio"] == pytest.approx(1.0) and summary["flat"]["studies"] == 2
     table = (tmp_path / "lesion_contrast.md").read_text()
-    assert "| window | method | mean ratio | min ratio | studies |" in table
-    assert "| lung | copy | 1.0000 | 1.0000 | 2 |" in table
+    assert "| window | method | mean ratio | median ratio | min ratio | studies |" in table
+    assert "| lung | copy | 1.0000 | 1.0000 | 1.0000 | 2 |" in table
+    assert summary["flat"]["median_ratio"] == pytest.approx(0.0)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_panel_per_study_and_window_shows_the_largest_lesion_slice(tmp_path):
+    from PIL import Image
+
+    run_report(tmp_path, [list_data_collate([synthetic_study("aaa", 0.9)])])
+    (panel,) = (tmp_path / "lesion_panels").glob("*.png")
+    assert panel.name == "aaa_lung.png"
+    picture = np.asarray(Image.open(panel))
+    assert picture.shape == (16, 4 * 16 + 3 * 4, 3)  # CT | PET | copy | flat, 4-pixel gaps
+    pet_tile, copy_tile = picture[:, 20:36], picture[:, 40:56]
+    assert np.array_equal(pet_tile, copy_tile) and pet_tile.max() == round(0.9 * 255)  # slice 3 or 4: the hot cube
 
 
 def test_undefined_ratios_are_null_in_json_and_left_out_of_the_summary(tmp_path):

@@ -51,3 +51,10 @@ def test_writer_leaves_csvs_summary_and_engine_metrics(tmp_path):
     assert "| max |" in (tmp_path / "metrics_summary.md").read_text()
     assert engine.state.metrics["lung.max.SSIM"] == 2.0
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_summary_counts_the_metrics_each_method_wins_against_each_other():
+    rows = [_row(0, "average", 0, 1.0), {**_row(0, "model", 0, 2.0), "PSNR": 0.5, "MI": 0.5}]
+    table = markdown_summary(study_means(rows))
+    assert "| method | average | model |" in table
+    assert "| model | 6 | - |" in table and "| average | - | 2 |" in table
