@@ -4,11 +4,12 @@ The bundle's ``--tracking mlflow`` appends a MONAI ``MLFlowHandler`` to the trai
 these handlers find it on the engine and write into the same run, so tracking stays one switch:
 without the switch there is no MLflow handler and they do nothing (no store is created).
 Names and tags carry only the study's position in the datalist and its hashed key, never a
-patient identifier.
+patient identifier, and the executed config is logged with its local paths redacted.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
 from pipeline.fusion.registry import Fuser
+from pipeline.io.atomic import atomic_write
 from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_version
 from pipeline.visualization import fusion_panel
 
@@ -48,6 +50,37 @@ def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: 
     return params
 
 
+LOCAL_PATH = "<local path>"
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`.
+
+    Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are kept; anything else
+    holding a path separator is a location on the user's machine, where hospital exports name
+    folders by patient.
+    """
+    if isinstance(value, Mapping):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value) and not value.startswith(
+            ("$", "@", "%", "http://", "https://")):
+        return LOCAL_PATH
+    return value
+
+
+def redact_local_paths(config_file: Path) -> None:
+    """Rewrite an executed config in place, atomically, with local paths redacted (see :func:`_redacted`).
+
+    In place, so that MONAI's own ``MLFlowHandler``, which logs the same file when the run
+    completes, uploads the redacted copy too.
+    """
+    config = json.loads(config_file.read_text())
+    with atomic_write(config_file) as temporary:
+        temporary.write_text(json.dumps(_redacted(config), indent=4))
+
+
 class _RunIterationHandler:
     """Base of the loggers: on each iteration, log into the MLflow run when there is one.
 
@@ -75,6 +108,7 @@ class _RunIterationHandler:
                 found[0].log_param(found[1], name, value[:500])
             configs = sorted(self.executed_config_dir.glob("config_*.json")) if self.executed_config_dir else []
             if configs:
+                redact_local_paths(configs[-1])
                 found[0].log_artifact(found[1], str(configs[-1]))
             self._params_logged = True
         self.log(engine, *found)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -84,4 +86,8 @@ def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_pa
     assert len(slices) >= 2 and len({m.step for m in slices}) == len(slices)  # one point per slice, none twice
     assert np.isclose(found.data.metrics[study], np.mean([m.value for m in slices]))
     artifacts = [a.path for a in client.list_artifacts(run_id)]
-    assert any(path.startswith("config_") and path.endswith(".json") for path in artifacts), artifacts
+    (config,) = [path for path in artifacts if path.startswith("config_") and path.endswith(".json")]
+    logged = Path(client.download_artifacts(run_id, config, str(tmp_path / "download"))).read_text()
+    # Hospital exports name folders by patient: no local path (here every one is under tmp_path) is logged.
+    assert str(tmp_path) not in logged and '"<local path>"' in logged
+    assert json.loads(logged)["method"] == "laplacian"
