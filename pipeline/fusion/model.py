@@ -9,7 +9,8 @@ baselines run) even where the network code is absent or broken.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -89,9 +90,28 @@ class ModelFuser(Fuser):
             state, config = (saved["generator"], saved.get("config") or {}) if "generator" in saved else (saved, {})
             network = network if network is not None else _build_generator(config, checkpoint)
             _load_weights(network, state, checkpoint)
+            self.card = dict(saved.get("card") or {})
+        else:
+            self.card = {}
+        self.checkpoint = checkpoint
         self.network = network.eval()
         self.device = None if device is None else torch.device(device)
         self.output = output
+
+    def check_inputs(self, windows: Sequence[str], suv_max: float) -> None:
+        """The inputs must be scaled as in training: the card's SUV ceiling and CT windows, when it names them."""
+        trained_ceiling = self.card.get("suv_max")
+        if trained_ceiling is not None and not math.isclose(float(trained_ceiling), float(suv_max)):
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint} was trained with PET scaled at SUV ceiling {float(trained_ceiling):g}, "
+                f"this run scales it at {float(suv_max):g}: use --suv_max {float(trained_ceiling):g} "
+                f"(or a model trained at {float(suv_max):g})"
+            )
+        trained_windows = self.card.get("windows")
+        unknown = [window for window in windows if trained_windows and window not in trained_windows]
+        if unknown:
+            raise CheckpointError(f"checkpoint {self.checkpoint} was trained on the CT windows "
+                                  f"{', '.join(trained_windows)}, not {', '.join(unknown)}")
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         device = self.device or ct.device

@@ -9,7 +9,7 @@ The base class enforces the contract once, so the methods only implement :meth:`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,6 +30,9 @@ class Fuser(ABC):
                 f"got {tuple(ct.shape)} and {tuple(pet.shape)}"
             )
         return self.fuse(ct, pet).clamp(0, 1).to(device=ct.device, dtype=ct.dtype)
+
+    def check_inputs(self, windows: Sequence[str], suv_max: float) -> None:
+        """Refuse CT windows or a PET scaling the method was not made for (classical methods take any)."""
 
     @abstractmethod
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:

@@ -114,7 +114,7 @@ def fuse_study(
         stage = _STAGES.get(type(transform).__name__, "window")
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
     start = time.perf_counter()
-    network = FusionNetwork(fusers, windows)
+    network = FusionNetwork(fusers, windows, suv_max)
     stacked = fuse_volume(network, data["image"], device=device, sw_batch_size=sw_batch_size, progress=progress)
     timings["fuse"] = time.perf_counter() - start
     if "pet_slices" in data:  # CT slices the PET does not cover are blank, never a "fusion" of CT alone

@@ -23,10 +23,13 @@ class FusionNetwork(nn.Module):
     says which, as ``"<window>/<fuser name>"``.
     """
 
-    def __init__(self, fusers: Mapping[str, Fuser], windows: Sequence[str]) -> None:
+    def __init__(self, fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: float | None = None) -> None:
         super().__init__()
         if not fusers or not windows:
             raise ValueError("FusionNetwork needs at least one fuser and one window")
+        if suv_max is not None:  # the inputs' scaling: a model refuses one it was not trained at
+            for fuser in fusers.values():
+                fuser.check_inputs(windows, suv_max)
         self.fusers = dict(fusers)
         self.windows = list(windows)
         # Fusers that wrap a network register it, so .to(device) and .eval() reach the weights.

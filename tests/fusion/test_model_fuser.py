@@ -121,3 +121,21 @@ def test_unreadable_checkpoint_is_rejected(tmp_path: Path):
     path.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}"):
         ModelFuser(checkpoint=path, network=StandInGenerator())
+
+
+def test_the_card_s_suv_ceiling_and_windows_are_checked_where_inputs_are_scaled(tmp_path, pair):
+    from pipeline.fusion import FusionNetwork
+
+    path = tmp_path / "model.pt"
+    torch.save({"generator": channel_mean_state(), "card": {"suv_max": 15.0, "windows": ["lung", "mediastinal"]}},
+               path)
+    fuser = ModelFuser(checkpoint=path, network=StandInGenerator())
+    FusionNetwork({"dcif_gan": fuser}, ["lung"], suv_max=15.0)  # as trained: accepted
+    with pytest.raises(CheckpointError, match="trained with PET scaled at SUV ceiling 15, this run scales it at 10"):
+        FusionNetwork({"dcif_gan": fuser}, ["lung"], suv_max=10.0)
+    with pytest.raises(CheckpointError, match="trained on the CT windows lung, mediastinal, not bone"):
+        fuser.check_inputs(["bone"], 15.0)
+    # Classical methods and cardless checkpoints take any scaling.
+    FusionNetwork({"laplacian": get_fuser("laplacian")}, ["lung"], suv_max=10.0)
+    torch.save({"generator": channel_mean_state()}, path)
+    ModelFuser(checkpoint=path, network=StandInGenerator()).check_inputs(["lung"], 10.0)
