@@ -217,9 +217,13 @@ def write_fused_series(
     where = str(volume.meta.get("filename_or_obj", "fused volume"))
     ordered = _ordered_headers(ct_headers, tuple(volume.shape[1:]), where)
     ds = _dataset(ordered, pet_headers, provenance, colour=False, series_number=series_number)
-    # (X, Y, Z) -> (Z = frames, rows = Y, columns = X) in one pass, so the frames are contiguous bytes.
-    values = np.clip(volume.detach().cpu().numpy()[0], 0.0, 1.0).transpose(2, 1, 0)
-    ds.PixelData = np.ascontiguousarray(np.rint(values * MAX_STORED), dtype="<u2").tobytes()
+    # (X, Y, Z) -> (Z = frames, rows = Y, columns = X), one frame at a time: a whole-volume float
+    # copy would cost twice the 16-bit pixels it becomes.
+    values = volume.detach().cpu().numpy()[0]
+    pixels = np.empty(values.shape[::-1], dtype="<u2")
+    for z, frame in enumerate(pixels):
+        frame[...] = np.rint(np.clip(values[..., z].T, 0.0, 1.0) * MAX_STORED)
+    ds.PixelData = pixels.tobytes()
     return _save(ds, out_dir)
 
 

@@ -14,4 +14,8 @@ from pipeline.visualization.panels import pet_overlay
 
 def colour_fusion(grey: torch.Tensor, pet: torch.Tensor) -> np.ndarray:
     """``(Z, rows, columns, 3)`` uint8 RGB frames from ``(1, X, Y, Z)`` grey and PET volumes in [0, 1]."""
-    return np.stack([pet_overlay(grey[0, ..., z], pet[0, ..., z]) for z in range(grey.shape[-1])])
+    columns, rows, slices = grey.shape[1:]
+    frames = np.empty((slices, rows, columns, 3), dtype=np.uint8)  # filled in place: no list of frames to stack
+    for z, frame in enumerate(frames):
+        frame[...] = pet_overlay(grey[0, ..., z], pet[0, ..., z])
+    return frames
