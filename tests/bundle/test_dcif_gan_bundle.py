@@ -178,14 +178,18 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist, tiny_
     _bundle("evaluate.json", "evaluate", trained, phantoms, output_dir=str(out), phantom_studies=2, val_fraction=0.5,
             **TINY_INFERENCE_NET)
     summary = (out / "metrics_summary.md").read_text()
-    for method in ("dcif_gan", "average", "max", "laplacian", "dwt"):
-        assert summary.count(f"| {method} |") == 2  # one row per window
+    methods = ("dcif_gan", "average", "max", "laplacian", "dwt", "saliency")
+    lines = summary.splitlines()
+    for method in methods:
+        assert sum(line.startswith(f"| {method} |") and "±" in line for line in lines) == 2  # a row per window
+    assert summary.count("| method | " + " | ".join(methods) + " |") == 2  # the metrics-won table per window
     assert "CT window: lung" in summary and "CT window: mediastinal" in summary
     assert summary.count("**") >= 2 * 8 * 2  # a best value marked in every column of both tables
     assert (out / "metrics_per_slice.csv").stat().st_size > 0
     lesion = json.loads((out / "lesion_contrast.json").read_text())
     ratios = {(row["window"], row["method"]): row["mean_ratio"] for row in lesion["summary"]}
-    assert len(ratios) == 2 * 5 and all(r > 0 for r in ratios.values())  # the designed tumour stays visible
+    assert len(ratios) == 2 * len(methods) and all(r > 0 for r in ratios.values())  # the tumour stays visible
+    assert len(list((out / "lesion_panels").glob("*_lung.png"))) == len({row["study_key"] for row in lesion["rows"]})
     assert "| lung | max |" in (out / "lesion_contrast.md").read_text()
 
 
