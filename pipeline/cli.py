@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CT windows to fuse with (default lung,mediastinal)")
     demo.add_argument("--method", default=None,
                       help="fuser: dcif_gan (needs the bundle checkpoint) or a baseline; "
-                           "default: dcif_gan when its checkpoint exists, else laplacian")
+                           "default: saliency, the best fuser on the model card's evaluation")
     demo.set_defaults(func=cmd_demo)
 
     batch = sub.add_parser(
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("out_dir", type=Path, help="output folder (created; must not lie inside IN_DIR)")
     batch.add_argument("--method", type=_windows, default=None, metavar="M[,M]",
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
-                            "dwt, saliency); default: dcif_gan when its checkpoint exists, else laplacian")
+                            "dwt, saliency); default: saliency, the best fuser on the model card's evaluation")
     batch.add_argument("--window", type=_windows, default=["lung", "mediastinal"], metavar="W[,W]",
                        help="CT windows to fuse with (default lung,mediastinal)")
     batch.add_argument("--workers", type=_at_least(1), default=1, metavar="N",

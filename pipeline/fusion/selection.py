@@ -15,14 +15,19 @@ from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.registry import Fuser, get_fuser
 
 MODEL_METHOD = "dcif_gan"
-BASELINE_FALLBACK = "laplacian"
+# The best classical fuser on the model card's validation studies (lesion contrast and metrics won).
+BASELINE_FALLBACK = "saliency"
+# Whether the shipped model is the default: only while no classical fuser dominates it on the model
+# card's evaluation (lesion contrast ratio and metrics won, both windows). The weights of 2026-12-03
+# are dominated by their own training target, the saliency fuser, so the default is that fuser.
+MODEL_IS_DEFAULT = False
 # The bundle's shipped weights, where a source checkout (or the container) keeps them.
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "bundles" / "dcif_gan" / "models" / "model.pt"
 
 
 def default_method(checkpoint: str | Path = BUNDLED_CHECKPOINT) -> str:
-    """The model when its checkpoint is there, else the strongest classical baseline."""
-    return MODEL_METHOD if Path(checkpoint).is_file() else BASELINE_FALLBACK
+    """The model when its checkpoint is there and it is the best fuser evaluated, else the best baseline."""
+    return MODEL_METHOD if MODEL_IS_DEFAULT and Path(checkpoint).is_file() else BASELINE_FALLBACK
 
 
 def build_fusers(
