@@ -68,6 +68,8 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         f"done in {time.perf_counter() - start:.1f} s",
     ]
     if method != MODEL_METHOD:
-        lines.insert(3, f"note: no trained checkpoint at {BUNDLED_CHECKPOINT}; fused with the {method} baseline")
+        why = ("the default: it scores above the shipped weights (model card); --method dcif_gan uses them"
+               if BUNDLED_CHECKPOINT.is_file() else f"no trained checkpoint at {BUNDLED_CHECKPOINT}")
+        lines.insert(3, f"note: fused with the {method} baseline, {why}")
     print("\n".join(lines))
     return result
