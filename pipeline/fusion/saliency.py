@@ -58,8 +58,8 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         # A weight sampled on the coarse base grid would blur a small lesion's halo into the CT.
+        # Collapsing is linear: F = collapse(details, base_CT) + s * expand(base_PET - base_CT).
         details, ct_base, pet_base = self.select_details(ct, pet)
         flat = [torch.zeros_like(d) for d in details]
         weight = pet_saliency(pet, self.low, self.high, self.radius)
-        bases = (1 - weight) * collapse_pyramid([*flat, ct_base]) + weight * collapse_pyramid([*flat, pet_base])
-        return collapse_pyramid([*details, torch.zeros_like(ct_base)]) + bases
+        return collapse_pyramid([*details, ct_base]) + weight * collapse_pyramid([*flat, pet_base - ct_base])
