@@ -8,15 +8,11 @@ Ray is imported only by the Ray engine: the default local engine needs none of i
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import logging
 import multiprocessing
 import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Protocol
@@ -26,6 +22,7 @@ import torch
 from pipeline.batch.report import StudyResult
 from pipeline.batch.study import StudyTask, process_study
 from pipeline.errors import DcifError
+from pipeline.worker import init_worker
 from pipeline.io.discovery import one_line
 
 ENGINES = ("local", "ray")
@@ -47,33 +44,6 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
         return task.failed(f"worker lost while fusing ({type(error).__name__}: {one_line(error)})")
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_PARENT_POLL_S = 0.2
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker whose batch process is gone (even by kill -9) exits at once instead of writing on.
-
-    Linux kills it with the parent (PR_SET_PDEATHSIG); elsewhere, and as a backstop, a thread watches
-    for the worker being re-parented. Its unfinished study has no done.json and is redone by a rerun.
-    """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _init_worker(threads: int, parent: int) -> None:
-    """Worker initialiser: share the cores with the other workers, and end with the batch process."""
-    _die_with_parent(parent)
-    torch.set_num_threads(threads)
-
-
 class LocalEngine:
     """Studies one after another in this process, or ``workers`` at a time in spawned processes."""
 
@@ -90,7 +60,7 @@ class LocalEngine:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked copy of a process holding torch's thread pools can deadlock.
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+                                 initializer=init_worker, initargs=(threads, os.getpid())) as pool:
             futures = {pool.submit(process_study, task): task for task in tasks}
             for future in as_completed(futures):
                 yield _collect(future.result, futures[future])
