@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.batch.scoring import score_fused_study
+from pipeline.batch.scoring import StudyScorer
 from pipeline.errors import InputError
 from pipeline.fusion.selection import BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers, default_method
 from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
 from pipeline.phantom import make_phantom
 
@@ -29,10 +30,10 @@ def _phantom(folder: Path, progress: bool) -> Path:
     return folder
 
 
-def _metric_table(result: FusedStudy, windows: Sequence[str]) -> list[str]:
+def _metric_table(scorer: StudyScorer) -> list[str]:
     """Mean fusion metrics over the body slices, one line per fused volume."""
     return [f"  {name:<24} " + "  ".join(f"{metric} {value:.3f}" for metric, value in scores.items() if value is not None)
-            for name, scores in score_fused_study(result, windows, max_slices=0).items()]
+            for name, scores in scorer.scores.items()]
 
 
 def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), method: str | None = None,
@@ -48,7 +49,8 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = fuse_study(pair, build_fusers([method], checkpoint=BUNDLED_CHECKPOINT, device=device), windows,
                         device=device, progress=progress)
-    written = result.save_nifti(out_dir / "fused" / pair.study_key)
+    volumes, scorer = NiftiSink(result, out_dir / "fused" / pair.study_key), StudyScorer(result, max_slices=0)
+    result.stream([volumes, scorer])
 
     truth = json.loads((study_dir / "truth.json").read_text())
     ct, pet = result.data["ct"], result.data["pet"]
@@ -62,9 +64,9 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.timings.items() if stage != "fuse"),
         f"fusion: {method} on {device}, windows {', '.join(windows)}; {result.timings['fuse']:.1f} s",
         "metrics (mean over body slices):",
-        *_metric_table(result, windows),
+        *_metric_table(scorer),
         "written:",
-        *(f"  {path}" for path in written),
+        *(f"  {path}" for path in volumes.paths),
         f"done in {time.perf_counter() - start:.1f} s",
     ]
     if method != MODEL_METHOD:

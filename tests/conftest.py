@@ -66,3 +66,22 @@ def tiny_study_cache(tmp_path_factory: pytest.TempPathFactory, tiny_datalist: li
     splits = [{**study, "split": split, "origin": "phantom"} for study, split in zip(tiny_datalist, ("train", "val"))]
     cache_studies(splits, folder, progress=False)
     return folder
+
+
+def _whole_volume_fusion(study: dict, fusers: dict, windows=("lung", "mediastinal")) -> dict:
+    """``{(window, method): (1, X, Y, Z)}``: the whole study preprocessed at once, then every slice fused."""
+    from pipeline.fusion import FusionNetwork, fuse_volume
+    from pipeline.transforms.study import study_preprocessing
+
+    data = study_preprocessing(windows)(dict(study))
+    network = FusionNetwork(fusers, windows)
+    fused = fuse_volume(network, data["image"]).clone()
+    fused[..., ~data["pet_slices"]] = 0.0  # CT slices the PET does not cover are blank
+    return {tuple(name.split("/")): fused[i : i + 1] for i, name in enumerate(network.channel_names)}
+
+
+@pytest.fixture(scope="session")
+def whole_volume_fusion():
+    """The bundle's way of fusing a study (no slabs): the oracle the streamed front doors must reproduce."""
+    return _whole_volume_fusion
+

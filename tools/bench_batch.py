@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=2, help="phantom studies (default 2)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
     parser.add_argument("--windows", default="lung,mediastinal", help="CT windows (default lung,mediastinal)")
-    parser.add_argument("--method", default="laplacian", help="fuser (default laplacian)")
+    parser.add_argument("--method", default="laplacian",
+                        help="fusers, comma-separated (default laplacian; e.g. average,max,laplacian,dwt,saliency,dcif_gan)")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu",
                         help="devices to run on (default cpu, plus cuda when available)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dcif_bench_batch",
@@ -111,7 +112,7 @@ def main() -> None:
     export = make_studies(args.work_dir, args.studies, size, spacing)
     rows = []
     for device in args.devices.split(","):
-        options = BatchOptions(methods=(args.method,), windows=tuple(args.windows.split(",")), device=device)
+        options = BatchOptions(methods=tuple(args.method.split(",")), windows=tuple(args.windows.split(",")), device=device)
         for workers in _numbers(args.workers, int):
             out = args.work_dir / f"out_{device}_{workers}"
             shutil.rmtree(out, ignore_errors=True)

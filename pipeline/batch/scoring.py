@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.fusion.study import FusedStudy
+from pipeline.fusion.study import FusedSlab, FusedStudy, StudySink
 from pipeline.metrics import fusion_metrics, summarise
 from pipeline.transforms.slicing import flagged_slices
 
@@ -27,18 +27,31 @@ def spread(indices: Sequence[int], count: int) -> list[int]:
     return [indices[i] for i in np.linspace(0, len(indices) - 1, num=count).round().astype(int)]
 
 
-def score_fused_study(result: FusedStudy, windows: Sequence[str],
-                      max_slices: int = DEFAULT_METRIC_SLICES) -> dict[str, dict[str, float | None]]:
-    """``{"<method>_<window>": {metric: mean}}`` over ``max_slices`` body slices (0: all of them).
+class StudyScorer(StudySink):
+    """Score a fused study as it streams: ``scores`` = ``{"<method>_<window>": {metric: mean}}`` after the run.
 
-    A metric without any finite value (e.g. Q^AB/F where no slice has an edge) is None, as JSON has no NaN.
+    Means over ``max_slices`` body slices (0: all of them). A metric without any finite value (e.g.
+    Q^AB/F where no slice has an edge) is None, as JSON has no NaN.
     """
-    image = result.data["image"]
-    chosen = spread(flagged_slices(result.data["body_slices"]), max_slices)
-    scores = {}
-    for (window, method), volume in result.fused.items():
-        ct, pet = image[list(windows).index(window)], image[-1]
-        rows = [fusion_metrics(volume[0, ..., z], ct[..., z], pet[..., z]) for z in chosen]
-        scores[f"{method}_{window}"] = {name: stats["mean"] if math.isfinite(stats["mean"]) else None
-                                        for name, stats in summarise(rows).items()}
-    return scores
+
+    stage = "metrics"
+
+    def __init__(self, study: FusedStudy, max_slices: int = DEFAULT_METRIC_SLICES) -> None:
+        self.names, self.windows = study.names, study.windows
+        self.chosen = spread(flagged_slices(study.data["body_slices"]), max_slices)
+        self._rows: list[list[dict[str, float]]] = [[] for _ in self.names]
+        self.scores: dict[str, dict[str, float | None]] = {}
+
+    def add(self, slab: FusedSlab) -> None:
+        for z in (z - slab.start for z in self.chosen if slab.start <= z < slab.stop):
+            pet = slab.image[-1, ..., z]
+            for channel, (window, _) in enumerate(self.names):
+                ct = slab.image[self.windows.index(window), ..., z]
+                self._rows[channel].append(fusion_metrics(slab.fused[channel, ..., z], ct, pet))
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if exc[0] is None:
+            self.scores = {f"{method}_{window}": {name: stats["mean"] if math.isfinite(stats["mean"]) else None
+                                                  for name, stats in summarise(rows).items()}
+                           for (window, method), rows in zip(self.names, self._rows)}
+        return None

@@ -1,6 +1,6 @@
 """One study of a batch, start to finish: the unit of work every engine runs, locally or on Ray.
 
-Fuse, score, write NIfTI, DICOM series and preview, then ``done.json``. Any exception is caught
+Fuse, score, write NIfTI, DICOM series and preview (all in one streamed pass), then ``done.json``. Any exception is caught
 here and becomes a failed result with a one-line reason, and the study's partial outputs are
 removed: one bad study never stops a batch nor leaves half a folder behind.
 """
@@ -8,23 +8,21 @@ removed: one bad study never stops a batch nor leaves half a folder behind.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.batch.layout import PREVIEW_FILE, clear_study, mark_done, study_folder
 from pipeline.batch.report import FAILED, OK, STAGES, Locator, StudyResult
-from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, score_fused_study
+from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, StudyScorer
 from pipeline.errors import DcifError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
-from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.fusion.study import fuse_study
+from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.discovery import StudyPair, read_dicom
-from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.study import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
-from pipeline.visualization.preview import preview_slices, write_preview
 
 
 @dataclass(frozen=True)
@@ -70,30 +68,20 @@ def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str)
     return build_fusers(methods, checkpoint=checkpoint, device=device)
 
 
-def _write_outputs(result: FusedStudy, task: StudyTask, folder: Path) -> None:
-    """NIfTI, a grey and a colour DICOM series per (method, window), and the preview picture."""
-    result.save_nifti(folder)
-    result.save_dicom(*([read_dicom(path) for path in series.files] for series in (task.pair.ct, task.pair.pet)), folder)
-    image = result.data["image"]
-    ct, pet = image[:1], image[-1:]
-    slices = preview_slices(pet, flagged_slices(result.data["body_slices"]))
-    write_preview(folder / PREVIEW_FILE, ct, pet, list(result.fused.values()), slices)
-
-
 def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
+    """Fuse the study slab by slab into its NIfTI, grey and colour DICOM series and preview, scoring as it goes."""
     options = task.options
     fusers = cached_fusers(options.methods, options.checkpoint, options.device)
     result = fuse_study(task.pair, fusers, options.windows, suv_max=options.suv_max, device=options.device,
                         sw_batch_size=options.sw_batch_size, progress=options.progress, pet_factor=options.pet_factor)
+    with result.timed("write"):
+        headers = [[read_dicom(path) for path in series.files] for series in (task.pair.ct, task.pair.pet)]
+    scorer = StudyScorer(result, options.metric_slices)
+    result.stream([NiftiSink(result, folder), DicomSink(result, folder, *headers), scorer,
+                   PreviewSink(result, folder / PREVIEW_FILE)])
     timings = {"discover": task.discover_s, **result.timings}
-    start = time.perf_counter()
-    metrics = score_fused_study(result, options.windows, options.metric_slices)
-    timings["metrics"] = time.perf_counter() - start
-    start = time.perf_counter()
-    _write_outputs(result, task, folder)
-    timings["write"] = time.perf_counter() - start
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
-    return task.result(OK, timings=ordered, metrics=metrics, pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
+    return task.result(OK, timings=ordered, metrics=scorer.scores, pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
 
 
 def process_study(task: StudyTask) -> StudyResult:

@@ -3,7 +3,7 @@
 The SDK loads and groups the DICOM instances, picks the CT and PET series and builds the CT volume;
 these operators add what is ours: refusing a folder that is not one PET/CT study, fusing with
 :func:`pipeline.fusion.study.fuse_study` (the bundle's inference, unchanged) and writing the batch
-job's derived DICOM series. They pass the SDK's ``StudySelectedSeries`` along, as the SDK's own
+job's derived DICOM series through the same sinks (:mod:`pipeline.fusion.writers`). They pass the SDK's ``StudySelectedSeries`` along, as the SDK's own
 writers do, so the writer takes the CT headers from the very series that was fused.
 """
 
@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.fusion.writers import DicomSink, NiftiSink
 from pipeline.transforms.study import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -92,14 +93,15 @@ def check_same_grid(result: FusedStudy, ct_image: Image) -> None:
 
 
 class FusionOperator(Operator):
-    """Fuse the selected CT and PET series with ``fuse_study``: the bundle's transforms and model.
+    """Load the selected CT and PET series for fusion with ``fuse_study``: the bundle's transforms and model.
 
     The series go in as the files the SDK selected, through our own DICOM loader, so the result is
     the bundle's inference result. The SDK's CT volume is the cross-check: both readers
     must agree on the CT grid, or the fused series would not lie on the CT.
 
     Named inputs: ``study_selected_series_list`` (from the selector), ``image`` (the CT volume from
-    DICOMSeriesToVolumeOperator). Named output: ``fused`` (a :class:`FusedStudy`).
+    DICOMSeriesToVolumeOperator). Named output: ``fused`` (a :class:`FusedStudy`, fused slab by slab
+    as the writer streams it, so no whole fused volume is held).
     """
 
     def __init__(self, fragment: Fragment, *args, fusers: Mapping[str, Fuser],
@@ -127,7 +129,7 @@ class FusionOperator(Operator):
 
 
 class FusedDicomWriterOperator(Operator):
-    """Write every fused volume as the batch job's derived DICOM series, and as NIfTI for convenience.
+    """Fuse and write every volume as the batch job's derived DICOM series, and as NIfTI for convenience.
 
     Named inputs: ``fused`` (a :class:`FusedStudy`) and ``study_selected_series_list`` (for the CT
     and PET headers the derived series copies its study and geometry from and references).
@@ -145,5 +147,5 @@ class FusedDicomWriterOperator(Operator):
         result: FusedStudy = op_input.receive(FUSED_PORT)
         selection = op_input.receive(SELECTION_PORT)[0]
         ct_headers, pet_headers = (native_datasets(selected_series(selection, name)) for name in ("CT", "PET"))
-        result.save_nifti(self._output_folder)
-        result.save_dicom(ct_headers, pet_headers, self._output_folder)
+        result.stream([NiftiSink(result, self._output_folder),
+                       DicomSink(result, self._output_folder, ct_headers, pet_headers)])

@@ -1,40 +1,41 @@
-"""Fuse one PET/CT study end to end: the step the CLI, the batch job and the deploy app share.
+"""Fuse one PET/CT study end to end, slab by slab: the step the CLI, the batch job and the deploy app share.
 
-Preprocessing (:func:`pipeline.transforms.study.study_preprocessing`) then slice-by-slice fusion
-(:func:`pipeline.fusion.volume.fuse_volume`), returning each fused volume on the CT's geometry.
-The bundle's inference workflow runs the same two pieces inside a MONAI evaluator.
+:func:`fuse_study` loads the study onto the CT grid (:func:`pipeline.transforms.study.study_loading`);
+:meth:`FusedStudy.stream` then windows, fuses and hands out a few axial slices at a time
+(:func:`pipeline.transforms.study.network_input`, :func:`pipeline.fusion.volume.fuse_volume`) to
+sinks that write or score them (:mod:`pipeline.fusion.writers`, :mod:`pipeline.batch.scoring`).
+Why slabs: a whole-body CT (512 x 512 x 300, 0.3 GB in float32) held once per window and method
+costs gigabytes; streamed, the study costs its CT and its PET on the PET's own grid (the PET is
+resampled onto each slab as it comes), and every output is written as it is made. Fusers work on axial slices, so the result is the same as fusing the
+whole volume at once. The bundle's inference workflow runs the same pieces inside a MONAI evaluator.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from pydicom.dataset import Dataset
+from tqdm import tqdm
 
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
-from pipeline.io.derived_series import (
-    COLOUR_SERIES_OFFSET,
-    FUSED_SERIES_NUMBER,
-    Provenance,
-    colour_folder_name,
-    dicom_folder_name,
-    write_colour_series,
-    write_fused_series,
-)
-from pipeline.io.nifti import save_volume
 from pipeline.io.study import StudySource
-from pipeline.provenance import BASELINE_VERSION, fuser_version
-from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
+from pipeline.provenance import fuser_version
+from pipeline.transforms.slicing import axial_slab
+from pipeline.transforms.study import DEFAULT_WINDOWS, network_input, study_loading
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
-from pipeline.visualization.colour import colour_fusion
+
+# Axial slices windowed, fused and written at a time: 16 MB a channel at 512 x 512, and enough
+# slices per forward for the network's batch.
+SLAB_SLICES = 16
+# On the CPU a forward's activations are host memory, and batching whole-body slices gains little
+# there: at most this many voxels (one 512 x 512 slice) go through the fusers at once.
+CPU_FORWARD_VOXELS = 512 * 512
 
 
 def fused_filename(window: str, method: str) -> str:
@@ -42,53 +43,145 @@ def fused_filename(window: str, method: str) -> str:
     return f"fused_{method}_{window}.nii.gz"
 
 
-# Preprocessing transforms by the stage a report names them with; the rest is windowing.
+# Data-path transforms by the stage a report names them with; the rest is windowing.
 _STAGES = {"LoadStudyd": "load", "PETToSUVd": "suv", "PETCoveraged": "resample", "ResampleToReferenced": "resample"}
+
+
+@dataclass(frozen=True)
+class FusedSlab:
+    """Axial slices ``start`` to ``start + n`` of a study: the network input and its fusions.
+
+    ``image`` is ``(W + 1, X, Y, n)`` (the CT windows, then the scaled PET); ``fused`` is
+    ``(W * M, X, Y, n)`` in the order of :attr:`FusedStudy.names`; slices the PET does not cover
+    are 0 there, never a "fusion" of the CT alone.
+    """
+
+    start: int
+    image: torch.Tensor
+    fused: torch.Tensor
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.image.shape[-1]
+
+
+class StudySink:
+    """Something that consumes a fused study slab by slab, in z order, inside a ``with`` block.
+
+    ``stage`` is the report stage its time counts to. On a clean exit a sink finishes its work
+    (closes its files); on an exception it removes what it started.
+    """
+
+    stage = "write"
+
+    def __enter__(self) -> StudySink:
+        return self
+
+    def add(self, slab: FusedSlab) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> bool | None:
+        return None
 
 
 @dataclass
 class FusedStudy:
-    """A fused study: the preprocessed inputs, one volume per ``(window, method)``, and what made them.
+    """A study loaded onto the CT grid and the fusers to stream it through.
 
-    ``versions`` maps each method to its :func:`~pipeline.provenance.fuser_version`.
+    ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
+    ``pet_slices`` and ``body_slices`` (see :mod:`pipeline.transforms.study`); ``versions`` maps each method to its
+    :func:`~pipeline.provenance.fuser_version`; ``timings`` gathers seconds per report stage.
     """
 
     data: dict[str, Any]
-    fused: dict[tuple[str, str], MetaTensor]
+    network: FusionNetwork
+    suv_max: float = DEFAULT_SUV_MAX
+    device: str | torch.device = "cpu"
+    sw_batch_size: int = 8
+    progress: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    suv_max: float = DEFAULT_SUV_MAX
 
     @property
     def study_key(self) -> str | None:
         return self.data.get("study_key")
 
-    def save_nifti(self, folder: str | Path) -> list[Path]:
-        """Write every fused volume into ``folder`` (atomically, one file per window and method)."""
-        return [save_volume(Path(folder) / fused_filename(window, method), volume)
-                for (window, method), volume in self.fused.items()]
+    @property
+    def windows(self) -> list[str]:
+        return self.network.windows
 
-    def save_dicom(self, ct_headers: Sequence[Dataset], pet_headers: Sequence[Dataset], folder: str | Path,
-                   colour: bool = True) -> list[Path]:
-        """Write every fused volume as a derived DICOM series in the CT's study, and its colour rendering.
+    @property
+    def names(self) -> list[tuple[str, str]]:
+        """``(window, method)`` of each fused channel, in channel order."""
+        return [tuple(name.split("/")) for name in self.network.channel_names]
 
-        Headers: the source CT and PET slices, any order. One sub-folder per window and method
-        (``dicom_*``, and ``colour_*`` with ``colour``), series numbers from ``FUSED_SERIES_NUMBER`` up;
-        every series gets the same fusion date and time.
-        """
-        created = datetime.now().astimezone()
-        pet = self.data["image"][-1:]
-        written = []
-        for number, ((window, method), volume) in enumerate(self.fused.items(), start=FUSED_SERIES_NUMBER):
-            provenance = Provenance(method, window, self.versions.get(method, BASELINE_VERSION), self.suv_max,
-                                    created=created)
-            written.append(write_fused_series(volume, ct_headers, pet_headers,
-                                              Path(folder) / dicom_folder_name(method, window), provenance, number))
-            if colour:
-                written.append(write_colour_series(colour_fusion(volume, pet), ct_headers, pet_headers,
-                                                   Path(folder) / colour_folder_name(method, window), provenance,
-                                                   number + COLOUR_SERIES_OFFSET))
-        return written
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The CT grid ``(X, Y, Z)`` every fused volume lies on."""
+        return tuple(self.data["ct"].shape[1:])
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the block's seconds to ``timings[stage]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def slabs(self, size: int | None = None) -> Iterator[FusedSlab]:
+        """Resample the PET onto, window and fuse ``size`` (default :data:`SLAB_SLICES`) axial CT slices at a time."""
+        size = size or SLAB_SLICES
+        inputs = network_input(self.windows, self.suv_max).transforms
+        ct, covered = self.data["ct"], self.data["pet_slices"]
+        n_x, n_y, n_slices = self.shape
+        batch = self.sw_batch_size
+        if torch.device(self.device).type == "cpu":
+            batch = max(1, min(batch, CPU_FORWARD_VOXELS // (n_x * n_y)))
+        for start in range(0, n_slices, size):
+            stop = min(start + size, n_slices)
+            slab = {"ct": axial_slab(ct, start, stop), "pet": self.data["pet"]}
+            for transform in inputs:
+                with self.timed(_STAGES.get(type(transform).__name__, "window")):
+                    slab = transform(slab)
+            image = slab["image"]
+            with self.timed("fuse"):
+                fused = fuse_volume(self.network, image, device=self.device, sw_batch_size=batch)
+                with torch.inference_mode():  # fuse_volume's output is an inference tensor
+                    fused[..., ~covered[start:stop]] = 0.0
+            yield FusedSlab(start, image.as_tensor(), fused)
+
+    def stream(self, sinks: Sequence[StudySink]) -> None:
+        """Run every slab through every sink; a sink's files are complete once this returns."""
+        with ExitStack() as stack:
+            for sink in sinks:
+                stack.enter_context(sink)
+            bar = tqdm(total=self.shape[-1], unit="slice", desc="fusing", disable=not self.progress)
+            stack.callback(bar.close)
+            for slab in self.slabs():
+                for sink in sinks:
+                    with self.timed(sink.stage):
+                        sink.add(slab)
+                bar.update(slab.stop - slab.start)
+            closing = time.perf_counter()
+        self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - closing
+
+
+def _integer_hu(ct: MetaTensor, slab: int = SLAB_SLICES) -> MetaTensor:
+    """The CT as int16 when every voxel is a whole HU in range (so every window sees the same values), else as is.
+
+    Scanners store CT as integers x RescaleSlope 1 + an integer intercept, so this is the rule and
+    halves what a whole-body study holds while it streams; a CT with a fractional slope or from
+    NIfTI floats stays float32. Checked and converted a slab at a time.
+    """
+    compact = torch.empty(ct.shape, dtype=torch.int16)
+    limits = torch.iinfo(torch.int16)
+    for start in range(0, ct.shape[-1], slab):
+        part = ct.as_tensor()[..., start : start + slab]
+        if not (torch.equal(part, part.round()) and limits.min <= part.min() and part.max() <= limits.max):
+            return ct
+        compact[..., start : start + slab] = part
+    return MetaTensor(compact, affine=ct.affine, meta={key: value for key, value in ct.meta.items() if key != "affine"})
 
 
 def fuse_study(
@@ -101,31 +194,22 @@ def fuse_study(
     progress: bool = False,
     pet_factor: float | None = None,
 ) -> FusedStudy:
-    """Preprocess ``study`` and fuse every window with every fuser, timing each stage.
+    """Load ``study`` onto the CT grid for ``fusers`` in every window, timing each stage; stream it to fuse it.
 
-    ``timings`` holds seconds per stage: ``load``, ``suv``, ``resample``, ``window`` (windows, PET
-    scaling and stacking) and ``fuse``.
+    ``timings`` holds seconds per stage: ``load``, ``suv``, ``resample``, ``window`` (body flags), then,
+    as the study streams, more ``resample`` and ``window`` (windows, PET scaling), ``fuse`` and the
+    sinks' stages.
     """
+    network_input(windows, suv_max)  # refuses unknown windows before anything is read
+    network = FusionNetwork(fusers, windows, suv_max)  # and a model a scaling it was not trained at
     timings: dict[str, float] = {}
     data: Any = study
-    for transform in study_preprocessing(windows, suv_max, pet_factor=pet_factor).transforms:
+    for transform in study_loading(pet_factor=pet_factor).transforms:
         start = time.perf_counter()
         data = transform(data)
         stage = _STAGES.get(type(transform).__name__, "window")
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-    start = time.perf_counter()
-    network = FusionNetwork(fusers, windows, suv_max)
-    stacked = fuse_volume(network, data["image"], device=device, sw_batch_size=sw_batch_size, progress=progress)
-    timings["fuse"] = time.perf_counter() - start
-    if "pet_slices" in data:  # CT slices the PET does not cover are blank, never a "fusion" of CT alone
-        with torch.inference_mode():  # fuse_volume's output is an inference tensor
-            stacked[..., ~data["pet_slices"].to(stacked.device)] = 0.0
-    reference = data["ct"]
-    fused = {}
-    for channel, name in enumerate(network.channel_names):
-        window, method = name.split("/")
-        meta = {key: value for key, value in reference.meta.items() if key != "affine"}
-        meta.update(modality="fused", window=window, method=method)
-        fused[(window, method)] = MetaTensor(stacked[channel : channel + 1], affine=reference.affine, meta=meta)
+    data["ct"] = _integer_hu(data["ct"])
     versions = {name: fuser_version(fuser) for name, fuser in fusers.items()}
-    return FusedStudy(data=data, fused=fused, timings=timings, versions=versions, suv_max=suv_max)
+    return FusedStudy(data=data, network=network.to(device).eval(), suv_max=suv_max, device=device,
+                      sw_batch_size=sw_batch_size, progress=progress, timings=timings, versions=versions)

@@ -17,11 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def temporary_sibling(path: str | os.PathLike[str]) -> Path:
+    """A fresh hidden name beside ``path`` that ends in its name and that a batch sweeps as partial (``.*.partial.*``)."""
+    target = Path(path)
+    return target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}")
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
     target = Path(path)
-    temporary = target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}")
+    temporary = temporary_sibling(target)
     try:
         yield temporary
         os.replace(temporary, target)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, UID, generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_write
+from pipeline.io.atomic import atomic_write, temporary_sibling
 from pipeline.io.discovery import slice_normal
 from pipeline.provenance import SOFTWARE_VERSION
 
@@ -192,12 +193,63 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
     return ds
 
 
-def _save(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
-    path = Path(out_dir) / FUSED_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary:
-        ds.save_as(temporary, enforce_file_format=True)
-    return path
+def grey_frames(volume: np.ndarray) -> np.ndarray:
+    """``(Z, rows, columns)`` stored values of an ``(X, Y, Z)`` fused volume or slab in [0, 1]."""
+    return np.rint(np.clip(volume, 0.0, 1.0) * MAX_STORED).astype("<u2").transpose(2, 1, 0)
+
+
+class DerivedSeriesWriter:
+    """Write one derived series (``out_dir/fused.dcm``) frame by frame, so no volume of pixels is held.
+
+    Frames go to a spool file beside the target as they come; on a clean exit with every frame
+    written, the dataset is saved atomically with the spool as its Pixel Data (pydicom copies a
+    buffer in chunks). On an exception nothing is left behind. Frames arrive in the volume's z
+    order: the ``i``-th CT slice by position along the slice normal, as the DICOM loader orders them.
+
+    Args:
+        ct_headers, pet_headers: the source slices' headers (any order; pixel data not needed).
+        shape: the ``(X, Y, Z)`` CT grid the frames lie on; InputError when the CT headers do not match it.
+        colour: RGB frames (``(n, rows, columns, 3)`` uint8) instead of 12-bit grey (``(n, rows, columns)``).
+    """
+
+    def __init__(self, ct_headers: Sequence[Dataset], pet_headers: Sequence[Dataset], out_dir: str | os.PathLike[str],
+                 provenance: Provenance, series_number: int, shape: tuple[int, int, int], colour: bool = False,
+                 where: str = "fused volume") -> None:
+        ordered = _ordered_headers(ct_headers, tuple(shape), where)
+        self.dataset = _dataset(ordered, pet_headers, provenance, colour=colour, series_number=series_number)
+        self.path = Path(out_dir) / FUSED_FILE
+        self._frame = (int(self.dataset.Rows), int(self.dataset.Columns), *((3,) if colour else ()))
+        self._dtype, self._vr = (np.uint8, "OB") if colour else (np.dtype("<u2"), "OW")
+        self._frames = len(ordered)
+        self._written = 0
+
+    def __enter__(self) -> DerivedSeriesWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._files = ExitStack()
+        spool = temporary_sibling(self.path)
+        self._files.callback(spool.unlink, missing_ok=True)  # the spool never becomes a file of its own
+        self._spool = self._files.enter_context(open(spool, "w+b"))
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append the next frames, ``(n, rows, columns)`` grey or ``(n, rows, columns, 3)`` RGB."""
+        if tuple(frames.shape[1:]) != self._frame or self._written + len(frames) > self._frames:
+            raise ValueError(f"{self.path}: frames {frames.shape} do not continue {self._frames} frames of "
+                             f"{self._frame} at frame {self._written}")
+        self._spool.write(np.ascontiguousarray(frames, dtype=self._dtype).tobytes())
+        self._written += len(frames)
+
+    def __exit__(self, *exc: object) -> bool | None:
+        with self._files:
+            if exc[0] is not None:
+                return None
+            if self._written != self._frames:
+                raise ValueError(f"{self.path}: {self._written} of {self._frames} frames written")
+            self._spool.seek(0)
+            self.dataset.add_new("PixelData", self._vr, self._spool)
+            with atomic_write(self.path) as temporary:
+                self.dataset.save_as(temporary, enforce_file_format=True)
+        return None
 
 
 def write_fused_series(
@@ -208,23 +260,13 @@ def write_fused_series(
     provenance: Provenance,
     series_number: int = FUSED_SERIES_NUMBER,
 ) -> Path:
-    """Write a ``(1, X, Y, Z)`` fused volume in [0, 1] on the CT grid as ``out_dir/fused.dcm`` (atomically).
-
-    ``ct_headers`` and ``pet_headers`` are the source slices' headers (any order; pixel data not
-    needed); the volume's z index ``i`` is the ``i``-th CT slice by position along the slice normal,
-    as the DICOM loader orders them. Raises InputError when the CT headers do not match the volume.
-    """
+    """Write a whole ``(1, X, Y, Z)`` fused volume in [0, 1] with a :class:`DerivedSeriesWriter`."""
     where = str(volume.meta.get("filename_or_obj", "fused volume"))
-    ordered = _ordered_headers(ct_headers, tuple(volume.shape[1:]), where)
-    ds = _dataset(ordered, pet_headers, provenance, colour=False, series_number=series_number)
-    # (X, Y, Z) -> (Z = frames, rows = Y, columns = X), one frame at a time: a whole-volume float
-    # copy would cost twice the 16-bit pixels it becomes.
     values = volume.detach().cpu().numpy()[0]
-    pixels = np.empty(values.shape[::-1], dtype="<u2")
-    for z, frame in enumerate(pixels):
-        frame[...] = np.rint(np.clip(values[..., z].T, 0.0, 1.0) * MAX_STORED)
-    ds.PixelData = pixels.tobytes()
-    return _save(ds, out_dir)
+    with DerivedSeriesWriter(ct_headers, pet_headers, out_dir, provenance, series_number, values.shape,
+                             where=where) as writer:
+        writer.write(grey_frames(values))
+    return writer.path
 
 
 def write_colour_series(
@@ -235,9 +277,9 @@ def write_colour_series(
     provenance: Provenance,
     series_number: int = FUSED_SERIES_NUMBER + COLOUR_SERIES_OFFSET,
 ) -> Path:
-    """Write a ``(Z, rows, columns, 3)`` uint8 RGB rendering on the CT grid as ``out_dir/fused.dcm`` (atomically)."""
+    """Write a whole ``(Z, rows, columns, 3)`` uint8 RGB rendering with a :class:`DerivedSeriesWriter`."""
     frames, rows, columns, _ = rgb.shape
-    ordered = _ordered_headers(ct_headers, (columns, rows, frames), "colour rendering")
-    ds = _dataset(ordered, pet_headers, provenance, colour=True, series_number=series_number)
-    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    return _save(ds, out_dir)
+    with DerivedSeriesWriter(ct_headers, pet_headers, out_dir, provenance, series_number, (columns, rows, frames),
+                             colour=True, where="colour rendering") as writer:
+        writer.write(rgb)
+    return writer.path

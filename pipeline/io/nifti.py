@@ -7,12 +7,14 @@ NIfTI carries no modality or PET units, so the caller states the modality; the a
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from nibabel.openers import ImageOpener
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
@@ -51,20 +53,67 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
 SCANNER_XFORM = 1
 
 
-def save_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray,
-               slope_inter: tuple[float, float] | None = None) -> Path:
-    """Write a 3-D array with its RAS affine atomically (a crash leaves the old file or none)."""
-    path = Path(path)
-    image = nib.Nifti1Image(array, np.asarray(affine, dtype=float))
+def _scanner_image(data: np.ndarray, affine: np.ndarray, slope_inter: tuple[float, float] | None = None) -> nib.Nifti1Image:
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
     image.set_qform(image.affine, code=SCANNER_XFORM)
     image.set_sform(image.affine, code=SCANNER_XFORM)
     image.header.set_xyzt_units("mm")
     if slope_inter is not None:
         image.header.set_slope_inter(*slope_inter)
+    return image
+
+
+def save_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray,
+               slope_inter: tuple[float, float] | None = None) -> Path:
+    """Write a 3-D array with its RAS affine atomically (a crash leaves the old file or none)."""
+    path = Path(path)
+    image = _scanner_image(array, affine, slope_inter)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
         nib.save(image, temporary)
     return path
+
+
+class NiftiSliceWriter:
+    """Write a float32 ``(X, Y, Z)`` NIfTI slab by slab along z: the file :func:`save_nifti` writes, never held whole.
+
+    NIfTI stores x fastest, so each axial slice is one contiguous run after the header and a
+    volume streams out in z order. A context manager: the file appears atomically on a clean exit
+    with every slice written, and is removed on an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int], affine: np.ndarray) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        image = _scanner_image(np.broadcast_to(np.float32(0.0), self.shape), affine)  # a header, no pixels
+        image.update_header()
+        self._header = image.header
+        self._header.set_slope_inter(1.0, 0.0)  # what nibabel's own writer records for unscaled floats
+        self._written = 0
+
+    def __enter__(self) -> NiftiSliceWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._files = ExitStack()
+        temporary = self._files.enter_context(atomic_write(self.path))
+        self._file = self._files.enter_context(ImageOpener(temporary, "wb"))
+        self._header.write_to(self._file)
+        self._file.write(b"\0" * (self._header.get_data_offset() - self._file.tell()))
+        return self
+
+    def write(self, slab: np.ndarray) -> None:
+        """Append the next ``(X, Y, n)`` slices."""
+        if tuple(slab.shape[:2]) != self.shape[:2] or self._written + slab.shape[2] > self.shape[2]:
+            raise ValueError(f"{self.path.name}: slab {slab.shape} does not continue a {self.shape} volume "
+                             f"at slice {self._written}")
+        self._file.write(np.asarray(slab, dtype=np.float32).tobytes(order="F"))
+        self._written += slab.shape[2]
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if exc[0] is None and self._written != self.shape[2]:
+            error = ValueError(f"{self.path.name}: {self._written} of {self.shape[2]} slices written")
+            self._files.__exit__(ValueError, error, None)
+            raise error
+        return self._files.__exit__(*exc)
 
 
 def save_volume(path: str | os.PathLike[str], volume: MetaTensor) -> Path:

@@ -23,8 +23,20 @@ DEFAULT_MIN_BODY_FRACTION = 0.01
 def body_slice_indices(volume: torch.Tensor, threshold: float = DEFAULT_BODY_THRESHOLD_HU,
                        min_fraction: float = DEFAULT_MIN_BODY_FRACTION) -> list[int]:
     """Indices of axial slices in which at least ``min_fraction`` of the voxels exceed ``threshold``."""
-    fraction = (volume[0] > threshold).float().mean(dim=(0, 1))
+    n_x, n_y, n_z = volume.shape[1:]
+    # Counted a few slices at a time: a whole-volume mask is summed in int64, twice the CT's size.
+    counts = torch.cat([torch.count_nonzero(volume[0, ..., z : z + 16] > threshold, dim=(0, 1))
+                        for z in range(0, n_z, 16)])
+    fraction = counts.to(torch.float32) / (n_x * n_y)
     return torch.nonzero(fraction >= min_fraction).flatten().tolist()
+
+
+def axial_slab(volume: MetaTensor, start: int, stop: int) -> MetaTensor:
+    """Slices ``start:stop`` of a ``(C, X, Y, Z)`` volume, a view whose affine places them where they lie."""
+    affine = volume.affine.clone()
+    affine[:3, 3] += start * affine[:3, 2]
+    meta = {key: value for key, value in volume.meta.items() if key != "affine"}  # the volume's own stays
+    return MetaTensor(volume.as_tensor()[..., start:stop], affine=affine, meta=meta)
 
 
 def flagged_slices(flags: torch.Tensor) -> list[int]:

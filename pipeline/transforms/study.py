@@ -1,7 +1,11 @@
-"""The whole data path of one study as one MONAI ``Compose``: every front door uses this.
+"""The whole data path of one study as MONAI ``Compose`` objects: every front door uses these.
 
 The bundle's inference and evaluation, the CLI, the batch job and the deploy app all build their
 network input here, so the same study gives the same fused output whichever door it came in by.
+It comes in two halves: :func:`study_loading` (the volumes, in SUV, with their slice flags) and
+:func:`network_input` (the PET onto the CT grid, windows, PET scaling). The bundle runs both on the
+whole volume (:func:`study_preprocessing`); :func:`pipeline.fusion.study.fuse_study` runs the
+second axial slab by slab, so a whole-body study costs one CT and the PET on its own grid.
 Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ceiling in [0, 1]),
 ``ct_<window>`` (each window in [0, 1]), ``image``: the network input, one channel per CT window
 followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry, and
@@ -11,9 +15,7 @@ slice inside the body and covered by the PET (what is scored and shown).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 from monai.data import MetaTensor
 from monai.transforms import Compose, ConcatItemsd
@@ -51,6 +53,49 @@ def window_key(window: str) -> str:
     return f"ct_{window}"
 
 
+def study_loading(
+    weight_kg: float | None = None,
+    dose_bq: float | None = None,
+    units: str | None = None,
+    pet_factor: float | None = None,
+) -> Compose:
+    """Load, SUV, coverage and body-slice flags: ``ct``, ``pet`` (SUV, on its own grid), ``pet_slices``, ``body_slices``.
+
+    ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them; ``units``
+    (e.g. BQML) states the PET's units where no header does (NIfTI input); ``pet_factor`` (pixels x
+    factor = SUVbw) replaces the units altogether, e.g. for PET in counts (else scaled relatively).
+    """
+    return Compose(
+        [
+            LoadStudyd(keys=("ct", "pet")),
+            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units, factor=pet_factor),
+            PETCoveraged(keys="pet", ref_key="ct", output_key="pet_slices"),
+            BodySlicesd(keys="ct", output_key="body_slices", within_key="pet_slices"),
+        ]
+    )
+
+
+def network_input(windows: Sequence[str] = DEFAULT_WINDOWS, suv_max: float = DEFAULT_SUV_MAX,
+                  resample_mode: str = "linear") -> Compose:
+    """PET onto the CT grid, CT windows, PET scaling, ``image``: for a whole CT or an axial slab of one.
+
+    The CT's affine says where its voxels are, so a slab (:func:`pipeline.transforms.slicing.axial_slab`)
+    gets the PET resampled onto just its slices.
+    """
+    windows = list(windows)
+    unknown = [window for window in windows if window not in WINDOW_PRESETS]
+    if not windows or unknown:
+        raise ValueError(f"windows must be a non-empty list from {sorted(WINDOW_PRESETS)}, got {windows}")
+    return Compose(
+        [
+            ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
+            SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
+            *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
+            StackItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
+        ]
+    )
+
+
 def study_preprocessing(
     windows: Sequence[str] = DEFAULT_WINDOWS,
     suv_max: float = DEFAULT_SUV_MAX,
@@ -60,25 +105,6 @@ def study_preprocessing(
     units: str | None = None,
     pet_factor: float | None = None,
 ) -> Compose:
-    """Load, SUV, PET onto the CT grid, window the CT, scale the PET, stack the network input.
-
-    ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them; ``units``
-    (e.g. BQML) states the PET's units where no header does (NIfTI input); ``pet_factor`` (pixels x
-    factor = SUVbw) replaces the units altogether, e.g. for PET in counts (else scaled relatively).
-    """
-    windows = list(windows)
-    unknown = [window for window in windows if window not in WINDOW_PRESETS]
-    if not windows or unknown:
-        raise ValueError(f"windows must be a non-empty list from {sorted(WINDOW_PRESETS)}, got {windows}")
-    return Compose(
-        [
-            LoadStudyd(keys=("ct", "pet")),
-            PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units, factor=pet_factor),
-            PETCoveraged(keys="pet", ref_key="ct", output_key="pet_slices"),
-            ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),
-            SUVScaled(keys="pet", suv_max=suv_max, output_key="pet_scaled"),
-            *(CTWindowd(keys="ct", window=window, output_key=window_key(window)) for window in windows),
-            StackItemsd(keys=[*map(window_key, windows), "pet_scaled"], name="image", dim=0),
-            BodySlicesd(keys="ct", output_key="body_slices", within_key="pet_slices"),
-        ]
-    )
+    """:func:`study_loading` then :func:`network_input` on the whole volume (arguments as theirs)."""
+    head = network_input(windows, suv_max, resample_mode)  # checks the windows before anything is read
+    return Compose([*study_loading(weight_kg, dose_bq, units, pet_factor).transforms, *head.transforms])

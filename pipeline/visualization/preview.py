@@ -29,10 +29,19 @@ def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DE
     """
     candidates = list(candidates) or list(range(pet.shape[-1]))
     peaks = pet[0].amax(dim=(0, 1))  # one pass over the volume: slice by slice is strided and slow
-    hottest = max(candidates, key=lambda z: float(peaks[z]))
+    return with_hottest(spread_slices(candidates, count), max(candidates, key=lambda z: float(peaks[z])))
+
+
+def spread_slices(candidates: Sequence[int], count: int = DEFAULT_PREVIEW_SLICES) -> list[int]:
+    """``count`` of ``candidates`` evenly spread from the first to the last (all of them when fewer)."""
     spread = np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round().astype(int)
-    chosen = [candidates[i] for i in spread]
-    if hottest not in chosen:  # it replaces the spread slice nearest to it
+    return [candidates[i] for i in spread]
+
+
+def with_hottest(chosen: Sequence[int], hottest: int) -> list[int]:
+    """``chosen`` with ``hottest`` in place of the slice nearest to it (unless it is there already), sorted."""
+    chosen = list(chosen)
+    if hottest not in chosen:
         chosen[min(range(len(chosen)), key=lambda i: abs(chosen[i] - hottest))] = hottest
     return sorted(chosen)
 

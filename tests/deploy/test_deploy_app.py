@@ -1,7 +1,8 @@
 """The deploy app end to end: its fused DICOM series lie on the CT and equal the bundle's inference.
 
-``fuse_study`` is the bundle's inference workflow (same preprocessing, same FusionNetwork, same
-slice inferer), so it is the reference the app's series must reproduce within 12-bit quantisation.
+The reference is the bundle's way of fusing (the whole study preprocessed at once, same
+FusionNetwork, same slice inferer): the app streams slabs, and its series must reproduce that
+within 12-bit quantisation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from pipeline.io.derived_series import dicom_folder_name
 from pipeline.fusion.selection import BASELINE_FALLBACK, BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers
-from pipeline.fusion.study import FusedStudy, fuse_study, fused_filename
+from pipeline.fusion.study import fused_filename
 from pipeline.io.derived_series import MAX_STORED
 from pipeline.networks import DCIFGenerator
 from pipeline.phantom import make_phantom
@@ -31,13 +32,13 @@ def _read_sitk(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def assert_output_matches(out_dir: Path, ct_dir: Path, expected: FusedStudy) -> None:
+def assert_output_matches(out_dir: Path, ct_dir: Path, expected: dict[tuple[str, str], torch.Tensor]) -> None:
     """Every fused volume came out as a DICOM series on the CT grid, in the CT's study, with the expected pixels."""
     ct = _read_sitk(ct_dir)
     ct_header = pydicom.dcmread(next(ct_dir.glob("*.dcm")), stop_before_pixels=True)
     assert sorted(path.name for path in out_dir.glob("dicom_*")) == sorted(
-        dicom_folder_name(method, window) for window, method in expected.fused)
-    for (window, method), volume in expected.fused.items():
+        dicom_folder_name(method, window) for window, method in expected)
+    for (window, method), volume in expected.items():
         assert (out_dir / fused_filename(window, method)).is_file()
         series_file = out_dir / dicom_folder_name(method, window) / "fused.dcm"
         header = pydicom.dcmread(series_file)
@@ -78,17 +79,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, tiny_checkpoint, tmp_path):
+def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, tiny_checkpoint, whole_volume_fusion,
+                                                      tmp_path):
     out_dir = tmp_path / "out"
     run = run_app("-i", tiny_study, "-o", out_dir, "-m", tiny_checkpoint.parent)  # a model folder, as in the image
     assert run.returncode == 0, run
     assert f"fusing with dcif_gan from {tiny_checkpoint}" in run.stderr
-    expected = fuse_study({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
-                          build_fusers(["dcif_gan"], checkpoint=tiny_checkpoint))
+    expected = whole_volume_fusion({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
+                                   build_fusers(["dcif_gan"], checkpoint=tiny_checkpoint))
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
-def test_real_study_through_sdk_environment_variables(run_app, shared_petct, tmp_path):
+def test_real_study_through_sdk_environment_variables(run_app, shared_petct, whole_volume_fusion, tmp_path):
     study = shared_petct / REAL_STUDY / "dicom"  # CT, PET and an RTSTRUCT beside each: selection must skip those
     if not study.is_dir():
         pytest.skip(f"real study {REAL_STUDY} not found in {shared_petct}")
@@ -99,6 +101,6 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, tmp
     method = MODEL_METHOD if BUNDLED_CHECKPOINT.is_file() else BASELINE_FALLBACK
     if method != MODEL_METHOD:
         assert f"fusing with the {BASELINE_FALLBACK} baseline instead" in run.stderr
-    expected = fuse_study({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
-                          build_fusers([method], checkpoint=BUNDLED_CHECKPOINT))
+    expected = whole_volume_fusion({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
+                                   build_fusers([method], checkpoint=BUNDLED_CHECKPOINT))
     assert_output_matches(out_dir, study / "CT" / "image", expected)

@@ -7,7 +7,10 @@ import torch
 
 from pipeline.fusion import FusionNetwork, fuse_volume, get_fuser
 from pipeline.fusion.selection import build_fusers
+from pipeline.fusion import study as study_module
 from pipeline.fusion.study import fuse_study
+from pipeline.fusion.writers import NiftiSink
+from pipeline.io.nifti import load_nifti
 
 
 def test_channels_are_window_major_and_match_each_fuser():
@@ -41,13 +44,39 @@ def test_streams_need_the_model():
         build_fusers(["max"], streams=True)
 
 
-def test_fuse_study_returns_volumes_on_the_ct_geometry(tiny_datalist):
+@pytest.mark.parametrize("slab", [1, 3, 64])
+def test_streamed_study_equals_fusing_the_whole_volume(tiny_datalist, whole_volume_fusion, slab, monkeypatch):
+    monkeypatch.setattr(study_module, "SLAB_SLICES", slab)
+    fusers = build_fusers(["average", "laplacian"])
+    result = fuse_study(tiny_datalist[0], fusers, windows=["lung", "mediastinal"])
+    expected = whole_volume_fusion(tiny_datalist[0], fusers, ["lung", "mediastinal"])
+    assert result.names == list(expected)
+    starts, streamed = [], {name: [] for name in result.names}
+    for piece in result.slabs(slab):
+        starts.append(piece.start)
+        for channel, name in enumerate(result.names):
+            streamed[name].append(piece.fused[channel : channel + 1])
+    assert starts == list(range(0, result.shape[-1], slab))
+    for name, volume in expected.items():
+        torch.testing.assert_close(torch.cat(streamed[name], dim=-1), volume, atol=0, rtol=0)
+
+
+def test_fuse_study_lies_on_the_ct_geometry_and_times_its_stages(tiny_datalist, tmp_path):
     result = fuse_study(tiny_datalist[0], build_fusers(["average", "max"]), windows=["lung"])
-    assert set(result.fused) == {("lung", "average"), ("lung", "max")}
-    volume = result.fused[("lung", "max")]
+    assert result.names == [("lung", "average"), ("lung", "max")]
     ct = result.data["ct"]
-    assert volume.shape == ct.shape
-    torch.testing.assert_close(volume.affine, ct.affine)
-    assert result.study_key == tiny_datalist[0]["study_key"]
-    assert set(result.timings) == {"load", "suv", "resample", "window", "fuse"}
+    assert result.shape == tuple(ct.shape[1:]) and result.study_key == tiny_datalist[0]["study_key"]
+    assert set(result.timings) == {"load", "suv", "resample", "window"}
+    volumes = NiftiSink(result, tmp_path)
+    result.stream([volumes])
+    assert set(result.timings) == {"load", "suv", "resample", "window", "fuse", "write"}
     assert all(seconds >= 0 for seconds in result.timings.values())
+    written = load_nifti(tmp_path / "fused_max_lung.nii.gz", "fused")
+    assert written.shape == ct.shape and [path.name for path in volumes.paths] == [
+        "fused_average_lung.nii.gz", "fused_max_lung.nii.gz"]
+    torch.testing.assert_close(written.affine, ct.affine)
+
+
+def test_unknown_window_is_refused_before_anything_is_read():
+    with pytest.raises(ValueError, match="windows must be"):
+        fuse_study({"ct": "/nonexistent/ct", "pet": "/nonexistent/pet"}, build_fusers(["max"]), windows=["bone"])

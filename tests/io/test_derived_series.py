@@ -18,8 +18,11 @@ from monai.data import MetaTensor
 from pipeline.errors import InputError
 from pipeline.io.derived_series import (
     COLOUR_SOP_CLASS,
+    FUSED_SERIES_NUMBER,
     GREY_SOP_CLASS,
+    DerivedSeriesWriter,
     Provenance,
+    grey_frames,
     write_colour_series,
     write_fused_series,
 )
@@ -150,3 +153,29 @@ def test_validator_finds_nothing_the_source_ct_does_not_have(tmp_path: Path, pha
                                  _headers(phantom.pet_dir), tmp_path / "colour", PROVENANCE)
     assert _dciodvfy(grey) <= source
     assert _dciodvfy(colour) <= source
+
+
+def test_frames_written_in_slabs_give_the_object_written_whole(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    whole = _write(phantom, fused, tmp_path / "whole")
+    values = fused.numpy()[0]
+    with DerivedSeriesWriter(_headers(phantom.ct_dir), _headers(phantom.pet_dir), tmp_path / "slabs", PROVENANCE,
+                             FUSED_SERIES_NUMBER, values.shape) as writer:
+        for start in range(0, values.shape[2], 5):
+            writer.write(grey_frames(values[..., start : start + 5]))
+    one, other = pydicom.dcmread(whole), pydicom.dcmread(writer.path)
+    assert one.PixelData == other.PixelData
+    assert [element for element in one if element.keyword not in ("PixelData",) and "Time" not in element.keyword] == [
+        element for element in other if element.keyword not in ("PixelData",) and "Time" not in element.keyword]
+    assert sorted(path.name for path in writer.path.parent.iterdir()) == ["fused.dcm"]  # the spool is gone
+
+
+@pytest.mark.parametrize("mistake", ["too_few", "exception"])
+def test_an_unfinished_series_leaves_no_file_nor_spool(tmp_path: Path, phantom, fused: MetaTensor, mistake: str) -> None:
+    values = fused.numpy()[0]
+    with pytest.raises((ValueError, RuntimeError)):
+        with DerivedSeriesWriter(_headers(phantom.ct_dir), _headers(phantom.pet_dir), tmp_path, PROVENANCE,
+                                 FUSED_SERIES_NUMBER, values.shape) as writer:
+            writer.write(grey_frames(values[..., :2]))
+            if mistake == "exception":
+                raise RuntimeError("fusion failed half-way")
+    assert list(tmp_path.iterdir()) == []

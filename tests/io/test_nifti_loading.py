@@ -11,7 +11,7 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.io.dicom import load_series
-from pipeline.io.nifti import load_nifti, save_volume
+from pipeline.io.nifti import NiftiSliceWriter, load_nifti, save_nifti, save_volume
 
 
 def test_matches_dicom_of_the_same_volume(dicom_factory, tmp_path: Path):
@@ -62,3 +62,25 @@ def test_save_volume_round_trip(dicom_factory, tmp_path: Path):
     np.testing.assert_allclose(again.affine.numpy(), volume.affine.numpy(), atol=1e-5)
     np.testing.assert_array_equal(again.numpy(), volume.numpy())
     assert [p.name for p in path.parent.iterdir()] == ["fused.nii.gz"]  # no temporary left behind
+
+
+def test_slab_writer_writes_the_file_save_nifti_writes(tmp_path: Path):
+    volume = np.random.default_rng(0).random((7, 5, 9), dtype=np.float32)
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = (4.0, -3.0, 10.0)
+    whole = save_nifti(tmp_path / "whole.nii.gz", volume, affine)
+    with NiftiSliceWriter(tmp_path / "slabs.nii.gz", volume.shape, affine) as writer:
+        for start, stop in ((0, 4), (4, 5), (5, 9)):  # uneven slabs
+            writer.write(volume[..., start:stop])
+    assert writer.path.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("mistake", ["too_few", "wrong_plane", "exception"])
+def test_slab_writer_leaves_nothing_when_the_volume_is_not_complete(tmp_path: Path, mistake: str):
+    volume = np.zeros((4, 4, 6), dtype=np.float32)
+    with pytest.raises((ValueError, RuntimeError)):
+        with NiftiSliceWriter(tmp_path / "fused.nii.gz", volume.shape, np.eye(4)) as writer:
+            writer.write(volume[..., :3] if mistake != "wrong_plane" else volume[:3])
+            if mistake == "exception":
+                raise RuntimeError("fusion failed half-way")
+    assert list(tmp_path.iterdir()) == []

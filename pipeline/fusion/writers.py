@@ -1,0 +1,151 @@
+"""The files a fused study becomes, written as it streams: NIfTI volumes, derived DICOM series, a preview.
+
+Each is a :class:`~pipeline.fusion.study.StudySink`: it opens one streaming writer per fused
+channel (:class:`~pipeline.io.nifti.NiftiSliceWriter`, :class:`~pipeline.io.derived_series.DerivedSeriesWriter`)
+and appends each slab, so no whole fused volume is ever held. The CLI, the batch job and the
+deploy app write through these, so a study's outputs are named and built the same whichever door
+it came in by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom.dataset import Dataset
+
+from pipeline.fusion.study import FusedSlab, FusedStudy, StudySink, fused_filename
+from pipeline.io.derived_series import (
+    COLOUR_SERIES_OFFSET,
+    FUSED_SERIES_NUMBER,
+    DerivedSeriesWriter,
+    Provenance,
+    colour_folder_name,
+    dicom_folder_name,
+    grey_frames,
+)
+from pipeline.io.nifti import NiftiSliceWriter
+from pipeline.provenance import BASELINE_VERSION
+from pipeline.transforms.slicing import flagged_slices
+from pipeline.visualization.colour import colour_fusion
+from pipeline.visualization.preview import spread_slices, with_hottest, write_preview
+
+
+class _ChannelWriters(StudySink):
+    """Holds one streaming writer per output file, all entered and left together."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def writers(self) -> list:
+        raise NotImplementedError
+
+    def __enter__(self) -> _ChannelWriters:
+        self._writers = ExitStack()
+        self._open = [self._writers.enter_context(writer) for writer in self.writers()]
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        self._writers.__exit__(*exc)
+        if exc[0] is None:
+            self.paths = [writer.path for writer in self._open]
+        return None
+
+
+class NiftiSink(_ChannelWriters):
+    """``folder/fused_<method>_<window>.nii.gz`` for every fused channel, float32 on the CT's RAS affine."""
+
+    def __init__(self, study: FusedStudy, folder: str | Path) -> None:
+        super().__init__()
+        self.study, self.folder = study, Path(folder)
+
+    def writers(self) -> list[NiftiSliceWriter]:
+        affine = np.asarray(self.study.data["ct"].affine, dtype=float)
+        return [NiftiSliceWriter(self.folder / fused_filename(window, method), self.study.shape, affine)
+                for window, method in self.study.names]
+
+    def add(self, slab: FusedSlab) -> None:
+        for channel, writer in enumerate(self._open):
+            writer.write(slab.fused[channel].numpy())
+
+
+class DicomSink(_ChannelWriters):
+    """A grey derived series per fused channel in the CT's study, and its hot-iron colour rendering.
+
+    Headers: the source CT and PET slices, any order. One sub-folder per window and method
+    (``dicom_*``, and ``colour_*`` with ``colour``), series numbers from ``FUSED_SERIES_NUMBER`` up;
+    every series gets the same fusion date and time.
+    """
+
+    def __init__(self, study: FusedStudy, folder: str | Path, ct_headers: Sequence[Dataset],
+                 pet_headers: Sequence[Dataset], colour: bool = True) -> None:
+        super().__init__()
+        self.study, self.folder, self.colour = study, Path(folder), colour
+        self.ct_headers, self.pet_headers = ct_headers, pet_headers
+
+    def writers(self) -> list[DerivedSeriesWriter]:
+        created = datetime.now().astimezone()
+        where = str(self.study.data["ct"].meta.get("filename_or_obj", "fused volume"))
+        writers = []
+        for number, (window, method) in enumerate(self.study.names, start=FUSED_SERIES_NUMBER):
+            provenance = Provenance(method, window, self.study.versions.get(method, BASELINE_VERSION),
+                                    self.study.suv_max, created=created)
+            series = [(dicom_folder_name(method, window), number, False)]
+            if self.colour:
+                series.append((colour_folder_name(method, window), number + COLOUR_SERIES_OFFSET, True))
+            writers += [DerivedSeriesWriter(self.ct_headers, self.pet_headers, self.folder / name, provenance,
+                                            series_number, self.study.shape, colour=colour, where=where)
+                        for name, series_number, colour in series]
+        return writers
+
+    def add(self, slab: FusedSlab) -> None:
+        writers = iter(self._open)
+        pet = slab.image[-1:]
+        for channel in range(slab.fused.shape[0]):
+            grey = slab.fused[channel : channel + 1]
+            next(writers).write(grey_frames(grey[0].numpy()))
+            if self.colour:
+                next(writers).write(colour_fusion(grey, pet))
+
+
+class PreviewSink(StudySink):
+    """The study's preview PNG (:mod:`pipeline.visualization.preview`): a few body slices, kept as they pass.
+
+    The slices are those :func:`~pipeline.visualization.preview.preview_slices` picks, found on the
+    fly: the evenly spread ones are known up front, the hottest PET slice once every slab has passed.
+    """
+
+    def __init__(self, study: FusedStudy, path: str | Path) -> None:
+        self.path = Path(path)
+        self.candidates = flagged_slices(study.data["body_slices"]) or list(range(study.shape[-1]))
+        self.spread = spread_slices(self.candidates)
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._hottest: tuple[float, int] | None = None
+
+    def _keep(self, slab: FusedSlab, z: int) -> None:
+        self._kept[z] = (slab.image[..., z - slab.start].clone(), slab.fused[..., z - slab.start].clone())
+
+    def add(self, slab: FusedSlab) -> None:
+        peaks = slab.image[-1].amax(dim=(0, 1))
+        for z in (z for z in self.candidates if slab.start <= z < slab.stop):
+            if z in self.spread:
+                self._keep(slab, z)
+            peak = float(peaks[z - slab.start])
+            if self._hottest is None or peak > self._hottest[0]:  # the first of equally hot slices, as max() picks
+                if self._hottest is not None and self._hottest[1] not in self.spread:
+                    del self._kept[self._hottest[1]]
+                self._hottest = (peak, z)
+                self._keep(slab, z)
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if exc[0] is None:
+            slices = with_hottest(self.spread, self._hottest[1])
+            image = torch.stack([self._kept[z][0] for z in slices], dim=-1)
+            fused = torch.stack([self._kept[z][1] for z in slices], dim=-1)
+            write_preview(self.path, image[:1], image[-1:], [fused[c : c + 1] for c in range(fused.shape[0])],
+                          range(len(slices)))
+        return None
