@@ -85,3 +85,58 @@ def whole_volume_fusion():
     """The bundle's way of fusing a study (no slabs): the oracle the streamed front doors must reproduce."""
     return _whole_volume_fusion
 
+
+
+# A patient's identifiers, as hospital exports carry them in headers and in folder and file names.
+PLANTED_TAGS = {"PatientName": "DOE^JOHN", "PatientID": "MRN4711", "PatientBirthDate": "19450102",
+                "AccessionNumber": "ACC998877"}
+PLANTED = (*PLANTED_TAGS.values(), "DOE")
+
+
+@pytest.fixture(scope="session")
+def planted_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export folder holding one tiny study whose headers, folder and file names carry :data:`PLANTED_TAGS`.
+
+    The study's own folder (``CT/`` and ``PET/`` inside) is ``<export>/DOE^JOHN_MRN4711/19450102_ACC998877``.
+    """
+    import pydicom
+
+    from pipeline.phantom import make_phantom
+
+    root = tmp_path_factory.mktemp("planted")
+    make_phantom(root / "phantom", ct_shape=TINY_PHANTOM["size"], ct_spacing=TINY_PHANTOM["spacing"], seed=5,
+                 write_nifti=False)
+    tags = PLANTED_TAGS
+    study = root / "export" / f"{tags['PatientName']}_{tags['PatientID']}" / f"{tags['PatientBirthDate']}_{tags['AccessionNumber']}"
+    study.parent.mkdir(parents=True)
+    (root / "phantom" / "dicom").rename(study)
+    for path in sorted(study.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path.with_name(f"{tags['PatientID']}_{path.name}"))
+        path.unlink()
+    return root / "export"
+
+
+def _identifiers_in(*places: Path | str) -> list[str]:
+    """The planted identifiers found in texts, or in any file under the given folders but DICOM (gzip read inside)."""
+    import gzip
+
+    texts = []
+    for place in places:
+        if isinstance(place, Path):
+            for path in (p for p in sorted(place.rglob("*")) if p.is_file() and p.suffix != ".dcm"):
+                data = path.read_bytes()
+                texts += [str(path.relative_to(place)), data.decode("latin-1")]
+                if data[:2] == b"\x1f\x8b":
+                    texts.append(gzip.decompress(data).decode("latin-1"))
+        else:
+            texts.append(place)
+    return sorted({planted for text in texts for planted in PLANTED if planted in text})
+
+
+@pytest.fixture(scope="session")
+def identifiers_in():
+    """``identifiers_in(folder_or_text, ...)``: which planted identifiers reached files meant to be shared."""
+    return _identifiers_in

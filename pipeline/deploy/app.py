@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
+from monai.deploy.core.arg_parser import parse_args, set_up_logging
 from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
 
 from pipeline.deploy.operators import (
@@ -63,11 +65,43 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     return build_fusers([MODEL_METHOD], checkpoint=checkpoint, device=device)
 
 
+class FolderRedaction(logging.Filter):
+    """Log lines name the input and output folders by role only: hospital exports name folders by patient."""
+
+    def __init__(self, folders: Mapping[str, str]) -> None:
+        super().__init__()
+        # Longest first, so a folder inside another is replaced whole.
+        self.folders = sorted(((path, role) for role, path in folders.items() if path), key=lambda f: -len(f[0]))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for path, role in self.folders:
+            message = message.replace(path, f"<{role} folder>")
+        record.msg, record.args = message, None
+        return True
+
+
+def app_context(argv: list[str]) -> AppContext:
+    """The SDK's ``Application.init_app_context``, with every log handler redacting the input and output folders.
+
+    The SDK logs its parsed arguments and context (both folders) as soon as it has set up logging,
+    so the redaction has to sit between the two.
+    """
+    args = parse_args(argv)
+    set_up_logging(args.log_level)
+    context = AppContext({key: value for key, value in vars(args).items() if value})
+    redaction = FolderRedaction({"input": str(context.input_path), "output": str(context.output_path)})
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redaction)
+    logger.info("input %s, output %s, models %s", context.input_path, context.output_path, context.model_path)
+    return context
+
+
 class DcifFusionApp(Application):
     """PET/CT fusion as a MONAI Deploy application: one study per run, DICOM in and DICOM out."""
 
     def compose(self) -> None:
-        context: AppContext = Application.init_app_context(self.argv)
+        context = app_context(self.argv)
         input_folder, output_folder = Path(context.input_path), Path(context.output_path)
         if not input_folder.is_dir():
             raise InputError(f"{input_folder}: input folder not found")

@@ -231,3 +231,14 @@ def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_ph
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]["iteration"] > 0
+
+
+def test_inference_tracked_in_mlflow_logs_no_identifier(trained, tmp_path, planted_export, tiny_phantom_root,
+                                                       identifiers_in, capfd):
+    """A hospital export (identifiers in headers, folder and file names) through the bundle, tracked in MLflow."""
+    out = tmp_path / "out"
+    _bundle("inference.json", "inference", trained, tiny_phantom_root, output_dir=str(out), input=str(planted_export),
+            tracking="mlflow", every_k=4, **TINY_INFERENCE_NET)
+    assert list(out.rglob("fused_dcif_gan_lung.nii.gz")) and (out / "mlruns.db").is_file()
+    terminal = capfd.readouterr()
+    assert identifiers_in(out, terminal.out, terminal.err) == []  # the run database, artifacts, volumes, logs

@@ -104,3 +104,12 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, who
     expected = whole_volume_fusion({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
                                    build_fusers([method], checkpoint=BUNDLED_CHECKPOINT))
     assert_output_matches(out_dir, study / "CT" / "image", expected)
+
+
+def test_no_identifier_reaches_anything_but_the_dicom_series(run_app, planted_export, identifiers_in, tmp_path):
+    study = next(path.parent for path in planted_export.rglob("CT"))
+    out_dir = tmp_path / "out"
+    run = run_app("-i", study, "-o", out_dir)
+    assert run.returncode == 0, run
+    assert list(out_dir.glob("fused_*.nii.gz"))
+    assert identifiers_in(out_dir, run.stderr) == []
