@@ -24,16 +24,14 @@ from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, Study
 from pipeline.batch.study import BatchOptions, StudyTask, cached_fusers
 from pipeline.errors import DcifError, InputError
 from pipeline.io.discovery import DiscoveryResult, discover_studies
-from pipeline.transforms.windowing import WINDOW_PRESETS
+from pipeline.transforms.windowing import check_windows
 
 logger = logging.getLogger(__name__)
 
 
 def check_options(options: BatchOptions, engine: Engine) -> None:
     """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU."""
-    unknown = [window for window in options.windows if window not in WINDOW_PRESETS]
-    if not options.windows or unknown:
-        raise InputError(f"unknown CT window(s) {unknown or '(none given)'}; use {', '.join(sorted(WINDOW_PRESETS))}")
+    check_windows(options.windows)
     if options.device not in ("cpu", "cuda"):
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
     if options.device == "cuda" and isinstance(engine, LocalEngine) and not torch.cuda.is_available():

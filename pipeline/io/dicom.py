@@ -28,10 +28,10 @@ from pydicom.valuerep import IS, DSfloat
 
 from pipeline.errors import InputError
 from pipeline.io.discovery import SeriesInfo, one_line, read_dicom, scan_series, slice_normal
+from pipeline.io.patient_space import LPS_TO_RAS
 
 logger = logging.getLogger(__name__)
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Series-level header fields copied into meta: identity, plus everything SUV needs (sex and size only as
 # inputs of the lean-body-mass, ideal-weight and surface-area normalisations; never reported).
 SERIES_TAGS = (

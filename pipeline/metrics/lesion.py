@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from pipeline.phantom.grid import LPS_TO_RAS
+from pipeline.io.patient_space import LPS_TO_RAS
 
 DEFAULT_FRACTION = 0.4
 DEFAULT_RING_MM = 10.0

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: NIfTI/MONAI world coordinates are RAS: the LPS x and y axes with their signs flipped.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from pipeline.io.patient_space import LPS_TO_RAS
 
 
 @dataclass(frozen=True)

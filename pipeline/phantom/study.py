@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
+from pipeline.io.patient_space import LPS_TO_RAS
 from pipeline.phantom.ct_image import NOISE_STD_HU, simulate_ct
 from pipeline.phantom.dicom_writer import (
     SeriesHeader,
@@ -33,7 +34,7 @@ from pipeline.phantom.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from pipeline.phantom.grid import LPS_TO_RAS, Grid
+from pipeline.phantom.grid import Grid
 from pipeline.phantom.injection import Injection
 from pipeline.phantom.nifti_writer import save_nifti
 from pipeline.phantom.pet_image import PSF_FWHM_MM, PetImage, simulate_pet

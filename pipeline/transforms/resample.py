@@ -26,13 +26,13 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import InputError
+from pipeline.io.patient_space import RAS_TO_LPS
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SLAB_VOXELS = 8 * 1024**2  # output voxels resampled per SimpleITK call (32 MB of float32)
 # Interpolation modes -> SimpleITK interpolator names (looked up once SimpleITK is imported).
 INTERPOLATORS = {

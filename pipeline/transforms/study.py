@@ -24,7 +24,7 @@ from pipeline.transforms.loading import LoadStudyd
 from pipeline.transforms.resample import PETCoveraged, ResampleToReferenced
 from pipeline.transforms.slicing import BodySlicesd
 from pipeline.transforms.suv import PETToSUVd
-from pipeline.transforms.windowing import DEFAULT_SUV_MAX, WINDOW_PRESETS, CTWindowd, SUVScaled
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX, CTWindowd, SUVScaled, check_windows
 
 DEFAULT_WINDOWS = ("lung", "mediastinal")
 
@@ -82,10 +82,7 @@ def network_input(windows: Sequence[str] = DEFAULT_WINDOWS, suv_max: float = DEF
     The CT's affine says where its voxels are, so a slab (:func:`pipeline.transforms.slicing.axial_slab`)
     gets the PET resampled onto just its slices.
     """
-    windows = list(windows)
-    unknown = [window for window in windows if window not in WINDOW_PRESETS]
-    if not windows or unknown:
-        raise ValueError(f"windows must be a non-empty list from {sorted(WINDOW_PRESETS)}, got {windows}")
+    windows = check_windows(windows)
     return Compose(
         [
             ResampleToReferenced(keys="pet", ref_key="ct", mode=resample_mode),

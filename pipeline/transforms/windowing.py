@@ -7,7 +7,7 @@ in place, which matters for 512x512x300 CTs held next to their resampled PET.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
@@ -22,6 +22,15 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {"lung": (1500.0, -600.0), "med
 # SUV mapped to 1: keeps FDG-avid tumours (phantom SUVmax 10, shared sarcomas up to ~22) mostly below
 # saturation while normal tissue (SUV ~1) still spans several percent of the range.
 DEFAULT_SUV_MAX = 15.0
+
+
+def check_windows(windows: Sequence[str]) -> list[str]:
+    """``windows`` as a list, or an InputError naming those that are not presets: the one place for the rule."""
+    windows = list(windows)
+    unknown = [window for window in windows if window not in WINDOW_PRESETS]
+    if not windows or unknown:
+        raise InputError(f"unknown CT window(s) {unknown or '(none given)'}; use {', '.join(sorted(WINDOW_PRESETS))}")
+    return windows
 
 
 class ClipScale(Transform):

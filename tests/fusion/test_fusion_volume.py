@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.errors import InputError
 from pipeline.fusion import FusionNetwork, fuse_volume, get_fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion import study as study_module
@@ -78,5 +79,5 @@ def test_fuse_study_lies_on_the_ct_geometry_and_times_its_stages(tiny_datalist, 
 
 
 def test_unknown_window_is_refused_before_anything_is_read():
-    with pytest.raises(ValueError, match="windows must be"):
+    with pytest.raises(InputError, match="unknown CT window"):
         fuse_study({"ct": "/nonexistent/ct", "pet": "/nonexistent/pet"}, build_fusers(["max"]), windows=["bone"])
