@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,6 +19,8 @@ from monai.deploy.core import AppContext, Application
 from monai.deploy.core.arg_parser import parse_args, set_up_logging
 from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
 
+from pipeline.batch.layout import location_key
+from pipeline.batch.report import Locator
 from pipeline.deploy.operators import (
     FUSED_PORT,
     IMAGE_PORT,
@@ -65,57 +66,59 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     return build_fusers([MODEL_METHOD], checkpoint=checkpoint, device=device)
 
 
-class FolderRedaction(logging.Filter):
-    """Log lines name the input and output folders by role only: hospital exports name folders by patient."""
+class PathRedaction(logging.Filter):
+    """Log lines and errors name input files as the batch report does: hospital exports name folders by patient.
 
-    def __init__(self, folders: Mapping[str, str]) -> None:
+    Paths under the input folder become the batch's keyed pseudonyms (:class:`~pipeline.batch.report.Locator`,
+    key kept in the output folder); the input and output folders themselves are named by role.
+    """
+
+    def __init__(self, input_folder: Path, output_folder: Path) -> None:
         super().__init__()
-        # Longest first, so a folder inside another is replaced whole.
-        self.folders = sorted(((path, role) for role, path in folders.items() if path), key=lambda f: -len(f[0]))
+        self.locator = Locator(input_folder, location_key(output_folder))
+        self.folders = {str(input_folder): "<input folder>", str(output_folder): "<output folder>"}
+
+    def redact(self, text: object) -> str:
+        text = self.locator.redact(text)
+        for path, role in sorted(self.folders.items(), key=lambda item: -len(item[0])):  # a folder in another: whole
+            text = text.replace(path, role)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        for path, role in self.folders:
-            message = message.replace(path, f"<{role} folder>")
-        record.msg, record.args = message, None
+        record.msg, record.args = self.redact(record.getMessage()), None
         return True
-
-
-def app_context(argv: list[str]) -> AppContext:
-    """The SDK's ``Application.init_app_context``, with every log handler redacting the input and output folders.
-
-    The SDK logs its parsed arguments and context (both folders) as soon as it has set up logging,
-    so the redaction has to sit between the two.
-    """
-    args = parse_args(argv)
-    set_up_logging(args.log_level)
-    context = AppContext({key: value for key, value in vars(args).items() if value})
-    redaction = FolderRedaction({"input": str(context.input_path), "output": str(context.output_path)})
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redaction)
-    logger.info("input %s, output %s, models %s", context.input_path, context.output_path, context.model_path)
-    return context
 
 
 class DcifFusionApp(Application):
     """PET/CT fusion as a MONAI Deploy application: one study per run, DICOM in and DICOM out."""
 
+    redaction: PathRedaction | None = None
+
     def compose(self) -> None:
-        context = app_context(self.argv)
+        # The SDK's init_app_context, with the redaction put on every log handler between its setting
+        # up logging and its logging the parsed arguments (both folders).
+        args = parse_args(self.argv)
+        set_up_logging(args.log_level)
+        context = AppContext({key: value for key, value in vars(args).items() if value})
         input_folder, output_folder = Path(context.input_path), Path(context.output_path)
         if not input_folder.is_dir():
             raise InputError(f"{input_folder}: input folder not found")
         output_folder.mkdir(parents=True, exist_ok=True)
+        self.redaction = PathRedaction(input_folder, output_folder)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self.redaction)
+        logger.info("input %s, output %s, models %s", input_folder, output_folder, context.model_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         fusers = fusers_for(context.model_path, device)
 
         # must_load=False: an empty folder reaches the selector, which says what is wrong in one line.
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
                                          name="dicom_loader")
-        selector = PetCtSeriesSelectorOperator(self, input_folder=input_folder, name="pet_ct_selector")
+        redact = self.redaction.redact
+        selector = PetCtSeriesSelectorOperator(self, input_folder=input_folder, redact=redact, name="pet_ct_selector")
         ct_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
-        fusion = FusionOperator(self, fusers=fusers, device=device, name="fusion")
-        writer = FusedDicomWriterOperator(self, output_folder=output_folder, name="fused_dicom_writer")
+        fusion = FusionOperator(self, fusers=fusers, device=device, redact=redact, name="fusion")
+        writer = FusedDicomWriterOperator(self, output_folder=output_folder, redact=redact, name="fused_dicom_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, ct_volume, {(SELECTION_PORT, SELECTION_PORT)})
@@ -128,12 +131,14 @@ class DcifFusionApp(Application):
 def main() -> int:
     """Run the app on ``sys.argv``; a :class:`DcifError`, or an OS error on the input or output folder
     (unwritable, read-only, full disk), becomes one line and exit status 1."""
+    app = DcifFusionApp()
     try:
-        DcifFusionApp().run()
+        app.run()
     except DcifError as error:
-        print(f"dcif-deploy: error: {error}", file=sys.stderr)
-        return 1
+        message = str(error)
     except OSError as error:
-        print(f"dcif-deploy: error: {error.filename or 'output'}: {error.strerror or error}", file=sys.stderr)
-        return 1
-    return 0
+        message = f"{error.filename or 'output'}: {error.strerror or error}"
+    else:
+        return 0
+    print(f"dcif-deploy: error: {app.redaction.redact(message) if app.redaction else message}", file=sys.stderr)
+    return 1

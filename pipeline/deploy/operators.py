@@ -10,7 +10,8 @@ writers do, so the writer takes the CT headers from the very series that was fus
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,17 @@ def native_datasets(series: DICOMSeries) -> list[Dataset]:
     return [instance.get_native_sop_instance() for instance in series.get_sop_instances()]
 
 
+@contextmanager
+def redacted_errors(redact: Callable[[object], str]) -> Iterator[None]:
+    """Our errors leave an operator with their paths redacted: Holoscan logs them itself, past any log filter."""
+    try:
+        yield
+    except DcifError as error:
+        raise type(error)(redact(error)) from None
+    except OSError as error:  # unwritable output, full disk
+        raise DcifError(redact(f"{error.filename or 'output'}: {error.strerror or error}")) from None
+
+
 class PetCtSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     """The SDK's series selector with our CT and PET rules, refusing any input but one PET/CT study.
 
@@ -60,13 +72,20 @@ class PetCtSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     sharing the CT's modality never wins over the CT itself.
     """
 
-    def __init__(self, fragment: Fragment, *args, input_folder: Path, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, input_folder: Path, redact: Callable[[object], str] = str,
+                 **kwargs) -> None:
         self._input_folder = input_folder
+        self._redact = redact
         super().__init__(fragment, *args, rules=SELECTION_RULES, all_matched=True, sort_by_sop_instance_count=True,
                          **kwargs)
 
     def filter(self, selection_rules: dict | None, dicom_study_list: list[DICOMStudy], all_matched: bool = False,
                sort_by_sop_instance_count: bool = False) -> list[StudySelectedSeries]:
+        with redacted_errors(self._redact):
+            return self._one_pet_ct_study(selection_rules, dicom_study_list, all_matched, sort_by_sop_instance_count)
+
+    def _one_pet_ct_study(self, selection_rules: dict | None, dicom_study_list: list[DICOMStudy], all_matched: bool,
+                          sort_by_sop_instance_count: bool) -> list[StudySelectedSeries]:
         if not dicom_study_list:
             raise InputError(f"{self._input_folder}: no DICOM study found")
         if len(dicom_study_list) > 1:
@@ -106,8 +125,9 @@ class FusionOperator(Operator):
 
     def __init__(self, fragment: Fragment, *args, fusers: Mapping[str, Fuser],
                  windows: Sequence[str] = DEFAULT_WINDOWS, suv_max: float = DEFAULT_SUV_MAX,
-                 device: str | torch.device = "cpu", **kwargs) -> None:
+                 device: str | torch.device = "cpu", redact: Callable[[object], str] = str, **kwargs) -> None:
         self._fusers = fusers
+        self._redact = redact
         self._windows = tuple(windows)
         self._suv_max = suv_max
         self._device = device
@@ -123,8 +143,9 @@ class FusionOperator(Operator):
         ct_image = op_input.receive(IMAGE_PORT)
         files = {key: [dataset.filename for dataset in native_datasets(selected_series(selection, name))]
                  for key, name in (("ct", "CT"), ("pet", "PET"))}
-        result = fuse_study(files, self._fusers, self._windows, suv_max=self._suv_max, device=self._device)
-        check_same_grid(result, ct_image)
+        with redacted_errors(self._redact):
+            result = fuse_study(files, self._fusers, self._windows, suv_max=self._suv_max, device=self._device)
+            check_same_grid(result, ct_image)
         op_output.emit(result, FUSED_PORT)
 
 
@@ -135,8 +156,10 @@ class FusedDicomWriterOperator(Operator):
     and PET headers the derived series copies its study and geometry from and references).
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, redact: Callable[[object], str] = str,
+                 **kwargs) -> None:
         self._output_folder = Path(output_folder)
+        self._redact = redact
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -147,5 +170,6 @@ class FusedDicomWriterOperator(Operator):
         result: FusedStudy = op_input.receive(FUSED_PORT)
         selection = op_input.receive(SELECTION_PORT)[0]
         ct_headers, pet_headers = (native_datasets(selected_series(selection, name)) for name in ("CT", "PET"))
-        result.stream([NiftiSink(result, self._output_folder),
-                       DicomSink(result, self._output_folder, ct_headers, pet_headers)])
+        with redacted_errors(self._redact):
+            result.stream([NiftiSink(result, self._output_folder),
+                           DicomSink(result, self._output_folder, ct_headers, pet_headers)])

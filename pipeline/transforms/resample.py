@@ -155,7 +155,8 @@ def covered_slices(img: MetaTensor, reference: MetaTensor) -> torch.Tensor:
 class PETCoveraged(MapTransform):
     """``data[output_key]`` = :func:`covered_slices` of ``data[key]`` on ``data[ref_key]``; run before resampling.
 
-    A warning names the study and how many reference slices lack PET, since those slices show CT alone.
+    A warning names the study and how many reference slices lack PET, since those slices show CT alone;
+    a PET that covers none of them is refused (InputError), whichever door the study came in by.
     """
 
     def __init__(self, keys: KeysCollection = "pet", ref_key: str = "ct", output_key: str = "pet_slices"):
@@ -168,6 +169,9 @@ class PETCoveraged(MapTransform):
         for key in self.key_iterator(d):
             flags = covered_slices(d[key], d[self.ref_key])
             missing = int((~flags).sum())
+            if missing == flags.numel():  # every slice would be CT alone, written as a "fusion"
+                raise InputError(f"{_name(d[key])}: the PET does not overlap its CT axially (none of the "
+                                 f"{missing} CT slices lies within its extent)")
             if missing:
                 logger.warning("study %s: %d of %d CT slices lack PET (PET shorter than or shifted against the CT); "
                                "they are left out of the fused output and the metrics", d.get("study_key", "?"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from pipeline.phantom import make_phantom
@@ -33,6 +34,47 @@ def _two_studies(root: Path) -> Path:
     return root / "input"
 
 
+def _edited(root: Path, modality: str, files: slice, edit) -> Path:
+    """A phantom study with ``edit(dataset)`` applied to some of its ``modality`` files (or them removed)."""
+    dicom = _phantom(root, seed=2)
+    for path in sorted((dicom / modality).iterdir())[files]:
+        if edit is None:
+            path.unlink()
+            continue
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path)
+    return dicom
+
+
+def _pet_elsewhere(ds: pydicom.Dataset) -> None:
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 2000.0]
+
+
+def _no_half_life(ds: pydicom.Dataset) -> None:
+    ds.RadiopharmaceuticalInformationSequence[0].RadionuclideHalfLife = "0"
+
+
+# The batch's hostile inputs (docs/hostile-inputs.md) end the same way here, through the same loader.
+HOSTILE = {
+    "no_overlap": (lambda root: _edited(root, "PET", slice(None), _pet_elsewhere), "does not overlap its CT"),
+    "missing_ct_slice": (lambda root: _edited(root, "CT", slice(4, 5), None), "missing slices"),
+    "nan_slope": (lambda root: _edited(root, "PET", slice(3, 4), lambda ds: setattr(ds, "RescaleSlope", "NaN")),
+                  "RescaleSlope NaN is not a finite number"),
+    "zero_half_life": (lambda root: _edited(root, "PET", slice(None), _no_half_life), "RadionuclideHalfLife 0.0 s"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_input_fails_with_one_line(run_app, tmp_path, case):
+    make_input, problem = HOSTILE[case]
+    run = run_app("-i", make_input(tmp_path), "-o", tmp_path / "out")
+    assert run.returncode == 1, run
+    assert run.last_line.startswith("dcif-deploy: error: ") and problem in run.last_line, run
+    assert str(tmp_path) not in run.stderr  # files are named as in the batch report, folders by role
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
 @pytest.mark.parametrize(("make_input", "problem"), [
     (_empty, "no DICOM study found"),
     (_no_pet, "the study has no PET series (Modality PT)"),
@@ -42,5 +84,5 @@ def test_bad_input_fails_with_one_line(run_app, tmp_path, make_input, problem):
     input_dir = make_input(tmp_path)
     run = run_app("-i", input_dir, "-o", tmp_path / "out")
     assert run.returncode == 1, run
-    assert run.last_line.startswith(f"dcif-deploy: error: {input_dir}: {problem}"), run
+    assert run.last_line.startswith(f"dcif-deploy: error: <input folder>: {problem}"), run  # named by role
     assert not list((tmp_path / "out").rglob("*.dcm"))

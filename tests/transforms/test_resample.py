@@ -125,3 +125,14 @@ def test_covered_slices_follow_the_pet_extent(pet_z_mm, expected):
     pet_affine[2, 3] = 1.5 + pet_z_mm  # 5 PET slices of 6 mm, faces at -1.5 ... 28.5 mm before the shift
     pet = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine)
     assert covered_slices(pet, ct).tolist() == expected
+
+
+def test_a_pet_covering_no_ct_slice_is_refused():
+    from pipeline.transforms.resample import PETCoveraged
+
+    ct = MetaTensor(torch.zeros((1, 4, 4, 10)), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    pet_affine = torch.diag(torch.tensor([4.0, 4.0, 6.0, 1.0]))
+    pet_affine[2, 3] = 500.0  # half a metre above the CT
+    pet = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine, meta={"filename_or_obj": "pet_folder"})
+    with pytest.raises(InputError, match="pet_folder: the PET does not overlap its CT axially"):
+        PETCoveraged()({"ct": ct, "pet": pet})
