@@ -77,7 +77,7 @@ def _whole_volume_fusion(study: dict, fusers: dict, windows=("lung", "mediastina
     network = FusionNetwork(fusers, windows)
     fused = fuse_volume(network, data["image"]).clone()
     fused[..., ~data["pet_slices"]] = 0.0  # CT slices the PET does not cover are blank
-    return {tuple(name.split("/")): fused[i : i + 1] for i, name in enumerate(network.channel_names)}
+    return {name: fused[i : i + 1] for i, name in enumerate(network.channels)}
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from pipeline.engines.slice_metrics import batch_field, evaluator_volumes
 from pipeline.errors import InputError
+from pipeline.fusion.volume import fused_channels
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
@@ -134,6 +135,7 @@ class LesionContrastReport:
         self.panels = panels
         self.windows = list(windows)
         self.methods = list(methods)
+        self.channel = {name: index for index, name in enumerate(fused_channels(windows, methods))}
         self.output_dir = Path(output_dir)
         self.fraction = fraction
         self.ring_mm = ring_mm
@@ -157,7 +159,7 @@ class LesionContrastReport:
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
         for w, window in enumerate(self.windows):
-            fused = pred[w * len(self.methods):(w + 1) * len(self.methods)]
+            fused = pred[[self.channel[(window, method)] for method in self.methods]]
             for method, image_fused in zip(self.methods, fused):
                 contrast = lesion_contrast_ratio(image_fused, pet, lesion, ring)
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,

@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 
 from pipeline.engines.slice_metrics import batch_field
 from pipeline.fusion.study import fused_filename
+from pipeline.fusion.volume import fused_channels
 from pipeline.io.nifti import save_volume
 
 
@@ -51,7 +52,7 @@ class FusedVolumeWriter:
 
     def __init__(self, output_dir: str | Path, windows: Sequence[str], methods: Sequence[str]) -> None:
         self.output_dir = Path(output_dir)
-        self.names = [(window, method) for window in windows for method in methods]
+        self.names = fused_channels(windows, methods)
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.fusion.volume import fused_channels
 from pipeline.metrics import fusion_metrics
 from pipeline.transforms.slicing import flagged_slices
 
@@ -53,6 +54,7 @@ class FusionSliceMetrics:
             raise ValueError(f"every_k must be >= 1, got {every_k}")
         self.windows = list(windows)
         self.methods = list(methods)
+        self.channel = {name: index for index, name in enumerate(fused_channels(windows, methods))}
         self.every_k = every_k
 
     def attach(self, engine: Engine) -> None:
@@ -73,8 +75,8 @@ class FusionSliceMetrics:
         for w, window in enumerate(self.windows):
             ct = image[w]
             for z in scored:
-                for m, method in enumerate(self.methods):
-                    fused = pred[w * len(self.methods) + m, ..., z]
+                for method in self.methods:
+                    fused = pred[self.channel[(window, method)], ..., z]
                     metrics = fusion_metrics(fused, ct[..., z], pet[..., z])
                     row = {**context, "window": window, "method": method, "slice_index": z, **metrics}
                     slices.append({**row, "metrics": metrics, "ct": ct[..., z], "pet": pet[..., z], "fused": fused})

@@ -113,7 +113,7 @@ class FusedStudy:
     @property
     def names(self) -> list[tuple[str, str]]:
         """``(window, method)`` of each fused channel, in channel order."""
-        return [tuple(name.split("/")) for name in self.network.channel_names]
+        return self.network.channels
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -16,11 +16,15 @@ from torch import nn
 from pipeline.fusion.registry import Fuser
 
 
+def fused_channels(windows: Sequence[str], methods: Sequence[str]) -> list[tuple[str, str]]:
+    """``(window, method)`` of each fused channel, window-major: the one definition of the output layout."""
+    return [(window, method) for window in windows for method in methods]
+
+
 class FusionNetwork(nn.Module):
     """``(B, W + 1, H, W')`` = W CT windows + PET  ->  ``(B, W * M, H, W')``, one channel per (window, fuser).
 
-    Channel ``w * M + m`` is window ``windows[w]`` fused by the ``m``-th fuser; :attr:`channel_names`
-    says which, as ``"<window>/<fuser name>"``.
+    :attr:`channels` says which channel is which (:func:`fused_channels`).
     """
 
     def __init__(self, fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: float | None = None) -> None:
@@ -36,8 +40,8 @@ class FusionNetwork(nn.Module):
         self.networks = nn.ModuleList(f.network for f in self.fusers.values() if isinstance(getattr(f, "network", None), nn.Module))
 
     @property
-    def channel_names(self) -> list[str]:
-        return [f"{window}/{name}" for window in self.windows for name in self.fusers]
+    def channels(self) -> list[tuple[str, str]]:
+        return fused_channels(self.windows, self.fusers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_windows = len(self.windows)

@@ -17,7 +17,7 @@ from pipeline.io.nifti import load_nifti
 def test_channels_are_window_major_and_match_each_fuser():
     fusers = {"average": get_fuser("average"), "max": get_fuser("max")}
     network = FusionNetwork(fusers, ["lung", "mediastinal"])
-    assert network.channel_names == ["lung/average", "lung/max", "mediastinal/average", "mediastinal/max"]
+    assert network.channels == [("lung", "average"), ("lung", "max"), ("mediastinal", "average"), ("mediastinal", "max")]
     x = torch.rand(2, 3, 9, 7)
     out = network(x)
     assert out.shape == (2, 4, 9, 7)
