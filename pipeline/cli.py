@@ -72,7 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse_batch(args: argparse.Namespace) -> int:
-    from pipeline.batch import BatchOptions, make_engine, run_batch
+    from pipeline.batch import BatchOptions, make_executor, run_batch
     from pipeline.batch.pacs import run_dicomweb_batch
     from pipeline.fusion.selection import BUNDLED_CHECKPOINT, default_method
     from pipeline.io.dicomweb import is_dicomweb_url
@@ -83,12 +83,12 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
         methods=tuple(args.method or [default_method(checkpoint)]), windows=tuple(args.window), device=args.device,
         checkpoint=str(checkpoint), **{key: value for key, value in given.items() if value is not None},
     )
-    engine = make_engine(args.engine, workers=args.workers, address=args.address, device=args.device)
+    executor = make_executor(args.executor, workers=args.workers, address=args.address, device=args.device)
     if is_dicomweb_url(args.in_dir):
         report = run_dicomweb_batch(args.in_dir, args.out_dir, options, dict(args.query), store=args.store,
-                                    engine=engine, progress=not args.quiet)
+                                    executor=executor, progress=not args.quiet)
     else:
-        report = run_batch(args.in_dir, args.out_dir, options, engine=engine, progress=not args.quiet,
+        report = run_batch(args.in_dir, args.out_dir, options, executor=executor, progress=not args.quiet,
                            explicit_paths=args.report_paths)
     print(f"fuse-batch: {report.summary()}")
     return 0 if report.all_ok else 1
@@ -188,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--window", type=_windows, default=["lung", "mediastinal"], metavar="W[,W]",
                        help="CT windows to fuse with (default lung,mediastinal)")
     batch.add_argument("--workers", type=_at_least(1), default=1, metavar="N",
-                       help="studies fused in parallel by the local engine, in separate processes (default 1)")
+                       help="studies fused in parallel by the local executor, in separate processes (default 1)")
     batch.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to fuse (default cpu)")
-    batch.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local processes (default) or one Ray task per study (needs the 'ray' extra)")
+    batch.add_argument("--executor", "--engine", dest="executor", choices=("local", "ray"), default="local",
+                       help="local processes (default) or one Ray task per study (needs the 'ray' extra); "
+                            "--engine is the older name")
     batch.add_argument("--address", default=None, metavar="HOST:PORT",
                        help="Ray cluster head (e.g. head:6379); default RAY_ADDRESS, else a local Ray")
     batch.add_argument("--checkpoint", type=Path, default=None,

@@ -1,7 +1,7 @@
 """Benchmark ``dcif fuse-batch``: studies per minute, seconds per study by stage, and peak memory.
 
 Makes phantom PET/CT studies (default two 512 x 512 x 300 CTs at 0.977 x 0.977 x 1.0 mm, cached in
-the work folder), then runs the local engine with each worker count on each device and prints a
+the work folder), then runs the local executor with each worker count on each device and prints a
 markdown table naming the CPU (and GPU). Peak memory is the largest resident set of the batch (this
 process and its workers together, sampled), also as a multiple of one raw CT in float32. A benchmark,
 not a test: nothing here asserts a time.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.batch import BatchOptions, LocalEngine, run_batch
+from pipeline.batch import BatchOptions, LocalExecutor, run_batch
 from pipeline.batch.report import STAGES, BatchReport
 from pipeline.fusion.selection import BUNDLED_CHECKPOINT
 from pipeline.phantom import make_phantom
@@ -122,7 +122,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
             with PeakMemory() as memory:
-                report = run_batch(export, out, options, engine=LocalEngine(workers), progress=False)
+                report = run_batch(export, out, options, executor=LocalExecutor(workers), progress=False)
             wall = time.perf_counter() - start
             shutil.rmtree(out)
             counts = report.counts()

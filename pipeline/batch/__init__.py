@@ -1,8 +1,8 @@
-"""Batch fusion of a DICOM export: the study-by-study job, its report, resume, and local or Ray engines."""
+"""Batch fusion of a DICOM export: the study-by-study job, its report, resume, and local or Ray executors."""
 
-from pipeline.batch.engines import LocalEngine, RayEngine, make_engine
+from pipeline.batch.executors import LocalExecutor, RayExecutor, make_executor
 from pipeline.batch.job import run_batch
 from pipeline.batch.report import BatchReport, StudyResult
 from pipeline.batch.study import BatchOptions
 
-__all__ = ["BatchOptions", "BatchReport", "LocalEngine", "RayEngine", "StudyResult", "make_engine", "run_batch"]
+__all__ = ["BatchOptions", "BatchReport", "LocalExecutor", "RayExecutor", "StudyResult", "make_executor", "run_batch"]

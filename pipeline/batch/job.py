@@ -1,7 +1,7 @@
 """``dcif fuse-batch``: every PET/CT study under IN_DIR fused into OUT_DIR, resumable, with a report.
 
 Discover the studies; skip those a previous run finished (their ``done.json``); run the rest on an
-engine (local processes or Ray); write ``report.json``/``report.csv``. A killed run restarted with
+executor (local processes or Ray); write ``report.json``/``report.csv``. A killed run restarted with
 the same command picks up where it stopped: every file is written atomically, an interrupted
 study is redone from scratch, and leftover temporary files are removed.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.batch.engines import Engine, LocalEngine
+from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, StudyResult
 from pipeline.batch.study import BatchOptions, StudyTask, cached_fusers
@@ -29,12 +29,12 @@ from pipeline.transforms.windowing import check_windows
 logger = logging.getLogger(__name__)
 
 
-def check_options(options: BatchOptions, engine: Engine) -> None:
+def check_options(options: BatchOptions, executor: Executor) -> None:
     """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU."""
     check_windows(options.windows)
     if options.device not in ("cpu", "cuda"):
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
-    if options.device == "cuda" and isinstance(engine, LocalEngine) and not torch.cuda.is_available():
+    if options.device == "cuda" and isinstance(executor, LocalExecutor) and not torch.cuda.is_available():
         raise DcifError("--device cuda: no CUDA device is available on this machine")
     if not (math.isfinite(options.suv_max) and options.suv_max > 0):
         raise InputError(f"--suv-max must be a positive number, got {options.suv_max}")
@@ -42,7 +42,7 @@ def check_options(options: BatchOptions, engine: Engine) -> None:
         raise InputError(f"--pet-factor must be a positive number, got {options.pet_factor}")
     # Builds the fusers (kept for an in-process run): an unknown method or a missing checkpoint fails now,
     # on the CPU where the studies run elsewhere (this machine may have no GPU).
-    cached_fusers(options.methods, options.checkpoint, options.device if engine.in_process else "cpu")
+    cached_fusers(options.methods, options.checkpoint, options.device if executor.in_process else "cpu")
 
 
 def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:
@@ -56,7 +56,7 @@ def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[
 
 
 def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BatchOptions,
-              engine: Engine | None = None, progress: bool = True, explicit_paths: bool = False) -> BatchReport:
+              executor: Executor | None = None, progress: bool = True, explicit_paths: bool = False) -> BatchReport:
     """Fuse every study under ``in_dir`` into ``out_dir`` (resuming a previous run) and write the report.
 
     ``progress`` shows an overall bar (studies) and, when studies run in this process, one per study.
@@ -65,29 +65,29 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
     live run; study failures go into the report.
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
-    engine = engine or LocalEngine()
-    check_options(options, engine)
+    executor = executor or LocalExecutor()
+    check_options(options, executor)
     if out_dir == in_dir or out_dir.is_relative_to(in_dir):
         raise InputError(f"{out_dir}: OUT_DIR must not lie inside IN_DIR (outputs would be rescanned)")
     with own_output(out_dir):
         try:
             clear_partial_files(out_dir)
             locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
-            report = _run(in_dir, out_dir, locator, options, engine, progress)
+            report = _run(in_dir, out_dir, locator, options, executor, progress)
             report.write()
         except OSError as error:  # OUT_DIR became unwritable or full outside any one study
             raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
     return report
 
 
-def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, engine: Engine,
+def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, executor: Executor,
          progress: bool) -> BatchReport:
     start = time.perf_counter()
     found = discover_studies(in_dir)
     # One scan serves every study: each is charged an equal share of it as its "discover" stage.
     discover_s = (time.perf_counter() - start) / max(1, len(found.pairs))
     results, unreadable = _discovery_failures(found, locator)
-    options = replace(options, progress=progress and engine.in_process)
+    options = replace(options, progress=progress and executor.in_process)
     tasks = []
     for pair in found.pairs:
         finished = finished_result(study_folder(out_dir, pair.study_key))
@@ -99,7 +99,7 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
                 len(found.pairs) - len(tasks), len(found.failures))
 
     with tqdm(total=len(tasks), desc="studies", unit="study", disable=not progress) as bar:
-        for result in engine.run(tasks):
+        for result in executor.run(tasks):
             results.append(result)
             bar.update()
     return BatchReport(locator, out_dir, sorted(results, key=lambda r: (r.key == "", r.key, r.location)), unreadable)

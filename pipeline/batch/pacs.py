@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.batch.engines import Engine
+from pipeline.batch.executors import Executor
 from pipeline.batch.job import run_batch
 from pipeline.batch.layout import clear_study, study_folder
 from pipeline.batch.report import FAILED, OK, BatchReport, StudyResult
@@ -30,7 +30,7 @@ INBOX = ".dicomweb"
 
 
 def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: BatchOptions, query: Mapping[str, str],
-                       store: bool = False, engine: Engine | None = None, progress: bool = True,
+                       store: bool = False, executor: Executor | None = None, progress: bool = True,
                        environ: Mapping[str, str] = os.environ) -> BatchReport:
     """Fuse the PACS studies ``query`` finds at ``url`` into ``out_dir``; ``store`` sends the results back."""
     out_dir = Path(out_dir).resolve()
@@ -44,7 +44,7 @@ def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: Batch
         except DcifError as error:
             fetch_failures.append(StudyResult(key=study_key(uid), status=FAILED, location=url, reason=str(error)))
     logger.info("%d studies fetched from %s", len(list(inbox.iterdir())), url)
-    report = run_batch(inbox, out_dir, options, engine=engine, progress=progress)
+    report = run_batch(inbox, out_dir, options, executor=executor, progress=progress)
     studies = [_stored(client, out_dir, result) if store else result for result in report.studies]
     report = replace(report, studies=studies + fetch_failures)
     report.write()

@@ -1,4 +1,4 @@
-"""One study of a batch, start to finish: the unit of work every engine runs, locally or on Ray.
+"""One study of a batch, start to finish: the unit of work every executor runs, locally or on Ray.
 
 Fuse, score, write NIfTI, DICOM series and preview (all in one streamed pass), then ``done.json``. Any exception is caught
 here and becomes a failed result with a one-line reason, and the study's partial outputs are

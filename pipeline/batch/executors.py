@@ -1,9 +1,9 @@
-"""Engines run study tasks and yield their results as they finish: on this machine, or on a Ray cluster.
+"""Executors run study tasks and yield their results as they finish: on this machine, or on a Ray cluster.
 
-Every engine runs the same :func:`~pipeline.batch.study.process_study`, so a study's outputs do
-not depend on where it ran. A study's own failures come back as failed results; an engine turns a
+Every executor runs the same :func:`~pipeline.batch.study.process_study`, so a study's outputs do
+not depend on where it ran. A study's own failures come back as failed results; an executor turns a
 lost worker (killed for memory, a node gone) into a failed result of the study it was running.
-Ray is imported only by the Ray engine: the default local engine needs none of it.
+Ray is imported only by the Ray executor: the default local executor needs none of it.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pipeline.errors import DcifError
 from pipeline.worker import init_worker
 from pipeline.io.discovery import one_line
 
-ENGINES = ("local", "ray")
+EXECUTORS = ("local", "ray")
 
 
-class Engine(Protocol):
+class Executor(Protocol):
     """Runs study tasks; ``in_process`` says whether per-study progress bars reach the terminal."""
 
     in_process: bool
@@ -44,7 +44,7 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
         return task.failed(f"worker lost while fusing ({type(error).__name__}: {one_line(error)})")
 
 
-class LocalEngine:
+class LocalExecutor:
     """Studies one after another in this process, or ``workers`` at a time in spawned processes."""
 
     def __init__(self, workers: int = 1):
@@ -66,19 +66,19 @@ class LocalEngine:
                 yield _collect(future.result, futures[future])
 
 
-class RayEngine:
+class RayExecutor:
     """One Ray task per study on the cluster at ``address`` (None: RAY_ADDRESS, else a local Ray).
 
     Each task asks for ``cpus_per_study`` CPUs and, on ``cuda``, one GPU, so Ray places as many
     studies on a node as it has resources for. A Ray session already initialised by the caller is used
-    as is; one this engine starts is shut down when the batch ends.
+    as is; one this executor starts is shut down when the batch ends.
     """
 
     in_process = False
 
     def __init__(self, address: str | None = None, device: str = "cpu", cpus_per_study: float = 1.0):
         if importlib.util.find_spec("ray") is None:
-            raise DcifError("--engine ray needs Ray: pip install 'dcif-fusion[ray]'")
+            raise DcifError("--executor ray needs Ray: pip install 'dcif-fusion[ray]'")
         self.address = address
         self.resources = {"num_cpus": cpus_per_study, "num_gpus": 1 if device == "cuda" else 0}
 
@@ -103,10 +103,10 @@ class RayEngine:
                 ray.shutdown()
 
 
-def make_engine(name: str, workers: int = 1, address: str | None = None, device: str = "cpu") -> Engine:
-    """The engine ``--engine`` names: ``local`` (with ``workers``) or ``ray`` (at ``address``)."""
+def make_executor(name: str, workers: int = 1, address: str | None = None, device: str = "cpu") -> Executor:
+    """The executor ``--executor`` names: ``local`` (with ``workers``) or ``ray`` (at ``address``)."""
     if name == "local":
-        return LocalEngine(workers)
+        return LocalExecutor(workers)
     if name == "ray":
-        return RayEngine(address, device)
-    raise DcifError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
+        return RayExecutor(address, device)
+    raise DcifError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")

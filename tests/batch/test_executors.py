@@ -1,4 +1,4 @@
-"""Every engine runs the same per-study job: parallel processes and Ray give the in-process run's outputs."""
+"""Every executor runs the same per-study job: parallel processes and Ray give the in-process run's outputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch import BatchOptions, LocalEngine, RayEngine, make_engine, run_batch
+from pipeline.batch import BatchOptions, LocalExecutor, RayExecutor, make_executor, run_batch
 from pipeline.errors import DcifError
 
 
@@ -17,7 +17,7 @@ def _statuses(out: Path) -> dict[str, str]:
 
 def test_two_worker_processes_match_the_in_process_run(tmp_path: Path, good_export: Path, reference_run: Path,
                                                        batch_options: BatchOptions, fused_files) -> None:
-    report = run_batch(good_export, tmp_path, batch_options, engine=LocalEngine(workers=2), progress=False)
+    report = run_batch(good_export, tmp_path, batch_options, executor=LocalExecutor(workers=2), progress=False)
 
     assert report.all_ok and _statuses(tmp_path) == _statuses(reference_run)
     assert fused_files(tmp_path) == fused_files(reference_run)
@@ -28,7 +28,7 @@ def test_ray_engine_on_a_local_ray_matches_the_local_engine(tmp_path: Path, good
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'dcif-fusion[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        report = run_batch(good_export, tmp_path, batch_options, engine=RayEngine(), progress=False)
+        report = run_batch(good_export, tmp_path, batch_options, executor=RayExecutor(), progress=False)
         assert ray.is_initialized()  # a session the caller started is left to the caller
     finally:
         ray.shutdown()
@@ -38,8 +38,8 @@ def test_ray_engine_on_a_local_ray_matches_the_local_engine(tmp_path: Path, good
 
 
 def test_engine_choice_is_checked() -> None:
-    assert isinstance(make_engine("local", workers=2), LocalEngine)
-    with pytest.raises(DcifError, match="unknown engine"):
-        make_engine("spark")
+    assert isinstance(make_executor("local", workers=2), LocalExecutor)
+    with pytest.raises(DcifError, match="unknown executor"):
+        make_executor("spark")
     with pytest.raises(DcifError, match="at least 1"):
-        LocalEngine(workers=0)
+        LocalExecutor(workers=0)
