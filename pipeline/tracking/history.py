@@ -3,7 +3,8 @@
 MLflow keeps the same numbers when ``--tracking mlflow`` is on; this file is what survives where
 MLflow is not installed (a bare GPU host), feeds the loss-curve plot, and can be replayed into
 MLflow afterwards (``tools/record_runs.py``). It is rewritten atomically after every epoch, so a
-run killed at its time limit still leaves every finished epoch behind.
+run killed at its time limit still leaves every finished epoch behind, and a run resumed into the
+same folder keeps the epochs before its resume point.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ class TrainingHistory:
             self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
 
     def _start(self, engine: Engine) -> None:
+        """On a resumed run, keep the epochs the file already holds from before the resume point."""
         self._started = time.monotonic()
+        if engine.state.epoch and self.path.is_file():
+            earlier = read_history(self.path).get("epochs", [])
+            self.epochs.update({row["epoch"]: row for row in earlier if row["epoch"] <= engine.state.epoch})
 
     def _accumulate(self, engine: Engine) -> None:
         output = engine.state.output

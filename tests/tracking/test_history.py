@@ -56,3 +56,18 @@ def test_history_of_a_run_stopped_mid_epoch_keeps_the_finished_epochs(tmp_path):
     trainer.run([0, 1], max_epochs=5)
     epochs = json.loads(path.read_text())["epochs"]
     assert [row["epoch"] for row in epochs][0] == 1 and epochs[0]["iterations"] == 2
+
+
+def test_a_resumed_run_keeps_the_epochs_before_its_resume_point(tmp_path):
+    path = tmp_path / "history.json"
+    first = _trainer([1.0] * 6)
+    TrainingHistory(path).attach(first)
+    first.run([0, 1], max_epochs=3)
+
+    resumed = _trainer([5.0] * 4)
+    TrainingHistory(path).attach(resumed)
+    resumed.load_state_dict({"epoch": 2, "epoch_length": 2, "max_epochs": 4})  # as the checkpoint loader does
+    resumed.run([0, 1])
+    epochs = read_history(path)["epochs"]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3, 4]
+    assert [row["loss"] for row in epochs] == [1.0, 1.0, 5.0, 5.0]  # epoch 3 of the first run is redone
