@@ -30,9 +30,9 @@ from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.study import DEFAULT_WINDOWS, network_input, study_loading
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
-# Axial slices windowed, fused and written at a time: 16 MB a channel at 512 x 512, and enough
-# slices per forward for the network's batch.
-SLAB_SLICES = 16
+# Fused voxels per slab, all channels together (128 MB in float32): 16 slices of 512 x 512 for one
+# method in two windows, 3 for five methods; every output channel of a slab is held at once.
+SLAB_VOXELS = 32 * 512 * 512
 # On the CPU a forward's activations are host memory, and batching whole-body slices gains little
 # there: at most this many voxels (one 512 x 512 slice) go through the fusers at once.
 CPU_FORWARD_VOXELS = 512 * 512
@@ -130,11 +130,11 @@ class FusedStudy:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
     def slabs(self, size: int | None = None) -> Iterator[FusedSlab]:
-        """Resample the PET onto, window and fuse ``size`` (default :data:`SLAB_SLICES`) axial CT slices at a time."""
-        size = size or SLAB_SLICES
+        """Resample the PET onto, window and fuse ``size`` axial CT slices at a time (default: :data:`SLAB_VOXELS`)."""
+        n_x, n_y, n_slices = self.shape
+        size = size or max(1, SLAB_VOXELS // (n_x * n_y * len(self.names)))
         inputs = network_input(self.windows, self.suv_max).transforms
         ct, covered = self.data["ct"], self.data["pet_slices"]
-        n_x, n_y, n_slices = self.shape
         batch = self.sw_batch_size
         if torch.device(self.device).type == "cpu":
             batch = max(1, min(batch, CPU_FORWARD_VOXELS // (n_x * n_y)))
@@ -167,7 +167,7 @@ class FusedStudy:
         self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - closing
 
 
-def _integer_hu(ct: MetaTensor, slab: int = SLAB_SLICES) -> MetaTensor:
+def _integer_hu(ct: MetaTensor, slab: int = 16) -> MetaTensor:
     """The CT as int16 when every voxel is a whole HU in range (so every window sees the same values), else as is.
 
     Scanners store CT as integers x RescaleSlope 1 + an integer intercept, so this is the rule and

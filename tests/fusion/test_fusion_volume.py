@@ -47,13 +47,13 @@ def test_streams_need_the_model():
 
 @pytest.mark.parametrize("slab", [1, 3, 64])
 def test_streamed_study_equals_fusing_the_whole_volume(tiny_datalist, whole_volume_fusion, slab, monkeypatch):
-    monkeypatch.setattr(study_module, "SLAB_SLICES", slab)
+    monkeypatch.setattr(study_module, "SLAB_VOXELS", slab * 64 * 64 * 4)  # 4 channels of 64 x 64
     fusers = build_fusers(["average", "laplacian"])
     result = fuse_study(tiny_datalist[0], fusers, windows=["lung", "mediastinal"])
     expected = whole_volume_fusion(tiny_datalist[0], fusers, ["lung", "mediastinal"])
     assert result.names == list(expected)
     starts, streamed = [], {name: [] for name in result.names}
-    for piece in result.slabs(slab):
+    for piece in result.slabs():  # the default size, from the (patched) voxel budget
         starts.append(piece.start)
         for channel, name in enumerate(result.names):
             streamed[name].append(piece.fused[channel : channel + 1])

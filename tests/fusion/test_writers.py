@@ -26,7 +26,7 @@ WINDOWS = ["lung", "mediastinal"]
 
 @pytest.fixture
 def streamed(tiny_datalist, monkeypatch):
-    monkeypatch.setattr(study_module, "SLAB_SLICES", 5)  # several slabs, the last one short
+    monkeypatch.setattr(study_module, "SLAB_VOXELS", 5 * 64 * 64 * 4)  # 4 channels: slabs of 5, the last short
     study = tiny_datalist[0]
     return study, fuse_study(study, build_fusers(["average", "laplacian"]), WINDOWS)
 
