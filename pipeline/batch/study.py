@@ -1,8 +1,8 @@
 """One study of a batch, start to finish: the unit of work every executor runs, locally or on Ray.
 
-Fuse, score, write NIfTI, DICOM series and preview (all in one streamed pass), then ``done.json``. Any exception is caught
-here and becomes a failed result with a one-line reason, and the study's partial outputs are
-removed: one bad study never stops a batch nor leaves half a folder behind.
+Fuse, score, write NIfTI, DICOM series and preview (all in one streamed pass), then ``done.json``.
+Any exception is caught here and becomes a failed result with a one-line reason, and the study's
+partial outputs are removed: one bad study never stops a batch nor leaves half a folder behind.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
                    PreviewSink(result, folder / PREVIEW_FILE)])
     timings = {"discover": task.discover_s, **result.timings}
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
-    return task.result(OK, timings=ordered, metrics=scorer.scores, pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
+    return task.result(OK, timings=ordered, metrics=scorer.scores,
+                       pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
 
 
 def process_study(task: StudyTask) -> StudyResult:

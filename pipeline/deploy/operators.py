@@ -3,8 +3,9 @@
 The SDK loads and groups the DICOM instances, picks the CT and PET series and builds the CT volume;
 these operators add what is ours: refusing a folder that is not one PET/CT study, fusing with
 :func:`pipeline.fusion.study.fuse_study` (the bundle's inference, unchanged) and writing the batch
-job's derived DICOM series through the same sinks (:mod:`pipeline.fusion.writers`). They pass the SDK's ``StudySelectedSeries`` along, as the SDK's own
-writers do, so the writer takes the CT headers from the very series that was fused.
+job's derived DICOM series through the same sinks (:mod:`pipeline.fusion.writers`). They pass the
+SDK's ``StudySelectedSeries`` along, as the SDK's own writers do, so the writer takes the CT
+headers from the very series that was fused.
 """
 
 from __future__ import annotations

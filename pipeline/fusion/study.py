@@ -1,13 +1,14 @@
 """Fuse one PET/CT study end to end, slab by slab: the step the CLI, the batch job and the deploy app share.
 
-:func:`fuse_study` loads the study onto the CT grid (:func:`pipeline.transforms.study.study_loading`);
-:meth:`FusedStudy.stream` then windows, fuses and hands out a few axial slices at a time
-(:func:`pipeline.transforms.study.network_input`, :func:`pipeline.fusion.volume.fuse_volume`) to
-sinks that write or score them (:mod:`pipeline.fusion.writers`, :mod:`pipeline.batch.scoring`).
-Why slabs: a whole-body CT (512 x 512 x 300, 0.3 GB in float32) held once per window and method
-costs gigabytes; streamed, the study costs its CT and its PET on the PET's own grid (the PET is
-resampled onto each slab as it comes), and every output is written as it is made. Fusers work on axial slices, so the result is the same as fusing the
-whole volume at once. The bundle's inference workflow runs the same pieces inside a MONAI evaluator.
+:func:`fuse_study` loads the study (:func:`pipeline.transforms.study.study_loading`);
+:meth:`FusedStudy.stream` then resamples the PET onto, windows, fuses and hands out a few axial CT
+slices at a time (:func:`pipeline.transforms.study.network_input`,
+:func:`pipeline.fusion.volume.fuse_volume`) to sinks that write or score them
+(:mod:`pipeline.fusion.writers`, :mod:`pipeline.batch.scoring`). Why slabs: a whole-body CT
+(512 x 512 x 300, 0.3 GB in float32) held once per window and method costs gigabytes; streamed,
+the study costs its CT and its PET on the PET's own grid, and every output is written as it is
+made. Fusers work on axial slices, so the result is the same as fusing the whole volume at once.
+The bundle's inference workflow runs the same pieces inside a MONAI evaluator.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline.io.study import StudySource
 from pipeline.provenance import fuser_version
 from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.study import DEFAULT_WINDOWS, network_input, study_loading
-from pipeline.transforms.windowing import DEFAULT_SUV_MAX
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX, check_windows
 
 # Fused voxels per slab, all channels together (128 MB in float32): 16 slices of 512 x 512 for one
 # method in two windows, 3 for five methods; every output channel of a slab is held at once.
@@ -86,7 +87,7 @@ class StudySink:
 
 @dataclass
 class FusedStudy:
-    """A study loaded onto the CT grid and the fusers to stream it through.
+    """A loaded study and the fusers to stream it through, slab by slab onto the CT grid.
 
     ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
     ``pet_slices`` and ``body_slices`` (see :mod:`pipeline.transforms.study`); ``versions`` maps each method to its
@@ -194,13 +195,13 @@ def fuse_study(
     progress: bool = False,
     pet_factor: float | None = None,
 ) -> FusedStudy:
-    """Load ``study`` onto the CT grid for ``fusers`` in every window, timing each stage; stream it to fuse it.
+    """Load ``study`` for ``fusers`` in every window, timing each stage; stream the result to fuse it.
 
     ``timings`` holds seconds per stage: ``load``, ``suv``, ``resample``, ``window`` (body flags), then,
     as the study streams, more ``resample`` and ``window`` (windows, PET scaling), ``fuse`` and the
     sinks' stages.
     """
-    network_input(windows, suv_max)  # refuses unknown windows before anything is read
+    check_windows(windows)  # unknown windows are refused before anything is read
     network = FusionNetwork(fusers, windows, suv_max)  # and a model a scaling it was not trained at
     timings: dict[str, float] = {}
     data: Any = study

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def temporary_sibling(path: str | os.PathLike[str]) -> Path:
-    """A fresh hidden name beside ``path`` that ends in its name and that a batch sweeps as partial (``.*.partial.*``)."""
+    """A fresh hidden name beside ``path``, ending in its name, that a batch sweeps as partial (``.*.partial.*``)."""
     target = Path(path)
     return target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}")
 

@@ -53,7 +53,8 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
 SCANNER_XFORM = 1
 
 
-def _scanner_image(data: np.ndarray, affine: np.ndarray, slope_inter: tuple[float, float] | None = None) -> nib.Nifti1Image:
+def _scanner_image(data: np.ndarray, affine: np.ndarray,
+                   slope_inter: tuple[float, float] | None = None) -> nib.Nifti1Image:
     image = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
     image.set_qform(image.affine, code=SCANNER_XFORM)
     image.set_sform(image.affine, code=SCANNER_XFORM)
