@@ -31,9 +31,10 @@ from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.study import DEFAULT_WINDOWS, network_input, study_loading
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, check_windows
 
-# Fused voxels per slab, all channels together (128 MB in float32): 16 slices of 512 x 512 for one
-# method in two windows, 3 for five methods; every output channel of a slab is held at once.
-SLAB_VOXELS = 32 * 512 * 512
+# Fused voxels per slab, all channels together (64 MB in float32): 8 slices of 512 x 512 for one
+# method in two windows, 1 for five or six; every output channel of a slab is held at once, and
+# with the model the slab's buffers sit next to its forward's (0.17 GB at 512 x 512).
+SLAB_VOXELS = 16 * 512 * 512
 # On the CPU a forward's activations are host memory, and batching whole-body slices gains little
 # there: at most this many voxels (one 512 x 512 slice) go through the fusers at once.
 CPU_FORWARD_VOXELS = 512 * 512
@@ -131,26 +132,33 @@ class FusedStudy:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
     def slabs(self, size: int | None = None) -> Iterator[FusedSlab]:
-        """Resample the PET onto, window and fuse ``size`` axial CT slices at a time (default: :data:`SLAB_VOXELS`)."""
+        """Resample the PET onto, window and fuse ``size`` axial CT slices at a time (default: :data:`SLAB_VOXELS`).
+
+        Nothing of a slab is kept once the next is asked for: a caller that drops its slab first (as
+        :meth:`stream` does) holds one slab at a time.
+        """
         n_x, n_y, n_slices = self.shape
         size = size or max(1, SLAB_VOXELS // (n_x * n_y * len(self.names)))
         inputs = network_input(self.windows, self.suv_max).transforms
-        ct, covered = self.data["ct"], self.data["pet_slices"]
+        for start in range(0, n_slices, size):
+            yield self._fuse_slab(inputs, start, min(start + size, n_slices))
+
+    def _fuse_slab(self, inputs: Sequence, start: int, stop: int) -> FusedSlab:
+        n_x, n_y, _ = self.shape
         batch = self.sw_batch_size
         if torch.device(self.device).type == "cpu":
             batch = max(1, min(batch, CPU_FORWARD_VOXELS // (n_x * n_y)))
-        for start in range(0, n_slices, size):
-            stop = min(start + size, n_slices)
-            slab = {"ct": axial_slab(ct, start, stop), "pet": self.data["pet"]}
-            for transform in inputs:
-                with self.timed(_STAGES.get(type(transform).__name__, "window")):
-                    slab = transform(slab)
-            image = slab["image"]
-            with self.timed("fuse"):
-                fused = fuse_volume(self.network, image, device=self.device, sw_batch_size=batch)
-                with torch.inference_mode():  # fuse_volume's output is an inference tensor
-                    fused[..., ~covered[start:stop]] = 0.0
-            yield FusedSlab(start, image.as_tensor(), fused)
+        slab = {"ct": axial_slab(self.data["ct"], start, stop), "pet": self.data["pet"]}
+        for transform in inputs:
+            with self.timed(_STAGES.get(type(transform).__name__, "window")):
+                slab = transform(slab)
+        image = slab.pop("image")
+        del slab
+        with self.timed("fuse"):
+            fused = fuse_volume(self.network, image, device=self.device, sw_batch_size=batch)
+            with torch.inference_mode():  # fuse_volume's output is an inference tensor
+                fused[..., ~self.data["pet_slices"][start:stop]] = 0.0
+        return FusedSlab(start, image.as_tensor(), fused)
 
     def stream(self, sinks: Sequence[StudySink]) -> None:
         """Run every slab through every sink; a sink's files are complete once this returns."""
@@ -164,6 +172,7 @@ class FusedStudy:
                     with self.timed(sink.stage):
                         sink.add(slab)
                 bar.update(slab.stop - slab.start)
+                del slab  # before the next slab is made
             closing = time.perf_counter()
         self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - closing
 

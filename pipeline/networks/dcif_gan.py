@@ -169,16 +169,19 @@ class DCIFGenerator(nn.Module):
             shallow, deep = self.extractor_ct(torch.cat([ct, pet], dim=1))
             fused = self.reconstructor_ct(deep, shallow)[..., :h, :w]
             return fused, fused
-        if self.extractor_ct is self.extractor_pet:  # one pass of the shared extractor over both modalities
-            shallow, deep = self.extractor_ct(torch.cat([ct, pet]))
-            (shallow_ct, shallow_pet), (deep_ct, deep_pet) = shallow.chunk(2), deep.chunk(2)
-        else:
-            shallow_ct, deep_ct = self.extractor_ct(ct)
-            shallow_pet, deep_pet = self.extractor_pet(pet)
-        fused_ct, fused_pet = self.fusion(deep_ct, deep_pet)
+        shallow_ct, shallow_pet, fused_ct, fused_pet = self._extract_and_fuse(ct, pet)
         f_ct = self.reconstructor_ct(fused_ct, shallow_ct)
         f_pet = self.reconstructor_pet(fused_pet, shallow_pet)
         return f_ct[..., :h, :w], f_pet[..., :h, :w]
+
+    def _extract_and_fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """F_SF and the fused F_FDF of each stream; the deep features are freed here, before reconstruction."""
+        if self.extractor_ct is self.extractor_pet:  # one pass of the shared extractor over both modalities
+            shallow, deep = self.extractor_ct(torch.cat([ct, pet]))
+            return (*shallow.chunk(2), *self.fusion(*deep.chunk(2)))
+        shallow_ct, deep_ct = self.extractor_ct(ct)
+        shallow_pet, deep_pet = self.extractor_pet(pet)
+        return (shallow_ct, shallow_pet, *self.fusion(deep_ct, deep_pet))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 2:

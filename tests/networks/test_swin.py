@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple
-from pipeline.networks.blocks.windows import _cached_windows
+from pipeline.networks.blocks.swin import SwinBlock, SwinStage, pad_to_multiple
+from pipeline.networks.blocks.windows import _cached_windows, _window_order
 
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 21)])
@@ -68,3 +68,19 @@ def test_relative_position_bias_is_learned() -> None:
         table = block.attn.relative_position_bias_table
         assert table.shape == (15 * 15, 2)
         assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_block_overwrites_its_tokens_without_autograd_and_keeps_them_with_it() -> None:
+    """Inference holds a block's tokens once (results written over their inputs); training must not."""
+    torch.manual_seed(0)
+    block = SwinBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
+    order = _window_order(1, 32, 32, 8, True, torch.device("cpu"), chunk_tokens=128)  # 8 chunks, masked ones last
+    tokens = torch.randn(32 * 32, 12)
+    expected = block(tokens, order)
+    with torch.no_grad():
+        inference_input = tokens.clone()
+        inferred = block(inference_input, order)
+    assert inferred.data_ptr() == inference_input.data_ptr()
+    torch.testing.assert_close(inferred, expected)
+    assert expected.requires_grad and expected.data_ptr() != tokens.data_ptr()
+    assert not torch.equal(tokens, expected)  # the training input is left as it was

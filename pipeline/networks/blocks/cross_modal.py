@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.networks.blocks.conv import conv_block
-from pipeline.networks.blocks.swin import SwinBlock, alternate_windows, pad_to_multiple
-from pipeline.networks.blocks.windows import WindowOrder, windows_for
+from pipeline.networks.blocks.swin import SwinBlock, alternate_windows, over_chunks, pad_to_multiple
+from pipeline.networks.blocks.windows import Chunk, WindowOrder, windows_for
 
 
 class CrossModalBlock(nn.Module):
@@ -33,14 +33,14 @@ class CrossModalBlock(nn.Module):
     def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = order.window_tokens
         bias_ct, bias_pet = self.ct.attn.position_bias(tokens), self.pet.attn.position_bias(tokens)
-        out_ct, out_pet = [], []
-        for chunk in order.chunks:
-            x_ct, x_pet = ct[chunk.start:chunk.stop], pet[chunk.start:chunk.stop]
+
+        def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             q_ct, k_ct, v_ct = self.ct.project(x_ct, tokens)
             q_pet, k_pet, v_pet = self.pet.project(x_pet, tokens)
-            out_ct.append(self.ct.feed_forward(x_ct + self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, chunk.mask)))
-            out_pet.append(self.pet.feed_forward(x_pet + self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, chunk.mask)))
-        return torch.cat(out_ct), torch.cat(out_pet)
+            return (self.ct.feed_forward(x_ct + self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, chunk.mask)),
+                    self.pet.feed_forward(x_pet + self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, chunk.mask)))
+
+        return over_chunks(order, run, ct, pet)
 
 
 class CrossModalFusion(nn.Module):

@@ -11,6 +11,8 @@ over the windows that need no mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
@@ -84,12 +86,33 @@ class SwinBlock(nn.Module):
     def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:
         bias = self.attn.position_bias(order.window_tokens)
 
-        def run(chunk: Chunk) -> torch.Tensor:
-            x = z[chunk.start:chunk.stop]
+        def run(chunk: Chunk, x: torch.Tensor) -> tuple[torch.Tensor]:
             attended = self.attn.attend(*self.project(x, order.window_tokens), bias, chunk.mask)
-            return self.feed_forward(x + attended)
+            return (self.feed_forward(x + attended),)
 
-        return torch.cat([run(chunk) for chunk in order.chunks])
+        (z,) = over_chunks(order, run, z)
+        return z
+
+
+def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]],
+                *streams: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``step(chunk, *slices)`` on each chunk of ``order``: one result per token stream, for all its tokens.
+
+    A block's output at a window depends on that window alone, and chunks are whole windows. So
+    without autograd each chunk's results overwrite their own inputs, and a block holds its tokens
+    once instead of three times (inputs, pieces, their concatenation); with autograd the inputs are
+    kept and the pieces concatenated.
+    """
+    in_place = not torch.is_grad_enabled()
+    pieces = []
+    for chunk in order.chunks:
+        results = step(chunk, *(z[chunk.start:chunk.stop] for z in streams))
+        if in_place:
+            for z, result in zip(streams, results):
+                z[chunk.start:chunk.stop] = result
+        else:
+            pieces.append(results)
+    return streams if in_place else tuple(torch.cat(column) for column in zip(*pieces))
 
 
 def alternate_windows(blocks: nn.ModuleList, windows: Windows, step, *streams: torch.Tensor) -> list[torch.Tensor]:
