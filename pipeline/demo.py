@@ -17,7 +17,7 @@ import torch
 from pipeline.batch.scoring import StudyScorer
 from pipeline.errors import InputError
 from pipeline.fusion.selection import BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers, default_method
-from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
 from pipeline.phantom import make_phantom

@@ -71,7 +71,7 @@ def tiny_study_cache(tmp_path_factory: pytest.TempPathFactory, tiny_datalist: li
 def _whole_volume_fusion(study: dict, fusers: dict, windows=("lung", "mediastinal")) -> dict:
     """``{(window, method): (1, X, Y, Z)}``: the whole study preprocessed at once, then every slice fused."""
     from pipeline.fusion import FusionNetwork, fuse_volume
-    from pipeline.transforms.study import study_preprocessing
+    from pipeline.transforms.data_path import study_preprocessing
 
     data = study_preprocessing(windows)(dict(study))
     network = FusionNetwork(fusers, windows)

@@ -232,7 +232,7 @@ def test_pet_is_a_merged_multi_bed_series(study: PhantomStudy, truth: dict) -> N
     """Several bed positions in one series: per-slice acquisition times and slopes; SUV still the design's."""
     from pipeline.io.dicom import load_series
     from pipeline.phantom.dicom_writer import bed_positions
-    from pipeline.phantom.study import PET_BED_MM, PET_BED_OVERLAP_MM
+    from pipeline.phantom.export import PET_BED_MM, PET_BED_OVERLAP_MM
     from pipeline.transforms.suv import PETToSUV
 
     bqml, datasets = read_series(study.pet_dir)

@@ -42,7 +42,7 @@ from pipeline.engines.lesion_report import read_lesion_ratios
 from pipeline.engines.report import markdown_summary
 from pipeline.io.atomic import atomic_write
 from pipeline.tracking import read_history
-from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"
 BASELINES = ["average", "max", "laplacian", "dwt"]

@@ -3,6 +3,6 @@
 from pipeline.batch.executors import LocalExecutor, RayExecutor, make_executor
 from pipeline.batch.job import run_batch
 from pipeline.batch.report import BatchReport, StudyResult
-from pipeline.batch.study import BatchOptions
+from pipeline.batch.task import BatchOptions
 
 __all__ = ["BatchOptions", "BatchReport", "LocalExecutor", "RayExecutor", "StudyResult", "make_executor", "run_batch"]

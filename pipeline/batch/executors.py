@@ -1,6 +1,6 @@
 """Executors run study tasks and yield their results as they finish: on this machine, or on a Ray cluster.
 
-Every executor runs the same :func:`~pipeline.batch.study.process_study`, so a study's outputs do
+Every executor runs the same :func:`~pipeline.batch.task.process_study`, so a study's outputs do
 not depend on where it ran. A study's own failures come back as failed results; an executor turns a
 lost worker (killed for memory, a node gone) into a failed result of the study it was running.
 Ray is imported only by the Ray executor: the default local executor needs none of it.
@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from pipeline.batch.report import StudyResult
-from pipeline.batch.study import StudyTask, process_study
+from pipeline.batch.task import StudyTask, process_study
 from pipeline.errors import DcifError
 from pipeline.worker import init_worker
 from pipeline.io.discovery import one_line

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, StudyResult
-from pipeline.batch.study import BatchOptions, StudyTask, cached_fusers
+from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers
 from pipeline.errors import DcifError, InputError
 from pipeline.io.discovery import DiscoveryResult, discover_studies
 from pipeline.transforms.windowing import check_windows

@@ -19,7 +19,7 @@ from pipeline.batch.executors import Executor
 from pipeline.batch.job import run_batch
 from pipeline.batch.layout import clear_study, study_folder
 from pipeline.batch.report import FAILED, OK, BatchReport, StudyResult
-from pipeline.batch.study import BatchOptions
+from pipeline.batch.task import BatchOptions
 from pipeline.errors import DcifError
 from pipeline.io.derived_series import FUSED_FILE
 from pipeline.io.dicomweb import connect, fetch_study, find_studies, store_instances

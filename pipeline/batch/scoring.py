@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.fusion.study import FusedSlab, FusedStudy, StudySink
+from pipeline.fusion.streaming import FusedSlab, FusedStudy, StudySink
 from pipeline.metrics import fusion_metrics, summarise
 from pipeline.transforms.slicing import flagged_slices
 

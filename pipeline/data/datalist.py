@@ -1,7 +1,7 @@
 """Datalists: the studies a workflow runs on, whatever the user pointed at.
 
 A datalist is a list of dicts with ``ct`` and ``pet`` sources (DICOM series, folders or NIfTI
-files, as :func:`pipeline.io.study.load_study` accepts), a ``study_key`` (a hash, never a patient
+files, as :func:`pipeline.io.study_source.load_study` accepts), a ``study_key`` (a hash, never a patient
 identifier) and the study's ``study_index`` in the list. Splits are by study, never by slice,
 so no slice of a validation study is seen in training.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.io.discovery import discover_studies, find_nifti_pair, study_key
-from pipeline.io.study import study_sources
+from pipeline.io.study_source import study_sources
 
 Datalist = list[dict[str, Any]]
 # Small enough for CPU training from a fresh clone, with the whole thorax in view (384 mm).

@@ -2,7 +2,7 @@
 
 A hyper-parameter sweep or an ablation reads the same studies over and over, and may run on a
 GPU host that lacks the DICOM stack (SimpleITK alone is a 50 MB wheel). The cache holds exactly
-what :func:`pipeline.transforms.study.study_preprocessing` hands the network: ``image`` (the CT
+what :func:`pipeline.transforms.data_path.study_preprocessing` hands the network: ``image`` (the CT
 windows then the scaled PET, in [0, 1]) with its affine, and ``body_slices``. One compressed
 ``<study_key>.npz`` per study, at 8 bits (the fusion metrics work on the 0-255 scale anyway, see
 ``fusion_metrics.md``), and a ``datalist.json`` listing them with their ``split`` and ``origin``.
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
-from pipeline.transforms.study import DEFAULT_WINDOWS, study_preprocessing
+from pipeline.transforms.data_path import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 CACHE_FORMAT = 1

@@ -2,7 +2,7 @@
 
 The SDK loads and groups the DICOM instances, picks the CT and PET series and builds the CT volume;
 these operators add what is ours: refusing a folder that is not one PET/CT study, fusing with
-:func:`pipeline.fusion.study.fuse_study` (the bundle's inference, unchanged) and writing the batch
+:func:`pipeline.fusion.streaming.fuse_study` (the bundle's inference, unchanged) and writing the batch
 job's derived DICOM series through the same sinks (:mod:`pipeline.fusion.writers`). They pass the
 SDK's ``StudySelectedSeries`` along, as the SDK's own writers do, so the writer takes the CT
 headers from the very series that was fused.
@@ -26,9 +26,9 @@ from pydicom.dataset import Dataset
 
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
-from pipeline.fusion.study import FusedStudy, fuse_study
+from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink
-from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 # Port names: the SDK's, so our operators plug into its DICOM operators without renaming.

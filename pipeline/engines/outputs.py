@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
 from pipeline.engines.slice_metrics import batch_field
-from pipeline.fusion.study import fused_filename
+from pipeline.fusion.streaming import fused_filename
 from pipeline.fusion.volume import fused_channels
 from pipeline.io.nifti import save_volume
 

@@ -1,6 +1,6 @@
 """The files a fused study becomes, written as it streams: NIfTI volumes, derived DICOM series, a preview.
 
-Each is a :class:`~pipeline.fusion.study.StudySink`: it opens one streaming writer per fused
+Each is a :class:`~pipeline.fusion.streaming.StudySink`: it opens one streaming writer per fused
 channel (:class:`~pipeline.io.nifti.NiftiSliceWriter`, :class:`~pipeline.io.derived_series.DerivedSeriesWriter`)
 and appends each slab, so no whole fused volume is ever held. The CLI, the batch job and the
 deploy app write through these, so a study's outputs are named and built the same whichever door
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from pipeline.fusion.study import FusedSlab, FusedStudy, StudySink, fused_filename
+from pipeline.fusion.streaming import FusedSlab, FusedStudy, StudySink, fused_filename
 from pipeline.io.derived_series import (
     COLOUR_SERIES_OFFSET,
     FUSED_SERIES_NUMBER,

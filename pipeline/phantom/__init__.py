@@ -4,6 +4,6 @@
 ``truth.json`` of the designed values) of one anatomically plausible thorax with a lung tumour.
 """
 
-from pipeline.phantom.study import PhantomStudy, make_phantom
+from pipeline.phantom.export import PhantomStudy, make_phantom
 
 __all__ = ["PhantomStudy", "make_phantom"]

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from pipeline.io.study import STUDY_MODALITIES, StudySource, load_study, load_volume, study_sources
+from pipeline.io.study_source import STUDY_MODALITIES, StudySource, load_study, load_volume, study_sources
 
 
 class LoadStudy(Transform):

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.batch import BatchOptions, run_batch
 from pipeline.phantom import make_phantom
-from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 N_GOOD = 3
 # One window keeps the tests fast; two windows and two methods run in the job test.

@@ -103,7 +103,7 @@ def test_fused_series_go_back_once_into_the_source_study(tmp_path: Path, orthanc
         assert ds.StudyInstanceUID == pacs_study and ds.PatientID == patient_id
         assert {ref.SeriesInstanceUID for ref in ds.ReferencedSeriesSequence} == set(source)
 
-    monkeypatch.setattr("pipeline.fusion.study.fuser_version", lambda fuser: "sha256:another-model")
+    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:another-model")
     changed = _run(orthanc, tmp_path / "new_model", batch_options)
     assert changed.counts()["ok"] == 1
     assert len(_fused_series(orthanc, pacs_study)) == 4  # a new model's images are stored, not dropped

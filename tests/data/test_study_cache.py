@@ -11,7 +11,7 @@ import torch
 
 from pipeline.data import LoadCachedStudyd, cache_studies, load_cached_datalist, slice_pairs
 from pipeline.errors import InputError
-from pipeline.transforms.study import study_preprocessing
+from pipeline.transforms.data_path import study_preprocessing
 
 
 def test_cached_studies_match_the_preprocessing_within_one_grey_level(tiny_study_cache, tiny_datalist):

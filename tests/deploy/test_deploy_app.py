@@ -17,7 +17,7 @@ import torch
 
 from pipeline.io.derived_series import dicom_folder_name
 from pipeline.fusion.selection import BASELINE_FALLBACK, BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers
-from pipeline.fusion.study import fused_filename
+from pipeline.fusion.streaming import fused_filename
 from pipeline.io.derived_series import MAX_STORED
 from pipeline.networks import DCIFGenerator
 from pipeline.phantom import make_phantom

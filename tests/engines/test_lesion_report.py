@@ -14,7 +14,7 @@ from monai.data.utils import affine_to_spacing
 from pipeline.engines import LesionContrastReport, read_lesion_ratios
 from pipeline.errors import InputError
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
-from pipeline.transforms.study import study_preprocessing
+from pipeline.transforms.data_path import study_preprocessing
 
 AFFINE = torch.diag(torch.tensor([-2.0, -2.0, 3.0, 1.0], dtype=torch.float64))
 

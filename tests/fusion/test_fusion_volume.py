@@ -8,8 +8,8 @@ import torch
 from pipeline.errors import InputError
 from pipeline.fusion import FusionNetwork, fuse_volume, get_fuser
 from pipeline.fusion.selection import build_fusers
-from pipeline.fusion import study as study_module
-from pipeline.fusion.study import fuse_study
+from pipeline.fusion import streaming as study_module
+from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.nifti import load_nifti
 
@@ -88,7 +88,7 @@ def test_unknown_window_is_refused_before_anything_is_read():
 def test_a_whole_number_ct_is_held_as_int16_and_any_other_as_is(values, compact):
     from monai.data import MetaTensor
 
-    from pipeline.fusion.study import _integer_hu
+    from pipeline.fusion.streaming import _integer_hu
 
     ct = MetaTensor(torch.tensor(values).repeat(40).reshape(1, 2, 3, 20), affine=torch.eye(4) * 2.0,
                     meta={"filename_or_obj": "ct"})

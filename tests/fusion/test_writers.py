@@ -9,15 +9,15 @@ import pydicom
 import pytest
 from PIL import Image
 
-from pipeline.fusion import study as study_module
+from pipeline.fusion import streaming as study_module
 from pipeline.fusion.selection import build_fusers
-from pipeline.fusion.study import FusedSlab, StudySink, fuse_study
+from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.derived_series import Provenance, dicom_folder_name, write_colour_series, write_fused_series
 from pipeline.io.discovery import read_dicom
 from pipeline.provenance import BASELINE_VERSION
 from pipeline.transforms.slicing import flagged_slices
-from pipeline.transforms.study import study_preprocessing
+from pipeline.transforms.data_path import study_preprocessing
 from pipeline.visualization.colour import colour_fusion
 from pipeline.visualization.preview import preview_slices, write_preview
 

@@ -17,7 +17,7 @@ from pipeline.metrics import (
     phantom_lesion_mask,
     ring_mask,
 )
-from pipeline.transforms.study import study_preprocessing
+from pipeline.transforms.data_path import study_preprocessing
 
 SPACING = (2.0, 2.0, 3.0)
 BACKGROUND, HOT = 0.1, 0.8

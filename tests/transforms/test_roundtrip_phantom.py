@@ -104,7 +104,7 @@ def test_stacked_items_are_views_of_the_network_input():
     import torch
     from monai.data import MetaTensor
 
-    from pipeline.transforms.study import StackItemsd
+    from pipeline.transforms.data_path import StackItemsd
 
     data = {"ct_lung": MetaTensor(torch.ones(1, 2, 2, 2), meta={"Units": "HU"}),
             "pet_scaled": MetaTensor(torch.full((1, 2, 2, 2), 0.5), meta={"Units": "SUVbw"})}
@@ -118,7 +118,7 @@ def test_preprocessed_study_collates_in_a_monai_dataloader(study):
     """The bundle's workflows batch the preprocessed study: its meta (per-slice PET timing too) must collate."""
     from monai.data import DataLoader, Dataset
 
-    from pipeline.transforms.study import study_preprocessing
+    from pipeline.transforms.data_path import study_preprocessing
 
     root, _ = study
     (pair,) = discover_studies(root).pairs

@@ -4,7 +4,7 @@ The bundle's inference and evaluation, the CLI, the batch job and the deploy app
 network input here, so the same study gives the same fused output whichever door it came in by.
 It comes in two halves: :func:`study_loading` (the volumes, in SUV, with their slice flags) and
 :func:`network_input` (the PET onto the CT grid, windows, PET scaling). The bundle runs both on the
-whole volume (:func:`study_preprocessing`); :func:`pipeline.fusion.study.fuse_study` runs the
+whole volume (:func:`study_preprocessing`); :func:`pipeline.fusion.streaming.fuse_study` runs the
 second axial slab by slab, so a whole-body study costs one CT and the PET on its own grid.
 Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ceiling in [0, 1]),
 ``ct_<window>`` (each window in [0, 1]), ``image``: the network input, one channel per CT window

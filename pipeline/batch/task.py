@@ -18,10 +18,10 @@ from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, StudyScorer
 from pipeline.errors import DcifError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
-from pipeline.fusion.study import fuse_study
+from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.discovery import StudyPair, read_dicom
-from pipeline.transforms.study import DEFAULT_WINDOWS
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 

@@ -1,8 +1,8 @@
 """Fuse one PET/CT study end to end, slab by slab: the step the CLI, the batch job and the deploy app share.
 
-:func:`fuse_study` loads the study (:func:`pipeline.transforms.study.study_loading`);
+:func:`fuse_study` loads the study (:func:`pipeline.transforms.data_path.study_loading`);
 :meth:`FusedStudy.stream` then resamples the PET onto, windows, fuses and hands out a few axial CT
-slices at a time (:func:`pipeline.transforms.study.network_input`,
+slices at a time (:func:`pipeline.transforms.data_path.network_input`,
 :func:`pipeline.fusion.volume.fuse_volume`) to sinks that write or score them
 (:mod:`pipeline.fusion.writers`, :mod:`pipeline.batch.scoring`). Why slabs: a whole-body CT
 (512 x 512 x 300, 0.3 GB in float32) held once per window and method costs gigabytes; streamed,
@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
-from pipeline.io.study import StudySource
+from pipeline.io.study_source import StudySource
 from pipeline.provenance import fuser_version
 from pipeline.transforms.slicing import axial_slab
-from pipeline.transforms.study import DEFAULT_WINDOWS, network_input, study_loading
+from pipeline.transforms.data_path import DEFAULT_WINDOWS, network_input, study_loading
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, check_windows
 
 # Fused voxels per slab, all channels together (64 MB in float32): 8 slices of 512 x 512 for one
@@ -91,7 +91,7 @@ class FusedStudy:
     """A loaded study and the fusers to stream it through, slab by slab onto the CT grid.
 
     ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
-    ``pet_slices`` and ``body_slices`` (see :mod:`pipeline.transforms.study`); ``versions`` maps each method to its
+    ``pet_slices`` and ``body_slices`` (see :mod:`pipeline.transforms.data_path`); ``versions`` maps each method to its
     :func:`~pipeline.provenance.fuser_version`; ``timings`` gathers seconds per report stage.
     """
 

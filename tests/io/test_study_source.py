@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.io.discovery import NiftiPair, discover_studies
-from pipeline.io.study import load_study
+from pipeline.io.study_source import load_study
 
 
 def test_from_discovered_pair(dicom_factory):
