@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,14 @@ from pipeline.tracking import read_history
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"
+EVALUATE_CONFIGS = ("inference.json", "evaluate.json")  # evaluation overrides inference
 BASELINES = ["average", "max", "laplacian", "dwt"]
 
 
-def bundle_command(workflow: str, config: str, overrides: dict[str, Any]) -> list[str]:
-    """``python -m monai.bundle run <workflow>`` with ``--key value`` overrides (values as JSON)."""
-    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(CONFIGS / config)]
+def bundle_command(workflow: str, configs: Sequence[str], overrides: dict[str, Any]) -> list[str]:
+    """``python -m monai.bundle run <workflow>`` on ``configs`` layered in order, with ``--key value`` overrides (JSON)."""
+    files = [str(CONFIGS / config) for config in configs]
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", json.dumps(files)]
     for key, value in overrides.items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return command
@@ -129,16 +132,16 @@ def train_and_evaluate(runs: dict[str, dict[str, Any]], common: dict[str, Any], 
                        time_limit: int, threads: int) -> tuple[dict[str, int], dict[str, int]]:
     """Train every run side by side, then evaluate every best checkpoint and the baselines; exit codes."""
     started = time.monotonic()
-    commands = {name: bundle_command("training", "train.json",
+    commands = {name: bundle_command("training", ["train.json"],
                                      training_overrides(common, own, out / name, cache, time_limit))
                 for name, own in runs.items()}
     codes = launch(commands, {name: out / name / "train.log" for name in runs}, threads)
     print(f"trained {len(runs)} runs in {time.monotonic() - started:.0f} s: {codes}", flush=True)
 
-    evaluations = {name: bundle_command("evaluate", "evaluate.json", evaluation_overrides(
+    evaluations = {name: bundle_command("evaluate", EVALUATE_CONFIGS, evaluation_overrides(
                        ["dcif_gan"], out / name / "eval", cache, out / name / "model.pt"))
                    for name in runs if (out / name / "model.pt").is_file()}
-    evaluations["baselines"] = bundle_command("evaluate", "evaluate.json",
+    evaluations["baselines"] = bundle_command("evaluate", EVALUATE_CONFIGS,
                                               evaluation_overrides(BASELINES, out / "baselines", cache, None))
     logs = {name: (out / name / "eval.log" if name in runs else out / "baselines.log") for name in evaluations}
     eval_codes = launch(evaluations, logs, threads)

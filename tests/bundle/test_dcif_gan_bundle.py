@@ -35,7 +35,9 @@ TINY_TRAINING = {"phantom_studies": 2, "val_fraction": 0.5, "epochs": 1, "val_in
 
 
 def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **overrides) -> None:
-    run(run_id, config_file=str(CONFIGS / config), meta_file=str(CONFIGS / "metadata.json"),
+    """Run one workflow as its README line does; evaluate.json is an override layered on inference.json."""
+    layers = ["inference.json", config] if config == "evaluate.json" else [config]
+    run(run_id, config_file=[str(CONFIGS / layer) for layer in layers], meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(bundle_root), phantom_root=str(phantom_root),
         **overrides)
 

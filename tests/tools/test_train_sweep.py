@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+import fire
 import pytest
+from monai.bundle import ConfigParser
 
 from pipeline.engines.lesion_report import ratio_summary
 
@@ -22,12 +24,22 @@ def sweep(load_tool):
 def test_each_run_is_the_bundle_training_with_its_overrides_on_top_of_the_common_ones(sweep, tmp_path):
     overrides = sweep.training_overrides({"alpha": 100.0, "detail_weight": 1.0}, {"detail_weight": 0.0},
                                         tmp_path / "n4", tmp_path / "cache", 300)
-    command = sweep.bundle_command("training", "train.json", overrides)
+    command = sweep.bundle_command("training", ["train.json"], overrides)
     assert command[:5] == [sys.executable, "-m", "monai.bundle", "run", "training"]
     pairs = dict(zip(command[7::2], command[8::2]))
     assert pairs["--detail_weight"] == "0.0" and pairs["--alpha"] == "100.0"
     assert pairs["--model_dir"] == str(tmp_path / "n4") and pairs["--time_limit_s"] == "300"
     assert pairs["--study_cache"] == str(tmp_path / "cache")
+
+
+def test_evaluation_layers_its_override_on_the_inference_config(sweep):
+    """The command line's --config_file, as monai.bundle's fire parses it, merges evaluate.json over inference.json."""
+    command = sweep.bundle_command("evaluate", sweep.EVALUATE_CONFIGS, {})
+    files = fire.parser.DefaultParseValue(command[command.index("--config_file") + 1])
+    assert [Path(file).name for file in files] == ["inference.json", "evaluate.json"]
+    merged = ConfigParser.load_config_files(files)
+    assert merged["run"] == "@evaluate" and merged["evaluator"]["_target_"] == "SupervisedEvaluator"
+    assert "LoadCachedStudyd" in merged["preprocessing"] and merged["dataset"]["transform"] == "@preprocessing"
 
 
 @pytest.mark.parametrize("name", ["dcif_gan.json", "ablation.json"])
