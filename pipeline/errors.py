@@ -23,6 +23,11 @@ class CheckpointError(DcifError):
     """A model checkpoint is missing or does not match the configured network."""
 
 
+def one_line(text: object) -> str:
+    """Collapse a (library) message to one line, since project errors must be one line."""
+    return " ".join(str(text).split())
+
+
 def one_line_errors(program: str) -> None:
     """End an uncaught error in one line on stderr instead of a traceback, where we do not own the entry point.
 

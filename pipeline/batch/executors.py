@@ -21,9 +21,8 @@ import torch
 
 from pipeline.batch.report import StudyResult
 from pipeline.batch.task import StudyTask, process_study
-from pipeline.errors import DcifError
+from pipeline.errors import DcifError, one_line
 from pipeline.worker import init_worker
-from pipeline.io.discovery import one_line
 
 EXECUTORS = ("local", "ray")
 

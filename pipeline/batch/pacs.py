@@ -23,7 +23,7 @@ from pipeline.batch.task import BatchOptions
 from pipeline.errors import DcifError
 from pipeline.io.derived_series import FUSED_FILE
 from pipeline.io.dicomweb import connect, fetch_study, find_studies, store_instances
-from pipeline.io.discovery import study_key
+from pipeline.io.headers import study_key
 
 logger = logging.getLogger(__name__)
 INBOX = ".dicomweb"

@@ -20,7 +20,8 @@ from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
-from pipeline.io.discovery import StudyPair, read_dicom
+from pipeline.io.discovery import StudyPair
+from pipeline.io.headers import read_dicom
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 

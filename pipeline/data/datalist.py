@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
-from pipeline.io.discovery import discover_studies, find_nifti_pair, study_key
+from pipeline.io.discovery import discover_studies, find_nifti_pair
+from pipeline.io.headers import study_key
 from pipeline.io.study_source import study_sources
 
 Datalist = list[dict[str, Any]]

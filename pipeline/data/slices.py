@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, study_preprocessing
+from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 

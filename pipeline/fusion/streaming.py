@@ -27,8 +27,8 @@ from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
 from pipeline.io.study_source import StudySource
 from pipeline.provenance import fuser_version
-from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, network_input, study_loading
+from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, check_windows
 
 # Fused voxels per slab, all channels together (64 MB in float32): 8 slices of 512 x 512 for one

@@ -37,7 +37,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, UID,
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write, temporary_sibling
-from pipeline.io.discovery import slice_normal
+from pipeline.io.headers import slice_normal
 from pipeline.provenance import SOFTWARE_VERSION
 
 FUSED_SERIES_NUMBER = 9000

@@ -26,8 +26,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_rescale
 from pydicom.valuerep import IS, DSfloat
 
-from pipeline.errors import InputError
-from pipeline.io.discovery import SeriesInfo, one_line, read_dicom, scan_series, slice_normal
+from pipeline.errors import InputError, one_line
+from pipeline.io.discovery import SeriesInfo, scan_series
+from pipeline.io.headers import read_dicom, slice_normal
 from pipeline.io.patient_space import LPS_TO_RAS
 
 logger = logging.getLogger(__name__)

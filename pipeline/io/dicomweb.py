@@ -21,7 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
 from pipeline.errors import DcifError, InputError
-from pipeline.io.discovery import study_key
+from pipeline.io.headers import study_key
 
 USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_PASSWORD", "DCIF_DICOMWEB_CREDENTIALS"
 STUDY_UID, MODALITIES_IN_STUDY = "0020000D", "00080061"

@@ -7,7 +7,6 @@ an archive must not hide every other study. Nothing here holds or prints patient
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import defaultdict
@@ -16,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from pipeline.errors import InputError
+from pipeline.io.headers import read_dicom, slice_normal, study_key
 
 # The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
 DISCOVERY_TAGS = (
@@ -45,37 +43,12 @@ _NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non
 _ATTENUATION_CT = re.compile(r"(?<![a-z])(ctac|ac|ldct)(?![a-z])|atten|low[ _-]?dose")
 
 
-def one_line(text: object) -> str:
-    """Collapse a (library) message to one line, since project errors must be one line."""
-    return " ".join(str(text).split())
 
 
-def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str, ...] | None = None) -> Dataset:
-    """Read a DICOM file (by default its header only), turning every failure into a one-line InputError."""
-    try:
-        if path.stat().st_size == 0:
-            raise InputError(f"{path}: empty file (0 bytes)")
-        tags = list(specific_tags) if specific_tags else None
-        return pydicom.dcmread(path, stop_before_pixels=header_only, specific_tags=tags, force=False)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except InvalidDicomError:
-        raise InputError(f"{path}: not a DICOM file (no DICM preamble/file meta)") from None
-    except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
-        raise InputError(f"{path}: unreadable DICOM file ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def study_key(study_uid: str) -> str:
-    """Short, stable, non-identifying name for a study (safe for folder names and logs)."""
-    return hashlib.sha256(study_uid.encode()).hexdigest()[:12]
 
 
-def slice_normal(orientation: object) -> np.ndarray:
-    """Unit normal of a slice from ImageOrientationPatient (row direction x column direction)."""
-    iop = np.asarray(orientation, dtype=float)
-    return np.cross(iop[:3], iop[3:])
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ import torch
 from monai.data import MetaTensor
 from nibabel.openers import ImageOpener
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
-from pipeline.io.discovery import one_line
 
 
 def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:

@@ -14,10 +14,10 @@ from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.derived_series import Provenance, dicom_folder_name, write_colour_series, write_fused_series
-from pipeline.io.discovery import read_dicom
+from pipeline.io.headers import read_dicom
 from pipeline.provenance import BASELINE_VERSION
-from pipeline.transforms.slicing import flagged_slices
 from pipeline.transforms.data_path import study_preprocessing
+from pipeline.transforms.slicing import flagged_slices
 from pipeline.visualization.colour import colour_fusion
 from pipeline.visualization.preview import preview_slices, write_preview
 

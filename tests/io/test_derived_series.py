@@ -27,7 +27,7 @@ from pipeline.io.derived_series import (
     write_fused_series,
 )
 from pipeline.io.dicom import load_series
-from pipeline.io.discovery import read_dicom
+from pipeline.io.headers import read_dicom
 from pipeline.phantom import make_phantom
 
 PROVENANCE = Provenance("laplacian", "lung", "no weights", 7.0)

@@ -10,7 +10,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, read_dicom, study_key
+from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair
+from pipeline.io.headers import read_dicom, study_key
 
 
 def _pet_ct_study(factory, folder: str = "study", study_uid: str | None = None, frame_uid: str | None = None) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.io.dicom import load_series
-from pipeline.io.discovery import read_dicom
+from pipeline.io.headers import read_dicom
 from pipeline.transforms.suv import PETToSUV
 
 TOLERANCE = 0.01
