@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
 from pipeline.errors import InputError
 from pipeline.fusion import FusionNetwork, fuse_volume, get_fuser
-from pipeline.fusion.selection import build_fusers
 from pipeline.fusion import streaming as study_module
-from pipeline.fusion.streaming import fuse_study
+from pipeline.fusion.selection import build_fusers
+from pipeline.fusion.streaming import StudySink, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.nifti import load_nifti
 
@@ -60,6 +63,32 @@ def test_streamed_study_equals_fusing_the_whole_volume(tiny_datalist, whole_volu
     assert starts == list(range(0, result.shape[-1], slab))
     for name, volume in expected.items():
         torch.testing.assert_close(torch.cat(streamed[name], dim=-1), volume, atol=0, rtol=0)
+
+
+def test_a_slab_is_released_before_the_next_is_made(tiny_datalist, monkeypatch):
+    """Streaming holds one slab at a time: nothing keeps a slab alive once its sinks are done with it."""
+    monkeypatch.setattr(study_module, "SLAB_VOXELS", 2 * 64 * 64)  # 2 slices of 64 x 64, one channel
+    result = fuse_study(tiny_datalist[0], build_fusers(["max"]), windows=["lung"])
+    made: list[weakref.ref] = []
+    alive_when_made = []
+    original = study_module.fuse_volume
+
+    def watched(*args, **kwargs):
+        gc.collect()
+        alive_when_made.append(sum(ref() is not None for ref in made))  # earlier slabs still referenced
+        fused = original(*args, **kwargs)
+        made.append(weakref.ref(fused))
+        return fused
+
+    monkeypatch.setattr(study_module, "fuse_volume", watched)
+
+    class Looker(StudySink):
+        def add(self, slab):
+            assert slab.fused is made[-1]()
+
+    result.stream([Looker()])
+    assert len(alive_when_made) == -(-result.shape[-1] // 2) > 2
+    assert alive_when_made == [0] * len(alive_when_made)
 
 
 def test_fuse_study_lies_on_the_ct_geometry_and_times_its_stages(tiny_datalist, tmp_path):
