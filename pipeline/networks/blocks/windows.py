@@ -23,11 +23,12 @@ from functools import lru_cache
 import torch
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size
 
-CPU_CHUNK_TOKENS = 65536
-"""Tokens per chunk on the CPU: 1024 windows of 8 x 8 (one 256 x 256 slice); 8 MB per activation at width 32.
+CPU_CHUNK_TOKENS = 32768
+"""Tokens per chunk on the CPU: 512 windows of 8 x 8 (half a 256 x 256 slice); 4 MB per activation at width 32.
 
 Smaller, cache-sized chunks measured faster on an idle CPU but several times slower on a busy one (every
-small kernel waits for its slowest thread); this size keeps the op count low and the memory bounded.
+small kernel waits for its slowest thread); this size keeps the op count low and the memory bounded: a
+512 x 512 slice of the shipped model peaks 37 MB lower than with 65536 tokens, at the same speed.
 """
 
 
