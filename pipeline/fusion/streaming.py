@@ -140,20 +140,19 @@ class FusedStudy:
         n_x, n_y, n_slices = self.shape
         size = size or max(1, SLAB_VOXELS // (n_x * n_y * len(self.names)))
         inputs = network_input(self.windows, self.suv_max).transforms
-        for start in range(0, n_slices, size):
-            yield self._fuse_slab(inputs, start, min(start + size, n_slices))
-
-    def _fuse_slab(self, inputs: Sequence, start: int, stop: int) -> FusedSlab:
-        n_x, n_y, _ = self.shape
         batch = self.sw_batch_size
         if torch.device(self.device).type == "cpu":
             batch = max(1, min(batch, CPU_FORWARD_VOXELS // (n_x * n_y)))
+        for start in range(0, n_slices, size):
+            yield self._fuse_slab(inputs, batch, start, min(start + size, n_slices))
+
+    def _fuse_slab(self, inputs: Sequence, batch: int, start: int, stop: int) -> FusedSlab:
         slab = {"ct": axial_slab(self.data["ct"], start, stop), "pet": self.data["pet"]}
         for transform in inputs:
             with self.timed(_STAGES.get(type(transform).__name__, "window")):
                 slab = transform(slab)
         image = slab.pop("image")
-        del slab
+        del slab  # its windowed CT and scaled PET are in the image now; free them before the forward
         with self.timed("fuse"):
             fused = fuse_volume(self.network, image, device=self.device, sw_batch_size=batch)
             with torch.inference_mode():  # fuse_volume's output is an inference tensor

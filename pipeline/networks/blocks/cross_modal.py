@@ -21,6 +21,7 @@ class CrossModalBlock(nn.Module):
 
     Each stream is a :class:`SwinBlock` (its own norms, Q/K/V projections, bias B and FFN) whose
     attention reads the other stream's keys and values; the bias belongs to the query's stream.
+    Without autograd the results overwrite both token streams passed in (see :func:`over_chunks`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:

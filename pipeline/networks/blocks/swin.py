@@ -67,7 +67,10 @@ class ChunkedWindowAttention(WindowAttention):
 
 
 class SwinBlock(nn.Module):
-    """One STB: Z' = MSA(LN(Z)) + Z; Z = FFN(LN(Z')) + Z', on tokens in this block's window order."""
+    """One STB: Z' = MSA(LN(Z)) + Z; Z = FFN(LN(Z')) + Z', on tokens in this block's window order.
+
+    Without autograd the result overwrites the tokens passed in (see :func:`over_chunks`).
+    """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:
         super().__init__()
