@@ -7,8 +7,6 @@ holds if every forward went through DDP and the gradients were averaged.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from datetime import timedelta
 
@@ -21,15 +19,12 @@ from pipeline.losses import DiscriminatorLoss, GeneratorLoss
 from pipeline.networks import DCIFGAN
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _step(rank: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+def _step(rank: int, store: str, queue) -> None:
+    # A file store belongs to no rank, so both can tear their group down in any order; exiting
+    # with gloo's threads still running aborts the process instead.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     torch.set_num_threads(1)
     torch.manual_seed(0)  # same initial weights on both ranks
     model = DCIFGAN(variant="network4", width=8, num_heads=2, window_size=4, depths=(1, 1, 1))
@@ -51,14 +46,15 @@ def _step(rank: int, port: int, queue) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         queue.put((bool(torch.allclose(gathered[0], gathered[1], atol=1e-6)), float(flat.abs().sum())))
-    # No destroy_process_group: with rank 0 hosting the store, a rank tearing down after it can
-    # wait forever; process exit releases gloo's resources.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
-def test_ddp_players_keep_ranks_identical():
+def test_ddp_players_keep_ranks_identical(tmp_path):
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    processes = mp.start_processes(_step, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=False)
+    store = tmp_path / "store"
+    processes = mp.start_processes(_step, args=(str(store), queue), nprocs=2, start_method="spawn", join=False)
     deadline = time.monotonic() + 240
     while not processes.join(timeout=5):
         if time.monotonic() > deadline:
