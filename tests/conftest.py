@@ -45,13 +45,21 @@ def tiny_geometry() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder holding the tiny phantom studies ``seed_000`` and ``seed_001``."""
-    return tmp_path_factory.mktemp("tiny_phantoms")
+    """Folder holding the tiny phantom studies ``seed_000`` and ``seed_001``, made once per test session.
+
+    Made here, not on first use of a datalist: a workflow pointed at an empty folder would fill it
+    with full-size phantoms under the same seeds.
+    """
+    from pipeline.data import phantom_datalist
+
+    root = tmp_path_factory.mktemp("tiny_phantoms")
+    phantom_datalist(root, n_studies=2, **TINY_PHANTOM)
+    return root
 
 
 @pytest.fixture(scope="session")
 def tiny_datalist(tiny_phantom_root: Path) -> list[dict]:
-    """Two tiny phantom studies (seeds 0 and 1) as a datalist, made once per test session."""
+    """The two tiny phantom studies (seeds 0 and 1) as a datalist."""
     from pipeline.data import phantom_datalist
 
     return phantom_datalist(tiny_phantom_root, n_studies=2, **TINY_PHANTOM)

@@ -53,7 +53,8 @@ BASELINES = ["average", "max", "laplacian", "dwt"]
 def bundle_command(workflow: str, configs: Sequence[str], overrides: dict[str, Any]) -> list[str]:
     """``python -m monai.bundle run <workflow>`` on ``configs`` layered in order, with ``--key value`` overrides (JSON)."""
     files = [str(CONFIGS / config) for config in configs]
-    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", json.dumps(files)]
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", json.dumps(files),
+               "--bundle_root", str(CONFIGS.parent)]
     for key, value in overrides.items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return command

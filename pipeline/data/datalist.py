@@ -85,12 +85,8 @@ def _from_folder(folder: Path) -> list[dict[str, Any]]:
     return [study_sources(pair) for pair in found.pairs]
 
 
-def load_datalist(source: str | os.PathLike[str] | Sequence[Any] | None, phantom_root: str | None = None) -> Datalist:
-    """Resolve a datalist from a JSON file, a folder, a list of study dicts, or ``None`` (phantom default)."""
-    if source is None:
-        if phantom_root is None:
-            raise InputError("no input given and no phantom folder to fall back on")
-        return phantom_datalist(phantom_root)
+def load_datalist(source: str | os.PathLike[str] | Sequence[Any]) -> Datalist:
+    """Resolve a datalist from a JSON file, a folder or a list of study dicts."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_file():

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from ignite.metrics import Metric
 from monai.engines import IterationEvents, Trainer
+from monai.inferers import Inferer, SimpleInferer
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -41,6 +42,8 @@ class FusionGANTrainer(Trainer):
         g_loss_function / d_loss_function: ``(ct, pet, f_ct, f_pet, d1, d2) -> dict`` of loss terms
             with a ``total`` key; every term is returned in the engine output for logging.
         d_steps: discriminator updates per generator update.
+        inferer: runs the generator's ``streams`` as ``inferer(ct, streams, pet)``; the default
+            :class:`~monai.inferers.SimpleInferer` calls it directly.
         amp: bfloat16 autocast on CUDA (no gradient scaler needed); ignored on CPU.
         distributed: wrap both players in DistributedDataParallel (under torchrun).
     """
@@ -56,6 +59,7 @@ class FusionGANTrainer(Trainer):
         g_loss_function: Callable[..., LossTerms],
         d_loss_function: Callable[..., LossTerms],
         d_steps: int = 1,
+        inferer: Inferer | None = None,
         epoch_length: int | None = None,
         amp: bool = False,
         distributed: bool = False,
@@ -82,6 +86,7 @@ class FusionGANTrainer(Trainer):
         self.g_loss_function = g_loss_function
         self.d_loss_function = d_loss_function
         self.d_steps = d_steps
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.use_bf16 = amp and torch.device(device).type == "cuda"
         self.players = make_players(model, distributed, torch.device(device))
 
@@ -95,7 +100,7 @@ class FusionGANTrainer(Trainer):
 
         # One generator forward serves both players: D steps see it detached, the G step through it.
         with engine._autocast():
-            f_ct, f_pet = streams(ct, pet)
+            f_ct, f_pet = engine.inferer(ct, streams, pet)
         fake_ct, fake_pet = f_ct.detach().float(), f_pet.detach().float()
         for _ in range(engine.d_steps):
             engine.d_optimizer.zero_grad(set_to_none=True)

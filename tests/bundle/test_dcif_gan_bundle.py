@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
-from monai.bundle import run
+from monai.bundle import ConfigWorkflow, run
 
 from pipeline.io.dicom import load_series
 from pipeline.networks import DCIFGenerator
@@ -34,11 +34,11 @@ TINY_TRAINING = {"phantom_studies": 2, "val_fraction": 0.5, "epochs": 1, "val_in
                  "batch_size": 4, **TINY_NET}
 
 
-def _bundle(config: str, run_id: str, bundle_root: Path, phantom_root: Path, **overrides) -> None:
+def _bundle(config: str, run_id: str, bundle_root: Path, dataset_dir: Path, **overrides) -> None:
     """Run one workflow as its README line does; evaluate.json is an override layered on inference.json."""
     layers = ["inference.json", config] if config == "evaluate.json" else [config]
     run(run_id, config_file=[str(CONFIGS / layer) for layer in layers], meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(bundle_root), phantom_root=str(phantom_root),
+        logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(bundle_root), dataset_dir=str(dataset_dir),
         **overrides)
 
 
@@ -61,7 +61,7 @@ def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
     """A bundle root holding models/model.pt after one tiny epoch, trained through the real command line."""
     root = tmp_path_factory.mktemp("bundle")
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-               "--bundle_root", str(root), "--phantom_root", str(tiny_phantom_root), "--tracking", "mlflow",
+               "--bundle_root", str(root), "--dataset_dir", str(tiny_phantom_root), "--tracking", "mlflow",
                *_cli_overrides(TINY_TRAINING)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -79,6 +79,32 @@ def test_bundle_verifies(command):
                             cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "verified with no error" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("workflow_type", "layers"), [
+    ("inference", ["inference.json"]),
+    ("inference", ["inference.json", "evaluate.json"]),
+    ("train", ["train.json"]),
+])
+def test_bundle_has_the_standard_properties(workflow_type, layers, tiny_phantom_root, tmp_path):
+    workflow = ConfigWorkflow(config_file=[str(CONFIGS / layer) for layer in layers],
+                              meta_file=str(CONFIGS / "metadata.json"), workflow_type=workflow_type,
+                              bundle_root=str(tmp_path), dataset_dir=str(tiny_phantom_root), phantom_studies=2,
+                              val_fraction=0.5, checkpoint=str(CONFIGS.parent / "models" / "model.pt"))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_a_copy_of_the_bundle_runs_from_its_own_folder(tmp_path, tiny_phantom_root):
+    """Model-zoo style: ``bundle_root`` is ".", so the folder works wherever it is, with the package installed."""
+    bundle = tmp_path / "dcif_gan"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
+               "--meta_file", "configs/metadata.json", "--dataset_dir", str(tiny_phantom_root),
+               "--method", "laplacian", "--windows", "['lung']"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=bundle, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((bundle / "eval").rglob("fused_laplacian_lung.nii.gz"))) == 1
 
 
 def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
@@ -227,7 +253,7 @@ def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_ph
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
         "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path),
-        "--phantom_root", str(phantoms), *_cli_overrides(TINY_TRAINING),
+        "--dataset_dir", str(phantoms), *_cli_overrides(TINY_TRAINING),
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
+from monai.inferers import SimpleInferer
 
 from pipeline.engines import FusionGANTrainer
 from pipeline.losses import DiscriminatorLoss, GeneratorLoss
@@ -18,7 +19,7 @@ def _loader(n: int = 4, size: int = 16) -> DataLoader:
     return DataLoader(Dataset(items), batch_size=2)
 
 
-def _trainer(variant: str) -> tuple[FusionGANTrainer, DCIFGAN]:
+def _trainer(variant: str, **options) -> tuple[FusionGANTrainer, DCIFGAN]:
     torch.manual_seed(0)
     model = DCIFGAN(variant=variant, width=8, num_heads=2, window_size=4, depths=(2, 2, 2))
     d_params = torch.nn.ModuleList([model.d1, model.d2]).parameters()
@@ -26,7 +27,7 @@ def _trainer(variant: str) -> tuple[FusionGANTrainer, DCIFGAN]:
         device="cpu", max_epochs=1, train_data_loader=_loader(), model=model,
         g_optimizer=torch.optim.Adam(model.generator.parameters(), lr=1e-3),
         d_optimizer=torch.optim.Adam(d_params, lr=1e-3),
-        g_loss_function=GeneratorLoss(alpha=10.0), d_loss_function=DiscriminatorLoss(),
+        g_loss_function=GeneratorLoss(alpha=10.0), d_loss_function=DiscriminatorLoss(), **options,
     )
     return trainer, model
 
@@ -62,3 +63,17 @@ def test_each_iteration_runs_the_generator_once(monkeypatch):
     trainer.players = trainer.players._replace(streams=model.generator.streams)
     trainer.run()
     assert len(calls) == trainer.state.iteration == 2
+
+
+def test_the_generator_runs_through_the_configured_inferer():
+    """``train#inferer`` is the bundle's standard id: the trainer must call it, not the streams directly."""
+    class CountingInferer(SimpleInferer):
+        calls = 0
+
+        def __call__(self, inputs, network, *args, **kwargs):
+            CountingInferer.calls += 1
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    trainer, _ = _trainer("network4", inferer=CountingInferer())
+    trainer.run()
+    assert CountingInferer.calls == trainer.state.iteration == 2

@@ -30,6 +30,7 @@ def test_each_run_is_the_bundle_training_with_its_overrides_on_top_of_the_common
     assert pairs["--detail_weight"] == "0.0" and pairs["--alpha"] == "100.0"
     assert pairs["--model_dir"] == str(tmp_path / "n4") and pairs["--time_limit_s"] == "300"
     assert pairs["--study_cache"] == str(tmp_path / "cache")
+    assert pairs["--bundle_root"] == str(sweep.CONFIGS.parent)  # the configs' "." is the caller's folder
 
 
 def test_evaluation_layers_its_override_on_the_inference_config(sweep):
@@ -39,7 +40,8 @@ def test_evaluation_layers_its_override_on_the_inference_config(sweep):
     assert [Path(file).name for file in files] == ["inference.json", "evaluate.json"]
     merged = ConfigParser.load_config_files(files)
     assert merged["run"] == "@evaluate" and merged["evaluator"]["_target_"] == "SupervisedEvaluator"
-    assert "LoadCachedStudyd" in merged["preprocessing"] and merged["dataset"]["transform"] == "@preprocessing"
+    assert "@study_cache" in merged["preprocessing"] and "@study_cache" in merged["datalist"]
+    assert merged["dataset"]["transform"] == "@preprocessing"
 
 
 @pytest.mark.parametrize("name", ["dcif_gan.json", "ablation.json"])

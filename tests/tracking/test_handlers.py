@@ -70,7 +70,7 @@ def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_pa
     configs = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
     out = tmp_path / "out"
     run("inference", config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), bundle_root=str(tmp_path), phantom_root=str(tiny_phantom_root),
+        logging_file=str(configs / "logging.conf"), bundle_root=str(tmp_path), dataset_dir=str(tiny_phantom_root),
         output_dir=str(out), method="laplacian", windows=["lung"],
         suv_max=12.0, every_k=8, tracking="mlflow")
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")

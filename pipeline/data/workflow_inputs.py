@@ -1,0 +1,53 @@
+"""What a bundle workflow reads: one datalist and its preprocessing, chosen from the same three sources.
+
+Training, inference and evaluation take a study cache (``study_cache``), a folder or JSON
+datalist (``input``) or, with neither, phantom studies made on first use under ``dataset_dir``.
+The choice lives here so the configs wire it instead of each spelling it as an expression.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.transforms import Transform
+
+from pipeline.data.datalist import Datalist, load_datalist, phantom_datalist
+from pipeline.data.study_cache import LoadCachedStudyd, load_cached_datalist
+from pipeline.transforms.data_path import study_preprocessing
+
+
+def default_dataset_dir() -> str:
+    """Where phantom studies are made when no data is named: outside the bundle, so a read-only copy runs.
+
+    ``$MONAI_DATA_DIRECTORY`` (the MONAI tutorials' data folder) when set, else ``~/.cache/dcif_gan``.
+    """
+    root = os.environ.get("MONAI_DATA_DIRECTORY") or Path.home() / ".cache" / "dcif_gan"
+    return str(Path(root) / "dcif_gan_phantom")
+
+
+def workflow_datalist(
+    input: str | os.PathLike[str] | None,  # noqa: A002 - the bundle's documented key
+    dataset_dir: str | os.PathLike[str],
+    n_studies: int,
+    study_cache: str | os.PathLike[str] | None = None,
+) -> Datalist:
+    """The studies a workflow runs on: the cache, else ``input``, else ``n_studies`` phantoms in ``dataset_dir``."""
+    if study_cache is not None:
+        return load_cached_datalist(study_cache)
+    if input is not None:
+        return load_datalist(input)
+    return phantom_datalist(dataset_dir, n_studies=n_studies)
+
+
+def workflow_preprocessing(
+    windows: Sequence[str],
+    suv_max: float,
+    study_cache: str | os.PathLike[str] | None = None,
+    **pet_overrides: float | str | None,
+) -> Transform:
+    """A cached study's reader, or the DICOM/NIfTI data path (``pet_overrides``: weight_kg, dose_bq, units)."""
+    if study_cache is not None:
+        return LoadCachedStudyd(windows=windows, suv_max=suv_max)
+    return study_preprocessing(windows, suv_max, **pet_overrides)
