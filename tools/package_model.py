@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.engines.lesion_report import read_lesion_ratios
+from pipeline.handlers.lesion_report import read_lesion_ratios
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics import METRIC_NAMES
 

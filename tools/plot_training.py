@@ -2,7 +2,7 @@
 
 A GAN that collapses shows it here first: the discriminator loss falling to zero while the
 generator's adversarial terms climb to their ceiling, or validation metrics that stop moving.
-Reads the ``history.json`` files that :class:`pipeline.tracking.TrainingHistory` writes (one per
+Reads the ``history.json`` files that :class:`pipeline.handlers.TrainingHistory` writes (one per
 run, labelled by the run folder's name) and needs matplotlib (``pip install -e ".[plots]"``).
 
     .venv/bin/python tools/plot_training.py runs/*/train/history.json --out docs/training_curves.png
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.io.atomic import atomic_write
-from pipeline.tracking import read_history, run_name
+from pipeline.handlers import read_history, run_name
 
 PANELS = (
     ("generator loss (total)", "loss"),

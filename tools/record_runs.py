@@ -1,7 +1,7 @@
 """Record training runs kept as history files into MLflow, one MLflow run per history.
 
 Runs trained where MLflow is not installed (a bare GPU host: ``tools/train_sweep.py``) keep a
-``history.json`` per run (:class:`pipeline.tracking.TrainingHistory`). This replays each into the
+``history.json`` per run (:class:`pipeline.handlers.TrainingHistory`). This replays each into the
 same kind of store ``--tracking mlflow`` writes: the run's parameters, every per-epoch value as a
 metric at that epoch, and the history file itself as an artifact.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from pipeline.tracking import read_history, run_name
+from pipeline.handlers import read_history, run_name
 
 NOT_METRICS = {"epoch"}
 

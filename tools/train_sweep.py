@@ -39,10 +39,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.lesion_report import read_lesion_ratios
-from pipeline.engines.report import markdown_summary
+from pipeline.handlers.lesion_report import read_lesion_ratios
+from pipeline.handlers.metrics_report import markdown_summary
 from pipeline.io.atomic import atomic_write
-from pipeline.tracking import read_history
+from pipeline.handlers import read_history
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan" / "configs"

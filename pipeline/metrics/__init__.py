@@ -1,4 +1,4 @@
-"""Fusion quality metrics: plain functions on slices and their MONAI/ignite workflow wrappers."""
+"""Fusion quality metrics: plain functions on slices (their ignite handlers live in :mod:`pipeline.handlers`)."""
 
 from pipeline.metrics.fusion import (
     METRIC_NAMES,
@@ -13,7 +13,6 @@ from pipeline.metrics.fusion import (
     standard_deviation,
     summarise,
 )
-from pipeline.metrics.handlers import FusionMetric, FusionMetricHandler
 from pipeline.metrics.lesion import (
     lesion_contrast,
     lesion_contrast_ratio,
@@ -24,8 +23,6 @@ from pipeline.metrics.lesion import (
 
 __all__ = [
     "METRIC_NAMES",
-    "FusionMetric",
-    "FusionMetricHandler",
     "average_gradient",
     "fusion_metrics",
     "information_entropy",

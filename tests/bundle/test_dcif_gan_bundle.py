@@ -22,7 +22,7 @@ from monai.bundle import ConfigWorkflow, run
 
 from pipeline.io.dicom import load_series
 from pipeline.networks import DCIFGenerator
-from pipeline.tracking import read_history
+from pipeline.handlers import read_history
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dcif_gan" / "configs"

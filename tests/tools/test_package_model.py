@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engines.lesion_report import ratio_summary
+from pipeline.handlers.lesion_report import ratio_summary
 from pipeline.fusion import ModelFuser
 from pipeline.metrics import METRIC_NAMES
 from pipeline.networks import DCIFGenerator

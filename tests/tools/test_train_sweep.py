@@ -11,7 +11,7 @@ import fire
 import pytest
 from monai.bundle import ConfigParser
 
-from pipeline.engines.lesion_report import ratio_summary
+from pipeline.handlers.lesion_report import ratio_summary
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_sweep.py"
 

@@ -7,8 +7,8 @@ import math
 
 from ignite.engine import Engine, Events
 
-from pipeline.engines import FusionReportWriter
-from pipeline.engines.report import markdown_summary, study_means, summary_metrics
+from pipeline.handlers import FusionReportWriter
+from pipeline.handlers.metrics_report import markdown_summary, study_means, summary_metrics
 from pipeline.metrics import METRIC_NAMES
 
 

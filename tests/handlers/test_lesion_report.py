@@ -11,7 +11,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor, list_data_collate
 from monai.data.utils import affine_to_spacing
 
-from pipeline.engines import LesionContrastReport, read_lesion_ratios
+from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.errors import InputError
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
 from pipeline.transforms.data_path import study_preprocessing

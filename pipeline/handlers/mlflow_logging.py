@@ -120,9 +120,9 @@ class _RunIterationHandler:
 class MLflowSliceLogger(_RunIterationHandler):
     """Per study: a CT | PET | fused picture and the fusion metrics of each scored slice, and their means.
 
-    Reads what :class:`pipeline.engines.FusionSliceMetrics` put on ``engine.state.fusion_slices``
+    Reads what :class:`pipeline.handlers.FusionSliceMetrics` put on ``engine.state.fusion_slices``
     for the iteration just finished (which slices: its ``every_k``) and what
-    :class:`pipeline.engines.FusedVolumeWriter` put on ``engine.state.fusion_written`` (the NIfTI
+    :class:`pipeline.handlers.FusedVolumeWriter` put on ``engine.state.fusion_written`` (the NIfTI
     files), and logs them as images, artifacts and metrics. Names start with the metric and window,
     the part a chart title keeps: ``<metric>.<window>.<method>.study<i>`` is a study's mean over its
     scored slices (one value, what the run overview shows), ``....study<i>.slices`` the per-slice

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 from monai.handlers import MLFlowHandler
 
-from pipeline.tracking import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
+from pipeline.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ A MONAI evaluator's output holds the fused ``pred`` (B, 1, H, W) and the network
 takes exactly that pair, the ``(y_pred, y)`` form every MONAI metric takes, and
 :class:`FusionMetricHandler` wires it to the engine the way ``monai.handlers.MeanDice`` does::
 
-    "val_handlers": {"QABF": {"_target_": "pipeline.metrics.FusionMetricHandler", "name": "QABF"}}
+    "val_handlers": {"QABF": {"_target_": "pipeline.handlers.FusionMetricHandler", "name": "QABF"}}
 
 Volumes (B, 1, H, W, D) are scored slice by slice along the last axis (axial for MONAI's
 channel-first RAS volumes); a sample's value is the mean of its slices' finite values, as in
@@ -15,15 +15,38 @@ channel-first RAS volumes); a sample's value is the mean of its slices' finite v
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
+from monai.data import MetaTensor
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import CommonKeys, MetricReduction
 
 from pipeline.metrics.fusion import METRIC_NAMES, fusion_metrics, summarise
+
+
+def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y_pred, y)`` for :class:`pipeline.handlers.FusionMetric` from a one-method evaluator output.
+
+    ``pred`` (B, W, ...) and ``image`` (B, W + 1, ...) become (B * W, 1, ...) fused images and
+    (B * W, 2, ...) [CT window, PET] sources, so every window is scored against its own CT.
+    """
+    pred, image = (_plain(output[key]) for key in ("pred", "image"))
+    n_windows = image.shape[1] - 1
+    if pred.shape[1] != n_windows:
+        raise ValueError(f"window_pairs needs one fused channel per window: {n_windows} windows, {pred.shape[1]} channels")
+    pet = image[:, -1:]
+    sources = torch.cat([torch.cat([image[:, w : w + 1], pet], dim=1) for w in range(n_windows)], dim=0)
+    fused = torch.cat([pred[:, w : w + 1] for w in range(n_windows)], dim=0)
+    return fused, sources
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """Drop MetaTensor metadata: metric inputs are plain arrays."""
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
 def _slices(volume: torch.Tensor) -> list[np.ndarray]:

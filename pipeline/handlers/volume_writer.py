@@ -1,45 +1,21 @@
-"""What the evaluator does with each fused study: write its volumes, pair outputs for metrics.
+"""The evaluator's fused volumes on disk: every (window, method) channel of a study as NIfTI.
 
-The evaluator's ``pred`` has one channel per (window, method) and its ``image`` the CT windows
-then the PET (see :class:`pipeline.fusion.FusionNetwork`); these helpers know that layout so the
-bundle configs do not.
+The evaluator's ``pred`` has one channel per (window, method) (see
+:class:`pipeline.fusion.FusionNetwork`); the writer knows that layout so the bundle configs do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
-from pipeline.engines.slice_metrics import batch_field
 from pipeline.fusion.streaming import fused_filename
 from pipeline.fusion.volume import fused_channels
+from pipeline.handlers.slice_metrics import batch_field
 from pipeline.io.nifti import save_volume
-
-
-def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y_pred, y)`` for :class:`pipeline.metrics.FusionMetric` from a one-method evaluator output.
-
-    ``pred`` (B, W, ...) and ``image`` (B, W + 1, ...) become (B * W, 1, ...) fused images and
-    (B * W, 2, ...) [CT window, PET] sources, so every window is scored against its own CT.
-    """
-    pred, image = (_plain(output[key]) for key in ("pred", "image"))
-    n_windows = image.shape[1] - 1
-    if pred.shape[1] != n_windows:
-        raise ValueError(f"window_pairs needs one fused channel per window: {n_windows} windows, {pred.shape[1]} channels")
-    pet = image[:, -1:]
-    sources = torch.cat([torch.cat([image[:, w : w + 1], pet], dim=1) for w in range(n_windows)], dim=0)
-    fused = torch.cat([pred[:, w : w + 1] for w in range(n_windows)], dim=0)
-    return fused, sources
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """Drop MetaTensor metadata: metric inputs are plain arrays."""
-    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
 class FusedVolumeWriter:

@@ -1,6 +1,6 @@
 """Check, study by study as the evaluator runs, that every fused output keeps the lesion visible.
 
-Same evaluator layout as :class:`pipeline.engines.FusionSliceMetrics`: ``image`` holds the CT
+Same evaluator layout as :class:`pipeline.handlers.FusionSliceMetrics`: ``image`` holds the CT
 windows then the scaled PET, ``pred`` one channel per (window, method). The lesion comes from the
 phantom's designed tumour when the batch names a ``truth`` file, else from the PET threshold;
 definitions in :mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from PIL import Image
 
-from pipeline.engines.slice_metrics import batch_field, evaluator_volumes
+from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes
 from pipeline.errors import InputError
 from pipeline.fusion.volume import fused_channels
 from pipeline.io.atomic import atomic_write

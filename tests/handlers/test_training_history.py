@@ -6,7 +6,7 @@ import json
 
 from ignite.engine import Engine, Events
 
-from pipeline.tracking import TrainingHistory, read_history
+from pipeline.handlers import TrainingHistory, read_history
 
 
 def _trainer(losses: list[float]) -> Engine:

@@ -8,7 +8,8 @@ import torch
 from ignite.engine import Engine
 from monai.data import decollate_batch
 
-from pipeline.metrics import FusionMetric, FusionMetricHandler, fusion_metrics
+from pipeline.metrics import fusion_metrics
+from pipeline.handlers import FusionMetric, FusionMetricHandler
 
 
 def fused_and_sources(batch: int, *spatial: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
