@@ -74,10 +74,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.batch import BatchOptions, make_executor, run_batch
     from pipeline.batch.pacs import run_dicomweb_batch
-    from pipeline.fusion.selection import BUNDLED_CHECKPOINT, default_method
+    from pipeline.bundle_model import bundled_checkpoint
+    from pipeline.fusion.selection import default_method
     from pipeline.io.dicomweb import is_dicomweb_url
 
-    checkpoint = args.checkpoint or BUNDLED_CHECKPOINT
+    checkpoint = args.checkpoint or bundled_checkpoint()
     given = {"suv_max": args.suv_max, "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
     options = BatchOptions(
         methods=tuple(args.method or [default_method(checkpoint)]), windows=tuple(args.window), device=args.device,
@@ -196,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", default=None, metavar="HOST:PORT",
                        help="Ray cluster head (e.g. head:6379); default RAY_ADDRESS, else a local Ray")
     batch.add_argument("--checkpoint", type=Path, default=None,
-                       help="dcif_gan weights (default: the bundle's models/model.pt)")
+                       help="dcif_gan weights for the bundle's network_def (default: the bundle's checkpoint; "
+                            "the bundle is the folder $DCIF_GAN_BUNDLE names, else bundles/dcif_gan)")
     batch.add_argument("--suv-max", type=float, default=None, metavar="X",
                        help="SUV shown at full PET intensity (default: the data path's, as in 'demo')")
     batch.add_argument("--pet-factor", type=float, default=None, metavar="F",

@@ -16,7 +16,8 @@ import torch
 
 from pipeline.batch.scoring import StudyScorer
 from pipeline.errors import InputError
-from pipeline.fusion.selection import BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers, default_method
+from pipeline.bundle_model import bundled_checkpoint
+from pipeline.fusion.selection import MODEL_METHOD, build_fusers, default_method
 from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
@@ -47,7 +48,7 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
     pair = found.pairs[0]
     method = method or default_method()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = fuse_study(pair, build_fusers([method], checkpoint=BUNDLED_CHECKPOINT, device=device), windows,
+    result = fuse_study(pair, build_fusers([method], device=device), windows,
                         device=device, progress=progress)
     volumes, scorer = NiftiSink(result, out_dir / "fused" / pair.study_key), StudyScorer(result, max_slices=0)
     result.stream([volumes, scorer])
@@ -70,8 +71,9 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         f"done in {time.perf_counter() - start:.1f} s",
     ]
     if method != MODEL_METHOD:
+        checkpoint = bundled_checkpoint()
         why = ("the default: it scores above the shipped weights (model card); --method dcif_gan uses them"
-               if BUNDLED_CHECKPOINT.is_file() else f"no trained checkpoint at {BUNDLED_CHECKPOINT}")
+               if checkpoint.is_file() else f"no trained checkpoint at {checkpoint}")
         lines.insert(3, f"note: fused with the {method} baseline, {why}")
     print("\n".join(lines))
     return result

@@ -24,7 +24,6 @@ import torch
 
 from pipeline.batch import BatchOptions, LocalExecutor, run_batch
 from pipeline.batch.report import STAGES, BatchReport
-from pipeline.fusion.selection import BUNDLED_CHECKPOINT
 from pipeline.phantom import make_phantom
 
 
@@ -103,8 +102,8 @@ def main() -> None:
     parser.add_argument("--windows", default="lung,mediastinal", help="CT windows (default lung,mediastinal)")
     parser.add_argument("--method", default="laplacian",
                         help="fusers, comma-separated (default laplacian; e.g. average,max,laplacian,dwt,saliency,dcif_gan)")
-    parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT,
-                        help="dcif_gan weights (default: the bundle's model.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="dcif_gan weights (default: the bundle's checkpoint)")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu",
                         help="devices to run on (default cpu, plus cuda when available)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dcif_bench_batch",
@@ -116,7 +115,7 @@ def main() -> None:
     rows = []
     for device in args.devices.split(","):
         options = BatchOptions(methods=tuple(args.method.split(",")), windows=tuple(args.windows.split(",")),
-                               device=device, checkpoint=str(args.checkpoint))
+                               device=device, checkpoint=args.checkpoint and str(args.checkpoint))
         for workers in _numbers(args.workers, int):
             out = args.work_dir / f"out_{device}_{workers}"
             shutil.rmtree(out, ignore_errors=True)

@@ -1,7 +1,7 @@
-"""Ship a trained checkpoint in the bundle: generator weights, its config, and a card with its evidence.
+"""Ship a trained checkpoint in the bundle: generator weights and a card with its evidence.
 
-Training saves ``{"generator", "config", "card"}`` with the training facts (data, loss weights,
-seed, date). This adds what only an evaluation knows, the mean of each fusion metric per CT window
+Training saves ``{"model", "card"}`` with the training facts (network, data, loss weights, seed,
+date). This adds what only an evaluation knows, the mean of each fusion metric per CT window
 on the held-out studies (read from the ``metrics_per_study.csv`` the bundle's ``evaluate`` wrote)
 and the lesion contrast ratio per window (its ``lesion_contrast.json``), and drops everything a
 fuser does not need, so the shipped file stays small. The write is atomic.
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     card = {**saved.get("card", {}), "metrics": metrics,
             "lesion_contrast_ratio": read_lesion_ratios(args.evaluation, "dcif_gan"),
             "evaluated_on": args.evaluated_on} | ({"trained": args.trained} if args.trained else {})
-    shipped = {"generator": saved["generator"], "config": saved["config"], "card": card}
+    shipped = {"model": saved["model"], "card": card}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as temporary:
         torch.save(shipped, temporary)

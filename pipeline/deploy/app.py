@@ -29,41 +29,42 @@ from pipeline.deploy.operators import (
     FusionOperator,
     PetCtSeriesSelectorOperator,
 )
+from pipeline.bundle_model import INFERENCE_CONFIG, bundled_checkpoint, bundled_network, default_bundle, is_bundle
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
-from pipeline.fusion.selection import BASELINE_FALLBACK, BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers
+from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = BUNDLED_CHECKPOINT.name  # what a model folder (HOLOSCAN_MODEL_PATH) holds
+def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
+    """The bundle and the checkpoint ``model_path`` names, else the default bundle's; ``None`` without weights.
 
-
-def find_checkpoint(model_path: str | Path) -> Path | None:
-    """The checkpoint ``model_path`` names, else the bundle's.
-
-    ``model_path``: a file, a folder holding ``model.pt``, or the MAP packager's models folder (one
-    sub-folder per model; the first by name holding ``model.pt``).
+    ``model_path``: a bundle folder, a folder of bundles (the MAP packager's models folder: the first
+    by name whose checkpoint is there), or a checkpoint file for the default bundle's ``network_def``.
     """
     path = Path(model_path)
-    packaged = sorted(path.glob(f"*/{CHECKPOINT_NAME}")) if path.is_dir() else []
-    for candidate in (path, path / CHECKPOINT_NAME, *packaged, BUNDLED_CHECKPOINT):
-        if candidate.is_file():
-            return candidate
+    if path.is_file():
+        return (default_bundle(), path) if is_bundle(default_bundle()) else None
+    packaged = sorted(path.glob(f"*/{INFERENCE_CONFIG}")) if path.is_dir() else []
+    for root in (path, *(config.parents[1] for config in packaged), default_bundle()):
+        if is_bundle(root) and (checkpoint := bundled_checkpoint(root)).is_file():
+            return root, checkpoint
     return None
 
 
 def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
-    """The DCIF-GAN model when a checkpoint is found, else the Laplacian baseline, saying so.
+    """The DCIF-GAN model when one is found, else the best baseline, saying so.
 
     Never the network with random weights: without trained weights its output means nothing.
     """
-    checkpoint = find_checkpoint(model_path)
-    if checkpoint is None:
-        logger.warning("no DCIF-GAN checkpoint at %s nor %s: fusing with the %s baseline instead",
-                       Path(model_path).resolve(), BUNDLED_CHECKPOINT, BASELINE_FALLBACK)
+    found = find_model(model_path)
+    if found is None:
+        logger.warning("no DCIF-GAN model at %s nor in the bundle at %s: fusing with the %s baseline instead",
+                       Path(model_path).resolve(), default_bundle(), BASELINE_FALLBACK)
         return build_fusers([BASELINE_FALLBACK])
+    root, checkpoint = found
     logger.info("fusing with %s from %s", MODEL_METHOD, checkpoint)
-    return build_fusers([MODEL_METHOD], checkpoint=checkpoint, device=device)
+    return build_fusers([MODEL_METHOD], checkpoint=checkpoint, network=bundled_network(root), device=device)
 
 
 class PathRedaction(logging.Filter):

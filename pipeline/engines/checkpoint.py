@@ -1,9 +1,9 @@
-"""What a checkpoint carries besides weights, so a fuser can rebuild the generator on its own.
+"""What a checkpoint carries besides weights: the card that says how the model was trained.
 
 MONAI's ``CheckpointSaver`` stores ``state_dict()`` of each object it is given. Handing it the
-generator's constructor arguments as a :class:`SavedDict` under ``config`` (and training facts
-under ``card``) gives exactly the layout :class:`pipeline.fusion.ModelFuser` reads back:
-``{"generator": weights, "config": DCIFGenerator kwargs, "card": facts}``.
+training facts (network hyper-parameters, windows, SUV ceiling, data) as a :class:`SavedDict` under
+``card`` gives exactly the layout :class:`pipeline.fusion.ModelFuser` reads back and checks:
+``{"model": weights, "card": facts}``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The trained DCIF-GAN generator as a fuser, loaded from a checkpoint and never run untrained.
+"""The trained DCIF-GAN generator as a fuser: a network with trained weights, never run untrained.
 
-A checkpoint is a ``torch.save`` of either a bare generator state dict, or a dict with the state
-dict under ``"generator"`` and, optionally, the ``DCIFGenerator`` constructor keyword arguments
-under ``"config"``. It is read with ``weights_only=True``, so a checkpoint cannot run code.
-The network module is imported only when a checkpoint is loaded, so the registry works (and the
-baselines run) even where the network code is absent or broken.
+A checkpoint is a ``torch.save`` of ``{"model": state dict, "card": facts}`` (what training's
+``CheckpointSaver`` writes, and what MONAI's ``CheckpointLoader(load_dict={"model": net})`` reads),
+or of a bare state dict. The card says how the model was trained: the ``network`` hyper-parameters,
+the CT ``windows`` and the SUV ceiling ``suv_max``; a network or inputs that differ are refused.
+It is read with ``weights_only=True``, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ _NAME = "dcif_gan"
 MODEL_OUTPUTS = ("fused", "f_ct", "f_pet")
 
 
-def _read_checkpoint(path: str | Path | None) -> Mapping:
+def _read_checkpoint(path: str | Path) -> Mapping:
     """The checkpoint's top-level dict, or a :class:`CheckpointError` that points to the baselines."""
-    if path is None or not Path(path).is_file():
+    if not Path(path).is_file():
         baselines = ", ".join(name for name in available_fusers() if name != _NAME)
         raise CheckpointError(
             f"no {_NAME} checkpoint found at {path}; fuse with a baseline instead, "
@@ -40,14 +40,19 @@ def _read_checkpoint(path: str | Path | None) -> Mapping:
     return checkpoint
 
 
-def _build_generator(config: Mapping, path: str | Path) -> nn.Module:
-    """A fresh ``DCIFGenerator`` with the checkpoint's hyper-parameters."""
-    from pipeline.networks.dcif_gan import DCIFGenerator
+def _check_architecture(network: nn.Module, card: Mapping, path: str | Path) -> None:
+    """Hyper-parameters that leave the weights' shapes alone (heads, window) must match the card's too."""
+    trained = card.get("network") or {}
+    built = getattr(network, "hyper_parameters", {})
+    differ = sorted(key for key in trained.keys() & built.keys() if _plain(trained[key]) != _plain(built[key]))
+    if differ:
+        raise CheckpointError(f"checkpoint {path} was trained as " + ", ".join(f"{k}={_plain(trained[k])}" for k in differ)
+                              + ", the network is built with " + ", ".join(f"{k}={_plain(built[k])}" for k in differ))
 
-    try:
-        return DCIFGenerator(**config)
-    except TypeError as error:
-        raise CheckpointError(f"checkpoint {path} config does not fit DCIFGenerator: {error}") from error
+
+def _plain(value: object) -> object:
+    """Tuples and lists compare equal (a config file has no tuples)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _load_weights(network: nn.Module, state: Mapping, path: str | Path) -> None:
@@ -69,30 +74,28 @@ def _load_weights(network: nn.Module, state: Mapping, path: str | Path) -> None:
 class ModelFuser(Fuser):
     """Fuse with a generator whose ``forward`` maps (B, 2, H, W) = [CT, PET] to the fused (B, 1, H, W).
 
-    ``checkpoint`` alone: build ``DCIFGenerator`` from the checkpoint's config and load its weights.
-    ``network`` and ``checkpoint``: load the weights into the given module. ``network`` alone: use
-    it as is (a generator already trained in this process). Neither: :class:`CheckpointError`.
-    ``device`` is where the network runs; ``None`` follows the inputs. ``output`` picks the fused
-    image F (default) or one generator's pre-fused image: ``f_ct`` (G1) or ``f_pet`` (G2).
+    ``network`` with ``checkpoint``: load the checkpoint's weights into it (the bundle's
+    ``network_def``, see :func:`pipeline.fusion.selection.build_fusers`). ``network`` alone: use it as
+    is (a generator already trained in this process). ``device`` is where the network runs; ``None``
+    follows the inputs. ``output`` picks the fused image F (default) or one generator's pre-fused
+    image: ``f_ct`` (G1) or ``f_pet`` (G2).
     """
 
     def __init__(
         self,
+        network: nn.Module,
         checkpoint: str | Path | None = None,
-        network: nn.Module | None = None,
         device: str | torch.device | None = None,
         output: str = "fused",
     ) -> None:
         if output not in MODEL_OUTPUTS:
             raise ValueError(f"output must be one of {MODEL_OUTPUTS}, got {output!r}")
-        if network is None or checkpoint is not None:
+        self.card: dict = {}
+        if checkpoint is not None:
             saved = _read_checkpoint(checkpoint)
-            state, config = (saved["generator"], saved.get("config") or {}) if "generator" in saved else (saved, {})
-            network = network if network is not None else _build_generator(config, checkpoint)
-            _load_weights(network, state, checkpoint)
             self.card = dict(saved.get("card") or {})
-        else:
-            self.card = {}
+            _check_architecture(network, self.card, checkpoint)
+            _load_weights(network, saved.get("model", saved), checkpoint)
         self.checkpoint = checkpoint
         self.network = network.eval()
         self.device = None if device is None else torch.device(device)

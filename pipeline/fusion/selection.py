@@ -1,7 +1,9 @@
 """Build the fusers a run asked for by name: what ``--method`` and the bundle's ``methods`` mean.
 
-Only the model needs a checkpoint and a device; baselines take none. Asking for the model's
-streams adds its pre-fused images F_CT (G1) and F_PET (G2), sharing the one loaded network.
+Only the model needs weights and a device; baselines take none. The model is the bundle's
+``network_def`` with its ``checkpoint`` (:mod:`pipeline.bundle_model`) unless a run names its own.
+Asking for the model's streams adds its pre-fused images F_CT (G1) and F_PET (G2), sharing the one
+loaded network.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from pipeline.bundle_model import bundled_checkpoint, bundled_network
 from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.registry import Fuser, get_fuser
 
@@ -21,25 +25,34 @@ BASELINE_FALLBACK = "saliency"
 # card's evaluation (lesion contrast ratio and metrics won, both windows). The weights of 2026-12-03
 # are dominated by their own training target, the saliency fuser, so the default is that fuser.
 MODEL_IS_DEFAULT = False
-# The bundle's shipped weights, where a source checkout (or the container) keeps them.
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "bundles" / "dcif_gan" / "models" / "model.pt"
 
 
-def default_method(checkpoint: str | Path = BUNDLED_CHECKPOINT) -> str:
-    """The model when its checkpoint is there and it is the best fuser evaluated, else the best baseline."""
-    return MODEL_METHOD if MODEL_IS_DEFAULT and Path(checkpoint).is_file() else BASELINE_FALLBACK
+def default_method(checkpoint: str | Path | None = None) -> str:
+    """The model when its checkpoint (default: the bundle's) is there and it is the best fuser evaluated, else
+    the best baseline."""
+    if not MODEL_IS_DEFAULT:
+        return BASELINE_FALLBACK
+    return MODEL_METHOD if Path(checkpoint or bundled_checkpoint()).is_file() else BASELINE_FALLBACK
 
 
 def build_fusers(
     methods: Sequence[str],
     checkpoint: str | Path | None = None,
+    network: nn.Module | None = None,
     device: str | torch.device | None = None,
     streams: bool = False,
 ) -> dict[str, Fuser]:
-    """``{name: fuser}`` in the order given; ``streams`` adds ``dcif_gan_f_ct`` and ``dcif_gan_f_pet``."""
+    """``{name: fuser}`` in the order given; ``streams`` adds ``dcif_gan_f_ct`` and ``dcif_gan_f_pet``.
+
+    The model is ``network`` with the weights at ``checkpoint``; either one left out is the bundle's.
+    """
     fusers: dict[str, Fuser] = {}
     for name in dict.fromkeys(methods):
-        fusers[name] = get_fuser(name, checkpoint=checkpoint, device=device) if name == MODEL_METHOD else get_fuser(name)
+        if name == MODEL_METHOD:
+            fusers[name] = get_fuser(name, network=network if network is not None else bundled_network(),
+                                     checkpoint=checkpoint or bundled_checkpoint(), device=device)
+        else:
+            fusers[name] = get_fuser(name)
     if streams:
         if MODEL_METHOD not in fusers:
             raise ValueError(f"streams (F_CT, F_PET) exist only for the {MODEL_METHOD} method")

@@ -139,6 +139,10 @@ class DCIFGenerator(nn.Module):
             raise DcifError(f"DCIF-GAN width {width} must be at least 2 and a multiple of num_heads {num_heads}")
         extract_depth, fuse_depth, reconstruct_depth = depths
         self.variant = variant
+        # What a checkpoint's card records, so a network built otherwise is refused at load.
+        self.hyper_parameters = {"variant": variant, "width": width, "num_heads": num_heads,
+                                 "window_size": window_size, "mlp_ratio": mlp_ratio, "depths": list(depths),
+                                 "share_extraction": share_extraction, "share_reconstruction": share_reconstruction}
         self.pad_multiple = window_size if attention else 1
 
         def deep(depth: int) -> nn.Module:

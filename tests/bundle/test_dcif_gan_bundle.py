@@ -26,8 +26,9 @@ from pipeline.handlers import read_history
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
-TINY_NET = {"generator_config#width": 8, "generator_config#num_heads": 2, "generator_config#depths": [2, 2, 2]}
-TINY_INFERENCE_NET = {"network_def#width": 8, "network_def#num_heads": 2}
+TINY = {"width": 8, "num_heads": 2, "depths": [2, 2, 2]}
+TINY_NET = {f"generator_config#{key}": value for key, value in TINY.items()}
+TINY_INFERENCE_NET = {f"network_def#{key}": value for key, value in TINY.items()}
 
 
 TINY_TRAINING = {"phantom_studies": 2, "val_fraction": 0.5, "epochs": 1, "val_interval": 1, "crop_size": 32,
@@ -109,8 +110,8 @@ def test_a_copy_of_the_bundle_runs_from_its_own_folder(tmp_path, tiny_phantom_ro
 
 def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
     checkpoint = torch.load(trained / "models" / "model.pt", weights_only=True)
-    assert {"generator", "config", "card"} <= checkpoint.keys()
-    assert checkpoint["config"]["width"] == 8 and checkpoint["card"]["training_studies"] == 1
+    assert checkpoint.keys() == {"model", "card"}
+    assert checkpoint["card"]["network"]["width"] == 8 and checkpoint["card"]["training_studies"] == 1
     assert (trained / "eval" / "train" / "last.pt").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'eval' / 'mlruns.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_training"]
@@ -123,8 +124,8 @@ def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
 
 def test_a_fixed_seed_repeats_the_run(trained, tmp_path, tiny_datalist, tiny_phantom_root):
     _bundle("train.json", "training", tmp_path, tiny_phantom_root, **TINY_TRAINING)
-    first = torch.load(trained / "models" / "model.pt", weights_only=True)["generator"]
-    again = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["generator"]
+    first = torch.load(trained / "models" / "model.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["model"]
     assert first.keys() == again.keys()
     assert all(torch.equal(first[name], again[name]) for name in first)
 
@@ -141,8 +142,7 @@ def test_bad_input_to_the_workflows_is_one_clear_line(case, trained, tmp_path, t
         overrides.update({"input": str(tiny_phantom_root / "seed_000"), "network_def#width": 16,
                           "checkpoint": str(tmp_path / "other.pt")})
         other = DCIFGenerator(variant="network2", width=8, num_heads=2, depths=(2, 2, 2))
-        torch.save({"generator": other.state_dict(), "config": {"variant": "network4", "width": 8, "num_heads": 2,
-                                                                "depths": [2, 2, 2]}}, tmp_path / "other.pt")
+        torch.save({"model": other.state_dict()}, tmp_path / "other.pt")
         expected = "does not match DCIFGenerator"
     with pytest.raises(Exception) as error:
         _bundle("inference.json", "inference", trained, tiny_phantom_root, **overrides)

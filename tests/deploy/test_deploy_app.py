@@ -7,6 +7,7 @@ within 12-bit quantisation.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.io.derived_series import dicom_folder_name
-from pipeline.fusion.selection import BASELINE_FALLBACK, BUNDLED_CHECKPOINT, MODEL_METHOD, build_fusers
+from pipeline.bundle_model import CHECKOUT_BUNDLE, bundled_checkpoint, bundled_network
+from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers
 from pipeline.fusion.streaming import fused_filename
-from pipeline.io.derived_series import MAX_STORED
-from pipeline.networks import DCIFGenerator
+from pipeline.io.derived_series import MAX_STORED, dicom_folder_name
 from pipeline.phantom import make_phantom
 
 QUANTUM = 0.5 / MAX_STORED + 1e-6  # the writer rounds fused * 4095 to an integer
@@ -69,24 +69,27 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small DCIF-GAN generator checkpoint, so the app runs the model path of the bundle."""
+def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the bundle whose checkpoint holds random weights for its network_def: the model path runs."""
     torch.manual_seed(0)
-    generator = DCIFGenerator(width=8, num_heads=2, depths=(2, 2, 2))
-    path = tmp_path_factory.mktemp("deploy_model") / "model.pt"
-    torch.save({"generator": generator.state_dict(), "config": {"width": 8, "num_heads": 2, "depths": [2, 2, 2]}},
-               path)
-    return path
+    bundle = tmp_path_factory.mktemp("deploy_model") / "dcif_gan"
+    shutil.copytree(CHECKOUT_BUNDLE / "configs", bundle / "configs")
+    checkpoint = bundled_checkpoint(bundle)
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": bundled_network(bundle).state_dict()}, checkpoint)
+    return bundle
 
 
-def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, tiny_checkpoint, whole_volume_fusion,
+def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, random_bundle, whole_volume_fusion,
                                                       tmp_path):
     out_dir = tmp_path / "out"
-    run = run_app("-i", tiny_study, "-o", out_dir, "-m", tiny_checkpoint.parent)  # a model folder, as in the image
+    run = run_app("-i", tiny_study, "-o", out_dir, "-m", random_bundle.parent)  # a folder of bundles, as in the image
     assert run.returncode == 0, run
-    assert f"fusing with dcif_gan from {tiny_checkpoint}" in run.stderr
+    checkpoint = bundled_checkpoint(random_bundle)
+    assert f"fusing with dcif_gan from {checkpoint}" in run.stderr
     expected = whole_volume_fusion({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
-                                   build_fusers(["dcif_gan"], checkpoint=tiny_checkpoint))
+                                   build_fusers(["dcif_gan"], checkpoint=checkpoint,
+                                                network=bundled_network(random_bundle)))
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
@@ -98,11 +101,11 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, who
     run = run_app(env={"HOLOSCAN_INPUT_PATH": str(study), "HOLOSCAN_OUTPUT_PATH": str(out_dir)})
     assert run.returncode == 0, run
     # The deploy app packages the model: it fuses with it whenever a checkpoint is there.
-    method = MODEL_METHOD if BUNDLED_CHECKPOINT.is_file() else BASELINE_FALLBACK
+    method = MODEL_METHOD if bundled_checkpoint().is_file() else BASELINE_FALLBACK
     if method != MODEL_METHOD:
         assert f"fusing with the {BASELINE_FALLBACK} baseline instead" in run.stderr
     expected = whole_volume_fusion({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
-                                   build_fusers([method], checkpoint=BUNDLED_CHECKPOINT))
+                                   build_fusers([method]))
     assert_output_matches(out_dir, study / "CT" / "image", expected)
 
 

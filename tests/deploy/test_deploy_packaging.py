@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -42,14 +43,14 @@ def test_image_runs_the_app_folder_as_the_packager_lays_it_out():
     assert entrypoint == ["python", APP_DIR]
     assert copies[f"{APP_DIR}/__main__.py"] == "pipeline/deploy/__main__.py"
     assert copies[f"{APP_DIR}/pipeline"] == "pipeline"
-    assert copies["/opt/holoscan/models/dcif_gan"] == "bundles/dcif_gan/models"  # one folder per model
+    assert copies["/opt/holoscan/models/dcif_gan"] == "bundles/dcif_gan"  # one bundle folder per model
     assert copies["/var/holoscan/app.yaml"] == "pipeline/deploy/app.yaml"
 
 
 def test_every_copied_path_exists():
     copies = [shlex.split(args) for name, args in _instructions() if name == "COPY"]
     sources = [source for words in copies for source in [w for w in words if not w.startswith("--")][:-1]]
-    assert "pipeline" in sources and "bundles/dcif_gan/models" in sources
+    assert "pipeline" in sources and "bundles/dcif_gan" in sources
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"Dockerfile copies {source}, which the repository lacks"
 
@@ -109,11 +110,13 @@ def test_entrypoint_without_the_sdk_names_the_missing_extra():
 
 
 def test_app_finds_the_model_where_the_packager_puts_it(deploy_python, tmp_path):
-    checkpoint = tmp_path / "models" / "dcif_gan" / "model.pt"
+    bundle = tmp_path / "models" / "dcif_gan"
+    shutil.copytree(REPO_ROOT / "bundles" / "dcif_gan" / "configs", bundle / "configs")
+    checkpoint = bundle / "models" / "model.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights")
-    code = ("from pipeline.deploy.app import find_checkpoint; "
-            f"print(find_checkpoint({str(tmp_path / 'models')!r}))")
+    code = ("from pipeline.deploy.app import find_model; "
+            f"print(find_model({str(tmp_path / 'models')!r})[1])")
     done = subprocess.run([str(deploy_python), "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]

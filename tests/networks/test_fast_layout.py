@@ -46,10 +46,9 @@ def test_fast_generator_matches_monai_blocks_in_training() -> None:
 
 
 def test_shipped_checkpoint_loads_and_matches_monai_blocks() -> None:
-    from pipeline.fusion.model import ModelFuser
-    from pipeline.fusion.selection import BUNDLED_CHECKPOINT
+    from pipeline.fusion.selection import MODEL_METHOD, build_fusers
 
-    fast = ModelFuser(BUNDLED_CHECKPOINT).network
+    fast = build_fusers([MODEL_METHOD])[MODEL_METHOD].network
     reference = reference_generator(fast).eval()
     x = torch.rand(1, 2, 64, 72)
     with torch.inference_mode():

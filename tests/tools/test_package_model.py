@@ -1,5 +1,5 @@
 """Shipping a checkpoint: the card gains the evaluation's metric means and lesion ratios, the training
-state is dropped, and the shipped file still rebuilds the generator."""
+state is dropped, and the shipped file still loads into the generator it was trained as."""
 
 from __future__ import annotations
 
@@ -41,22 +41,22 @@ def evaluation(tmp_path: Path) -> Path:
     return folder
 
 
-def test_the_shipped_card_holds_the_evaluation_and_the_file_rebuilds_the_generator(package, evaluation, tmp_path):
+def test_the_shipped_card_holds_the_evaluation_and_the_file_loads_into_the_generator(package, evaluation, tmp_path):
     generator = DCIFGenerator(**CONFIG)
     trained = tmp_path / "model.pt"
-    torch.save({"generator": generator.state_dict(), "config": CONFIG, "card": {"seed": 0},
+    torch.save({"model": generator.state_dict(), "card": {"seed": 0, "network": CONFIG},
                 "d1": {"weights": torch.zeros(3)}}, trained)
     shipped = tmp_path / "models" / "model.pt"
     assert package.main([str(trained), "--evaluation", str(evaluation), "--out", str(shipped),
                          "--evaluated-on", "two studies", "--trained", "1 epoch, CPU"]) == 0
 
     saved = torch.load(shipped, weights_only=True)
-    assert set(saved) == {"generator", "config", "card"}
+    assert set(saved) == {"model", "card"}
     card = saved["card"]
     assert card["seed"] == 0 and card["evaluated_on"] == "two studies" and card["trained"] == "1 epoch, CPU"
     assert card["metrics"]["lung"]["QABF"] == pytest.approx(0.7) and card["metrics"]["lung"]["studies"] == 2
     assert card["lesion_contrast_ratio"] == {"lung": pytest.approx(0.3), "mediastinal": pytest.approx(0.3)}
-    fused = ModelFuser(checkpoint=shipped)(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+    fused = ModelFuser(DCIFGenerator(**CONFIG), checkpoint=shipped)(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
     assert fused.shape == (1, 1, 16, 16)
 
 
