@@ -2,13 +2,11 @@
 
 from pipeline.transforms.loading import LoadStudy, LoadStudyd
 from pipeline.transforms.resample import ResampleToReference, ResampleToReferenced
-from pipeline.transforms.slicing import AxialSlices, AxialSlicesd, BodySlicesd, SlicesToVolume, SlicesToVolumed
+from pipeline.transforms.slicing import BodySlicesd
 from pipeline.transforms.suv import PETToSUV, PETToSUVd
 from pipeline.transforms.windowing import CTWindow, CTWindowd, SUVScale, SUVScaled
 
 __all__ = [
-    "AxialSlices",
-    "AxialSlicesd",
     "BodySlicesd",
     "CTWindow",
     "CTWindowd",
@@ -20,6 +18,4 @@ __all__ = [
     "ResampleToReferenced",
     "SUVScale",
     "SUVScaled",
-    "SlicesToVolume",
-    "SlicesToVolumed",
 ]

@@ -1,19 +1,17 @@
-"""Cut co-registered volumes into axial 2-D slice pairs for the 2-D network, and stack results back.
+"""Which axial slices a study's body occupies, and axial slabs that keep their place in the patient.
 
-A volume is ``(1, X, Y, Z)``; an axial slice is ``(1, X, Y)``, so a collated batch is ``(B, 1, X, Y)``.
-``AxialSlicesd`` returns a list of per-slice dictionaries, which MONAI's ``Compose`` and
-``list_data_collate`` treat like the samples of a multi-sample crop. Slices outside the body can be
-skipped: they carry nothing to fuse, and ``SlicesToVolume`` fills them with 0 again.
+The 2-D network sees a volume ``(C, X, Y, Z)`` one axial slice ``(C, X, Y)`` at a time; slices
+outside the body carry nothing to fuse, so training, scoring and previews use the body slices only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform
 
 # HU between air (-1000) and fat (-100): a voxel above it is tissue (or the table, hence a minimum fraction).
 DEFAULT_BODY_THRESHOLD_HU = -500.0
@@ -67,74 +65,4 @@ class BodySlicesd(MapTransform):
             flags = torch.zeros(d[key].shape[-1], dtype=torch.bool)
             flags[body_slice_indices(d[key], self.threshold, self.min_fraction)] = True
             d[self.output_key] = flags & d[self.within_key] if self.within_key else flags
-        return d
-
-
-class AxialSlices(Transform):
-    """``(1, X, Y, Z)`` volume -> list of contiguous ``(1, X, Y)`` plain tensors (all, or ``indices``)."""
-
-    def __call__(self, img: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
-        plain = img.as_tensor() if isinstance(img, MetaTensor) else img
-        chosen = range(plain.shape[-1]) if indices is None else indices
-        return [plain[..., k].contiguous() for k in chosen]
-
-
-class AxialSlicesd(MapTransform):
-    """Dictionary of volumes -> list of per-slice dictionaries with ``"slice_index"``.
-
-    With ``skip_outside_body`` only slices where ``data[body_key]`` exceeds ``body_threshold`` (in that
-    key's units, HU for a raw CT) over at least ``min_body_fraction`` of the slice are kept. Entries that
-    are not tensors (e.g. ``"study_key"``) are copied into every slice dictionary.
-    """
-
-    def __init__(self, keys: KeysCollection = ("ct", "pet"), skip_outside_body: bool = True, body_key: str = "ct",
-                 body_threshold: float = DEFAULT_BODY_THRESHOLD_HU,
-                 min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.skip_outside_body = skip_outside_body
-        self.body_key = body_key
-        self.body_threshold = body_threshold
-        self.min_body_fraction = min_body_fraction
-        self.slicer = AxialSlices()
-
-    def __call__(self, data: Mapping[Hashable, object]) -> list[dict[Hashable, object]]:
-        keys = list(self.key_iterator(dict(data)))
-        n_slices = data[keys[0]].shape[-1]
-        if self.skip_outside_body:
-            indices = body_slice_indices(data[self.body_key], self.body_threshold, self.min_body_fraction)
-        else:
-            indices = list(range(n_slices))
-        sliced = {key: self.slicer(data[key], indices) for key in keys}
-        shared = {k: v for k, v in data.items() if not isinstance(v, torch.Tensor)}
-        return [{**shared, **{key: sliced[key][i] for key in keys}, "slice_index": k}
-                for i, k in enumerate(indices)]
-
-
-class SlicesToVolume(Transform):
-    """Stack 2-D slices back into a ``(1, X, Y, Z)`` MetaTensor on ``reference``'s grid (missing slices 0)."""
-
-    def __call__(self, slices: torch.Tensor | Sequence[torch.Tensor], slice_indices: Sequence[int] | torch.Tensor,
-                 reference: MetaTensor) -> MetaTensor:
-        indices = torch.as_tensor(slice_indices, dtype=torch.long).flatten()
-        stacked = slices if isinstance(slices, torch.Tensor) else torch.stack(list(slices))
-        stacked = stacked.reshape(len(indices), *reference.shape[1:3])  # (N, 1, X, Y) or (N, X, Y)
-        volume = torch.zeros(reference.shape, dtype=torch.float32)
-        volume[0, :, :, indices] = stacked.detach().to(torch.float32).permute(1, 2, 0)
-        return MetaTensor(volume, meta={**reference.meta, "affine": reference.affine.clone()})
-
-
-class SlicesToVolumed(MapTransform):
-    """Dictionary twin of :class:`SlicesToVolume`: ``data[key]`` (N slices) + ``data[index_key]`` -> volume."""
-
-    def __init__(self, keys: KeysCollection = "fused", ref_key: str = "ct", index_key: str = "slice_index",
-                 allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.ref_key = ref_key
-        self.index_key = index_key
-        self.stacker = SlicesToVolume()
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.stacker(d[key], d[self.index_key], d[self.ref_key])
         return d

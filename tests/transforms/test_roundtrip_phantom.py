@@ -1,4 +1,4 @@
-"""The whole data path on the synthetic thorax phantom: discover, load, SUV, resample, window, slice."""
+"""The whole data path on the synthetic thorax phantom: discover, load, SUV, resample, window."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ import torch
 from monai.transforms import Compose
 
 from pipeline.io.discovery import discover_studies, find_nifti_pair
-from pipeline.transforms import (
-    AxialSlicesd,
-    CTWindowd,
-    LoadStudyd,
-    PETToSUVd,
-    ResampleToReferenced,
-    SlicesToVolumed,
-)
+from pipeline.transforms import CTWindowd, LoadStudyd, PETToSUVd, ResampleToReferenced
 from pipeline.transforms.windowing import WINDOW_PRESETS
 
 phantom = pytest.importorskip("pipeline.phantom", reason="pipeline.phantom (the phantom maker) is not available")
@@ -88,16 +81,6 @@ def test_nifti_copy_gives_the_same_volumes(study, volumes):
     nifti = LoadStudyd()(find_nifti_pair(study[0] / "nifti"))
     np.testing.assert_allclose(nifti["ct"].affine.numpy(), volumes["ct"].affine.numpy(), atol=1e-4)
     np.testing.assert_allclose(nifti["ct"].numpy(), volumes["ct"].numpy(), atol=0.5)
-
-
-def test_slices_round_trip(volumes):
-    slices = AxialSlicesd(keys=["ct_lung", "pet"], body_key="ct")(volumes)
-    assert 0 < len(slices) <= volumes["ct"].shape[-1]
-    stacked = torch.stack([s["pet"] for s in slices])
-    out = SlicesToVolumed(keys="fused")({"fused": stacked, "slice_index": [s["slice_index"] for s in slices],
-                                         "ct": volumes["ct"]})
-    kept = [s["slice_index"] for s in slices]
-    assert torch.equal(out["fused"][..., kept], volumes["pet"][..., kept].as_tensor())
 
 
 def test_stacked_items_are_views_of_the_network_input():

@@ -1,20 +1,11 @@
-"""Axial slicing for the 2-D network and stacking results back onto the CT grid."""
+"""Body slices and axial slabs: what the 2-D network is fed, and where a slab lies."""
 
 from __future__ import annotations
 
 import torch
-from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate
-from monai.transforms import Compose, Lambdad
+from monai.data import MetaTensor
 
-from pipeline.transforms.slicing import (
-    AxialSlices,
-    AxialSlicesd,
-    BodySlicesd,
-    SlicesToVolume,
-    SlicesToVolumed,
-    body_slice_indices,
-    flagged_slices,
-)
+from pipeline.transforms.slicing import BodySlicesd, axial_slab, body_slice_indices, flagged_slices
 
 SHAPE = (1, 6, 5, 7)
 BODY = [1, 2, 4, 5]  # slices 0, 3 and 6 are air only
@@ -40,45 +31,9 @@ def test_body_slice_flags_travel_with_the_study():
     assert flagged_slices(flags) == BODY
 
 
-def test_axial_slices_are_channel_first_2d():
-    pet = _study()["pet"]
-    slices = AxialSlices()(pet, [2, 5])
-    assert [s.shape for s in slices] == [(1, 6, 5), (1, 6, 5)]
-    assert not isinstance(slices[0], MetaTensor) and slices[0].is_contiguous()
-    assert torch.equal(slices[1], pet[..., 5].as_tensor())
-
-
-def test_slice_dicts_skip_outside_body():
-    items = AxialSlicesd()(_study())
-    assert [item["slice_index"] for item in items] == BODY
-    assert all(item["study_key"] == "abc123" for item in items)
-    assert torch.equal(items[0]["pet"], _study()["pet"][..., 1].as_tensor())
-    assert len(AxialSlicesd(skip_outside_body=False)(_study())) == SHAPE[-1]
-
-
-def test_round_trip_through_a_batch():
-    study = _study()
-    batch = list_data_collate(AxialSlicesd()(study))
-    assert batch["ct"].shape == (len(BODY), 1, 6, 5) and batch["pet"].shape == (len(BODY), 1, 6, 5)
-    volume = SlicesToVolume()(batch["pet"], batch["slice_index"], study["ct"])
-    assert volume.shape == SHAPE and torch.equal(volume.affine, study["ct"].affine)
-    assert volume.meta["modality"] == "CT"
-    assert torch.equal(volume[..., BODY], study["pet"][..., BODY].as_tensor())
-    assert torch.all(volume[..., [0, 3, 6]] == 0)
-
-
-def test_dataloader_batches_slices_from_compose():
-    """Compose maps later transforms over the slice list; the loader batches slices as (B, 1, X, Y)."""
-    chain = Compose([AxialSlicesd(), Lambdad("pet", lambda x: x * 2)])
-    loader = DataLoader(Dataset([_study()], transform=chain), batch_size=1, collate_fn=list_data_collate)
-    (batch,) = list(loader)
-    assert batch["pet"].shape == (len(BODY), 1, 6, 5)
-    assert torch.equal(batch["pet"][0], 2 * _study()["pet"][..., 1].as_tensor())
-
-
-def test_dictionary_stacker():
-    study = _study()
-    fused = [torch.ones(1, 6, 5) * k for k in BODY]
-    out = SlicesToVolumed(keys="fused")({"fused": fused, "slice_index": BODY, "ct": study["ct"]})
-    assert out["fused"].shape == SHAPE
-    assert [float(out["fused"][0, 0, 0, k]) for k in range(SHAPE[-1])] == [0, 1, 2, 0, 4, 5, 0]
+def test_a_slab_keeps_its_place_in_the_patient():
+    ct = _study()["ct"]
+    slab = axial_slab(ct, 2, 5)
+    assert slab.shape == (1, 6, 5, 3) and torch.equal(slab.as_tensor(), ct[..., 2:5].as_tensor())
+    assert torch.allclose(slab.affine[:3, 3], ct.affine[:3, 3] + 2 * ct.affine[:3, 2])
+    assert slab.meta["modality"] == "CT"
