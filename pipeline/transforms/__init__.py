@@ -2,7 +2,7 @@
 
 from pipeline.transforms.loading import LoadStudy, LoadStudyd
 from pipeline.transforms.resample import ResampleToReference, ResampleToReferenced
-from pipeline.transforms.slicing import BodySlicesd
+from pipeline.transforms.slicing import BodySlicesd, SelectBodySlicesd
 from pipeline.transforms.suv import PETToSUV, PETToSUVd
 from pipeline.transforms.windowing import CTWindow, CTWindowd, SUVScale, SUVScaled
 
@@ -17,5 +17,6 @@ __all__ = [
     "ResampleToReference",
     "ResampleToReferenced",
     "SUVScale",
+    "SelectBodySlicesd",
     "SUVScaled",
 ]

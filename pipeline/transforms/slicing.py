@@ -66,3 +66,23 @@ class BodySlicesd(MapTransform):
             flags[body_slice_indices(d[key], self.threshold, self.min_fraction)] = True
             d[self.output_key] = flags & d[self.within_key] if self.within_key else flags
         return d
+
+
+class SelectBodySlicesd(MapTransform):
+    """Keep only the axial slices ``data[flags_key]`` flags (``body_slices``) of each ``(C, X, Y, Z)`` volume.
+
+    For scoring, not writing: the kept slices no longer sit where the affine says. Training's validation
+    scores the model on these slices only, the ones every report scores, so the metric that picks the
+    checkpoint and the reported one agree.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", flags_key: str = "body_slices") -> None:
+        super().__init__(keys)
+        self.flags_key = flags_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        kept = torch.nonzero(d[self.flags_key]).flatten()
+        for key in self.key_iterator(d):
+            d[key] = d[key].index_select(-1, kept.to(d[key].device))
+        return d

@@ -270,3 +270,21 @@ def test_inference_tracked_in_mlflow_logs_no_identifier(trained, tmp_path, plant
     assert list(out.rglob("fused_dcif_gan_lung.nii.gz")) and (out / "mlruns.db").is_file()
     terminal = capfd.readouterr()
     assert identifiers_in(out, terminal.out, terminal.err) == []  # the run database, artifacts, volumes, logs
+
+
+def test_validation_scores_the_body_slices_the_reports_score(tmp_path):
+    """The checkpoint is picked on the slices inside the body, as every report scores, not on air slices."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.data import phantom_datalist
+
+    # A PET shorter than the CT: the CT slices it misses are outside the fusable body.
+    (study,) = phantom_datalist(tmp_path, n_studies=1, size=(32, 32, 16), spacing=(12.0, 12.0, 8.0),
+                                pet_shape=(24, 24, 10), pet_spacing=(16.0, 16.0, 8.0))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    whole = parser.get_parsed_content("preprocessing")(study)
+    validated = parser.get_parsed_content("validate#preprocessing")(study)
+    body = torch.nonzero(whole["body_slices"]).flatten()
+    assert 0 < len(body) < whole["image"].shape[-1]  # the phantom has slices outside the body
+    assert torch.equal(validated["image"].as_tensor(), whole["image"].as_tensor()[..., body])

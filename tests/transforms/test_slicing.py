@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from monai.data import MetaTensor
 
-from pipeline.transforms.slicing import BodySlicesd, axial_slab, body_slice_indices, flagged_slices
+from pipeline.transforms.slicing import BodySlicesd, SelectBodySlicesd, axial_slab, body_slice_indices, flagged_slices
 
 SHAPE = (1, 6, 5, 7)
 BODY = [1, 2, 4, 5]  # slices 0, 3 and 6 are air only
@@ -37,3 +37,11 @@ def test_a_slab_keeps_its_place_in_the_patient():
     assert slab.shape == (1, 6, 5, 3) and torch.equal(slab.as_tensor(), ct[..., 2:5].as_tensor())
     assert torch.allclose(slab.affine[:3, 3], ct.affine[:3, 3] + 2 * ct.affine[:3, 2])
     assert slab.meta["modality"] == "CT"
+
+
+def test_only_the_flagged_slices_are_kept_for_scoring():
+    study = BodySlicesd(keys="ct")(_study())
+    kept = SelectBodySlicesd(keys=["ct", "pet"])(study)
+    assert kept["pet"].shape == (*SHAPE[:-1], len(BODY))
+    assert torch.equal(kept["pet"].as_tensor(), _study()["pet"][..., BODY].as_tensor())
+    assert bool((kept["ct"] > -1000).flatten(0, 2).any(dim=0).all())  # every kept slice holds body
