@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import ImageReader, MetaTensor
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_rescale
@@ -276,3 +276,29 @@ def load_series(source: SeriesInfo | str | os.PathLike[str] | Sequence[str | os.
         "original_channel_dim": float("nan"),
     })
     return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+
+
+class DicomSeriesReader(ImageReader):
+    """MONAI ``ImageReader`` for one DICOM series, so a config can write ``LoadImaged(reader=...)``.
+
+    Reads with :func:`load_series` (position order, per-slice rescale, regular-stack checks, the
+    whitelisted header fields): MONAI's ``PydicomReader`` orders by InstanceNumber and keeps every tag,
+    patient identifiers included. ``LoadImage(..., ensure_channel_first=True)`` gives the ``(1, X, Y, Z)``
+    RAS volume :func:`load_series` returns. A series that does not load raises :class:`InputError`;
+    MONAI's ``LoadImage`` reports it inside its own "cannot find a suitable reader" error.
+    """
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> bool:
+        """A folder of DICOM files, or DICOM files (``.dcm`` or no suffix, as PACS exports name them)."""
+        paths = [Path(name) for name in ((filename,) if isinstance(filename, (str, os.PathLike)) else filename)]
+        return bool(paths) and all(path.is_dir() or path.suffix.lower() in ("", ".dcm") for path in paths)
+
+    def read(self, data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: object) -> MetaTensor:
+        """The series in ``data``: a folder (LoadImage passes it as a 1-tuple) or its files."""
+        sources = (data,) if isinstance(data, (str, os.PathLike)) else tuple(data)
+        return load_series(sources[0] if len(sources) == 1 else sources)
+
+    def get_data(self, img: MetaTensor) -> tuple[np.ndarray, dict]:
+        """The ``(X, Y, Z)`` voxels and the meta, with the affine MONAI's loader expects under ``affine``."""
+        meta = {**img.meta, "affine": img.affine.numpy()}
+        return img.as_tensor()[0].numpy(), meta

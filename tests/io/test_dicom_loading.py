@@ -125,3 +125,31 @@ def test_single_file_is_a_one_slice_series(dicom_factory):
     volume = load_series(folder / "z001.dcm")
     assert volume.shape == (1, 6, 5, 1)
     assert volume.affine[2, 2] == pytest.approx(3.0)  # SliceThickness stands in for the step
+
+
+def test_configs_load_series_through_load_imaged(dicom_factory):
+    """``LoadImaged(reader=DicomSeriesReader())`` gives load_series's volume, meta and order: a config's way in."""
+    from monai.transforms import LoadImaged
+
+    from pipeline.io.dicom import DicomSeriesReader
+    from pipeline.transforms import PETToSUVd
+
+    values = dicom_factory.ramp(base=1000.0) * np.array([1.0, 3.0, 0.5, 7.0])
+    folder = dicom_factory.series("pet", values, modality="PT", positions=[9, 0, 6, 3])  # files out of order
+    loaded = LoadImaged("pet", reader=DicomSeriesReader(), ensure_channel_first=True, image_only=True)({"pet": folder})
+    direct = load_series(folder)
+    assert loaded["pet"].shape == direct.shape
+    torch.testing.assert_close(loaded["pet"].as_tensor(), direct.as_tensor())
+    torch.testing.assert_close(loaded["pet"].affine, direct.affine)
+    flat = repr(dict(loaded["pet"].meta))
+    assert not any(identifier in flat for identifier in dicom_factory.identifiers)
+    torch.testing.assert_close(PETToSUVd("pet")(loaded)["pet"].as_tensor(), PETToSUVd("pet")({"pet": direct})["pet"].as_tensor())
+
+
+def test_the_reader_takes_folders_and_dicom_files_only(dicom_factory):
+    from pipeline.io.dicom import DicomSeriesReader
+
+    folder = dicom_factory.series("ct", modality="CT")
+    reader = DicomSeriesReader()
+    assert reader.verify_suffix(folder) and reader.verify_suffix(sorted(folder.iterdir()))
+    assert not reader.verify_suffix("study.nii.gz")
