@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import MetaTensor
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import UID, generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_write, temporary_sibling
-from pipeline.io.headers import slice_normal
+from pipeline.io.atomic import temporary_sibling
+from pipeline.io.headers import slice_normal, write_dicom
 from pipeline.provenance import SOFTWARE_VERSION
 
 FUSED_SERIES_NUMBER = 9000
@@ -185,11 +185,6 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
         ds.PresentationLUTShape = "IDENTITY"
         ds.WindowCenter, ds.WindowWidth = str(MAX_STORED / 2), str(MAX_STORED + 1)
     ds.PixelRepresentation = 0
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return ds
 
 
@@ -247,8 +242,7 @@ class DerivedSeriesWriter:
                 raise ValueError(f"{self.path}: {self._written} of {self._frames} frames written")
             self._spool.seek(0)
             self.dataset.add_new("PixelData", self._vr, self._spool)
-            with atomic_write(self.path) as temporary:
-                self.dataset.save_as(temporary, enforce_file_format=True)
+            write_dicom(self.dataset, self.path)
         return None
 
 

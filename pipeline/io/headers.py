@@ -1,6 +1,7 @@
-"""DICOM header primitives: below both the folder walker (:mod:`~pipeline.io.discovery`) and the loaders.
+"""DICOM file primitives: below the folder walker (:mod:`~pipeline.io.discovery`), the loaders and the writers.
 
-Reading one file's header with a one-line error, a study's non-identifying key, a slice's normal.
+Reading one file's header with a one-line error, writing one dataset as a file (the phantom's
+series and the derived fused series alike), a study's non-identifying key, a slice's normal.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from pipeline.errors import InputError, one_line
+from pipeline.io.atomic import atomic_write
 
 
 def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str, ...] | None = None) -> Dataset:
@@ -31,6 +34,20 @@ def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str
         raise InputError(f"{path}: not a DICOM file (no DICM preamble/file meta)") from None
     except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
         raise InputError(f"{path}: unreadable DICOM file ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def write_dicom(dataset: Dataset, path: Path) -> None:
+    """Save ``dataset`` as a DICOM file (explicit VR little endian), atomically: a reader never sees half a file.
+
+    The file meta follows the dataset's SOP class and instance, so a caller sets those once.
+    """
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    with atomic_write(path) as temporary:
+        dataset.save_as(temporary, enforce_file_format=True)
 
 
 def study_key(study_uid: str) -> str:

@@ -15,17 +15,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    PositronEmissionTomographyImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, PositronEmissionTomographyImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
-from pipeline.io.atomic import atomic_write
+from pipeline.io.headers import write_dicom
 from pipeline.phantom.grid import Grid
 from pipeline.phantom.injection import Injection
 from pipeline.phantom.rescale import StoredVolume
@@ -142,10 +136,6 @@ def _radiopharmaceutical(injection: Injection) -> Dataset:
 def _template(study: StudyHeader, series: SeriesHeader, grid: Grid, sop_class: str, modality: str) -> Dataset:
     """Header elements common to the CT and PET series; per-slice ones are filled while writing."""
     ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.Modality = modality
@@ -199,7 +189,6 @@ def _write_series(
     ds = template
     for k, z in enumerate(grid.axis(2)):
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[ds.SeriesInstanceUID, str(k)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
         per_slice(ds, k)
         ds.ImagePositionPatient = [_ds(grid.origin[0]), _ds(grid.origin[1]), _ds(z)]
@@ -209,8 +198,7 @@ def _write_series(
         # DICOM stores row by row (y): the transposed (x, y) slice, contiguous for a Fortran-order volume.
         ds.PixelData = np.ascontiguousarray(volume.pixels[:, :, k].T, dtype="<i2").tobytes()
         path = folder / f"{prefix}_{k:04d}.dcm"
-        with atomic_write(path) as temporary:
-            ds.save_as(temporary, enforce_file_format=True)
+        write_dicom(ds, path)
         written.add(path.name)
         on_slice()
     for stale in folder.glob(f"{prefix}_*.dcm"):
