@@ -24,7 +24,6 @@ from PIL import Image
 
 from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes
 from pipeline.errors import InputError
-from pipeline.fusion.volume import fused_channels
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
@@ -113,29 +112,22 @@ class LesionContrastReport:
     """Lesion contrast rows per study and (window, method); a JSON and a markdown report at the end.
 
     Args:
-        windows: the CT windows of the ``image`` channels, in order.
-        methods: the fusers per window, in :class:`pipeline.fusion.FusionNetwork` order.
         output_dir: where ``lesion_contrast.json`` and ``lesion_contrast.md`` go.
         fraction: PET threshold of the lesion, as a fraction of its maximum (real data).
         ring_mm: width of the surrounding shell the lesion is compared with.
         panels: also write ``lesion_panels/<study key>_<window>.png``, the axial slice with the
-            largest lesion area as CT | PET | each method in ``methods`` order, so a reader sees
+            largest lesion area as CT | PET | each method in the network's order, so a reader sees
             what the ratios mean.
     """
 
     def __init__(
         self,
-        windows: Sequence[str],
-        methods: Sequence[str],
         output_dir: str | Path,
         fraction: float = DEFAULT_FRACTION,
         ring_mm: float = DEFAULT_RING_MM,
         panels: bool = True,
     ) -> None:
         self.panels = panels
-        self.windows = list(windows)
-        self.methods = list(methods)
-        self.channel = {name: index for index, name in enumerate(fused_channels(windows, methods))}
         self.output_dir = Path(output_dir)
         self.fraction = fraction
         self.ring_mm = ring_mm
@@ -149,7 +141,7 @@ class LesionContrastReport:
         engine.state.lesion_rows = []
 
     def __call__(self, engine: Engine) -> None:
-        image, pred = evaluator_volumes(engine, self.windows, self.methods)
+        image, pred, layout = evaluator_volumes(engine)
         affine = study_affine(engine)
         pet = image[-1]
         if "truth" in engine.state.batch:
@@ -158,9 +150,9 @@ class LesionContrastReport:
             lesion = lesion_mask_from_pet(pet, self.fraction)
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
-        for w, window in enumerate(self.windows):
-            fused = pred[[self.channel[(window, method)] for method in self.methods]]
-            for method, image_fused in zip(self.methods, fused):
+        for w, window in enumerate(layout.windows):
+            fused = pred[[layout.channel(window, method) for method in layout.methods]]
+            for method, image_fused in zip(layout.methods, fused):
                 contrast = lesion_contrast_ratio(image_fused, pet, lesion, ring)
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  **contrast})

@@ -1,19 +1,18 @@
 """The evaluator's fused volumes on disk: every (window, method) channel of a study as NIfTI.
 
 The evaluator's ``pred`` has one channel per (window, method) (see
-:class:`pipeline.fusion.FusionNetwork`); the writer knows that layout so the bundle configs do not.
+:class:`pipeline.fusion.FusionNetwork`); the writer reads that layout from the evaluator's network,
+so the bundle configs do not repeat it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
 from pipeline.fusion.streaming import fused_filename
-from pipeline.fusion.volume import fused_channels
 from pipeline.handlers.slice_metrics import batch_field
 from pipeline.io.nifti import save_volume
 
@@ -26,9 +25,8 @@ class FusedVolumeWriter:
     logger, and accumulate in :attr:`written`.
     """
 
-    def __init__(self, output_dir: str | Path, windows: Sequence[str], methods: Sequence[str]) -> None:
+    def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
-        self.names = fused_channels(windows, methods)
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
@@ -39,7 +37,7 @@ class FusedVolumeWriter:
         reference = engine.state.batch["ct"][0]
         folder = self.output_dir / str(batch_field(engine, "study_key"))
         paths = []
-        for channel, (window, method) in enumerate(self.names):
+        for channel, (window, method) in enumerate(engine.network.channels):
             volume = MetaTensor(pred[channel : channel + 1].as_tensor().float(), affine=reference.affine)
             paths.append(save_volume(folder / fused_filename(window, method), volume))
         self.written.extend(paths)

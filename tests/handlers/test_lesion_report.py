@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def fuse_copy_and_flat(engine: Engine, batch: dict) -> dict:
 
 def run_report(tmp_path, batches, process=fuse_copy_and_flat, windows=("lung",), methods=("copy", "flat")) -> Engine:
     engine = Engine(process)
-    LesionContrastReport(windows, methods, tmp_path).attach(engine)
+    engine.network = SimpleNamespace(windows=list(windows), fusers=dict.fromkeys(methods))  # the layout it reads
+    LesionContrastReport(tmp_path).attach(engine)
     engine.run(batches, max_epochs=1)
     return engine
 
