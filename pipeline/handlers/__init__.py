@@ -9,7 +9,13 @@ a plain per-epoch :class:`TrainingHistory` for hosts without MLflow).
 from pipeline.handlers.fusion_metric import FusionMetric, FusionMetricHandler, window_pairs
 from pipeline.handlers.lesion_report import LesionContrastReport, read_lesion_ratios
 from pipeline.handlers.metrics_report import FusionReportWriter
-from pipeline.handlers.mlflow_logging import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run, fusion_params
+from pipeline.handlers.mlflow_logging import (
+    MLflowSliceLogger,
+    MLflowTrainingLogger,
+    find_mlflow_run,
+    fusion_params,
+    training_params,
+)
 from pipeline.handlers.slice_metrics import FusionSliceMetrics
 from pipeline.handlers.training_history import TrainingHistory, read_history, run_name
 from pipeline.handlers.volume_writer import FusedVolumeWriter
@@ -29,5 +35,6 @@ __all__ = [
     "read_history",
     "read_lesion_ratios",
     "run_name",
+    "training_params",
     "window_pairs",
 ]

@@ -34,6 +34,12 @@ def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
     return None
 
 
+def training_params(network: Mapping[str, Any], **recipe: Any) -> dict[str, Any]:
+    """The params of a training run: the network's hyper-parameters beside the recipe's, one flat mapping,
+    as MLflow and the training history take them (``variant``, ``width``, ``alpha``, ``lr_g``...)."""
+    return {**network, **recipe}
+
+
 def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: float,
                   checkpoint: str | Path | None = None) -> dict[str, str]:
     """The params of an inference or evaluation run: what its fused images depend on.
