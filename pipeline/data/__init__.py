@@ -2,9 +2,10 @@
 training draws from."""
 
 from pipeline.data.datalist import load_datalist, phantom_datalist, split_by_study
-from pipeline.data.slices import slice_pairs
+from pipeline.data.slices import SlicePairDataset, body_slice_cache
 from pipeline.data.study_cache import LoadCachedStudyd, cache_studies, load_cached_datalist
 from pipeline.data.workflow_inputs import default_dataset_dir, workflow_datalist, workflow_preprocessing
 
-__all__ = ["LoadCachedStudyd", "cache_studies", "load_cached_datalist", "load_datalist", "phantom_datalist",
-           "slice_pairs", "split_by_study", "default_dataset_dir", "workflow_datalist", "workflow_preprocessing"]
+__all__ = ["LoadCachedStudyd", "SlicePairDataset", "body_slice_cache", "cache_studies", "default_dataset_dir",
+           "load_cached_datalist", "load_datalist", "phantom_datalist", "split_by_study", "workflow_datalist",
+           "workflow_preprocessing"]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline.data import load_datalist, phantom_datalist, slice_pairs, split_by_study
+from pipeline.data import load_datalist, phantom_datalist, split_by_study
 from pipeline.errors import InputError
 
 
@@ -59,20 +59,6 @@ def test_split_is_by_study_deterministic_and_disjoint():
     val_keys = {item["study_key"] for item in first["val"]}
     assert len(val_keys) == 3 and not train_keys & val_keys and len(train_keys | val_keys) == 10
     assert split_by_study(datalist[:2], 0.1)["val"], "two studies still hold one out"
-
-
-def test_slice_pairs_cover_body_slices_in_both_windows(tiny_datalist):
-    samples = slice_pairs(tiny_datalist[:1], windows=("lung", "mediastinal"), progress=False)
-    windows = {sample["window"] for sample in samples}
-    assert windows == {"lung", "mediastinal"}
-    assert len(samples) % 2 == 0 and len(samples) >= 2
-    sample = samples[0]
-    assert sample["ct"].shape == sample["pet"].shape == (1, 64, 64)
-    assert 0.0 <= float(sample["ct"].min()) and float(sample["ct"].max()) <= 1.0
-    assert 0.0 <= float(sample["pet"].min()) and float(sample["pet"].max()) <= 1.0
-    lung = next(s for s in samples if s["window"] == "lung" and s["slice_index"] == sample["slice_index"])
-    mediastinal = next(s for s in samples if s["window"] == "mediastinal" and s["slice_index"] == sample["slice_index"])
-    assert not lung["ct"].equal(mediastinal["ct"]) and lung["pet"].equal(mediastinal["pet"])
 
 
 def test_a_curated_split_is_kept_and_only_the_rest_is_drawn():
