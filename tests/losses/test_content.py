@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.losses.content import ContentLoss
+from monai.losses import SSIMLoss
+
+from pipeline.losses.content import ContentLoss, SeparableSSIMLoss
 
 
 @pytest.fixture()
@@ -46,3 +48,15 @@ def test_structural_term_keeps_float32_precision_under_bf16_autocast() -> None:
         mixed = ContentLoss(mu=1.0)(output, source)
     assert reference.item() < 0.02
     torch.testing.assert_close(mixed.float(), reference, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 32, 32), (2, 3, 23, 41)])
+def test_separable_ssim_is_monai_ssim(shape):
+    torch.manual_seed(1)
+    output, source = torch.rand(shape, requires_grad=True), torch.rand(shape)
+    expected = SSIMLoss(spatial_dims=2, data_range=1.0)(output, source)
+    (expected_grad,) = torch.autograd.grad(expected, output)
+    got = SeparableSSIMLoss(data_range=1.0)(output, source)
+    (got_grad,) = torch.autograd.grad(got, output)
+    assert abs(got.item() - expected.item()) < 1e-6
+    assert (got_grad - expected_grad).abs().max() < 1e-8
