@@ -19,7 +19,10 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
+from pipeline.networks.blocks.attention_kernel import cpu_window_attention, kernel_applies
 from pipeline.networks.blocks.windows import Chunk, Windows, WindowOrder, windows_for
+
+_NO_MASK = torch.empty(0)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -59,10 +62,26 @@ class ChunkedWindowAttention(WindowAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
-        """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C)."""
+        """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C).
+
+        Without autograd: the CPU kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it
+        applies, else SDPA's fused kernel. With autograd the learned bias B needs a gradient, which
+        SDPA's fused kernels do not give: it then falls back to a composite that also scans every
+        score row for -inf (a fifth of a CPU training step), so the three ops are written out here.
+        """
+        windows, heads, tokens, head_dim = q.shape
+        if not torch.is_grad_enabled() and kernel_applies(q) and (kernel := cpu_window_attention()) is not None:
+            out = kernel(q, k, v, bias, _NO_MASK if mask is None else mask, self.scale)  # (windows, N, heads, d)
+            return self.proj(out.view(windows * tokens, heads * head_dim))
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.scale)
-        windows, heads, tokens, head_dim = out.shape
+        attn_mask = attn_mask.to(q.dtype)
+        if torch.is_grad_enabled():
+            scores = torch.baddbmm(attn_mask.expand(windows, -1, -1, -1).reshape(-1, tokens, tokens),
+                                   q.reshape(-1, tokens, head_dim), k.reshape(-1, tokens, head_dim).transpose(1, 2),
+                                   alpha=self.scale)
+            out = torch.bmm(scores.softmax(-1), v.reshape(-1, tokens, head_dim)).view(q.shape)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(windows * tokens, heads * head_dim))
 
 

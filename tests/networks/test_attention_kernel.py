@@ -1,0 +1,84 @@
+"""The CPU window-attention kernel gives SDPA's numbers, and attention falls back to SDPA without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.networks import DCIFGAN
+from pipeline.networks.blocks import attention_kernel
+
+
+@pytest.fixture
+def kernel():
+    found = attention_kernel.cpu_window_attention()
+    if found is None:
+        pytest.skip("the CPU window-attention kernel could not be built here (no C++ compiler?)")
+    return found
+
+
+def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V as the strided views a block's projection gives: (windows, heads, 64, head_dim)."""
+    qkv = torch.randn(windows, 64, 3, heads, head_dim)
+    q, k, v = qkv.unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+@pytest.mark.parametrize("head_dim", attention_kernel.HEAD_DIMS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
+    torch.manual_seed(head_dim)
+    windows, heads = 37, 3
+    q, k, v = _qkv(windows, heads, head_dim)
+    bias = torch.randn(heads, 64, 64)
+    mask = torch.where(torch.rand(windows, 64, 64) < 0.4, -100.0, 0.0) if masked else torch.empty(0)
+    attn_mask = bias.unsqueeze(0) + (mask.unsqueeze(1) if masked else 0)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5)
+    got = kernel(q, k, v, bias.permute(0, 2, 1).contiguous().permute(0, 2, 1), mask, head_dim**-0.5)
+    assert got.shape == (windows, 64, heads, head_dim)  # tokens then heads: the projection's layout
+    assert (got - expected.transpose(1, 2)).abs().max() < 1e-5
+
+
+def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:
+    q, k, v = _qkv(2, 2, 12)
+    with pytest.raises(RuntimeError, match="head dim"):
+        kernel(q, k, v, torch.zeros(2, 64, 64), torch.empty(0), 0.3)
+    assert not attention_kernel.kernel_applies(q)
+    assert not attention_kernel.kernel_applies(_qkv(2, 2, 8)[0].double())
+
+
+def test_generator_gives_the_same_output_with_and_without_the_kernel(kernel, monkeypatch) -> None:
+    torch.manual_seed(0)
+    generator = DCIFGAN("network4", width=16, num_heads=2, depths=(2, 2, 1)).generator.eval()
+    x = torch.rand(2, 2, 48, 40)
+    with torch.inference_mode():
+        with_kernel = generator(x)
+        monkeypatch.setattr("pipeline.networks.blocks.swin.kernel_applies", lambda q: False)
+        without = generator(x)
+    assert (with_kernel - without).abs().max() < 1e-5
+
+
+def test_switched_off_it_is_not_built(monkeypatch) -> None:
+    monkeypatch.setenv("DCIF_ATTENTION_KERNEL", "0")
+    attention_kernel.cpu_window_attention.cache_clear()
+    try:
+        assert attention_kernel.cpu_window_attention() is None
+    finally:
+        monkeypatch.delenv("DCIF_ATTENTION_KERNEL")
+        attention_kernel.cpu_window_attention.cache_clear()
+
+
+def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:
+    def broken_load(**kwargs):
+        raise RuntimeError("Error building extension\ng++: command not found")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
+    attention_kernel.cpu_window_attention.cache_clear()
+    try:
+        assert attention_kernel.cpu_window_attention() is None
+    finally:
+        attention_kernel.cpu_window_attention.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["CPU window-attention kernel unavailable (g++: command not found); "
+                        "using scaled_dot_product_attention"]
