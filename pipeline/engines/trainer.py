@@ -42,6 +42,10 @@ class FusionGANTrainer(Trainer):
         g_loss_function / d_loss_function: ``(ct, pet, f_ct, f_pet, d1, d2) -> dict`` of loss terms
             with a ``total`` key; every term is returned in the engine output for logging.
         d_steps: discriminator updates per generator update.
+        d_loss_floor: skip the discriminator's update while its loss on the current batch is below
+            this (DDcGAN's balance: a discriminator that already separates real from fused waits
+            until the generators catch up, instead of saturating their adversarial terms); ``None``
+            always updates. The engine output's ``d_updated`` says, per iteration, whether it did.
         inferer: runs the generator's ``streams`` as ``inferer(ct, streams, pet)``; the default
             :class:`~monai.inferers.SimpleInferer` calls it directly.
         amp: bfloat16 autocast on CUDA (no gradient scaler needed); ignored on CPU.
@@ -59,6 +63,7 @@ class FusionGANTrainer(Trainer):
         g_loss_function: Callable[..., LossTerms],
         d_loss_function: Callable[..., LossTerms],
         d_steps: int = 1,
+        d_loss_floor: float | None = None,
         inferer: Inferer | None = None,
         epoch_length: int | None = None,
         amp: bool = False,
@@ -86,6 +91,7 @@ class FusionGANTrainer(Trainer):
         self.g_loss_function = g_loss_function
         self.d_loss_function = d_loss_function
         self.d_steps = d_steps
+        self.d_loss_floor = d_loss_floor
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.use_bf16 = amp and torch.device(device).type == "cuda"
         self.players = make_players(model, distributed, torch.device(device))
@@ -102,12 +108,16 @@ class FusionGANTrainer(Trainer):
         with engine._autocast():
             f_ct, f_pet = engine.inferer(ct, streams, pet)
         fake_ct, fake_pet = f_ct.detach().float(), f_pet.detach().float()
+        d_updated = 0.0
         for _ in range(engine.d_steps):
-            engine.d_optimizer.zero_grad(set_to_none=True)
             with engine._autocast():
                 d_terms = engine.d_loss_function(ct, pet, fake_ct, fake_pet, d1, d2)
+            if engine.d_loss_floor is not None and d_terms["total"].item() < engine.d_loss_floor:
+                break
+            engine.d_optimizer.zero_grad(set_to_none=True)
             d_terms["total"].backward()
             engine.d_optimizer.step()
+            d_updated = 1.0
 
         engine.g_optimizer.zero_grad(set_to_none=True)
         with engine._autocast():
@@ -115,7 +125,8 @@ class FusionGANTrainer(Trainer):
         g_terms["total"].backward()
         engine.g_optimizer.step()
 
-        output: dict[str, Any] = {"loss": g_terms["total"].item(), "d_loss": d_terms["total"].item()}
+        output: dict[str, Any] = {"loss": g_terms["total"].item(), "d_loss": d_terms["total"].item(),
+                                  "d_updated": d_updated}
         output.update({f"g_{name}": value.item() for name, value in g_terms.items() if name != "total"})
         output.update({f"d_{name}": value.item() for name, value in d_terms.items() if name != "total"})
         output.update(ct=ct, pet=pet, pred=(0.5 * (f_ct + f_pet)).detach().float())

@@ -77,3 +77,15 @@ def test_the_generator_runs_through_the_configured_inferer():
     trainer, _ = _trainer("network4", inferer=CountingInferer())
     trainer.run()
     assert CountingInferer.calls == trainer.state.iteration == 2
+
+
+@pytest.mark.parametrize("floor, updated", [(None, 1.0), (1e9, 0.0)])
+def test_a_discriminator_below_its_loss_floor_waits_for_the_generators(floor, updated):
+    trainer, model = _trainer("network4", d_loss_floor=floor)
+    d_params = list(torch.nn.ModuleList([model.d1, model.d2]).parameters())
+    before = [p.detach().clone() for p in d_params]
+    trainer.run()
+    assert all(o["d_updated"] == updated for o in trainer.state.output)
+    changed = [not b.equal(a) for b, a in zip(before, d_params) if a.ndim > 1]
+    assert all(changed) if updated else not any(changed)
+    assert trainer.state.output[0]["d_loss"] > 0  # the loss is still reported while D waits
