@@ -38,8 +38,9 @@ class CrossModalBlock(nn.Module):
         def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             q_ct, k_ct, v_ct = self.ct.project(x_ct, tokens)
             q_pet, k_pet, v_pet = self.pet.project(x_pet, tokens)
-            return (self.ct.feed_forward(x_ct + self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, chunk.mask)),
-                    self.pet.feed_forward(x_pet + self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, chunk.mask)))
+            attended_ct = self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, chunk.mask)
+            attended_pet = self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, chunk.mask)
+            return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
 
         return over_chunks(order, run, ct, pet)
 

@@ -102,15 +102,21 @@ class SwinBlock(nn.Module):
     def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.attn.project(self.norm1(x), window_tokens)
 
-    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.norm2(x))
+    def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Z' = Z + MSA, then Z' + FFN(LN(Z')); without autograd added into ``x`` itself, the block's own tokens."""
+        if torch.is_grad_enabled():
+            x = x + attended
+            return x + self.mlp(self.norm2(x))
+        x += attended
+        x += self.mlp(self.norm2(x))
+        return x
 
     def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:
         bias = self.attn.position_bias(order.window_tokens)
 
         def run(chunk: Chunk, x: torch.Tensor) -> tuple[torch.Tensor]:
             attended = self.attn.attend(*self.project(x, order.window_tokens), bias, chunk.mask)
-            return (self.feed_forward(x + attended),)
+            return (self.residuals(x, attended),)
 
         (z,) = over_chunks(order, run, z)
         return z
@@ -121,17 +127,19 @@ def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]
     """``step(chunk, *slices)`` on each chunk of ``order``: one result per token stream, for all its tokens.
 
     A block's output at a window depends on that window alone, and chunks are whole windows. So
-    without autograd each chunk's results overwrite their own inputs, and a block holds its tokens
-    once instead of three times (inputs, pieces, their concatenation); with autograd the inputs are
-    kept and the pieces concatenated.
+    without autograd each chunk's results overwrite their own inputs (a step that already wrote into
+    its slices costs no copy), and a block holds its tokens once instead of three times (inputs,
+    pieces, their concatenation); with autograd the inputs are kept and the pieces concatenated.
     """
     in_place = not torch.is_grad_enabled()
     pieces = []
     for chunk in order.chunks:
-        results = step(chunk, *(z[chunk.start:chunk.stop] for z in streams))
+        slices = tuple(z[chunk.start:chunk.stop] for z in streams)
+        results = step(chunk, *slices)
         if in_place:
-            for z, result in zip(streams, results):
-                z[chunk.start:chunk.stop] = result
+            for piece, result in zip(slices, results):
+                if result.data_ptr() != piece.data_ptr():
+                    piece.copy_(result)
         else:
             pieces.append(results)
     return streams if in_place else tuple(torch.cat(column) for column in zip(*pieces))

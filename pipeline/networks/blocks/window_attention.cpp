@@ -38,54 +38,66 @@ inline float exp_nonpositive(float x) {
 
 }  // namespace
 
+// One (window, head) at a time, transposed so that every inner loop runs over the 64 queries: S^T = K Q^T
+// + B^T [+ mask^T], column-wise softmax, O^T = V^T P^T. No horizontal reductions, everything in L1.
 template <int TOKENS, int DIM>
-void attend_pairs(const float* qp, const float* kp, const float* vp, const float* bp, const float* mp, float* op,
-                  at::IntArrayRef qs, at::IntArrayRef ks, at::IntArrayRef vs, int64_t heads, float scale,
+void attend_pairs(const float* qp, const float* kp, const float* vp, const float* bias_t, const float* mask_t,
+                  float* op, at::IntArrayRef qs, at::IntArrayRef ks, at::IntArrayRef vs, int64_t heads, float scale,
                   int64_t begin, int64_t end) {
-  alignas(64) float kt[DIM][TOKENS];
-  alignas(64) float vt[DIM][TOKENS];
-  alignas(64) float s[TOKENS];
-  float qi[DIM];
+  alignas(64) float qt[DIM][TOKENS];
+  alignas(64) float key[TOKENS][DIM];
+  alignas(64) float value[TOKENS][DIM];
+  alignas(64) float st[TOKENS][TOKENS];
+  alignas(64) float peak[TOKENS];
+  alignas(64) float total[TOKENS];
+  alignas(64) float ot[DIM][TOKENS];
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t w = pair / heads, h = pair % heads;
+    const float* qw = qp + w * qs[0] + h * qs[1];
     const float* kw = kp + w * ks[0] + h * ks[1];
     const float* vw = vp + w * vs[0] + h * vs[1];
-    for (int j = 0; j < TOKENS; ++j) {
+    for (int i = 0; i < TOKENS; ++i) {
       for (int d = 0; d < DIM; ++d) {
-        kt[d][j] = kw[j * ks[2] + d * ks[3]];
-        vt[d][j] = vw[j * vs[2] + d * vs[3]];
+        qt[d][i] = qw[i * qs[2] + d * qs[3]] * scale;
+        key[i][d] = kw[i * ks[2] + d * ks[3]];
+        value[i][d] = vw[i * vs[2] + d * vs[3]];
       }
     }
-    const float* qw = qp + w * qs[0] + h * qs[1];
-    const float* bh = bp + h * TOKENS * TOKENS;
-    const float* mw = mp ? mp + w * TOKENS * TOKENS : nullptr;
-    for (int i = 0; i < TOKENS; ++i) {
-      for (int d = 0; d < DIM; ++d) qi[d] = qw[i * qs[2] + d * qs[3]] * scale;
-      const float* brow = bh + i * TOKENS;
-      if (mw) {
-        const float* mrow = mw + i * TOKENS;
-        for (int j = 0; j < TOKENS; ++j) s[j] = brow[j] + mrow[j];
-      } else {
-        for (int j = 0; j < TOKENS; ++j) s[j] = brow[j];
+    const float* bh = bias_t + h * TOKENS * TOKENS;
+    const float* mw = mask_t ? mask_t + w * TOKENS * TOKENS : nullptr;
+    for (int j = 0; j < TOKENS; ++j) {
+      const float* brow = bh + j * TOKENS;
+      const float* mrow = mw ? mw + j * TOKENS : nullptr;
+      for (int i = 0; i < TOKENS; ++i) {
+        float acc = mrow ? brow[i] + mrow[i] : brow[i];
+#pragma GCC unroll 16
+        for (int d = 0; d < DIM; ++d) acc += key[j][d] * qt[d][i];
+        st[j][i] = acc;
       }
-      for (int d = 0; d < DIM; ++d) {
-        const float qd = qi[d];
-        for (int j = 0; j < TOKENS; ++j) s[j] += qd * kt[d][j];
+    }
+    for (int i = 0; i < TOKENS; ++i) peak[i] = st[0][i];
+    for (int j = 1; j < TOKENS; ++j) {
+      for (int i = 0; i < TOKENS; ++i) peak[i] = st[j][i] > peak[i] ? st[j][i] : peak[i];
+    }
+    for (int i = 0; i < TOKENS; ++i) total[i] = 0.0f;
+    for (int j = 0; j < TOKENS; ++j) {
+      for (int i = 0; i < TOKENS; ++i) {
+        st[j][i] = exp_nonpositive(st[j][i] - peak[i]);
+        total[i] += st[j][i];
       }
-      float peak = s[0];
-      for (int j = 1; j < TOKENS; ++j) peak = s[j] > peak ? s[j] : peak;
-      float total = 0.0f;
-      for (int j = 0; j < TOKENS; ++j) {
-        s[j] = exp_nonpositive(s[j] - peak);
-        total += s[j];
-      }
-      const float inv = 1.0f / total;
-      float* orow = op + ((w * TOKENS + i) * heads + h) * DIM;
-      for (int d = 0; d < DIM; ++d) {
+    }
+    for (int d = 0; d < DIM; ++d) {
+      for (int i = 0; i < TOKENS; ++i) {
         float acc = 0.0f;
-        for (int j = 0; j < TOKENS; ++j) acc += s[j] * vt[d][j];
-        orow[d] = acc * inv;
+#pragma GCC unroll 8
+        for (int j = 0; j < TOKENS; ++j) acc += value[j][d] * st[j][i];
+        ot[d][i] = acc;
       }
+    }
+    for (int i = 0; i < TOKENS; ++i) total[i] = 1.0f / total[i];
+    for (int i = 0; i < TOKENS; ++i) {
+      float* orow = op + ((w * TOKENS + i) * heads + h) * DIM;
+      for (int d = 0; d < DIM; ++d) orow[d] = ot[d][i] * total[i];
     }
   }
 }
@@ -99,11 +111,11 @@ torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
               "window attention kernel is float32");
   const int64_t windows = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
   TORCH_CHECK(tokens == 64 && (dim == 8 || dim == 16), "window attention kernel takes 64 tokens and head dim 8 or 16");
-  auto bias_c = bias.to(at::kFloat).contiguous();
+  auto bias_c = bias.to(at::kFloat).transpose(1, 2).contiguous();
   TORCH_CHECK(bias_c.dim() == 3 && bias_c.size(0) == heads && bias_c.size(1) == tokens && bias_c.size(2) == tokens,
               "bias must be (H, N, N)");
   const bool masked = mask.numel() > 0;
-  auto mask_c = masked ? mask.to(at::kFloat).contiguous() : mask;
+  auto mask_c = masked ? mask.to(at::kFloat).transpose(1, 2).contiguous() : mask;
   TORCH_CHECK(!masked || (mask_c.dim() == 3 && mask_c.size(0) == windows && mask_c.size(1) == tokens),
               "mask must be (W, N, N)");
   auto out = torch::empty({windows, tokens, heads, dim}, q.options());
