@@ -1,4 +1,4 @@
-"""The CPU window-attention kernel gives SDPA's numbers, and attention falls back to SDPA without it."""
+"""The CPU window-attention kernel gives SDPA's numbers and gradients, and attention falls back to ATen without it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pipeline.networks.blocks import attention_kernel
 
 @pytest.fixture
 def kernel():
-    found = attention_kernel.cpu_window_attention()
+    found = attention_kernel.cpu_kernel()
     if found is None:
         pytest.skip("the CPU window-attention kernel could not be built here (no C++ compiler?)")
-    return found
+    return found.window_attention
 
 
 def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,6 +40,25 @@ def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
     assert (got - expected.transpose(1, 2)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("head_dim", attention_kernel.HEAD_DIMS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool) -> None:
+    torch.manual_seed(head_dim + masked)
+    windows, heads = 5, 2
+    qkv = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True)
+    bias = torch.randn(heads, 64, 64, requires_grad=True)
+    mask = torch.where(torch.rand(windows, 64, 64) < 0.4, -100.0, 0.0) if masked else None
+    q, k, v = (z.transpose(1, 2) for z in qkv.unbind(2))
+    upstream = torch.randn(windows, 64, heads, head_dim)
+    got = attention_kernel.window_attention(q, k, v, bias, mask, head_dim**-0.5)
+    got_grads = torch.autograd.grad((got * upstream).sum(), (qkv, bias))
+    attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5).transpose(1, 2)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (qkv, bias))
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert (got_grad - expected_grad).abs().max() < 1e-4
+
+
 def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:
     q, k, v = _qkv(2, 2, 12)
     with pytest.raises(RuntimeError, match="head dim"):
@@ -48,25 +67,33 @@ def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:
     assert not attention_kernel.kernel_applies(_qkv(2, 2, 8)[0].double())
 
 
-def test_generator_gives_the_same_output_with_and_without_the_kernel(kernel, monkeypatch) -> None:
+def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kernel(kernel, monkeypatch) -> None:
     torch.manual_seed(0)
-    generator = DCIFGAN("network4", width=16, num_heads=2, depths=(2, 2, 1)).generator.eval()
+    generator = DCIFGAN("network4", width=16, num_heads=2, depths=(2, 2, 1)).generator
     x = torch.rand(2, 2, 48, 40)
-    with torch.inference_mode():
-        with_kernel = generator(x)
-        monkeypatch.setattr("pipeline.networks.blocks.swin.kernel_applies", lambda q: False)
-        without = generator(x)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.inference_mode():
+            fused = generator.eval()(x)
+        loss = generator.train()(x).square().mean()
+        return fused, torch.autograd.grad(loss, list(generator.parameters()))
+
+    with_kernel, kernel_grads = run()
+    monkeypatch.setattr("pipeline.networks.blocks.swin.kernel_applies", lambda q: False)
+    without, aten_grads = run()
     assert (with_kernel - without).abs().max() < 1e-5
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(kernel_grads, aten_grads))
 
 
 def test_switched_off_it_is_not_built(monkeypatch) -> None:
     monkeypatch.setenv("DCIF_ATTENTION_KERNEL", "0")
-    attention_kernel.cpu_window_attention.cache_clear()
+    attention_kernel.cpu_kernel.cache_clear()
     try:
-        assert attention_kernel.cpu_window_attention() is None
+        assert attention_kernel.cpu_kernel() is None
+        assert not attention_kernel.kernel_applies(_qkv(2, 2, 8)[0])
     finally:
         monkeypatch.delenv("DCIF_ATTENTION_KERNEL")
-        attention_kernel.cpu_window_attention.cache_clear()
+        attention_kernel.cpu_kernel.cache_clear()
 
 
 def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:
@@ -74,11 +101,11 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
         raise RuntimeError("Error building extension\ng++: command not found")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
-    attention_kernel.cpu_window_attention.cache_clear()
+    attention_kernel.cpu_kernel.cache_clear()
     try:
-        assert attention_kernel.cpu_window_attention() is None
+        assert attention_kernel.cpu_kernel() is None
     finally:
-        attention_kernel.cpu_window_attention.cache_clear()
+        attention_kernel.cpu_kernel.cache_clear()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["CPU window-attention kernel unavailable (g++: command not found); "
                         "using scaled_dot_product_attention"]

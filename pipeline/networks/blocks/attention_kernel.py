@@ -1,12 +1,13 @@
 """The CPU window-attention kernel (``window_attention.cpp``): built once per machine, SDPA where it cannot be.
 
-At the generator's head size (8 channels per head, 64 tokens per window) ATen's fused attention runs
-at a fraction of the CPU's rate and is most of an inference forward. The kernel beside this file does
-the same arithmetic about twice as fast on one core. It is compiled with the machine's own compiler
-the first time a model runs on the CPU (about 30 s; cached under torch's extension folder, keyed by
-the source, the flags, the torch install and the processor), so the wheel stays pure Python. Where it cannot be built
-(no compiler, ``DCIF_ATTENTION_KERNEL=0``) attention falls back to ``scaled_dot_product_attention``
-with one warning: same numbers, slower.
+At the generator's head size (8 channels per head, 64 tokens per window) ATen's attention runs at a
+fraction of the CPU's rate and is most of a forward, and under autograd its batched GEMMs with 8-wide
+results are most of a training step. The kernel beside this file does the same arithmetic, forward
+and backward, 2-3x faster. It is compiled with the machine's own compiler the first time a model
+runs on the CPU (about 30 s; cached under torch's extension folder, keyed by the source, the flags,
+the torch install and the processor), so the wheel stays pure Python. Where it cannot be built (no
+compiler, ``DCIF_ATTENTION_KERNEL=0``) attention falls back to ATen with one warning: same numbers,
+slower.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import hashlib
 import logging
 import os
 import platform
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -28,7 +30,7 @@ HEAD_DIMS = (8, 16)
 
 logger = logging.getLogger(__name__)
 
-WindowAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+_NO_MASK = torch.empty(0)
 
 
 def _processor() -> str:
@@ -40,8 +42,8 @@ def _processor() -> str:
 
 
 @lru_cache(maxsize=1)
-def cpu_window_attention() -> WindowAttention | None:
-    """The compiled kernel's ``window_attention(q, k, v, bias, mask, scale)``, or None where it cannot be had."""
+def cpu_kernel() -> ModuleType | None:
+    """The compiled module (``window_attention``, ``window_attention_backward``), or None where it cannot be had."""
     if os.environ.get("DCIF_ATTENTION_KERNEL", "1") == "0":
         return None
     from torch.utils import cpp_extension
@@ -50,16 +52,45 @@ def cpu_window_attention() -> WindowAttention | None:
     key = hashlib.sha256(SOURCE.read_bytes() + build.encode()).hexdigest()[:12]
     try:
         logger.info("loading the CPU window-attention kernel (built once per machine, about 30 s the first time)")
-        module = cpp_extension.load(name=f"dcif_window_attention_{key}", sources=[str(SOURCE)],
-                                    extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "use SDPA"
+        # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
+        return cpp_extension.load(name=f"dcif_window_attention_{key}", sources=[str(SOURCE)],
+                                  extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "use ATen"
         logger.warning("CPU window-attention kernel unavailable (%s); using scaled_dot_product_attention",
                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
         return None
-    return module.window_attention
 
 
 def kernel_applies(q: torch.Tensor) -> bool:
     """Whether the kernel takes these queries (windows, heads, N, head_dim): float32 CPU, 64 tokens, 8 or 16 per head."""
     return (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] == TOKENS
-            and q.shape[-1] in HEAD_DIMS and not torch.is_autocast_enabled("cpu"))
+            and q.shape[-1] in HEAD_DIMS and not torch.is_autocast_enabled("cpu") and cpu_kernel() is not None)
+
+
+class _WindowAttention(torch.autograd.Function):
+    """The kernel's forward and backward as one autograd node; the mask carries no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                mask: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(q, k, v, bias, mask)
+        ctx.scale = scale
+        return cpu_kernel().window_attention(q, k, v, bias, mask, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, bias, mask = ctx.saved_tensors
+        dq, dk, dv, dbias = cpu_kernel().window_attention_backward(q, k, v, bias, mask, grad, ctx.scale)
+        return dq, dk, dv, dbias, None, None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(scale Q K^T + B [+ mask]) V by the kernel, as (windows, N, heads, head_dim); see :func:`kernel_applies`.
+
+    ``q``, ``k``, ``v``: (windows, heads, N, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N) or None.
+    """
+    mask = _NO_MASK if mask is None else mask
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias)):
+        return _WindowAttention.apply(q, k, v, bias, mask, scale)
+    return cpu_kernel().window_attention(q, k, v, bias, mask, scale)

@@ -19,10 +19,9 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from pipeline.networks.blocks.attention_kernel import cpu_window_attention, kernel_applies
+from pipeline.networks.blocks.attention_kernel import kernel_applies, window_attention
 from pipeline.networks.blocks.windows import Chunk, Windows, WindowOrder, windows_for
 
-_NO_MASK = torch.empty(0)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -64,14 +63,14 @@ class ChunkedWindowAttention(WindowAttention):
                mask: torch.Tensor | None) -> torch.Tensor:
         """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C).
 
-        Without autograd: the CPU kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it
-        applies, else SDPA's fused kernel. With autograd the learned bias B needs a gradient, which
-        SDPA's fused kernels do not give: it then falls back to a composite that also scans every
-        score row for -inf (a fifth of a CPU training step), so the three ops are written out here.
+        On the CPU, the kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it applies.
+        Otherwise SDPA's fused kernel without autograd; with it, the learned bias B needs a gradient,
+        which SDPA's fused kernels do not give: it then falls back to a composite that also scans
+        every score row for -inf (a fifth of a CPU training step), so the three ops are written out.
         """
         windows, heads, tokens, head_dim = q.shape
-        if not torch.is_grad_enabled() and kernel_applies(q) and (kernel := cpu_window_attention()) is not None:
-            out = kernel(q, k, v, bias, _NO_MASK if mask is None else mask, self.scale)  # (windows, N, heads, d)
+        if kernel_applies(q):
+            out = window_attention(q, k, v, bias, mask, self.scale)  # (windows, N, heads, head_dim)
             return self.proj(out.view(windows * tokens, heads * head_dim))
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)

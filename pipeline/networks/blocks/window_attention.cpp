@@ -1,10 +1,11 @@
-// Window attention of the DCIF-GAN Swin/CMIFM blocks on the CPU, without autograd:
-// softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8 or 16.
-// With heads this small, ATen's fused attention spends its time on per-block overhead; here one window
-// and head live in registers and L1 (K and V transposed once, each query row in one pass), the loops
-// have compile-time bounds so the compiler vectorises them whole, and the output is written as
-// (window, token, head, dim), the layout the output projection reads, so no transpose copy follows.
-// Compiled at first use by pipeline/networks/blocks/attention_kernel.py; numbers match SDPA within 1e-5.
+// Window attention of the DCIF-GAN Swin/CMIFM blocks on the CPU, forward and backward:
+// O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8 or 16.
+// With heads this small, ATen's fused attention spends its time on per-block overhead and its batched
+// GEMMs on 8-wide results. Here one window and head at a time live in L1, transposed so that every
+// inner loop runs over the 64 queries with compile-time bounds (the compiler vectorises them whole):
+// S^T = K Q^T + B^T, a column softmax, O^T = V^T P^T. The output is written as (window, token, head,
+// dim), the layout the output projection reads. The backward recomputes P (as flash attention does)
+// and accumulates the bias gradient per thread. Compiled at first use by attention_kernel.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -14,8 +15,10 @@
 
 namespace {
 
+constexpr int kTokens = 64;
+
 // exp(x) for x <= 0 as 2^(x log2 e): integer part into the exponent bits, fraction by a degree-6 polynomial.
-// Relative error below 2e-7 on [-87, 0]; written branch-free so the compiler vectorises the loop around it.
+// Relative error below 2e-7 on [-87, 0]; branch-free so the loop around it vectorises.
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float t = x * 1.44269504088896341f;
@@ -36,107 +39,223 @@ inline float exp_nonpositive(float x) {
   return out;
 }
 
-}  // namespace
+struct Inputs {
+  const float *q, *k, *v, *bias_t, *mask_t;
+  at::IntArrayRef qs, ks, vs;
+  int64_t heads;
+  float scale;
+};
 
-// One (window, head) at a time, transposed so that every inner loop runs over the 64 queries: S^T = K Q^T
-// + B^T [+ mask^T], column-wise softmax, O^T = V^T P^T. No horizontal reductions, everything in L1.
-template <int TOKENS, int DIM>
-void attend_pairs(const float* qp, const float* kp, const float* vp, const float* bias_t, const float* mask_t,
-                  float* op, at::IntArrayRef qs, at::IntArrayRef ks, at::IntArrayRef vs, int64_t heads, float scale,
-                  int64_t begin, int64_t end) {
-  alignas(64) float qt[DIM][TOKENS];
-  alignas(64) float key[TOKENS][DIM];
-  alignas(64) float value[TOKENS][DIM];
-  alignas(64) float st[TOKENS][TOKENS];
-  alignas(64) float peak[TOKENS];
-  alignas(64) float total[TOKENS];
-  alignas(64) float ot[DIM][TOKENS];
-  for (int64_t pair = begin; pair < end; ++pair) {
-    const int64_t w = pair / heads, h = pair % heads;
-    const float* qw = qp + w * qs[0] + h * qs[1];
-    const float* kw = kp + w * ks[0] + h * ks[1];
-    const float* vw = vp + w * vs[0] + h * vs[1];
-    for (int i = 0; i < TOKENS; ++i) {
+// One (window, head): its Q^T (scaled), K, V and the probabilities P^T[j][i] of query i on key j.
+template <int DIM>
+struct Window {
+  alignas(64) float qt[DIM][kTokens];
+  alignas(64) float key[kTokens][DIM];
+  alignas(64) float value[kTokens][DIM];
+  alignas(64) float pt[kTokens][kTokens];
+  alignas(64) float inv_total[kTokens];
+
+  void load(const Inputs& in, int64_t w, int64_t h) {
+    const float* qw = in.q + w * in.qs[0] + h * in.qs[1];
+    const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
+    const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
+    for (int i = 0; i < kTokens; ++i) {
       for (int d = 0; d < DIM; ++d) {
-        qt[d][i] = qw[i * qs[2] + d * qs[3]] * scale;
-        key[i][d] = kw[i * ks[2] + d * ks[3]];
-        value[i][d] = vw[i * vs[2] + d * vs[3]];
+        qt[d][i] = qw[i * in.qs[2] + d * in.qs[3]] * in.scale;
+        key[i][d] = kw[i * in.ks[2] + d * in.ks[3]];
+        value[i][d] = vw[i * in.vs[2] + d * in.vs[3]];
       }
     }
-    const float* bh = bias_t + h * TOKENS * TOKENS;
-    const float* mw = mask_t ? mask_t + w * TOKENS * TOKENS : nullptr;
-    for (int j = 0; j < TOKENS; ++j) {
-      const float* brow = bh + j * TOKENS;
-      const float* mrow = mw ? mw + j * TOKENS : nullptr;
-      for (int i = 0; i < TOKENS; ++i) {
+    const float* bh = in.bias_t + h * kTokens * kTokens;
+    const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
+    for (int j = 0; j < kTokens; ++j) {
+      const float* brow = bh + j * kTokens;
+      const float* mrow = mw ? mw + j * kTokens : nullptr;
+      for (int i = 0; i < kTokens; ++i) {
         float acc = mrow ? brow[i] + mrow[i] : brow[i];
 #pragma GCC unroll 16
         for (int d = 0; d < DIM; ++d) acc += key[j][d] * qt[d][i];
-        st[j][i] = acc;
+        pt[j][i] = acc;
       }
     }
-    for (int i = 0; i < TOKENS; ++i) peak[i] = st[0][i];
-    for (int j = 1; j < TOKENS; ++j) {
-      for (int i = 0; i < TOKENS; ++i) peak[i] = st[j][i] > peak[i] ? st[j][i] : peak[i];
+    alignas(64) float peak[kTokens];
+    for (int i = 0; i < kTokens; ++i) peak[i] = pt[0][i];
+    for (int j = 1; j < kTokens; ++j) {
+      for (int i = 0; i < kTokens; ++i) peak[i] = pt[j][i] > peak[i] ? pt[j][i] : peak[i];
     }
-    for (int i = 0; i < TOKENS; ++i) total[i] = 0.0f;
-    for (int j = 0; j < TOKENS; ++j) {
-      for (int i = 0; i < TOKENS; ++i) {
-        st[j][i] = exp_nonpositive(st[j][i] - peak[i]);
-        total[i] += st[j][i];
+    for (int i = 0; i < kTokens; ++i) inv_total[i] = 0.0f;
+    for (int j = 0; j < kTokens; ++j) {
+      for (int i = 0; i < kTokens; ++i) {
+        pt[j][i] = exp_nonpositive(pt[j][i] - peak[i]);
+        inv_total[i] += pt[j][i];
       }
     }
+    for (int i = 0; i < kTokens; ++i) inv_total[i] = 1.0f / inv_total[i];
+  }
+
+  // P^T itself (the forward only needs the unnormalised exponentials and 1 / total).
+  void normalise() {
+    for (int j = 0; j < kTokens; ++j) {
+      for (int i = 0; i < kTokens; ++i) pt[j][i] *= inv_total[i];
+    }
+  }
+};
+
+template <int DIM>
+void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
+  Window<DIM> win;
+  alignas(64) float ot[DIM][kTokens];
+  for (int64_t pair = begin; pair < end; ++pair) {
+    const int64_t w = pair / in.heads, h = pair % in.heads;
+    win.load(in, w, h);
     for (int d = 0; d < DIM; ++d) {
-      for (int i = 0; i < TOKENS; ++i) {
+      for (int i = 0; i < kTokens; ++i) {
         float acc = 0.0f;
 #pragma GCC unroll 8
-        for (int j = 0; j < TOKENS; ++j) acc += value[j][d] * st[j][i];
-        ot[d][i] = acc;
+        for (int j = 0; j < kTokens; ++j) acc += win.value[j][d] * win.pt[j][i];
+        ot[d][i] = acc * win.inv_total[i];
       }
     }
-    for (int i = 0; i < TOKENS; ++i) total[i] = 1.0f / total[i];
-    for (int i = 0; i < TOKENS; ++i) {
-      float* orow = op + ((w * TOKENS + i) * heads + h) * DIM;
-      for (int d = 0; d < DIM; ++d) orow[d] = ot[d][i] * total[i];
+    for (int i = 0; i < kTokens; ++i) {
+      float* orow = out + ((w * kTokens + i) * in.heads + h) * DIM;
+      for (int d = 0; d < DIM; ++d) orow[d] = ot[d][i];
     }
   }
 }
 
-// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 16}; bias: (H, 64, 64); mask: (W, 64, 64) or empty.
-// Returns (W, 64, H, D): tokens then heads, the layout the output projection reads.
-torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
-                               torch::Tensor mask, double scale) {
+// dP = dO V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO, dB += dS.
+template <int DIM>
+void backward_pairs(const Inputs& in, const float* grad, float* dq, float* dk, float* dv, float* dbias_t,
+                    int64_t begin, int64_t end) {
+  Window<DIM> win;
+  alignas(64) float got[DIM][kTokens];  // dO^T
+  alignas(64) float dst[kTokens][kTokens];
+  alignas(64) float row_dot[kTokens];
+  alignas(64) float dqt[DIM][kTokens];
+  for (int64_t pair = begin; pair < end; ++pair) {
+    const int64_t w = pair / in.heads, h = pair % in.heads;
+    win.load(in, w, h);
+    win.normalise();
+    for (int i = 0; i < kTokens; ++i) {
+      const float* grow = grad + ((w * kTokens + i) * in.heads + h) * DIM;
+      for (int d = 0; d < DIM; ++d) got[d][i] = grow[d];
+    }
+    for (int i = 0; i < kTokens; ++i) row_dot[i] = 0.0f;
+    for (int j = 0; j < kTokens; ++j) {
+      for (int i = 0; i < kTokens; ++i) {
+        float dp = 0.0f;
+#pragma GCC unroll 16
+        for (int d = 0; d < DIM; ++d) dp += win.value[j][d] * got[d][i];
+        dst[j][i] = dp;
+        row_dot[i] += dp * win.pt[j][i];
+      }
+    }
+    float* dbias_h = dbias_t + h * kTokens * kTokens;
+    for (int j = 0; j < kTokens; ++j) {
+      for (int i = 0; i < kTokens; ++i) {
+        dst[j][i] = win.pt[j][i] * (dst[j][i] - row_dot[i]);
+        dbias_h[j * kTokens + i] += dst[j][i];
+      }
+    }
+    for (int d = 0; d < DIM; ++d) {
+      for (int i = 0; i < kTokens; ++i) dqt[d][i] = 0.0f;
+    }
+    const int64_t base = (w * in.heads + h) * kTokens * DIM;  // (W, H, N, D) contiguous gradients
+    for (int j = 0; j < kTokens; ++j) {
+      for (int d = 0; d < DIM; ++d) {
+        const float kd = win.key[j][d];
+        float dk_acc = 0.0f, dv_acc = 0.0f;
+        for (int i = 0; i < kTokens; ++i) {
+          dqt[d][i] += dst[j][i] * kd;
+          dk_acc += dst[j][i] * win.qt[d][i];
+          dv_acc += win.pt[j][i] * got[d][i];
+        }
+        dk[base + j * DIM + d] = dk_acc;
+        dv[base + j * DIM + d] = dv_acc;
+      }
+    }
+    for (int i = 0; i < kTokens; ++i) {
+      for (int d = 0; d < DIM; ++d) dq[base + i * DIM + d] = dqt[d][i] * in.scale;
+    }
+  }
+}
+
+Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& bias_t,
+                    const torch::Tensor& mask_t, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(), "q, k, v must be (W, H, N, D) alike");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "window attention kernel is float32");
-  const int64_t windows = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
-  TORCH_CHECK(tokens == 64 && (dim == 8 || dim == 16), "window attention kernel takes 64 tokens and head dim 8 or 16");
-  auto bias_c = bias.to(at::kFloat).transpose(1, 2).contiguous();
-  TORCH_CHECK(bias_c.dim() == 3 && bias_c.size(0) == heads && bias_c.size(1) == tokens && bias_c.size(2) == tokens,
+  const int64_t windows = q.size(0), heads = q.size(1);
+  TORCH_CHECK(q.size(2) == kTokens && (q.size(3) == 8 || q.size(3) == 16),
+              "window attention kernel takes 64 tokens and head dim 8 or 16");
+  TORCH_CHECK(bias_t.dim() == 3 && bias_t.size(0) == heads && bias_t.size(1) == kTokens && bias_t.size(2) == kTokens,
               "bias must be (H, N, N)");
-  const bool masked = mask.numel() > 0;
-  auto mask_c = masked ? mask.to(at::kFloat).transpose(1, 2).contiguous() : mask;
-  TORCH_CHECK(!masked || (mask_c.dim() == 3 && mask_c.size(0) == windows && mask_c.size(1) == tokens),
+  const bool masked = mask_t.numel() > 0;
+  TORCH_CHECK(!masked || (mask_t.dim() == 3 && mask_t.size(0) == windows && mask_t.size(1) == kTokens),
               "mask must be (W, N, N)");
-  auto out = torch::empty({windows, tokens, heads, dim}, q.options());
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float* bp = bias_c.data_ptr<float>();
-  const float* mp = masked ? mask_c.data_ptr<float>() : nullptr;
+  return Inputs{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), bias_t.data_ptr<float>(),
+                masked ? mask_t.data_ptr<float>() : nullptr, q.strides(), k.strides(), v.strides(), heads,
+                static_cast<float>(scale)};
+}
+
+torch::Tensor transposed(const torch::Tensor& square) {
+  return square.numel() ? square.to(at::kFloat).transpose(1, 2).contiguous() : square;
+}
+
+}  // namespace
+
+// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 16}; bias: (H, 64, 64); mask: (W, 64, 64) or empty.
+// Returns O as (W, 64, H, D): tokens then heads, the layout the output projection reads.
+torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
+                               torch::Tensor mask, double scale) {
+  const auto bias_t = transposed(bias), mask_t = transposed(mask);
+  const Inputs in = check_inputs(q, k, v, bias_t, mask_t, scale);
+  auto out = torch::empty({q.size(0), kTokens, in.heads, q.size(3)}, q.options());
   float* op = out.data_ptr<float>();
-  const auto qs = q.strides(), ks = k.strides(), vs = v.strides();
-  const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, windows * heads, 16, [&](int64_t begin, int64_t end) {
+  const int64_t dim = q.size(3);
+  at::parallel_for(0, q.size(0) * in.heads, 16, [&](int64_t begin, int64_t end) {
     if (dim == 8) {
-      attend_pairs<64, 8>(qp, kp, vp, bp, mp, op, qs, ks, vs, heads, fscale, begin, end);
+      forward_pairs<8>(in, op, begin, end);
     } else {
-      attend_pairs<64, 16>(qp, kp, vp, bp, mp, op, qs, ks, vs, heads, fscale, begin, end);
+      forward_pairs<16>(in, op, begin, end);
     }
   });
   return out;
 }
 
+// The gradients of window_attention for grad = dL/dO (W, 64, H, D): dQ, dK, dV as (W, H, 64, D), dB as (H, 64, 64).
+std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                                     torch::Tensor bias, torch::Tensor mask, torch::Tensor grad,
+                                                     double scale) {
+  const auto bias_t = transposed(bias), mask_t = transposed(mask);
+  const Inputs in = check_inputs(q, k, v, bias_t, mask_t, scale);
+  const auto grad_c = grad.to(at::kFloat).contiguous();
+  TORCH_CHECK(grad_c.dim() == 4 && grad_c.size(0) == q.size(0) && grad_c.size(1) == kTokens &&
+              grad_c.size(2) == in.heads && grad_c.size(3) == q.size(3), "grad must be (W, N, H, D)");
+  auto dq = torch::empty(q.sizes(), q.options()), dk = torch::empty(q.sizes(), q.options());
+  auto dv = torch::empty(q.sizes(), q.options());
+  const int64_t pairs = q.size(0) * in.heads, dim = q.size(3);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pairs));
+  const int64_t per_part = (pairs + parts - 1) / parts;
+  auto dbias_parts = torch::zeros({parts, in.heads, kTokens, kTokens}, q.options());
+  const float* gp = grad_c.data_ptr<float>();
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  float* dbp = dbias_parts.data_ptr<float>();
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t part = first; part < last; ++part) {
+      const int64_t begin = part * per_part, end = std::min(pairs, begin + per_part);
+      float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
+      if (dim == 8) {
+        backward_pairs<8>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
+      } else {
+        backward_pairs<16>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
+      }
+    }
+  });
+  return {dq, dk, dv, dbias_parts.sum(0).transpose(1, 2).contiguous()};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("window_attention", &window_attention, "softmax(scale Q K^T + bias [+ mask]) V per window and head");
+  m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention");
 }
