@@ -5,12 +5,16 @@ generator's forward (inference mode, the single-tensor call inference uses): GFL
 (``torch.utils.flop_counter``, which counts convolutions and linear layers but not the attention
 kernel, so attention time is pure overhead in these rates), ms per slice, achieved GFLOP/s, peak
 memory, and the float32 2048 x 2048 matmul rate measured right before and after the cell in the
-same process: the efficiency column is achieved / matmul. ``--reference`` adds the same network
-run through MONAI's own Swin blocks (the layout before the fast path) for a speed-up ratio, and the
-pixel average is the floor every fuser pays. A benchmark, not a test: nothing asserts a time.
+same process: the efficiency column is achieved / matmul. The pixel average is the floor every
+fuser pays. Besides the product's layout (``fast``, with the CPU attention kernel where it applies)
+each cell can be measured as ``sdpa`` (the same code with the kernel switched off), ``monai``
+(``--reference``: MONAI's own Swin blocks) and ``baseline`` (``--baseline DIR``: the ``pipeline``
+package of another checkout, e.g. ``git worktree add /tmp/base <commit>``); the "x slower" column
+of those rows is their time over ``fast``'s. A benchmark, not a test: nothing asserts a time.
 
     .venv/bin/python tools/bench_network.py                                   # CPU, 2 threads
     .venv/bin/python tools/bench_network.py --configs paper --sizes 512 --batches 1 --reference
+    .venv/bin/python tools/bench_network.py --layouts fast sdpa baseline --baseline /tmp/base
     .venv/bin/python tools/bench_network.py --devices cuda --dtypes float32 bf16 --batches 1 32
 
 Configurations: ``shipped`` (width 16, 2 heads, depths 2/2/1), ``paper`` (width 32, 4 heads, depths
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,6 +62,21 @@ def matmul_rate(device: str) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 2 * 2048**3 / median(times[1:]) / 1e9
+
+
+LAYOUTS = ("fast", "sdpa", "monai", "baseline")
+
+
+def cell_environment(layout: str, baseline: str | None) -> dict[str, str]:
+    """The environment a cell of ``layout`` runs in: the kernel off for ``sdpa``, another checkout for ``baseline``."""
+    env = dict(os.environ)
+    if layout == "sdpa":
+        env["DCIF_ATTENTION_KERNEL"] = "0"
+    if layout == "baseline":
+        if not baseline:
+            raise SystemExit("the baseline layout needs --baseline DIR (a checkout holding the pipeline package)")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(baseline).resolve()), env.get("PYTHONPATH"))))
+    return env
 
 
 def _network(config: str, layout: str, device: str) -> torch.nn.Module:
@@ -126,33 +146,34 @@ def _device_name(device: str, threads: int | None) -> str:
     return f"{model}, {threads or torch.get_num_threads()} torch threads"
 
 
-def _run_cell(request: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True)
+def _run_cell(request: dict, baseline: str | None) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True,
+                          env=cell_environment(request["layout"], baseline))
     if done.returncode:
         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
     return {**request, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def _table(cells: list[dict], args: argparse.Namespace) -> str:
-    reference = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
-                 for c in cells if c["layout"] == "monai"}
+    fast = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
+            for c in cells if c["layout"] == "fast"}
     single = {(c["config"], c["layout"], c["device"], c["dtype"], c["size"]): c["seconds"]
               for c in cells if c["batch"] == 1}
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in dict.fromkeys(c["device"] for c in cells))
     lines = [
         f"DCIF-GAN generator forward (Network4, window 8), median of {args.repeats} after a warm-up. {devices}. "
         "Efficiency = achieved GFLOP/s / float32 matmul GFLOP/s measured in the same process. "
-        "x MONAI = time of MONAI's blocks / time of this layout. x batch 1 = per-slice time / batch-1 per-slice time.",
+        "x slower = this layout's time / the fast layout's time. x batch 1 = per-slice time / batch-1 per-slice time.",
         "",
         "| config | layout | device | dtype | size | batch | GFLOP/slice | ms/slice | GFLOP/s | matmul GFLOP/s "
-        "| efficiency | x MONAI | x batch 1 | peak MiB |",
+        "| efficiency | x slower | x batch 1 | peak MiB |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         per_slice = c["seconds"] / c["batch"]
         gflop_s = c["gflop"] / per_slice
-        ref = reference.get((c["config"], c["device"], c["dtype"], c["batch"], c["size"]))
-        speedup = f"{ref / c['seconds']:.2f}" if ref and c["layout"] == "fast" else ""
+        ref = fast.get((c["config"], c["device"], c["dtype"], c["batch"], c["size"]))
+        speedup = f"{c['seconds'] / ref:.2f}" if ref and c["layout"] not in ("fast", "average") else ""
         one = single.get((c["config"], c["layout"], c["device"], c["dtype"], c["size"]))
         batch_ratio = f"{per_slice / one:.2f}" if one else ""
         lines.append(
@@ -160,8 +181,6 @@ def _table(cells: list[dict], args: argparse.Namespace) -> str:
             f"| {c['size']} | {c['batch']} | {c['gflop']:.2f} | {1e3 * per_slice:.1f} | {gflop_s:.1f} "
             f"| {c['matmul']:.0f} | {gflop_s / c['matmul']:.3f} | {speedup} | {batch_ratio} | {c['peak_mib']:.0f} |"
         )
-    fast = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
-            for c in cells if c["layout"] == "fast"}
     for (config, device, dtype, batch, size), seconds in fast.items():
         if size == 512 and (config, device, dtype, batch, 256) in fast:
             lines.append(f"\n{config} {device} {dtype} batch {batch}: 512x512 time / 256x256 time = "
@@ -178,7 +197,10 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
-    parser.add_argument("--reference", action="store_true", help="also time MONAI's own blocks (slow)")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["fast", "sdpa"],
+                        help="fast: the product; sdpa: the kernel off; monai: MONAI's blocks; baseline: --baseline")
+    parser.add_argument("--reference", action="store_true", help="add the monai layout (slow)")
+    parser.add_argument("--baseline", help="a checkout whose pipeline package the baseline layout runs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast network")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: measure one cell in this process
     args = parser.parse_args()
@@ -186,7 +208,7 @@ def main() -> None:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
 
-    layouts = ["fast", "monai"] if args.reference else ["fast"]
+    layouts = list(dict.fromkeys([*args.layouts, *(["monai"] if args.reference else [])]))
     cells = []
     for device in args.devices:
         for dtype in args.dtypes:
@@ -197,7 +219,7 @@ def main() -> None:
                         request = {"config": config, "layout": layout, "device": device, "dtype": dtype,
                                    "batch": batch, "size": size, "repeats": args.repeats,
                                    "threads": args.threads, "compile": args.compile}
-                        cells.append(_run_cell(request))
+                        cells.append(_run_cell(request, args.baseline))
                         print(f"measured {cells[-1]}", file=sys.stderr, flush=True)
     print(_table(cells, args))
 

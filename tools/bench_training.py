@@ -1,13 +1,16 @@
-"""Benchmark one DCIF-GAN training iteration (D step then G step) of the engine, fast layout vs before.
+"""Benchmark one DCIF-GAN training iteration (D step then G step) of the engine against earlier ways.
 
-Each cell runs ``FusionGANTrainer`` for a few iterations on random crops in its own process and
-reports the median seconds per iteration. ``before`` is the engine as it was until the fast path:
-MONAI's own Swin blocks (tests/networks/monai_reference.py) and two generator forwards per
-iteration (one without gradients for the D step, one for the G step); ``fast`` is the product's
-layout with one forward. The ratio column is before / fast, measured in the same run. A benchmark,
-not a test: nothing asserts a time.
+Each cell runs ``FusionGANTrainer`` for a few iterations on random crops, with the bundle's loss
+recipe (content + saliency detail term, alpha 100, detail weight 8), in its own process and
+reports the median seconds per iteration. Layouts: ``fast`` is the product (window order, one
+generator forward, the CPU attention kernel); ``sdpa`` the same with the kernel off; ``before`` the
+engine before the fast path: MONAI's own Swin blocks (tests/networks/monai_reference.py) and two
+generator forwards per iteration; ``baseline`` (``--baseline DIR``) the ``pipeline`` package of
+another checkout (``git worktree add /tmp/base <commit>``). Each "x" column is that layout's time
+over ``fast``'s, measured in the same run. A benchmark, not a test: nothing asserts a time.
 
     .venv/bin/python tools/bench_training.py                         # CPU, batch 8, 64 and 128 crops
+    .venv/bin/python tools/bench_training.py --layouts fast sdpa baseline --baseline /tmp/base
     .venv/bin/python tools/bench_training.py --devices cuda --amp --batch 64
 """
 
@@ -24,10 +27,12 @@ from statistics import median
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.append(str(REPO))  # after PYTHONPATH, so a --baseline checkout's package wins
+sys.path.append(str(REPO / "tools"))
 
-from bench_network import CONFIGS, _device_name, _network  # noqa: E402
+from bench_network import CONFIGS, _device_name, _network, cell_environment  # noqa: E402
+
+LAYOUTS = ("fast", "sdpa", "before", "baseline")
 
 
 def _before_iteration(engine, batchdata):
@@ -70,7 +75,8 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
         device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
         g_optimizer=torch.optim.Adam(gan.generator.parameters(), lr=1e-4),
         d_optimizer=torch.optim.Adam(torch.nn.ModuleList([gan.d1, gan.d2]).parameters(), lr=1e-4),
-        g_loss_function=GeneratorLoss(alpha=100.0), d_loss_function=DiscriminatorLoss(), amp=amp,
+        g_loss_function=GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail_target="saliency", detail_mu=1.0),
+        d_loss_function=DiscriminatorLoss(), amp=amp,
     )
     if layout == "before":
         trainer._process_function = _before_iteration  # ignite calls it as (engine, batch)
@@ -99,7 +105,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--layouts", nargs="+", choices=["fast", "before"], default=["fast", "before"])
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["fast", "sdpa", "before"])
+    parser.add_argument("--baseline", help="a checkout whose pipeline package the baseline layout runs")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -114,20 +121,24 @@ def main() -> None:
                     request = {"config": config, "layout": layout, "device": device, "batch": args.batch,
                                "crop": crop, "iterations": args.iterations, "threads": args.threads, "amp": args.amp}
                     done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)],
-                                          capture_output=True, text=True)
+                                          capture_output=True, text=True,
+                                          env=cell_environment(layout, args.baseline))
                     if done.returncode:
                         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
                     cells[layout] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
                     print(f"measured {request} {cells[layout]:.3f} s", file=sys.stderr, flush=True)
-                ratio = f"{cells['before'] / cells['fast']:.2f}" if len(cells) == 2 else ""
+                others = [layout for layout in args.layouts if layout != "fast"]
                 rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
-                            + " | ".join(f"{1e3 * cells[layout]:.0f}" if layout in cells else "" for layout in ("fast", "before"))
-                            + f" | {ratio} |")
+                            + " | ".join(f"{1e3 * cells[layout]:.0f}" for layout in args.layouts) + " | "
+                            + " | ".join(f"{cells[layout] / cells['fast']:.2f}" if "fast" in cells else ""
+                                         for layout in others) + " |")
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in args.devices)
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of {args.iterations} after a warm-up; "
           f"amp {args.amp}. {devices}.\n")
-    print("| config | device | crop | batch | fast ms/iter | before ms/iter | x faster |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    others = [layout for layout in args.layouts if layout != "fast"]
+    print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "
+          + " | ".join(f"x {layout}" for layout in others) + " |")
+    print("|---|---|---:|---:|" + "---:|" * (len(args.layouts) + len(others)))
     print("\n".join(rows))
 
 

@@ -26,7 +26,8 @@ import torch
 SOURCE = Path(__file__).with_name("window_attention.cpp")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 TOKENS = 64
-HEAD_DIMS = (8, 16)
+HEAD_DIMS = (8, 10, 16)
+"""Head sizes the kernel is built for: the shipped and paper widths (8), SwinFusion's (10), and 16."""
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def cpu_kernel() -> ModuleType | None:
 
 
 def kernel_applies(q: torch.Tensor) -> bool:
-    """Whether the kernel takes these queries (windows, heads, N, head_dim): float32 CPU, 64 tokens, 8 or 16 per head."""
+    """Whether the kernel takes these queries (windows, heads, N, head_dim): float32 CPU, 64 tokens, a head size of :data:`HEAD_DIMS`."""
     return (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] == TOKENS
             and q.shape[-1] in HEAD_DIMS and not torch.is_autocast_enabled("cpu") and cpu_kernel() is not None)
 

@@ -1,5 +1,5 @@
 // Window attention of the DCIF-GAN Swin/CMIFM blocks on the CPU, forward and backward:
-// O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8 or 16.
+// O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8, 10 or 16.
 // With heads this small, ATen's fused attention spends its time on per-block overhead and its batched
 // GEMMs on 8-wide results. Here one window and head at a time live in L1, transposed so that every
 // inner loop runs over the 64 queries with compile-time bounds (the compiler vectorises them whole):
@@ -186,8 +186,8 @@ Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch:
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "window attention kernel is float32");
   const int64_t windows = q.size(0), heads = q.size(1);
-  TORCH_CHECK(q.size(2) == kTokens && (q.size(3) == 8 || q.size(3) == 16),
-              "window attention kernel takes 64 tokens and head dim 8 or 16");
+  TORCH_CHECK(q.size(2) == kTokens && (q.size(3) == 8 || q.size(3) == 10 || q.size(3) == 16),
+              "window attention kernel takes 64 tokens and head dim 8, 10 or 16");
   TORCH_CHECK(bias_t.dim() == 3 && bias_t.size(0) == heads && bias_t.size(1) == kTokens && bias_t.size(2) == kTokens,
               "bias must be (H, N, N)");
   const bool masked = mask_t.numel() > 0;
@@ -204,7 +204,7 @@ torch::Tensor transposed(const torch::Tensor& square) {
 
 }  // namespace
 
-// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 16}; bias: (H, 64, 64); mask: (W, 64, 64) or empty.
+// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 10, 16}; bias: (H, 64, 64); mask: (W, 64, 64) or empty.
 // Returns O as (W, 64, H, D): tokens then heads, the layout the output projection reads.
 torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                torch::Tensor mask, double scale) {
@@ -214,10 +214,10 @@ torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   float* op = out.data_ptr<float>();
   const int64_t dim = q.size(3);
   at::parallel_for(0, q.size(0) * in.heads, 16, [&](int64_t begin, int64_t end) {
-    if (dim == 8) {
-      forward_pairs<8>(in, op, begin, end);
-    } else {
-      forward_pairs<16>(in, op, begin, end);
+    switch (dim) {
+      case 8: forward_pairs<8>(in, op, begin, end); break;
+      case 10: forward_pairs<10>(in, op, begin, end); break;
+      default: forward_pairs<16>(in, op, begin, end);
     }
   });
   return out;
@@ -245,10 +245,10 @@ std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Ten
     for (int64_t part = first; part < last; ++part) {
       const int64_t begin = part * per_part, end = std::min(pairs, begin + per_part);
       float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
-      if (dim == 8) {
-        backward_pairs<8>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
-      } else {
-        backward_pairs<16>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
+      switch (dim) {
+        case 8: backward_pairs<8>(in, gp, dqp, dkp, dvp, dbias_t, begin, end); break;
+        case 10: backward_pairs<10>(in, gp, dqp, dkp, dvp, dbias_t, begin, end); break;
+        default: backward_pairs<16>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
       }
     }
   });
