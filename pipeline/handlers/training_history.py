@@ -43,21 +43,34 @@ class TrainingHistory:
         self._count = 0
         self._started = time.monotonic()
         self._trainer: Engine | None = None
+        self._earlier_checked = False
 
     def attach(self, engine: Engine) -> None:
         self._trainer = engine
         engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._keep_earlier)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._close_epoch)
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
 
     def _start(self, engine: Engine) -> None:
-        """On a resumed run, keep the epochs the file already holds from before the resume point."""
         self._started = time.monotonic()
-        if engine.state.epoch and self.path.is_file():
+        self._earlier_checked = False
+
+    def _keep_earlier(self, engine: Engine) -> None:
+        """On a resumed run, keep the epochs the file already holds from before the resume point.
+
+        Read when the first epoch starts, not at STARTED: the bundle's checkpoint loader restores the
+        trainer's epoch in a STARTED handler attached after this one.
+        """
+        if self._earlier_checked:
+            return
+        self._earlier_checked = True
+        resume_point = engine.state.epoch - 1
+        if resume_point and self.path.is_file():
             earlier = read_history(self.path).get("epochs", [])
-            self.epochs.update({row["epoch"]: row for row in earlier if row["epoch"] <= engine.state.epoch})
+            self.epochs.update({row["epoch"]: row for row in earlier if row["epoch"] <= resume_point})
 
     def _accumulate(self, engine: Engine) -> None:
         output = engine.state.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ignite.engine import Engine, Events
 
 from pipeline.handlers import TrainingHistory, read_history
@@ -58,7 +59,8 @@ def test_history_of_a_run_stopped_mid_epoch_keeps_the_finished_epochs(tmp_path):
     assert [row["epoch"] for row in epochs][0] == 1 and epochs[0]["iterations"] == 2
 
 
-def test_a_resumed_run_keeps_the_epochs_before_its_resume_point(tmp_path):
+@pytest.mark.parametrize("restored", ["before the run", "at STARTED, after the history"])
+def test_a_resumed_run_keeps_the_epochs_before_its_resume_point(tmp_path, restored):
     path = tmp_path / "history.json"
     first = _trainer([1.0] * 6)
     TrainingHistory(path).attach(first)
@@ -66,7 +68,11 @@ def test_a_resumed_run_keeps_the_epochs_before_its_resume_point(tmp_path):
 
     resumed = _trainer([5.0] * 4)
     TrainingHistory(path).attach(resumed)
-    resumed.load_state_dict({"epoch": 2, "epoch_length": 2, "max_epochs": 4})  # as the checkpoint loader does
+    state = {"epoch": 2, "epoch_length": 2, "max_epochs": 4}
+    if restored == "before the run":
+        resumed.load_state_dict(state)
+    else:  # the bundle's CheckpointLoader: a STARTED handler attached after the trainer's own handlers
+        resumed.add_event_handler(Events.STARTED, lambda engine: engine.load_state_dict(state))
     resumed.run([0, 1])
     epochs = read_history(path)["epochs"]
     assert [row["epoch"] for row in epochs] == [1, 2, 3, 4]
