@@ -18,6 +18,12 @@ def kernel():
     return found.window_attention
 
 
+def _shift_mask(windows: int) -> torch.Tensor:
+    """Symmetric 0 / -100 masks as SW-MSA's: tokens see each other iff they share a (random) region."""
+    region = torch.randint(0, 3, (windows, 64))
+    return torch.where(region.unsqueeze(2) == region.unsqueeze(1), 0.0, -100.0)
+
+
 def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V as the strided views a block's projection gives: (windows, heads, 64, head_dim)."""
     qkv = torch.randn(windows, 64, 3, heads, head_dim)
@@ -32,7 +38,7 @@ def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
     windows, heads = 37, 3
     q, k, v = _qkv(windows, heads, head_dim)
     bias = torch.randn(heads, 64, 64)
-    mask = torch.where(torch.rand(windows, 64, 64) < 0.4, -100.0, 0.0) if masked else torch.empty(0)
+    mask = _shift_mask(windows) if masked else torch.empty(0)
     attn_mask = bias.unsqueeze(0) + (mask.unsqueeze(1) if masked else 0)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5)
     got = kernel(q, k, v, bias.permute(0, 2, 1).contiguous().permute(0, 2, 1), mask, head_dim**-0.5)
@@ -47,7 +53,7 @@ def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool) -> Non
     windows, heads = 5, 2
     qkv = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True)
     bias = torch.randn(heads, 64, 64, requires_grad=True)
-    mask = torch.where(torch.rand(windows, 64, 64) < 0.4, -100.0, 0.0) if masked else None
+    mask = _shift_mask(windows) if masked else None
     q, k, v = (z.transpose(1, 2) for z in qkv.unbind(2))
     upstream = torch.randn(windows, 64, heads, head_dim)
     got = attention_kernel.window_attention(q, k, v, bias, mask, head_dim**-0.5)

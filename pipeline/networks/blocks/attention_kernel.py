@@ -89,7 +89,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
                      mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """softmax(scale Q K^T + B [+ mask]) V by the kernel, as (windows, N, heads, head_dim); see :func:`kernel_applies`.
 
-    ``q``, ``k``, ``v``: (windows, heads, N, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N) or None.
+    ``q``, ``k``, ``v``: (windows, heads, N, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N), symmetric
+    as the SW-MSA masks are (token i sees token j iff both lie in one region), or None.
     """
     mask = _NO_MASK if mask is None else mask
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias)):

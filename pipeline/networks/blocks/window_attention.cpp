@@ -199,16 +199,22 @@ Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch:
 }
 
 torch::Tensor transposed(const torch::Tensor& square) {
-  return square.numel() ? square.to(at::kFloat).transpose(1, 2).contiguous() : square;
+  return square.to(at::kFloat).transpose(1, 2).contiguous();
+}
+
+// The shift mask is symmetric (token i sees token j iff both lie in one region), so it is its own transpose.
+torch::Tensor symmetric(const torch::Tensor& mask) {
+  return mask.numel() ? mask.to(at::kFloat).contiguous() : mask;
 }
 
 }  // namespace
 
-// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 10, 16}; bias: (H, 64, 64); mask: (W, 64, 64) or empty.
+// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 10, 16}; bias: (H, 64, 64); mask: (W, 64, 64), symmetric,
+// or empty.
 // Returns O as (W, 64, H, D): tokens then heads, the layout the output projection reads.
 torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                torch::Tensor mask, double scale) {
-  const auto bias_t = transposed(bias), mask_t = transposed(mask);
+  const auto bias_t = transposed(bias), mask_t = symmetric(mask);
   const Inputs in = check_inputs(q, k, v, bias_t, mask_t, scale);
   auto out = torch::empty({q.size(0), kTokens, in.heads, q.size(3)}, q.options());
   float* op = out.data_ptr<float>();
@@ -227,7 +233,7 @@ torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
 std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                                      torch::Tensor bias, torch::Tensor mask, torch::Tensor grad,
                                                      double scale) {
-  const auto bias_t = transposed(bias), mask_t = transposed(mask);
+  const auto bias_t = transposed(bias), mask_t = symmetric(mask);
   const Inputs in = check_inputs(q, k, v, bias_t, mask_t, scale);
   const auto grad_c = grad.to(at::kFloat).contiguous();
   TORCH_CHECK(grad_c.dim() == 4 && grad_c.size(0) == q.size(0) && grad_c.size(1) == kTokens &&
