@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +118,16 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["CPU window-attention kernel unavailable (g++: command not found); "
                         "using scaled_dot_product_attention"]
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, caplog) -> None:
+    stale, live = tmp_path / "stale.lock", tmp_path / "live.lock"
+    stale.touch()
+    live.touch()
+    old = time.time() - attention_kernel.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    attention_kernel._remove_stale_lock(stale)
+    attention_kernel._remove_stale_lock(live)
+    attention_kernel._remove_stale_lock(tmp_path / "absent.lock")
+    assert not stale.exists() and live.exists()
+    assert "stale build lock" in caplog.text

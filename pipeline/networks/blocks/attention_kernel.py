@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import time
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("window_attention.cpp")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
+STALE_LOCK_S = 600
+"""A build lock older than this was left by a killed build (a build takes about 30 s): it is removed."""
 TOKENS = 64
 HEAD_DIMS = (8, 10, 16)
 """Head sizes the kernel is built for: the shipped and paper widths (8), SwinFusion's (10), and 16."""
@@ -42,6 +45,17 @@ def _processor() -> str:
     return platform.machine() + "\n".join(lines)
 
 
+def _remove_stale_lock(lock: Path) -> None:
+    """torch waits forever on a build lock whose builder was killed (kill -9, a full disk): clear an old one."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        logger.warning("removing the stale build lock of the CPU window-attention kernel (%.0f s old)", age)
+        lock.unlink(missing_ok=True)
+
+
 @lru_cache(maxsize=1)
 def cpu_kernel() -> ModuleType | None:
     """The compiled module (``window_attention``, ``window_attention_backward``), or None where it cannot be had."""
@@ -50,11 +64,14 @@ def cpu_kernel() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     build = " ".join((*FLAGS, torch.__version__, str(Path(torch.__file__).parent), _processor()))
-    key = hashlib.sha256(SOURCE.read_bytes() + build.encode()).hexdigest()[:12]
+    name = "dcif_window_attention_" + hashlib.sha256(SOURCE.read_bytes() + build.encode()).hexdigest()[:12]
     try:
+        folder = Path(cpp_extension.get_default_build_root()) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_lock(folder / "lock")
         logger.info("loading the CPU window-attention kernel (built once per machine, about 30 s the first time)")
         # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-        return cpp_extension.load(name=f"dcif_window_attention_{key}", sources=[str(SOURCE)],
+        return cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(folder),
                                   extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "use ATen"
         logger.warning("CPU window-attention kernel unavailable (%s); using scaled_dot_product_attention",
