@@ -131,3 +131,15 @@ def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, 
     attention_kernel._remove_stale_lock(tmp_path / "absent.lock")
     assert not stale.exists() and live.exists()
     assert "stale build lock" in caplog.text
+
+
+def test_a_trace_records_aten_attention_not_the_kernel(kernel) -> None:
+    """TorchScript tracing (ckpt_export, ONNX) cannot see into the kernel: the traced graph must hold ATen's ops."""
+    torch.manual_seed(0)
+    generator = DCIFGAN("network4", width=16, num_heads=2, depths=(2, 2, 1)).generator.eval()
+    x = torch.rand(1, 2, 32, 40)
+    with torch.no_grad():
+        traced = torch.jit.trace(generator, x, check_trace=False)
+        other = torch.rand(1, 2, 32, 40)
+        assert (traced(other) - generator(other)).abs().max() < 1e-5
+    assert "scaled_dot_product_attention" in str(traced.inlined_graph)
