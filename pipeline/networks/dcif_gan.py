@@ -34,6 +34,7 @@ from pipeline.errors import DcifError
 from pipeline.networks.blocks.conv import ConvStage, conv_block
 from pipeline.networks.blocks.cross_modal import ConcatFusion, CrossModalFusion
 from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple
+from pipeline.networks.blocks.windows import CPU_PIXELS_PER_FORWARD
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ class DCIFGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 2:
             raise ValueError(f"DCIF generator expects (B, 2, H, W) with CT then PET, got {tuple(x.shape)}")
+        per_forward = max(1, CPU_PIXELS_PER_FORWARD // (x.shape[-2] * x.shape[-1]))
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and x.shape[0] > per_forward:
+            return torch.cat([self(part) for part in x.split(per_forward)])
         f_ct, f_pet = self.streams(x[:, :1], x[:, 1:])
         return 0.5 * (f_ct + f_pet)
 

@@ -168,3 +168,20 @@ def test_full_objective_overfits_one_slice_pair() -> None:
         d_optimizer.step()
         content.append((g_terms["content1"] + g_terms["content2"]).item())
     assert content[-1] < 0.5 * content[0]
+
+
+def test_a_large_cpu_batch_is_fused_in_parts_with_the_same_numbers(monkeypatch) -> None:
+    from pipeline.networks import dcif_gan
+
+    torch.manual_seed(0)
+    generator = DCIFGAN("network4", width=8, num_heads=2, depths=(1, 1, 1)).generator.eval()
+    x = torch.rand(5, 2, 16, 24)
+    calls = []
+    streams = generator.streams
+    monkeypatch.setattr(generator, "streams", lambda ct, pet: calls.append(len(ct)) or streams(ct, pet))
+    with torch.inference_mode():
+        whole = generator(x)
+        monkeypatch.setattr(dcif_gan, "CPU_PIXELS_PER_FORWARD", 2 * 16 * 24)
+        parts = generator(x)
+    assert calls == [5, 2, 2, 1]
+    assert (parts - whole).abs().max() < 1e-6

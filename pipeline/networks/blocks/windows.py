@@ -32,6 +32,15 @@ small kernel waits for its slowest thread); this size keeps the op count low and
 """
 
 
+CPU_PIXELS_PER_FORWARD = 256 * 256
+"""Pixels of a batch that one CPU inference forward takes at most: larger batches go slice by slice.
+
+A forward's full-map steps (the gathers between window orders, the convolutions) slow down per pixel
+once the maps outgrow the cache: 8 slices of 256 x 256 in one forward took 1.56 times as long per
+slice as one slice did. A slice is never split, since windows see their neighbours.
+"""
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Tokens ``[start, stop)`` of the window order, and the SW-MSA mask of their windows (or None)."""
