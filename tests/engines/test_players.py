@@ -47,6 +47,11 @@ def _step(rank: int, store: str, queue) -> None:
     if rank == 0:
         queue.put((bool(torch.allclose(gathered[0], gathered[1], atol=1e-6)), float(flat.abs().sum())))
     dist.barrier()
+    # gloo's worker threads free finished work (and the tensors it holds, which takes the GIL) after
+    # the call returns; tearing the group down while they still do deadlocks in ~ProcessGroupGloo,
+    # which joins them with the GIL held. Sleeping releases the GIL until they are done.
+    del gathered, flat
+    time.sleep(1.0)
     dist.destroy_process_group()
 
 

@@ -82,9 +82,10 @@ def cpu_kernel() -> ModuleType | None:
 def kernel_applies(q: torch.Tensor) -> bool:
     """Whether the kernel takes these queries (windows, heads, N, head_dim): float32 CPU, 64 tokens, a head size of
     :data:`HEAD_DIMS`, eager mode (a trace, an export or ``torch.compile`` records ATen's attention instead)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     return (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-2] == TOKENS
-            and q.shape[-1] in HEAD_DIMS and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and cpu_kernel() is not None)
+            and q.shape[-1] in HEAD_DIMS and not torch.is_autocast_enabled("cpu") and cpu_kernel() is not None)
 
 
 class _WindowAttention(torch.autograd.Function):
