@@ -1,6 +1,6 @@
 """DCIF-GAN: coupled generators and coupled discriminators, and the paper's four ablation variants.
 
-Choices where the paper is silent (see ``/work/shared/docs/dcif_gan_spec.md``):
+Choices where the paper is silent (see the project's ``shared/docs/dcif_gan_spec.md``):
 
 - Defaults width 48, 6 heads (head dim 8), window 8, MLP ratio 2, depths (4, 4, 2): the paper's
   block counts at a SwinFusion-like size, narrowed from SwinFusion's width 60 for CPU speed.
