@@ -3,7 +3,7 @@
 At the generator's head size (8 channels per head, 64 tokens per window) ATen's attention runs at a
 fraction of the CPU's rate and is most of a forward, and under autograd its batched GEMMs with 8-wide
 results are most of a training step. The kernel beside this file does the same arithmetic, forward
-and backward, 2-3x faster. It is compiled with the machine's own compiler the first time a model
+and backward, 1.5-2.5x faster. It is compiled with the machine's own compiler the first time a model
 runs on the CPU (about 30 s; cached under torch's extension folder, keyed by the source, the flags,
 the torch install and the processor), so the wheel stays pure Python. Where it cannot be built (no
 compiler, ``DCIF_ATTENTION_KERNEL=0``) attention falls back to ATen with one warning: same numbers,
