@@ -23,7 +23,6 @@ from pipeline.networks.blocks.attention_kernel import kernel_applies, window_att
 from pipeline.networks.blocks.windows import Chunk, Windows, WindowOrder, windows_for
 
 
-
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad the last two dims of ``x`` at the bottom/right up to a multiple of ``multiple``.
 
@@ -63,10 +62,11 @@ class ChunkedWindowAttention(WindowAttention):
                mask: torch.Tensor | None) -> torch.Tensor:
         """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C).
 
-        On the CPU, the kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it applies.
-        Otherwise SDPA's fused kernel without autograd; with it, the learned bias B needs a gradient,
-        which SDPA's fused kernels do not give: it then falls back to a composite that also scans
-        every score row for -inf (a fifth of a CPU training step), so the three ops are written out.
+        On the CPU, the kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it applies;
+        elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
+        needs a gradient, which SDPA's CPU kernel does not give: it then falls back to a composite that
+        also scans every score row for -inf (a fifth of a CPU training step), so the three ops are
+        written out there.
         """
         windows, heads, tokens, head_dim = q.shape
         if kernel_applies(q):
@@ -74,7 +74,7 @@ class ChunkedWindowAttention(WindowAttention):
             return self.proj(out.view(windows * tokens, heads * head_dim))
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and q.device.type == "cpu":
             scores = torch.baddbmm(attn_mask.expand(windows, -1, -1, -1).reshape(-1, tokens, tokens),
                                    q.reshape(-1, tokens, head_dim), k.reshape(-1, tokens, head_dim).transpose(1, 2),
                                    alpha=self.scale)
