@@ -8,12 +8,12 @@ memory, and the float32 2048 x 2048 matmul rate measured right before and after 
 same process: the efficiency column is achieved / matmul. The pixel average is the floor every
 fuser pays. Besides the product's layout (``fast``, with the CPU attention kernel where it applies)
 each cell can be measured as ``sdpa`` (the same code with the kernel switched off), ``monai``
-(``--reference``: MONAI's own Swin blocks) and ``baseline`` (``--baseline DIR``: the ``pipeline``
+(MONAI's own Swin blocks, slow) and ``baseline`` (``--baseline DIR``: the ``pipeline``
 package of another checkout, e.g. ``git worktree add /tmp/base <commit>``); the "x slower" column
 of those rows is their time over ``fast``'s. A benchmark, not a test: nothing asserts a time.
 
     .venv/bin/python tools/bench_network.py                                   # CPU, 2 threads
-    .venv/bin/python tools/bench_network.py --configs paper --sizes 512 --batches 1 --reference
+    .venv/bin/python tools/bench_network.py --configs paper --sizes 512 --batches 1 --layouts fast monai
     .venv/bin/python tools/bench_network.py --layouts fast sdpa baseline --baseline /tmp/base
     .venv/bin/python tools/bench_network.py --devices cuda --dtypes float32 bf16 --batches 1 32
 
@@ -199,7 +199,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["fast", "sdpa"],
                         help="fast: the product; sdpa: the kernel off; monai: MONAI's blocks; baseline: --baseline")
-    parser.add_argument("--reference", action="store_true", help="add the monai layout (slow)")
     parser.add_argument("--baseline", help="a checkout whose pipeline package the baseline layout runs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast network")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: measure one cell in this process
@@ -208,7 +207,7 @@ def main() -> None:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
 
-    layouts = list(dict.fromkeys([*args.layouts, *(["monai"] if args.reference else [])]))
+    layouts = list(dict.fromkeys(args.layouts))
     cells = []
     for device in args.devices:
         for dtype in args.dtypes:

@@ -9,7 +9,7 @@ if ! "$PY" -c "import pipeline" 2>/dev/null; then
 fi
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 timeout 150 "$PY" tools/bench_network.py --devices cuda --dtypes float32 bf16 --configs paper --sizes 512 \
-    --batches 1 32 --repeats 3 --layouts fast --reference
+    --batches 1 32 --repeats 3 --layouts fast monai
 timeout 60 "$PY" tools/bench_network.py --devices cuda --dtypes bf16 --configs paper --sizes 512 \
     --batches 32 --repeats 3 --compile || echo "torch.compile cell failed or timed out"
 timeout 60 "$PY" tools/bench_training.py --devices cuda --amp --configs paper --crops 128 --batch 64 --iterations 5
