@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -103,6 +104,18 @@ def test_switched_off_it_is_not_built(monkeypatch) -> None:
     finally:
         monkeypatch.delenv("DCIF_ATTENTION_KERNEL")
         attention_kernel.cpu_kernel.cache_clear()
+
+
+def test_a_builder_that_cannot_be_imported_falls_back_with_one_warning(monkeypatch, caplog) -> None:
+    """The deploy app's Holoscan imports distutils first, and setuptools' shim then asserts on import."""
+    monkeypatch.setitem(sys.modules, "torch.utils.cpp_extension", None)
+    attention_kernel.cpu_kernel.cache_clear()
+    try:
+        assert attention_kernel.cpu_kernel() is None
+    finally:
+        attention_kernel.cpu_kernel.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("CPU window-attention kernel unavailable (")
 
 
 def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:

@@ -13,6 +13,7 @@ slower.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import platform
@@ -61,11 +62,12 @@ def cpu_kernel() -> ModuleType | None:
     """The compiled module (``window_attention``, ``window_attention_backward``), or None where it cannot be had."""
     if os.environ.get("DCIF_ATTENTION_KERNEL", "1") == "0":
         return None
-    from torch.utils import cpp_extension
-
     build = " ".join((*FLAGS, torch.__version__, str(Path(torch.__file__).parent), _processor()))
     name = "dcif_window_attention_" + hashlib.sha256(SOURCE.read_bytes() + build.encode()).hexdigest()[:12]
     try:
+        # Imported here, inside the fallback: it imports setuptools, whose distutils shim asserts when
+        # another package (Holoscan, in the deploy app) imported the standard library's distutils first.
+        cpp_extension = importlib.import_module("torch.utils.cpp_extension")
         folder = Path(cpp_extension.get_default_build_root()) / name
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_lock(folder / "lock")
@@ -73,7 +75,7 @@ def cpu_kernel() -> ModuleType | None:
         # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
         return cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(folder),
                                   extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "use ATen"
+    except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build or import: all mean "use ATen"
         logger.warning("CPU window-attention kernel unavailable (%s); using scaled_dot_product_attention",
                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
         return None
