@@ -5,6 +5,8 @@ network's own input, so neither fits a two-source fusion GAN whose discriminator
 generator's output with the *other* modality. This engine keeps MONAI's ``Trainer`` machinery
 (handlers, metrics, ``--tracking mlflow``) and only replaces one iteration: update D1/D2, then
 G1/G2 from one generator forward, and report a ``loss`` key (the generator total) as MONAI's MLflow settings expect.
+It fires MONAI's :class:`~monai.utils.enums.AdversarialIterationEvents` at the same points of the
+iteration as ``AdversarialTrainer`` does, so handlers written for that trainer attach here too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from ignite.metrics import Metric
 from monai.engines import IterationEvents, Trainer
 from monai.inferers import Inferer, SimpleInferer
+from monai.utils.enums import AdversarialIterationEvents
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -48,7 +51,10 @@ class FusionGANTrainer(Trainer):
             always updates. The engine output's ``d_updated`` says, per iteration, whether it did.
         inferer: runs the generator's ``streams`` as ``inferer(ct, streams, pet)``; the default
             :class:`~monai.inferers.SimpleInferer` calls it directly.
-        amp: bfloat16 autocast on CUDA (no gradient scaler needed); ignored on CPU.
+        amp: mixed precision on CUDA (``Trainer``'s switch); ignored on CPU.
+        amp_kwargs: ``torch.autocast`` arguments; the default dtype is bfloat16, which needs no
+            gradient scaler. With float16 (``{"dtype": torch.float16}``) both players' steps go
+            through ``Trainer``'s gradient scaler.
         distributed: wrap both players in DistributedDataParallel (under torchrun).
     """
 
@@ -67,6 +73,7 @@ class FusionGANTrainer(Trainer):
         inferer: Inferer | None = None,
         epoch_length: int | None = None,
         amp: bool = False,
+        amp_kwargs: dict | None = None,
         distributed: bool = False,
         key_train_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
@@ -83,6 +90,9 @@ class FusionGANTrainer(Trainer):
             key_metric=key_train_metric,
             additional_metrics=additional_metrics,
             handlers=train_handlers,
+            amp=amp and torch.device(device).type == "cuda",
+            amp_kwargs={"dtype": torch.bfloat16, **(amp_kwargs or {})},
+            event_names=[AdversarialIterationEvents],
             decollate=True,
         )
         self.model = model
@@ -93,45 +103,57 @@ class FusionGANTrainer(Trainer):
         self.d_steps = d_steps
         self.d_loss_floor = d_loss_floor
         self.inferer = SimpleInferer() if inferer is None else inferer
-        self.use_bf16 = amp and torch.device(device).type == "cuda"
         self.players = make_players(model, distributed, torch.device(device))
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.state.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+        return torch.autocast(device_type=self.state.device.type, enabled=self.amp, **self.amp_kwargs)
+
+    def _update(self, loss: torch.Tensor, optimizer: Optimizer, player: str) -> None:
+        """Backward and step one player, scaled when autocast runs in float16; fires its events."""
+        scaler = self.scaler if self.scaler is not None and self.amp_kwargs["dtype"] == torch.float16 else None
+        optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        self.fire_event(AdversarialIterationEvents[f"{player}_BACKWARD_COMPLETED"])
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+        self.fire_event(AdversarialIterationEvents[f"{player}_MODEL_COMPLETED"])
 
     def _iteration(self, engine: FusionGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         ct, pet = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         streams, d1, d2 = engine.players
         engine.model.train()
+        # Filled as the iteration goes, so a handler of an intermediate event reads what is done so far.
+        output: dict[str, Any] = {"ct": ct, "pet": pet, "d_updated": 0.0}
+        engine.state.output = output
 
         # One generator forward serves both players: D steps see it detached, the G step through it.
         with engine._autocast():
             f_ct, f_pet = engine.inferer(ct, streams, pet)
+        output["pred"] = (0.5 * (f_ct + f_pet)).detach().float()
+        engine.fire_event(AdversarialIterationEvents.GENERATOR_FORWARD_COMPLETED)
         fake_ct, fake_pet = f_ct.detach().float(), f_pet.detach().float()
-        d_updated = 0.0
         for _ in range(engine.d_steps):
             with engine._autocast():
                 d_terms = engine.d_loss_function(ct, pet, fake_ct, fake_pet, d1, d2)
-            if engine.d_loss_floor is not None and d_terms["total"].item() < engine.d_loss_floor:
+            output["d_loss"] = d_terms["total"].item()
+            engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
+            if engine.d_loss_floor is not None and output["d_loss"] < engine.d_loss_floor:
                 break
-            engine.d_optimizer.zero_grad(set_to_none=True)
-            d_terms["total"].backward()
-            engine.d_optimizer.step()
-            d_updated = 1.0
+            engine._update(d_terms["total"], engine.d_optimizer, "DISCRIMINATOR")
+            output["d_updated"] = 1.0
 
-        engine.g_optimizer.zero_grad(set_to_none=True)
         with engine._autocast():
             g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
-        g_terms["total"].backward()
-        engine.g_optimizer.step()
+        output["loss"] = g_terms["total"].item()
+        engine.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
+        engine._update(g_terms["total"], engine.g_optimizer, "GENERATOR")
 
-        output: dict[str, Any] = {"loss": g_terms["total"].item(), "d_loss": d_terms["total"].item(),
-                                  "d_updated": d_updated}
         output.update({f"g_{name}": value.item() for name, value in g_terms.items() if name != "total"})
         output.update({f"d_{name}": value.item() for name, value in d_terms.items() if name != "total"})
-        output.update(ct=ct, pet=pet, pred=(0.5 * (f_ct + f_pet)).detach().float())
-        # Like MONAI's trainers: set the output, then MODEL_COMPLETED decollates it into per-sample
-        # dicts with the scalars replicated, the form MONAI's handlers (and --tracking) read.
-        engine.state.output = output
+        # Like MONAI's trainers: MODEL_COMPLETED decollates the output into per-sample dicts with the
+        # scalars replicated, the form MONAI's handlers (and --tracking) read.
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

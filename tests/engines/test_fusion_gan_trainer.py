@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 from monai.inferers import SimpleInferer
+from monai.utils.enums import AdversarialIterationEvents
 
 from pipeline.engines import FusionGANTrainer
 from pipeline.losses import DiscriminatorLoss, GeneratorLoss
@@ -89,3 +90,27 @@ def test_a_discriminator_below_its_loss_floor_waits_for_the_generators(floor, up
     changed = [not b.equal(a) for b, a in zip(before, d_params) if a.ndim > 1]
     assert all(changed) if updated else not any(changed)
     assert trainer.state.output[0]["d_loss"] > 0  # the loss is still reported while D waits
+
+
+def test_adversarial_iteration_events_fire_in_training_order():
+    """MONAI's ``AdversarialIterationEvents``: a handler written for ``AdversarialTrainer`` attaches here."""
+    trainer, _ = _trainer("network4")
+    fired = []
+    for event in AdversarialIterationEvents:
+        trainer.add_event_handler(event, lambda engine, event=event: fired.append(event.name))
+    trainer.add_event_handler(AdversarialIterationEvents.GENERATOR_FORWARD_COMPLETED,
+                              lambda engine: fired.append("pred" in engine.state.output))
+    trainer.run()
+    one_iteration = ["GENERATOR_FORWARD_COMPLETED", True,
+                     "DISCRIMINATOR_LOSS_COMPLETED", "DISCRIMINATOR_BACKWARD_COMPLETED", "DISCRIMINATOR_MODEL_COMPLETED",
+                     "GENERATOR_LOSS_COMPLETED", "GENERATOR_BACKWARD_COMPLETED", "GENERATOR_MODEL_COMPLETED"]
+    assert fired == one_iteration * trainer.state.iteration
+
+
+def test_amp_is_trainers_switch_with_bfloat16_by_default_and_off_on_the_cpu():
+    trainer, _ = _trainer("network4", amp=True)
+    assert trainer.amp is False and trainer.amp_kwargs == {"dtype": torch.bfloat16}
+    trainer, _ = _trainer("network4", amp=True, amp_kwargs={"dtype": torch.float16})
+    assert trainer.amp_kwargs == {"dtype": torch.float16}
+    with trainer._autocast():
+        assert not torch.is_autocast_enabled("cpu")  # the CPU trains in float32
