@@ -1,6 +1,6 @@
 """The ignite engines of the bundle: the coupled-GAN trainer, its players and what its checkpoints carry."""
 
-from pipeline.engines.checkpoint import SavedDict
+from pipeline.engines.checkpoint import SavedDict, training_state
 from pipeline.engines.trainer import FusionGANTrainer, prepare_fusion_batch
 
-__all__ = ["FusionGANTrainer", "SavedDict", "prepare_fusion_batch"]
+__all__ = ["FusionGANTrainer", "SavedDict", "prepare_fusion_batch", "training_state"]

@@ -26,3 +26,13 @@ class SavedDict:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.values = dict(state)
+
+
+def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any) -> dict[str, Any]:
+    """What a resumable training checkpoint holds, one dict for its saver and its loader alike.
+
+    ``model`` is the generator under the key the shipped ``model.pt`` uses, so either file loads
+    the weights the same way.
+    """
+    return {"model": gan.generator, "d1": gan.d1, "d2": gan.d2,
+            "g_optimizer": g_optimizer, "d_optimizer": d_optimizer, "trainer": trainer}

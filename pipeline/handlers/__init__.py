@@ -3,7 +3,8 @@
 Metrics (:class:`FusionMetricHandler`, :class:`FusionSliceMetrics`), reports
 (:class:`FusionReportWriter`, :class:`LesionContrastReport`), fused volumes on disk
 (:class:`FusedVolumeWriter`) and run tracking (MLflow on top of MONAI's ``MLFlowHandler``, and
-a plain per-epoch :class:`TrainingHistory` for hosts without MLflow).
+a plain per-epoch :class:`TrainingHistory` for hosts without MLflow), and a wall-clock
+:class:`TimeLimit` on training.
 """
 
 from pipeline.handlers.fusion_metric import FusionMetric, FusionMetricHandler, window_pairs
@@ -17,6 +18,7 @@ from pipeline.handlers.mlflow_logging import (
     training_params,
 )
 from pipeline.handlers.slice_metrics import FusionSliceMetrics
+from pipeline.handlers.time_limit import TimeLimit
 from pipeline.handlers.training_history import TrainingHistory, read_history, run_name
 from pipeline.handlers.volume_writer import FusedVolumeWriter
 
@@ -29,6 +31,7 @@ __all__ = [
     "LesionContrastReport",
     "MLflowSliceLogger",
     "MLflowTrainingLogger",
+    "TimeLimit",
     "TrainingHistory",
     "find_mlflow_run",
     "fusion_params",
