@@ -2,7 +2,8 @@
 
 The evaluator's ``pred`` has one channel per (window, method) (see
 :class:`pipeline.fusion.FusionNetwork`); the writer reads that layout from the evaluator's network,
-so the bundle configs do not repeat it.
+so the bundle configs do not repeat it, and writes through :class:`pipeline.fusion.writers.NiftiSink`,
+the writer of the CLI, the batch job and the deploy app: one naming, one header, one atomic write.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
 
-from pipeline.fusion.streaming import fused_filename
+from pipeline.fusion.streaming import FusedSlab, FusedStudy
+from pipeline.fusion.writers import NiftiSink
 from pipeline.handlers.slice_metrics import batch_field
-from pipeline.io.nifti import save_volume
 
 
 class FusedVolumeWriter:
@@ -33,12 +33,10 @@ class FusedVolumeWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        pred = engine.state.output["pred"][0]
-        reference = engine.state.batch["ct"][0]
-        folder = self.output_dir / str(batch_field(engine, "study_key"))
-        paths = []
-        for channel, (window, method) in enumerate(engine.network.channels):
-            volume = MetaTensor(pred[channel : channel + 1].as_tensor().float(), affine=reference.affine)
-            paths.append(save_volume(folder / fused_filename(window, method), volume))
-        self.written.extend(paths)
-        engine.state.fusion_written = paths
+        # The whole study is one slab here: the evaluator fused it in one iteration.
+        study = FusedStudy(data={"ct": engine.state.batch["ct"][0]}, network=engine.network)
+        fused = engine.state.output["pred"][0].as_tensor().detach().float().cpu()
+        with NiftiSink(study, self.output_dir / str(batch_field(engine, "study_key"))) as sink:
+            sink.add(FusedSlab(0, engine.state.output["image"][0].as_tensor(), fused))
+        self.written.extend(sink.paths)
+        engine.state.fusion_written = sink.paths

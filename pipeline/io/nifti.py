@@ -115,8 +115,3 @@ class NiftiSliceWriter:
             raise error
         return self._files.__exit__(*exc)
 
-
-def save_volume(path: str | os.PathLike[str], volume: MetaTensor) -> Path:
-    """Write a ``(1, X, Y, Z)`` MetaTensor (its own RAS affine) as float32 NIfTI."""
-    array = volume.detach().cpu().numpy()[0].astype(np.float32, copy=False)
-    return save_nifti(path, array, np.asarray(volume.affine, dtype=float))
