@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.fusion.streaming import FusedSlab, FusedStudy, StudySink
-from pipeline.metrics import fusion_metrics, summarise
+from pipeline.metrics import score_slices, summarise
 from pipeline.transforms.slicing import flagged_slices
 
 DEFAULT_METRIC_SLICES = 32
@@ -37,17 +37,15 @@ class StudyScorer(StudySink):
     stage = "metrics"
 
     def __init__(self, study: FusedStudy, max_slices: int = DEFAULT_METRIC_SLICES) -> None:
-        self.names, self.windows = study.names, study.windows
+        self.names, self.ct_channels = study.names, study.network.ct_channels
         self.chosen = spread(flagged_slices(study.data["body_slices"]), max_slices)
         self._rows: list[list[dict[str, float]]] = [[] for _ in self.names]
         self.scores: dict[str, dict[str, float | None]] = {}
 
     def add(self, slab: FusedSlab) -> None:
-        for z in (z - slab.start for z in self.chosen if slab.start <= z < slab.stop):
-            pet = slab.image[-1, ..., z]
-            for channel, (window, _) in enumerate(self.names):
-                ct = slab.image[self.windows.index(window), ..., z]
-                self._rows[channel].append(fusion_metrics(slab.fused[channel, ..., z], ct, pet))
+        here = [z - slab.start for z in self.chosen if slab.start <= z < slab.stop]
+        for channel, _, metrics in score_slices(slab.fused, slab.image, self.ct_channels, here):
+            self._rows[channel].append(metrics)
 
     def __exit__(self, *exc: object) -> bool | None:
         if exc[0] is None:

@@ -43,6 +43,11 @@ class FusionNetwork(nn.Module):
     def channels(self) -> list[tuple[str, str]]:
         return fused_channels(self.windows, self.fusers)
 
+    @property
+    def ct_channels(self) -> list[int]:
+        """The input channel (CT window) each output channel fuses with the PET: what it is scored against."""
+        return [self.windows.index(window) for window, _ in self.channels]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_windows = len(self.windows)
         if x.shape[1] != n_windows + 1:

@@ -25,7 +25,7 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import CommonKeys, MetricReduction
 
-from pipeline.metrics.fusion import METRIC_NAMES, fusion_metrics, summarise
+from pipeline.metrics.fusion import METRIC_NAMES, score_slices, summarise
 
 
 def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +49,10 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
-def _slices(volume: torch.Tensor) -> list[np.ndarray]:
-    """The 2-D slices of one channel-first sample: itself if 2-D, else along the last axis."""
-    image = volume.squeeze(0).detach().cpu().numpy()
-    return [image] if image.ndim == 2 else list(np.moveaxis(image, -1, 0))
+def _volume(sample: torch.Tensor) -> np.ndarray:
+    """One channel-first sample as ``(C, X, Y, Z)``: a 2-D sample is a volume of one slice."""
+    volume = sample.detach().cpu().numpy()
+    return volume[..., None] if volume.ndim == 3 else volume
 
 
 class FusionMetric(CumulativeIterationMetric):
@@ -80,10 +80,8 @@ class FusionMetric(CumulativeIterationMetric):
             )
         values = []
         for fused, sources in zip(y_pred, y):
-            per_slice = [
-                fusion_metrics(f, a, b, names=(self.name,))
-                for f, a, b in zip(_slices(fused), _slices(sources[0:1]), _slices(sources[1:2]))
-            ]
+            fused, sources = _volume(fused), _volume(sources)
+            per_slice = [metrics for _, _, metrics in score_slices(fused, sources, [0], range(fused.shape[-1]), (self.name,))]
             values.append(summarise(per_slice)[self.name]["mean"])
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 

@@ -3,8 +3,8 @@
 The evaluator fuses a whole study volume per iteration (``image``: the CT windows then the PET,
 ``pred``: one channel per (window, method), laid out as its :class:`pipeline.fusion.FusionNetwork`
 says, so no handler config repeats the windows and methods). This handler cuts both into axial slices, scores each
-fused channel against its sources through :func:`pipeline.metrics.fusion_metrics` (the one entry
-point every report uses), and leaves the rows on the engine state for the report writer and the
+fused channel against its sources through :func:`pipeline.metrics.score_slices` (the one scoring
+loop every report uses), and leaves the rows on the engine state for the report writer and the
 MLflow slice logger.
 """
 
@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.fusion.volume import fused_channels
-from pipeline.metrics import fusion_metrics
+from pipeline.metrics import score_slices
 from pipeline.transforms.slicing import flagged_slices
 
 
@@ -77,19 +77,16 @@ class FusionSliceMetrics:
         engine.state.fusion_slices = []
 
     def __call__(self, engine: Engine) -> None:
-        image, pred, layout = evaluator_volumes(engine)
+        image, pred, _ = evaluator_volumes(engine)
         context = {key: batch_field(engine, key) for key in ("study_key", "study_index")}
-        pet = image[-1]
         # Slices outside the body carry nothing to score.
         scored = flagged_slices(engine.state.batch["body_slices"][0])[:: self.every_k]
+        channels, ct_channels = engine.network.channels, engine.network.ct_channels
         slices: list[dict[str, Any]] = []
-        for w, window in enumerate(layout.windows):
-            ct = image[w]
-            for z in scored:
-                for method in layout.methods:
-                    fused = pred[layout.channel(window, method), ..., z]
-                    metrics = fusion_metrics(fused, ct[..., z], pet[..., z])
-                    row = {**context, "window": window, "method": method, "slice_index": z, **metrics}
-                    slices.append({**row, "metrics": metrics, "ct": ct[..., z], "pet": pet[..., z], "fused": fused})
-                    engine.state.fusion_rows.append(row)
+        for channel, z, metrics in score_slices(pred, image, ct_channels, scored):
+            window, method = channels[channel]
+            row = {**context, "window": window, "method": method, "slice_index": z, **metrics}
+            slices.append({**row, "metrics": metrics, "ct": image[ct_channels[channel], ..., z], "pet": image[-1, ..., z],
+                           "fused": pred[channel, ..., z]})
+            engine.state.fusion_rows.append(row)
         engine.state.fusion_slices = slices

@@ -205,6 +205,31 @@ def fusion_metrics(
     return {name: _SCORERS[name](f, a, b) for name in names}
 
 
+
+def score_slices(
+    fused: np.ndarray | torch.Tensor,
+    image: np.ndarray | torch.Tensor,
+    ct_channels: Sequence[int],
+    slices: Iterable[int],
+    names: Sequence[str] = METRIC_NAMES,
+) -> Iterable[tuple[int, int, dict[str, float]]]:
+    """Score fused volumes against their sources, axial slice by axial slice: ``(channel, z, metrics)``.
+
+    ``fused`` is ``(C, X, Y, Z)``; ``image`` is ``(W + 1, X, Y, Z)``, CT windows then the PET, and
+    fused channel ``c`` is scored against the CT window ``image[ct_channels[c]]`` and the PET. The
+    one loop behind every score this product reports (the evaluator's per-slice table, the
+    validation key metric, the batch report), so they differ only in which ``slices`` they pass.
+    Scores come window by window, then slice by slice, then channel.
+    """
+    slices = list(slices)
+    pet = image[-1]
+    for window in dict.fromkeys(ct_channels):
+        channels = [c for c, w in enumerate(ct_channels) if w == window]
+        for z in slices:
+            for c in channels:
+                yield c, z, fusion_metrics(fused[c, ..., z], image[window, ..., z], pet[..., z], names)
+
+
 def summarise(rows: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Mean, population standard deviation and count per metric over per-slice rows.
 

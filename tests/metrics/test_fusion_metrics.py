@@ -17,6 +17,7 @@ from pipeline.metrics import (
     mutual_information,
     psnr,
     qabf,
+    score_slices,
     spatial_frequency,
     ssim,
     standard_deviation,
@@ -211,3 +212,14 @@ def test_summarise_reports_mean_population_std_and_count_of_finite_values():
 def test_summarise_of_a_metric_without_finite_values_is_nan():
     summary = summarise([{"QABF": math.nan}])
     assert math.isnan(summary["QABF"]["mean"]) and summary["QABF"]["n"] == 0
+
+
+def test_score_slices_scores_each_channel_against_its_own_ct_window_slice_by_slice():
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 16, 16, 4))  # lung window, mediastinal window, PET
+    fused = rng.random((4, 16, 16, 4))  # (lung, a), (lung, b), (mediastinal, a), (mediastinal, b)
+    scores = list(score_slices(fused, image, [0, 0, 1, 1], [1, 3], names=("MI", "SSIM")))
+    assert [(c, z) for c, z, _ in scores] == [(0, 1), (1, 1), (0, 3), (1, 3), (2, 1), (3, 1), (2, 3), (3, 3)]
+    for c, z, metrics in scores:
+        window = 0 if c < 2 else 1
+        assert metrics == fusion_metrics(fused[c, ..., z], image[window, ..., z], image[2, ..., z], ("MI", "SSIM"))
