@@ -21,7 +21,6 @@ from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.discovery import StudyPair
-from pipeline.io.headers import read_dicom
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -75,9 +74,8 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     fusers = cached_fusers(options.methods, options.checkpoint, options.device)
     result = fuse_study(task.pair, fusers, options.windows, suv_max=options.suv_max, device=options.device,
                         sw_batch_size=options.sw_batch_size, progress=options.progress, pet_factor=options.pet_factor)
-    with result.timed("write"):
-        headers = [[read_dicom(path) for path in series.files] for series in (task.pair.ct, task.pair.pet)]
     scorer = StudyScorer(result, options.metric_slices)
+    headers = result.data["ct_headers"], result.data["pet_headers"]  # read with the pixels: no file is read twice
     result.stream([NiftiSink(result, folder), DicomSink(result, folder, *headers), scorer,
                    PreviewSink(result, folder / PREVIEW_FILE)])
     timings = {"discover": task.discover_s, **result.timings}

@@ -91,7 +91,8 @@ class FusedStudy:
     """A loaded study and the fusers to stream it through, slab by slab onto the CT grid.
 
     ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
-    ``pet_slices`` and ``body_slices`` (see :mod:`pipeline.transforms.data_path`); ``versions`` maps each method to its
+    ``pet_slices``, ``body_slices``, and ``ct_headers`` and ``pet_headers`` when the study was read
+    from DICOM (see :mod:`pipeline.transforms.data_path`); ``versions`` maps each method to its
     :func:`~pipeline.provenance.fuser_version`; ``timings`` gathers seconds per report stage.
     """
 
@@ -213,7 +214,7 @@ def fuse_study(
     network = FusionNetwork(fusers, windows, suv_max)  # and a model a scaling it was not trained at
     timings: dict[str, float] = {}
     data: Any = study
-    for transform in study_loading(pet_factor=pet_factor).transforms:
+    for transform in study_loading(pet_factor=pet_factor, keep_headers=True).transforms:
         start = time.perf_counter()
         data = transform(data)
         stage = _STAGES.get(type(transform).__name__, "window")

@@ -31,6 +31,9 @@ from pipeline.io.discovery import SeriesInfo, scan_series
 from pipeline.io.headers import read_dicom, slice_normal
 from pipeline.io.patient_space import LPS_TO_RAS
 
+# A discovered series, a folder holding one series, one file, or a list of files.
+SeriesSource = SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
 logger = logging.getLogger(__name__)
 
 # Series-level header fields copied into meta: identity, plus everything SUV needs (sex and size only as
@@ -60,8 +63,9 @@ _MAX_MATRIX = 8192  # Rows/Columns beyond this are a corrupt header, not an imag
 
 @dataclass(frozen=True)
 class _Slice:
-    """What is kept of a slice once its pixels are in the volume (its dataset is released)."""
+    """What is kept of a slice once its pixels are in the volume: its header without the pixel data."""
 
+    header: Dataset
     path: Path
     position: float
     acquisition: tuple[str, str] | None  # (AcquisitionDate, AcquisitionTime)
@@ -88,7 +92,7 @@ def _slice_position(header: Dataset, path: Path) -> float:
     return float(slice_normal(header.ImageOrientationPatient) @ np.asarray(header.ImagePositionPatient, float))
 
 
-def _ordered_files(source: SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+def _ordered_files(source: SeriesSource) -> list[Path]:
     """The caller's series (discovered, a folder, one file or a file list) as files in position order.
 
     Discovery already ordered a series by its headers; loose file lists get a header pass to order them.
@@ -148,7 +152,8 @@ def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
 def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]:
     """Read, check and decode every slice into ``planes`` (X, Y, Z), a block of slices at a time.
 
-    Each file is read once here. Writing one (rows, columns) slice into the last axis touches a new cache
+    Each file is read once here, and its header kept (pixel data dropped) for the writers of derived
+    series, so they need not read it again. Writing one (rows, columns) slice into the last axis touches a new cache
     line per voxel; a block of slices written together fills whole cache lines, which halves the
     loading time of a large CT.
     """
@@ -163,7 +168,8 @@ def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]
             block[offset] = _pixels(dataset, path)
             acquisition = (str(dataset.get("AcquisitionDate", "")), str(dataset.AcquisitionTime)) \
                 if dataset.get("AcquisitionTime") else None
-            slices.append(_Slice(path, position, acquisition, _pet_slice(dataset, acquisition)))
+            del dataset.PixelData  # and its decoded copy: the block holds the values now
+            slices.append(_Slice(dataset, path, position, acquisition, _pet_slice(dataset, acquisition)))
         planes[:, :, start:start + len(chunk)] = block[:len(chunk)].transpose(2, 1, 0)
     return slices
 
@@ -253,11 +259,10 @@ def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
     return meta
 
 
-def load_series(source: SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> MetaTensor:
-    """Read one DICOM series into a float32 ``(1, X, Y, Z)`` MetaTensor with a RAS affine.
+def read_series(source: SeriesSource) -> tuple[MetaTensor, list[Dataset]]:
+    """:func:`load_series`, and the slices' headers in volume order (pixel data dropped).
 
-    ``source`` is a discovered series, a folder holding exactly one series, one file, or a list of files.
-    Raises InputError (one line, naming the file) for anything that does not form one regular stack.
+    The headers carry patient identifiers, so they travel beside the volume, never in its ``meta``.
     """
     files = _ordered_files(source)
     first = read_dicom(files[0], header_only=False)
@@ -275,7 +280,16 @@ def load_series(source: SeriesInfo | str | os.PathLike[str] | Sequence[str | os.
         "space": "RAS",
         "original_channel_dim": float("nan"),
     })
-    return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+    return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta), [s.header for s in slices]
+
+
+def load_series(source: SeriesSource) -> MetaTensor:
+    """Read one DICOM series into a float32 ``(1, X, Y, Z)`` MetaTensor with a RAS affine.
+
+    ``source`` is a discovered series, a folder holding exactly one series, one file, or a list of files.
+    Raises InputError (one line, naming the file) for anything that does not form one regular stack.
+    """
+    return read_series(source)[0]
 
 
 class DicomSeriesReader(ImageReader):

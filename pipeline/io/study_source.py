@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from monai.data import MetaTensor
+from pydicom.dataset import Dataset
 
 from pipeline.errors import InputError
-from pipeline.io.dicom import load_series
+from pipeline.io.dicom import read_series
 from pipeline.io.discovery import NiftiPair, SeriesInfo, StudyPair
 from pipeline.io.nifti import load_nifti
 
@@ -27,9 +28,15 @@ def _is_nifti(source: VolumeSource) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).name.endswith((".nii", ".nii.gz"))
 
 
+def read_volume(source: VolumeSource, modality: str) -> tuple[MetaTensor, list[Dataset]]:
+    """Load a NIfTI file (tagged with ``modality``) or a DICOM series (whose header names its modality),
+    with the DICOM slices' headers (none for NIfTI)."""
+    return (load_nifti(source, modality), []) if _is_nifti(source) else read_series(source)
+
+
 def load_volume(source: VolumeSource, modality: str) -> MetaTensor:
-    """Load a NIfTI file (tagged with ``modality``) or a DICOM series (whose header names its modality)."""
-    return load_nifti(source, modality) if _is_nifti(source) else load_series(source)
+    """:func:`read_volume` without the headers."""
+    return read_volume(source, modality)[0]
 
 
 def study_sources(study: StudySource) -> dict[str, VolumeSource]:

@@ -58,16 +58,18 @@ def study_loading(
     dose_bq: float | None = None,
     units: str | None = None,
     pet_factor: float | None = None,
+    keep_headers: bool = False,
 ) -> Compose:
     """Load, SUV, coverage and body-slice flags: ``ct``, ``pet`` (SUV, on its own grid), ``pet_slices``, ``body_slices``.
 
     ``weight_kg`` / ``dose_bq`` override the PET header when it lacks or misstates them; ``units``
     (e.g. BQML) states the PET's units where no header does (NIfTI input); ``pet_factor`` (pixels x
     factor = SUVbw) replaces the units altogether, e.g. for PET in counts (else scaled relatively).
+    ``keep_headers`` adds ``ct_headers`` and ``pet_headers`` (see :class:`~pipeline.transforms.LoadStudyd`).
     """
     return Compose(
         [
-            LoadStudyd(keys=("ct", "pet")),
+            LoadStudyd(keys=("ct", "pet"), keep_headers=keep_headers),
             PETToSUVd(keys="pet", weight_kg=weight_kg, dose_bq=dose_bq, units=units, factor=pet_factor),
             PETCoveraged(keys="pet", ref_key="ct", output_key="pet_slices"),
             BodySlicesd(keys="ct", output_key="body_slices", within_key="pet_slices"),

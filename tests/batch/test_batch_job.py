@@ -141,3 +141,24 @@ def test_derived_series_values_match_the_nifti(reference_run: Path) -> None:
     frames = pydicom.dcmread(folder / "dicom_laplacian_lung" / "fused.dcm").pixel_array  # (Z, rows, columns)
     stacked = frames.transpose(2, 1, 0) / 4095.0
     assert np.abs(stacked - nifti).max() <= 0.5 / 4095 + 1e-6
+
+
+def test_each_dicom_file_is_read_in_full_once(tmp_path: Path, good_export: Path, monkeypatch) -> None:
+    """Discovery scans the headers; the loader reads each file once, and the DICOM writer reuses those headers."""
+    reads: dict[tuple[str, bool], int] = {}
+    dcmread = pydicom.dcmread
+
+    def counting(path, *args, stop_before_pixels=False, **kwargs):
+        key = (str(path), bool(stop_before_pixels or kwargs.get("specific_tags")))
+        reads[key] = reads.get(key, 0) + 1
+        return dcmread(path, *args, stop_before_pixels=stop_before_pixels, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    report = run_batch(good_export, tmp_path, BatchOptions(methods=("average",), windows=("lung",), metric_slices=2),
+                       progress=False)
+    assert report.counts()["ok"] == N_GOOD
+    sources = {str(p) for p in good_export.rglob("*.dcm")}
+    full = {path: n for (path, scan), n in reads.items() if not scan and path in sources}
+    scans = {path: n for (path, scan), n in reads.items() if scan and path in sources}
+    assert set(full) == set(scans) == sources
+    assert set(full.values()) == {1} and set(scans.values()) == {1}
