@@ -40,7 +40,8 @@ def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
     """The bundle and the checkpoint ``model_path`` names, else the default bundle's; ``None`` without weights.
 
     ``model_path``: a bundle folder, a folder of bundles (the MAP packager's models folder: the first
-    by name whose checkpoint is there), or a checkpoint file for the default bundle's ``network_def``.
+    by name whose checkpoint is there), or a checkpoint file for the default bundle's ``network_def``:
+    its ``.pt`` weights or a TorchScript ``model.ts`` of its ``ckpt_export`` (see ``ModelFuser``).
     """
     path = Path(model_path)
     if path.is_file():

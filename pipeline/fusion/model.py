@@ -5,6 +5,11 @@ A checkpoint is a ``torch.save`` of ``{"model": state dict, "card": facts}`` (wh
 or of a bare state dict. The card says how the model was trained: the ``network`` hyper-parameters,
 the CT ``windows`` and the SUV ceiling ``suv_max``; a network or inputs that differ are refused.
 It is read with ``weights_only=True``, so a checkpoint cannot run code.
+
+A ``.ts`` file is a TorchScript export of the generator (MONAI's ``ckpt_export``, see the bundle's
+README): it holds its own network, so it needs none built, and runs the TorchScript program it holds
+(no Python). ``ckpt_export`` stores the bundle's ``metadata.json`` in the file, and the ``card`` there
+(windows and SUV ceiling) is checked as a checkpoint's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from monai.data import load_net_with_metadata
 from torch import nn
 
 from pipeline.errors import CheckpointError
@@ -21,16 +27,22 @@ from pipeline.fusion.registry import Fuser, available_fusers, register_fuser
 
 _NAME = "dcif_gan"
 MODEL_OUTPUTS = ("fused", "f_ct", "f_pet")
+TORCHSCRIPT_SUFFIX = ".ts"
 
 
-def _read_checkpoint(path: str | Path) -> Mapping:
-    """The checkpoint's top-level dict, or a :class:`CheckpointError` that points to the baselines."""
+def _require_file(path: str | Path) -> None:
+    """A missing checkpoint is a :class:`CheckpointError` that points to the baselines."""
     if not Path(path).is_file():
         baselines = ", ".join(name for name in available_fusers() if name != _NAME)
         raise CheckpointError(
             f"no {_NAME} checkpoint found at {path}; fuse with a baseline instead, "
             f"e.g. --method laplacian (available: {baselines})"
         )
+
+
+def _read_checkpoint(path: str | Path) -> Mapping:
+    """The checkpoint's top-level dict."""
+    _require_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for unreadable files
@@ -38,6 +50,16 @@ def _read_checkpoint(path: str | Path) -> Mapping:
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
     return checkpoint
+
+
+def _read_torchscript(path: str | Path) -> tuple[nn.Module, dict]:
+    """The network of a TorchScript export and the card in its ``metadata.json`` (empty without one)."""
+    _require_file(path)
+    try:
+        network, metadata, _ = load_net_with_metadata(str(path), map_location="cpu")
+    except Exception as error:  # torch raises several unrelated types for unreadable files
+        raise CheckpointError(f"cannot read TorchScript model {path}: {type(error).__name__}") from error
+    return network, dict(metadata.get("card") or {})
 
 
 def _check_architecture(network: nn.Module, card: Mapping, path: str | Path) -> None:
@@ -76,14 +98,15 @@ class ModelFuser(Fuser):
 
     ``network`` with ``checkpoint``: load the checkpoint's weights into it (the bundle's
     ``network_def``, see :func:`pipeline.fusion.selection.build_fusers`). ``network`` alone: use it as
-    is (a generator already trained in this process). ``device`` is where the network runs; ``None``
-    follows the inputs. ``output`` picks the fused image F (default) or one generator's pre-fused
-    image: ``f_ct`` (G1) or ``f_pet`` (G2).
+    is (a generator already trained in this process). A ``.ts`` checkpoint brings its own network,
+    so ``network`` is then not used. ``device`` is where the network runs; ``None`` follows the
+    inputs. ``output`` picks the fused image F (default) or one generator's pre-fused image:
+    ``f_ct`` (G1) or ``f_pet`` (G2).
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | None = None,
         checkpoint: str | Path | None = None,
         device: str | torch.device | None = None,
         output: str = "fused",
@@ -91,7 +114,11 @@ class ModelFuser(Fuser):
         if output not in MODEL_OUTPUTS:
             raise ValueError(f"output must be one of {MODEL_OUTPUTS}, got {output!r}")
         self.card: dict = {}
-        if checkpoint is not None:
+        if checkpoint is not None and Path(checkpoint).suffix == TORCHSCRIPT_SUFFIX:
+            network, self.card = _read_torchscript(checkpoint)
+        elif network is None:
+            raise ValueError(f"ModelFuser needs a network, or a TorchScript ({TORCHSCRIPT_SUFFIX}) checkpoint")
+        elif checkpoint is not None:
             saved = _read_checkpoint(checkpoint)
             self.card = dict(saved.get("card") or {})
             _check_architecture(network, self.card, checkpoint)

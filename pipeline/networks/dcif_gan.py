@@ -24,7 +24,7 @@ Choices where the paper is silent (see the project's ``shared/docs/dcif_gan_spec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -145,6 +145,7 @@ class DCIFGenerator(nn.Module):
                                  "window_size": window_size, "mlp_ratio": mlp_ratio, "depths": list(depths),
                                  "share_extraction": share_extraction, "share_reconstruction": share_reconstruction}
         self.pad_multiple = window_size if attention else 1
+        self.cpu_pixels_per_forward = CPU_PIXELS_PER_FORWARD  # an attribute: TorchScript reads no global number
 
         def deep(depth: int) -> nn.Module:
             if spec.transformer:
@@ -158,6 +159,7 @@ class DCIFGenerator(nn.Module):
         self.reconstructor_ct, self.reconstructor_pet = _one_or_two(
             lambda: FeatureReconstructor(width, deep(reconstruct_depth)), share_reconstruction or not spec.coupled
         )
+        self.one_extractor = self.extractor_ct is self.extractor_pet  # TorchScript cannot compare modules
         self.fusion: nn.Module | None = None
         if spec.coupled:
             self.fusion = (
@@ -179,21 +181,30 @@ class DCIFGenerator(nn.Module):
         f_pet = self.reconstructor_pet(fused_pet, shallow_pet)
         return f_ct[..., :h, :w], f_pet[..., :h, :w]
 
-    def _extract_and_fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _extract_and_fuse(
+        self, ct: torch.Tensor, pet: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """F_SF and the fused F_FDF of each stream; the deep features are freed here, before reconstruction."""
-        if self.extractor_ct is self.extractor_pet:  # one pass of the shared extractor over both modalities
+        if self.one_extractor:  # one pass of the shared extractor over both modalities
             shallow, deep = self.extractor_ct(torch.cat([ct, pet]))
-            return (*shallow.chunk(2), *self.fusion(*deep.chunk(2)))
-        shallow_ct, deep_ct = self.extractor_ct(ct)
-        shallow_pet, deep_pet = self.extractor_pet(pet)
-        return (shallow_ct, shallow_pet, *self.fusion(deep_ct, deep_pet))
+            shallow_ct, shallow_pet = shallow.chunk(2)
+            deep_ct, deep_pet = deep.chunk(2)
+        else:
+            shallow_ct, deep_ct = self.extractor_ct(ct)
+            shallow_pet, deep_pet = self.extractor_pet(pet)
+        fused_ct, fused_pet = self.fusion(deep_ct, deep_pet)
+        return shallow_ct, shallow_pet, fused_ct, fused_pet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 2:
-            raise ValueError(f"DCIF generator expects (B, 2, H, W) with CT then PET, got {tuple(x.shape)}")
-        per_forward = max(1, CPU_PIXELS_PER_FORWARD // (x.shape[-2] * x.shape[-1]))
+            raise ValueError(f"DCIF generator expects (B, 2, H, W) with CT then PET, got {list(x.shape)}")
+        per_forward = max(1, self.cpu_pixels_per_forward // (x.shape[-2] * x.shape[-1]))
         if x.device.type == "cpu" and not torch.is_grad_enabled() and x.shape[0] > per_forward:
-            return torch.cat([self(part) for part in x.split(per_forward)])
+            return torch.cat([self._fused(part) for part in x.split(per_forward)])
+        return self._fused(x)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """F = (F_CT + F_PET) / 2 of a (B, 2, H, W) pair."""
         f_ct, f_pet = self.streams(x[:, :1], x[:, 1:])
         return 0.5 * (f_ct + f_pet)
 
@@ -255,6 +266,10 @@ class DCIFGAN(nn.Module):
         self.variant = variant
         self.generator = DCIFGenerator(variant, **generator_kwargs)
         self.d1, self.d2 = build_discriminators(lookup_variant(variant).coupled, share_discriminators)
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """D1's and D2's parameters, once each when they are one shared module: what D's optimiser steps."""
+        return nn.ModuleList([self.d1, self.d2]).parameters()
 
 
 def build_dcif_gan(variant: str = "network4", **kwargs) -> DCIFGAN:

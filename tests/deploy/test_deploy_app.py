@@ -93,6 +93,24 @@ def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, rando
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
+def test_a_torchscript_export_of_the_model_fuses_as_the_bundle_does(run_app, tiny_study, random_bundle,
+                                                                    whole_volume_fusion, tmp_path):
+    from monai.bundle import ckpt_export
+
+    exported = tmp_path / "model.ts"
+    configs = random_bundle / "configs"
+    ckpt_export("network_def", filepath=str(exported), ckpt_file=str(bundled_checkpoint(random_bundle)),
+                meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                key_in_ckpt="model", bundle_root=str(random_bundle))
+    out_dir = tmp_path / "out"
+    run = run_app("-i", tiny_study, "-o", out_dir, "-m", exported)
+    assert run.returncode == 0, run
+    assert f"fusing with dcif_gan from {exported}" in run.stderr
+    expected = whole_volume_fusion({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
+                                   build_fusers(["dcif_gan"], checkpoint=exported))
+    assert_output_matches(out_dir, tiny_study / "CT", expected)
+
+
 def test_real_study_through_sdk_environment_variables(run_app, shared_petct, whole_volume_fusion, tmp_path):
     study = shared_petct / REAL_STUDY / "dicom"  # CT, PET and an RTSTRUCT beside each: selection must skip those
     if not study.is_dir():

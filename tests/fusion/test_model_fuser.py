@@ -1,17 +1,20 @@
 """The dcif_gan fuser: loads a checkpoint into its network, checks the card, refuses to run without weights.
 
 A stand-in generator (a learned 1x1 convolution over [CT, PET]) keeps these tests independent of
-the real network.
+the real network, except those of the shipped model's TorchScript export.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from monai.data import save_net_with_metadata
 from torch import nn
 
+from pipeline.bundle_model import CHECKOUT_BUNDLE, bundled_checkpoint, bundled_network
 from pipeline.errors import CheckpointError
 from pipeline.fusion import ModelFuser, get_fuser
 
@@ -36,6 +39,19 @@ def channel_mean_state(bias: bool = False) -> dict[str, torch.Tensor]:
     if bias:
         nn.init.zeros_(generator.mix.bias)
     return generator.state_dict()
+
+
+def save_model(path: Path, card: dict) -> Path:
+    """The stand-in with trained weights as a checkpoint (``.pt``) or a TorchScript export with ``metadata.json``
+    (``.ts``), each carrying ``card`` the way its format does (an empty card is no card)."""
+    if path.suffix == ".pt":
+        torch.save({"model": channel_mean_state(), "card": card}, path)
+    else:
+        network = StandInGenerator()
+        network.load_state_dict(channel_mean_state())
+        save_net_with_metadata(torch.jit.script(network), str(path), include_config_vals=False,
+                               meta_values={"card": card})
+    return path
 
 
 @pytest.fixture
@@ -118,12 +134,11 @@ def test_unreadable_checkpoint_is_rejected(tmp_path: Path):
         ModelFuser(checkpoint=path, network=StandInGenerator())
 
 
-def test_the_card_s_suv_ceiling_and_windows_are_checked_where_inputs_are_scaled(tmp_path, pair):
+@pytest.mark.parametrize("suffix", [".pt", ".ts"])
+def test_the_card_s_suv_ceiling_and_windows_are_checked_where_inputs_are_scaled(tmp_path, suffix):
     from pipeline.fusion import FusionNetwork
 
-    path = tmp_path / "model.pt"
-    torch.save({"model": channel_mean_state(), "card": {"suv_max": 15.0, "windows": ["lung", "mediastinal"]}},
-               path)
+    path = save_model(tmp_path / f"model{suffix}", {"suv_max": 15.0, "windows": ["lung", "mediastinal"]})
     fuser = ModelFuser(checkpoint=path, network=StandInGenerator())
     FusionNetwork({"dcif_gan": fuser}, ["lung"], suv_max=15.0)  # as trained: accepted
     with pytest.raises(CheckpointError, match="trained with PET scaled at SUV ceiling 15, this run scales it at 10"):
@@ -132,5 +147,55 @@ def test_the_card_s_suv_ceiling_and_windows_are_checked_where_inputs_are_scaled(
         fuser.check_inputs(["bone"], 15.0)
     # Classical methods and cardless checkpoints take any scaling.
     FusionNetwork({"laplacian": get_fuser("laplacian")}, ["lung"], suv_max=10.0)
-    torch.save({"model": channel_mean_state()}, path)
+    save_model(path, {})
     ModelFuser(checkpoint=path, network=StandInGenerator()).check_inputs(["lung"], 10.0)
+
+
+def test_a_torchscript_model_needs_no_network(tmp_path, pair):
+    path = save_model(tmp_path / "model.ts", {"suv_max": 15.0})
+    ct, pet = pair
+    fuser = get_fuser("dcif_gan", checkpoint=path)
+    assert torch.allclose(fuser(ct, pet), (ct + pet) / 2, atol=1e-6) and fuser.card == {"suv_max": 15.0}
+    with pytest.raises(ValueError, match="needs a network, or a TorchScript"):
+        ModelFuser(checkpoint=tmp_path / "model.pt")
+
+
+def test_unreadable_or_missing_torchscript_model_is_rejected(tmp_path: Path):
+    path = tmp_path / "model.ts"
+    with pytest.raises(CheckpointError, match=f"no dcif_gan checkpoint found at {path}"):
+        ModelFuser(checkpoint=path)
+    path.write_text("not a model")
+    with pytest.raises(CheckpointError, match=f"cannot read TorchScript model {path}"):
+        ModelFuser(checkpoint=path)
+
+
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped checkpoint exported by MONAI's ``ckpt_export``, as the bundle's README runs it."""
+    from monai.bundle import ckpt_export
+
+    path = tmp_path_factory.mktemp("export") / "model.ts"
+    configs = CHECKOUT_BUNDLE / "configs"
+    ckpt_export("network_def", filepath=str(path), ckpt_file=str(bundled_checkpoint()),
+                meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                key_in_ckpt="model", bundle_root=str(CHECKOUT_BUNDLE))
+    return path
+
+
+def test_ckpt_export_writes_the_shipped_model_with_its_card(shipped_export: Path):
+    network = torch.jit.load(shipped_export)
+    assert isinstance(network, torch.jit.ScriptModule)
+    shipped = ModelFuser(bundled_network(), checkpoint=bundled_checkpoint())
+    exported = ModelFuser(checkpoint=shipped_export)
+    card = json.loads((CHECKOUT_BUNDLE / "configs" / "metadata.json").read_text())["card"]
+    assert exported.card == card == {key: shipped.card[key] for key in ("windows", "suv_max")}
+
+
+def test_the_shipped_model_fuses_alike_from_torchscript_and_from_its_checkpoint(shipped_export: Path):
+    generator = torch.Generator().manual_seed(0)
+    ct, pet = torch.rand(2, 1, 37, 53, generator=generator), torch.rand(2, 1, 37, 53, generator=generator)
+    for output in ("fused", "f_pet"):  # the scripted forward keeps the streams it calls
+        exported = get_fuser("dcif_gan", checkpoint=shipped_export, network=bundled_network(), output=output)
+        shipped = get_fuser("dcif_gan", checkpoint=bundled_checkpoint(), network=bundled_network(), output=output)
+        assert isinstance(exported.network, torch.jit.ScriptModule)
+        assert (exported(ct, pet) - shipped(ct, pet)).abs().max() < 1e-5

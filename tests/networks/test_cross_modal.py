@@ -95,3 +95,17 @@ def test_fusion_treats_each_image_of_a_batch_alone() -> None:
         alone = fusion(ct[index : index + 1], pet[index : index + 1])
         for got, expected in zip(batched, alone):
             torch.testing.assert_close(got[index : index + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(24, 40), (13, 21)])
+def test_scripted_fusion_equals_eager(size: tuple[int, int]) -> None:
+    """Under TorchScript CMIFM runs MONAI's layout and SDPA; eager runs window orders and the CPU kernel."""
+    torch.manual_seed(0)
+    fusion = CrossModalFusion(16, depth=2, num_heads=2, window_size=8).eval()  # head size 8: the kernel's
+    for name, p in fusion.named_parameters():
+        if name.endswith("relative_position_bias_table"):
+            torch.nn.init.normal_(p, std=0.5)
+    ct, pet = torch.randn(2, 16, *size), torch.randn(2, 16, *size)
+    with torch.inference_mode():
+        for got, expected in zip(torch.jit.script(fusion)(ct, pet), fusion(ct, pet)):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -75,6 +75,13 @@ def test_coupled_parts_are_the_same_objects() -> None:
     assert uncoupled.d1.high_level is not uncoupled.d2.high_level
 
 
+def test_discriminator_parameters_count_a_shared_part_once() -> None:
+    shared, separate = (DCIFGAN("network4", share_discriminators=s, **TINY) for s in (True, False))
+    d1_d2 = list(shared.d1.parameters()) + list(shared.d2.parameters())
+    assert len(list(shared.discriminator_parameters())) == len({id(p) for p in d1_d2}) < len(d1_d2)
+    assert len(list(separate.discriminator_parameters())) == len(list(separate.d1.parameters())) * 2
+
+
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
@@ -171,8 +178,6 @@ def test_full_objective_overfits_one_slice_pair() -> None:
 
 
 def test_a_large_cpu_batch_is_fused_in_parts_with_the_same_numbers(monkeypatch) -> None:
-    from pipeline.networks import dcif_gan
-
     torch.manual_seed(0)
     generator = DCIFGAN("network4", width=8, num_heads=2, depths=(1, 1, 1)).generator.eval()
     x = torch.rand(5, 2, 16, 24)
@@ -181,7 +186,40 @@ def test_a_large_cpu_batch_is_fused_in_parts_with_the_same_numbers(monkeypatch) 
     monkeypatch.setattr(generator, "streams", lambda ct, pet: calls.append(len(ct)) or streams(ct, pet))
     with torch.inference_mode():
         whole = generator(x)
-        monkeypatch.setattr(dcif_gan, "CPU_PIXELS_PER_FORWARD", 2 * 16 * 24)
+        generator.cpu_pixels_per_forward = 2 * 16 * 24
         parts = generator(x)
     assert calls == [5, 2, 2, 1]
     assert (parts - whole).abs().max() < 1e-6
+
+
+SHIPPED = {"width": 16, "num_heads": 2, "window_size": 8, "depths": (2, 2, 1)}
+
+
+@pytest.mark.parametrize(("kwargs", "sizes"),
+                         [(SHIPPED, [(64, 64), (72, 104), (256, 256)]), ({}, [(64, 64), (72, 104)])],
+                         ids=["shipped", "defaults"])
+def test_scripted_generator_equals_eager_at_any_slice_size(kwargs: dict, sizes: list[tuple[int, int]]) -> None:
+    """``torch.jit.script`` (what the bundle's ``ckpt_export`` runs) keeps every slice size, not one traced size."""
+    torch.manual_seed(0)
+    generator = DCIFGenerator("network4", **kwargs).eval()
+    for name, p in generator.named_parameters():  # bias tables start near zero: make B matter
+        if name.endswith("relative_position_bias_table"):
+            torch.nn.init.normal_(p, std=0.5)
+    scripted = torch.jit.script(generator)
+    for size in sizes:
+        x = torch.rand(1, 2, *size)
+        with torch.inference_mode():
+            assert (scripted(x) - generator(x)).abs().max() < 1e-5, size
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_scripts_with_its_streams(variant: str) -> None:
+    """The streams are compiled as forward calls them, so a TorchScript export serves ModelFuser's f_ct and f_pet."""
+    torch.manual_seed(0)
+    generator = DCIFGenerator(variant, **TINY).eval()
+    scripted = torch.jit.script(generator)
+    assert scripted.state_dict().keys() == generator.state_dict().keys()
+    ct, pet = _pair((3, 1, 24, 40))
+    with torch.inference_mode():
+        for got, expected in zip(scripted.streams(ct, pet), generator.streams(ct, pet)):
+            assert (got - expected).abs().max() < 1e-5

@@ -84,3 +84,25 @@ def test_block_overwrites_its_tokens_without_autograd_and_keeps_them_with_it() -
     torch.testing.assert_close(inferred, expected)
     assert expected.requires_grad and expected.data_ptr() != tokens.data_ptr()
     assert not torch.equal(tokens, expected)  # the training input is left as it was
+
+
+@pytest.mark.parametrize("size", [(24, 40), (13, 21)])
+def test_scripted_stage_equals_eager(size: tuple[int, int]) -> None:
+    """Under TorchScript the stage runs MONAI's layout and SDPA; eager runs window orders and the CPU kernel."""
+    torch.manual_seed(0)
+    stage = SwinStage(16, depth=2, num_heads=2, window_size=8).eval()  # head size 8: the kernel's
+    for block in stage.blocks:
+        torch.nn.init.normal_(block.attn.relative_position_bias_table, std=0.5)
+    x = torch.randn(2, 16, *size)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.jit.script(stage)(x), stage(x), rtol=0, atol=1e-5)
+
+
+def test_scripted_stage_leaves_its_input_alone() -> None:
+    """One channels-last window: the scripted layout's tokens are a view of the input, never written into."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, 8, 8).to(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.inference_mode():
+        torch.jit.script(SwinStage(12, depth=2, num_heads=2, window_size=8).eval())(x)
+    assert torch.equal(x, kept)

@@ -40,4 +40,7 @@ class ConvStage(nn.Sequential):
         super().__init__(*(conv_block(dim, dim) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
+        y = x
+        for block in self:  # not super().forward(x), which TorchScript cannot compile
+            y = block(y)
+        return x + y

@@ -13,7 +13,15 @@ from torch import nn
 
 from pipeline.networks.blocks.conv import conv_block
 from pipeline.networks.blocks.swin import SwinBlock, alternate_windows, over_chunks, pad_to_multiple
-from pipeline.networks.blocks.windows import Chunk, WindowOrder, windows_for
+from pipeline.networks.blocks.windows import (
+    Chunk,
+    WindowOrder,
+    from_windows,
+    shift_mask,
+    to_windows,
+    window_shift,
+    windows_for,
+)
 
 
 class CrossModalBlock(nn.Module):
@@ -31,18 +39,36 @@ class CrossModalBlock(nn.Module):
         self.ct = SwinBlock(dim, num_heads, window_size, shifted, mlp_ratio)
         self.pet = SwinBlock(dim, num_heads, window_size, shifted, mlp_ratio)
 
+    def biases(self, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each stream's position bias B, gathered once per block call."""
+        return self.ct.attn.position_bias(window_tokens), self.pet.attn.position_bias(window_tokens)
+
+    def step(self, x_ct: torch.Tensor, x_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
+             mask: torch.Tensor | None, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on tokens (windows * N, C) of the same whole windows of both streams."""
+        bias_ct, bias_pet = biases
+        q_ct, k_ct, v_ct = self.ct.project(x_ct, window_tokens)
+        q_pet, k_pet, v_pet = self.pet.project(x_pet, window_tokens)
+        attended_ct = self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, mask)
+        attended_pet = self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, mask)
+        return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
+
+    @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_maps`
     def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = order.window_tokens
-        bias_ct, bias_pet = self.ct.attn.position_bias(tokens), self.pet.attn.position_bias(tokens)
+        biases = self.biases(order.window_tokens)
 
         def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            q_ct, k_ct, v_ct = self.ct.project(x_ct, tokens)
-            q_pet, k_pet, v_pet = self.pet.project(x_pet, tokens)
-            attended_ct = self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, chunk.mask)
-            attended_pet = self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, chunk.mask)
-            return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
+            return self.step(x_ct, x_pet, biases, chunk.mask, order.window_tokens)
 
         return over_chunks(order, run, ct, pet)
+
+    def on_maps(self, ct: torch.Tensor, pet: torch.Tensor, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on (B, H, W, C) maps in MONAI's layout: what TorchScript runs."""
+        shift = window_shift(ct.shape[1], ct.shape[2], window_size, self.shifted)
+        tokens = window_size * window_size
+        x_ct, x_pet = self.step(to_windows(ct, window_size, shift), to_windows(pet, window_size, shift),
+                                self.biases(tokens), shift_mask(ct, window_size, shift), tokens)
+        return from_windows(x_ct, ct.shape, window_size, shift), from_windows(x_pet, pet.shape, window_size, shift)
 
 
 class CrossModalFusion(nn.Module):
@@ -66,14 +92,28 @@ class CrossModalFusion(nn.Module):
     def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = ct.shape[-2:]
         ct, pet = pad_to_multiple(ct, self.window_size), pad_to_multiple(pet, self.window_size)
+        if torch.jit.is_scripting():
+            ct, pet = self._on_maps(ct, pet)
+        else:
+            ct, pet = self._in_window_order(ct, pet)
+        return self.conv_ct(ct[..., :h, :w]), self.conv_pet(pet[..., :h, :w])
+
+    def _in_window_order(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks on both maps' tokens in window order, chunk by chunk: eager mode."""
         windows = windows_for(ct, self.window_size)
         shape, first, last = ct.shape, self.blocks[0].shifted, self.blocks[-1].shifted
         ct, pet = alternate_windows(
             self.blocks, windows, lambda block, order, a, b: block(a, b, order),
             windows.enter(ct, first), windows.enter(pet, first),
         )
-        ct, pet = (windows.leave(z, last, shape)[..., :h, :w] for z in (ct, pet))
-        return self.conv_ct(ct), self.conv_pet(pet)
+        return windows.leave(ct, last, shape), windows.leave(pet, last, shape)
+
+    def _on_maps(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks on both maps in MONAI's layout: what TorchScript runs."""
+        ct, pet = ct.permute(0, 2, 3, 1), pet.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            ct, pet = block.on_maps(ct, pet, self.window_size)
+        return ct.permute(0, 3, 1, 2), pet.permute(0, 3, 1, 2)
 
 
 class ConcatFusion(nn.Module):

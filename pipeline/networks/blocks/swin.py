@@ -6,7 +6,9 @@ same parameters under the same names, so a checkpoint of either loads into the o
 give the same numbers. What differs is the layout (see :mod:`pipeline.networks.blocks.windows`):
 the stage holds its map as tokens in window order, each block runs its layers over chunks of
 whole windows, and attention is ``scaled_dot_product_attention`` with the position bias broadcast
-over the windows that need no mask.
+over the windows that need no mask. Under ``torch.jit.script`` the same blocks run MONAI's plain
+layout instead (see the end of :mod:`~pipeline.networks.blocks.windows`), so one module definition
+exports to TorchScript for maps of any size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
 from pipeline.networks.blocks.attention_kernel import kernel_applies, window_attention
-from pipeline.networks.blocks.windows import Chunk, Windows, WindowOrder, windows_for
+from pipeline.networks.blocks.windows import (
+    Chunk,
+    Windows,
+    WindowOrder,
+    from_windows,
+    shift_mask,
+    to_windows,
+    window_shift,
+    windows_for,
+)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -66,12 +77,13 @@ class ChunkedWindowAttention(WindowAttention):
         elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
         needs a gradient, which SDPA's CPU kernel does not give: it then falls back to a composite that
         also scans every score row for -inf (a fifth of a CPU training step), so the three ops are
-        written out there.
+        written out there. TorchScript cannot call the kernel: a scripted model runs SDPA.
         """
         windows, heads, tokens, head_dim = q.shape
-        if kernel_applies(q):
-            out = window_attention(q, k, v, bias, mask, self.scale)  # (windows, N, heads, head_dim)
-            return self.proj(out.view(windows * tokens, heads * head_dim))
+        if not torch.jit.is_scripting():
+            if kernel_applies(q):
+                out = window_attention(q, k, v, bias, mask, self.scale)  # (windows, N, heads, head_dim)
+                return self.proj(out.view(windows * tokens, heads * head_dim))
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)
         if torch.is_grad_enabled() and q.device.type == "cpu":
@@ -102,23 +114,37 @@ class SwinBlock(nn.Module):
         return self.attn.project(self.norm1(x), window_tokens)
 
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Z' = Z + MSA, then Z' + FFN(LN(Z')); without autograd added into ``x`` itself, the block's own tokens."""
-        if torch.is_grad_enabled():
+        """Z' = Z + MSA, then Z' + FFN(LN(Z')); without autograd added into ``x`` itself, the block's own tokens
+        (not under TorchScript, whose ``x`` may be a view of the stage's input map)."""
+        if torch.is_grad_enabled() or torch.jit.is_scripting():
             x = x + attended
             return x + self.mlp(self.norm2(x))
         x += attended
         x += self.mlp(self.norm2(x))
         return x
 
+    def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
+        """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
+        q, k, v = self.project(x, window_tokens)
+        return self.residuals(x, self.attn.attend(q, k, v, bias, mask))
+
+    @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_map`
     def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:
         bias = self.attn.position_bias(order.window_tokens)
 
         def run(chunk: Chunk, x: torch.Tensor) -> tuple[torch.Tensor]:
-            attended = self.attn.attend(*self.project(x, order.window_tokens), bias, chunk.mask)
-            return (self.residuals(x, attended),)
+            return (self.step(x, bias, chunk.mask, order.window_tokens),)
 
         (z,) = over_chunks(order, run, z)
         return z
+
+    def on_map(self, z: torch.Tensor, window_size: int) -> torch.Tensor:
+        """The block on a (B, H, W, C) map in MONAI's layout: what TorchScript runs."""
+        shift = window_shift(z.shape[1], z.shape[2], window_size, self.shifted)
+        tokens = window_size * window_size
+        x = self.step(to_windows(z, window_size, shift), self.attn.position_bias(tokens),
+                      shift_mask(z, window_size, shift), tokens)
+        return from_windows(x, z.shape, window_size, shift)
 
 
 def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]],
@@ -174,7 +200,22 @@ class SwinStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.window_size)
+        if torch.jit.is_scripting():
+            x = self._on_map(x)
+        else:
+            x = self._in_window_order(x)
+        return x[..., :h, :w]
+
+    def _in_window_order(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks on the map's tokens in window order, chunk by chunk: eager mode."""
         windows = windows_for(x, self.window_size)
         z = windows.enter(x, self.blocks[0].shifted)
         (z,) = alternate_windows(self.blocks, windows, lambda block, order, z: (block(z, order),), z)
-        return windows.leave(z, self.blocks[-1].shifted, x.shape)[..., :h, :w]
+        return windows.leave(z, self.blocks[-1].shifted, x.shape)
+
+    def _on_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks on the map in MONAI's layout: what TorchScript runs."""
+        z = x.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            z = block.on_map(z, self.window_size)
+        return z.permute(0, 3, 1, 2)

@@ -13,6 +13,9 @@ are placed last, so only they carry the SW-MSA mask; every other window shares t
 position bias, broadcast. Window and shift sizes follow MONAI's ``get_window_size`` (a side no
 longer than the window keeps the window at that side and drops the shift), and the mask is MONAI's
 ``compute_mask``, so the numbers are those of MONAI's ``SwinTransformerBlock``.
+
+A model compiled by ``torch.jit.script`` runs MONAI's own layout instead, with the small helpers at
+the end of this module.
 """
 
 from __future__ import annotations
@@ -147,3 +150,54 @@ def windows_for(x: torch.Tensor, window_size: int) -> Windows:
     """The cached :class:`Windows` of map ``x`` (B, C, H, W): chunked on the CPU, whole on accelerators."""
     chunk_tokens = CPU_CHUNK_TOKENS if x.device.type == "cpu" else None
     return _cached_windows(x.shape[0], x.shape[2], x.shape[3], window_size, x.device, chunk_tokens)
+
+
+# The plain layout TorchScript runs (``torch.jit.script`` cannot compile the cached orders above nor MONAI's
+# ``get_window_size``, ``window_reverse`` and ``compute_mask``): each block rolls its (B, H, W, C) map, cuts it
+# into windows and back, as MONAI's blocks do, and masks every window of a shifted block (a mask of zeros
+# changes no score). Sides are window multiples, as the stages pad them.
+
+
+def window_shift(height: int, width: int, window_size: int, shifted: bool) -> list[int]:
+    """The cyclic shift of each side: half a window in shifted blocks, none on a side one window long
+    (MONAI's ``get_window_size`` on sides that are window multiples)."""
+    half = window_size // 2 if shifted else 0
+    return [half if height > window_size else 0, half if width > window_size else 0]
+
+
+def to_windows(z: torch.Tensor, window_size: int, shift: list[int]) -> torch.Tensor:
+    """(B, H, W, C) map -> (B * windows * N, C) tokens of its shifted windows: MONAI's roll, ``window_partition``."""
+    if shift[0] or shift[1]:
+        z = torch.roll(z, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    b, h, w, c = z.shape
+    return z.reshape(b, h // window_size, window_size, w // window_size, window_size, c).transpose(2, 3).reshape(-1, c)
+
+
+def from_windows(tokens: torch.Tensor, shape: list[int], window_size: int, shift: list[int]) -> torch.Tensor:
+    """Tokens of :func:`to_windows` back to the (B, H, W, C) map of ``shape``."""
+    b, h, w, c = shape
+    z = tokens.view(b, h // window_size, w // window_size, window_size, window_size, c).transpose(2, 3).reshape(shape)
+    if shift[0] or shift[1]:
+        z = torch.roll(z, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return z
+
+
+def _regions(size: int, window_size: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Region of each row (or column) of the shifted map: 0 before the last window, 1 in it, 2 where it wrapped."""
+    region = torch.zeros(size, dtype=torch.long, device=device)
+    if shift:
+        region[size - window_size:] = 1
+        region[size - shift:] = 2
+    return region
+
+
+def shift_mask(z: torch.Tensor, window_size: int, shift: list[int]) -> torch.Tensor | None:
+    """The SW-MSA mask of every window of map ``z`` (B, H, W, C) as (B * windows, N, N), None without a shift:
+    -100 between tokens of different regions, as MONAI's ``compute_mask``."""
+    if not (shift[0] or shift[1]):
+        return None
+    b, h, w, _ = z.shape
+    regions = _regions(h, window_size, shift[0], z.device)[:, None] * 3 + _regions(w, window_size, shift[1], z.device)
+    labels = to_windows(regions[None, :, :, None], window_size, [0, 0]).view(-1, window_size * window_size)
+    apart = labels[:, None, :] != labels[:, :, None]
+    return torch.zeros(apart.shape, device=z.device).masked_fill(apart, -100.0).repeat(b, 1, 1)

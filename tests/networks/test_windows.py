@@ -1,0 +1,44 @@
+"""The plain window layout TorchScript runs equals MONAI's helpers, which the eager window orders are built from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets.swin_unetr import compute_mask, get_window_size, window_partition, window_reverse
+
+from pipeline.networks.blocks.windows import from_windows, shift_mask, to_windows, window_shift
+
+SIZES = [(8, 8), (8, 24), (16, 16), (24, 40)]  # window multiples, as the stages pad them; one window on a side
+
+
+def _monai_shift(height: int, width: int, shifted: bool) -> list[int]:
+    return list(get_window_size((height, width), (8, 8), (4 if shifted else 0,) * 2)[1])
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_shift_is_monai_s(size: tuple[int, int], shifted: bool) -> None:
+    assert window_shift(*size, 8, shifted) == _monai_shift(*size, shifted)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_windows_are_monai_s_roll_and_partition_and_go_back(size: tuple[int, int]) -> None:
+    z = torch.randn(2, *size, 3)
+    shift = window_shift(*size, 8, True)
+    rolled = torch.roll(z, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    tokens = to_windows(z, 8, shift)
+    assert torch.equal(tokens, window_partition(rolled, (8, 8)).reshape(-1, 3))
+    assert torch.equal(window_reverse(tokens.view(-1, 8, 8, 3), (8, 8), (2, *size)), rolled)
+    assert torch.equal(from_windows(tokens, list(z.shape), 8, shift), z)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_shift_mask_is_monai_s_on_every_window_of_every_image(size: tuple[int, int]) -> None:
+    shift = window_shift(*size, 8, True)
+    mask = shift_mask(torch.zeros(3, *size, 1), 8, shift)
+    if not any(shift):
+        assert mask is None
+        return
+    expected = compute_mask(list(size), (8, 8), shift, torch.device("cpu"))
+    assert mask.dtype == expected.dtype and torch.equal(mask, expected.repeat(3, 1, 1))
+    assert shift_mask(torch.zeros(1, *size, 1), 8, window_shift(*size, 8, False)) is None
