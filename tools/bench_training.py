@@ -74,7 +74,7 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
     trainer = FusionGANTrainer(
         device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
         g_optimizer=torch.optim.Adam(gan.generator.parameters(), lr=1e-4),
-        d_optimizer=torch.optim.Adam(torch.nn.ModuleList([gan.d1, gan.d2]).parameters(), lr=1e-4),
+        d_optimizer=torch.optim.Adam(gan.discriminator_parameters(), lr=1e-4),
         g_loss_function=GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail_target="saliency", detail_mu=1.0),
         d_loss_function=DiscriminatorLoss(), amp=amp,
     )

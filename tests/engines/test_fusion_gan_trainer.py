@@ -23,7 +23,7 @@ def _loader(n: int = 4, size: int = 16) -> DataLoader:
 def _trainer(variant: str, **options) -> tuple[FusionGANTrainer, DCIFGAN]:
     torch.manual_seed(0)
     model = DCIFGAN(variant=variant, width=8, num_heads=2, window_size=4, depths=(2, 2, 2))
-    d_params = torch.nn.ModuleList([model.d1, model.d2]).parameters()
+    d_params = model.discriminator_parameters()
     trainer = FusionGANTrainer(
         device="cpu", max_epochs=1, train_data_loader=_loader(), model=model,
         g_optimizer=torch.optim.Adam(model.generator.parameters(), lr=1e-3),
@@ -37,9 +37,9 @@ def _trainer(variant: str, **options) -> tuple[FusionGANTrainer, DCIFGAN]:
 def test_one_epoch_updates_generator_and_discriminators(variant):
     trainer, model = _trainer(variant)
     before_g = [p.detach().clone() for p in model.generator.parameters()]
-    before_d = [p.detach().clone() for p in torch.nn.ModuleList([model.d1, model.d2]).parameters()]
+    before_d = [p.detach().clone() for p in model.discriminator_parameters()]
     trainer.run()
-    after_d = list(torch.nn.ModuleList([model.d1, model.d2]).parameters())
+    after_d = list(model.discriminator_parameters())
     assert any(not b.equal(a) for b, a in zip(before_g, model.generator.parameters()))
     assert all(not b.equal(a) for b, a in zip(before_d, after_d) if a.requires_grad and a.ndim > 1)
     assert trainer.state.iteration == 2
@@ -83,7 +83,7 @@ def test_the_generator_runs_through_the_configured_inferer():
 @pytest.mark.parametrize("floor, updated", [(None, 1.0), (1e9, 0.0)])
 def test_a_discriminator_below_its_loss_floor_waits_for_the_generators(floor, updated):
     trainer, model = _trainer("network4", d_loss_floor=floor)
-    d_params = list(torch.nn.ModuleList([model.d1, model.d2]).parameters())
+    d_params = list(model.discriminator_parameters())
     before = [p.detach().clone() for p in d_params]
     trainer.run()
     assert all(o["d_updated"] == updated for o in trainer.state.output)

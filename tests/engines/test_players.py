@@ -30,7 +30,7 @@ def _step(rank: int, store: str, queue) -> None:
     model = DCIFGAN(variant="network4", width=8, num_heads=2, window_size=4, depths=(1, 1, 1))
     streams, d1, d2 = make_players(model, distributed=True, device=torch.device("cpu"))
     g_opt = torch.optim.SGD(model.generator.parameters(), lr=0.1)
-    d_opt = torch.optim.SGD(torch.nn.ModuleList([model.d1, model.d2]).parameters(), lr=0.1)
+    d_opt = torch.optim.SGD(model.discriminator_parameters(), lr=0.1)
     torch.manual_seed(100 + rank)  # different data per rank
     ct, pet = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     with torch.no_grad():
