@@ -40,7 +40,8 @@ def test_evaluation_layers_its_override_on_the_inference_config(sweep):
     assert [Path(file).name for file in files] == ["inference.json", "evaluate.json"]
     merged = ConfigParser.load_config_files(files)
     assert merged["run"] == "@evaluate" and merged["evaluator"]["_target_"] == "SupervisedEvaluator"
-    assert "@study_cache" in merged["preprocessing"] and "@study_cache" in merged["datalist"]
+    assert merged["preprocessing"]["study_cache"] == merged["datalist"]["study_cache"] == "@study_cache"
+    assert merged["fusers"]["methods"] == "@methods" and merged["dataset"]["data"] == "$@split['val']"
     assert merged["dataset"]["transform"] == "@preprocessing"
 
 
