@@ -37,6 +37,7 @@ class GeneratorLoss(nn.Module):
             ``(F_CT + F_PET) / 2``, logged as ``detail``; 0 (default) is the paper's objective.
         detail_target: the classical fuser whose output is the detail loss's intensity target.
         detail_mu: SSIM weight of the detail loss against that target.
+        detail_edge_weight: weight of the detail loss's stronger-edge term (see :class:`DetailLoss`).
     """
 
     def __init__(
@@ -48,13 +49,14 @@ class GeneratorLoss(nn.Module):
         detail_weight: float = 0.0,
         detail_target: str = "max",
         detail_mu: float = 0.0,
+        detail_edge_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss(detail_target, detail_mu)
+        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight)
 
     def forward(
         self,

@@ -4,7 +4,7 @@ DCIF-GAN's content terms hold each pre-fused image to its own source, so their m
 an average of CT and PET, the baseline that scores lowest on edge and contrast metrics. This term
 acts on ``F = (F_CT + F_PET) / 2`` itself:
 
-    L_detail = L1(F, T) + mu * (1 - SSIM(F, T)) + L1(|grad F|, max(|grad CT|, |grad PET|))
+    L_detail = L1(F, T) + mu * (1 - SSIM(F, T)) + e * L1(|grad F|, max(|grad CT|, |grad PET|))
 
 with Sobel gradients and T the output of a registered classical fuser. With ``target="max"`` and
 ``mu=0`` it is the joint loss of SwinFusion (Ma et al. 2022), which lifts the edge metrics but
@@ -38,21 +38,24 @@ class SobelMagnitude(nn.Module):
 
 
 class DetailLoss(nn.Module):
-    """``L1(F, T) + mu (1 - SSIM(F, T)) + L1(|grad F|, max(|grad A|, |grad B|))`` for images in [0, 1].
+    """``L1(F, T) + mu (1 - SSIM(F, T)) + e L1(|grad F|, max(|grad A|, |grad B|))`` for images in [0, 1].
 
     Args:
         target: the registered fuser whose output of (A, B) is the intensity target T.
         mu: weight of the structural term against T (0: intensity and edges only).
+        edge_weight: ``e``, the weight of the stronger-edge term: above 1 it asks for edges sharper
+            than a blurred copy of T has, which the target alone does not.
     """
 
-    def __init__(self, target: str = "max", mu: float = 0.0) -> None:
+    def __init__(self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0) -> None:
         super().__init__()
         self.target = get_fuser(target)
         self.intensity = ContentLoss("l1", mu)
         self.gradient = SobelMagnitude()
+        self.edge_weight = edge_weight
 
     def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.target(a.float(), b.float())
         edges = F.l1_loss(self.gradient(fused), torch.maximum(self.gradient(a), self.gradient(b)))
-        return self.intensity(fused, target) + edges
+        return self.intensity(fused, target) + self.edge_weight * edges

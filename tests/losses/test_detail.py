@@ -32,6 +32,15 @@ def test_detail_loss_prefers_the_brighter_source_over_the_average():
     assert loss(0.5 * (a + b), a, b).item() == pytest.approx(0.5)
 
 
+def test_edge_weight_scales_the_stronger_edge_term_alone():
+    ct, pet = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    blurred = torch.nn.functional.avg_pool2d(0.5 * (ct + pet), 3, stride=1, padding=1, count_include_pad=False)
+    plain, none, triple = (DetailLoss("max", 1.0, e)(blurred, ct, pet) for e in (1.0, 0.0, 3.0))
+    sobel = SobelMagnitude()
+    edges = torch.nn.functional.l1_loss(sobel(blurred), torch.maximum(sobel(ct), sobel(pet)))
+    assert torch.allclose(plain - none, edges) and torch.allclose(triple - none, 3 * edges)
+
+
 def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
     gan = DCIFGAN(variant="network1", width=8, num_heads=2, depths=(1, 1, 1))
     ct, pet = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
@@ -42,6 +51,8 @@ def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
     expected = DetailLoss()(0.5 * (f_ct + f_pet), ct, pet)
     assert torch.allclose(with_detail["detail"], expected)
     assert torch.allclose(with_detail["total"], paper["total"] + 10.0 * 2.0 * expected)
+    sharper = GeneratorLoss(alpha=10.0, detail_weight=2.0, detail_edge_weight=3.0)(ct, pet, f_ct, f_pet, gan.d1, gan.d2)
+    assert torch.allclose(sharper["detail"], DetailLoss(edge_weight=3.0)(0.5 * (f_ct + f_pet), ct, pet))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the loss must follow its inputs there")
