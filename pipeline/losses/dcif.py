@@ -38,6 +38,7 @@ class GeneratorLoss(nn.Module):
         detail_target: the classical fuser whose output is the detail loss's intensity target.
         detail_mu: SSIM weight of the detail loss against that target.
         detail_edge_weight: weight of the detail loss's stronger-edge term (see :class:`DetailLoss`).
+        detail_edges: that term's target, ``"max"`` or ``"saliency"`` (see :class:`DetailLoss`).
     """
 
     def __init__(
@@ -50,13 +51,14 @@ class GeneratorLoss(nn.Module):
         detail_target: str = "max",
         detail_mu: float = 0.0,
         detail_edge_weight: float = 1.0,
+        detail_edges: str = "max",
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight)
+        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight, detail_edges)
 
     def forward(
         self,

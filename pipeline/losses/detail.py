@@ -6,7 +6,10 @@ acts on ``F = (F_CT + F_PET) / 2`` itself:
 
     L_detail = L1(F, T) + mu * (1 - SSIM(F, T)) + e * L1(|grad F|, max(|grad CT|, |grad PET|))
 
-with Sobel gradients and T the output of a registered classical fuser. With ``target="max"`` and
+with Sobel gradients and T the output of a registered classical fuser. With ``edges="saliency"``
+the edge target is max(|grad CT|, |grad PET|) only away from PET uptake and |grad T| on and around
+it (weighted by :func:`pipeline.fusion.saliency.pet_saliency`): in the lung window the stronger edge
+around a soft-tissue lesion is the CT's, and asking for it paints the CT into the lesion. With ``target="max"`` and
 ``mu=0`` it is the joint loss of SwinFusion (Ma et al. 2022), which lifts the edge metrics but
 hides lung-window lesions (the brighter source there is the soft tissue around them). With
 ``target="saliency"`` (:class:`pipeline.fusion.saliency.SaliencyLaplacianFuser`) T keeps the CT
@@ -21,7 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.fusion import get_fuser
+from pipeline.fusion.saliency import pet_saliency
 from pipeline.losses.content import ContentLoss
+
+EDGE_TARGETS = ("max", "saliency")
 
 
 class SobelMagnitude(nn.Module):
@@ -45,17 +51,25 @@ class DetailLoss(nn.Module):
         mu: weight of the structural term against T (0: intensity and edges only).
         edge_weight: ``e``, the weight of the stronger-edge term: above 1 it asks for edges sharper
             than a blurred copy of T has, which the target alone does not.
+        edges: ``"max"``, the stronger source's edges everywhere, or ``"saliency"``, T's own edges
+            where the PET shows uptake (B is the PET).
     """
 
-    def __init__(self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0) -> None:
+    def __init__(self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0, edges: str = "max") -> None:
         super().__init__()
         self.target = get_fuser(target)
         self.intensity = ContentLoss("l1", mu)
         self.gradient = SobelMagnitude()
         self.edge_weight = edge_weight
+        if edges not in EDGE_TARGETS:
+            raise ValueError(f"edges must be one of {EDGE_TARGETS}, got {edges!r}")
+        self.edges = edges
 
     def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.target(a.float(), b.float())
-        edges = F.l1_loss(self.gradient(fused), torch.maximum(self.gradient(a), self.gradient(b)))
+            strongest = torch.maximum(self.gradient(a), self.gradient(b))
+            if self.edges == "saliency":
+                strongest = torch.lerp(strongest, self.gradient(target), pet_saliency(b.float()))
+        edges = F.l1_loss(self.gradient(fused), strongest)
         return self.intensity(fused, target) + self.edge_weight * edges

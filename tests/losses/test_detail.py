@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.fusion.saliency import pet_saliency
 from pipeline.losses import DetailLoss, GeneratorLoss, SobelMagnitude
 from pipeline.networks import DCIFGAN
 
@@ -39,6 +40,21 @@ def test_edge_weight_scales_the_stronger_edge_term_alone():
     sobel = SobelMagnitude()
     edges = torch.nn.functional.l1_loss(sobel(blurred), torch.maximum(sobel(ct), sobel(pet)))
     assert torch.allclose(plain - none, edges) and torch.allclose(triple - none, 3 * edges)
+
+
+def test_saliency_edges_follow_the_target_on_uptake_and_the_stronger_source_away_from_it():
+    ct, pet = torch.rand(1, 1, 48, 48), torch.zeros(1, 1, 48, 48)
+    pet[..., 4:10, 4:10] = 1.0  # uptake in one corner only
+    loss = DetailLoss("saliency", 0.0, edges="saliency")
+    sobel, target = SobelMagnitude(), loss.target(ct, pet)
+    weight = pet_saliency(pet)
+    assert weight.max() > 0.9 and weight.min() == 0  # near 1 on the uptake, 0 far from it
+    # F = T: no intensity loss; the edge term is what is left of |grad T - max grad| away from uptake.
+    away = ((1 - weight) * (sobel(target) - torch.maximum(sobel(ct), sobel(pet))).abs()).mean()
+    assert torch.allclose(loss(target, ct, pet), away)
+    assert DetailLoss("saliency", 0.0, edges="max")(target, ct, pet) > away
+    with pytest.raises(ValueError, match="edges"):
+        DetailLoss(edges="sharpest")
 
 
 def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
