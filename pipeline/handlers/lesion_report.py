@@ -141,7 +141,8 @@ class LesionContrastReport:
         engine.state.lesion_rows = []
 
     def __call__(self, engine: Engine) -> None:
-        image, pred, layout = evaluator_volumes(engine)
+        image, pred = evaluator_volumes(engine)
+        channels, methods = engine.network.channels, list(engine.network.fusers)
         affine = study_affine(engine)
         pet = image[-1]
         if "truth" in engine.state.batch:
@@ -150,9 +151,9 @@ class LesionContrastReport:
             lesion = lesion_mask_from_pet(pet, self.fraction)
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
-        for w, window in enumerate(layout.windows):
-            fused = pred[[layout.channel(window, method) for method in layout.methods]]
-            for method, image_fused in zip(layout.methods, fused):
+        for w, window in enumerate(engine.network.windows):
+            fused = pred[[channels.index((window, method)) for method in methods]]
+            for method, image_fused in zip(methods, fused):
                 contrast = lesion_contrast_ratio(image_fused, pet, lesion, ring)
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  **contrast})

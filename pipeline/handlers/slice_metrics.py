@@ -10,14 +10,12 @@ MLflow slice logger.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.fusion.volume import fused_channels
 from pipeline.metrics import score_slices
 from pipeline.transforms.slicing import flagged_slices
 
@@ -30,30 +28,18 @@ def batch_field(engine: Engine, key: str) -> Any:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
-@dataclass(frozen=True)
-class FusedLayout:
-    """Which ``pred`` channel holds which (window, method): the evaluator network's, never a config's copy."""
+def evaluator_volumes(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+    """The study's ``image`` (W + 1, ...) and ``pred`` (W * M, ...) as arrays.
 
-    windows: list[str]
-    methods: list[str]
-
-    def channel(self, window: str, method: str) -> int:
-        return fused_channels(self.windows, self.methods).index((window, method))
-
-
-def evaluator_volumes(engine: Engine) -> tuple[np.ndarray, np.ndarray, FusedLayout]:
-    """The study's ``image`` (W + 1, ...) and ``pred`` (W * M, ...) as arrays, and their layout.
-
-    The layout is the one :class:`pipeline.fusion.FusionNetwork` (``engine.network``) produces.
+    ``pred`` is laid out as :attr:`pipeline.fusion.FusionNetwork.channels` (``engine.network``) says.
     """
-    layout = FusedLayout(list(engine.network.windows), list(engine.network.fusers))
+    windows, channels = engine.network.windows, engine.network.channels
     image = engine.state.output["image"][0].detach().float().cpu().numpy()
     pred = engine.state.output["pred"][0].detach().float().cpu().numpy()
-    expected = len(layout.windows) * len(layout.methods)
-    if pred.shape[0] != expected or image.shape[0] != len(layout.windows) + 1:
-        raise ValueError(f"expected {len(layout.windows)} windows x {len(layout.methods)} methods = {expected} fused "
-                         f"channels and {len(layout.windows) + 1} input channels, got {pred.shape[0]} and {image.shape[0]}")
-    return image, pred, layout
+    if pred.shape[0] != len(channels) or image.shape[0] != len(windows) + 1:
+        raise ValueError(f"expected {len(windows)} windows x {len(channels) // len(windows)} methods = {len(channels)} "
+                         f"fused channels and {len(windows) + 1} input channels, got {pred.shape[0]} and {image.shape[0]}")
+    return image, pred
 
 
 class FusionSliceMetrics:
@@ -77,7 +63,7 @@ class FusionSliceMetrics:
         engine.state.fusion_slices = []
 
     def __call__(self, engine: Engine) -> None:
-        image, pred, _ = evaluator_volumes(engine)
+        image, pred = evaluator_volumes(engine)
         context = {key: batch_field(engine, key) for key in ("study_key", "study_index")}
         # Slices outside the body carry nothing to score.
         scored = flagged_slices(engine.state.batch["body_slices"][0])[:: self.every_k]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from ignite.engine import Engine
 from monai.data import MetaTensor, list_data_collate
 from monai.data.utils import affine_to_spacing
 
-from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.errors import InputError
+from pipeline.fusion import FusionNetwork
+from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
 from pipeline.transforms.data_path import study_preprocessing
 
@@ -36,7 +36,7 @@ def fuse_copy_and_flat(engine: Engine, batch: dict) -> dict:
 
 def run_report(tmp_path, batches, process=fuse_copy_and_flat, windows=("lung",), methods=("copy", "flat")) -> Engine:
     engine = Engine(process)
-    engine.network = SimpleNamespace(windows=list(windows), fusers=dict.fromkeys(methods))  # the layout it reads
+    engine.network = FusionNetwork(dict.fromkeys(methods), list(windows))  # the layout it reads; fusing happens in process
     LesionContrastReport(tmp_path).attach(engine)
     engine.run(batches, max_epochs=1)
     return engine
