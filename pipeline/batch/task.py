@@ -75,8 +75,7 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     result = fuse_study(task.pair, fusers, options.windows, suv_max=options.suv_max, device=options.device,
                         sw_batch_size=options.sw_batch_size, progress=options.progress, pet_factor=options.pet_factor)
     scorer = StudyScorer(result, options.metric_slices)
-    headers = result.data["ct_headers"], result.data["pet_headers"]  # read with the pixels: no file is read twice
-    result.stream([NiftiSink(result, folder), DicomSink(result, folder, *headers), scorer,
+    result.stream([NiftiSink(result, folder), DicomSink(result, folder), scorer,
                    PreviewSink(result, folder / PREVIEW_FILE)])
     timings = {"discover": task.discover_s, **result.timings}
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}

@@ -126,7 +126,6 @@ class DcifFusionApp(Application):
         self.add_flow(selector, ct_volume, {(SELECTION_PORT, SELECTION_PORT)})
         self.add_flow(selector, fusion, {(SELECTION_PORT, SELECTION_PORT)})
         self.add_flow(ct_volume, fusion, {(IMAGE_PORT, IMAGE_PORT)})
-        self.add_flow(selector, writer, {(SELECTION_PORT, SELECTION_PORT)})
         self.add_flow(fusion, writer, {(FUSED_PORT, FUSED_PORT)})
 
 

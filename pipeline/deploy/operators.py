@@ -153,8 +153,8 @@ class FusionOperator(Operator):
 class FusedDicomWriterOperator(Operator):
     """Fuse and write every volume as the batch job's derived DICOM series, and as NIfTI for convenience.
 
-    Named inputs: ``fused`` (a :class:`FusedStudy`) and ``study_selected_series_list`` (for the CT
-    and PET headers the derived series copies its study and geometry from and references).
+    Named input: ``fused`` (a :class:`FusedStudy`, which holds the CT and PET headers the derived
+    series copies its study and geometry from and references).
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, redact: Callable[[object], str] = str,
@@ -165,12 +165,8 @@ class FusedDicomWriterOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(FUSED_PORT)
-        spec.input(SELECTION_PORT)
 
     def compute(self, op_input, op_output, context) -> None:
         result: FusedStudy = op_input.receive(FUSED_PORT)
-        selection = op_input.receive(SELECTION_PORT)[0]
-        ct_headers, pet_headers = (native_datasets(selected_series(selection, name)) for name in ("CT", "PET"))
         with redacted_errors(self._redact):
-            result.stream([NiftiSink(result, self._output_folder),
-                           DicomSink(result, self._output_folder, ct_headers, pet_headers)])
+            result.stream([NiftiSink(result, self._output_folder), DicomSink(result, self._output_folder)])

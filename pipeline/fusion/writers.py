@@ -76,16 +76,17 @@ class NiftiSink(_ChannelWriters):
 class DicomSink(_ChannelWriters):
     """A grey derived series per fused channel in the CT's study, and its hot-iron colour rendering.
 
-    Headers: the source CT and PET slices, any order. One sub-folder per window and method
-    (``dicom_*``, and ``colour_*`` with ``colour``), series numbers from ``FUSED_SERIES_NUMBER`` up;
-    every series gets the same fusion date and time.
+    Headers: the source CT and PET slices the loader read with the pixels (``ct_headers`` and
+    ``pet_headers`` of the study's data), so no file is read again. One sub-folder per window and
+    method (``dicom_*``, and ``colour_*`` with ``colour``), series numbers from
+    ``FUSED_SERIES_NUMBER`` up; every series gets the same fusion date and time.
     """
 
-    def __init__(self, study: FusedStudy, folder: str | Path, ct_headers: Sequence[Dataset],
-                 pet_headers: Sequence[Dataset], colour: bool = True) -> None:
+    def __init__(self, study: FusedStudy, folder: str | Path, colour: bool = True) -> None:
         super().__init__()
         self.study, self.folder, self.colour = study, Path(folder), colour
-        self.ct_headers, self.pet_headers = ct_headers, pet_headers
+        self.ct_headers: Sequence[Dataset] = study.data["ct_headers"]
+        self.pet_headers: Sequence[Dataset] = study.data["pet_headers"]
 
     def writers(self) -> list[DerivedSeriesWriter]:
         created = datetime.now().astimezone()

@@ -38,7 +38,7 @@ def _headers(study: dict) -> list[list[pydicom.Dataset]]:
 def test_dicom_series_and_preview_equal_those_of_the_whole_volumes(streamed, whole_volume_fusion, tmp_path):
     study, result = streamed
     headers = _headers(study)
-    result.stream([DicomSink(result, tmp_path / "slabs", *headers), PreviewSink(result, tmp_path / "slabs.png")])
+    result.stream([DicomSink(result, tmp_path / "slabs"), PreviewSink(result, tmp_path / "slabs.png")])
 
     volumes = whole_volume_fusion(study, build_fusers(["average", "laplacian"]), WINDOWS)
     pet = study_preprocessing(WINDOWS)(dict(study))["image"][-1:]
@@ -65,7 +65,7 @@ class _FailingSink(StudySink):
 
 def test_a_stream_that_fails_half_way_leaves_no_file(streamed, tmp_path):
     study, result = streamed
-    sinks = [NiftiSink(result, tmp_path), DicomSink(result, tmp_path, *_headers(study)), _FailingSink()]
+    sinks = [NiftiSink(result, tmp_path), DicomSink(result, tmp_path), _FailingSink()]
     with pytest.raises(RuntimeError, match="half-way"):
         result.stream(sinks)
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
