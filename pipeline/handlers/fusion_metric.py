@@ -81,7 +81,8 @@ class FusionMetric(CumulativeIterationMetric):
         values = []
         for fused, sources in zip(y_pred, y):
             fused, sources = _volume(fused), _volume(sources)
-            per_slice = [metrics for _, _, metrics in score_slices(fused, sources, [0], range(fused.shape[-1]), (self.name,))]
+            scores = score_slices(fused, sources, [0], range(fused.shape[-1]), (self.name,))
+            per_slice = [metrics for _, _, metrics in scores]
             values.append(summarise(per_slice)[self.name]["mean"])
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 

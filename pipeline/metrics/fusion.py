@@ -205,7 +205,6 @@ def fusion_metrics(
     return {name: _SCORERS[name](f, a, b) for name in names}
 
 
-
 def score_slices(
     fused: np.ndarray | torch.Tensor,
     image: np.ndarray | torch.Tensor,

@@ -106,15 +106,20 @@ def test_switched_off_it_is_not_built(monkeypatch) -> None:
         attention_kernel.cpu_kernel.cache_clear()
 
 
-def test_a_builder_that_cannot_be_imported_falls_back_with_one_warning(monkeypatch, caplog) -> None:
-    """The deploy app's Holoscan imports distutils first, and setuptools' shim then asserts on import."""
-    monkeypatch.setitem(sys.modules, "torch.utils.cpp_extension", None)
+def _fallback_warnings(caplog) -> list[str]:
+    """Load the kernel afresh, which must fall back to ATen; the warnings that logged."""
     attention_kernel.cpu_kernel.cache_clear()
     try:
         assert attention_kernel.cpu_kernel() is None
     finally:
         attention_kernel.cpu_kernel.cache_clear()
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_builder_that_cannot_be_imported_falls_back_with_one_warning(monkeypatch, caplog) -> None:
+    """The deploy app's Holoscan imports distutils first, and setuptools' shim then asserts on import."""
+    monkeypatch.setitem(sys.modules, "torch.utils.cpp_extension", None)
+    warnings = _fallback_warnings(caplog)
     assert len(warnings) == 1 and warnings[0].startswith("CPU window-attention kernel unavailable (")
 
 
@@ -123,13 +128,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
         raise RuntimeError("Error building extension\ng++: command not found")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
-    attention_kernel.cpu_kernel.cache_clear()
-    try:
-        assert attention_kernel.cpu_kernel() is None
-    finally:
-        attention_kernel.cpu_kernel.cache_clear()
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["CPU window-attention kernel unavailable (g++: command not found); "
+    assert _fallback_warnings(caplog) == ["CPU window-attention kernel unavailable (g++: command not found); "
                         "using scaled_dot_product_attention"]
 
 
