@@ -9,31 +9,40 @@ takes exactly that pair, the ``(y_pred, y)`` form every MONAI metric takes, and
 
 Volumes (B, 1, H, W, D) are scored slice by slice along the last axis (axial for MONAI's
 channel-first RAS volumes); a sample's value is the mean of its slices' finite values, as in
-:func:`pipeline.metrics.fusion.summarise`.
+:func:`pipeline.metrics.fusion.summarise`. ``lesion_ratio`` scores the whole volume instead: the
+lesion contrast ratio of :mod:`pipeline.metrics.lesion` (lesion from the PET, ring in mm from the
+sources' affine), so validation can select a checkpoint on what the product is for, the lesion
+kept, and not on the edge metrics alone (several names: their mean, e.g. ``["QABF", "lesion_ratio"]``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import CommonKeys, MetricReduction
 
 from pipeline.metrics.fusion import METRIC_NAMES, score_slices, summarise
+from pipeline.metrics.lesion import lesion_contrast_ratio, lesion_mask_from_pet, ring_mask
+
+LESION_RATIO = "lesion_ratio"
 
 
 def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y_pred, y)`` for :class:`pipeline.handlers.FusionMetric` from a one-method evaluator output.
 
     ``pred`` (B, W, ...) and ``image`` (B, W + 1, ...) become (B * W, 1, ...) fused images and
-    (B * W, 2, ...) [CT window, PET] sources, so every window is scored against its own CT.
+    (B * W, 2, ...) [CT window, PET] sources, so every window is scored against its own CT. The
+    sources keep the image's affine (one per pair), which ``lesion_ratio`` measures its ring with.
     """
+    affine = output["image"].affine if isinstance(output["image"], MetaTensor) else None
     pred, image = (_plain(output[key]) for key in ("pred", "image"))
     n_windows = image.shape[1] - 1
     if pred.shape[1] != n_windows:
@@ -41,12 +50,32 @@ def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     pet = image[:, -1:]
     sources = torch.cat([torch.cat([image[:, w : w + 1], pet], dim=1) for w in range(n_windows)], dim=0)
     fused = torch.cat([pred[:, w : w + 1] for w in range(n_windows)], dim=0)
+    if affine is not None:
+        affine = affine.reshape(-1, 4, 4).expand(pred.shape[0], 4, 4)
+        sources = MetaTensor(sources, affine=affine.repeat(n_windows, 1, 1))
     return fused, sources
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """Drop MetaTensor metadata: metric inputs are plain arrays."""
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+def _sample_spacings(y: torch.Tensor) -> list[np.ndarray]:
+    """Voxel spacing (mm) of each sample of ``y`` from its affine: one (4, 4) for all or (B, 4, 4); 1 mm without."""
+    dims = y.ndim - 2
+    if not isinstance(y, MetaTensor):
+        return [np.ones(dims)] * y.shape[0]
+    affines = y.affine.reshape(-1, 4, 4).expand(y.shape[0], 4, 4) if y.affine.ndim == 2 else y.affine
+    return [np.asarray(affine_to_spacing(affine, r=dims)) for affine in affines]
+
+
+def _lesion_ratio(fused: np.ndarray, sources: np.ndarray, spacing: np.ndarray) -> float:
+    """C(fused) / C(PET) of one ``(1, X, Y, Z)`` fused volume and its ``(2, X, Y, Z)`` sources."""
+    pet = sources[1]
+    lesion = lesion_mask_from_pet(pet)
+    ring = ring_mask(lesion, np.resize(spacing, lesion.ndim))
+    return lesion_contrast_ratio(fused[0], pet, lesion, ring)["ratio"]
 
 
 def _volume(sample: torch.Tensor) -> np.ndarray:
@@ -56,18 +85,21 @@ def _volume(sample: torch.Tensor) -> np.ndarray:
 
 
 class FusionMetric(CumulativeIterationMetric):
-    """One named fusion metric (``AG, SF, SSIM, SD, MI, PSNR, IE`` or ``QABF``), accumulated over batches.
+    """A named fusion metric (``AG, SF, SSIM, SD, MI, PSNR, IE``, ``QABF`` or ``lesion_ratio``), or the mean of
+    several, accumulated over batches.
 
     ``metric(y_pred, y)`` takes the fused image (B, 1, spatial...) and the sources
     (B, 2, spatial...) = [CT, PET] and buffers one value per sample; ``aggregate()`` reduces
     them with MONAI's nan-aware ``reduction`` (default: mean over samples).
     """
 
-    def __init__(self, name: str, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+    def __init__(self, name: str | Sequence[str], reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
         super().__init__()
-        if name not in METRIC_NAMES:
-            raise ValueError(f"unknown fusion metric {name!r}; available: {', '.join(METRIC_NAMES)}")
-        self.name = name
+        self.names = [name] if isinstance(name, str) else list(name)
+        unknown = [n for n in self.names if n not in (*METRIC_NAMES, LESION_RATIO)]
+        if unknown or not self.names:
+            raise ValueError(f"unknown fusion metric {', '.join(map(repr, unknown)) or 'list []'}; available: "
+                             f"{', '.join((*METRIC_NAMES, LESION_RATIO))}")
         self.reduction = reduction
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -78,19 +110,25 @@ class FusionMetric(CumulativeIterationMetric):
                 f"FusionMetric needs y_pred (B, 1, ...) and y (B, 2, ...) = [CT, PET] of one spatial shape; "
                 f"got {tuple(y_pred.shape)} and {got}"
             )
+        slice_names = [n for n in self.names if n in METRIC_NAMES]
         values = []
-        for fused, sources in zip(y_pred, y):
+        for fused, sources, spacing in zip(y_pred, y, _sample_spacings(y)):
             fused, sources = _volume(fused), _volume(sources)
-            scores = score_slices(fused, sources, [0], range(fused.shape[-1]), (self.name,))
-            per_slice = [metrics for _, _, metrics in scores]
-            values.append(summarise(per_slice)[self.name]["mean"])
+            scores = {}
+            if slice_names:
+                per_slice = [metrics for _, _, metrics in score_slices(fused, sources, [0], range(fused.shape[-1]),
+                                                                        slice_names)]
+                scores = {n: s["mean"] for n, s in summarise(per_slice).items()}
+            if LESION_RATIO in self.names:
+                scores[LESION_RATIO] = _lesion_ratio(fused, sources, spacing)
+            values.append(np.mean([scores[n] for n in self.names]))
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
         """Reduce the buffered per-sample values (``nan`` samples are skipped)."""
         values = self.get_buffer()
         if not isinstance(values, torch.Tensor):
-            raise ValueError(f"FusionMetric {self.name} has no buffered values to aggregate")
+            raise ValueError(f"FusionMetric {'+'.join(self.names)} has no buffered values to aggregate")
         result, _ = do_metric_reduction(values, reduction or self.reduction)
         return result
 
@@ -100,7 +138,7 @@ class FusionMetricHandler(IgniteMetricHandler):
 
     def __init__(
         self,
-        name: str,
+        name: str | Sequence[str],
         reduction: MetricReduction | str = MetricReduction.MEAN,
         output_transform: Callable = from_engine([CommonKeys.PRED, CommonKeys.IMAGE]),
         save_details: bool = True,

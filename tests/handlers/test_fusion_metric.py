@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.data import decollate_batch
+from monai.data import MetaTensor, decollate_batch
 
 from pipeline.metrics import fusion_metrics
-from pipeline.handlers import FusionMetric, FusionMetricHandler
+from pipeline.handlers import FusionMetric, FusionMetricHandler, window_pairs
 
 
 def fused_and_sources(batch: int, *spatial: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,3 +76,42 @@ def test_metric_rejects_inputs_that_are_not_fused_and_ct_pet(y_pred_shape, y_sha
 def test_unknown_metric_name_is_rejected():
     with pytest.raises(ValueError, match="unknown fusion metric 'VIF'"):
         FusionMetric("VIF")
+
+
+def lesion_volume(spacing: float) -> tuple[torch.Tensor, MetaTensor]:
+    """A (1, 2, 24, 24, 8) CT/PET pair with a hot PET cube, its affine at ``spacing`` mm, and a fused
+    image: half the PET on a CT ramp, so the ring's mean depends on how far the ring reaches."""
+    sources = torch.full((1, 2, 24, 24, 8), 0.2)
+    sources[0, 0] = torch.linspace(0, 0.4, 24)[:, None, None] ** 2
+    sources[0, 1, 10:14, 10:14, 3:5] = 0.8
+    affine = torch.diag(torch.tensor([spacing, spacing, spacing, 1.0]))
+    return sources[:, 1:] * 0.5 + sources[:, :1], MetaTensor(sources, affine=affine)
+
+
+def test_lesion_ratio_is_the_contrast_ratio_with_a_ring_in_millimetres():
+    from pipeline.metrics.lesion import lesion_contrast_ratio, lesion_mask_from_pet, ring_mask
+
+    fused, sources = lesion_volume(spacing=4.0)
+    pet = sources[0, 1].numpy()
+    lesion = lesion_mask_from_pet(pet)
+    expected = lesion_contrast_ratio(fused[0, 0].numpy(), pet, lesion, ring_mask(lesion, (4.0,) * 3))["ratio"]
+    assert FusionMetric("lesion_ratio")(fused, sources).item() == pytest.approx(expected)
+    assert 0.1 < expected < 0.9
+    # A 1 mm grid puts the 10 mm ring farther out in voxels: a different ring, a different ratio.
+    fused_1mm, sources_1mm = lesion_volume(spacing=1.0)
+    assert FusionMetric("lesion_ratio")(fused_1mm, sources_1mm).item() != pytest.approx(expected)
+
+
+def test_several_names_score_their_mean():
+    fused, sources = lesion_volume(spacing=2.0)
+    both = FusionMetric(["QABF", "lesion_ratio"])(fused, sources).item()
+    parts = [FusionMetric(name)(fused, sources).item() for name in ("QABF", "lesion_ratio")]
+    assert both == pytest.approx(np.mean(parts))
+
+
+def test_window_pairs_keep_the_affine_for_each_window():
+    image = MetaTensor(torch.rand(1, 3, 8, 8, 2), affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
+    fused, sources = window_pairs({"pred": torch.rand(1, 2, 8, 8, 2), "image": image})
+    assert fused.shape == (2, 1, 8, 8, 2) and sources.shape == (2, 2, 8, 8, 2)
+    assert sources.affine.shape == (2, 4, 4)
+    assert torch.equal(sources.affine[1], image.affine)
