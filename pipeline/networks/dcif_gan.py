@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import DcifError
+from pipeline.networks.cpu_allocator import keep_freed_memory
 from pipeline.networks.blocks.conv import ConvStage, conv_block
 from pipeline.networks.blocks.cross_modal import ConcatFusion, CrossModalFusion
 from pipeline.networks.blocks.swin import SwinStage, pad_to_multiple
@@ -170,6 +171,8 @@ class DCIFGenerator(nn.Module):
 
     def streams(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(F_CT, F_PET), each (B, 1, H, W) in [0, 1], from CT and PET slices (B, 1, H, W) in [0, 1]."""
+        if not torch.jit.is_scripting() and ct.device.type == "cpu":
+            keep_freed_memory()  # once per process; see pipeline.networks.cpu_allocator
         h, w = ct.shape[-2:]
         ct, pet = pad_to_multiple(ct, self.pad_multiple), pad_to_multiple(pet, self.pad_multiple)
         if self.fusion is None:

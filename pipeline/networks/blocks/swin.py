@@ -21,7 +21,7 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from pipeline.networks.blocks.attention_kernel import kernel_applies, window_attention
+from pipeline.networks.blocks.cpu_kernels import TokenLayerNorm, kernel_applies, window_attention
 from pipeline.networks.blocks.windows import (
     Chunk,
     Windows,
@@ -73,7 +73,7 @@ class ChunkedWindowAttention(WindowAttention):
                mask: torch.Tensor | None) -> torch.Tensor:
         """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C).
 
-        On the CPU, the kernel of :mod:`~pipeline.networks.blocks.attention_kernel` where it applies;
+        On the CPU, the kernel of :mod:`~pipeline.networks.blocks.cpu_kernels` where it applies;
         elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
         needs a gradient, which SDPA's CPU kernel does not give: it then falls back to a composite that
         also scans every score row for -inf (a fifth of a CPU training step), so the three ops are
@@ -105,9 +105,9 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:
         super().__init__()
         self.shifted = shifted
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = TokenLayerNorm(dim)
         self.attn = ChunkedWindowAttention(dim, num_heads, (window_size, window_size), qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = TokenLayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
     def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@
 // inner loop runs over the 64 queries with compile-time bounds (the compiler vectorises them whole):
 // S^T = K Q^T + B^T, a column softmax, O^T = V^T P^T. The output is written as (window, token, head,
 // dim), the layout the output projection reads. The backward recomputes P (as flash attention does)
-// and accumulates the bias gradient per thread. Compiled at first use by attention_kernel.py.
+// and accumulates the bias gradient per thread. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -259,9 +259,4 @@ std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Ten
     }
   });
   return {dq, dk, dv, dbias_parts.sum(0).transpose(1, 2).contiguous()};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("window_attention", &window_attention, "softmax(scale Q K^T + bias [+ mask]) V per window and head");
-  m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention");
 }

@@ -1,4 +1,5 @@
-"""The CPU window-attention kernel gives SDPA's numbers and gradients, and attention falls back to ATen without it."""
+"""The CPU kernels give ATen's numbers and gradients (window attention: SDPA's; LayerNorm: F.layer_norm's), and the
+blocks fall back to ATen without them."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.networks import DCIFGAN
-from pipeline.networks.blocks import attention_kernel
+from pipeline.networks.blocks import cpu_kernels
 
 
 @pytest.fixture
 def kernel():
-    found = attention_kernel.cpu_kernel()
+    found = cpu_kernels.cpu_kernel()
     if found is None:
-        pytest.skip("the CPU window-attention kernel could not be built here (no C++ compiler?)")
+        pytest.skip("the CPU kernels could not be built here (no C++ compiler?)")
     return found.window_attention
 
 
@@ -35,7 +36,7 @@ def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.T
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-@pytest.mark.parametrize("head_dim", attention_kernel.HEAD_DIMS)
+@pytest.mark.parametrize("head_dim", cpu_kernels.HEAD_DIMS)
 @pytest.mark.parametrize("masked", [False, True])
 def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
     torch.manual_seed(head_dim)
@@ -50,7 +51,7 @@ def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
     assert (got - expected.transpose(1, 2)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("head_dim", attention_kernel.HEAD_DIMS)
+@pytest.mark.parametrize("head_dim", cpu_kernels.HEAD_DIMS)
 @pytest.mark.parametrize("masked", [False, True])
 def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool) -> None:
     torch.manual_seed(head_dim + masked)
@@ -60,7 +61,7 @@ def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool) -> Non
     mask = _shift_mask(windows) if masked else None
     q, k, v = (z.transpose(1, 2) for z in qkv.unbind(2))
     upstream = torch.randn(windows, 64, heads, head_dim)
-    got = attention_kernel.window_attention(q, k, v, bias, mask, head_dim**-0.5)
+    got = cpu_kernels.window_attention(q, k, v, bias, mask, head_dim**-0.5)
     got_grads = torch.autograd.grad((got * upstream).sum(), (qkv, bias))
     attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5).transpose(1, 2)
@@ -73,8 +74,8 @@ def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:
     q, k, v = _qkv(2, 2, 12)
     with pytest.raises(RuntimeError, match="head dim"):
         kernel(q, k, v, torch.zeros(2, 64, 64), torch.empty(0), 0.3)
-    assert not attention_kernel.kernel_applies(q)
-    assert not attention_kernel.kernel_applies(_qkv(2, 2, 8)[0].double())
+    assert not cpu_kernels.kernel_applies(q)
+    assert not cpu_kernels.kernel_applies(_qkv(2, 2, 8)[0].double())
 
 
 def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kernel(kernel, monkeypatch) -> None:
@@ -89,7 +90,7 @@ def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kern
         return fused, torch.autograd.grad(loss, list(generator.parameters()))
 
     with_kernel, kernel_grads = run()
-    monkeypatch.setattr("pipeline.networks.blocks.swin.kernel_applies", lambda q: False)
+    monkeypatch.setattr(cpu_kernels, "_kernels_take", lambda x: False)  # both kernels off
     without, aten_grads = run()
     assert (with_kernel - without).abs().max() < 1e-5
     assert all((a - b).abs().max() < 1e-4 for a, b in zip(kernel_grads, aten_grads))
@@ -97,22 +98,22 @@ def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kern
 
 def test_switched_off_it_is_not_built(monkeypatch) -> None:
     monkeypatch.setenv("DCIF_ATTENTION_KERNEL", "0")
-    attention_kernel.cpu_kernel.cache_clear()
+    cpu_kernels.cpu_kernel.cache_clear()
     try:
-        assert attention_kernel.cpu_kernel() is None
-        assert not attention_kernel.kernel_applies(_qkv(2, 2, 8)[0])
+        assert cpu_kernels.cpu_kernel() is None
+        assert not cpu_kernels.kernel_applies(_qkv(2, 2, 8)[0])
     finally:
         monkeypatch.delenv("DCIF_ATTENTION_KERNEL")
-        attention_kernel.cpu_kernel.cache_clear()
+        cpu_kernels.cpu_kernel.cache_clear()
 
 
 def _fallback_warnings(caplog) -> list[str]:
     """Load the kernel afresh, which must fall back to ATen; the warnings that logged."""
-    attention_kernel.cpu_kernel.cache_clear()
+    cpu_kernels.cpu_kernel.cache_clear()
     try:
-        assert attention_kernel.cpu_kernel() is None
+        assert cpu_kernels.cpu_kernel() is None
     finally:
-        attention_kernel.cpu_kernel.cache_clear()
+        cpu_kernels.cpu_kernel.cache_clear()
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
 
@@ -120,7 +121,7 @@ def test_a_builder_that_cannot_be_imported_falls_back_with_one_warning(monkeypat
     """The deploy app's Holoscan imports distutils first, and setuptools' shim then asserts on import."""
     monkeypatch.setitem(sys.modules, "torch.utils.cpp_extension", None)
     warnings = _fallback_warnings(caplog)
-    assert len(warnings) == 1 and warnings[0].startswith("CPU window-attention kernel unavailable (")
+    assert len(warnings) == 1 and warnings[0].startswith("CPU kernels unavailable (")
 
 
 def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:
@@ -128,19 +129,19 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
         raise RuntimeError("Error building extension\ng++: command not found")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
-    assert _fallback_warnings(caplog) == ["CPU window-attention kernel unavailable (g++: command not found); "
-                        "using scaled_dot_product_attention"]
+    assert _fallback_warnings(caplog) == ["CPU kernels unavailable (g++: command not found); "
+                                         "using ATen's attention and LayerNorm"]
 
 
 def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, caplog) -> None:
     stale, live = tmp_path / "stale.lock", tmp_path / "live.lock"
     stale.touch()
     live.touch()
-    old = time.time() - attention_kernel.STALE_LOCK_S - 60
+    old = time.time() - cpu_kernels.STALE_LOCK_S - 60
     os.utime(stale, (old, old))
-    attention_kernel._remove_stale_lock(stale)
-    attention_kernel._remove_stale_lock(live)
-    attention_kernel._remove_stale_lock(tmp_path / "absent.lock")
+    cpu_kernels._remove_stale_lock(stale)
+    cpu_kernels._remove_stale_lock(live)
+    cpu_kernels._remove_stale_lock(tmp_path / "absent.lock")
     assert not stale.exists() and live.exists()
     assert "stale build lock" in caplog.text
 
@@ -155,3 +156,45 @@ def test_a_trace_records_aten_attention_not_the_kernel(kernel) -> None:
         other = torch.rand(1, 2, 32, 40)
         assert (traced(other) - generator(other)).abs().max() < 1e-5
     assert "scaled_dot_product_attention" in str(traced.inlined_graph)
+
+
+@pytest.mark.parametrize("channels", [16, 32, 48, 60, 24])
+def test_layer_norm_kernel_matches_aten_forward_and_backward(kernel, channels: int) -> None:
+    """Every compiled channel count, and one that takes the generic loop (24)."""
+    torch.manual_seed(channels)
+    aten, ours = torch.nn.LayerNorm(channels), cpu_kernels.TokenLayerNorm(channels)
+    with torch.no_grad():
+        aten.weight.normal_(), aten.bias.normal_()
+    ours.load_state_dict(aten.state_dict())
+    x = (torch.randn(5000, channels) * 3 + 1).requires_grad_()
+    x_ours = x.detach().clone().requires_grad_()
+    grad = torch.randn(5000, channels)
+    expected, got = aten(x), ours(x_ours)
+    assert (expected - got).abs().max() < 1e-5
+    expected.backward(grad)
+    got.backward(grad)
+    assert (x.grad - x_ours.grad).abs().max() < 1e-4
+    assert (aten.weight.grad - ours.weight.grad).abs().max() < 1e-3 * aten.weight.grad.abs().max()
+    assert (aten.bias.grad - ours.bias.grad).abs().max() < 1e-3 * aten.bias.grad.abs().max()
+    with torch.inference_mode():
+        assert (aten(x) - ours(x)).abs().max() < 1e-5
+
+
+def test_layer_norm_kernel_is_what_the_block_runs(kernel, monkeypatch) -> None:
+    """The kernel is called for 2-D float32 tokens, and a map-shaped (B, H, W, C) input takes ATen's path."""
+    calls = []
+    real = cpu_kernels.cpu_kernel()
+
+    class Counting:
+        def __getattr__(self, name):
+            if name == "layer_norm":
+                calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(cpu_kernels, "cpu_kernel", lambda: Counting())
+    norm = cpu_kernels.TokenLayerNorm(16)
+    with torch.inference_mode():
+        norm(torch.randn(64, 16))
+        assert calls == ["layer_norm"]
+        norm(torch.randn(2, 8, 8, 16))
+        assert calls == ["layer_norm"]
