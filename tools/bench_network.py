@@ -68,10 +68,14 @@ LAYOUTS = ("fast", "sdpa", "monai", "baseline")
 
 
 def cell_environment(layout: str, baseline: str | None) -> dict[str, str]:
-    """The environment a cell of ``layout`` runs in: the kernel off for ``sdpa``, another checkout for ``baseline``."""
+    """The environment a cell of ``layout`` runs in: the kernels off for ``sdpa``, another checkout for ``baseline``,
+    and glibc's default allocator for the layouts that stand for the code before the fast path (``monai``,
+    ``before``), which kept no freed memory (:mod:`pipeline.networks.cpu_allocator`)."""
     env = dict(os.environ)
     if layout == "sdpa":
-        env["DCIF_ATTENTION_KERNEL"] = "0"
+        env["DCIF_CPU_KERNELS"] = "0"
+    if layout in ("monai", "before"):
+        env["DCIF_KEEP_FREED_MEMORY"] = "0"
     if layout == "baseline":
         if not baseline:
             raise SystemExit("the baseline layout needs --baseline DIR (a checkout holding the pipeline package)")

@@ -97,13 +97,13 @@ def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kern
 
 
 def test_switched_off_it_is_not_built(monkeypatch) -> None:
-    monkeypatch.setenv("DCIF_ATTENTION_KERNEL", "0")
+    monkeypatch.setenv("DCIF_CPU_KERNELS", "0")
     cpu_kernels.cpu_kernel.cache_clear()
     try:
         assert cpu_kernels.cpu_kernel() is None
         assert not cpu_kernels.kernel_applies(_qkv(2, 2, 8)[0])
     finally:
-        monkeypatch.delenv("DCIF_ATTENTION_KERNEL")
+        monkeypatch.delenv("DCIF_CPU_KERNELS")
         cpu_kernels.cpu_kernel.cache_clear()
 
 

@@ -11,7 +11,7 @@
 They are compiled with the machine's own compiler the first time a model runs on the CPU (about
 30 s; cached under torch's extension folder, keyed by the sources, the flags, the torch install and
 the processor), so the wheel stays pure Python. Where they cannot be built (no compiler,
-``DCIF_ATTENTION_KERNEL=0``) the blocks fall back to ATen with one warning: same numbers, slower.
+``DCIF_CPU_KERNELS=0``) the blocks fall back to ATen with one warning: same numbers, slower.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _remove_stale_lock(lock: Path) -> None:
 @lru_cache(maxsize=1)
 def cpu_kernel() -> ModuleType | None:
     """The compiled module (``window_attention``, ``layer_norm`` and their backwards), or None where it cannot be had."""
-    if os.environ.get("DCIF_ATTENTION_KERNEL", "1") == "0":
+    if os.environ.get("DCIF_CPU_KERNELS", "1") == "0":
         return None
     build = " ".join((*FLAGS, torch.__version__, str(Path(torch.__file__).parent), _processor()))
     sources = b"".join(source.read_bytes() for source in SOURCES)

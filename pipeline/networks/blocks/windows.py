@@ -26,12 +26,13 @@ from functools import lru_cache
 import torch
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size
 
-CPU_CHUNK_TOKENS = 32768
-"""Tokens per chunk on the CPU: 512 windows of 8 x 8 (half a 256 x 256 slice); 4 MB per activation at width 32.
+CPU_CHUNK_TOKENS = 16384
+"""Tokens per chunk on the CPU: 256 windows of 8 x 8 (a quarter of a 256 x 256 slice); 1 MB per activation at width 16.
 
-Smaller, cache-sized chunks measured faster on an idle CPU but several times slower on a busy one (every
-small kernel waits for its slowest thread); this size keeps the op count low and the memory bounded: a
-512 x 512 slice of the shipped model peaks 37 MB lower than with 65536 tokens, at the same speed.
+Measured at 512 x 512 on 2 cores once freed memory stays in the process (:mod:`pipeline.networks.cpu_allocator`):
+16384 tokens ran the shipped model in 430 ms and the paper-depth one in 1.71 s, against 490 ms and 1.87 s with
+32768 (whose Q/K/V of 12 MB outgrow the cache) and 510 ms and 1.91 s with 4096 (more, smaller ops); 8192 was
+as fast, on a quiet CPU and on a busy one. Before that allocator setting, smaller chunks lost on a busy CPU.
 """
 
 
