@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size, window_partition, window_reverse
 
-from pipeline.networks.blocks.windows import from_windows, shift_mask, to_windows, window_shift
+from pipeline.networks.blocks import windows as windows_module
+from pipeline.networks.blocks.windows import from_windows, shift_mask, to_windows, window_shift, windows_for
 
 SIZES = [(8, 8), (8, 24), (16, 16), (24, 40)]  # window multiples, as the stages pad them; one window on a side
 
@@ -42,3 +43,16 @@ def test_shift_mask_is_monai_s_on_every_window_of_every_image(size: tuple[int, i
     expected = compute_mask(list(size), (8, 8), shift, torch.device("cpu"))
     assert mask.dtype == expected.dtype and torch.equal(mask, expected.repeat(3, 1, 1))
     assert shift_mask(torch.zeros(1, *size, 1), 8, window_shift(*size, 8, False)) is None
+
+
+def test_cpu_inference_runs_in_chunks_and_autograd_in_one_plain_and_one_masked_chunk(monkeypatch) -> None:
+    monkeypatch.setattr(windows_module, "CPU_CHUNK_TOKENS", 256)
+    x = torch.zeros(2, 4, 64, 64)
+    with torch.no_grad():
+        chunked = windows_for(x, 8)
+    whole = windows_for(x, 8)
+    assert all(chunk.stop - chunk.start <= 256 for chunk in chunked.shifted.chunks)
+    assert len(chunked.regular.chunks) == 2 * 64 * 64 // 256
+    assert [chunk.mask is None for chunk in whole.shifted.chunks] == [True, False]
+    assert len(whole.regular.chunks) == 1 and whole.regular.chunks[0].stop == 2 * 64 * 64
+    windows_module._cached_windows.cache_clear()

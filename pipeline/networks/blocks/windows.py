@@ -148,8 +148,15 @@ def _build_windows(batch: int, height: int, width: int, window_size: int, device
 
 
 def windows_for(x: torch.Tensor, window_size: int) -> Windows:
-    """The cached :class:`Windows` of map ``x`` (B, C, H, W): chunked on the CPU, whole on accelerators."""
-    chunk_tokens = CPU_CHUNK_TOKENS if x.device.type == "cpu" else None
+    """The cached :class:`Windows` of map ``x`` (B, C, H, W): chunked for CPU inference, whole otherwise.
+
+    Chunks pay off where a block overwrites its tokens chunk by chunk, without autograd. Under autograd
+    every activation is kept anyway and the chunks' results are concatenated, so one chunk of plain
+    windows and one of masked ones are faster: a CPU training iteration of the shipped model at 64 x 64
+    crops took 280 ms so against 394 ms in 16384-token chunks.
+    """
+    chunked = x.device.type == "cpu" and not torch.is_grad_enabled()
+    chunk_tokens = CPU_CHUNK_TOKENS if chunked else None
     return _cached_windows(x.shape[0], x.shape[2], x.shape[3], window_size, x.device, chunk_tokens)
 
 
