@@ -71,7 +71,8 @@ class ChunkedWindowAttention(WindowAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
-        """proj(softmax(Q K^T / sqrt(d) + B [+ mask]) V) as tokens (windows * N, C).
+        """softmax(Q K^T / sqrt(d) + B [+ mask]) V as tokens (windows * N, C), before the output projection
+        ``proj``, which the block folds into its residual (see :meth:`SwinBlock.residuals`).
 
         On the CPU, the kernel of :mod:`~pipeline.networks.blocks.cpu_kernels` where it applies;
         elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
@@ -83,7 +84,7 @@ class ChunkedWindowAttention(WindowAttention):
         if not torch.jit.is_scripting():
             if kernel_applies(q):
                 out = window_attention(q, k, v, bias, mask, self.scale)  # (windows, N, heads, head_dim)
-                return self.proj(out.view(windows * tokens, heads * head_dim))
+                return out.view(windows * tokens, heads * head_dim)
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)
         if torch.is_grad_enabled() and q.device.type == "cpu":
@@ -93,7 +94,7 @@ class ChunkedWindowAttention(WindowAttention):
             out = torch.bmm(scores.softmax(-1), v.reshape(-1, tokens, head_dim)).view(q.shape)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(windows * tokens, heads * head_dim))
+        return out.transpose(1, 2).reshape(windows * tokens, heads * head_dim)
 
 
 class SwinBlock(nn.Module):
@@ -114,14 +115,20 @@ class SwinBlock(nn.Module):
         return self.attn.project(self.norm1(x), window_tokens)
 
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Z' = Z + MSA, then Z' + FFN(LN(Z')); without autograd added into ``x`` itself, the block's own tokens
-        (not under TorchScript, whose ``x`` may be a view of the stage's input map)."""
+        """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
+
+        Without autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both
+        residuals go into ``x`` itself, the block's own tokens, and each output projection (``proj``, the
+        MLP's ``linear2``) is one GEMM accumulating into them after its bias: no projected copy is made, and
+        no broadcast bias is written out first (at 16-32 channels those copies cost what the GEMMs do).
+        """
         if torch.is_grad_enabled() or torch.jit.is_scripting():
-            x = x + attended
+            x = x + self.attn.proj(attended)
             return x + self.mlp(self.norm2(x))
-        x += attended
-        x += self.mlp(self.norm2(x))
-        return x
+        proj, mlp = self.attn.proj, self.mlp
+        x.add_(proj.bias).addmm_(attended, proj.weight.t())
+        hidden = mlp.fn(mlp.linear1(self.norm2(x)))
+        return x.add_(mlp.linear2.bias).addmm_(hidden, mlp.linear2.weight.t())
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
