@@ -19,7 +19,7 @@ Sweep file (JSON)::
      "runs": {"n4_detail": {"detail_weight": 1.0}, ...}}  # name -> its own overrides
 
 Override keys are bundle config ids (``generator_config#variant``). Per run, ``<out>/<name>/``
-holds ``model.pt`` (best by validation Q^AB/F), ``train/history.json``, ``train.log`` and
+holds ``model.pt`` (best by the training key metric), ``train/history.json``, ``train.log`` and
 ``eval/``; ``<out>/sweep.md`` holds the table. ``--report-only`` rebuilds the tables from such a
 folder (runs trained elsewhere) without training or evaluating.
 
@@ -38,6 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from monai.bundle import ConfigParser
 
 from pipeline.handlers.lesion_report import read_lesion_ratios
 from pipeline.handlers.metrics_report import markdown_summary
@@ -96,13 +98,22 @@ def study_rows(eval_dir: Path, rename: str | None = None) -> list[dict[str, Any]
     return rows
 
 
+def key_metric() -> str:
+    """The metric the training workflow keeps its best checkpoint by (``validate#key_metric`` of train.json)."""
+    config = ConfigParser.load_config_file(CONFIGS / "train.json")
+    return next(iter(config["validate"]["key_metric"]))
+
+
 def run_summary(name: str, run_dir: Path, overrides: dict[str, Any], code: int) -> dict[str, Any]:
     """One line of the runs table: its overrides, last epoch reached (counted from the start of a resumed
     run), best validation numbers, lesion ratios."""
     history_path = run_dir / "train" / "history.json"
     epochs = read_history(history_path)["epochs"] if history_path.is_file() else []
-    validated = [row for row in epochs if "val_QABF" in row]
-    best = max(validated, key=lambda row: row["val_QABF"], default={})
+    key = key_metric()
+    validated = [row for row in epochs if key in row or "val_QABF" in row]
+    # The epoch the run's model.pt holds: best by the training key metric (val_QABF in runs from before it was
+    # val_selection).
+    best = max(validated, key=lambda row: row.get(key, row.get("val_QABF")), default={})
     return {"run": name, "exit": code, "overrides": overrides, "epochs": epochs[-1]["epoch"] if epochs else 0,
             "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")},
             **{f"lesion_{window}": ratio for window, ratio in read_lesion_ratios(run_dir / "eval", "dcif_gan").items()}}

@@ -140,3 +140,13 @@ def test_every_sweep_override_is_a_training_config_id(path):
     spec = json.loads(path.read_text())
     keys = set(spec.get("common", {})) | {key for own in spec["runs"].values() for key in own}
     assert keys and all(key in config for key in keys), sorted(k for k in keys if k not in config)
+
+
+def test_the_best_epoch_is_the_training_key_metrics(sweep, tmp_path):
+    """model.pt holds the best epoch by train.json's key metric, so the summary reports that epoch."""
+    assert sweep.key_metric() == "val_selection"
+    history = {"params": {}, "epochs": [{"epoch": 1, "val_QABF": 0.2, "val_selection": 0.6},
+                                        {"epoch": 2, "val_QABF": 0.3, "val_selection": 0.5}]}
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "history.json").write_text(json.dumps(history))
+    assert sweep.run_summary("n4", tmp_path, {}, 0)["best_epoch"] == 1
