@@ -51,8 +51,7 @@ def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     sources = torch.cat([torch.cat([image[:, w : w + 1], pet], dim=1) for w in range(n_windows)], dim=0)
     fused = torch.cat([pred[:, w : w + 1] for w in range(n_windows)], dim=0)
     if affine is not None:
-        affine = affine.reshape(-1, 4, 4).expand(pred.shape[0], 4, 4)
-        sources = MetaTensor(sources, affine=affine.repeat(n_windows, 1, 1))
+        sources = MetaTensor(sources, affine=_per_sample(affine, pred.shape[0]).repeat(n_windows, 1, 1))
     return fused, sources
 
 
@@ -61,21 +60,27 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
+def _per_sample(affine: torch.Tensor, samples: int) -> torch.Tensor:
+    """``affine`` as one matrix per sample, (samples, S, S): a single matrix is shared by all."""
+    side = affine.shape[-1]
+    return affine.reshape(-1, side, side).expand(samples, side, side)
+
+
 def _sample_spacings(y: torch.Tensor) -> list[np.ndarray]:
-    """Voxel spacing (mm) of each sample of ``y`` from its affine: one (4, 4) for all or (B, 4, 4); 1 mm without."""
+    """Voxel spacing (mm) of each sample of ``y`` as :func:`_volume` lays it out, from its affine (one (4, 4) for
+    all, or (B, 4, 4)); 1 mm without one. A 2-D sample's added slice axis gets 1 mm (it holds one slice)."""
     dims = y.ndim - 2
     if not isinstance(y, MetaTensor):
-        return [np.ones(dims)] * y.shape[0]
-    affines = y.affine.reshape(-1, 4, 4).expand(y.shape[0], 4, 4) if y.affine.ndim == 2 else y.affine
-    return [np.asarray(affine_to_spacing(affine, r=dims)) for affine in affines]
+        return [np.ones(3)] * y.shape[0]
+    affines = _per_sample(y.affine, y.shape[0])
+    return [np.append(affine_to_spacing(affine, r=dims), [1.0] * (3 - dims)) for affine in affines]
 
 
 def _lesion_ratio(fused: np.ndarray, sources: np.ndarray, spacing: np.ndarray) -> float:
     """C(fused) / C(PET) of one ``(1, X, Y, Z)`` fused volume and its ``(2, X, Y, Z)`` sources."""
     pet = sources[1]
     lesion = lesion_mask_from_pet(pet)
-    ring = ring_mask(lesion, np.resize(spacing, lesion.ndim))
-    return lesion_contrast_ratio(fused[0], pet, lesion, ring)["ratio"]
+    return lesion_contrast_ratio(fused[0], pet, lesion, ring_mask(lesion, spacing))["ratio"]
 
 
 def _volume(sample: torch.Tensor) -> np.ndarray:
@@ -96,9 +101,11 @@ class FusionMetric(CumulativeIterationMetric):
     def __init__(self, name: str | Sequence[str], reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
         super().__init__()
         self.names = [name] if isinstance(name, str) else list(name)
+        if not self.names:
+            raise ValueError("FusionMetric needs at least one metric name")
         unknown = [n for n in self.names if n not in (*METRIC_NAMES, LESION_RATIO)]
-        if unknown or not self.names:
-            raise ValueError(f"unknown fusion metric {', '.join(map(repr, unknown)) or 'list []'}; available: "
+        if unknown:
+            raise ValueError(f"unknown fusion metric {', '.join(map(repr, unknown))}; available: "
                              f"{', '.join((*METRIC_NAMES, LESION_RATIO))}")
         self.reduction = reduction
 

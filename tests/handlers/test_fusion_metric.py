@@ -115,3 +115,21 @@ def test_window_pairs_keep_the_affine_for_each_window():
     assert fused.shape == (2, 1, 8, 8, 2) and sources.shape == (2, 2, 8, 8, 2)
     assert sources.affine.shape == (2, 4, 4)
     assert torch.equal(sources.affine[1], image.affine)
+
+
+def test_an_empty_name_list_is_rejected():
+    with pytest.raises(ValueError, match="at least one metric name"):
+        FusionMetric([])
+
+
+def test_lesion_ratio_of_a_2d_slice_uses_its_in_plane_spacing():
+    """A (B, 2, H, W) sample is a volume of one slice: its ring is measured with the affine's in-plane spacing."""
+    from pipeline.metrics.lesion import lesion_contrast_ratio, lesion_mask_from_pet, ring_mask
+
+    fused, sources = lesion_volume(spacing=3.0)
+    fused_2d, pet = fused[..., 3], sources[0, 1, ..., 3].numpy()
+    sources_2d = MetaTensor(sources[..., 3].as_tensor(), affine=torch.diag(torch.tensor([3.0, 3.0, 1.0])))
+    lesion = lesion_mask_from_pet(pet[..., None])
+    expected = lesion_contrast_ratio(fused_2d[0, 0].numpy()[..., None], pet[..., None], lesion,
+                                     ring_mask(lesion, (3.0, 3.0, 1.0)))["ratio"]
+    assert FusionMetric("lesion_ratio")(fused_2d, sources_2d).item() == pytest.approx(expected)
