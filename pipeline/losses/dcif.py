@@ -39,6 +39,7 @@ class GeneratorLoss(nn.Module):
         detail_mu: SSIM weight of the detail loss against that target.
         detail_edge_weight: weight of the detail loss's stronger-edge term (see :class:`DetailLoss`).
         detail_edges: that term's target, ``"max"`` or ``"saliency"`` (see :class:`DetailLoss`).
+        detail_source_ssim: weight of the detail loss's SSIM against both sources (see :class:`DetailLoss`).
     """
 
     def __init__(
@@ -52,13 +53,14 @@ class GeneratorLoss(nn.Module):
         detail_mu: float = 0.0,
         detail_edge_weight: float = 1.0,
         detail_edges: str = "max",
+        detail_source_ssim: float = 0.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight, detail_edges)
+        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim)
 
     def forward(
         self,

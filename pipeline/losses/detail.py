@@ -5,6 +5,7 @@ an average of CT and PET, the baseline that scores lowest on edge and contrast m
 acts on ``F = (F_CT + F_PET) / 2`` itself:
 
     L_detail = L1(F, T) + mu * (1 - SSIM(F, T)) + e * L1(|grad F|, max(|grad CT|, |grad PET|))
+               + s * ((1 - SSIM(F, CT)) + (1 - SSIM(F, PET)))
 
 with Sobel gradients and T the output of a registered classical fuser. With ``edges="saliency"``
 the edge target is max(|grad CT|, |grad PET|) only away from PET uptake and |grad T| on and around
@@ -13,7 +14,9 @@ around a soft-tissue lesion is the CT's, and asking for it paints the CT into th
 ``mu=0`` it is the joint loss of SwinFusion (Ma et al. 2022), which lifts the edge metrics but
 hides lung-window lesions (the brighter source there is the soft tissue around them). With
 ``target="saliency"`` (:class:`pipeline.fusion.saliency.SaliencyLaplacianFuser`) T keeps the CT
-outside PET uptake and the PET on and around a lesion. It is a product option (``detail_weight``
+outside PET uptake and the PET on and around a lesion. The last term (SwinFusion's SSIM loss, off by
+default) asks for the structure of both sources at once, which a single target T cannot give: the
+fusion metrics' SSIM is that sum. It is a product option (``detail_weight``
 in the bundle, 0 = the paper's objective), chosen by validation on real studies.
 """
 
@@ -25,7 +28,7 @@ from torch import nn
 
 from pipeline.fusion import get_fuser
 from pipeline.fusion.saliency import pet_saliency
-from pipeline.losses.content import ContentLoss
+from pipeline.losses.content import ContentLoss, SeparableSSIMLoss
 
 EDGE_TARGETS = ("max", "saliency")
 
@@ -44,7 +47,9 @@ class SobelMagnitude(nn.Module):
 
 
 class DetailLoss(nn.Module):
-    """``L1(F, T) + mu (1 - SSIM(F, T)) + e L1(|grad F|, max(|grad A|, |grad B|))`` for images in [0, 1].
+    """``L1(F, T) + mu (1 - SSIM(F, T)) + e L1(|grad F|, max(|grad A|, |grad B|)) + s (2 - SSIM(F, A) - SSIM(F, B))``.
+
+    For images in [0, 1].
 
     Args:
         target: the registered fuser whose output of (A, B) is the intensity target T.
@@ -53,12 +58,17 @@ class DetailLoss(nn.Module):
             than a blurred copy of T has, which the target alone does not.
         edges: ``"max"``, the stronger source's edges everywhere, or ``"saliency"``, T's own edges
             where the PET shows uptake (B is the PET).
+        source_ssim: ``s``, the weight of the structural term against both sources.
     """
 
-    def __init__(self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0, edges: str = "max") -> None:
+    def __init__(
+        self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0, edges: str = "max", source_ssim: float = 0.0
+    ) -> None:
         super().__init__()
         self.target = get_fuser(target)
         self.intensity = ContentLoss("l1", mu)
+        self.structure = SeparableSSIMLoss(data_range=1.0)
+        self.source_ssim = source_ssim
         self.gradient = SobelMagnitude()
         self.edge_weight = edge_weight
         if edges not in EDGE_TARGETS:
@@ -72,4 +82,9 @@ class DetailLoss(nn.Module):
             if self.edges == "saliency":
                 strongest = torch.lerp(strongest, self.gradient(target), pet_saliency(b.float()))
         edges = F.l1_loss(self.gradient(fused), strongest)
-        return self.intensity(fused, target) + self.edge_weight * edges
+        loss = self.intensity(fused, target) + self.edge_weight * edges
+        if self.source_ssim:
+            with torch.autocast(device_type=fused.device.type, enabled=False):
+                sources = self.structure(fused.float(), a.float()) + self.structure(fused.float(), b.float())
+            loss = loss + self.source_ssim * sources
+        return loss

@@ -7,6 +7,7 @@ import torch
 
 from pipeline.fusion.saliency import pet_saliency
 from pipeline.losses import DetailLoss, GeneratorLoss, SobelMagnitude
+from pipeline.losses.content import SeparableSSIMLoss
 from pipeline.networks import DCIFGAN
 
 
@@ -40,6 +41,17 @@ def test_edge_weight_scales_the_stronger_edge_term_alone():
     sobel = SobelMagnitude()
     edges = torch.nn.functional.l1_loss(sobel(blurred), torch.maximum(sobel(ct), sobel(pet)))
     assert torch.allclose(plain - none, edges) and torch.allclose(triple - none, 3 * edges)
+
+
+def test_source_ssim_adds_the_structure_lost_against_each_source():
+    ct, pet = torch.rand(2, 1, 24, 24), torch.rand(2, 1, 24, 24)
+    fused = 0.5 * (ct + pet)
+    plain, weighted = (DetailLoss("saliency", 1.0, 2.0, "saliency", s)(fused, ct, pet) for s in (0.0, 0.5))
+    structure = SeparableSSIMLoss()
+    assert torch.allclose(weighted - plain, 0.5 * (structure(fused, ct) + structure(fused, pet)))
+    # F equal to one source loses nothing against it: only the other source's term is left.
+    own = DetailLoss("max", 0.0, 0.0, "max", 1.0)(ct, ct, pet) - DetailLoss("max", 0.0, 0.0)(ct, ct, pet)
+    assert torch.allclose(own, structure(ct, pet))
 
 
 def test_saliency_edges_follow_the_target_on_uptake_and_the_stronger_source_away_from_it():
@@ -103,7 +115,7 @@ def test_generator_loss_passes_the_detail_target_and_structure_weight_on():
     gan = DCIFGAN(variant="network1", width=8, num_heads=2, depths=(1, 1, 1))
     ct, pet = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
     f_ct, f_pet = gan.generator.streams(ct, pet)
-    terms = GeneratorLoss(alpha=10.0, detail_weight=2.0, detail_target="saliency", detail_mu=1.0)(
-        ct, pet, f_ct, f_pet, gan.d1, gan.d2)
-    expected = DetailLoss("saliency", 1.0)(0.5 * (f_ct + f_pet), ct, pet)
+    terms = GeneratorLoss(alpha=10.0, detail_weight=2.0, detail_target="saliency", detail_mu=1.0,
+                          detail_source_ssim=0.5)(ct, pet, f_ct, f_pet, gan.d1, gan.d2)
+    expected = DetailLoss("saliency", 1.0, source_ssim=0.5)(0.5 * (f_ct + f_pet), ct, pet)
     assert torch.allclose(terms["detail"], expected)
