@@ -174,7 +174,11 @@ def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]
                     piece.copy_(result)
         else:
             pieces.append(results)
-    return streams if in_place else tuple(torch.cat(column) for column in zip(*pieces))
+    if in_place:
+        return streams
+    if len(pieces) == 1:  # one chunk (the unshifted blocks under autograd): its results are the streams, no copy
+        return pieces[0]
+    return tuple(torch.cat(column) for column in zip(*pieces))
 
 
 def alternate_windows(blocks: nn.ModuleList, windows: Windows, step, *streams: torch.Tensor) -> list[torch.Tensor]:
