@@ -11,7 +11,8 @@ iteration as ``AdversarialTrainer`` does, so handlers written for that trainer a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,12 +20,26 @@ from ignite.metrics import Metric
 from monai.engines import IterationEvents, Trainer
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils.enums import AdversarialIterationEvents
+from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from pipeline.engines.players import make_players
 
 LossTerms = dict[str, torch.Tensor]
+
+
+@contextmanager
+def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Parameters that autograd does not track inside the block (a graph built there has no edges to them)."""
+    tracked = [parameter for parameter in parameters if parameter.requires_grad]
+    for parameter in tracked:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in tracked:
+            parameter.requires_grad_(True)
 
 
 def prepare_fusion_batch(
@@ -145,8 +160,11 @@ class FusionGANTrainer(Trainer):
             engine._update(d_terms["total"], engine.d_optimizer, "DISCRIMINATOR")
             output["d_updated"] = 1.0
 
-        with engine._autocast():
-            g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), d1, d2)
+        # The G step needs the critics' scores and their gradients with respect to the fused images only. With the
+        # critics' weights frozen while the loss is built, autograd skips their weight gradients and the real images'
+        # branches altogether, and the unwrapped critics skip DDP, which has no gradient to synchronise here.
+        with engine._autocast(), frozen(engine.model.discriminator_parameters()):
+            g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), engine.model.d1, engine.model.d2)
         output["loss"] = g_terms["total"].item()
         engine.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
         engine._update(g_terms["total"], engine.g_optimizer, "GENERATOR")

@@ -9,6 +9,7 @@ from monai.inferers import SimpleInferer
 from monai.utils.enums import AdversarialIterationEvents
 
 from pipeline.engines import FusionGANTrainer
+from pipeline.engines.trainer import frozen
 from pipeline.losses import DiscriminatorLoss, GeneratorLoss
 from pipeline.networks import DCIFGAN
 
@@ -114,3 +115,23 @@ def test_amp_is_trainers_switch_with_bfloat16_by_default_and_off_on_the_cpu():
     assert trainer.amp_kwargs == {"dtype": torch.float16}
     with trainer._autocast():
         assert not torch.is_autocast_enabled("cpu")  # the CPU trains in float32
+
+
+def test_the_generator_step_computes_no_discriminator_weight_gradient():
+    """Only the D step's backward reaches the critics' weights; the G step freezes them and restores them after."""
+    trainer, model = _trainer("network4")
+    weight = next(model.discriminator_parameters())
+    reached: list[int] = []
+    weight.register_hook(lambda grad: reached.append(trainer.state.iteration))
+    trainer.run()
+    assert reached == [1, 2]  # once per iteration (one D step each), never from the G step
+    assert all(p.requires_grad for p in model.discriminator_parameters())
+
+
+def test_frozen_restores_tracking_after_an_error():
+    layer = torch.nn.Linear(2, 2)
+    layer.bias.requires_grad_(False)
+    with pytest.raises(RuntimeError), frozen(layer.parameters()):
+        assert not layer.weight.requires_grad
+        raise RuntimeError("inside")
+    assert layer.weight.requires_grad and not layer.bias.requires_grad  # only what it froze is thawed
