@@ -53,29 +53,33 @@ def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
 
 @pytest.mark.parametrize("head_dim", cpu_kernels.HEAD_DIMS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool) -> None:
+@pytest.mark.parametrize("cross", [False, True])
+def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool, cross: bool) -> None:
+    """Self-attention (Q, K, V of one projection) and CMIFM's cross-attention (Q of one, K and V of the other)."""
     torch.manual_seed(head_dim + masked)
     windows, heads = 5, 2
-    qkv = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True)
+    queries = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True)
+    keys_values = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True) if cross else queries
     bias = torch.randn(heads, 64, 64, requires_grad=True)
     mask = _shift_mask(windows) if masked else None
-    q, k, v = (z.transpose(1, 2) for z in qkv.unbind(2))
     upstream = torch.randn(windows, 64, heads, head_dim)
-    got = cpu_kernels.window_attention(q, k, v, bias, mask, head_dim**-0.5)
-    got_grads = torch.autograd.grad((got * upstream).sum(), (qkv, bias))
+    inputs = (queries, keys_values, bias) if cross else (queries, bias)
+    got = cpu_kernels.window_attention(queries, keys_values, bias, mask, head_dim**-0.5)
+    got_grads = torch.autograd.grad((got * upstream).sum(), inputs)
+    q, k, v = (z.transpose(1, 2) for z in (queries[:, :, 0], keys_values[:, :, 1], keys_values[:, :, 2]))
     attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5).transpose(1, 2)
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), (qkv, bias))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         assert (got_grad - expected_grad).abs().max() < 1e-4
 
 
 def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:
-    q, k, v = _qkv(2, 2, 12)
+    projection = torch.randn(2, 64, 3, 2, 12)
     with pytest.raises(RuntimeError, match="head dim"):
-        kernel(q, k, v, torch.zeros(2, 64, 64), torch.empty(0), 0.3)
-    assert not cpu_kernels.kernel_applies(q)
-    assert not cpu_kernels.kernel_applies(_qkv(2, 2, 8)[0].double())
+        kernel(*cpu_kernels.split_projections(projection, projection), torch.zeros(2, 64, 64), torch.empty(0), 0.3)
+    assert not cpu_kernels.kernel_applies(projection)
+    assert not cpu_kernels.kernel_applies(torch.randn(2, 64, 3, 2, 8).double())
 
 
 def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kernel(kernel, monkeypatch) -> None:
@@ -101,7 +105,7 @@ def test_switched_off_it_is_not_built(monkeypatch) -> None:
     cpu_kernels.cpu_kernel.cache_clear()
     try:
         assert cpu_kernels.cpu_kernel() is None
-        assert not cpu_kernels.kernel_applies(_qkv(2, 2, 8)[0])
+        assert not cpu_kernels.kernel_applies(torch.randn(2, 64, 3, 2, 8))
     finally:
         monkeypatch.delenv("DCIF_CPU_KERNELS")
         cpu_kernels.cpu_kernel.cache_clear()

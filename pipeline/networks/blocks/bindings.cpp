@@ -4,16 +4,16 @@
 
 torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                torch::Tensor mask, double scale);
-std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                                     torch::Tensor bias, torch::Tensor mask, torch::Tensor grad,
-                                                     double scale);
+torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
+                                        torch::Tensor mask, torch::Tensor grad, double scale, torch::Tensor dq,
+                                        torch::Tensor dk, torch::Tensor dv);
 std::vector<torch::Tensor> layer_norm(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps);
 std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor mean,
                                                torch::Tensor rstd, torch::Tensor grad);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("window_attention", &window_attention, "softmax(scale Q K^T + bias [+ mask]) V per window and head");
-  m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention");
+  m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention: dQ, dK, dV into the given tensors, dB returned");
   m.def("layer_norm", &layer_norm, "LayerNorm over the last dim of (rows, C) tokens: y, mean, rstd");
   m.def("layer_norm_backward", &layer_norm_backward, "gradients of layer_norm: dx, dweight, dbias");
 }

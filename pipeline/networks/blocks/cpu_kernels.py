@@ -95,40 +95,57 @@ def _kernels_take(x: torch.Tensor) -> bool:
             and cpu_kernel() is not None)
 
 
-def kernel_applies(q: torch.Tensor) -> bool:
-    """Whether the attention kernel takes these queries (windows, heads, N, head_dim): float32 CPU, 64 tokens, a
-    head size of :data:`HEAD_DIMS`, eager mode."""
-    return _kernels_take(q) and q.shape[-2] == TOKENS and q.shape[-1] in HEAD_DIMS
+def split_projections(queries: torch.Tensor, keys_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q of one projection and K, V of another, each (windows, N, 3, heads, head_dim), as (windows, heads, N, head_dim) views."""
+    return queries[:, :, 0].transpose(1, 2), keys_values[:, :, 1].transpose(1, 2), keys_values[:, :, 2].transpose(1, 2)
+
+
+def kernel_applies(queries: torch.Tensor) -> bool:
+    """Whether the attention kernel takes this projection (windows, N, 3, heads, head_dim): float32 CPU, 64 tokens,
+    a head size of :data:`HEAD_DIMS`, eager mode."""
+    return _kernels_take(queries) and queries.shape[1] == TOKENS and queries.shape[-1] in HEAD_DIMS
 
 
 class _WindowAttention(torch.autograd.Function):
-    """The kernel's forward and backward as one autograd node; the mask carries no gradient."""
+    """The kernel's forward and backward as one autograd node; the mask carries no gradient.
+
+    The gradients come back in the projections' own layout, one tensor per projection (the kernel writes dQ, dK and
+    dV into its views): handed three separate ones, autograd would stack them, a strided copy that took a twelfth
+    of a CPU training step.
+    """
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                mask: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v, bias, mask)
-        ctx.scale = scale
-        return cpu_kernel().window_attention(q, k, v, bias, mask, scale)
+    def forward(ctx: Any, queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        ctx.save_for_backward(queries, keys_values, bias, mask)
+        ctx.scale, ctx.shared = scale, queries is keys_values
+        return cpu_kernel().window_attention(*split_projections(queries, keys_values), bias, mask, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, bias, mask = ctx.saved_tensors
-        dq, dk, dv, dbias = cpu_kernel().window_attention_backward(q, k, v, bias, mask, grad, ctx.scale)
-        return dq, dk, dv, dbias, None, None
+        queries, keys_values, bias, mask = ctx.saved_tensors
+        d_queries = torch.empty_like(queries)
+        d_keys_values = d_queries if ctx.shared else torch.empty_like(keys_values)
+        if not ctx.shared:  # each projection has a gradient in its own part only
+            d_queries[:, :, 1:].zero_()
+            d_keys_values[:, :, 0].zero_()
+        dbias = cpu_kernel().window_attention_backward(*split_projections(queries, keys_values), bias, mask, grad,
+                                                       ctx.scale, *split_projections(d_queries, d_keys_values))
+        return d_queries, None if ctx.shared else d_keys_values, dbias, None, None
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+def window_attention(queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor,
                      mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """softmax(scale Q K^T + B [+ mask]) V by the kernel, as (windows, N, heads, head_dim); see :func:`kernel_applies`.
 
-    ``q``, ``k``, ``v``: (windows, heads, N, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N), symmetric
-    as the SW-MSA masks are (token i sees token j iff both lie in one region), or None.
+    Q comes from ``queries`` and K, V from ``keys_values`` (the same tensor in self-attention), each a projection
+    (windows, N, 3, heads, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N), symmetric as the SW-MSA
+    masks are (token i sees token j iff both lie in one region), or None.
     """
     mask = _NO_MASK if mask is None else mask
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias)):
-        return _WindowAttention.apply(q, k, v, bias, mask, scale)
-    return cpu_kernel().window_attention(q, k, v, bias, mask, scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (queries, keys_values, bias)):
+        return _WindowAttention.apply(queries, keys_values, bias, mask, scale)
+    return cpu_kernel().window_attention(*split_projections(queries, keys_values), bias, mask, scale)
 
 
 class _LayerNorm(torch.autograd.Function):

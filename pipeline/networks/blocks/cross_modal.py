@@ -47,10 +47,9 @@ class CrossModalBlock(nn.Module):
              mask: torch.Tensor | None, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on tokens (windows * N, C) of the same whole windows of both streams."""
         bias_ct, bias_pet = biases
-        q_ct, k_ct, v_ct = self.ct.project(x_ct, window_tokens)
-        q_pet, k_pet, v_pet = self.pet.project(x_pet, window_tokens)
-        attended_ct = self.ct.attn.attend(q_ct, k_pet, v_pet, bias_ct, mask)
-        attended_pet = self.pet.attn.attend(q_pet, k_ct, v_ct, bias_pet, mask)
+        qkv_ct, qkv_pet = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
+        attended_ct = self.ct.attn.attend(qkv_ct, qkv_pet, bias_ct, mask)
+        attended_pet = self.pet.attn.attend(qkv_pet, qkv_ct, bias_pet, mask)
         return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_maps`

@@ -21,7 +21,7 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from pipeline.networks.blocks.cpu_kernels import TokenLayerNorm, kernel_applies, window_attention
+from pipeline.networks.blocks.cpu_kernels import TokenLayerNorm, kernel_applies, split_projections, window_attention
 from pipeline.networks.blocks.windows import (
     Chunk,
     Windows,
@@ -62,17 +62,16 @@ class ChunkedWindowAttention(WindowAttention):
         table = self.relative_position_bias_table[index]
         return table.view(window_tokens, window_tokens, self.num_heads).permute(2, 0, 1)
 
-    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q, K, V of tokens ``x`` (windows * N, C), each (windows, heads, N, head_dim), as views."""
+    def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
+        """Q, K, V of tokens ``x`` (windows * N, C) as one (windows, N, 3, heads, head_dim) view."""
         dim = x.shape[-1]
-        qkv = self.qkv(x).view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.unbind(2)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return self.qkv(x).view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+    def attend(self, queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d) + B [+ mask]) V as tokens (windows * N, C), before the output projection
-        ``proj``, which the block folds into its residual (see :meth:`SwinBlock.residuals`).
+        ``proj``, which the block folds into its residual (see :meth:`SwinBlock.residuals`). Q comes from the
+        projection ``queries``, K and V from ``keys_values`` (the same one in self-attention; see :meth:`project`).
 
         On the CPU, the kernel of :mod:`~pipeline.networks.blocks.cpu_kernels` where it applies;
         elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
@@ -80,11 +79,12 @@ class ChunkedWindowAttention(WindowAttention):
         also scans every score row for -inf (a fifth of a CPU training step), so the three ops are
         written out there. TorchScript cannot call the kernel: a scripted model runs SDPA.
         """
-        windows, heads, tokens, head_dim = q.shape
+        windows, tokens, _, heads, head_dim = queries.shape
         if not torch.jit.is_scripting():
-            if kernel_applies(q):
-                out = window_attention(q, k, v, bias, mask, self.scale)  # (windows, N, heads, head_dim)
+            if kernel_applies(queries):
+                out = window_attention(queries, keys_values, bias, mask, self.scale)  # (windows, N, heads, head_dim)
                 return out.view(windows * tokens, heads * head_dim)
+        q, k, v = split_projections(queries, keys_values)
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)
         if torch.is_grad_enabled() and q.device.type == "cpu":
@@ -111,7 +111,7 @@ class SwinBlock(nn.Module):
         self.norm2 = TokenLayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
-    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
         return self.attn.project(self.norm1(x), window_tokens)
 
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
@@ -132,8 +132,8 @@ class SwinBlock(nn.Module):
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
-        q, k, v = self.project(x, window_tokens)
-        return self.residuals(x, self.attn.attend(q, k, v, bias, mask))
+        qkv = self.project(x, window_tokens)
+        return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask))
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_map`
     def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:

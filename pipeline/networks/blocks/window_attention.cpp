@@ -159,10 +159,16 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
   }
 }
 
+// Where the backward writes dQ, dK, dV: (W, H, N, D) tensors of any strides (views of one Q/K/V gradient).
+struct Grads {
+  float *dq, *dk, *dv;
+  at::IntArrayRef qs, ks, vs;
+};
+
 // dP = dO V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO, dB += dS.
 template <int DIM>
-void backward_pairs(const Inputs& in, const float* grad, float* dq, float* dk, float* dv, float* dbias_t,
-                    int64_t begin, int64_t end) {
+void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float* dbias_t, int64_t begin,
+                    int64_t end) {
   Window<DIM> win;
   alignas(64) float got[DIM][kTokens];  // dO^T
   alignas(64) float dst[kTokens][kTokens];
@@ -196,7 +202,9 @@ void backward_pairs(const Inputs& in, const float* grad, float* dq, float* dk, f
     for (int d = 0; d < DIM; ++d) {
       for (int i = 0; i < kTokens; ++i) dqt[d][i] = 0.0f;
     }
-    const int64_t base = (w * in.heads + h) * kTokens * DIM;  // (W, H, N, D) contiguous gradients
+    float* dk = out.dk + w * out.ks[0] + h * out.ks[1];
+    float* dv = out.dv + w * out.vs[0] + h * out.vs[1];
+    float* dq = out.dq + w * out.qs[0] + h * out.qs[1];
     for (int j = 0; j < kTokens; ++j) {
       for (int d = 0; d < DIM; ++d) {
         const float kd = win.key[j][d];
@@ -206,12 +214,12 @@ void backward_pairs(const Inputs& in, const float* grad, float* dq, float* dk, f
           dk_acc += dst[j][i] * win.qt[d][i];
           dv_acc += win.pt[j][i] * got[d][i];
         }
-        dk[base + j * DIM + d] = dk_acc;
-        dv[base + j * DIM + d] = dv_acc;
+        dk[j * out.ks[2] + d * out.ks[3]] = dk_acc;
+        dv[j * out.vs[2] + d * out.vs[3]] = dv_acc;
       }
     }
     for (int i = 0; i < kTokens; ++i) {
-      for (int d = 0; d < DIM; ++d) dq[base + i * DIM + d] = dqt[d][i] * in.scale;
+      for (int d = 0; d < DIM; ++d) dq[i * out.qs[2] + d * out.qs[3]] = dqt[d][i] * in.scale;
     }
   }
 }
@@ -265,34 +273,37 @@ torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   return out;
 }
 
-// The gradients of window_attention for grad = dL/dO (W, 64, H, D): dQ, dK, dV as (W, H, 64, D), dB as (H, 64, 64).
-std::vector<torch::Tensor> window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                                     torch::Tensor bias, torch::Tensor mask, torch::Tensor grad,
-                                                     double scale) {
+// The gradients of window_attention for grad = dL/dO (W, 64, H, D): dQ, dK, dV written into dq, dk, dv ((W, H, 64, D),
+// any strides: the caller's views of the Q/K/V projection's gradient), dB returned as (H, 64, 64).
+torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
+                                        torch::Tensor mask, torch::Tensor grad, double scale, torch::Tensor dq,
+                                        torch::Tensor dk, torch::Tensor dv) {
   const auto bias_t = transposed(bias), mask_t = symmetric(mask);
   const Inputs in = check_inputs(q, k, v, bias_t, mask_t, scale);
   const auto grad_c = grad.to(at::kFloat).contiguous();
   TORCH_CHECK(grad_c.dim() == 4 && grad_c.size(0) == q.size(0) && grad_c.size(1) == kTokens &&
               grad_c.size(2) == in.heads && grad_c.size(3) == q.size(3), "grad must be (W, N, H, D)");
-  auto dq = torch::empty(q.sizes(), q.options()), dk = torch::empty(q.sizes(), q.options());
-  auto dv = torch::empty(q.sizes(), q.options());
+  for (const auto* out : {&dq, &dk, &dv}) {
+    TORCH_CHECK(out->sizes() == q.sizes() && out->scalar_type() == at::kFloat, "dq, dk, dv must be float32 like q");
+  }
+  const Grads out{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dq.strides(), dk.strides(),
+                  dv.strides()};
   const int64_t pairs = q.size(0) * in.heads, dim = q.size(3);
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pairs));
   const int64_t per_part = (pairs + parts - 1) / parts;
   auto dbias_parts = torch::zeros({parts, in.heads, kTokens, kTokens}, q.options());
   const float* gp = grad_c.data_ptr<float>();
-  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
   float* dbp = dbias_parts.data_ptr<float>();
   at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
     for (int64_t part = first; part < last; ++part) {
       const int64_t begin = part * per_part, end = std::min(pairs, begin + per_part);
       float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
       switch (dim) {
-        case 8: backward_pairs<8>(in, gp, dqp, dkp, dvp, dbias_t, begin, end); break;
-        case 10: backward_pairs<10>(in, gp, dqp, dkp, dvp, dbias_t, begin, end); break;
-        default: backward_pairs<16>(in, gp, dqp, dkp, dvp, dbias_t, begin, end);
+        case 8: backward_pairs<8>(in, gp, out, dbias_t, begin, end); break;
+        case 10: backward_pairs<10>(in, gp, out, dbias_t, begin, end); break;
+        default: backward_pairs<16>(in, gp, out, dbias_t, begin, end);
       }
     }
   });
-  return {dq, dk, dv, dbias_parts.sum(0).transpose(1, 2).contiguous()};
+  return dbias_parts.sum(0).transpose(1, 2).contiguous();
 }
