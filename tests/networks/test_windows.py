@@ -1,4 +1,5 @@
-"""The plain window layout TorchScript runs equals MONAI's helpers, which the eager window orders are built from."""
+"""The plain window layout TorchScript runs equals MONAI's helpers, which the eager window orders are built from;
+the gathers between orders differentiate by the inverse gather."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import torch
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size, window_partition, window_reverse
 
 from pipeline.networks.blocks import windows as windows_module
-from pipeline.networks.blocks.windows import from_windows, shift_mask, to_windows, window_shift, windows_for
+from pipeline.networks.blocks.windows import (
+    from_windows,
+    permute_rows,
+    shift_mask,
+    to_windows,
+    window_shift,
+    windows_for,
+)
 
 SIZES = [(8, 8), (8, 24), (16, 16), (24, 40)]  # window multiples, as the stages pad them; one window on a side
 
@@ -56,3 +64,20 @@ def test_cpu_inference_runs_in_chunks_and_autograd_in_one_plain_and_one_masked_c
     assert [chunk.mask is None for chunk in whole.shifted.chunks] == [True, False]
     assert len(whole.regular.chunks) == 1 and whole.regular.chunks[0].stop == 2 * 64 * 64
     windows_module._cached_windows.cache_clear()
+
+
+def test_a_row_permutation_is_differentiated_by_the_inverse_gather() -> None:
+    torch.manual_seed(0)
+    index = torch.randperm(50)
+    inverse = torch.empty_like(index)
+    inverse[index] = torch.arange(50)
+    z = torch.randn(50, 3, requires_grad=True)
+    upstream = torch.randn(50, 3)
+    permuted = permute_rows(z, index, inverse)
+    assert torch.equal(permuted, z[index])
+    assert type(permuted.grad_fn).__name__ == "_RowPermutationBackward"  # not index_select's scatter-add
+    (got,) = torch.autograd.grad((permuted * upstream).sum(), z)
+    (expected,) = torch.autograd.grad((z.index_select(0, index) * upstream).sum(), z)
+    assert torch.equal(got, expected)
+    with torch.no_grad():
+        assert permute_rows(z, index, inverse).grad_fn is None
