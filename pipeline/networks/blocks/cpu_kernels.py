@@ -6,7 +6,8 @@
   The kernel does the same arithmetic, forward and backward, 1.5-2.5x faster.
 - **LayerNorm** (``layer_norm.cpp``). ATen's CPU LayerNorm pays a per-row overhead that, at the
   blocks' 16-60 channels per token, makes it a fifth of a forward at 512 x 512; the kernel, with the
-  channel count known at compile time, is 4-6x faster, forward and backward.
+  channel count known at compile time, is 4-6x faster, forward and backward, and about 12x at 16
+  channels, where it normalises 16 rows at once.
 
 They are compiled with the machine's own compiler the first time a model runs on the CPU (about
 30 s; cached under torch's extension folder, keyed by the sources, the flags, the torch install and
