@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("window_attention.cpp", "layer_norm.cpp", "bindings.cpp"))
+HEADERS = (Path(__file__).with_name("lanes.h"),)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 STALE_LOCK_S = 600
 """A build lock older than this was left by a killed build (a build takes about 30 s): it is removed."""
@@ -69,7 +70,7 @@ def cpu_kernel() -> ModuleType | None:
     if os.environ.get("DCIF_CPU_KERNELS", "1") == "0":
         return None
     build = " ".join((*FLAGS, torch.__version__, str(Path(torch.__file__).parent), _processor()))
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     name = "dcif_cpu_kernels_" + hashlib.sha256(sources + build.encode()).hexdigest()[:12]
     try:
         # Imported here, inside the fallback: it imports setuptools, whose distutils shim asserts when

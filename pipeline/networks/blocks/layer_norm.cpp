@@ -7,44 +7,19 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
-#include <cstring>
 #include <vector>
+
+#include "lanes.h"
 
 namespace {
 
+using dcif::kLanes;
+using dcif::Lanes;
+using dcif::load_lanes;
+using dcif::row_sums;
+using dcif::store_lanes;
+
 constexpr int64_t kGrain = 2048;
-
-// 16 float lanes: one AVX-512 register (two AVX2 ones where that is all the CPU has).
-typedef float Lanes __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-// Lane r of the result is the sum of v[r]'s 16 lanes: a transposing add tree of 15 shuffle pairs instead of 16
-// horizontal reductions (which cost as much as the rest of a 16-channel row's work).
-inline Lanes row_sums(const Lanes (&v)[kLanes]) {
-  Lanes s1[8], s2[4], s3[2];
-  for (int k = 0; k < 8; ++k) {
-    s1[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-            __builtin_shufflevector(v[2 * k], v[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  }
-  for (int k = 0; k < 4; ++k) {
-    s2[k] = __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-            __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  }
-  for (int k = 0; k < 2; ++k) {
-    s3[k] = __builtin_shufflevector(s2[2 * k], s2[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-            __builtin_shufflevector(s2[2 * k], s2[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-  }
-  return __builtin_shufflevector(s3[0], s3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(s3[0], s3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
-inline Lanes load_lanes(const float* from) {
-  Lanes x;
-  std::memcpy(&x, from, sizeof(x));
-  return x;
-}
-
-inline void store_lanes(float* to, const Lanes& x) { std::memcpy(to, &x, sizeof(x)); }
 
 // 16 rows of C channels (a multiple of 16) at once: their sums and squared deviations reduce lane-parallel.
 template <int C>
