@@ -168,6 +168,10 @@ class DCIFGenerator(nn.Module):
                 if spec.cross_modal
                 else ConcatFusion(width)
             )
+        # Channels-last convolution weights make every convolution run channels-last, the one-channel inputs
+        # included (whose layout alone is ambiguous): the Swin stages read and write that layout without a copy,
+        # and oneDNN's 3x3 convolutions at 16 channels run 1.6x faster in it (about 5 % of a 512 x 512 forward).
+        self.to(memory_format=torch.channels_last)
 
     def streams(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(F_CT, F_PET), each (B, 1, H, W) in [0, 1], from CT and PET slices (B, 1, H, W) in [0, 1]."""

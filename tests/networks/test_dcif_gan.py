@@ -223,3 +223,17 @@ def test_every_variant_scripts_with_its_streams(variant: str) -> None:
     with torch.inference_mode():
         for got, expected in zip(scripted.streams(ct, pet), generator.streams(ct, pet)):
             assert (got - expected).abs().max() < 1e-5
+
+
+def test_convolutions_run_channels_last_with_the_same_numbers():
+    """Channels-last weights put every convolution in that layout (the Swin stages' own); the output is unchanged."""
+    torch.manual_seed(0)
+    generator = DCIFGenerator(width=16, num_heads=2, depths=(1, 1, 1)).eval()
+    weights = [p for p in generator.parameters() if p.ndim == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    channels_first = DCIFGenerator(width=16, num_heads=2, depths=(1, 1, 1)).eval()
+    channels_first.load_state_dict(generator.state_dict())
+    channels_first.to(memory_format=torch.contiguous_format)
+    x = torch.rand(1, 2, 40, 48)
+    with torch.inference_mode():
+        assert (generator(x) - channels_first(x)).abs().max() < 1e-6
