@@ -54,11 +54,29 @@ struct Inputs {
   float scale;
 };
 
+// The scores S^T of one tile of 16 queries (their scaled Q^T in qt, a query per lane) against the 64 keys, with B^T
+// [+ mask] added: row j goes to scores + j * stride. Returns each query's largest score.
+template <int DIM>
+inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw, const Lanes (&qt)[DIM],
+                         int tile, float* scores, int stride) {
+  Lanes peak = Lanes{} - 3.0e38f;
+  for (int j = 0; j < kTokens; ++j) {
+    Lanes acc = load_lanes(bh + j * kTokens + tile);
+    if (mw) acc += load_lanes(mw + j * kTokens + tile);
+    const float* key = kw + j * in.ks[2];
+#pragma GCC unroll 16
+    for (int d = 0; d < DIM; ++d) acc += key[d * in.ks[3]] * qt[d];
+    store_lanes(scores + j * stride, acc);
+    peak = acc > peak ? acc : peak;
+  }
+  return peak;
+}
+
 // One (window, head), 16 queries at a time: their scaled Q^T stays in registers while the scores of all 64 keys,
 // their softmax and the weighted sum of V are computed, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
 void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
-  alignas(64) Lanes pt[kTokens];
+  alignas(64) float pt[kTokens][kLanes];
   alignas(64) Lanes ot[DIM];
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t w = pair / in.heads, h = pair % in.heads;
@@ -72,20 +90,11 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
       for (int d = 0; d < DIM; ++d) {
         for (int lane = 0; lane < kLanes; ++lane) qt[d][lane] = qw[(tile + lane) * in.qs[2] + d * in.qs[3]] * in.scale;
       }
-      Lanes peak = Lanes{} - 3.0e38f;
-      for (int j = 0; j < kTokens; ++j) {
-        Lanes acc = load_lanes(bh + j * kTokens + tile);
-        if (mw) acc += load_lanes(mw + j * kTokens + tile);
-        const float* key = kw + j * in.ks[2];
-#pragma GCC unroll 16
-        for (int d = 0; d < DIM; ++d) acc += key[d * in.ks[3]] * qt[d];
-        pt[j] = acc;
-        peak = acc > peak ? acc : peak;
-      }
+      const Lanes peak = tile_scores(in, kw, bh, mw, qt, tile, pt[0], kLanes);
       Lanes total{};
       for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
       for (int j = 0; j < kTokens; ++j) {
-        const Lanes p = exp_nonpositive(pt[j] - peak);
+        const Lanes p = exp_nonpositive(load_lanes(pt[j]) - peak);
         total += p;
         const float* value = vw + j * in.vs[2];
 #pragma GCC unroll 16
@@ -132,16 +141,9 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
       }
     }
     for (int tile = 0; tile < kTokens; tile += kLanes) {
-      Lanes peak = Lanes{} - 3.0e38f;
-      for (int j = 0; j < kTokens; ++j) {
-        Lanes acc = load_lanes(bh + j * kTokens + tile);
-        if (mw) acc += load_lanes(mw + j * kTokens + tile);
-        const float* key = kw + j * in.ks[2];
-#pragma GCC unroll 16
-        for (int d = 0; d < DIM; ++d) acc += key[d * in.ks[3]] * load_lanes(qt[d] + tile);
-        store_lanes(pt[j] + tile, acc);
-        peak = acc > peak ? acc : peak;
-      }
+      Lanes qt_tile[DIM];
+      for (int d = 0; d < DIM; ++d) qt_tile[d] = load_lanes(qt[d] + tile);
+      const Lanes peak = tile_scores(in, kw, bh, mw, qt_tile, tile, pt[0] + tile, kTokens);
       Lanes total{};
       for (int j = 0; j < kTokens; ++j) {
         const Lanes p = exp_nonpositive(load_lanes(pt[j] + tile) - peak);
