@@ -61,5 +61,8 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
         # Collapsing is linear: F = collapse(details, base_CT) + s * expand(base_PET - base_CT).
         details, ct_base, pet_base = self.select_details(ct, pet)
         flat = [torch.zeros_like(d) for d in details]
-        weight = pet_saliency(pet, self.low, self.high, self.radius)
-        return collapse_pyramid([*details, ct_base]) + weight * collapse_pyramid([*flat, pet_base - ct_base])
+        return collapse_pyramid([*details, ct_base]) + self.saliency(pet) * collapse_pyramid([*flat, pet_base - ct_base])
+
+    def saliency(self, pet: torch.Tensor) -> torch.Tensor:
+        """This fuser's PET weight: :func:`pet_saliency` with its thresholds and radius."""
+        return pet_saliency(pet, self.low, self.high, self.radius)

@@ -40,6 +40,7 @@ class GeneratorLoss(nn.Module):
         detail_edge_weight: weight of the detail loss's stronger-edge term (see :class:`DetailLoss`).
         detail_edges: that term's target, ``"max"`` or ``"saliency"`` (see :class:`DetailLoss`).
         detail_source_ssim: weight of the detail loss's SSIM against both sources (see :class:`DetailLoss`).
+        detail_target_args: settings of the detail target fuser (default: its own).
     """
 
     def __init__(
@@ -54,13 +55,16 @@ class GeneratorLoss(nn.Module):
         detail_edge_weight: float = 1.0,
         detail_edges: str = "max",
         detail_source_ssim: float = 0.0,
+        detail_target_args: dict | None = None,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss(detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim)
+        self.detail = DetailLoss(
+            detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim, detail_target_args
+        )
 
     def forward(
         self,

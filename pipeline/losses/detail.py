@@ -9,7 +9,8 @@ acts on ``F = (F_CT + F_PET) / 2`` itself:
 
 with Sobel gradients and T the output of a registered classical fuser. With ``edges="saliency"``
 the edge target is max(|grad CT|, |grad PET|) only away from PET uptake and |grad T| on and around
-it (weighted by :func:`pipeline.fusion.saliency.pet_saliency`): in the lung window the stronger edge
+it (weighted by the target's own PET saliency where T is a saliency fuser, by
+:func:`pipeline.fusion.saliency.pet_saliency` otherwise): in the lung window the stronger edge
 around a soft-tissue lesion is the CT's, and asking for it paints the CT into the lesion. With ``target="max"`` and
 ``mu=0`` it is the joint loss of SwinFusion (Ma et al. 2022), which lifts the edge metrics but
 hides lung-window lesions (the brighter source there is the soft tissue around them). With
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.fusion import get_fuser
-from pipeline.fusion.saliency import pet_saliency
+from pipeline.fusion.saliency import SaliencyLaplacianFuser, pet_saliency
 from pipeline.losses.content import ContentLoss, SeparableSSIMLoss
 
 EDGE_TARGETS = ("max", "saliency")
@@ -59,13 +60,21 @@ class DetailLoss(nn.Module):
         edges: ``"max"``, the stronger source's edges everywhere, or ``"saliency"``, T's own edges
             where the PET shows uptake (B is the PET).
         source_ssim: ``s``, the weight of the structural term against both sources.
+        target_args: the target fuser's settings, e.g. a saliency fuser's ``low``, ``high`` and
+            ``radius`` (default: its own defaults).
     """
 
     def __init__(
-        self, target: str = "max", mu: float = 0.0, edge_weight: float = 1.0, edges: str = "max", source_ssim: float = 0.0
+        self,
+        target: str = "max",
+        mu: float = 0.0,
+        edge_weight: float = 1.0,
+        edges: str = "max",
+        source_ssim: float = 0.0,
+        target_args: dict | None = None,
     ) -> None:
         super().__init__()
-        self.target = get_fuser(target)
+        self.target = get_fuser(target, **(target_args or {}))
         self.intensity = ContentLoss("l1", mu)
         self.structure = SeparableSSIMLoss(data_range=1.0)
         self.source_ssim = source_ssim
@@ -80,7 +89,7 @@ class DetailLoss(nn.Module):
             target = self.target(a.float(), b.float())
             strongest = torch.maximum(self.gradient(a), self.gradient(b))
             if self.edges == "saliency":
-                strongest = torch.lerp(strongest, self.gradient(target), pet_saliency(b.float()))
+                strongest = torch.lerp(strongest, self.gradient(target), self._uptake(b.float()))
         edges = F.l1_loss(self.gradient(fused), strongest)
         loss = self.intensity(fused, target) + self.edge_weight * edges
         if self.source_ssim:
@@ -88,3 +97,9 @@ class DetailLoss(nn.Module):
                 sources = self.structure(fused.float(), a.float()) + self.structure(fused.float(), b.float())
             loss = loss + self.source_ssim * sources
         return loss
+
+    def _uptake(self, pet: torch.Tensor) -> torch.Tensor:
+        """Where the PET shows uptake: the target's own saliency, so its edges are asked for where it uses the PET."""
+        if isinstance(self.target, SaliencyLaplacianFuser):
+            return self.target.saliency(pet)
+        return pet_saliency(pet)

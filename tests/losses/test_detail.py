@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.fusion.saliency import pet_saliency
+from pipeline.fusion.saliency import SaliencyLaplacianFuser, pet_saliency
 from pipeline.losses import DetailLoss, GeneratorLoss, SobelMagnitude
 from pipeline.losses.content import SeparableSSIMLoss
 from pipeline.networks import DCIFGAN
@@ -67,6 +67,21 @@ def test_saliency_edges_follow_the_target_on_uptake_and_the_stronger_source_away
     assert DetailLoss("saliency", 0.0, edges="max")(target, ct, pet) > away
     with pytest.raises(ValueError, match="edges"):
         DetailLoss(edges="sharpest")
+
+
+def test_target_args_set_the_target_and_where_its_edges_are_asked_for():
+    ct, pet = torch.rand(1, 1, 48, 48), torch.zeros(1, 1, 48, 48)
+    pet[..., 20:26, 20:26] = 0.2  # between the default thresholds: weaker saliency than with low 0.1, high 0.15
+    args = {"low": 0.1, "high": 0.15, "radius": 4}
+    loss = DetailLoss("saliency", 0.0, edges="saliency", target_args=args)
+    target = SaliencyLaplacianFuser(**args)(ct, pet)
+    assert torch.equal(loss.target(ct, pet), target)
+    assert not torch.equal(target, SaliencyLaplacianFuser()(ct, pet))
+    sobel, weight = SobelMagnitude(), pet_saliency(pet, **args)
+    away = ((1 - weight) * (sobel(target) - torch.maximum(sobel(ct), sobel(pet))).abs()).mean()
+    assert torch.allclose(loss(target, ct, pet), away)  # the edges follow T where T itself takes the PET
+    generator_loss = GeneratorLoss(detail_weight=1.0, detail_target="saliency", detail_target_args=args)
+    assert generator_loss.detail.target.radius == 4
 
 
 def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
