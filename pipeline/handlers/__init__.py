@@ -7,7 +7,7 @@ a plain per-epoch :class:`TrainingHistory` for hosts without MLflow), and a wall
 :class:`TimeLimit` on training.
 """
 
-from pipeline.handlers.fusion_metric import FusionMetric, FusionMetricHandler, window_pairs
+from pipeline.handlers.fusion_metric import FusionMetric, FusionMetricHandler, metric_mean, window_pairs
 from pipeline.handlers.lesion_report import LesionContrastReport, read_lesion_ratios
 from pipeline.handlers.metrics_report import FusionReportWriter
 from pipeline.handlers.mlflow_logging import (
@@ -35,6 +35,7 @@ __all__ = [
     "TrainingHistory",
     "find_mlflow_run",
     "fusion_params",
+    "metric_mean",
     "read_history",
     "read_lesion_ratios",
     "run_name",

@@ -12,7 +12,9 @@ channel-first RAS volumes); a sample's value is the mean of its slices' finite v
 :func:`pipeline.metrics.fusion.summarise`. ``lesion_ratio`` scores the whole volume instead: the
 lesion contrast ratio of :mod:`pipeline.metrics.lesion` (lesion from the PET, ring in mm from the
 sources' affine), so validation can select a checkpoint on what the product is for, the lesion
-kept, and not on the edge metrics alone (several names: their mean, e.g. ``["QABF", "lesion_ratio"]``).
+kept, and not on the edge metrics alone: :func:`metric_mean` scores the mean of such epoch metrics
+(the bundle's ``val_selection``, Q^AB/F and the lesion ratio) from their results, without scoring
+the images again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.metrics import Metric, MetricsLambda
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
@@ -90,23 +93,19 @@ def _volume(sample: torch.Tensor) -> np.ndarray:
 
 
 class FusionMetric(CumulativeIterationMetric):
-    """A named fusion metric (``AG, SF, SSIM, SD, MI, PSNR, IE``, ``QABF`` or ``lesion_ratio``), or the mean of
-    several, accumulated over batches.
+    """A named fusion metric (``AG, SF, SSIM, SD, MI, PSNR, IE``, ``QABF`` or ``lesion_ratio``), accumulated over
+    batches.
 
     ``metric(y_pred, y)`` takes the fused image (B, 1, spatial...) and the sources
     (B, 2, spatial...) = [CT, PET] and buffers one value per sample; ``aggregate()`` reduces
     them with MONAI's nan-aware ``reduction`` (default: mean over samples).
     """
 
-    def __init__(self, name: str | Sequence[str], reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+    def __init__(self, name: str, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
         super().__init__()
-        self.names = [name] if isinstance(name, str) else list(name)
-        if not self.names:
-            raise ValueError("FusionMetric needs at least one metric name")
-        unknown = [n for n in self.names if n not in (*METRIC_NAMES, LESION_RATIO)]
-        if unknown:
-            raise ValueError(f"unknown fusion metric {', '.join(map(repr, unknown))}; available: "
-                             f"{', '.join((*METRIC_NAMES, LESION_RATIO))}")
+        if name not in (*METRIC_NAMES, LESION_RATIO):
+            raise ValueError(f"unknown fusion metric {name!r}; available: {', '.join((*METRIC_NAMES, LESION_RATIO))}")
+        self.name = name
         self.reduction = reduction
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -117,25 +116,22 @@ class FusionMetric(CumulativeIterationMetric):
                 f"FusionMetric needs y_pred (B, 1, ...) and y (B, 2, ...) = [CT, PET] of one spatial shape; "
                 f"got {tuple(y_pred.shape)} and {got}"
             )
-        slice_names = [n for n in self.names if n in METRIC_NAMES]
         values = []
         for fused, sources, spacing in zip(y_pred, y, _sample_spacings(y)):
             fused, sources = _volume(fused), _volume(sources)
-            scores = {}
-            if slice_names:
+            if self.name == LESION_RATIO:
+                values.append(_lesion_ratio(fused, sources, spacing))
+            else:
                 per_slice = [metrics for _, _, metrics in score_slices(fused, sources, [0], range(fused.shape[-1]),
-                                                                        slice_names)]
-                scores = {n: s["mean"] for n, s in summarise(per_slice).items()}
-            if LESION_RATIO in self.names:
-                scores[LESION_RATIO] = _lesion_ratio(fused, sources, spacing)
-            values.append(np.mean([scores[n] for n in self.names]))
+                                                                        [self.name])]
+                values.append(summarise(per_slice)[self.name]["mean"])
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
         """Reduce the buffered per-sample values (``nan`` samples are skipped)."""
         values = self.get_buffer()
         if not isinstance(values, torch.Tensor):
-            raise ValueError(f"FusionMetric {'+'.join(self.names)} has no buffered values to aggregate")
+            raise ValueError(f"FusionMetric {self.name} has no buffered values to aggregate")
         result, _ = do_metric_reduction(values, reduction or self.reduction)
         return result
 
@@ -145,7 +141,7 @@ class FusionMetricHandler(IgniteMetricHandler):
 
     def __init__(
         self,
-        name: str | Sequence[str],
+        name: str,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         output_transform: Callable = from_engine([CommonKeys.PRED, CommonKeys.IMAGE]),
         save_details: bool = True,
@@ -155,3 +151,18 @@ class FusionMetricHandler(IgniteMetricHandler):
             output_transform=output_transform,
             save_details=save_details,
         )
+
+
+def metric_mean(metrics: Sequence[Metric]) -> MetricsLambda:
+    """The mean of other epoch metrics' results, e.g. a key metric over metrics also reported on their own.
+
+    Ignite attaches a dependency's per-iteration update once, so each image is scored once per
+    metric however many of these means and reports use it.
+    """
+    if not metrics:
+        raise ValueError("metric_mean needs at least one metric")
+    return MetricsLambda(_mean, *metrics)
+
+
+def _mean(*values: float) -> float:
+    return float(np.mean(values))

@@ -9,7 +9,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor, decollate_batch
 
 from pipeline.metrics import fusion_metrics
-from pipeline.handlers import FusionMetric, FusionMetricHandler, window_pairs
+from pipeline.handlers import FusionMetric, FusionMetricHandler, metric_mean, window_pairs
 
 
 def fused_and_sources(batch: int, *spatial: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +102,22 @@ def test_lesion_ratio_is_the_contrast_ratio_with_a_ring_in_millimetres():
     assert FusionMetric("lesion_ratio")(fused_1mm, sources_1mm).item() != pytest.approx(expected)
 
 
-def test_several_names_score_their_mean():
-    fused, sources = lesion_volume(spacing=2.0)
-    both = FusionMetric(["QABF", "lesion_ratio"])(fused, sources).item()
-    parts = [FusionMetric(name)(fused, sources).item() for name in ("QABF", "lesion_ratio")]
-    assert both == pytest.approx(np.mean(parts))
+def test_metric_mean_scores_each_image_once_for_the_mean_and_the_reports(monkeypatch):
+    batches = [lesion_volume(spacing=2.0), lesion_volume(spacing=4.0)]
+    calls = []
+    compute = FusionMetric._compute_tensor
+    monkeypatch.setattr(FusionMetric, "_compute_tensor", lambda self, *a, **k: calls.append(self.name) or compute(self, *a, **k))
+    engine = Engine(lambda engine, batch: {"pred": batch[0], "image": batch[1]})
+    parts = {name: FusionMetricHandler(name) for name in ("QABF", "lesion_ratio")}
+    metric_mean(list(parts.values())).attach(engine, "selection")  # the key metric attaches first, as in MONAI
+    for name, handler in parts.items():
+        handler.attach(engine, name)
+    engine.run(batches, max_epochs=1)
+    assert sorted(calls) == ["QABF", "QABF", "lesion_ratio", "lesion_ratio"]  # once per batch and metric
+    expected = [np.mean([FusionMetric(name)(*batch).item() for batch in batches]) for name in parts]
+    assert [engine.state.metrics[name] for name in parts] == pytest.approx(expected)
+    assert engine.state.metrics["selection"] == pytest.approx(np.mean(expected))
+    assert 0.1 < expected[1] < 0.9
 
 
 def test_window_pairs_keep_the_affine_for_each_window():
@@ -117,9 +128,9 @@ def test_window_pairs_keep_the_affine_for_each_window():
     assert torch.equal(sources.affine[1], image.affine)
 
 
-def test_an_empty_name_list_is_rejected():
-    with pytest.raises(ValueError, match="at least one metric name"):
-        FusionMetric([])
+def test_a_mean_of_no_metrics_is_rejected():
+    with pytest.raises(ValueError, match="at least one metric"):
+        metric_mean([])
 
 
 def test_lesion_ratio_of_a_2d_slice_uses_its_in_plane_spacing():
