@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CT windows to fuse with (default lung,mediastinal)")
     demo.add_argument("--method", default=None,
                       help="fuser: dcif_gan (needs the bundle checkpoint) or a baseline; "
-                           "default: saliency, the best fuser on the model card's evaluation")
+                           "default: the best fuser on the model card's evaluation, named in the summary")
     demo.set_defaults(func=cmd_demo)
 
     batch = sub.add_parser(
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("out_dir", type=Path, help="output folder (created; must not lie inside IN_DIR)")
     batch.add_argument("--method", type=_windows, default=None, metavar="M[,M]",
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
-                            "dwt, saliency); default: saliency, the best fuser on the model card's evaluation")
+                            "dwt, saliency); default: the best fuser on the model card's evaluation, "
+                            "named in the output file names")
     batch.add_argument("--window", type=_windows, default=["lung", "mediastinal"], metavar="W[,W]",
                        help="CT windows to fuse with (default lung,mediastinal)")
     batch.add_argument("--workers", type=_at_least(1), default=1, metavar="N",

@@ -46,9 +46,9 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
     if not found.pairs:
         raise InputError(f"{study_dir}: the phantom study was not found by discovery ({found.failures})")
     pair = found.pairs[0]
-    method = method or default_method()
+    chosen = method or default_method()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = fuse_study(pair, build_fusers([method], device=device), windows,
+    result = fuse_study(pair, build_fusers([chosen], device=device), windows,
                         device=device, progress=progress)
     volumes, scorer = NiftiSink(result, out_dir / "fused" / pair.study_key), StudyScorer(result, max_slices=0)
     result.stream([volumes, scorer])
@@ -63,17 +63,17 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         f"PET resampled onto it; SUVmax {float(pet.max()):.2f} "
         f"(designed tumour SUVmax {truth['tumour']['expected_image_suvmax']:.2f}); "
         + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.timings.items() if stage != "fuse"),
-        f"fusion: {method} on {device}, windows {', '.join(windows)}; {result.timings['fuse']:.1f} s",
+        f"fusion: {chosen} on {device}, windows {', '.join(windows)}; {result.timings['fuse']:.1f} s",
         "metrics (mean over body slices):",
         *_metric_table(scorer),
         "written:",
         *(f"  {path}" for path in volumes.paths),
         f"done in {time.perf_counter() - start:.1f} s",
     ]
-    if method != MODEL_METHOD:
+    if method is None and chosen != MODEL_METHOD:  # the default fell back to a baseline: say why
         checkpoint = bundled_checkpoint()
         why = ("the default: it scores above the shipped weights (model card); --method dcif_gan uses them"
                if checkpoint.is_file() else f"no trained checkpoint at {checkpoint}")
-        lines.insert(3, f"note: fused with the {method} baseline, {why}")
+        lines.insert(3, f"note: fused with the {chosen} baseline, {why}")
     print("\n".join(lines))
     return result
