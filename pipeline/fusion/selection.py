@@ -21,10 +21,10 @@ from pipeline.fusion.registry import Fuser, get_fuser
 MODEL_METHOD = "dcif_gan"
 # The best classical fuser on the model card's validation studies (lesion contrast and metrics won).
 BASELINE_FALLBACK = "saliency"
-# Whether the shipped model is the default: only while no classical fuser dominates it on the model
-# card's evaluation (lesion contrast ratio and metrics won, both windows). The weights of 2026-12-03
-# are dominated by their own training target, the saliency fuser, so the default is that fuser.
-MODEL_IS_DEFAULT = False
+# Whether the shipped model is the default: only while no fuser dominates it on the model card's
+# evaluation (lesion contrast ratio and metrics won, both windows). The weights of 2026-12-05 keep the
+# lesion better than every fuser, the saliency fuser included, so no fuser does.
+MODEL_IS_DEFAULT = True
 
 
 def default_method(checkpoint: str | Path | None = None) -> str:
