@@ -8,6 +8,7 @@ The base class enforces the contract once, so the methods only implement :meth:`
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -60,7 +61,12 @@ def available_fusers() -> list[str]:
 
 
 def get_fuser(name: str, **kwargs) -> Fuser:
-    """Build the fuser registered as ``name`` with its constructor ``kwargs``."""
+    """Build the fuser registered as ``name`` with its constructor ``kwargs`` (settings it lacks are refused by name)."""
     if name not in _FUSERS:
         raise UnknownFuserError(f"unknown fusion method {name!r}; available: {', '.join(available_fusers())}")
+    settings = inspect.signature(_FUSERS[name]).parameters
+    unknown = sorted(set(kwargs) - set(settings))
+    if unknown:
+        raise UnknownFuserError(f"fusion method {name!r} has no setting {', '.join(map(repr, unknown))}; "
+                                f"its settings: {', '.join(settings) or 'none'}")
     return _FUSERS[name](**kwargs)

@@ -24,6 +24,11 @@ def test_get_fuser_passes_keyword_arguments():
     assert get_fuser("laplacian", levels=2).levels == 2
 
 
+def test_an_unknown_setting_is_a_one_line_project_error_naming_the_settings():
+    with pytest.raises(DcifError, match=r"'saliency' has no setting 'radus'; its settings: levels, low, high, radius$"):
+        get_fuser("saliency", radus=4)
+
+
 def test_unknown_name_is_a_one_line_project_error_listing_the_methods():
     with pytest.raises(DcifError) as caught:
         get_fuser("pca")

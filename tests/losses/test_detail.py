@@ -82,6 +82,8 @@ def test_target_args_set_the_target_and_where_its_edges_are_asked_for():
     assert torch.allclose(loss(target, ct, pet), away)  # the edges follow T where T itself takes the PET
     generator_loss = GeneratorLoss(detail_weight=1.0, detail_target="saliency", detail_target_args=args)
     assert generator_loss.detail.target.radius == 4
+    with pytest.raises(ValueError, match="has no setting 'radus'"):
+        DetailLoss("saliency", target_args={"radus": 4})
 
 
 def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
