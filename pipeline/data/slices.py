@@ -33,7 +33,9 @@ def body_slice_cache(studies: Sequence[dict[str, Any]], preprocessing: Callable,
 
 
 class SlicePairDataset(Dataset):
-    """``{"ct": (1, X, Y), "pet": (1, X, Y)}`` for every (study, body slice, CT window), then ``transform``.
+    """``{"ct": (1, X, Y), "pet": (1, X, Y), "window": index}`` for every (study, body slice, CT window), then ``transform``.
+
+    ``window`` is the CT window's index in ``windows``, for a loss whose target differs by window.
 
     Args:
         studies: cached ``{"image": (W + 1, X, Y, Z)}`` studies, CT windows then PET (:func:`body_slice_cache`).
@@ -51,5 +53,5 @@ class SlicePairDataset(Dataset):
     def _transform(self, index: int) -> dict[str, Any]:
         study, z, window = self.data[index]
         image = self.studies[study]["image"]
-        pair = {"ct": image[window : window + 1, ..., z], "pet": image[-1:, ..., z]}
+        pair = {"ct": image[window : window + 1, ..., z], "pet": image[-1:, ..., z], "window": window}
         return apply_transform(self.transform, pair) if self.transform is not None else pair

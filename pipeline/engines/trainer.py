@@ -58,7 +58,9 @@ class FusionGANTrainer(Trainer):
         model: holds ``generator`` (with ``streams(ct, pet) -> (f_ct, f_pet)``), ``d1`` and ``d2``;
             every ablation variant has this interface, so one engine trains them all.
         g_loss_function / d_loss_function: ``(ct, pet, f_ct, f_pet, d1, d2) -> dict`` of loss terms
-            with a ``total`` key; every term is returned in the engine output for logging.
+            with a ``total`` key; every term is returned in the engine output for logging. The
+            generator's also gets ``window``, the batch's CT window indices (``None`` where the
+            batch has none), for a target that differs by window.
         d_steps: discriminator updates per generator update.
         d_loss_floor: skip the discriminator's update while its loss on the current batch is below
             this (DDcGAN's balance: a discriminator that already separates real from fused waits
@@ -164,7 +166,8 @@ class FusionGANTrainer(Trainer):
         # critics' weights frozen while the loss is built, autograd skips their weight gradients and the real images'
         # branches altogether, and the unwrapped critics skip DDP, which has no gradient to synchronise here.
         with engine._autocast(), frozen(engine.model.discriminator_parameters()):
-            g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), engine.model.d1, engine.model.d2)
+            g_terms = engine.g_loss_function(ct, pet, f_ct.float(), f_pet.float(), engine.model.d1, engine.model.d2,
+                                             window=batchdata.get("window"))
         output["loss"] = g_terms["total"].item()
         engine.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
         engine._update(g_terms["total"], engine.g_optimizer, "GENERATOR")

@@ -10,7 +10,7 @@ sees F against PET and against CT, and F is held to both sources.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.losses.adversarial import AdversarialLoss, AdversarialMode
 from pipeline.losses.content import ContentLoss, IntensityNorm
 from pipeline.losses.detail import DetailLoss
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 # A discriminator: a module, or a DDP-wrapped one behind a callable (see pipeline.engines.players).
 Critic = Callable[[torch.Tensor], torch.Tensor]
@@ -41,6 +42,9 @@ class GeneratorLoss(nn.Module):
         detail_edges: that term's target, ``"max"`` or ``"saliency"`` (see :class:`DetailLoss`).
         detail_source_ssim: weight of the detail loss's SSIM against both sources (see :class:`DetailLoss`).
         detail_target_args: settings of the detail target fuser (default: its own).
+        detail_window_target_args: per CT window, settings that override ``detail_target_args``
+            there (see :class:`DetailLoss`).
+        windows: the CT windows that ``forward``'s ``window`` indexes, in order.
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class GeneratorLoss(nn.Module):
         detail_edges: str = "max",
         detail_source_ssim: float = 0.0,
         detail_target_args: dict | None = None,
+        detail_window_target_args: Mapping[str, dict] | None = None,
+        windows: Sequence[str] = DEFAULT_WINDOWS,
     ) -> None:
         super().__init__()
         self.alpha = alpha
@@ -63,7 +69,8 @@ class GeneratorLoss(nn.Module):
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
         self.detail = DetailLoss(
-            detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim, detail_target_args
+            detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim, detail_target_args,
+            detail_window_target_args, windows,
         )
 
     def forward(
@@ -74,7 +81,9 @@ class GeneratorLoss(nn.Module):
         f_pet: torch.Tensor,
         d1: Critic,
         d2: Critic,
+        window: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``window``: each sample's CT window index, for a detail target that differs by window."""
         terms = {
             "adv1": self.adversarial(d1(pet), d1(f_ct)),
             "adv2": self.adversarial(d2(ct), d2(f_pet)),
@@ -83,7 +92,7 @@ class GeneratorLoss(nn.Module):
         }
         content = terms["content1"] + terms["content2"]
         if self.detail_weight:
-            terms["detail"] = self.detail(0.5 * (f_ct + f_pet), ct, pet)
+            terms["detail"] = self.detail(0.5 * (f_ct + f_pet), ct, pet, window)
             content = content + self.detail_weight * terms["detail"]
         total = terms["adv1"] + terms["adv2"] + self.alpha * content
         return {"total": total, **terms}
@@ -104,7 +113,9 @@ class DiscriminatorLoss(nn.Module):
         f_pet: torch.Tensor,
         d1: Critic,
         d2: Critic,
+        window: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``window``: each sample's CT window index, for a detail target that differs by window."""
         terms = {
             "d1": self.adversarial(d1(pet), d1(f_ct.detach())),
             "d2": self.adversarial(d2(ct), d2(f_pet.detach())),

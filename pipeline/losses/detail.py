@@ -17,11 +17,15 @@ hides lung-window lesions (the brighter source there is the soft tissue around t
 ``target="saliency"`` (:class:`pipeline.fusion.saliency.SaliencyLaplacianFuser`) T keeps the CT
 outside PET uptake and the PET on and around a lesion. The last term (SwinFusion's SSIM loss, off by
 default) asks for the structure of both sources at once, which a single target T cannot give: the
-fusion metrics' SSIM is that sum. It is a product option (``detail_weight``
+fusion metrics' SSIM is that sum. The target's settings may differ by CT window (``window_target_args``):
+a soft-tissue lesion in the lung window needs a wider PET halo to stay visible than in the
+mediastinal window, where the CT's own structure is what max keeps and the metrics reward. It is a product option (``detail_weight``
 in the bundle, 0 = the paper's objective), chosen by validation on real studies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,7 @@ from torch import nn
 from pipeline.fusion import get_fuser
 from pipeline.fusion.saliency import SaliencyLaplacianFuser, pet_saliency
 from pipeline.losses.content import ContentLoss, SeparableSSIMLoss
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 EDGE_TARGETS = ("max", "saliency")
 
@@ -62,6 +67,9 @@ class DetailLoss(nn.Module):
         source_ssim: ``s``, the weight of the structural term against both sources.
         target_args: the target fuser's settings, e.g. a saliency fuser's ``low``, ``high`` and
             ``radius`` (default: its own defaults).
+        window_target_args: per CT window name, settings that override ``target_args`` for the
+            samples in that window (``forward``'s ``window``); other windows keep ``target_args``.
+        windows: the CT windows that ``forward``'s ``window`` indexes, in order.
     """
 
     def __init__(
@@ -72,9 +80,18 @@ class DetailLoss(nn.Module):
         edges: str = "max",
         source_ssim: float = 0.0,
         target_args: dict | None = None,
+        window_target_args: Mapping[str, dict] | None = None,
+        windows: Sequence[str] = DEFAULT_WINDOWS,
     ) -> None:
         super().__init__()
         self.target = get_fuser(target, **(target_args or {}))
+        unknown = sorted(set(window_target_args or {}) - set(windows))
+        if unknown:
+            raise ValueError(f"window_target_args names windows {unknown} outside the trained windows {list(windows)}")
+        self.window_targets = {
+            windows.index(name): get_fuser(target, **{**(target_args or {}), **settings})
+            for name, settings in (window_target_args or {}).items()
+        }
         self.intensity = ContentLoss("l1", mu)
         self.structure = SeparableSSIMLoss(data_range=1.0)
         self.source_ssim = source_ssim
@@ -84,12 +101,15 @@ class DetailLoss(nn.Module):
             raise ValueError(f"edges must be one of {EDGE_TARGETS}, got {edges!r}")
         self.edges = edges
 
-    def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``window``: each sample's CT window index, ``(B,)``; needed only with ``window_target_args``."""
         with torch.no_grad():
-            target = self.target(a.float(), b.float())
+            target, uptake = self._target(a.float(), b.float(), window)
             strongest = torch.maximum(self.gradient(a), self.gradient(b))
             if self.edges == "saliency":
-                strongest = torch.lerp(strongest, self.gradient(target), self._uptake(b.float()))
+                strongest = torch.lerp(strongest, self.gradient(target), uptake)
         edges = F.l1_loss(self.gradient(fused), strongest)
         loss = self.intensity(fused, target) + self.edge_weight * edges
         if self.source_ssim:
@@ -98,8 +118,25 @@ class DetailLoss(nn.Module):
             loss = loss + self.source_ssim * sources
         return loss
 
-    def _uptake(self, pet: torch.Tensor) -> torch.Tensor:
-        """Where the PET shows uptake: the target's own saliency, so its edges are asked for where it uses the PET."""
-        if isinstance(self.target, SaliencyLaplacianFuser):
-            return self.target.saliency(pet)
-        return pet_saliency(pet)
+    def _target(
+        self, a: torch.Tensor, b: torch.Tensor, window: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T and where it takes the PET, each sample by its own window's target."""
+        if not self.window_targets:
+            return self.target(a, b), _uptake(self.target, b)
+        if window is None:
+            raise ValueError("this detail loss's target differs by CT window: pass each sample's window index")
+        window = torch.as_tensor(window).cpu()
+        target, uptake = torch.empty_like(a), torch.empty_like(b)
+        for index in window.unique().tolist():
+            fuser = self.window_targets.get(index, self.target)
+            chosen = (window == index).to(a.device)
+            target[chosen], uptake[chosen] = fuser(a[chosen], b[chosen]), _uptake(fuser, b[chosen])
+        return target, uptake
+
+
+def _uptake(target: object, pet: torch.Tensor) -> torch.Tensor:
+    """Where the PET shows uptake: the target's own saliency, so its edges are asked for where it uses the PET."""
+    if isinstance(target, SaliencyLaplacianFuser):
+        return target.saliency(pet)
+    return pet_saliency(pet)

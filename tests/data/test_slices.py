@@ -29,13 +29,15 @@ def test_each_body_slice_is_a_pair_per_window(tmp_path):
     for index, (z, w) in enumerate((z, w) for z in body for w in range(len(WINDOWS))):
         assert torch.equal(pairs[index]["ct"], image[w : w + 1, ..., z])
         assert torch.equal(pairs[index]["pet"], image[-1:, ..., z])
+        assert pairs[index]["window"] == w
     assert pairs[0]["ct"].shape == (1, 32, 32) and not pairs[0]["ct"].equal(pairs[1]["ct"])
     assert pairs[0]["pet"].untyped_storage().data_ptr() == cache[0]["image"].untyped_storage().data_ptr()  # a view
 
 
 def test_pairs_batch_and_transform_in_a_loader(tmp_path):
     cache = body_slice_cache(_short_pet_study(tmp_path), study_preprocessing(WINDOWS), progress=False)
-    pairs = SlicePairDataset(cache, WINDOWS, transform=lambda pair: {key: 2 * value for key, value in pair.items()})
+    pairs = SlicePairDataset(cache, WINDOWS, transform=lambda pair: {**pair, "ct": 2 * pair["ct"], "pet": 2 * pair["pet"]})
     batch = next(iter(DataLoader(pairs, batch_size=4)))
     assert batch["ct"].shape == batch["pet"].shape == (4, 1, 32, 32)
+    assert batch["window"].tolist() == [0, 1, 0, 1]  # each slice in both windows, in order
     assert torch.equal(batch["pet"][0], 2 * cache[0]["image"][-1:, ..., 0])

@@ -29,7 +29,7 @@ def _trainer(variant: str, **options) -> tuple[FusionGANTrainer, DCIFGAN]:
         device="cpu", max_epochs=1, train_data_loader=_loader(), model=model,
         g_optimizer=torch.optim.Adam(model.generator.parameters(), lr=1e-3),
         d_optimizer=torch.optim.Adam(d_params, lr=1e-3),
-        g_loss_function=GeneratorLoss(alpha=10.0), d_loss_function=DiscriminatorLoss(), **options,
+        **{"g_loss_function": GeneratorLoss(alpha=10.0), "d_loss_function": DiscriminatorLoss(), **options},
     )
     return trainer, model
 
@@ -55,6 +55,23 @@ def test_output_is_decollated_with_every_loss_term():
     assert keys <= output[0].keys()
     assert all(isinstance(output[0][k], float) and output[0][k] == output[0][k] for k in keys)
     assert output[0]["pred"].shape == (1, 16, 16)
+
+
+def test_the_generator_loss_gets_each_samples_ct_window():
+    seen = []
+
+    class Recording(GeneratorLoss):
+        def forward(self, *args, window=None):
+            seen.append(window)
+            return super().forward(*args, window=window)
+
+    items = [{"ct": torch.rand(1, 16, 16), "pet": torch.rand(1, 16, 16), "window": w} for w in (0, 1, 1, 0)]
+    loss = Recording(alpha=10.0, detail_weight=1.0, detail_target="saliency",
+                     detail_window_target_args={"mediastinal": {"high": 0.45}})
+    trainer, _ = _trainer("network4", g_loss_function=loss)
+    trainer.data_loader = DataLoader(Dataset(items), batch_size=2)
+    trainer.run()  # a window-dependent target refuses a batch without the windows
+    assert [w.tolist() for w in seen] == [[0, 1], [1, 0]]
 
 
 def test_each_iteration_runs_the_generator_once(monkeypatch):

@@ -86,6 +86,30 @@ def test_target_args_set_the_target_and_where_its_edges_are_asked_for():
         DetailLoss("saliency", target_args={"radus": 4})
 
 
+def test_window_target_args_give_each_window_its_own_target():
+    ct, pet = torch.rand(4, 1, 48, 48), torch.zeros(4, 1, 48, 48)
+    pet[..., 20:26, 20:26] = 0.3  # above the lung setting's threshold, below the mediastinal one's
+    lung, mediastinal = {"low": 0.1, "high": 0.22}, {"low": 0.2, "high": 0.45}
+    loss = DetailLoss("saliency", 0.0, edges="saliency", target_args=lung,
+                      window_target_args={"mediastinal": mediastinal}, windows=("lung", "mediastinal"))
+    window = torch.tensor([0, 1, 1, 0])
+    target, uptake = loss._target(ct, pet, window)
+    for fuser, rows in ((SaliencyLaplacianFuser(**lung), [0, 3]), (SaliencyLaplacianFuser(**mediastinal), [1, 2])):
+        assert torch.allclose(target[rows], fuser(ct[rows], pet[rows]))
+        assert torch.allclose(uptake[rows], fuser.saliency(pet[rows]))
+    assert uptake[0].max() > uptake[1].max()  # the lung target takes more of the PET
+    # each sample is pulled towards its own window's target: zero intensity loss at F = T
+    assert loss(target, ct, pet, window) < loss(target, ct, pet, 1 - window)
+    with pytest.raises(ValueError, match="pass each sample's window index"):
+        loss(target, ct, pet)
+    with pytest.raises(ValueError, match="outside the trained windows"):
+        DetailLoss("saliency", window_target_args={"bone": {}}, windows=("lung", "mediastinal"))
+    generator_loss = GeneratorLoss(detail_weight=1.0, detail_target="saliency", detail_target_args=lung,
+                                   detail_window_target_args={"mediastinal": {"high": 0.45}})
+    window_target = generator_loss.detail.window_targets[1]  # the window's settings override the shared ones
+    assert (window_target.low, window_target.high) == (0.1, 0.45) and generator_loss.detail.target.high == 0.22
+
+
 def test_generator_loss_adds_the_weighted_detail_term_only_when_asked():
     gan = DCIFGAN(variant="network1", width=8, num_heads=2, depths=(1, 1, 1))
     ct, pet = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
