@@ -55,13 +55,24 @@ def _before_iteration(engine, batchdata):
     return {"loss": g_terms["total"].item()}
 
 
+def _generator_loss():
+    """The bundle's loss recipe; a --baseline checkout from before the detail loss was wired as an object
+    takes its settings as keywords."""
+    from pipeline.losses import DetailLoss, GeneratorLoss
+
+    try:
+        return GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail=DetailLoss("saliency", 1.0))
+    except TypeError:
+        return GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail_target="saliency", detail_mu=1.0)
+
+
 def measure(config: str, layout: str, device: str, batch: int, crop: int, iterations: int, threads: int,
             amp: bool) -> dict:
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
 
     from pipeline.engines import FusionGANTrainer
-    from pipeline.losses import DiscriminatorLoss, GeneratorLoss
+    from pipeline.losses import DiscriminatorLoss
     from pipeline.networks import DCIFGAN
 
     torch.set_num_threads(threads)
@@ -75,7 +86,7 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
         device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
         g_optimizer=torch.optim.Adam(gan.generator.parameters(), lr=1e-4),
         d_optimizer=torch.optim.Adam(gan.discriminator_parameters(), lr=1e-4),
-        g_loss_function=GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail_target="saliency", detail_mu=1.0),
+        g_loss_function=_generator_loss(),
         d_loss_function=DiscriminatorLoss(), amp=amp,
     )
     if layout == "before":

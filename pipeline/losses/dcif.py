@@ -10,7 +10,7 @@ sees F against PET and against CT, and F is held to both sources.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,7 +18,6 @@ from torch import nn
 from pipeline.losses.adversarial import AdversarialLoss, AdversarialMode
 from pipeline.losses.content import ContentLoss, IntensityNorm
 from pipeline.losses.detail import DetailLoss
-from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 # A discriminator: a module, or a DDP-wrapped one behind a callable (see pipeline.engines.players).
 Critic = Callable[[torch.Tensor], torch.Tensor]
@@ -36,15 +35,8 @@ class GeneratorLoss(nn.Module):
         mode: ``"ralsgan"`` (paper) or ``"lsgan"``.
         detail_weight: weight (inside ``alpha``) of the :class:`DetailLoss` of the final image
             ``(F_CT + F_PET) / 2``, logged as ``detail``; 0 (default) is the paper's objective.
-        detail_target: the classical fuser whose output is the detail loss's intensity target.
-        detail_mu: SSIM weight of the detail loss against that target.
-        detail_edge_weight: weight of the detail loss's stronger-edge term (see :class:`DetailLoss`).
-        detail_edges: that term's target, ``"max"`` or ``"saliency"`` (see :class:`DetailLoss`).
-        detail_source_ssim: weight of the detail loss's SSIM against both sources (see :class:`DetailLoss`).
-        detail_target_args: settings of the detail target fuser (default: its own).
-        detail_window_target_args: per CT window, settings that override ``detail_target_args``
-            there (see :class:`DetailLoss`).
-        windows: the CT windows that ``forward``'s ``window`` indexes, in order.
+        detail: that :class:`DetailLoss` (default: ``DetailLoss()``), built by the caller so its
+            settings are stated once, where it is wired.
     """
 
     def __init__(
@@ -54,24 +46,14 @@ class GeneratorLoss(nn.Module):
         intensity: IntensityNorm = "l1",
         mode: AdversarialMode = "ralsgan",
         detail_weight: float = 0.0,
-        detail_target: str = "max",
-        detail_mu: float = 0.0,
-        detail_edge_weight: float = 1.0,
-        detail_edges: str = "max",
-        detail_source_ssim: float = 0.0,
-        detail_target_args: dict | None = None,
-        detail_window_target_args: Mapping[str, dict] | None = None,
-        windows: Sequence[str] = DEFAULT_WINDOWS,
+        detail: DetailLoss | None = None,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.adversarial = AdversarialLoss("generator", mode)
         self.content = ContentLoss(intensity, mu)
         self.detail_weight = detail_weight
-        self.detail = DetailLoss(
-            detail_target, detail_mu, detail_edge_weight, detail_edges, detail_source_ssim, detail_target_args,
-            detail_window_target_args, windows,
-        )
+        self.detail = detail if detail is not None else DetailLoss()
 
     def forward(
         self,

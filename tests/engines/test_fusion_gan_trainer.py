@@ -10,7 +10,7 @@ from monai.utils.enums import AdversarialIterationEvents
 
 from pipeline.engines import FusionGANTrainer
 from pipeline.engines.trainer import frozen
-from pipeline.losses import DiscriminatorLoss, GeneratorLoss
+from pipeline.losses import DetailLoss, DiscriminatorLoss, GeneratorLoss
 from pipeline.networks import DCIFGAN
 
 
@@ -66,8 +66,8 @@ def test_the_generator_loss_gets_each_samples_ct_window():
             return super().forward(*args, window=window)
 
     items = [{"ct": torch.rand(1, 16, 16), "pet": torch.rand(1, 16, 16), "window": w} for w in (0, 1, 1, 0)]
-    loss = Recording(alpha=10.0, detail_weight=1.0, detail_target="saliency",
-                     detail_window_target_args={"mediastinal": {"high": 0.45}})
+    loss = Recording(alpha=10.0, detail_weight=1.0,
+                     detail=DetailLoss("saliency", window_target_args={"mediastinal": {"high": 0.45}}))
     trainer, _ = _trainer("network4", g_loss_function=loss)
     trainer.data_loader = DataLoader(Dataset(items), batch_size=2)
     trainer.run()  # a window-dependent target refuses a batch without the windows
