@@ -18,8 +18,9 @@ class SavedDict:
     Not a ``Mapping`` on purpose: ignite walks mappings looking for objects with ``state_dict``.
     """
 
-    def __init__(self, **values: Any) -> None:
-        self.values = dict(values)
+    def __init__(self, recipe: Mapping[str, Any] | None = None, **values: Any) -> None:
+        """``recipe``: values shared with another record (the training's loss settings), merged in flat."""
+        self.values = {**(recipe or {}), **values}
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.values)
