@@ -34,7 +34,8 @@ def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
     return None
 
 
-def training_params(network: Mapping[str, Any], recipe: Mapping[str, Any] | None = None, **others: Any) -> dict[str, Any]:
+def training_params(network: Mapping[str, Any], recipe: Mapping[str, Any] | None = None,
+                    **others: Any) -> dict[str, Any]:
     """The params of a training run: the network's hyper-parameters beside the loss recipe's and the others, one
     flat mapping, as MLflow and the training history take them (``variant``, ``width``, ``alpha``, ``lr_g``...)."""
     return {**network, **(recipe or {}), **others}

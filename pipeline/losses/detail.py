@@ -19,8 +19,8 @@ outside PET uptake and the PET on and around a lesion. The last term (SwinFusion
 default) asks for the structure of both sources at once, which a single target T cannot give: the
 fusion metrics' SSIM is that sum. The target's settings may differ by CT window (``window_target_args``):
 a soft-tissue lesion in the lung window needs a wider PET halo to stay visible than in the
-mediastinal window, where the CT's own structure is what max keeps and the metrics reward. It is a product option (``detail_weight``
-in the bundle, 0 = the paper's objective), chosen by validation on real studies.
+mediastinal window, where the CT's own structure is what max keeps and the metrics reward. It is a
+product option (``detail_weight`` in the bundle, 0 = the paper's objective), chosen by validation on real studies.
 """
 
 from __future__ import annotations
