@@ -61,8 +61,16 @@ def phantom_datalist(
     return _indexed(items)
 
 
+# The datalist fields that are paths, relative to the datalist file.
+PATH_KEYS = ("ct", "pet", "lesion_mask")
+
+
 def _from_json(path: Path) -> list[dict[str, Any]]:
-    """``[{"ct": ..., "pet": ...}, ...]`` (or ``{"studies": [...]}``); relative paths are from the file."""
+    """``[{"ct": ..., "pet": ...}, ...]`` (or ``{"studies": [...]}``); relative paths are from the file.
+
+    An item may name its tumour contour, ``lesion_mask`` (an RTSTRUCT file or its folder), which the
+    evaluation's lesion report measures instead of a PET threshold.
+    """
     try:
         content = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -70,7 +78,7 @@ def _from_json(path: Path) -> list[dict[str, Any]]:
     items = content.get("studies") if isinstance(content, dict) else content
     if not isinstance(items, list) or not all(isinstance(i, dict) and {"ct", "pet"} <= i.keys() for i in items):
         raise InputError(f"{path}: a datalist must be a list of objects with 'ct' and 'pet' entries")
-    return [{**item, **{k: str((path.parent / item[k]).resolve()) for k in ("ct", "pet")}} for item in items]
+    return [{**item, **{k: str((path.parent / item[k]).resolve()) for k in PATH_KEYS if k in item}} for item in items]
 
 
 def _from_folder(folder: Path) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 Same evaluator layout as :class:`pipeline.handlers.FusionSliceMetrics`: ``image`` holds the CT
 windows then the scaled PET, ``pred`` one channel per (window, method). The lesion comes from the
-phantom's designed tumour when the batch names a ``truth`` file, else from the PET threshold;
-definitions in :mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
+phantom's designed tumour when the batch names a ``truth`` file, else from the study's tumour
+contour when it names a ``lesion_mask`` (an RTSTRUCT), else from the PET threshold; definitions in
+:mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
 identifier.
 """
 
@@ -25,6 +26,7 @@ from PIL import Image
 from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
+from pipeline.io.rtstruct import rtstruct_mask
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
     DEFAULT_RING_MM,
@@ -80,8 +82,9 @@ def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(summary: Sequence[dict[str, Any]], fraction: float, ring_mm: float) -> str:
     """The summary as a markdown table, headed by the lesion and ring definitions used."""
     lines = [
-        f"### Lesion contrast ratio C(fused) / C(PET) (lesion: PET >= {fraction:.0%} of its max, or the phantom's "
-        f"designed tumour; ring {ring_mm:g} mm; studies: those with a defined ratio)",
+        f"### Lesion contrast ratio C(fused) / C(PET), C = mean lesion - mean ring (lesion: the study's tumour "
+        f"contour, or the phantom's designed tumour, else PET >= {fraction:.0%} of its max; ring {ring_mm:g} mm; "
+        f"studies: those with a defined ratio)",
         "",
         "| window | method | mean ratio | median ratio | min ratio | studies |",
         "|---|---|---|---|---|---|",
@@ -145,10 +148,13 @@ class LesionContrastReport:
         channels, methods = engine.network.channels, list(engine.network.fusers)
         affine = study_affine(engine)
         pet = image[-1]
-        if "truth" in engine.state.batch:
-            lesion = phantom_lesion_mask(load_truth(batch_field(engine, "truth")), affine, pet.shape)
+        batch = engine.state.batch
+        if "truth" in batch:
+            source, lesion = "phantom", phantom_lesion_mask(load_truth(batch_field(engine, "truth")), affine, pet.shape)
+        elif batch.get("lesion_mask"):
+            source, lesion = "contour", rtstruct_mask(batch_field(engine, "lesion_mask"), affine, pet.shape)
         else:
-            lesion = lesion_mask_from_pet(pet, self.fraction)
+            source, lesion = "pet_threshold", lesion_mask_from_pet(pet, self.fraction)
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
         for w, window in enumerate(engine.network.windows):
@@ -156,7 +162,7 @@ class LesionContrastReport:
             for method, image_fused in zip(methods, fused):
                 contrast = lesion_contrast_ratio(image_fused, pet, lesion, ring)
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
-                                                 **contrast})
+                                                 "lesion": source, **contrast})
             if self.panels and lesion.any():
                 self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion)
 

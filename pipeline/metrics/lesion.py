@@ -4,7 +4,10 @@ The eight fusion metrics score whole slices and never ask whether the lesion sur
 this module does, on whole study volumes, with the network's [0, 1] inputs (CT windowed,
 PET = SUV / ceiling clipped):
 
-- **Lesion, real data**: the voxels at or above ``fraction`` (default 40 %) of the PET maximum,
+- **Lesion, real data with a contour**: the study's expert tumour contour (an RTSTRUCT, read by
+  :func:`pipeline.io.rtstruct.rtstruct_mask`), the lesion a reader looks for: the whole tumour,
+  its moderately avid and necrotic parts included.
+- **Lesion, real data without one**: the voxels at or above ``fraction`` (default 40 %) of the PET maximum,
   restricted to the 26-connected component holding the hottest voxel. The IBSI soft-tissue-sarcoma
   crops are centred on the tumour, so the study maximum is the lesion's SUVmax. The scaling is
   monotonic, so this is the usual SUVmax threshold unless the PET was clipped at the ceiling.
@@ -13,10 +16,12 @@ PET = SUV / ceiling clipped):
 - **Ring** (the surroundings): voxels whose centres lie within ``ring_mm`` (default 10 mm,
   Euclidean in mm) of a lesion voxel's centre, the lesion itself excluded. The ring stops at the
   volume border.
-- **Contrast**: Michelson-style C = (mean_lesion - mean_ring) / (mean_lesion + mean_ring); ``nan``
-  when a mask is empty or the denominator is 0.
-- **Ratio** = C(fused) / C(PET): about 1 when the fused image keeps the lesion as visible as the
-  PET, about 0 when it vanished; ``nan`` when C(PET) <= 0 (no lesion to keep).
+- **Contrast**: C = mean_lesion - mean_ring, in the [0, 1] image; ``nan`` when a mask is empty.
+- **Ratio** = C(fused) / C(PET), the PET's lesion contrast the fused image recovers: about 1 when
+  it keeps the lesion as visible as the PET, about 0 when it vanished, negative when the fusion
+  shows the tumour darker than its surroundings; ``nan`` when C(PET) <= 0 (no lesion to keep).
+  (Before 2026-12-05 the contrast was Michelson's, (L - R) / (L + R), and the lesion always the
+  PET threshold: that rewarded darkening a tumour's surroundings instead of keeping it bright.)
 """
 
 from __future__ import annotations
@@ -105,16 +110,14 @@ def ring_mask(lesion: ArrayLike, spacing: Sequence[float], ring_mm: float = DEFA
 
 
 def lesion_contrast(image: ArrayLike, lesion: ArrayLike, ring: ArrayLike) -> float:
-    """Michelson-style contrast of the lesion against its ring in a [0, 1] image; ``nan`` if undefined."""
+    """Mean lesion minus mean ring in a [0, 1] image; ``nan`` if either mask is empty."""
     image = np.asarray(image, dtype=np.float64)
     lesion, ring = np.asarray(lesion, dtype=bool), np.asarray(ring, dtype=bool)
     if not image.shape == lesion.shape == ring.shape:
         raise ValueError(f"image {image.shape}, lesion {lesion.shape} and ring {ring.shape} shapes differ")
     if not lesion.any() or not ring.any():
         return math.nan
-    inside, around = image[lesion].mean(), image[ring].mean()
-    total = inside + around
-    return float((inside - around) / total) if total != 0 else math.nan
+    return float(image[lesion].mean() - image[ring].mean())
 
 
 def lesion_contrast_ratio(fused: ArrayLike, pet: ArrayLike, lesion: ArrayLike, ring: ArrayLike) -> dict[str, float]:

@@ -25,9 +25,11 @@ def test_json_datalist_resolves_paths_relative_to_the_file(tiny_phantom_root, tm
     study = tiny_phantom_root / "seed_000" / "dicom"
     shutil.copytree(study, tmp_path / "case")
     listing = tmp_path / "datalist.json"
-    listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET"}]))
+    listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET", "lesion_mask": "case/mask"},
+                                   {"ct": "case/CT", "pet": "case/PET"}]))
     items = load_datalist(listing)
     assert items[0]["ct"] == str((tmp_path / "case" / "CT").resolve())
+    assert items[0]["lesion_mask"] == str((tmp_path / "case" / "mask").resolve()) and "lesion_mask" not in items[1]
     assert items[0]["study_index"] == 0 and len(items[0]["study_key"]) == 12
 
 

@@ -16,6 +16,7 @@ from pipeline.fusion import FusionNetwork
 from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
 from pipeline.transforms.data_path import study_preprocessing
+from tests.io.conftest import write_rtstruct
 
 AFFINE = torch.diag(torch.tensor([-2.0, -2.0, 3.0, 1.0], dtype=torch.float64))
 
@@ -111,6 +112,22 @@ def test_phantom_truth_gives_the_lesion(tmp_path, tiny_datalist, tiny_phantom_ro
     assert all(row["contrast_pet"] == pytest.approx(expected) and row["ratio"] == pytest.approx(1.0)
                for row in engine.state.lesion_rows)
     assert "PHANTOM" not in (tmp_path / "lesion_contrast.json").read_text()
+
+
+def test_the_studys_tumour_contour_gives_the_lesion_where_the_datalist_names_one(tmp_path):
+    # A contour twice the hot cube's width: the whole tumour, not only its hot core (LPS = 2 i, 2 j, 3 k here).
+    corners = [(4, 4), (11, 4), (11, 11), (4, 11)]
+    contours = [np.array([[2 * i, 2 * j, 3 * k] for i, j in corners], dtype=float) for k in (3, 4)]
+    mask_path = write_rtstruct(tmp_path / "mask" / "rs.dcm", contours={"GTV": contours})
+    study = {**synthetic_study("aaa", 0.9), "lesion_mask": str(mask_path)}
+    engine = run_report(tmp_path / "out", [list_data_collate([study])])
+    rows = {row["method"]: row for row in engine.state.lesion_rows}
+    assert {row["lesion"] for row in rows.values()} == {"contour"}
+    assert rows["copy"]["contrast_pet"] == pytest.approx((0.9 - 0.1) * 16 / 64)  # the hot core is a quarter of it
+    assert rows["copy"]["ratio"] == pytest.approx(1.0) and rows["flat"]["ratio"] == pytest.approx(0.0)
+    threshold = run_report(tmp_path / "threshold", [list_data_collate([synthetic_study("aaa", 0.9)])])
+    assert threshold.state.lesion_rows[0]["lesion"] == "pet_threshold"
+    assert threshold.state.lesion_rows[0]["contrast_pet"] == pytest.approx(0.8)
 
 
 def test_bad_truth_file_names_the_file(tmp_path):

@@ -111,11 +111,30 @@ def write_series(folder: Path, values: np.ndarray, *, modality: str = "CT", orig
     return paths
 
 
-def write_rtstruct(path: Path, study_uid: str = STUDY_UID) -> Path:
-    """A minimal RTSTRUCT (no pixels, no slice geometry) like the ones shipped next to real series."""
+def write_rtstruct(path: Path, study_uid: str = STUDY_UID, contours: dict[str, list] | None = None) -> Path:
+    """A minimal RTSTRUCT (no pixels, no slice geometry) like the ones shipped next to real series.
+
+    ``contours``: ROI name -> closed planar contours, each an (N, 3) array of LPS mm points.
+    """
     ds = _base_dataset("RTSTRUCT", study_uid, generate_uid())
     ds.FrameOfReferenceUID = FRAME_UID
     ds.StructureSetLabel = "GTV"
+    if contours is not None:
+        ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(), Sequence()
+        for number, (name, polygons) in enumerate(contours.items(), start=1):
+            roi = Dataset()
+            roi.ROINumber, roi.ROIName = number, name
+            ds.StructureSetROISequence.append(roi)
+            item = Dataset()
+            item.ReferencedROINumber = number
+            item.ContourSequence = Sequence()
+            for points in polygons:
+                contour = Dataset()
+                contour.ContourGeometricType = "CLOSED_PLANAR"
+                contour.NumberOfContourPoints = len(points)
+                contour.ContourData = [float(v) for v in np.asarray(points).ravel()]
+                item.ContourSequence.append(contour)
+            ds.ROIContourSequence.append(item)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

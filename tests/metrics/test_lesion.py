@@ -18,6 +18,7 @@ from pipeline.metrics import (
     ring_mask,
 )
 from pipeline.transforms.data_path import study_preprocessing
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 SPACING = (2.0, 2.0, 3.0)
 BACKGROUND, HOT = 0.1, 0.8
@@ -65,7 +66,7 @@ def test_ring_is_the_shell_within_reach_and_excludes_the_lesion(ball):
 
 def test_pet_keeps_contrast_and_fused_copies_keep_ratio_one(ball):
     pet, lesion, ring = ball
-    assert lesion_contrast(pet, lesion, ring) == pytest.approx((HOT - BACKGROUND) / (HOT + BACKGROUND))
+    assert lesion_contrast(pet, lesion, ring) == pytest.approx(HOT - BACKGROUND)
     assert lesion_contrast_ratio(pet, pet, lesion, ring)["ratio"] == pytest.approx(1.0)
 
 
@@ -77,10 +78,17 @@ def test_ratio_falls_as_a_flat_ct_dilutes_the_lesion(ball):
     assert lesion_contrast_ratio(flat_ct, pet, lesion, ring)["ratio"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_fusion_that_shows_the_tumour_darker_than_its_surroundings_scores_below_zero(ball):
+    pet, lesion, ring = ball
+    bright_tissue = np.full(pet.shape, 0.9)
+    darkened = np.where(lesion, 0.5 * pet, bright_tissue)  # the tumour in PET grey inside bright CT tissue
+    assert lesion_contrast_ratio(darkened, pet, lesion, ring)["ratio"] < 0
+
+
 def test_undefined_contrast_and_ratio_are_nan(ball):
     pet, lesion, ring = ball
     assert math.isnan(lesion_contrast(pet, np.zeros_like(lesion), ring))
-    assert math.isnan(lesion_contrast(np.zeros_like(pet), lesion, ring))
+    assert lesion_contrast(np.zeros_like(pet), lesion, ring) == 0.0  # a flat image has no contrast, defined
     cold_lesion = np.where(lesion, BACKGROUND, HOT)
     assert math.isnan(lesion_contrast_ratio(pet, cold_lesion, lesion, ring)["ratio"])
     with pytest.raises(ValueError, match="shapes differ"):
@@ -111,4 +119,6 @@ def test_phantom_mask_lands_on_the_hottest_pet_of_a_tiny_phantom(tiny_datalist, 
     ball_mm3 = 4 / 3 * np.pi * truth["tumour"]["radius_mm"] ** 3
     assert lesion.sum() * np.prod(spacing) == pytest.approx(ball_mm3, rel=0.25)
     assert lesion[np.unravel_index(pet.argmax(), pet.shape)]
-    assert lesion_contrast(pet, lesion, ring_mask(lesion, spacing)) > 0.5
+    # most of the designed tumour's SUV above its surroundings, on the scaled PET
+    designed = (truth["tumour"]["designed_suv"] - 1.0) / DEFAULT_SUV_MAX
+    assert lesion_contrast(pet, lesion, ring_mask(lesion, spacing)) > 0.5 * designed

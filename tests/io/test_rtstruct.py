@@ -1,0 +1,61 @@
+"""Tumour contours from an RTSTRUCT, filled on the fused grid: where the lesion measures look."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.io.rtstruct import rtstruct_mask
+
+# index (i, j, k) -> RAS (-2 i, -2 j, 3 k), i.e. LPS (2 i, 2 j, 3 k)
+AFFINE = np.diag([-2.0, -2.0, 3.0, 1.0])
+SHAPE = (12, 12, 5)
+
+
+def square(i0: float, i1: float, j0: float, j1: float, k: float) -> np.ndarray:
+    """A closed square contour in LPS mm whose corners are these voxel indices on slice ``k``."""
+    return np.array([[2 * i0, 2 * j0, 3 * k], [2 * i1, 2 * j0, 3 * k], [2 * i1, 2 * j1, 3 * k], [2 * i0, 2 * j1, 3 * k]])
+
+
+def test_a_contour_fills_its_voxels_on_its_own_slice(dicom_factory):
+    path = dicom_factory.rtstruct("rs.dcm", contours={"GTV": [square(2, 5, 3, 6, 2)]})
+    mask = rtstruct_mask(path, AFFINE, SHAPE)
+    expected = np.zeros(SHAPE, bool)
+    expected[2:6, 3:7, 2] = True  # corners and edges included
+    np.testing.assert_array_equal(mask, expected)
+    assert np.array_equal(rtstruct_mask(path.parent, AFFINE, SHAPE), mask)  # or the folder holding it
+
+
+def test_an_inner_contour_is_a_hole_and_one_off_the_grid_is_left_out(dicom_factory):
+    polygons = [square(1, 9, 1, 9, 3), square(4, 6, 4, 6, 3), square(1, 3, 1, 3, 40)]
+    mask = rtstruct_mask(dicom_factory.rtstruct("rs.dcm", contours={"GTV": polygons}), AFFINE, SHAPE)
+    assert mask[1, 1, 3] and mask[9, 9, 3] and mask[3, 5, 3] and not mask[5, 5, 3]
+    assert mask[..., 3].sum() == 81 - 9 and mask.sum() == mask[..., 3].sum()
+
+
+def test_a_named_roi_is_chosen_and_an_unknown_one_is_refused_by_name(dicom_factory):
+    path = dicom_factory.rtstruct("rs.dcm", contours={"Body": [square(0, 11, 0, 11, 1)],
+                                                      "GTV_Mass_PET": [square(2, 3, 2, 3, 1)]})
+    assert rtstruct_mask(path, AFFINE, SHAPE).sum() == 144  # the first ROI by default
+    assert rtstruct_mask(path, AFFINE, SHAPE, roi="GTV_Mass_PET").sum() == 4
+    with pytest.raises(InputError, match="no ROI named 'GTV'; its ROIs: Body, GTV_Mass_PET"):
+        rtstruct_mask(path, AFFINE, SHAPE, roi="GTV")
+
+
+def test_files_that_are_not_contours_get_one_line_naming_the_file(dicom_factory, tmp_path):
+    ct = dicom_factory.series("ct")
+    with pytest.raises(InputError, match=r"not an RTSTRUCT with contours \(modality 'CT'\)"):
+        rtstruct_mask(sorted(ct.iterdir())[0], AFFINE, SHAPE)
+    with pytest.raises(InputError, match="expected one RTSTRUCT file"):
+        rtstruct_mask(ct, AFFINE, SHAPE)
+    truncated = tmp_path / "rs_truncated.dcm"
+    truncated.write_bytes(dicom_factory.rtstruct("whole.dcm", contours={"GTV": [square(1, 2, 1, 2, 1)]})
+                          .read_bytes()[:200])
+    with pytest.raises(InputError, match="rs_truncated.dcm: (unreadable RTSTRUCT|not an RTSTRUCT)"):
+        rtstruct_mask(truncated, AFFINE, SHAPE)
+    without = dicom_factory.rtstruct("empty.dcm")
+    with pytest.raises(InputError, match="empty.dcm: not an RTSTRUCT with contours"):
+        rtstruct_mask(without, AFFINE, SHAPE)
+    with pytest.raises(InputError, match="lesion mask not found"):
+        rtstruct_mask(tmp_path / "missing.dcm", AFFINE, SHAPE)
