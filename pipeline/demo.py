@@ -72,7 +72,8 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
     ]
     if method is None and chosen != MODEL_METHOD:  # the default fell back to a baseline: say why
         checkpoint = bundled_checkpoint()
-        why = ("the default: it scores above the shipped weights (model card); --method dcif_gan uses them"
+        why = ("the default: it keeps the tumour brighter than its surroundings in both CT windows, which the "
+               "shipped weights do not in the lung window (model card); --method dcif_gan uses them"
                if checkpoint.is_file() else f"no trained checkpoint at {checkpoint}")
         lines.insert(3, f"note: fused with the {chosen} baseline, {why}")
     print("\n".join(lines))

@@ -19,12 +19,15 @@ from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.registry import Fuser, get_fuser
 
 MODEL_METHOD = "dcif_gan"
-# The best classical fuser on the model card's validation studies (lesion contrast and metrics won).
-BASELINE_FALLBACK = "saliency"
+# The best classical fuser on the model card's validation studies (lesion contrast and metrics won):
+# Laplacian keeps the most of the tumour's contrast (its expert contour against a 10 mm ring) in both
+# windows and beats average and DWT on most metrics.
+BASELINE_FALLBACK = "laplacian"
 # Whether the shipped model is the default: only while no fuser dominates it on the model card's
-# evaluation (lesion contrast ratio and metrics won, both windows). The weights of 2026-12-05 keep the
-# lesion better than every fuser, the saliency fuser included, so no fuser does.
-MODEL_IS_DEFAULT = True
+# evaluation (lesion contrast ratio and metrics won, both windows). Measured on the tumour contours,
+# the weights of 2026-12-05 show most tumours darker than their surroundings in the lung window, and
+# max dominates them there, so the default is the baseline.
+MODEL_IS_DEFAULT = False
 
 
 def default_method(checkpoint: str | Path | None = None) -> str:
