@@ -3,7 +3,9 @@
 A hyper-parameter sweep or an ablation reads the same studies over and over, and may run on a
 GPU host that lacks the DICOM stack (SimpleITK alone is a 50 MB wheel). The cache holds exactly
 what :func:`pipeline.transforms.data_path.study_preprocessing` hands the network: ``image`` (the CT
-windows then the scaled PET, in [0, 1]) with its affine, and ``body_slices``. One compressed
+windows then the scaled PET, in [0, 1]) with its affine, and ``body_slices``; and, where the datalist
+knows the tumour (a ``lesion_mask`` contour or a phantom's ``truth``), ``lesion`` on the same grid,
+which the reader hands on as ``label`` so validation measures the lesion a reader would outline. One compressed
 ``<study_key>.npz`` per study, at 8 bits (the fusion metrics work on the 0-255 scale anyway, see
 ``fusion_metrics.md``), and a ``datalist.json`` listing them with their ``split`` and ``origin``.
 Nothing identifies a patient: files are named by the study key (a hash), and source paths are
@@ -27,6 +29,8 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
+from pipeline.io.rtstruct import rtstruct_mask
+from pipeline.metrics.lesion import phantom_lesion_mask
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -59,12 +63,14 @@ def cache_studies(
         affine = data["image"].affine.numpy().copy()
         affine[:, 2] *= step
         name = f"{data['study_key']}.npz"
+        lesion = _known_lesion(item, data["image"])
         with atomic_write(folder / name) as temporary:
             np.savez_compressed(
                 temporary,
                 image=np.rint(data["image"].numpy()[..., ::step] * _LEVELS).clip(0, _LEVELS).astype(np.uint8),
                 affine=affine,
                 body_slices=data["body_slices"].numpy()[::step],
+                **({} if lesion is None else {"lesion": lesion[..., ::step]}),
             )
         kept = {k: item[k] for k in KEPT_FIELDS if k in item}
         entries.append({"image": name, "study_key": data["study_key"], **kept})
@@ -72,6 +78,16 @@ def cache_studies(
     with atomic_write(folder / DATALIST_NAME) as temporary:
         temporary.write_text(json.dumps(index, indent=2))
     return load_cached_datalist(folder)
+
+
+def _known_lesion(item: Mapping[str, Any], image: MetaTensor) -> np.ndarray | None:
+    """The tumour on the study's grid where the datalist knows it: a phantom's design, else its contour."""
+    affine, shape = image.affine.numpy(), image.shape[1:]
+    if item.get("truth"):
+        return phantom_lesion_mask(json.loads(Path(item["truth"]).read_text()), affine, shape)
+    if item.get("lesion_mask"):
+        return rtstruct_mask(item["lesion_mask"], affine, shape)
+    return None
 
 
 def _index(folder: Path) -> dict[str, Any]:
@@ -99,7 +115,8 @@ def load_cached_datalist(folder: str | os.PathLike[str]) -> list[dict[str, Any]]
 
 
 class LoadCachedStudyd(MapTransform):
-    """Read a cached study: ``data[key]`` (an ``.npz`` path) becomes the ``image`` MetaTensor, plus ``body_slices``.
+    """Read a cached study: ``data[key]`` (an ``.npz`` path) becomes the ``image`` MetaTensor, plus ``body_slices``
+    and, where the cache knows the tumour, ``label`` (1, X, Y, Z), its mask on the same grid.
 
     ``windows`` and ``suv_max`` must be those the cache was made with (the datalist entries say
     which): a model trained on other windows would silently see the wrong inputs.
@@ -122,12 +139,17 @@ class LoadCachedStudyd(MapTransform):
             try:
                 with np.load(path) as arrays:
                     image, affine, body = arrays["image"], arrays["affine"], arrays["body_slices"]
+                    lesion = arrays["lesion"] if "lesion" in arrays else None
             except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
                 raise InputError(f"{path}: unreadable cached study ({error})") from None
             if image.ndim != 4 or image.shape[0] != len(self.windows) + 1 or body.shape != image.shape[-1:]:
                 raise InputError(f"{path}: cached study has shape {image.shape}, expected "
                                  f"({len(self.windows) + 1}, X, Y, Z) with one body flag per slice")
+            if lesion is not None and lesion.shape != image.shape[1:]:
+                raise InputError(f"{path}: cached lesion has shape {lesion.shape}, the image {image.shape[1:]}")
             d[key] = MetaTensor(torch.from_numpy(image.astype(np.float32) / _LEVELS), affine=torch.from_numpy(affine),
                                 meta={"filename_or_obj": str(path)})
             d["body_slices"] = torch.from_numpy(body.astype(bool))
+            if lesion is not None:
+                d["label"] = MetaTensor(torch.from_numpy(lesion[None].astype(np.float32)), affine=d[key].affine)
         return d

@@ -10,8 +10,9 @@ takes exactly that pair, the ``(y_pred, y)`` form every MONAI metric takes, and
 Volumes (B, 1, H, W, D) are scored slice by slice along the last axis (axial for MONAI's
 channel-first RAS volumes); a sample's value is the mean of its slices' finite values, as in
 :func:`pipeline.metrics.fusion.summarise`. ``lesion_ratio`` scores the whole volume instead: the
-lesion contrast ratio of :mod:`pipeline.metrics.lesion` (lesion from the PET, ring in mm from the
-sources' affine), so validation can select a checkpoint on what the product is for, the lesion
+lesion contrast ratio of :mod:`pipeline.metrics.lesion` (the tumour mask where the sources carry it
+as a third channel, the evaluator's ``label``, else the PET threshold; ring in mm from the sources'
+affine), so validation can select a checkpoint on what the product is for, the lesion
 kept, and not on the edge metrics alone: :func:`metric_mean` scores the mean of such epoch metrics
 (the bundle's ``val_selection``, Q^AB/F and the lesion ratio) from their results, without scoring
 the images again.
@@ -44,14 +45,15 @@ def window_pairs(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     ``pred`` (B, W, ...) and ``image`` (B, W + 1, ...) become (B * W, 1, ...) fused images and
     (B * W, 2, ...) [CT window, PET] sources, so every window is scored against its own CT. The
     sources keep the image's affine (one per pair), which ``lesion_ratio`` measures its ring with.
+    Where the output has a ``label`` (B, 1, ...), the tumour mask, it follows as a third source channel.
     """
     affine = output["image"].affine if isinstance(output["image"], MetaTensor) else None
     pred, image = (_plain(output[key]) for key in ("pred", "image"))
     n_windows = image.shape[1] - 1
     if pred.shape[1] != n_windows:
         raise ValueError(f"window_pairs needs one fused channel per window: {n_windows} windows, {pred.shape[1]} channels")
-    pet = image[:, -1:]
-    sources = torch.cat([torch.cat([image[:, w : w + 1], pet], dim=1) for w in range(n_windows)], dim=0)
+    shared = [image[:, -1:]] + ([_plain(output["label"]).to(image)] if output.get("label") is not None else [])
+    sources = torch.cat([torch.cat([image[:, w : w + 1], *shared], dim=1) for w in range(n_windows)], dim=0)
     fused = torch.cat([pred[:, w : w + 1] for w in range(n_windows)], dim=0)
     if affine is not None:
         sources = MetaTensor(sources, affine=_per_sample(affine, pred.shape[0]).repeat(n_windows, 1, 1))
@@ -80,9 +82,9 @@ def _sample_spacings(y: torch.Tensor) -> list[np.ndarray]:
 
 
 def _lesion_ratio(fused: np.ndarray, sources: np.ndarray, spacing: np.ndarray) -> float:
-    """C(fused) / C(PET) of one ``(1, X, Y, Z)`` fused volume and its ``(2, X, Y, Z)`` sources."""
+    """C(fused) / C(PET) of one ``(1, X, Y, Z)`` fused volume and its ``(2 or 3, X, Y, Z)`` sources."""
     pet = sources[1]
-    lesion = lesion_mask_from_pet(pet)
+    lesion = sources[2] > 0.5 if len(sources) == 3 else lesion_mask_from_pet(pet)
     return lesion_contrast_ratio(fused[0], pet, lesion, ring_mask(lesion, spacing))["ratio"]
 
 
@@ -97,7 +99,8 @@ class FusionMetric(CumulativeIterationMetric):
     batches.
 
     ``metric(y_pred, y)`` takes the fused image (B, 1, spatial...) and the sources
-    (B, 2, spatial...) = [CT, PET] and buffers one value per sample; ``aggregate()`` reduces
+    (B, 2, spatial...) = [CT, PET], or (B, 3, spatial...) with the tumour mask that ``lesion_ratio``
+    then measures, and buffers one value per sample; ``aggregate()`` reduces
     them with MONAI's nan-aware ``reduction`` (default: mean over samples).
     """
 
@@ -110,11 +113,11 @@ class FusionMetric(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Per-sample values (B, 1), each the mean over the sample's slices."""
-        if y is None or y.shape[1] != 2 or y_pred.shape[1] != 1 or y_pred.shape[2:] != y.shape[2:]:
+        if y is None or y.shape[1] not in (2, 3) or y_pred.shape[1] != 1 or y_pred.shape[2:] != y.shape[2:]:
             got = None if y is None else tuple(y.shape)
             raise ValueError(
-                f"FusionMetric needs y_pred (B, 1, ...) and y (B, 2, ...) = [CT, PET] of one spatial shape; "
-                f"got {tuple(y_pred.shape)} and {got}"
+                f"FusionMetric needs y_pred (B, 1, ...) and y (B, 2, ...) = [CT, PET] (or [CT, PET, lesion]) of one "
+                f"spatial shape; got {tuple(y_pred.shape)} and {got}"
             )
         values = []
         for fused, sources, spacing in zip(y_pred, y, _sample_spacings(y)):
@@ -122,7 +125,7 @@ class FusionMetric(CumulativeIterationMetric):
             if self.name == LESION_RATIO:
                 values.append(_lesion_ratio(fused, sources, spacing))
             else:
-                per_slice = [metrics for _, _, metrics in score_slices(fused, sources, [0], range(fused.shape[-1]),
+                per_slice = [metrics for _, _, metrics in score_slices(fused, sources[:2], [0], range(fused.shape[-1]),
                                                                         [self.name])]
                 values.append(summarise(per_slice)[self.name]["mean"])
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)

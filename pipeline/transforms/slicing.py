@@ -76,8 +76,9 @@ class SelectBodySlicesd(MapTransform):
     checkpoint and the reported one agree.
     """
 
-    def __init__(self, keys: KeysCollection = "image", flags_key: str = "body_slices") -> None:
-        super().__init__(keys)
+    def __init__(self, keys: KeysCollection = "image", flags_key: str = "body_slices",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
         self.flags_key = flags_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:

@@ -11,7 +11,10 @@ import torch
 
 from pipeline.data import LoadCachedStudyd, SlicePairDataset, body_slice_cache, cache_studies, load_cached_datalist
 from pipeline.errors import InputError
+from pipeline.io.rtstruct import rtstruct_mask
+from pipeline.metrics import phantom_lesion_mask
 from pipeline.transforms.data_path import study_preprocessing
+from tests.io.conftest import write_rtstruct
 
 
 def test_cached_studies_match_the_preprocessing_within_one_grey_level(tiny_study_cache, tiny_datalist):
@@ -85,3 +88,25 @@ def test_cached_values_are_eight_bit(tiny_study_cache):
     (train, _) = load_cached_datalist(tiny_study_cache)
     with np.load(train["image"]) as arrays:
         assert arrays["image"].dtype == np.uint8 and arrays["body_slices"].dtype == bool
+
+
+def test_the_cache_keeps_a_known_tumour_as_the_label(tiny_study_cache, tiny_datalist, tmp_path):
+    loaded = LoadCachedStudyd()(load_cached_datalist(tiny_study_cache)[0])
+    fresh = study_preprocessing()(dict(tiny_datalist[0]))
+    designed = phantom_lesion_mask(json.loads(open(tiny_datalist[0]["truth"]).read()), fresh["image"].affine.numpy(),
+                                   fresh["image"].shape[1:])
+    assert loaded["label"].shape == (1, *fresh["image"].shape[1:]) and designed.any()
+    assert torch.equal(loaded["label"][0].bool(), torch.from_numpy(designed))
+    assert torch.equal(loaded["label"].affine, loaded["image"].affine)
+    # a study with a contour instead of a design: the contour, every second slice as the image
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    corner = ras_to_lps @ (fresh["image"].affine.numpy()[:3, :3] @ np.array([10.0, 10.0, 4.0]) + fresh["image"].affine.numpy()[:3, 3])
+    square = np.array([corner + offset for offset in ([0, 0, 0], [20, 0, 0], [20, 20, 0], [0, 20, 0])])
+    contour = write_rtstruct(tmp_path / "mask" / "rs.dcm", contours={"GTV": [square]})
+    item = {key: value for key, value in tiny_datalist[0].items() if key != "truth"}
+    (cached,) = cache_studies([{**item, "lesion_mask": str(contour), "slice_step": 2}], tmp_path / "cache", progress=False)
+    expected = rtstruct_mask(contour, fresh["image"].affine, fresh["image"].shape[1:])[..., ::2]
+    label = LoadCachedStudyd()(cached)["label"][0].bool().numpy()
+    assert expected.any() and np.array_equal(label, expected)
+    (plain,) = cache_studies([item], tmp_path / "plain", progress=False)
+    assert "label" not in LoadCachedStudyd()(plain)  # nothing known, nothing made up

@@ -69,7 +69,7 @@ def test_handler_reads_pred_and_image_from_the_engine_output():
     [((1, 1, 16, 16), (1, 1, 16, 16)), ((1, 2, 16, 16), (1, 2, 16, 16)), ((1, 1, 16, 16), (1, 2, 16, 15))],
 )
 def test_metric_rejects_inputs_that_are_not_fused_and_ct_pet(y_pred_shape, y_shape):
-    with pytest.raises(ValueError, match=r"y \(B, 2, ...\) = \[CT, PET\]"):
+    with pytest.raises(ValueError, match=r"y \(B, 2, ...\) = \[CT, PET\] \(or \[CT, PET, lesion\]\)"):
         FusionMetric("SD")(torch.zeros(y_pred_shape), torch.zeros(y_shape))
 
 
@@ -102,6 +102,21 @@ def test_lesion_ratio_is_the_contrast_ratio_with_a_ring_in_millimetres():
     assert FusionMetric("lesion_ratio")(fused_1mm, sources_1mm).item() != pytest.approx(expected)
 
 
+def test_lesion_ratio_measures_the_tumour_mask_when_the_sources_carry_one():
+    from pipeline.metrics.lesion import lesion_contrast_ratio, ring_mask
+
+    fused, sources = lesion_volume(spacing=4.0)
+    mask = torch.zeros(1, 1, 24, 24, 8)
+    mask[0, 0, 8:16, 8:16, 2:6] = 1  # the whole tumour, wider than the hot cube
+    with_mask = MetaTensor(torch.cat([sources.as_tensor(), mask], dim=1), affine=sources.affine)
+    lesion = mask[0, 0].numpy() > 0.5
+    expected = lesion_contrast_ratio(fused[0, 0].numpy(), sources[0, 1].numpy(), lesion,
+                                     ring_mask(lesion, (4.0,) * 3))["ratio"]
+    assert FusionMetric("lesion_ratio")(fused, with_mask).item() == pytest.approx(expected)
+    assert expected != pytest.approx(FusionMetric("lesion_ratio")(fused, sources).item())
+    assert FusionMetric("SD")(fused, with_mask).item() == pytest.approx(FusionMetric("SD")(fused, sources).item())
+
+
 def test_metric_mean_scores_each_image_once_for_the_mean_and_the_reports(monkeypatch):
     batches = [lesion_volume(spacing=2.0), lesion_volume(spacing=4.0)]
     calls = []
@@ -126,6 +141,10 @@ def test_window_pairs_keep_the_affine_for_each_window():
     assert fused.shape == (2, 1, 8, 8, 2) and sources.shape == (2, 2, 8, 8, 2)
     assert sources.affine.shape == (2, 4, 4)
     assert torch.equal(sources.affine[1], image.affine)
+    label = torch.rand(1, 1, 8, 8, 2)
+    _, with_label = window_pairs({"pred": torch.rand(1, 2, 8, 8, 2), "image": image, "label": label})
+    assert with_label.shape == (2, 3, 8, 8, 2) and torch.equal(with_label[1, 2], label[0, 0])
+    assert torch.equal(with_label[1, :2], torch.stack([image[0, 1], image[0, 2]]))
 
 
 def test_a_mean_of_no_metrics_is_rejected():
