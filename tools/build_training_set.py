@@ -3,7 +3,9 @@
 The phantoms vary what the generator lets vary (anatomy and tumour through the seed, tumour size
 and uptake, noise, CT and PET grids), so the network does not learn one geometry; they all go to
 training. The real studies come with their split from a datalist (default: the bundle's
-``configs/datalist_real.json``, split by study). The output is a study cache
+``configs/datalist_real.json``, split by study, each with its tumour contour). Each study's tumour
+(the phantom's design, the real study's contour) is cached with it, so validation measures the
+lesion on it. The output is a study cache
 (:mod:`pipeline.data.study_cache`) that ``train.json`` and ``evaluate.json`` read with
 ``--study_cache``, on a host with or without the DICOM stack.
 
