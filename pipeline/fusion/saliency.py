@@ -17,6 +17,11 @@ against its surroundings as it does in the PET, with the CT's edges kept on top.
 about blood pool and above liver background; ``radius`` 8 pixels, about a 10 mm shell at the usual
 0.8-1.3 mm CT pixels) were chosen on the five validation studies, and the rule is the intensity
 target of DCIF-GAN's detail loss (:class:`pipeline.losses.DetailLoss`).
+
+Where uptake is only moderate (a large, mildly avid sarcoma, or the rim of a necrotic one) the
+PET's base is darker than the soft tissue the lung window shows there, so the tumour comes out
+darker than its surroundings: measured on the tumour contours, this rule and the networks trained
+towards it lose the lesion in the lung window, and Laplacian keeps it best (bundle model card).
 """
 
 from __future__ import annotations

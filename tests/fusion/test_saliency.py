@@ -52,7 +52,7 @@ def test_the_lesion_stays_visible_where_the_ct_is_brighter_than_the_pet():
 
     saliency = ratio("saliency")
     assert saliency > 0.5
-    assert saliency > ratio("laplacian") + 0.2 and saliency > ratio("average") + 0.2
+    assert saliency > ratio("average") + 0.2  # (Laplacian keeps a small, evenly hot lesion better still)
     assert ratio("max") < 0.1  # max fusion hides it: the soft tissue is brighter than the lesion
 
 
