@@ -2,8 +2,8 @@
 
 The classical baselines trade one goal for the other. Max fusion keeps CT contrast but hides a
 soft-tissue lesion in the lung window (soft tissue is near white there, brighter than most of
-the PET); the average and the Laplacian pyramid keep the lesion at about a third of the PET's
-contrast by halving the CT everywhere. This rule keeps every band-pass detail of the stronger
+the PET); the average and the Laplacian pyramid keep the lesion by halving the CT's contrast
+everywhere. This rule keeps every band-pass detail of the stronger
 source, as the Laplacian pyramid does, and chooses the low-pass base by PET saliency, mixed at
 full resolution (collapsing is linear, so each base can be expanded on its own):
 
