@@ -8,7 +8,8 @@ source, as the Laplacian pyramid does, and chooses the low-pass base by PET sali
 full resolution (collapsing is linear, so each base can be expanded on its own):
 
     s = blur(maxpool(clip((PET - low) / (high - low), 0, 1), 2 r + 1), r / 2)
-    F = collapse(details) + (1 - s) * expand(base_CT) + s * expand(k base_CT + g base_PET)
+    F = collapse(details) + (1 - s) * expand(base_CT) + s * expand(k base_CT + (1 - k) stretch(base_PET))
+    stretch(p) = 1 - (1 - p) ** g
 
 Outside uptake (s = 0) the fused image is the CT, with air black and bone white; on a lesion and
 within about ``radius`` pixels around it (s = 1) the base is the PET's, so the lesion stands out
@@ -18,8 +19,9 @@ about blood pool and above liver background; ``radius`` 8 pixels, about a 10 mm 
 0.8-1.3 mm CT pixels) were chosen on the five validation studies, and the rule is the intensity
 target of DCIF-GAN's detail loss (:class:`pipeline.losses.DetailLoss`). ``ct_keep`` (k, default 0)
 keeps that fraction of the CT's base under the PET and ``pet_gain`` (g, default 1) stretches the
-PET's: with k = 1/2 and g = 2 a moderately avid tumour is brighter than the dimmed tissue around it
-instead of darker than the bright tissue it replaced.
+PET's low values by g while a hot lesion's approach white without clipping: with k = 1/2 and g = 2
+a moderately avid tumour is brighter than the dimmed tissue around it instead of darker than the
+bright tissue it replaced.
 
 Where uptake is only moderate (a large, mildly avid sarcoma, or the rim of a necrotic one) the
 PET's base is darker than the soft tissue the lung window shows there, so the tumour comes out
@@ -59,8 +61,8 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
         ct_keep: float = 0.0, pet_gain: float = 1.0,
     ) -> None:
         super().__init__(levels)
-        if not 0 <= ct_keep <= 1 or pet_gain <= 0:
-            raise ValueError(f"saliency fusion needs 0 <= ct_keep <= 1 and pet_gain > 0; got {ct_keep}, {pet_gain}")
+        if not 0 <= ct_keep < 1 or pet_gain < 1:
+            raise ValueError(f"saliency fusion needs 0 <= ct_keep < 1 and pet_gain >= 1; got {ct_keep}, {pet_gain}")
         self.ct_keep, self.pet_gain = ct_keep, pet_gain
         if not 0 <= low < high:
             raise ValueError(f"saliency fusion needs 0 <= low < high; got low {low}, high {high}")
@@ -70,10 +72,11 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         # A weight sampled on the coarse base grid would blur a small lesion's halo into the CT.
-        # Collapsing is linear: F = collapse(details, base_CT) + s * expand(g base_PET - (1 - k) base_CT).
+        # Collapsing is linear: F = collapse(details, base_CT) + s * expand((1 - k) (stretch(base_PET) - base_CT)).
         details, ct_base, pet_base = self.select_details(ct, pet)
         flat = [torch.zeros_like(d) for d in details]
-        under = self.pet_gain * pet_base - (1 - self.ct_keep) * ct_base
+        stretched = 1 - (1 - pet_base.clamp(0, 1)) ** self.pet_gain if self.pet_gain != 1 else pet_base
+        under = (1 - self.ct_keep) * (stretched - ct_base)
         return collapse_pyramid([*details, ct_base]) + self.saliency(pet) * collapse_pyramid([*flat, under])
 
     def saliency(self, pet: torch.Tensor) -> torch.Tensor:
