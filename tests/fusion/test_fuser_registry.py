@@ -25,7 +25,7 @@ def test_get_fuser_passes_keyword_arguments():
 
 
 def test_an_unknown_setting_is_a_one_line_project_error_naming_the_settings():
-    with pytest.raises(DcifError, match=r"'saliency' has no setting 'radus'; its settings: levels, low, high, radius$"):
+    with pytest.raises(DcifError, match=r"'saliency' has no setting 'radus'; its settings: levels, low, high, radius, ct_keep, pet_gain$"):
         get_fuser("saliency", radus=4)
 
 
