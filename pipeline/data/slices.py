@@ -33,7 +33,8 @@ def body_slice_cache(studies: Sequence[dict[str, Any]], preprocessing: Callable,
 
 
 class SlicePairDataset(Dataset):
-    """``{"ct": (1, X, Y), "pet": (1, X, Y), "window": index}`` for every (study, body slice, CT window), then ``transform``.
+    """``{"ct": (1, X, Y), "pet": (1, X, Y), "window": index}`` for every (study, body slice, CT window), then
+    ``transform``.
 
     ``window`` is the CT window's index in ``windows``, for a loss whose target differs by window.
 

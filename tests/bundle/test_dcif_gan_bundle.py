@@ -223,7 +223,8 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist, tiny_
 
 def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, tiny_study_cache, tiny_phantom_root):
     _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
-            detail_weight=1.0, detail_target_args={"radius": 4}, detail_window_target_args={"mediastinal": {"high": 0.3}},
+            detail_weight=1.0, detail_target_args={"radius": 4},
+            detail_window_target_args={"mediastinal": {"high": 0.3}},
             training_data="two tiny phantoms", **TINY_TRAINING)
     (epoch,) = read_history(tmp_path / "eval" / "train" / "history.json")["epochs"]
     assert epoch["g_detail"] > 0 and epoch["iterations"] > 0 and "val_QABF" in epoch

@@ -36,7 +36,8 @@ def test_each_body_slice_is_a_pair_per_window(tmp_path):
 
 def test_pairs_batch_and_transform_in_a_loader(tmp_path):
     cache = body_slice_cache(_short_pet_study(tmp_path), study_preprocessing(WINDOWS), progress=False)
-    pairs = SlicePairDataset(cache, WINDOWS, transform=lambda pair: {**pair, "ct": 2 * pair["ct"], "pet": 2 * pair["pet"]})
+    pairs = SlicePairDataset(cache, WINDOWS,
+                             transform=lambda pair: {**pair, "ct": 2 * pair["ct"], "pet": 2 * pair["pet"]})
     batch = next(iter(DataLoader(pairs, batch_size=4)))
     assert batch["ct"].shape == batch["pet"].shape == (4, 1, 32, 32)
     assert batch["window"].tolist() == [0, 1, 0, 1]  # each slice in both windows, in order

@@ -100,11 +100,13 @@ def test_the_cache_keeps_a_known_tumour_as_the_label(tiny_study_cache, tiny_data
     assert torch.equal(loaded["label"].affine, loaded["image"].affine)
     # a study with a contour instead of a design: the contour, every second slice as the image
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    corner = ras_to_lps @ (fresh["image"].affine.numpy()[:3, :3] @ np.array([10.0, 10.0, 4.0]) + fresh["image"].affine.numpy()[:3, 3])
+    affine = fresh["image"].affine.numpy()
+    corner = ras_to_lps @ (affine[:3, :3] @ np.array([10.0, 10.0, 4.0]) + affine[:3, 3])
     square = np.array([corner + offset for offset in ([0, 0, 0], [20, 0, 0], [20, 20, 0], [0, 20, 0])])
     contour = write_rtstruct(tmp_path / "mask" / "rs.dcm", contours={"GTV": [square]})
     item = {key: value for key, value in tiny_datalist[0].items() if key != "truth"}
-    (cached,) = cache_studies([{**item, "lesion_mask": str(contour), "slice_step": 2}], tmp_path / "cache", progress=False)
+    with_contour = {**item, "lesion_mask": str(contour), "slice_step": 2}
+    (cached,) = cache_studies([with_contour], tmp_path / "cache", progress=False)
     expected = rtstruct_mask(contour, fresh["image"].affine, fresh["image"].shape[1:])[..., ::2]
     label = LoadCachedStudyd()(cached)["label"][0].bool().numpy()
     assert expected.any() and np.array_equal(label, expected)

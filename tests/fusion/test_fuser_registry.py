@@ -25,7 +25,8 @@ def test_get_fuser_passes_keyword_arguments():
 
 
 def test_an_unknown_setting_is_a_one_line_project_error_naming_the_settings():
-    with pytest.raises(DcifError, match=r"'saliency' has no setting 'radus'; its settings: levels, low, high, radius, ct_keep, pet_gain$"):
+    settings = "levels, low, high, radius, ct_keep, pet_gain"
+    with pytest.raises(DcifError, match=rf"'saliency' has no setting 'radus'; its settings: {settings}$"):
         get_fuser("saliency", radus=4)
 
 

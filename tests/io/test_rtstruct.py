@@ -15,7 +15,8 @@ SHAPE = (12, 12, 5)
 
 def square(i0: float, i1: float, j0: float, j1: float, k: float) -> np.ndarray:
     """A closed square contour in LPS mm whose corners are these voxel indices on slice ``k``."""
-    return np.array([[2 * i0, 2 * j0, 3 * k], [2 * i1, 2 * j0, 3 * k], [2 * i1, 2 * j1, 3 * k], [2 * i0, 2 * j1, 3 * k]])
+    corners = [(i0, j0), (i1, j0), (i1, j1), (i0, j1)]
+    return np.array([[2 * i, 2 * j, 3 * k] for i, j in corners], dtype=float)
 
 
 def test_a_contour_fills_its_voxels_on_its_own_slice(dicom_factory):
