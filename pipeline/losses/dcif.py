@@ -95,9 +95,7 @@ class DiscriminatorLoss(nn.Module):
         f_pet: torch.Tensor,
         d1: Critic,
         d2: Critic,
-        window: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``window``: each sample's CT window index, for a detail target that differs by window."""
         terms = {
             "d1": self.adversarial(d1(pet), d1(f_ct.detach())),
             "d2": self.adversarial(d2(ct), d2(f_pet.detach())),
