@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
-from pipeline.io.rtstruct import rtstruct_mask
-from pipeline.metrics.lesion import phantom_lesion_mask
+from pipeline.metrics.lesion import known_lesion
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -63,14 +62,14 @@ def cache_studies(
         affine = data["image"].affine.numpy().copy()
         affine[:, 2] *= step
         name = f"{data['study_key']}.npz"
-        lesion = _known_lesion(item, data["image"])
+        known = known_lesion(item, data["image"].affine.numpy(), data["image"].shape[1:])
         with atomic_write(folder / name) as temporary:
             np.savez_compressed(
                 temporary,
                 image=np.rint(data["image"].numpy()[..., ::step] * _LEVELS).clip(0, _LEVELS).astype(np.uint8),
                 affine=affine,
                 body_slices=data["body_slices"].numpy()[::step],
-                **({} if lesion is None else {"lesion": lesion[..., ::step]}),
+                **({} if known is None else {"lesion": known[1][..., ::step]}),
             )
         kept = {k: item[k] for k in KEPT_FIELDS if k in item}
         entries.append({"image": name, "study_key": data["study_key"], **kept})
@@ -78,16 +77,6 @@ def cache_studies(
     with atomic_write(folder / DATALIST_NAME) as temporary:
         temporary.write_text(json.dumps(index, indent=2))
     return load_cached_datalist(folder)
-
-
-def _known_lesion(item: Mapping[str, Any], image: MetaTensor) -> np.ndarray | None:
-    """The tumour on the study's grid where the datalist knows it: a phantom's design, else its contour."""
-    affine, shape = image.affine.numpy(), image.shape[1:]
-    if item.get("truth"):
-        return phantom_lesion_mask(json.loads(Path(item["truth"]).read_text()), affine, shape)
-    if item.get("lesion_mask"):
-        return rtstruct_mask(item["lesion_mask"], affine, shape)
-    return None
 
 
 def _index(folder: Path) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
         # Collapsing is linear: F = collapse(details, base_CT) + s * expand((1 - k) (stretch(base_PET) - base_CT)).
         details, ct_base, pet_base = self.select_details(ct, pet)
         flat = [torch.zeros_like(d) for d in details]
+        # g = 1 leaves the base as it is (no clamp), so the default fuser's output is unchanged.
         stretched = 1 - (1 - pet_base.clamp(0, 1)) ** self.pet_gain if self.pet_gain != 1 else pet_base
         under = (1 - self.ct_keep) * (stretched - ct_base)
         return collapse_pyramid([*details, ct_base]) + self.saliency(pet) * collapse_pyramid([*flat, under])

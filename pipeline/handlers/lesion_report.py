@@ -24,15 +24,13 @@ from monai.data.utils import affine_to_spacing
 from PIL import Image
 
 from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes
-from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
-from pipeline.io.rtstruct import rtstruct_mask
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
     DEFAULT_RING_MM,
+    known_lesion,
     lesion_contrast_ratio,
     lesion_mask_from_pet,
-    phantom_lesion_mask,
     ring_mask,
 )
 from pipeline.visualization.panels import fusion_panel
@@ -50,18 +48,6 @@ def study_affine(engine: Engine) -> np.ndarray:
             # Collated MetaTensors carry one affine per batch item.
             return np.asarray((affine[0] if affine.ndim == 3 else affine).cpu(), dtype=np.float64)
     raise ValueError("LesionContrastReport needs the evaluator's 'image' as a MetaTensor to know the voxel spacing")
-
-
-def load_truth(path: str | Path) -> dict[str, Any]:
-    """A phantom ``truth.json``, checked for the tumour centre and radius the lesion mask needs."""
-    try:
-        truth = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable phantom truth file ({error})") from None
-    tumour = truth.get("tumour") if isinstance(truth, dict) else None
-    if not isinstance(tumour, dict) or not {"centre_lps_mm", "radius_mm"} <= tumour.keys():
-        raise InputError(f"{path}: phantom truth file has no tumour centre_lps_mm and radius_mm")
-    return truth
 
 
 def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,13 +134,9 @@ class LesionContrastReport:
         channels, methods = engine.network.channels, list(engine.network.fusers)
         affine = study_affine(engine)
         pet = image[-1]
-        batch = engine.state.batch
-        if "truth" in batch:
-            source, lesion = "phantom", phantom_lesion_mask(load_truth(batch_field(engine, "truth")), affine, pet.shape)
-        elif batch.get("lesion_mask"):
-            source, lesion = "contour", rtstruct_mask(batch_field(engine, "lesion_mask"), affine, pet.shape)
-        else:
-            source, lesion = "pet_threshold", lesion_mask_from_pet(pet, self.fraction)
+        fields = {key: batch_field(engine, key) for key in ("truth", "lesion_mask") if key in engine.state.batch}
+        known = known_lesion(fields, affine, pet.shape)
+        source, lesion = known if known is not None else ("pet_threshold", lesion_mask_from_pet(pet, self.fraction))
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
         for w, window in enumerate(engine.network.windows):

@@ -26,14 +26,19 @@ PET = SUV / ceiling clipped):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from pipeline.errors import InputError
 from pipeline.io.patient_space import LPS_TO_RAS
+from pipeline.io.rtstruct import rtstruct_mask
 
 DEFAULT_FRACTION = 0.4
 DEFAULT_RING_MM = 10.0
@@ -83,6 +88,28 @@ def phantom_lesion_mask(truth: Mapping, affine: ArrayLike, shape: Sequence[int])
     inside = np.sum((world - centre[:, None]) ** 2, axis=0) <= radius**2
     mask[tuple(index[:, inside])] = True
     return mask
+
+
+def load_truth(path: str | Path) -> dict[str, Any]:
+    """A phantom ``truth.json``, checked for the tumour centre and radius the lesion mask needs."""
+    try:
+        truth = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable phantom truth file ({error})") from None
+    tumour = truth.get("tumour") if isinstance(truth, dict) else None
+    if not isinstance(tumour, dict) or not {"centre_lps_mm", "radius_mm"} <= tumour.keys():
+        raise InputError(f"{path}: phantom truth file has no tumour centre_lps_mm and radius_mm")
+    return truth
+
+
+def known_lesion(fields: Mapping[str, Any], affine: ArrayLike, shape: Sequence[int]) -> tuple[str, np.ndarray] | None:
+    """The tumour a study's datalist fields know, on a grid: ``("phantom", mask)`` from its ``truth``, else
+    ``("contour", mask)`` from its ``lesion_mask``; ``None`` when they know neither."""
+    if fields.get("truth"):
+        return "phantom", phantom_lesion_mask(load_truth(fields["truth"]), affine, shape)
+    if fields.get("lesion_mask"):
+        return "contour", rtstruct_mask(fields["lesion_mask"], affine, shape)
+    return None
 
 
 def ring_mask(lesion: ArrayLike, spacing: Sequence[float], ring_mm: float = DEFAULT_RING_MM) -> np.ndarray:
