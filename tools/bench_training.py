@@ -2,7 +2,8 @@
 
 Each cell runs ``FusionGANTrainer`` for a few iterations on random crops, with the bundle's loss
 recipe (content + saliency detail term, alpha 100, detail weight 8), in its own process and
-reports the median seconds per iteration. Layouts: ``fast`` is the product (window order, one
+reports the median seconds per iteration: at least ``--iterations`` after a warm-up and as many more as
+fill ``--seconds`` (at most :data:`MAX_ITERATIONS`), so a small cell on a busy CPU gets enough samples. Layouts: ``fast`` is the product (window order, one
 generator forward, the CPU attention kernel); ``sdpa`` the same with the kernel off; ``before`` the
 engine before the fast path: MONAI's own Swin blocks (tests/networks/monai_reference.py) and two
 generator forwards per iteration; ``baseline`` (``--baseline DIR``) the ``pipeline`` package of
@@ -33,6 +34,7 @@ sys.path.append(str(REPO / "tools"))
 from bench_network import CONFIGS, _device_name, _network, cell_environment  # noqa: E402
 
 LAYOUTS = ("fast", "sdpa", "before", "baseline")
+MAX_ITERATIONS = 40
 
 
 def _before_iteration(engine, batchdata):
@@ -66,8 +68,8 @@ def _generator_loss():
         return GeneratorLoss(alpha=100.0, mu=1.0, detail_weight=8.0, detail_target="saliency", detail_mu=1.0)
 
 
-def measure(config: str, layout: str, device: str, batch: int, crop: int, iterations: int, threads: int,
-            amp: bool) -> dict:
+def measure(config: str, layout: str, device: str, batch: int, crop: int, iterations: int, seconds: float,
+            threads: int, amp: bool) -> dict:
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
 
@@ -80,7 +82,7 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
     gan = DCIFGAN("network4", window_size=8, mlp_ratio=2.0, **CONFIGS[config]).to(device)
     if layout == "before":
         gan.generator = _network(config, "monai", device).train()
-    items = [{"ct": torch.rand(1, crop, crop), "pet": torch.rand(1, crop, crop)} for _ in range(batch * (iterations + 1))]
+    items = [{"ct": torch.rand(1, crop, crop), "pet": torch.rand(1, crop, crop)} for _ in range(batch * (MAX_ITERATIONS + 1))]
     times: list[float] = []
     trainer = FusionGANTrainer(
         device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
@@ -102,9 +104,11 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - clock["start"])
+        if len(times) > iterations and sum(times[1:]) >= seconds:
+            trainer.terminate()
 
     trainer.run()
-    return {"seconds": median(times[1:])}
+    return {"seconds": median(times[1:]), "iterations": len(times) - 1}
 
 
 def main() -> None:
@@ -113,7 +117,9 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=["cpu"])
     parser.add_argument("--crops", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations at least, after one warm-up")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help=f"then more until their times add up to this (at most {MAX_ITERATIONS} in all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["fast", "sdpa", "before"])
@@ -130,21 +136,25 @@ def main() -> None:
                 cells = {}
                 for layout in args.layouts:
                     request = {"config": config, "layout": layout, "device": device, "batch": args.batch,
-                               "crop": crop, "iterations": args.iterations, "threads": args.threads, "amp": args.amp}
+                               "crop": crop, "iterations": args.iterations, "seconds": args.seconds,
+                               "threads": args.threads, "amp": args.amp}
                     done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)],
                                           capture_output=True, text=True,
                                           env=cell_environment(layout, args.baseline))
                     if done.returncode:
                         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
-                    cells[layout] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
-                    print(f"measured {request} {cells[layout]:.3f} s", file=sys.stderr, flush=True)
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    cells[layout] = result["seconds"]
+                    print(f"measured {request} {cells[layout]:.3f} s over {result['iterations']} iterations",
+                          file=sys.stderr, flush=True)
                 others = [layout for layout in args.layouts if layout != "fast"]
                 rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
                             + " | ".join(f"{1e3 * cells[layout]:.0f}" for layout in args.layouts) + " | "
                             + " | ".join(f"{cells[layout] / cells['fast']:.2f}" if "fast" in cells else ""
                                          for layout in others) + " |")
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in args.devices)
-    print(f"DCIF-GAN training iteration (D step + G step, Adam), median of {args.iterations} after a warm-up; "
+    print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
+          f"(more up to {args.seconds:g} s); "
           f"amp {args.amp}. {devices}.\n")
     others = [layout for layout in args.layouts if layout != "fast"]
     print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "

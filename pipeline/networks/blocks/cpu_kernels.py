@@ -7,7 +7,10 @@
 - **LayerNorm** (``layer_norm.cpp``). ATen's CPU LayerNorm pays a per-row overhead that, at the
   blocks' 16-60 channels per token, makes it a fifth of a forward at 512 x 512; the kernel, with the
   channel count known at compile time, is 4-6x faster, forward and backward, and about 12x at 16
-  channels, where it normalises 16 rows at once.
+  channels, where it normalises a register's worth of rows at once.
+
+Both work on one vector register's lanes (``lanes.h``): 16 floats where the CPU has AVX-512, 8 on an
+AVX2 CPU (a laptop's), where 16-float values would take two registers each and spill.
 
 They are compiled with the machine's own compiler the first time a model runs on the CPU (about
 30 s; cached under torch's extension folder, keyed by the sources, the flags, the torch install and

@@ -1,8 +1,8 @@
 // LayerNorm over the last dim of (rows, C) float32 tokens on the CPU, forward and backward.
 // The blocks normalise 16-60 channels per token; ATen's kernel pays a per-row overhead that makes it
-// 4-6 times slower than a loop with the channel count known at compile time. Where C is a multiple of 16,
-// 16 rows go at once and their per-row sums reduce lane-parallel (at 16 channels 3-4 times faster than
-// one row at a time, whose horizontal sums cost as much as the rest of its work); other channel counts
+// 4-6 times slower than a loop with the channel count known at compile time. Where C is a multiple of the
+// register's lanes (lanes.h: 16 or 8), as many rows go at once and their per-row sums reduce lane-parallel (at 16
+// channels 3-4 times faster than one row at a time, whose horizontal sums cost as much as the rest of its work); other channel counts
 // and the last rows take the row loop. Rows are split across ATen's threads. Compiled by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -21,9 +21,9 @@ using dcif::store_lanes;
 
 constexpr int64_t kGrain = 2048;
 
-// 16 rows of C channels (a multiple of 16) at once: their sums and squared deviations reduce lane-parallel.
+// kLanes rows of C channels (a multiple of kLanes) at once: their sums and squared deviations reduce lane-parallel.
 template <int C>
-void normalise_rows16(const float* x, const float* w, const float* b, float* y, float* mean_out, float* rstd_out,
+void normalise_lane_rows(const float* x, const float* w, const float* b, float* y, float* mean_out, float* rstd_out,
                       float eps) {
   constexpr int kVectors = C / kLanes;
   Lanes rows[kLanes][kVectors];
@@ -74,10 +74,10 @@ inline void normalise_row(const float* x, const float* w, const float* b, float*
   *rstd_out = rstd;
 }
 
-// The backward of normalise_rows16: per-row sums lane-parallel, dw and db summed over the 16 rows in float, then
+// The backward of normalise_lane_rows: per-row sums lane-parallel, dw and db summed over the kLanes rows in float, then
 // added to the thread's double sums.
 template <int C>
-void backward_rows16(const float* x, const float* w, const float* mean, const float* rstd, const float* grad,
+void backward_lane_rows(const float* x, const float* w, const float* mean, const float* rstd, const float* grad,
                      float* dx, double* dw, double* db) {
   constexpr int kVectors = C / kLanes;
   Lanes xhat[kLanes][kVectors], gw[kLanes][kVectors];
@@ -117,7 +117,7 @@ void forward_rows(const float* x, const float* w, const float* b, float* y, floa
   int64_t r = begin;
   if constexpr (C > 0 && C % kLanes == 0) {
     for (; r + kLanes <= end; r += kLanes) {
-      normalise_rows16<C>(x + r * C, w, b, y + r * C, mean + r, rstd + r, eps);
+      normalise_lane_rows<C>(x + r * C, w, b, y + r * C, mean + r, rstd + r, eps);
     }
   }
   for (; r < end; ++r) {
@@ -134,7 +134,7 @@ void backward_rows(const float* x, const float* w, const float* mean, const floa
   int64_t r = begin;
   if constexpr (C > 0 && C % kLanes == 0) {
     for (; r + kLanes <= end; r += kLanes) {
-      backward_rows16<C>(x + r * C, w, mean + r, rstd + r, grad + r * C, dx + r * C, dw, db);
+      backward_lane_rows<C>(x + r * C, w, mean + r, rstd + r, grad + r * C, dx + r * C, dw, db);
     }
   }
   for (; r < end; ++r) {

@@ -1,8 +1,8 @@
 // Window attention of the DCIF-GAN Swin/CMIFM blocks on the CPU, forward and backward:
 // O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8, 10 or 16.
 // With heads this small, ATen's fused attention spends its time on per-block overhead and its batched
-// GEMMs on 8-wide results. Here one window and head at a time live in L1, 16 queries at a time in the
-// lanes of a register. The forward keeps their Q^T in registers while the scores against all 64 keys, the
+// GEMMs on 8-wide results. Here one window and head at a time live in L1, a tile of queries at a time in the
+// lanes of a register (16 with AVX-512, 8 with AVX2: lanes.h). The forward keeps their Q^T in registers while the scores against all 64 keys, the
 // softmax and the weighted sum of V are formed (26 % faster than materialising the window's P^T first).
 // The backward recomputes P (as flash attention does) tile by tile, forms dP, dS, the bias gradient and dQ
 // with the queries in lanes, and sums dK and dV over the queries through an add tree (22-26 % faster than
@@ -29,7 +29,7 @@ using dcif::store_lanes;
 constexpr int kTokens = 64;
 constexpr int kTiles = kTokens / kLanes;
 
-// exp(x) for x <= 0 on 16 lanes as 2^(x log2 e): integer part into the exponent bits, fraction by a degree-6
+// exp(x) for x <= 0 on every lane as 2^(x log2 e): integer part into the exponent bits, fraction by a degree-6
 // polynomial; floor is truncation corrected where it rounded up. Relative error below 2e-7 on [-87, 0].
 inline Lanes exp_nonpositive(Lanes x) {
   x = x < -87.0f ? Lanes{} - 87.0f : x;
@@ -54,7 +54,7 @@ struct Inputs {
   float scale;
 };
 
-// The scores S^T of one tile of 16 queries (their scaled Q^T in qt, a query per lane) against the 64 keys, with B^T
+// The scores S^T of one tile of kLanes queries (their scaled Q^T in qt, a query per lane) against the 64 keys, with B^T
 // [+ mask] added: row j goes to scores + j * stride. Returns each query's largest score.
 template <int DIM>
 inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw, const Lanes (&qt)[DIM],
@@ -72,7 +72,7 @@ inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, con
   return peak;
 }
 
-// One (window, head), 16 queries at a time: their scaled Q^T stays in registers while the scores of all 64 keys,
+// One (window, head), a tile of kLanes queries at a time: their scaled Q^T stays in registers while the scores of all 64 keys,
 // their softmax and the weighted sum of V are computed, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
 void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
@@ -117,7 +117,7 @@ struct Grads {
 
 // dP = dO V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO, dB += dS.
 // Per query tile, as in the forward: P recomputed, then dP, dS, dB and dQ with the queries in lanes. dK and dV
-// sum over the queries, across the lanes: their 64 x DIM sums go 16 at a time through one add tree.
+// sum over the queries, across the lanes: their 64 x DIM sums go kLanes at a time through one add tree.
 template <int DIM>
 void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float* dbias_t, int64_t begin,
                     int64_t end) {
@@ -178,7 +178,7 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
     }
     float* dk_w = out.dk + w * out.ks[0] + h * out.ks[1];
     float* dv_w = out.dv + w * out.vs[0] + h * out.vs[1];
-    for (int first = 0; first < kTokens * DIM; first += kLanes) {  // (key, dim) pairs, 16 at a time
+    for (int first = 0; first < kTokens * DIM; first += kLanes) {  // (key, dim) pairs, kLanes at a time
       Lanes dk_sums[kLanes], dv_sums[kLanes];
       Lanes ds_j[kTiles], p_j[kTiles];
       int loaded = -1;
