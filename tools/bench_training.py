@@ -3,7 +3,9 @@
 Each cell runs ``FusionGANTrainer`` for a few iterations on random crops, with the bundle's loss
 recipe (content + saliency detail term, alpha 100, detail weight 8), in its own process and
 reports the median seconds per iteration: at least ``--iterations`` after a warm-up and as many more as
-fill ``--seconds`` (at most :data:`MAX_ITERATIONS`), so a small cell on a busy CPU gets enough samples. Layouts: ``fast`` is the product (window order, one
+fill ``--seconds`` (at most :data:`MAX_ITERATIONS`), so a small cell on a busy CPU gets enough samples. With
+``--rounds N`` the layouts of a row run N times in turn and each keeps its fastest median, so a slow spell of a
+shared machine does not fall on one layout alone. Layouts: ``fast`` is the product (window order, one
 generator forward, the CPU attention kernel); ``sdpa`` the same with the kernel off; ``before`` the
 engine before the fast path: MONAI's own Swin blocks (tests/networks/monai_reference.py) and two
 generator forwards per iteration; ``baseline`` (``--baseline DIR``) the ``pipeline`` package of
@@ -82,7 +84,8 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
     gan = DCIFGAN("network4", window_size=8, mlp_ratio=2.0, **CONFIGS[config]).to(device)
     if layout == "before":
         gan.generator = _network(config, "monai", device).train()
-    items = [{"ct": torch.rand(1, crop, crop), "pet": torch.rand(1, crop, crop)} for _ in range(batch * (MAX_ITERATIONS + 1))]
+    items = [{"ct": torch.rand(1, crop, crop), "pet": torch.rand(1, crop, crop)}
+             for _ in range(batch * (MAX_ITERATIONS + 1))]
     times: list[float] = []
     trainer = FusionGANTrainer(
         device=device, max_epochs=1, train_data_loader=DataLoader(Dataset(items), batch_size=batch), model=gan,
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations at least, after one warm-up")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help=f"then more until their times add up to this (at most {MAX_ITERATIONS} in all)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run a row's layouts this many times in turn; each keeps its best")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["fast", "sdpa", "before"])
@@ -133,8 +138,8 @@ def main() -> None:
     for device in args.devices:
         for config in args.configs:
             for crop in args.crops:
-                cells = {}
-                for layout in args.layouts:
+                cells: dict[str, float] = {}
+                for layout in [layout for _ in range(args.rounds) for layout in args.layouts]:
                     request = {"config": config, "layout": layout, "device": device, "batch": args.batch,
                                "crop": crop, "iterations": args.iterations, "seconds": args.seconds,
                                "threads": args.threads, "amp": args.amp}
@@ -144,8 +149,8 @@ def main() -> None:
                     if done.returncode:
                         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
                     result = json.loads(done.stdout.strip().splitlines()[-1])
-                    cells[layout] = result["seconds"]
-                    print(f"measured {request} {cells[layout]:.3f} s over {result['iterations']} iterations",
+                    cells[layout] = min(result["seconds"], cells.get(layout, float("inf")))
+                    print(f"measured {request} {result['seconds']:.3f} s over {result['iterations']} iterations",
                           file=sys.stderr, flush=True)
                 others = [layout for layout in args.layouts if layout != "fast"]
                 rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
@@ -154,7 +159,7 @@ def main() -> None:
                                          for layout in others) + " |")
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in args.devices)
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
-          f"(more up to {args.seconds:g} s); "
+          f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); "
           f"amp {args.amp}. {devices}.\n")
     others = [layout for layout in args.layouts if layout != "fast"]
     print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "
