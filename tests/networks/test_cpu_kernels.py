@@ -15,11 +15,20 @@ from pipeline.networks import DCIFGAN
 from pipeline.networks.blocks import cpu_kernels
 
 
-@pytest.fixture
-def kernel():
+AVX2_FLAGS = (*cpu_kernels.FLAGS, "-mno-avx512f")
+
+
+@pytest.fixture(params=["native", "avx2"])
+def kernel(request, monkeypatch):
+    """The kernels this CPU runs and, on an AVX-512 CPU, their AVX2 build (8-float lanes, lanes.h) in their place."""
     found = cpu_kernels.cpu_kernel()
     if found is None:
         pytest.skip("the CPU kernels could not be built here (no C++ compiler?)")
+    if request.param == "avx2":
+        if not cpu_kernels.has_avx512():
+            pytest.skip("this CPU has no AVX-512: its own build, tested as native, is the AVX2 one")
+        found = cpu_kernels.build(AVX2_FLAGS)
+        monkeypatch.setattr(cpu_kernels, "cpu_kernel", lambda: found)
     return found.window_attention
 
 
@@ -165,7 +174,7 @@ def test_a_trace_records_aten_attention_not_the_kernel(kernel) -> None:
 @pytest.mark.parametrize("channels", [16, 32, 48, 60, 24])
 def test_layer_norm_kernel_matches_aten_forward_and_backward(kernel, channels: int) -> None:
     """Every compiled channel count, and one that takes the generic loop (24); 5000 rows leave each thread
-    rows past its last whole block of 16, which take the row loop."""
+    rows past its last whole block of lanes, which take the row loop."""
     torch.manual_seed(channels)
     aten, ours = torch.nn.LayerNorm(channels), cpu_kernels.TokenLayerNorm(channels)
     with torch.no_grad():

@@ -72,9 +72,16 @@ def cpu_kernel() -> ModuleType | None:
     """The compiled module (``window_attention``, ``layer_norm`` and their backwards), or None where it cannot be had."""
     if os.environ.get("DCIF_CPU_KERNELS", "1") == "0":
         return None
-    build = " ".join((*FLAGS, torch.__version__, str(Path(torch.__file__).parent), _processor()))
+    return build(FLAGS)
+
+
+def build(flags: tuple[str, ...]) -> ModuleType | None:
+    """The kernels compiled with ``flags`` (cached per flags, sources, torch install and processor), or None with
+    one warning where they cannot be: the product builds with :data:`FLAGS`; a test adds ``-mno-avx512f`` to check the
+    AVX2 lanes on an AVX-512 CPU."""
+    build_key = " ".join((*flags, torch.__version__, str(Path(torch.__file__).parent), _processor()))
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
-    name = "dcif_cpu_kernels_" + hashlib.sha256(sources + build.encode()).hexdigest()[:12]
+    name = "dcif_cpu_kernels_" + hashlib.sha256(sources + build_key.encode()).hexdigest()[:12]
     try:
         # Imported here, inside the fallback: it imports setuptools, whose distutils shim asserts when
         # another package (Holoscan, in the deploy app) imported the standard library's distutils first.
@@ -85,11 +92,16 @@ def cpu_kernel() -> ModuleType | None:
         logger.info("loading the CPU kernels (built once per machine, about 30 s the first time)")
         # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
         return cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
-                                  extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
+                                  extra_cflags=list(flags), extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build or import: all mean "use ATen"
         logger.warning("CPU kernels unavailable (%s); using ATen's attention and LayerNorm",
                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
         return None
+
+
+def has_avx512() -> bool:
+    """Whether this CPU has AVX-512 (the kernels' 16-float lanes; 8 without)."""
+    return "avx512f" in _processor().rpartition("flags")[2].split()
 
 
 def _kernels_take(x: torch.Tensor) -> bool:
