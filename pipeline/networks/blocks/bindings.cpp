@@ -2,6 +2,8 @@
 #include <torch/extension.h>
 #include <vector>
 
+#include "lanes.h"
+
 torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                torch::Tensor mask, double scale);
 torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
@@ -12,6 +14,7 @@ std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor we
                                                torch::Tensor rstd, torch::Tensor grad);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
   m.def("window_attention", &window_attention, "softmax(scale Q K^T + bias [+ mask]) V per window and head");
   m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention: dQ, dK, dV into the given tensors, dB returned");
   m.def("layer_norm", &layer_norm, "LayerNorm over the last dim of (rows, C) tokens: y, mean, rstd");

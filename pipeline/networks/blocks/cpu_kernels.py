@@ -99,11 +99,6 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
         return None
 
 
-def has_avx512() -> bool:
-    """Whether this CPU has AVX-512 (the kernels' 16-float lanes; 8 without)."""
-    return "avx512f" in _processor().rpartition("flags")[2].split()
-
-
 def _kernels_take(x: torch.Tensor) -> bool:
     """Float32 CPU tensors in eager mode (a trace, an export or ``torch.compile`` records ATen's ops instead)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():

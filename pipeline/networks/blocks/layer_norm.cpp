@@ -1,9 +1,10 @@
 // LayerNorm over the last dim of (rows, C) float32 tokens on the CPU, forward and backward.
 // The blocks normalise 16-60 channels per token; ATen's kernel pays a per-row overhead that makes it
 // 4-6 times slower than a loop with the channel count known at compile time. Where C is a multiple of the
-// register's lanes (lanes.h: 16 or 8), as many rows go at once and their per-row sums reduce lane-parallel (at 16
-// channels 3-4 times faster than one row at a time, whose horizontal sums cost as much as the rest of its work); other channel counts
-// and the last rows take the row loop. Rows are split across ATen's threads. Compiled by cpu_kernels.py.
+// register's lanes (lanes.h: 16 or 8), as many rows go at once and their per-row sums reduce lane-parallel (at
+// 16 channels 3-4 times faster than one row at a time, whose horizontal sums cost as much as the rest of its work);
+// other channel counts and the last rows take the row loop. Rows are split across ATen's threads. Compiled by
+// cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -23,8 +24,8 @@ constexpr int64_t kGrain = 2048;
 
 // kLanes rows of C channels (a multiple of kLanes) at once: their sums and squared deviations reduce lane-parallel.
 template <int C>
-void normalise_lane_rows(const float* x, const float* w, const float* b, float* y, float* mean_out, float* rstd_out,
-                      float eps) {
+void normalise_lane_rows(const float* x, const float* w, const float* b, float* y, float* mean_out,
+                         float* rstd_out, float eps) {
   constexpr int kVectors = C / kLanes;
   Lanes rows[kLanes][kVectors];
   Lanes partial[kLanes];
@@ -74,11 +75,11 @@ inline void normalise_row(const float* x, const float* w, const float* b, float*
   *rstd_out = rstd;
 }
 
-// The backward of normalise_lane_rows: per-row sums lane-parallel, dw and db summed over the kLanes rows in float, then
-// added to the thread's double sums.
+// The backward of normalise_lane_rows: per-row sums lane-parallel, dw and db summed over the kLanes rows in float,
+// then added to the thread's double sums.
 template <int C>
 void backward_lane_rows(const float* x, const float* w, const float* mean, const float* rstd, const float* grad,
-                     float* dx, double* dw, double* db) {
+                        float* dx, double* dw, double* db) {
   constexpr int kVectors = C / kLanes;
   Lanes xhat[kLanes][kVectors], gw[kLanes][kVectors];
   Lanes sum_gw[kLanes], sum_gw_xhat[kLanes];

@@ -2,8 +2,9 @@
 // O = softmax(scale Q K^T + B [+ mask]) V for every (window, head), 64 tokens and a head dim of 8, 10 or 16.
 // With heads this small, ATen's fused attention spends its time on per-block overhead and its batched
 // GEMMs on 8-wide results. Here one window and head at a time live in L1, a tile of queries at a time in the
-// lanes of a register (16 with AVX-512, 8 with AVX2: lanes.h). The forward keeps their Q^T in registers while the scores against all 64 keys, the
-// softmax and the weighted sum of V are formed (26 % faster than materialising the window's P^T first).
+// lanes of a register (16 with AVX-512, 8 with AVX2: lanes.h). The forward keeps their Q^T in registers while the
+// scores against all 64 keys, the softmax and the weighted sum of V are formed (26 % faster than materialising the
+// window's P^T first).
 // The backward recomputes P (as flash attention does) tile by tile, forms dP, dS, the bias gradient and dQ
 // with the queries in lanes, and sums dK and dV over the queries through an add tree (22-26 % faster than
 // per-element horizontal sums); it accumulates the bias gradient per thread. The output is written as
@@ -54,8 +55,8 @@ struct Inputs {
   float scale;
 };
 
-// The scores S^T of one tile of kLanes queries (their scaled Q^T in qt, a query per lane) against the 64 keys, with B^T
-// [+ mask] added: row j goes to scores + j * stride. Returns each query's largest score.
+// The scores S^T of one tile of kLanes queries (their scaled Q^T in qt, a query per lane) against the 64 keys, with
+// B^T [+ mask] added: row j goes to scores + j * stride. Returns each query's largest score.
 template <int DIM>
 inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw, const Lanes (&qt)[DIM],
                          int tile, float* scores, int stride) {
@@ -72,8 +73,9 @@ inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, con
   return peak;
 }
 
-// One (window, head), a tile of kLanes queries at a time: their scaled Q^T stays in registers while the scores of all 64 keys,
-// their softmax and the weighted sum of V are computed, so each query tile is read once and P^T never leaves L1.
+// One (window, head), a tile of kLanes queries at a time: their scaled Q^T stays in registers while the scores of all
+// 64 keys, their softmax and the weighted sum of V are computed, so each query tile is read once and P^T never leaves
+// L1.
 template <int DIM>
 void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
   alignas(64) float pt[kTokens][kLanes];
