@@ -144,7 +144,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
     assert _fallback_warnings(caplog) == ["CPU kernels unavailable (g++: command not found); "
-                                         "using ATen's attention and LayerNorm"]
+                                         "using ATen's attention, LayerNorm and GELU"]
 
 
 def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, caplog) -> None:
@@ -213,3 +213,40 @@ def test_layer_norm_kernel_is_what_the_block_runs(kernel, monkeypatch) -> None:
         assert calls == ["layer_norm"]
         norm(torch.randn(2, 8, 8, 16))
         assert calls == ["layer_norm"]
+
+
+@pytest.mark.parametrize("channels", [32, 64, 20])
+def test_gelu_kernel_matches_aten_forward_and_backward(kernel, channels: int) -> None:
+    """The erf form over the whole float range the erf polynomial clamps (|x| up to 20), with and without the
+    bias, in place and not; 20 channels end each row in a partial group of lanes."""
+    torch.manual_seed(channels)
+    found = cpu_kernels.cpu_kernel()
+    x = torch.randn(3000, channels) * 5
+    bias = torch.randn(channels)
+    expected = F.gelu(x + bias)
+    assert (found.gelu(x, bias, torch.empty_like(x)) - expected).abs().max() < 1e-5
+    assert (found.gelu(x, torch.empty(0), torch.empty_like(x)) - F.gelu(x)).abs().max() < 1e-5
+    in_place = x.clone()
+    assert found.gelu(in_place, bias, in_place).data_ptr() == in_place.data_ptr()
+    assert (in_place - expected).abs().max() < 1e-5
+    x_aten = (x + bias).requires_grad_()
+    grad = torch.randn_like(x)
+    F.gelu(x_aten).backward(grad)
+    assert (found.gelu_backward(x + bias, grad) - x_aten.grad).abs().max() < 1e-5
+
+
+def test_linear_gelu_matches_aten_with_and_without_autograd(kernel) -> None:
+    """Inference folds the bias into the kernel and overwrites the GEMM's output; training keeps an autograd node
+    whose gradients are ATen's."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 32)
+    x = torch.randn(700, 16, requires_grad=True)
+    expected = F.gelu(linear(x))
+    with torch.inference_mode():
+        assert (cpu_kernels.linear_gelu(x, linear) - expected).abs().max() < 1e-5
+    got = cpu_kernels.linear_gelu(x, linear)
+    assert (got - expected).abs().max() < 1e-5
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [x, *linear.parameters()], grad)
+    got_grads = torch.autograd.grad(got, [x, *linear.parameters()], grad)
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(got_grads, expected_grads))

@@ -1,4 +1,4 @@
-// The Python module of the CPU kernels (window_attention.cpp, layer_norm.cpp), built by cpu_kernels.py.
+// The Python module of the CPU kernels (window_attention.cpp, layer_norm.cpp, gelu.cpp), built by cpu_kernels.py.
 #include <torch/extension.h>
 #include <vector>
 
@@ -12,6 +12,8 @@ torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch:
 std::vector<torch::Tensor> layer_norm(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps);
 std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor mean,
                                                torch::Tensor rstd, torch::Tensor grad);
+torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out);
+torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
@@ -19,4 +21,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("window_attention_backward", &window_attention_backward, "gradients of window_attention: dQ, dK, dV into the given tensors, dB returned");
   m.def("layer_norm", &layer_norm, "LayerNorm over the last dim of (rows, C) tokens: y, mean, rstd");
   m.def("layer_norm_backward", &layer_norm_backward, "gradients of layer_norm: dx, dweight, dbias");
+  m.def("gelu", &gelu, "GELU (erf form) of (rows, C) x + bias into out, which may be x");
+  m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
 }

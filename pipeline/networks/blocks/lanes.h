@@ -2,7 +2,7 @@
 // 8 elsewhere (AVX2). Sixteen lanes on an AVX2 CPU are two registers each, and the attention kernel's tile (a query's
 // head dims and its outputs, one Lanes value each) no longer fits AVX2's 16 registers: that build ran the forward
 // 3.6x and forward plus backward 3.2x slower than 8 lanes (AMD EPYC with AVX2, 2 threads, 2048 windows x heads).
-// Included by window_attention.cpp and layer_norm.cpp.
+// Included by window_attention.cpp, layer_norm.cpp and gelu.cpp.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -24,6 +24,26 @@ inline Lanes load_lanes(const float* from) {
 }
 
 inline void store_lanes(float* to, const Lanes& x) { std::memcpy(to, &x, sizeof(x)); }
+
+constexpr float kLog2e = 1.44269504088896341f;
+
+// 2^t for t <= 0 on every lane: the exponential of the attention's softmax (whose scores are kept in base 2) and of
+// the GELU's derivative. Truncation gives n = ceil(t), so f = t - n lies in (-1, 0] with no floor correction; 2^f is a
+// degree-5 minimax polynomial there (relative error 3e-7 in float32, at the rounding of the earlier degree-6 base-e
+// form, whose floor and extra conversions made the exponential a third slower). n goes into the exponent bits; t is
+// clamped at -126, the smallest normal exponent.
+inline Lanes exp2_nonpositive(Lanes t) {
+  t = t > -126.0f ? t : Lanes{} - 126.0f;
+  const IntLanes n = __builtin_convertvector(t, IntLanes);
+  const Lanes f = t - __builtin_convertvector(n, Lanes);
+  Lanes p = Lanes{} + 9.387882892042398e-4f;
+  p = p * f + 9.18861199170351e-3f;
+  p = p * f + 5.5279724299907684e-2f;
+  p = p * f + 2.4017219245433807e-1f;
+  p = p * f + 6.931422352790833e-1f;
+  p = p * f + 9.999999403953552e-1f;
+  return reinterpret_cast<Lanes>(reinterpret_cast<IntLanes>(p) + (n << 23));
+}
 
 // Lane r of the result is the sum of v[r]'s lanes: a transposing add tree of kLanes - 1 shuffle pairs instead of
 // kLanes horizontal reductions (each costs as much as a kLanes-channel row's other work).

@@ -21,7 +21,13 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from pipeline.networks.blocks.cpu_kernels import TokenLayerNorm, kernel_applies, split_projections, window_attention
+from pipeline.networks.blocks.cpu_kernels import (
+    TokenLayerNorm,
+    kernel_applies,
+    linear_gelu,
+    split_projections,
+    window_attention,
+)
 from pipeline.networks.blocks.windows import (
     Chunk,
     Windows,
@@ -120,15 +126,22 @@ class SwinBlock(nn.Module):
         Without autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both
         residuals go into ``x`` itself, the block's own tokens, and each output projection (``proj``, the
         MLP's ``linear2``) is one GEMM accumulating into them after its bias: no projected copy is made, and
-        no broadcast bias is written out first (at 16-32 channels those copies cost what the GEMMs do).
+        no broadcast bias is written out first (at 16-32 channels those copies cost what the GEMMs do); the hidden
+        layer is the same, its bias added by the GELU kernel (:func:`linear_gelu`).
         """
         if torch.is_grad_enabled() or torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
-            return x + self.mlp(self.norm2(x))
-        proj, mlp = self.attn.proj, self.mlp
+            return x + self.feed_forward(self.norm2(x))
+        proj, linear2 = self.attn.proj, self.mlp.linear2
         x.add_(proj.bias).addmm_(attended, proj.weight.t())
-        hidden = mlp.fn(mlp.linear1(self.norm2(x)))
-        return x.add_(mlp.linear2.bias).addmm_(hidden, mlp.linear2.weight.t())
+        hidden = linear_gelu(self.norm2(x), self.mlp.linear1)
+        return x.add_(linear2.bias).addmm_(hidden, linear2.weight.t())
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """MONAI's ``MLPBlock`` (linear1, GELU, linear2; its dropouts are off) with the GELU of :func:`linear_gelu`."""
+        if not torch.jit.is_scripting():
+            return self.mlp.linear2(linear_gelu(x, self.mlp.linear1))
+        return self.mlp(x)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""

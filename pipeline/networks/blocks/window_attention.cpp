@@ -23,7 +23,9 @@ namespace {
 
 using dcif::IntLanes;
 using dcif::kLanes;
+using dcif::kLog2e;
 using dcif::Lanes;
+using dcif::exp2_nonpositive;
 using dcif::load_lanes;
 using dcif::row_sums;
 using dcif::store_lanes;
@@ -31,26 +33,7 @@ using dcif::store_lanes;
 constexpr int kTokens = 64;
 constexpr int kTiles = kTokens / kLanes;
 
-constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
-
-// 2^t for t <= 0 on every lane: the scores are kept in base 2 (Q, B and the mask carry log2 e), so the softmax needs
-// no multiply here. Truncation gives n = ceil(t), so f = t - n lies in (-1, 0] with no floor correction; 2^f is a
-// degree-5 minimax polynomial there (relative error 3e-7 in float32, at the rounding of the old degree-6 base-e form,
-// whose floor and extra conversions made the exponential a third slower and half of the forward). n goes into the
-// exponent bits. t is clamped at -126, the smallest normal exponent.
-inline Lanes exp2_nonpositive(Lanes t) {
-  t = t > -126.0f ? t : Lanes{} - 126.0f;
-  const IntLanes n = __builtin_convertvector(t, IntLanes);
-  const Lanes f = t - __builtin_convertvector(n, Lanes);
-  Lanes p = Lanes{} + 9.387882892042398e-4f;
-  p = p * f + 9.18861199170351e-3f;
-  p = p * f + 5.5279724299907684e-2f;
-  p = p * f + 2.4017219245433807e-1f;
-  p = p * f + 6.931422352790833e-1f;
-  p = p * f + 9.999999403953552e-1f;
-  return reinterpret_cast<Lanes>(reinterpret_cast<IntLanes>(p) + (n << 23));
-}
 
 struct Inputs {
   const float *q, *k, *v, *bias_t, *mask_t;
