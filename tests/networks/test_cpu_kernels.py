@@ -1,5 +1,5 @@
-"""The CPU kernels give ATen's numbers and gradients (window attention: SDPA's; LayerNorm: F.layer_norm's), and the
-blocks fall back to ATen without them."""
+"""The CPU kernels give ATen's numbers and gradients (window attention: SDPA's; LayerNorm: F.layer_norm's; GELU:
+F.gelu's), and the blocks fall back to ATen without them."""
 
 from __future__ import annotations
 

@@ -21,11 +21,10 @@
 
 namespace {
 
-using dcif::IntLanes;
+using dcif::exp2_nonpositive;
 using dcif::kLanes;
 using dcif::kLog2e;
 using dcif::Lanes;
-using dcif::exp2_nonpositive;
 using dcif::load_lanes;
 using dcif::row_sums;
 using dcif::store_lanes;
@@ -43,8 +42,9 @@ struct Inputs {
   float score_scale;  // of Q in the base-2 scores: scale log2 e
 };
 
-// The base-2 scores S^T of one tile of kLanes queries (their Q^T times score_scale in qt, a query per lane) against the
-// 64 keys, with B^T (which carries log2 e) [+ mask log2 e] added: row j goes to scores + j * stride. Returns each query's largest score.
+// The base-2 scores S^T of one tile of kLanes queries (their Q^T times score_scale in qt, a query per lane) against
+// the 64 keys, with B^T (which carries log2 e) [+ mask log2 e] added: row j goes to scores + j * stride. Returns each
+// query's largest score.
 template <int DIM>
 inline Lanes tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw, const Lanes (&qt)[DIM],
                          int tile, float* scores, int stride) {
@@ -78,7 +78,9 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
     for (int tile = 0; tile < kTokens; tile += kLanes) {
       Lanes qt[DIM];
       for (int d = 0; d < DIM; ++d) {
-        for (int lane = 0; lane < kLanes; ++lane) qt[d][lane] = qw[(tile + lane) * in.qs[2] + d * in.qs[3]] * in.score_scale;
+        for (int lane = 0; lane < kLanes; ++lane) {
+          qt[d][lane] = qw[(tile + lane) * in.qs[2] + d * in.qs[3]] * in.score_scale;
+        }
       }
       const Lanes peak = tile_scores(in, kw, bh, mw, qt, tile, pt[0], kLanes);
       Lanes total{};
