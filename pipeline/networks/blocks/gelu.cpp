@@ -1,8 +1,9 @@
 // GELU of the Swin feed-forward layers on the CPU, forward and backward:
-// GELU(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, the exact (erf) form, torch's default. ATen's CPU GELU spent about 75 cycles per 8 floats on an AVX2 CPU, a tenth
-// of a forward at 512 x 512; here erf is one rational polynomial, and the forward can add the linear layer's bias and
-// overwrite its input, so inference runs that layer as a bare GEMM with no broadcast bias written first and no second
-// hidden layer. Compiled at first use by cpu_kernels.py.
+// GELU(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, the exact (erf) form, torch's default. ATen's CPU GELU took a tenth
+// of a 512 x 512 forward on an AVX2 CPU. Here erf is one rational polynomial (16384 x 32 floats on 2 threads: 0.51 ms
+// in place against ATen's 0.70), and the forward can add the linear layer's bias and overwrite its input, so inference
+// runs that layer as a bare GEMM with no broadcast bias written first and no second hidden layer.
+// Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
