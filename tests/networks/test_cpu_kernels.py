@@ -250,3 +250,14 @@ def test_linear_gelu_matches_aten_with_and_without_autograd(kernel) -> None:
     expected_grads = torch.autograd.grad(expected, [x, *linear.parameters()], grad)
     got_grads = torch.autograd.grad(got, [x, *linear.parameters()], grad)
     assert all((a - b).abs().max() < 1e-4 for a, b in zip(got_grads, expected_grads))
+
+
+def test_gelu_kernel_refuses_what_it_was_not_built_for(kernel) -> None:
+    found = cpu_kernels.cpu_kernel()
+    rows = torch.randn(8, 32)
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU rows"):
+        found.gelu(rows.t(), torch.empty(0), torch.empty(32, 8))
+    with pytest.raises(RuntimeError, match="bias must be contiguous float32 of C values"):
+        found.gelu(rows, torch.randn(31), rows)
+    with pytest.raises(RuntimeError, match="grad must match x"):
+        found.gelu_backward(rows, torch.randn(8, 31))
