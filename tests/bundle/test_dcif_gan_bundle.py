@@ -1,8 +1,8 @@
 """The bundle as a MONAI user runs it: verify, train, resume, infer (with MLflow), evaluate.
 
 Workflows run in-process through ``monai.bundle.run`` (the function behind ``python -m
-monai.bundle run``) on two tiny phantom studies with a tiny network; training, torchrun and a copied
-bundle run as the real command line.
+monai.bundle run``) on two tiny phantom studies with a tiny network; training under torchrun, a copied
+bundle and a missing checkpoint (test_bundle_errors.py) run as the real command line.
 """
 
 from __future__ import annotations
@@ -59,13 +59,9 @@ def _error_chain(error: BaseException) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
-    """A bundle root holding models/model.pt after one tiny epoch, trained through the real command line."""
+    """A bundle root holding models/model.pt after one tiny epoch, tracked in MLflow."""
     root = tmp_path_factory.mktemp("bundle")
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-               "--bundle_root", str(root), "--dataset_dir", str(tiny_phantom_root), "--tracking", "mlflow",
-               *_cli_overrides(TINY_TRAINING)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _bundle("train.json", "training", root, tiny_phantom_root, tracking="mlflow", **TINY_TRAINING)
     return root
 
 
