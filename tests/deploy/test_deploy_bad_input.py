@@ -35,12 +35,9 @@ def _two_studies(root: Path) -> Path:
 
 
 def _edited(root: Path, modality: str, files: slice, edit) -> Path:
-    """A phantom study with ``edit(dataset)`` applied to some of its ``modality`` files (or them removed)."""
+    """A phantom study with ``edit(dataset)`` applied to some of its ``modality`` files."""
     dicom = _phantom(root, seed=2)
     for path in sorted((dicom / modality).iterdir())[files]:
-        if edit is None:
-            path.unlink()
-            continue
         ds = pydicom.dcmread(path)
         edit(ds)
         ds.save_as(path)
@@ -51,17 +48,13 @@ def _pet_elsewhere(ds: pydicom.Dataset) -> None:
     ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 2000.0]
 
 
-def _no_half_life(ds: pydicom.Dataset) -> None:
-    ds.RadiopharmaceuticalInformationSequence[0].RadionuclideHalfLife = "0"
-
-
-# The batch's hostile inputs (docs/hostile-inputs.md) end the same way here, through the same loader.
+# Two of the batch's hostile inputs (docs/hostile-inputs.md; tests/batch runs every one through the same
+# loader), one found in a whole series and one in a single file's header, end the same way here. Each app
+# run costs ~12 s of SDK import, so the others are left to the batch's tests.
 HOSTILE = {
     "no_overlap": (lambda root: _edited(root, "PET", slice(None), _pet_elsewhere), "does not overlap its CT"),
-    "missing_ct_slice": (lambda root: _edited(root, "CT", slice(4, 5), None), "missing slices"),
     "nan_slope": (lambda root: _edited(root, "PET", slice(3, 4), lambda ds: setattr(ds, "RescaleSlope", "NaN")),
                   "RescaleSlope NaN is not a finite number"),
-    "zero_half_life": (lambda root: _edited(root, "PET", slice(None), _no_half_life), "RadionuclideHalfLife 0.0 s"),
 }
 
 
