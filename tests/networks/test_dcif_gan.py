@@ -156,7 +156,8 @@ def _synthetic_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_full_objective_overfits_one_slice_pair() -> None:
-    """Generator and discriminators updated alternately; the content terms must more than halve."""
+    """Generator and discriminators updated alternately; in 40 steps the content terms must fall below a quarter
+    (they reach a tenth here: half by step 23)."""
     torch.manual_seed(0)
     model = DCIFGAN("network4", **TINY)
     ct, pet = _synthetic_pair()
@@ -164,7 +165,7 @@ def test_full_objective_overfits_one_slice_pair() -> None:
     g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=1e-3)
     d_optimizer = torch.optim.Adam([*model.d1.parameters(), *model.d2.low_level.parameters()], lr=1e-4)
     content = []
-    for _ in range(60):
+    for _ in range(40):
         f_ct, f_pet = model.generator.streams(ct, pet)
         g_optimizer.zero_grad()
         g_terms = generator_loss(ct, pet, f_ct, f_pet, model.d1, model.d2)
@@ -174,7 +175,7 @@ def test_full_objective_overfits_one_slice_pair() -> None:
         discriminator_loss(ct, pet, f_ct, f_pet, model.d1, model.d2)["total"].backward()
         d_optimizer.step()
         content.append((g_terms["content1"] + g_terms["content2"]).item())
-    assert content[-1] < 0.5 * content[0]
+    assert content[-1] < 0.25 * content[0]
 
 
 def test_a_large_cpu_batch_is_fused_in_parts_with_the_same_numbers(monkeypatch) -> None:
