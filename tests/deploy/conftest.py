@@ -51,22 +51,46 @@ class AppRun:
         return f"exit {self.returncode}\n{self.stderr[-3000:]}"
 
 
-@pytest.fixture
-def run_app(deploy_python: Path, tmp_path: Path) -> Callable[..., AppRun]:
-    """``run_app(*args, env={})``: ``python -m pipeline.deploy *args`` in the deploy venv, from a scratch folder.
+class AppProcess:
+    """``python -m pipeline.deploy *args`` started in the deploy venv from ``workdir``; :meth:`wait` gives its run.
 
-    The scratch working directory holds no ``models`` folder, so only ``-m``/``HOLOSCAN_MODEL_PATH`` or the
-    bundle's checkpoint can give the app a model.
+    Its stderr goes to a file in ``workdir``, not a pipe, so that several can run at once without filling one.
     """
-    workdir = tmp_path / "app_cwd"
-    workdir.mkdir()
+
+    def __init__(self, python: Path, workdir: Path, args: tuple[str | Path, ...], env: dict[str, str] | None) -> None:
+        self.stderr_file = workdir / "stderr.txt"
+        with self.stderr_file.open("w") as stderr:
+            self.process = subprocess.Popen([str(python), "-m", "pipeline.deploy", *map(str, args)], cwd=workdir,
+                                            env=_clean_env(env or {}), stdout=subprocess.DEVNULL, stderr=stderr,
+                                            stdin=subprocess.DEVNULL)
+
+    def wait(self) -> AppRun:
+        try:
+            returncode = self.process.wait(timeout=APP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        return AppRun(returncode, self.stderr_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def start_app(deploy_python: Path) -> Callable[..., AppProcess]:
+    """``start_app(workdir, *args, env={})``: the app started from ``workdir`` (made here, with no ``models``
+    folder, so only ``-m``/``HOLOSCAN_MODEL_PATH`` or the bundle's checkpoint can give it a model)."""
+
+    def start(workdir: Path, *args: str | Path, env: dict[str, str] | None = None) -> AppProcess:
+        workdir.mkdir(parents=True)
+        return AppProcess(deploy_python, workdir, args, env)
+
+    return start
+
+
+@pytest.fixture
+def run_app(start_app: Callable[..., AppProcess], tmp_path: Path) -> Callable[..., AppRun]:
+    """``run_app(*args, env={})``: the app run to its end from a scratch folder of the test's (see ``start_app``)."""
 
     def run(*args: str | Path, env: dict[str, str] | None = None) -> AppRun:
-        done = subprocess.run([str(deploy_python), "-m", "pipeline.deploy", *map(str, args)], cwd=workdir,
-                              env=_clean_env(env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, timeout=APP_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        return AppRun(done.returncode, done.stderr)
+        return start_app(tmp_path / "app_cwd", *args, env=env).wait()
 
     return run
-
-
