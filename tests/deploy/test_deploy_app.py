@@ -22,6 +22,8 @@ from pipeline.fusion.streaming import fused_filename
 from pipeline.io.derived_series import MAX_STORED, dicom_folder_name
 from pipeline.phantom import make_phantom
 
+from .conftest import AppRun
+
 QUANTUM = 0.5 / MAX_STORED + 1e-6  # the writer rounds fused * 4095 to an integer
 REAL_STUDY = "STS_025"  # the smallest real study: 47 slices
 
@@ -80,10 +82,37 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bundle
 
 
-def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, random_bundle, whole_volume_fusion,
-                                                      tmp_path):
-    out_dir = tmp_path / "out"
-    run = run_app("-i", tiny_study, "-o", out_dir, "-m", random_bundle.parent)  # a folder of bundles, as in the image
+@pytest.fixture(scope="module")
+def torchscript_model(random_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random bundle's network exported as MONAI's ``ckpt_export`` does."""
+    from monai.bundle import ckpt_export
+
+    exported = tmp_path_factory.mktemp("deploy_torchscript") / "model.ts"
+    configs = random_bundle / "configs"
+    ckpt_export("network_def", filepath=str(exported), ckpt_file=str(bundled_checkpoint(random_bundle)),
+                meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                key_in_ckpt="model", bundle_root=str(random_bundle))
+    return exported
+
+
+@pytest.fixture(scope="module")
+def phantom_runs(start_app, tiny_study: Path, random_bundle: Path, torchscript_model: Path, planted_export: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, AppRun]]:
+    """(output folder, run) of the app on tiny phantoms: with the bundle's checkpoint (``-m`` a folder of bundles, as
+    in the image), with its TorchScript export, and with the default model on a study whose tags and names carry
+    identifiers. Started together: each run is mostly ~12 s of single-threaded SDK import."""
+    root = tmp_path_factory.mktemp("deploy_runs")
+    planted = next(path.parent for path in planted_export.rglob("CT"))
+    inputs = {"checkpoint": ("-i", tiny_study, "-m", random_bundle.parent),
+              "torchscript": ("-i", tiny_study, "-m", torchscript_model),
+              "planted": ("-i", planted)}
+    started = {name: start_app(root / name / "app_cwd", *args, "-o", root / name / "out")
+               for name, args in inputs.items()}
+    return {name: (root / name / "out", process.wait()) for name, process in started.items()}
+
+
+def test_phantom_study_with_model_gives_bundle_result(phantom_runs, tiny_study, random_bundle, whole_volume_fusion):
+    out_dir, run = phantom_runs["checkpoint"]
     assert run.returncode == 0, run
     checkpoint = bundled_checkpoint(random_bundle)
     assert f"fusing with dcif_gan from {checkpoint}" in run.stderr
@@ -93,21 +122,13 @@ def test_phantom_study_with_model_gives_bundle_result(run_app, tiny_study, rando
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
-def test_a_torchscript_export_of_the_model_fuses_as_the_bundle_does(run_app, tiny_study, random_bundle,
-                                                                    whole_volume_fusion, tmp_path):
-    from monai.bundle import ckpt_export
-
-    exported = tmp_path / "model.ts"
-    configs = random_bundle / "configs"
-    ckpt_export("network_def", filepath=str(exported), ckpt_file=str(bundled_checkpoint(random_bundle)),
-                meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
-                key_in_ckpt="model", bundle_root=str(random_bundle))
-    out_dir = tmp_path / "out"
-    run = run_app("-i", tiny_study, "-o", out_dir, "-m", exported)
+def test_a_torchscript_export_of_the_model_fuses_as_the_bundle_does(phantom_runs, tiny_study, torchscript_model,
+                                                                    whole_volume_fusion):
+    out_dir, run = phantom_runs["torchscript"]
     assert run.returncode == 0, run
-    assert f"fusing with dcif_gan from {exported}" in run.stderr
+    assert f"fusing with dcif_gan from {torchscript_model}" in run.stderr
     expected = whole_volume_fusion({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
-                                   build_fusers(["dcif_gan"], checkpoint=exported))
+                                   build_fusers(["dcif_gan"], checkpoint=torchscript_model))
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
@@ -127,10 +148,8 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, who
     assert_output_matches(out_dir, study / "CT" / "image", expected)
 
 
-def test_no_identifier_reaches_anything_but_the_dicom_series(run_app, planted_export, identifiers_in, tmp_path):
-    study = next(path.parent for path in planted_export.rglob("CT"))
-    out_dir = tmp_path / "out"
-    run = run_app("-i", study, "-o", out_dir)
+def test_no_identifier_reaches_anything_but_the_dicom_series(phantom_runs, identifiers_in):
+    out_dir, run = phantom_runs["planted"]
     assert run.returncode == 0, run
     assert list(out_dir.glob("fused_*.nii.gz"))
     assert identifiers_in(out_dir, run.stderr) == []
