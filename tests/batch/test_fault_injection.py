@@ -94,7 +94,8 @@ HOSTILE = {
     "truncated_pet": (_truncate_pet, "failed", "missing slices"),
     "nan_slope": (_nan_slope, "failed", "pet_0010.dcm: RescaleSlope NaN is not a finite number"),
     "huge_matrix": (_huge_matrix, "failed", "65535x65535 pixels exceed"),
-    "zero_half_life": (_zero_half_life, "failed", "zero_half_life/dicom/PET: RadionuclideHalfLife 0.0 s must be a positive"),
+    "zero_half_life": (_zero_half_life, "failed",
+                       "zero_half_life/dicom/PET: RadionuclideHalfLife 0.0 s must be a positive"),
     "exported_twice": (_exported_twice, "ok", ""),
     "latin1_name": (_latin1_name, "ok", ""),
 }
@@ -135,8 +136,8 @@ def test_truncated_file_is_listed_as_unreadable(hostile_run: tuple[Path, dict]) 
     assert any(issue["location"].startswith("truncated_pet/") for issue in report["unreadable_files"])
 
 
-def test_planted_identifiers_reach_no_shared_file_nor_the_terminal(tmp_path: Path, planted_export: Path,
-                                                                    identifiers_in, capsys: pytest.CaptureFixture) -> None:
+def test_planted_identifiers_reach_no_shared_file_nor_the_terminal(
+        tmp_path: Path, planted_export: Path, identifiers_in, capsys: pytest.CaptureFixture) -> None:
     export = tmp_path / "export"
     shutil.copytree(planted_export, export)
     study = next(path.parent for path in export.rglob("CT"))

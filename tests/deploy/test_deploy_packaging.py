@@ -41,7 +41,8 @@ APP_DIR = "/opt/holoscan/app"  # where the MAP packager puts the application fol
 
 def _copies() -> dict[str, str]:
     """Destination -> source of the Dockerfile's single-source COPY instructions."""
-    pairs = [[w for w in shlex.split(args) if not w.startswith("--")] for name, args in _instructions() if name == "COPY"]
+    pairs = [[w for w in shlex.split(args) if not w.startswith("--")]
+             for name, args in _instructions() if name == "COPY"]
     return {words[-1]: words[0] for words in pairs if len(words) == 2}
 
 
