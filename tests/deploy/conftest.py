@@ -74,6 +74,17 @@ class AppProcess:
         return AppRun(returncode, self.stderr_file.read_text())
 
 
+def wait_all(started: dict[str, AppProcess]) -> dict[str, AppRun]:
+    """The runs of apps started together, by name; if one cannot be waited for, the others are killed too."""
+    try:
+        return {name: process.wait() for name, process in started.items()}
+    finally:
+        for process in started.values():
+            if process.process.poll() is None:
+                process.process.kill()
+                process.process.wait()
+
+
 @pytest.fixture(scope="session")
 def start_app(deploy_python: Path) -> Callable[..., AppProcess]:
     """``start_app(workdir, *args, env={})``: the app started from ``workdir`` (made here, with no ``models``

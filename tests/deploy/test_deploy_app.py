@@ -22,7 +22,7 @@ from pipeline.fusion.streaming import fused_filename
 from pipeline.io.derived_series import MAX_STORED, dicom_folder_name
 from pipeline.phantom import make_phantom
 
-from .conftest import AppRun
+from .conftest import AppRun, wait_all
 
 QUANTUM = 0.5 / MAX_STORED + 1e-6  # the writer rounds fused * 4095 to an integer
 REAL_STUDY = "STS_025"  # the smallest real study: 47 slices
@@ -108,7 +108,7 @@ def phantom_runs(start_app, tiny_study: Path, random_bundle: Path, torchscript_m
               "planted": ("-i", planted)}
     started = {name: start_app(root / name / "app_cwd", *args, "-o", root / name / "out")
                for name, args in inputs.items()}
-    return {name: (root / name / "out", process.wait()) for name, process in started.items()}
+    return {name: (root / name / "out", run) for name, run in wait_all(started).items()}
 
 
 def test_phantom_study_with_model_gives_bundle_result(phantom_runs, tiny_study, random_bundle, whole_volume_fusion):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.phantom import make_phantom
 
-from .conftest import AppRun
+from .conftest import AppRun, wait_all
 
 
 def _phantom(root: Path, seed: int) -> Path:
@@ -68,15 +68,18 @@ BAD = {
 }
 
 
+CASES = {**HOSTILE, **BAD}
+
+
 @pytest.fixture(scope="module")
 def app_runs(start_app, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, AppRun]]:
     """(scratch folder, run) of every case, the apps started together: each is ~12 s of single-threaded SDK
     import, so the cores import several at once."""
-    started = {}
-    for case, (make_input, _) in {**HOSTILE, **BAD}.items():
-        root = tmp_path_factory.mktemp(case)
-        started[case] = root, start_app(root / "app_cwd", "-i", make_input(root), "-o", root / "out")
-    return {case: (root, process.wait()) for case, (root, process) in started.items()}
+    roots = {case: tmp_path_factory.mktemp(case) for case in CASES}
+    inputs = {case: make_input(roots[case]) for case, (make_input, _) in CASES.items()}
+    started = {case: start_app(roots[case] / "app_cwd", "-i", inputs[case], "-o", roots[case] / "out")
+               for case in CASES}
+    return {case: (roots[case], run) for case, run in wait_all(started).items()}
 
 
 def _failed_cleanly(root: Path, run: AppRun) -> None:
