@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 import shlex
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.deploy import sdk_installed
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 DEPLOY_DIR = REPO_ROOT / "pipeline" / "deploy"
@@ -26,14 +27,6 @@ def _instructions() -> list[tuple[str, str]]:
     lines = [line.strip() for line in text.splitlines()]
     return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in lines
             if line and not line.startswith("#")]
-
-
-def _has_sdk() -> bool:
-    try:
-        importlib.metadata.distribution("monai-deploy-app-sdk")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 APP_DIR = "/opt/holoscan/app"  # where the MAP packager puts the application folder
@@ -98,7 +91,7 @@ def test_core_package_never_imports_the_sdk():
     assert not offenders, f"only pipeline/deploy may import the MONAI Deploy SDK: {offenders}"
 
 
-@pytest.mark.skipif(_has_sdk(), reason="this environment has the MONAI Deploy SDK")
+@pytest.mark.skipif(sdk_installed(), reason="this environment has the MONAI Deploy SDK")
 def test_entrypoint_without_the_sdk_names_the_missing_extra():
     done = subprocess.run([sys.executable, "-m", "pipeline.deploy", "-i", "in", "-o", "out"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
