@@ -48,8 +48,30 @@ def pet_saliency(
 ) -> torch.Tensor:
     """Weight in [0, 1] of the PET: 1 on uptake above ``high`` and within ``radius`` pixels of it."""
     core = ((pet - low) / (high - low)).clamp(0, 1)
-    halo = F.max_pool2d(core, 2 * radius + 1, stride=1, padding=radius) if radius else core
-    return GaussianFilter(2, max(radius / 2, 1.0)).to(pet.device)(halo).clamp(0, 1)
+    return GaussianFilter(2, max(radius / 2, 1.0)).to(pet.device)(dilate(core, radius)).clamp(0, 1)
+
+
+def dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The maximum of a non-negative ``(..., H, W)`` image over the (2 radius + 1)-pixel square around each pixel.
+
+    Equal to ``max_pool2d(image, 2 radius + 1, stride=1, padding=radius)`` (zero padding changes nothing when the
+    image is non-negative), but ATen's CPU max pool compares every pixel of the square: at radius 8 that took 2 % of
+    a training step, where a sliding maximum by doubling spans (1, 2, 4, 8, then the rest) along each axis is ten
+    maxima of whole maps and runs 50x faster.
+    """
+    padded = F.pad(image, (radius, radius, radius, radius))
+    return _sliding_max(_sliding_max(padded, 2 * radius + 1, -1), 2 * radius + 1, -2)
+
+
+def _sliding_max(image: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Valid sliding maximum of ``width`` samples along ``dim``: each doubling takes the maximum of two shifted views."""
+    span = 1
+    while span < width:
+        step = min(span, width - span)
+        length = image.shape[dim] - step
+        image = torch.maximum(image.narrow(dim, 0, length), image.narrow(dim, step, length))
+        span += step
+    return image
 
 
 @register_fuser("saliency")

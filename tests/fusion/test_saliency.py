@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from pipeline.fusion import get_fuser, pet_saliency
+from pipeline.fusion.saliency import dilate
 from pipeline.metrics.lesion import lesion_contrast_ratio, lesion_mask_from_pet, ring_mask
 
 
@@ -29,6 +32,14 @@ def test_saliency_is_one_on_uptake_and_its_halo_and_zero_far_from_it():
     assert weight[0, 0, 32, 37] > 0.85  # 4 pixels from the uptake: inside the halo
     assert weight[0, 0, 32, 60] < 1e-3 and weight[0, 0, 2, 2] < 1e-3
     assert pet_saliency(pet, radius=0)[0, 0, 32, 40] < pet_saliency(pet, radius=8)[0, 0, 32, 40]
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 8, 20])
+def test_dilation_is_the_max_pool_over_the_square(radius):
+    generator = torch.Generator().manual_seed(radius)
+    image = torch.rand(3, 1, 37, 50, generator=generator) * (torch.rand(3, 1, 37, 50, generator=generator) > 0.9)
+    expected = F.max_pool2d(image, 2 * radius + 1, stride=1, padding=radius)
+    assert torch.equal(dilate(image, radius), expected)
 
 
 def test_without_uptake_the_fused_image_is_the_ct():
