@@ -285,3 +285,14 @@ def test_validation_scores_the_body_slices_the_reports_score(tmp_path):
     body = torch.nonzero(whole["body_slices"]).flatten()
     assert 0 < len(body) < whole["image"].shape[-1]  # the phantom has slices outside the body
     assert torch.equal(validated["image"].as_tensor(), whole["image"].as_tensor()[..., body])
+
+
+def test_training_steps_with_fused_adam():
+    """One kernel per optimiser step: the default Adam's dozen ops per parameter took 2-3 % of a CPU training step."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    for name in ("g_optimizer", "d_optimizer"):
+        optimizer = parser.get_parsed_content(name)
+        assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"], name
