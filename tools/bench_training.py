@@ -9,8 +9,11 @@ shared machine does not fall on one layout alone. Layouts: ``fast`` is the produ
 generator forward, the CPU attention kernel); ``sdpa`` the same with the kernel off; ``before`` the
 engine before the fast path: MONAI's own Swin blocks (tests/networks/monai_reference.py) and two
 generator forwards per iteration; ``baseline`` (``--baseline DIR``) the ``pipeline`` package of
-another checkout (``git worktree add /tmp/base <commit>``). Each "x" column is that layout's time
-over ``fast``'s, measured in the same run. A benchmark, not a test: nothing asserts a time.
+another checkout (``git worktree add /tmp/base <commit>``; 03cd885 is the code issue 12 was filed against).
+Each "x" column is that layout's time over ``fast``'s, measured in the same run. Each row also counts one
+iteration's FLOPs (torch's counter, with the kernels off so it sees every op) and sets the fast layout's rate,
+and the rate an iteration five times faster than ``before`` would need, against a float32 matmul measured in the
+same run: how close to the hardware a training step runs. A benchmark, not a test: nothing asserts a time.
 
     .venv/bin/python tools/bench_training.py                         # CPU, batch 8, 64 and 128 crops
     .venv/bin/python tools/bench_training.py --layouts fast sdpa baseline --baseline /tmp/base
@@ -33,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # after PYTHONPATH, so a --baseline checkout's package wins
 sys.path.append(str(REPO / "tools"))
 
-from bench_network import CONFIGS, _device_name, _network, cell_environment  # noqa: E402
+from bench_network import CONFIGS, _device_name, _network, cell_environment, matmul_rate  # noqa: E402
 
 LAYOUTS = ("fast", "sdpa", "before", "baseline")
 MAX_ITERATIONS = 40
@@ -83,8 +86,11 @@ def _discriminator_parameters(gan: torch.nn.Module):
 
 
 def measure(config: str, layout: str, device: str, batch: int, crop: int, iterations: int, seconds: float,
-            threads: int, amp: bool) -> dict:
+            threads: int, amp: bool, count: bool = False) -> dict:
+    """Median seconds per iteration; with ``count``, the FLOPs of one iteration instead (run it with the kernels off:
+    torch's counter sees ATen's ops, not the kernels')."""
     from ignite.engine import Events
+    from torch.utils.flop_counter import FlopCounterMode
     from monai.data import DataLoader, Dataset
 
     from pipeline.engines import FusionGANTrainer
@@ -122,9 +128,13 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - clock["start"])
-        if len(times) > iterations and sum(times[1:]) >= seconds:
+        if count or (len(times) > iterations and sum(times[1:]) >= seconds):
             trainer.terminate()
 
+    if count:
+        with FlopCounterMode(display=False) as counter:
+            trainer.run()
+        return {"gflop": counter.get_total_flops() / 1e9}
     trainer.run()
     return {"seconds": median(times[1:]), "iterations": len(times) - 1}
 
@@ -150,38 +160,48 @@ def main() -> None:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
     rows = []
+    rates = {device: matmul_rate(device) for device in args.devices}
+    others = [layout for layout in args.layouts if layout != "fast"]
     for device in args.devices:
         for config in args.configs:
             for crop in args.crops:
+                request = {"config": config, "device": device, "batch": args.batch, "crop": crop,
+                           "iterations": args.iterations, "seconds": args.seconds, "threads": args.threads,
+                           "amp": args.amp}
                 cells: dict[str, float] = {}
                 for layout in [layout for _ in range(args.rounds) for layout in args.layouts]:
-                    request = {"config": config, "layout": layout, "device": device, "batch": args.batch,
-                               "crop": crop, "iterations": args.iterations, "seconds": args.seconds,
-                               "threads": args.threads, "amp": args.amp}
-                    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)],
-                                          capture_output=True, text=True,
-                                          env=cell_environment(layout, args.baseline))
-                    if done.returncode:
-                        raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    result = _run_cell({**request, "layout": layout}, args.baseline)
                     cells[layout] = min(result["seconds"], cells.get(layout, float("inf")))
-                    print(f"measured {request} {result['seconds']:.3f} s over {result['iterations']} iterations",
-                          file=sys.stderr, flush=True)
-                others = [layout for layout in args.layouts if layout != "fast"]
+                    print(f"measured {config} {crop} {layout} on {device}: {result['seconds']:.3f} s over "
+                          f"{result['iterations']} iterations", file=sys.stderr, flush=True)
+                gflop = _run_cell({**request, "layout": "sdpa", "count": True}, None)["gflop"]
+                rate = gflop / cells["fast"] if "fast" in cells else float("nan")
+                needed = 5 * gflop / cells["before"] if "before" in cells else float("nan")
                 rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
                             + " | ".join(f"{1e3 * cells[layout]:.0f}" for layout in args.layouts) + " | "
                             + " | ".join(f"{cells[layout] / cells['fast']:.2f}" if "fast" in cells else ""
-                                         for layout in others) + " |")
-    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in args.devices)
+                                         for layout in others)
+                            + f" | {gflop:.1f} | {rate:.1f} | {rate / rates[device]:.2f}"
+                            + f" | {needed / rates[device]:.2f} |")
+    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}, matmul {rates[d]:.0f} GFLOP/s" for d in args.devices)
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
-          f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); "
-          f"amp {args.amp}. {devices}.\n")
-    others = [layout for layout in args.layouts if layout != "fast"]
+          f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); amp {args.amp}. {devices}. GFLOP/iter is "
+          "torch's count of one iteration; fast/matmul is the fast layout's rate over the float32 matmul rate measured "
+          "in this run, and 5x before/matmul the rate an iteration 5x faster than the before layout would need.\n")
     print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "
-          + " | ".join(f"x {layout}" for layout in others) + " |")
-    print("|---|---|---:|---:|" + "---:|" * (len(args.layouts) + len(others)))
+          + " | ".join(f"x {layout}" for layout in others)
+          + " | GFLOP/iter | fast GFLOP/s | fast/matmul | 5x before/matmul |")
+    print("|---|---|---:|---:|" + "---:|" * (len(args.layouts) + len(others) + 4))
     print("\n".join(rows))
 
+
+def _run_cell(request: dict, baseline: str | None) -> dict:
+    """One cell in its own process, in its layout's environment (see ``cell_environment``)."""
+    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True,
+                          env=cell_environment(request["layout"], baseline))
+    if done.returncode:
+        raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 if __name__ == "__main__":
     main()
