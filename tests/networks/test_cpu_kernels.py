@@ -144,7 +144,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
     assert _fallback_warnings(caplog) == ["CPU kernels unavailable (g++: command not found); "
-                                         "using ATen's attention, LayerNorm and GELU"]
+                                         "using ATen's attention, LayerNorm, GELU and linear layers"]
 
 
 def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, caplog) -> None:
@@ -261,3 +261,74 @@ def test_gelu_kernel_refuses_what_it_was_not_built_for(kernel) -> None:
         found.gelu(rows, torch.randn(31), rows)
     with pytest.raises(RuntimeError, match="grad must match x"):
         found.gelu_backward(rows, torch.randn(8, 31))
+
+
+@pytest.mark.parametrize(("rows", "in_features", "out_features", "bias"),
+                         [(1000, 32, 96, True), (131, 16, 48, True), (7, 64, 32, False), (5, 16, 16, True)])
+def test_token_linear_matches_aten_forward_and_backward(kernel, rows, in_features, out_features, bias) -> None:
+    """Row counts that are not a multiple of the kernel's 6-row tiles, or fewer than one tile, and no bias."""
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(rows, in_features, requires_grad=True)
+    expected = F.linear(x, linear.weight, linear.bias)
+    got = cpu_kernels.token_linear(x, linear)
+    assert (got - expected).abs().max() < 1e-5
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [x, *linear.parameters()], grad)
+    got_grads = torch.autograd.grad(got, [x, *linear.parameters()], grad)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):  # dW and db sum over all rows: relative rounding
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-4)
+    with torch.inference_mode():
+        assert (cpu_kernels.token_linear(x, linear) - expected).abs().max() < 1e-5
+        tokens = torch.randn(rows, out_features)
+        summed = tokens + expected
+        assert cpu_kernels.add_linear_(tokens, x, linear).data_ptr() == tokens.data_ptr()
+        assert (tokens - summed).abs().max() < 1e-5
+
+
+def test_token_linear_weight_gradient_alone(kernel) -> None:
+    """A frozen input (the first layer after a detached map) asks for dW and db only."""
+    linear = torch.nn.Linear(32, 64)
+    x = torch.randn(300, 32)
+    got = torch.autograd.grad(cpu_kernels.token_linear(x, linear).sum(), list(linear.parameters()))
+    expected = torch.autograd.grad(linear(x).sum(), list(linear.parameters()))
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(got, expected))
+
+
+def test_token_linear_is_what_the_block_runs_and_other_widths_take_aten(kernel, monkeypatch) -> None:
+    """The block's four layers go through the kernel; SwinFusion's width (60) is not a multiple of 16 and takes
+    ATen's GEMM with the same numbers."""
+    calls = []
+    real = cpu_kernels.cpu_kernel()
+
+    class Counting:
+        def __getattr__(self, name):
+            if name.startswith("token_linear"):
+                calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(cpu_kernels, "cpu_kernel", lambda: Counting())
+    from pipeline.networks.blocks.swin import SwinBlock
+
+    block = SwinBlock(16, 2, 8, shifted=False, mlp_ratio=2.0)
+    tokens = torch.randn(128, 16, requires_grad=True)
+    block.step(tokens, block.attn.position_bias(64), None, 64).sum().backward()
+    assert calls.count("token_linear") == 4 and calls.count("token_linear_backward") == 4
+    wide = torch.nn.Linear(60, 120)
+    x = torch.randn(50, 60)
+    with torch.inference_mode():
+        assert torch.equal(cpu_kernels.token_linear(x, wide), wide(x))
+    assert calls.count("token_linear") == 4
+
+
+def test_token_linear_refuses_what_it_was_not_built_for(kernel) -> None:
+    found = cpu_kernels.cpu_kernel()
+    x, weight = torch.randn(8, 32), torch.randn(48, 32)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        found.token_linear(x.t().contiguous().t(), weight, torch.empty(0), torch.empty(8, 48), False)
+    with pytest.raises(RuntimeError, match="multiples of 16"):
+        found.token_linear(torch.randn(8, 20), torch.randn(48, 20), torch.empty(0), torch.empty(8, 48), False)
+    with pytest.raises(RuntimeError, match="bias must be empty"):
+        found.token_linear(x, weight, torch.randn(47), torch.empty(8, 48), False)
+    with pytest.raises(RuntimeError, match="grad must be"):
+        found.token_linear_backward(x, weight, torch.randn(8, 47), True)

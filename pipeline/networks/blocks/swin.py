@@ -23,9 +23,11 @@ from torch import nn
 
 from pipeline.networks.blocks.cpu_kernels import (
     TokenLayerNorm,
+    add_linear_,
     kernel_applies,
     linear_gelu,
     split_projections,
+    token_linear,
     window_attention,
 )
 from pipeline.networks.blocks.windows import (
@@ -71,7 +73,8 @@ class ChunkedWindowAttention(WindowAttention):
     def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
         """Q, K, V of tokens ``x`` (windows * N, C) as one (windows, N, 3, heads, head_dim) view."""
         dim = x.shape[-1]
-        return self.qkv(x).view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
+        qkv = self.qkv(x) if torch.jit.is_scripting() else token_linear(x, self.qkv)
+        return qkv.view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
 
     def attend(self, queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
@@ -123,25 +126,20 @@ class SwinBlock(nn.Module):
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
 
-        Without autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both
-        residuals go into ``x`` itself, the block's own tokens, and each output projection (``proj``, the
-        MLP's ``linear2``) is one GEMM accumulating into them after its bias: no projected copy is made, and
-        no broadcast bias is written out first (at 16-32 channels those copies cost what the GEMMs do); the hidden
-        layer is the same, its bias added by the GELU kernel (:func:`linear_gelu`).
+        The linear layers run by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` where it applies. Without
+        autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both residuals go
+        into ``x`` itself, the block's own tokens: each output projection (``proj``, the MLP's ``linear2``) adds its
+        product and bias into them (:func:`~pipeline.networks.blocks.cpu_kernels.add_linear_`), so no projected copy
+        is made (at 16-32 channels such copies cost what the products do).
         """
-        if torch.is_grad_enabled() or torch.jit.is_scripting():
+        if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
-            return x + self.feed_forward(self.norm2(x))
-        proj, linear2 = self.attn.proj, self.mlp.linear2
-        x.add_(proj.bias).addmm_(attended, proj.weight.t())
-        hidden = linear_gelu(self.norm2(x), self.mlp.linear1)
-        return x.add_(linear2.bias).addmm_(hidden, linear2.weight.t())
-
-    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """MONAI's ``MLPBlock`` (linear1, GELU, linear2; its dropouts are off) with the GELU of :func:`linear_gelu`."""
-        if not torch.jit.is_scripting():
-            return self.mlp.linear2(linear_gelu(x, self.mlp.linear1))
-        return self.mlp(x)
+            return x + self.mlp(self.norm2(x))
+        if torch.is_grad_enabled():
+            x = x + token_linear(attended, self.attn.proj)
+            return x + token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2)
+        add_linear_(x, attended, self.attn.proj)
+        return add_linear_(x, linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
