@@ -286,6 +286,23 @@ def test_token_linear_matches_aten_forward_and_backward(kernel, rows, in_feature
         assert (tokens - summed).abs().max() < 1e-5
 
 
+def test_token_linear_adds_a_residual_and_passes_it_its_gradient(kernel) -> None:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(32, 16)
+    x = torch.randn(100, 32, requires_grad=True)
+    residual = torch.randn(100, 16, requires_grad=True)
+    expected = residual + F.linear(x, linear.weight, linear.bias)
+    got = cpu_kernels.token_linear(x, linear, residual=residual)
+    assert (got - expected).abs().max() < 1e-5
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [x, residual, *linear.parameters()], grad)
+    got_grads = torch.autograd.grad(got, [x, residual, *linear.parameters()], grad)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-4)
+    with torch.inference_mode():
+        assert (cpu_kernels.token_linear(x, linear, residual=residual) - expected).abs().max() < 1e-5
+
+
 def test_token_linear_weight_gradient_alone(kernel) -> None:
     """A frozen input (the first layer after a detached map) asks for dW and db only."""
     linear = torch.nn.Linear(32, 64)
@@ -325,10 +342,12 @@ def test_token_linear_refuses_what_it_was_not_built_for(kernel) -> None:
     found = cpu_kernels.cpu_kernel()
     x, weight = torch.randn(8, 32), torch.randn(48, 32)
     with pytest.raises(RuntimeError, match="contiguous float32"):
-        found.token_linear(x.t().contiguous().t(), weight, torch.empty(0), torch.empty(8, 48), False)
+        found.token_linear(x.t().contiguous().t(), weight, torch.empty(0), torch.empty(8, 48), torch.empty(0))
     with pytest.raises(RuntimeError, match="multiples of 16"):
-        found.token_linear(torch.randn(8, 20), torch.randn(48, 20), torch.empty(0), torch.empty(8, 48), False)
+        found.token_linear(torch.randn(8, 20), torch.randn(48, 20), torch.empty(0), torch.empty(8, 48), torch.empty(0))
     with pytest.raises(RuntimeError, match="bias must be empty"):
-        found.token_linear(x, weight, torch.randn(47), torch.empty(8, 48), False)
+        found.token_linear(x, weight, torch.randn(47), torch.empty(8, 48), torch.empty(0))
+    with pytest.raises(RuntimeError, match="add must be"):
+        found.token_linear(x, weight, torch.empty(0), torch.empty(8, 48), torch.randn(8, 32))
     with pytest.raises(RuntimeError, match="grad must be"):
         found.token_linear_backward(x, weight, torch.randn(8, 47), True)

@@ -16,7 +16,7 @@ std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor we
 torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out);
 torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad);
 torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor out,
-                           bool accumulate);
+                           torch::Tensor add);
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
 
@@ -28,6 +28,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_backward", &layer_norm_backward, "gradients of layer_norm: dx, dweight, dbias");
   m.def("gelu", &gelu, "GELU (erf form) of (rows, C) x + bias into out, which may be x");
   m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
-  m.def("token_linear", &token_linear, "x W^T + bias of (rows, in) tokens into out (rows, out), or added to it");
+  m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

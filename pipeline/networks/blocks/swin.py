@@ -136,8 +136,8 @@ class SwinBlock(nn.Module):
             x = x + self.attn.proj(attended)
             return x + self.mlp(self.norm2(x))
         if torch.is_grad_enabled():
-            x = x + token_linear(attended, self.attn.proj)
-            return x + token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2)
+            x = token_linear(attended, self.attn.proj, residual=x)
+            return token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2, residual=x)
         add_linear_(x, attended, self.attn.proj)
         return add_linear_(x, linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2)
 

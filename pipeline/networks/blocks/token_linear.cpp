@@ -31,21 +31,22 @@ inline Half load_half(const float* from) {
 inline void store_half(float* to, const Half& x) { std::memcpy(to, &x, sizeof(x)); }
 
 // C[r, 0:16] = init[r] + sum_k A(r, k) B(k, 0:16) for r < R, where A(r, k) = a[r * a_row + k * a_k] and
-// B(k, :) = b + k * b_row. init is the bias (or zero), plus C itself when ACCUMULATE. The accumulators are named
-// values, not an array: GCC kept an array of vectors on the stack and stored it back every iteration (2x slower).
+// B(k, :) = b + k * b_row. init is the bias (or zero), plus the rows of add (a residual, or C itself) when
+// ACCUMULATE. The accumulators are named values, not an array: GCC kept an array of vectors on the stack and stored
+// it back every iteration (2x slower).
 template <int R, bool ACCUMULATE>
 inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row, int64_t depth, float* c,
-                 int64_t c_row, const float* bias) {
+                 int64_t c_row, const float* bias, const float* add) {
   const Half lo = bias ? load_half(bias) : Half{}, hi = bias ? load_half(bias + 8) : Half{};
   Half c0 = lo, c1 = lo, c2 = lo, c3 = lo, c4 = lo, c5 = lo;
   Half d0 = hi, d1 = hi, d2 = hi, d3 = hi, d4 = hi, d5 = hi;
   if (ACCUMULATE) {
-    c0 += load_half(c), d0 += load_half(c + 8);
-    if (R > 1) c1 += load_half(c + c_row), d1 += load_half(c + c_row + 8);
-    if (R > 2) c2 += load_half(c + 2 * c_row), d2 += load_half(c + 2 * c_row + 8);
-    if (R > 3) c3 += load_half(c + 3 * c_row), d3 += load_half(c + 3 * c_row + 8);
-    if (R > 4) c4 += load_half(c + 4 * c_row), d4 += load_half(c + 4 * c_row + 8);
-    if (R > 5) c5 += load_half(c + 5 * c_row), d5 += load_half(c + 5 * c_row + 8);
+    c0 += load_half(add), d0 += load_half(add + 8);
+    if (R > 1) c1 += load_half(add + c_row), d1 += load_half(add + c_row + 8);
+    if (R > 2) c2 += load_half(add + 2 * c_row), d2 += load_half(add + 2 * c_row + 8);
+    if (R > 3) c3 += load_half(add + 3 * c_row), d3 += load_half(add + 3 * c_row + 8);
+    if (R > 4) c4 += load_half(add + 4 * c_row), d4 += load_half(add + 4 * c_row + 8);
+    if (R > 5) c5 += load_half(add + 5 * c_row), d5 += load_half(add + 5 * c_row + 8);
   }
   for (int64_t k = 0; k < depth; ++k) {
     const Half left = load_half(b + k * b_row), right = load_half(b + k * b_row + 8);
@@ -68,22 +69,22 @@ inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int
 // tile<R> for the R = rows (1-6) left at an edge.
 template <bool ACCUMULATE>
 inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row,
-                      int64_t depth, float* c, int64_t c_row, const float* bias) {
+                      int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
   switch (rows) {
-    case 6: tile<6, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias); break;
-    case 5: tile<5, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias); break;
-    case 4: tile<4, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias); break;
-    case 3: tile<3, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias); break;
-    case 2: tile<2, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias); break;
-    default: tile<1, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias);
+    case 6: tile<6, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
+    case 5: tile<5, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
+    case 4: tile<4, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
+    case 3: tile<3, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
+    case 2: tile<2, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
+    default: tile<1, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
   }
 }
 
-// out[m, :] (=|+=) a[m, :] B + bias over all rows m, B given as panels: panel p's row k at b + p * b_panel + k * b_row.
-// Rows go to threads in blocks of whole tiles.
+// out[m, :] = a[m, :] B + bias [+ add[m, :]] over all rows m, B given as panels: panel p's row k at
+// b + p * b_panel + k * b_row; add (rows, width) may be out itself. Rows go to threads in blocks of whole tiles.
 template <bool ACCUMULATE>
 void rows_times(const float* a, int64_t rows, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
-                int64_t width, const float* bias, float* out) {
+                int64_t width, const float* bias, float* out, const float* add) {
   const int64_t tiles = (rows + kRows - 1) / kRows;
   at::parallel_for(0, tiles, 64, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
@@ -91,7 +92,8 @@ void rows_times(const float* a, int64_t rows, int64_t depth, const float* b, int
       const int count = static_cast<int>(std::min<int64_t>(kRows, rows - m));
       for (int64_t p = 0; p < width / kPanel; ++p) {
         edge_tile<ACCUMULATE>(count, a + m * depth, depth, 1, b + p * b_panel, b_row, depth,
-                              out + m * width + p * kPanel, width, bias ? bias + p * kPanel : nullptr);
+                              out + m * width + p * kPanel, width, bias ? bias + p * kPanel : nullptr,
+                              add ? add + m * width + p * kPanel : nullptr);
       }
     }
   });
@@ -114,22 +116,25 @@ void check_layer(const torch::Tensor& x, const torch::Tensor& weight, const torc
 
 }  // namespace
 
-// out = x W^T + bias for x (rows, in) and W (out, in), written into out (rows, out); with accumulate, out += that.
+// out = x W^T + bias [+ add] for x (rows, in) and W (out, in), written into out (rows, out); add is empty or
+// (rows, out), out itself to accumulate in place or a residual the layer's output is added to.
 // W^T is packed into 16-column panels first (out x in floats, a few kB).
 torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor out,
-                           bool accumulate) {
+                           torch::Tensor add) {
   check_layer(x, weight, bias);
   const int64_t rows = x.size(0), depth = x.size(1), width = weight.size(0);
   check_rows(out, "out");
   TORCH_CHECK(out.size(0) == rows && out.size(1) == width, "out must be (rows, out_features)");
   auto packed = weight.view({width / kPanel, kPanel, depth}).transpose(1, 2).contiguous();  // panel, k, 16
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  if (accumulate) {
+  if (add.numel()) {
+    check_rows(add, "add");
+    TORCH_CHECK(add.sizes() == out.sizes(), "add must be (rows, out_features)");
     rows_times<true>(x.data_ptr<float>(), rows, depth, packed.data_ptr<float>(), depth * kPanel, kPanel, width, bp,
-                     out.data_ptr<float>());
+                     out.data_ptr<float>(), add.data_ptr<float>());
   } else {
     rows_times<false>(x.data_ptr<float>(), rows, depth, packed.data_ptr<float>(), depth * kPanel, kPanel, width, bp,
-                      out.data_ptr<float>());
+                      out.data_ptr<float>(), nullptr);
   }
   return out;
 }
@@ -147,7 +152,8 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
   if (need_input_grad) {
     dx = torch::empty({rows, depth}, x.options());
     // dX[m, :] = sum_n dY[m, n] W[n, :]: W's rows are the panels' rows as they are (16 of its columns per panel).
-    rows_times<false>(gp, rows, width, weight.data_ptr<float>(), kPanel, depth, depth, nullptr, dx.data_ptr<float>());
+    rows_times<false>(gp, rows, width, weight.data_ptr<float>(), kPanel, depth, depth, nullptr, dx.data_ptr<float>(),
+                      nullptr);
   }
   // dW[n, :] = sum_m dY[m, n] X[m, :]: a tile's A(r, k) is dY[k, n + r] and its B rows X's rows, over blocks of rows.
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
@@ -164,8 +170,9 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
         for (int64_t n = 0; n < width; n += kRows) {
           const int tile_rows = static_cast<int>(std::min<int64_t>(kRows, width - n));
           for (int64_t p = 0; p < depth / kPanel; ++p) {
+            float* dw_tile = dw + n * depth + p * kPanel;
             edge_tile<true>(tile_rows, gp + m * width + n, 1, width, xp + m * depth + p * kPanel, depth, count,
-                            dw + n * depth + p * kPanel, depth, nullptr);
+                            dw_tile, depth, nullptr, dw_tile);
           }
         }
         for (int64_t k = 0; k < count; ++k) {  // db: the block's rows of dY, still in L2
