@@ -351,3 +351,15 @@ def test_token_linear_refuses_what_it_was_not_built_for(kernel) -> None:
         found.token_linear(x, weight, torch.empty(0), torch.empty(8, 48), torch.randn(8, 32))
     with pytest.raises(RuntimeError, match="grad must be"):
         found.token_linear_backward(x, weight, torch.randn(8, 47), True)
+
+
+def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:
+    """torch's FLOP counter (like any dispatch mode) cannot see into a kernel call: the blocks run ATen's ops under
+    it, so a benchmark counts every multiply of the linear layers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    linear = torch.nn.Linear(32, 48)
+    x = torch.randn(100, 32)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        cpu_kernels.token_linear(x, linear)
+    assert counter.get_total_flops() == 2 * 100 * 32 * 48

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "bindings.cpp"))
@@ -111,8 +112,9 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
 
 
 def _kernels_take(x: torch.Tensor) -> bool:
-    """Float32 CPU tensors in eager mode (a trace, an export or ``torch.compile`` records ATen's ops instead)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """Float32 CPU tensors in eager mode: a trace, an export or ``torch.compile`` records ATen's ops instead, and so
+    does any dispatch mode (torch's FLOP counter, fake tensors), which cannot see into a kernel call."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
         return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and cpu_kernel() is not None)
