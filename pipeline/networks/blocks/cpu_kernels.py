@@ -13,8 +13,8 @@
   on 2 cores; the kernel's 6 x 16 register tiles run them 1.2-1.5x faster forward and 1.25-2x backward (bias
   and its gradient included), for layers whose widths are multiples of 16.
 - **GELU** (``gelu.cpp``). ATen's CPU GELU (erf form) is a tenth of a forward at 512 x 512 on an AVX2
-  CPU; the kernel's erf is one rational polynomial, and in inference it adds the first MLP layer's
-  bias and overwrites that layer's output, which then runs as a bare GEMM.
+  CPU; the kernel's erf is one rational polynomial, and in inference it overwrites the first MLP layer's
+  output in place (adding its bias where that layer runs as a bare GEMM).
 
 The attention, LayerNorm and GELU kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
