@@ -81,7 +81,10 @@ def _generator_loss():
 
 
 def _discriminator_parameters(gan: torch.nn.Module):
-    """D1's and D2's parameters once each (a --baseline checkout may predate ``discriminator_parameters``)."""
+    """The model's own ``discriminator_parameters``; a --baseline checkout that predates it gets D1's and D2's
+    parameters once each, as that method gives them."""
+    if hasattr(gan, "discriminator_parameters"):
+        return gan.discriminator_parameters()
     return torch.nn.ModuleList([gan.d1, gan.d2]).parameters()
 
 
@@ -90,8 +93,8 @@ def measure(config: str, layout: str, device: str, batch: int, crop: int, iterat
     """Median seconds per iteration; with ``count``, the FLOPs of one iteration instead (the CPU kernels step aside
     for torch's counter, so it sees every op)."""
     from ignite.engine import Events
-    from torch.utils.flop_counter import FlopCounterMode
     from monai.data import DataLoader, Dataset
+    from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.engines import FusionGANTrainer
     from pipeline.losses import DiscriminatorLoss
@@ -202,6 +205,7 @@ def _run_cell(request: dict, baseline: str | None) -> dict:
     if done.returncode:
         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 if __name__ == "__main__":
     main()

@@ -224,16 +224,15 @@ class _TokenLinear(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 residual: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.has_residual = bias.numel() > 0, residual.numel() > 0
         return cpu_kernel().token_linear(x, weight, bias, x.new_empty(x.shape[0], weight.shape[0]), residual)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        dx, dweight, dbias = cpu_kernel().token_linear_backward(x, weight, grad, ctx.needs_input_grad[0])
-        return (dx if ctx.needs_input_grad[0] else None, dweight, dbias if ctx.has_bias else None,
-                grad if ctx.has_residual else None)
+        needs_x, _, needs_bias, needs_residual = ctx.needs_input_grad
+        dx, dweight, dbias = cpu_kernel().token_linear_backward(x, weight, grad, needs_x)
+        return dx if needs_x else None, dweight, dbias if needs_bias else None, grad if needs_residual else None
 
 
 def _linear_applies(x: torch.Tensor, linear: torch.nn.Linear) -> bool:
@@ -280,9 +279,9 @@ def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     if x.dim() == 2 and _kernels_take(x):
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in linear.parameters())):
             return _Gelu.apply(token_linear(x, linear))
-        if _linear_applies(x, linear):
-            hidden = token_linear(x, linear)
-            return cpu_kernel().gelu(hidden, _EMPTY, hidden)
-        hidden = torch.mm(x, linear.weight.t())
-        return cpu_kernel().gelu(hidden, _EMPTY if linear.bias is None else linear.bias, hidden)
+        if _linear_applies(x, linear):  # the kernel adds the bias
+            hidden, bias = token_linear(x, linear), _EMPTY
+        else:
+            hidden, bias = torch.mm(x, linear.weight.t()), _EMPTY if linear.bias is None else linear.bias
+        return cpu_kernel().gelu(hidden, bias, hidden)
     return F.gelu(linear(x))
