@@ -4,10 +4,10 @@ G1 is held to the CT it starts from and G2 to the PET, so each pre-fused image k
 modality while the adversarial term pulls in the other one. SSIM is MONAI's (Gaussian window 11,
 sigma 1.5, K1 0.01, K2 0.03, data range 1 for inputs in [0, 1]): the Wang et al. 2004 defaults,
 so values compare with the fusion-metric protocol. Its Gaussian window is applied as two 1-D passes,
-each a weighted sum of 11 shifted views (:class:`SeparableSSIMMetric`): the same numbers at a tenth of
-the cost of MONAI's five 121-tap single-channel convolutions, which with their backward were the
-slowest kernels of a CPU training step (oneDNN runs one-channel convolutions at a small fraction of
-its rate).
+each a weighted sum of 11 shifted views (:class:`SeparableSSIMMetric`, :class:`WindowSum`): the same
+numbers at a small fraction of the cost of MONAI's five 121-tap single-channel convolutions, which
+with their backward were the slowest kernels of a CPU training step (oneDNN runs one-channel
+convolutions at a small fraction of its rate).
 
 SSIM is always computed in float32, also inside a bf16 autocast region: its variance terms
 (E[x^2] - E[x]^2) cancel catastrophically at bf16's 8-bit mantissa, which turned the loss into
@@ -38,10 +38,31 @@ def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     return taps / taps.sum()
 
 
-def _window_sum(images: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
-    """Valid 1-D correlation of ``images`` with ``taps`` along ``dim``, as a weighted sum of shifted views."""
-    length = images.shape[dim] - taps.numel() + 1
-    return sum(weight * images.narrow(dim, shift, length) for shift, weight in enumerate(taps.tolist()))
+class WindowSum(torch.autograd.Function):
+    """Valid 1-D correlation of ``images`` with ``taps`` along ``dim``: one in-place multiply-add per tap.
+
+    Its backward adds each tap's share of the gradient into one zeroed tensor. Autograd through the
+    shifted views instead ran a product, a sum, and a zero-filled copy per tap: fwd + bwd of the
+    SSIM moments of eight 128 x 128 crops took 36 ms that way and 6 ms this way (2 CPU threads).
+    """
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
+        ctx.taps, ctx.dim = taps, dim
+        length = images.shape[dim] - len(taps) + 1
+        out = images.narrow(dim, 0, length) * taps[0]
+        for shift, weight in enumerate(taps[1:], 1):
+            out.add_(images.narrow(dim, shift, length), alpha=weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        size = list(grad.shape)
+        size[ctx.dim] += len(ctx.taps) - 1
+        grad_images = grad.new_zeros(size)
+        for shift, weight in enumerate(ctx.taps):
+            grad_images.narrow(ctx.dim, shift, grad.shape[ctx.dim]).add_(grad, alpha=weight)
+        return grad_images, None, None
 
 
 class SeparableSSIMMetric(SSIMMetric):
@@ -54,7 +75,7 @@ class SeparableSSIMMetric(SSIMMetric):
         super().__init__(spatial_dims=2, **kwargs)
         if self.kernel_type != KernelType.GAUSSIAN:
             raise ValueError("SeparableSSIMMetric is for the Gaussian window")
-        self.column_taps, self.row_taps = (_gaussian_taps(size, sigma)
+        self.column_taps, self.row_taps = (tuple(_gaussian_taps(size, sigma).tolist())
                                            for size, sigma in zip(self.kernel_size, self.kernel_sigma))
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -63,7 +84,7 @@ class SeparableSSIMMetric(SSIMMetric):
         x, y = y_pred.float(), y.float()
         batch, channels = x.shape[:2]
         moments = torch.stack([x, y, x * x, y * y, x * y])
-        moments = _window_sum(_window_sum(moments, self.column_taps, -2), self.row_taps, -1)
+        moments = WindowSum.apply(WindowSum.apply(moments, self.column_taps, -2), self.row_taps, -1)
         mu_x, mu_y, mu_xx, mu_yy, mu_xy = moments
         c1, c2 = (self.k1 * self.data_range) ** 2, (self.k2 * self.data_range) ** 2
         sigma_x, sigma_y, sigma_xy = mu_xx - mu_x * mu_x, mu_yy - mu_y * mu_y, mu_xy - mu_x * mu_y

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from monai.losses import SSIMLoss
 
-from pipeline.losses.content import ContentLoss, SeparableSSIMLoss
+from pipeline.losses.content import ContentLoss, SeparableSSIMLoss, WindowSum
 
 
 @pytest.fixture()
@@ -60,3 +61,16 @@ def test_separable_ssim_is_monai_ssim(shape):
     (got_grad,) = torch.autograd.grad(got, output)
     assert abs(got.item() - expected.item()) < 1e-6
     assert (got_grad - expected_grad).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("dim", [-2, -1])
+def test_window_sum_is_the_valid_correlation_and_its_gradient(dim: int) -> None:
+    torch.manual_seed(2)
+    images = torch.rand(2, 3, 9, 12, dtype=torch.float64, requires_grad=True)
+    taps = (0.25, -0.5, 1.0, 0.125)
+    got = WindowSum.apply(images, taps, dim)
+    moved = images.movedim(dim, -1).reshape(-1, 1, images.shape[dim])
+    expected = F.conv1d(moved, torch.tensor(taps, dtype=torch.float64).view(1, 1, -1))
+    expected = expected.view(*images.movedim(dim, -1).shape[:-1], -1).movedim(-1, dim)
+    torch.testing.assert_close(got, expected)
+    assert torch.autograd.gradcheck(lambda x: WindowSum.apply(x, taps, dim), (images,))
