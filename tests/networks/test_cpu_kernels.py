@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pipeline.networks import DCIFGAN
 from pipeline.networks.blocks import cpu_kernels
+from pipeline.networks.blocks.cross_modal import CrossModalBlock
 
 
 AVX2_FLAGS = (*cpu_kernels.FLAGS, "-mno-avx512f")
@@ -82,6 +83,45 @@ def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool, cross:
     expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         assert (got_grad - expected_grad).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cross_attention_is_both_directions_in_one_node(kernel, masked: bool) -> None:
+    """CMIFM's two directions by one node: the outputs and every gradient of two window_attention calls."""
+    torch.manual_seed(3 + masked)
+    windows, heads, head_dim = 4, 2, 8
+    inputs = (torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True),
+              torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True),
+              torch.randn(heads, 64, 64, requires_grad=True), torch.randn(heads, 64, 64, requires_grad=True))
+    qkv_a, qkv_b, bias_a, bias_b = inputs
+    mask = _shift_mask(windows) if masked else None
+    upstream_a, upstream_b = torch.randn(2, windows, 64, heads, head_dim)
+    got_a, got_b = cpu_kernels.cross_attention(qkv_a, qkv_b, bias_a, bias_b, mask, head_dim**-0.5)
+    assert type(got_a.grad_fn).__name__ == "_CrossAttentionBackward"
+    got_grads = torch.autograd.grad((got_a * upstream_a).sum() + (got_b * upstream_b).sum(), inputs)
+    expected_a = cpu_kernels.window_attention(qkv_a, qkv_b, bias_a, mask, head_dim**-0.5)
+    expected_b = cpu_kernels.window_attention(qkv_b, qkv_a, bias_b, mask, head_dim**-0.5)
+    expected_grads = torch.autograd.grad((expected_a * upstream_a).sum() + (expected_b * upstream_b).sum(), inputs)
+    assert torch.equal(got_a, expected_a) and torch.equal(got_b, expected_b)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert (got_grad - expected_grad).abs().max() < 1e-5
+    with torch.inference_mode():
+        plain_a, plain_b = cpu_kernels.cross_attention(qkv_a, qkv_b, bias_a, bias_b, mask, head_dim**-0.5)
+    assert torch.equal(plain_a, expected_a) and torch.equal(plain_b, expected_b)
+
+
+def test_a_cmifm_block_runs_its_two_directions_as_one_node(kernel) -> None:
+    block = CrossModalBlock(16, 2, 8, shifted=False, mlp_ratio=2.0)
+    x_ct, x_pet = torch.randn(2, 3 * 64, 16)
+    out_ct, _ = block.step(x_ct, x_pet, block.biases(64), None, 64)
+    seen, todo = set(), [out_ct.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert "_CrossAttentionBackward" in names and "_WindowAttentionBackward" not in names
 
 
 def test_kernel_refuses_shapes_it_was_not_built_for(kernel) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.networks.blocks.conv import conv_block
+from pipeline.networks.blocks.cpu_kernels import cross_attention, kernel_applies
 from pipeline.networks.blocks.swin import SwinBlock, alternate_windows, over_chunks, pad_to_multiple
 from pipeline.networks.blocks.windows import (
     Chunk,
@@ -46,11 +47,21 @@ class CrossModalBlock(nn.Module):
     def step(self, x_ct: torch.Tensor, x_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
              mask: torch.Tensor | None, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on tokens (windows * N, C) of the same whole windows of both streams."""
-        bias_ct, bias_pet = biases
         qkv_ct, qkv_pet = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
-        attended_ct = self.ct.attn.attend(qkv_ct, qkv_pet, bias_ct, mask)
-        attended_pet = self.pet.attn.attend(qkv_pet, qkv_ct, bias_pet, mask)
+        attended_ct, attended_pet = self.attend(qkv_ct, qkv_pet, biases, mask)
         return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
+
+    def attend(self, qkv_ct: torch.Tensor, qkv_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
+               mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each stream's queries on the other's keys and values, as tokens (windows * N, C): both directions in one
+        call of the CPU kernel where it applies (see :func:`cross_attention`), else each stream's own attend."""
+        bias_ct, bias_pet = biases
+        if not torch.jit.is_scripting():
+            if kernel_applies(qkv_ct):
+                both = cross_attention(qkv_ct, qkv_pet, bias_ct, bias_pet, mask, self.ct.attn.scale)
+                return both[0].flatten(2).flatten(0, 1), both[1].flatten(2).flatten(0, 1)
+        return (self.ct.attn.attend(qkv_ct, qkv_pet, bias_ct, mask),
+                self.pet.attn.attend(qkv_pet, qkv_ct, bias_pet, mask))
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_maps`
     def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder) -> tuple[torch.Tensor, torch.Tensor]:
