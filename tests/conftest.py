@@ -127,20 +127,32 @@ def planted_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "export"
 
 
+def _gzip_header(data: bytes) -> bytes:
+    """A gzip file's header up to the end of its stored file name and comment (RFC 1952): its only text outside the
+    compressed content."""
+    flags, end = data[3], 10
+    if flags & 4:  # FEXTRA
+        end += 2 + int.from_bytes(data[10:12], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = data.index(b"\0", end) + 1
+    return data[:end]
+
+
 def _readable_text(path: Path) -> str:
-    """What a reader of the file could find text in: a gzip file's content, not its compressed bytes, and of a
-    NIfTI volume its header and extensions, not its voxels. Those bytes spell a short name such as "DOE" by chance
-    (a 200 kB compressed volume did), and no identifier can hide in them."""
+    """What a reader of the file could find text in: a gzip file's header and content, not its compressed bytes,
+    and of a NIfTI volume its header and extensions, not its voxels. Those bytes spell a short name such as "DOE"
+    by chance (a 200 kB compressed volume did), and no identifier can hide in them."""
     import gzip
 
     import nibabel
 
-    data = path.read_bytes()
+    data, header = path.read_bytes(), b""
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        data, header = gzip.decompress(data), _gzip_header(data)
     if path.name.endswith((".nii", ".nii.gz")):
         data = data[: int(nibabel.load(path).dataobj.offset)]
-    return data.decode("latin-1")
+    return (header + data).decode("latin-1")
 
 
 def _identifiers_in(*places: Path | str) -> list[str]:
