@@ -3,13 +3,20 @@
 MONAI's ``CheckpointSaver`` stores ``state_dict()`` of each object it is given. Handing it the
 training facts (network hyper-parameters, windows, SUV ceiling, data) as a :class:`SavedDict` under
 ``card`` gives exactly the layout :class:`pipeline.fusion.ModelFuser` reads back and checks:
-``{"model": weights, "card": facts}``.
+``{"model": weights, "card": facts}``. A resumable training state (:func:`training_state`) adds the
+discriminators, both optimizers and the trainer, and loads into the optimizers as configured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+# Optimizer settings that choose an implementation, not the update: the configured ones outlive a loaded state.
+_IMPLEMENTATION = ("fused", "foreach")
 
 
 class SavedDict:
@@ -35,5 +42,23 @@ def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any) -
     ``model`` is the generator under the key the shipped ``model.pt`` uses, so either file loads
     the weights the same way.
     """
+    for optimizer in (g_optimizer, d_optimizer):
+        optimizer.register_load_state_dict_post_hook(keep_configured)
     return {"model": gan.generator, "d1": gan.d1, "d2": gan.d2,
             "g_optimizer": g_optimizer, "d_optimizer": d_optimizer, "trainer": trainer}
+
+
+def keep_configured(optimizer: Optimizer) -> None:
+    """After a state is loaded: the configured implementation, and moments laid out as their parameters.
+
+    ``Optimizer.load_state_dict`` takes ``fused`` and ``foreach`` from the saved groups, and each saved moment
+    keeps its strides. Fused Adam walks a parameter and its moments as flat memory, so moments saved from
+    contiguous weights (a state written before the networks went channels-last) would update the wrong elements.
+    """
+    for group in optimizer.param_groups:
+        group.update({key: optimizer.defaults[key] for key in _IMPLEMENTATION if key in optimizer.defaults})
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -238,3 +238,23 @@ def test_convolutions_run_channels_last_with_the_same_numbers():
     x = torch.rand(1, 2, 40, 48)
     with torch.inference_mode():
         assert (generator(x) - channels_first(x)).abs().max() < 1e-6
+
+
+def test_discriminators_run_channels_last_with_the_same_scores():
+    """The critics' weights are channels-last as the generator's; their scores and input gradients are unchanged."""
+    torch.manual_seed(0)
+    model = DCIFGAN("network4", **TINY)
+    critics = (model.d1, model.d2)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for d in critics for p in d.parameters() if p.ndim == 4)
+    channels_first = DCIFGAN("network4", **TINY)
+    channels_first.load_state_dict(model.state_dict())
+    channels_first.to(memory_format=torch.contiguous_format)
+    x, target = torch.rand(4, 1, 32, 32, requires_grad=True), torch.randn(4, 1)
+    for fast, reference in zip(critics, (channels_first.d1, channels_first.d2)):
+        # A least-squares loss, as the adversarial terms: a plain sum of scores has a gradient of rounding noise
+        # through the batch norms.
+        scores, expected = fast(x), reference(x)
+        (grad,) = torch.autograd.grad(((scores - target) ** 2).sum(), x)
+        (expected_grad,) = torch.autograd.grad(((expected - target) ** 2).sum(), x)
+        assert (scores - expected).abs().max() < 1e-5
+        assert (grad - expected_grad).abs().max() < 1e-5 * expected_grad.abs().max()
