@@ -17,48 +17,79 @@ using dcif::kLanes;
 using dcif::kLog2e;
 using dcif::Lanes;
 
-constexpr int64_t kGrain = 1024;  // rows per task
+constexpr int64_t kGrain = 4096;  // vectors per task
+constexpr int kGroup = 4;  // vectors evaluated side by side
 constexpr float kSqrtHalf = 0.707106781186547524f;
 constexpr float kInvSqrt2Pi = 0.398942280401432678f;
 
-// erf(z) as z P(z^2) / Q(z^2) with z clamped to [-4, 4], beyond which erf is +-1 in float32: a least-squares fit of
-// ours on Chebyshev nodes of [0, 4], reweighted towards its largest errors; absolute error 4e-7 evaluated in float32.
-inline Lanes erf_lanes(Lanes z) {
-  z = z < 4.0f ? z : Lanes{} + 4.0f;
-  z = z > -4.0f ? z : Lanes{} - 4.0f;
-  const Lanes u = z * z;
-  Lanes p = Lanes{} + 1.9217228697243627e-08f;
-  p = p * u - 1.990346845559543e-06f;
-  p = p * u + 1.5554156561847776e-04f;
-  p = p * u + 4.293232690542936e-03f;
-  p = p * u + 5.243401974439621e-02f;
-  p = p * u + 2.1394877135753632e-01f;
-  p = p * u + 1.1283786296844482f;
-  Lanes q = Lanes{} + 1.0980830993503332e-03f;
-  q = q * u + 1.5551447868347168e-02f;
-  q = q * u + 1.2080131471157074e-01f;
-  q = q * u + 5.229347944259644e-01f;
-  q = q * u + 1.0f;
-  return z * p / q;
+// erf(z) of N vectors in place, as z P(z^2) / Q(z^2) with z clamped to [-4, 4], beyond which erf is +-1 in float32:
+// a least-squares fit of ours on Chebyshev nodes of [0, 4], reweighted towards its largest errors; absolute error
+// 4e-7 evaluated in float32. Each step runs on all N vectors before the next, so the core overlaps N chains of
+// dependent FMAs: one vector at a time, the forward took 14-16 % longer (AVX2 EPYC, 4 vectors; 2-3 % for the
+// backward, which also reads the gradient).
+template <int N>
+inline void erf_lanes(Lanes (&z)[N]) {
+  Lanes u[N], p[N], q[N];
+  for (int k = 0; k < N; ++k) {
+    z[k] = z[k] < 4.0f ? z[k] : Lanes{} + 4.0f;
+    z[k] = z[k] > -4.0f ? z[k] : Lanes{} - 4.0f;
+    u[k] = z[k] * z[k];
+    p[k] = u[k] * 1.9217228697243627e-08f - 1.990346845559543e-06f;
+    q[k] = u[k] * 1.0980830993503332e-03f + 1.5551447868347168e-02f;
+  }
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.5554156561847776e-04f, q[k] = q[k] * u[k] + 1.2080131471157074e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 4.293232690542936e-03f, q[k] = q[k] * u[k] + 5.229347944259644e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 5.243401974439621e-02f, q[k] = q[k] * u[k] + 1.0f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 2.1394877135753632e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.1283786296844482f;
+  for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] / q[k];
 }
 
-inline Lanes gelu_lanes(Lanes x) {
-  const Lanes half_x = x * 0.5f;
-  return half_x + half_x * erf_lanes(x * kSqrtHalf);
+// GELU of N vectors in place.
+template <int N>
+inline void gelu_lanes(Lanes (&x)[N]) {
+  Lanes e[N];
+  for (int k = 0; k < N; ++k) e[k] = x[k] * kSqrtHalf;
+  erf_lanes(e);
+  for (int k = 0; k < N; ++k) {
+    const Lanes half_x = x[k] * 0.5f;
+    x[k] = half_x + half_x * e[k];
+  }
 }
 
-// d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
-inline Lanes gelu_slope_lanes(Lanes x) {
-  const Lanes phi = exp2_nonpositive(x * x * (-0.5f * kLog2e)) * kInvSqrt2Pi;
-  return 0.5f + 0.5f * erf_lanes(x * kSqrtHalf) + x * phi;
+// d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi), of N vectors in place.
+template <int N>
+inline void gelu_slope_lanes(Lanes (&x)[N]) {
+  Lanes e[N];
+  for (int k = 0; k < N; ++k) e[k] = x[k] * kSqrtHalf;
+  erf_lanes(e);
+  for (int k = 0; k < N; ++k) {
+    x[k] = 0.5f + 0.5f * e[k] + x[k] * exp2_nonpositive(x[k] * x[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
+  }
 }
 
-// f on each row of (rows, C) floats, kLanes channels at a time; a row's last partial group goes through a padded copy.
+// f.template operator()<N>(at, count, channels) on the kLanes-float vectors of (rows, C) floats: N vectors from float
+// offset at, each of count floats (kLanes, or fewer for a row's last partial vector). Where C is a multiple of kLanes
+// the rows are one run of whole vectors, taken kGroup at a time; otherwise each row one vector at a time.
 template <typename F>
-void over_rows(int64_t rows, int64_t channels, F&& f) {
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+void over_vectors(int64_t rows, int64_t channels, F&& f) {
+  if (channels % kLanes == 0) {
+    at::parallel_for(0, rows * channels / kLanes, kGrain, [&](int64_t begin, int64_t end) {
+      int64_t v = begin;
+      int64_t channel = v * kLanes % channels;
+      for (; v + kGroup <= end; v += kGroup) {
+        f.template operator()<kGroup>(v * kLanes, kLanes, channel);
+        channel = (channel + kGroup * kLanes) % channels;
+      }
+      for (; v < end; ++v, channel = (channel + kLanes) % channels) f.template operator()<1>(v * kLanes, kLanes, channel);
+    });
+    return;
+  }
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / channels), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      for (int64_t c = 0; c < channels; c += kLanes) f(row * channels + c, std::min<int64_t>(kLanes, channels - c), c);
+      for (int64_t c = 0; c < channels; c += kLanes) {
+        f.template operator()<1>(row * channels + c, std::min<int64_t>(kLanes, channels - c), c);
+      }
     }
   });
 }
@@ -93,10 +124,16 @@ torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out) {
   const float* xp = x.data_ptr<float>();
   const float* bp = biased ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  over_rows(x.size(0), x.size(1), [&](int64_t at, int64_t count, int64_t channel) {
-    Lanes v = load_part(xp + at, count);
-    if (bp) v += load_part(bp + channel, count);
-    store_part(op + at, gelu_lanes(v), count);
+  const int64_t channels = x.size(1);
+  over_vectors(x.size(0), channels, [&]<int N>(int64_t at, int64_t count, int64_t channel) {
+    Lanes v[N];
+    for (int k = 0; k < N; ++k) {
+      v[k] = load_part(xp + at + k * kLanes, count);
+      if (bp) v[k] += load_part(bp + channel, count);
+      channel = channel + kLanes == channels ? 0 : channel + kLanes;
+    }
+    gelu_lanes(v);
+    for (int k = 0; k < N; ++k) store_part(op + at + k * kLanes, v[k], count);
   });
   return out;
 }
@@ -109,8 +146,11 @@ torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad) {
   auto dx = torch::empty_like(x);
   const float *xp = x.data_ptr<float>(), *gp = grad_c.data_ptr<float>();
   float* dp = dx.data_ptr<float>();
-  over_rows(x.size(0), x.size(1), [&](int64_t at, int64_t count, int64_t) {
-    store_part(dp + at, load_part(gp + at, count) * gelu_slope_lanes(load_part(xp + at, count)), count);
+  over_vectors(x.size(0), x.size(1), [&]<int N>(int64_t at, int64_t count, int64_t) {
+    Lanes v[N];
+    for (int k = 0; k < N; ++k) v[k] = load_part(xp + at + k * kLanes, count);
+    gelu_slope_lanes(v);
+    for (int k = 0; k < N; ++k) store_part(dp + at + k * kLanes, load_part(gp + at + k * kLanes, count) * v[k], count);
   });
   return dx;
 }
