@@ -25,8 +25,8 @@ constexpr float kInvSqrt2Pi = 0.398942280401432678f;
 // erf(z) of N vectors in place, as z P(z^2) / Q(z^2) with z clamped to [-4, 4], beyond which erf is +-1 in float32:
 // a least-squares fit of ours on Chebyshev nodes of [0, 4], reweighted towards its largest errors; absolute error
 // 4e-7 evaluated in float32. Each step runs on all N vectors before the next, so the core overlaps N chains of
-// dependent FMAs: one vector at a time, the forward took 14-16 % longer (AVX2 EPYC, 4 vectors; 2-3 % for the
-// backward, which also reads the gradient).
+// dependent FMAs: with GELU as x Phi(x), the forward ran 1.3x and the backward 1.05x as fast as one vector at a time
+// (AVX2 EPYC, 4 vectors).
 template <int N>
 inline void erf_lanes(Lanes (&z)[N]) {
   Lanes u[N], p[N], q[N];
@@ -45,27 +45,12 @@ inline void erf_lanes(Lanes (&z)[N]) {
   for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] / q[k];
 }
 
-// GELU of N vectors in place.
+// Phi(x) = (1 + erf(x / sqrt 2)) / 2 of N vectors: the costly part of GELU(x) = x Phi(x) and of its slope.
 template <int N>
-inline void gelu_lanes(Lanes (&x)[N]) {
-  Lanes e[N];
-  for (int k = 0; k < N; ++k) e[k] = x[k] * kSqrtHalf;
-  erf_lanes(e);
-  for (int k = 0; k < N; ++k) {
-    const Lanes half_x = x[k] * 0.5f;
-    x[k] = half_x + half_x * e[k];
-  }
-}
-
-// d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi), of N vectors in place.
-template <int N>
-inline void gelu_slope_lanes(Lanes (&x)[N]) {
-  Lanes e[N];
-  for (int k = 0; k < N; ++k) e[k] = x[k] * kSqrtHalf;
-  erf_lanes(e);
-  for (int k = 0; k < N; ++k) {
-    x[k] = 0.5f + 0.5f * e[k] + x[k] * exp2_nonpositive(x[k] * x[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
-  }
+inline void normal_cdf_lanes(const Lanes (&x)[N], Lanes (&cdf)[N]) {
+  for (int k = 0; k < N; ++k) cdf[k] = x[k] * kSqrtHalf;
+  erf_lanes(cdf);
+  for (int k = 0; k < N; ++k) cdf[k] = 0.5f + 0.5f * cdf[k];
 }
 
 // f.template operator()<N>(at, count, channels) on the kLanes-float vectors of (rows, C) floats: N vectors from float
@@ -132,8 +117,9 @@ torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out) {
       if (bp) v[k] += load_part(bp + channel, count);
       channel = channel + kLanes == channels ? 0 : channel + kLanes;
     }
-    gelu_lanes(v);
-    for (int k = 0; k < N; ++k) store_part(op + at + k * kLanes, v[k], count);
+    Lanes cdf[N];
+    normal_cdf_lanes(v, cdf);
+    for (int k = 0; k < N; ++k) store_part(op + at + k * kLanes, v[k] * cdf[k], count);
   });
   return out;
 }
@@ -149,8 +135,12 @@ torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad) {
   over_vectors(x.size(0), x.size(1), [&]<int N>(int64_t at, int64_t count, int64_t) {
     Lanes v[N];
     for (int k = 0; k < N; ++k) v[k] = load_part(xp + at + k * kLanes, count);
-    gelu_slope_lanes(v);
-    for (int k = 0; k < N; ++k) store_part(dp + at + k * kLanes, load_part(gp + at + k * kLanes, count) * v[k], count);
+    Lanes cdf[N], density[N];  // d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    for (int k = 0; k < N; ++k) density[k] = exp2_nonpositive(v[k] * v[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
+    normal_cdf_lanes(v, cdf);
+    for (int k = 0; k < N; ++k) {
+      store_part(dp + at + k * kLanes, load_part(gp + at + k * kLanes, count) * (cdf[k] + v[k] * density[k]), count);
+    }
   });
   return dx;
 }
