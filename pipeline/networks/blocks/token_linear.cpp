@@ -6,7 +6,7 @@
 // 50-53 GFLOP/s into new tensors on that machine (55-68 into reused ones), forward 1.2-1.5x and backward 1.25-2x
 // MKL's. One tile routine serves all three products through strides. The backward walks blocks of rows that stay in
 // L2, forming a block's rows of dX and then its share of dW and db, each thread into its own copy of those, added at
-// the end: dY is read from memory once (7-12 % faster than a dX pass over all rows before the dW pass). Columns come
+// the end: dY is read from memory once (8-13 % faster than a dX pass over all rows before the dW pass). Columns come
 // 16 at a time, so the kernel takes layers whose widths are multiples of 16 and cpu_kernels.py leaves others to ATen.
 // Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
