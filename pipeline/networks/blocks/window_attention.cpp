@@ -44,30 +44,37 @@ struct Inputs {
 
 constexpr int kTiles = 2;  // query tiles whose scores are formed together
 
-// The base-2 scores S^T of kTiles tiles of kLanes queries, from query `tile` on, against the 64 keys, with B^T (which
-// carries log2 e) [+ mask log2 e] added. Tile t's Q^T times score_scale, a query per lane, is read from L1 at
-// qt + t * qt_tile + d * qt_dim; its row j goes to scores + t * scores_tile + j * stride, and peak[t] is each of its
+// Q^T of one (window, head) times score_scale, dim-major: a tile of queries is a register's load at qt[d] + tile.
+template <int DIM>
+inline void scaled_qt(const Inputs& in, const float* qw, float (&qt)[DIM][kTokens]) {
+  for (int i = 0; i < kTokens; ++i) {
+    for (int d = 0; d < DIM; ++d) qt[d][i] = qw[i * in.qs[2] + d * in.qs[3]] * in.score_scale;
+  }
+}
+
+// The base-2 scores S^T of kTiles tiles of kLanes queries, from query `first` on, against the 64 keys, with B^T (which
+// carries log2 e) [+ mask log2 e] added: key j's scores go to st[j][first ...], and peak[t] is each of tile t's
 // queries' largest score. Each key element is broadcast once for all tiles: with two, forward 2-6 % and backward 3-4 %
 // faster (1024 windows x 2 or 4 heads of 8).
 template <int DIM>
-inline void tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw, const float* qt,
-                        int qt_tile, int qt_dim, int tile, float* scores, int scores_tile, int stride,
+inline void tile_scores(const Inputs& in, const float* kw, const float* bh, const float* mw,
+                        const float (&qt)[DIM][kTokens], int first, float (&st)[kTokens][kTokens],
                         Lanes (&peak)[kTiles]) {
   for (int t = 0; t < kTiles; ++t) peak[t] = Lanes{} - 3.0e38f;
   for (int j = 0; j < kTokens; ++j) {
     Lanes acc[kTiles];
     for (int t = 0; t < kTiles; ++t) {
-      acc[t] = load_lanes(bh + j * kTokens + tile + t * kLanes);
-      if (mw) acc[t] += load_lanes(mw + j * kTokens + tile + t * kLanes) * kLog2e;
+      acc[t] = load_lanes(bh + j * kTokens + first + t * kLanes);
+      if (mw) acc[t] += load_lanes(mw + j * kTokens + first + t * kLanes) * kLog2e;
     }
     const float* key = kw + j * in.ks[2];
 #pragma GCC unroll 16
     for (int d = 0; d < DIM; ++d) {
       const float kd = key[d * in.ks[3]];
-      for (int t = 0; t < kTiles; ++t) acc[t] += kd * load_lanes(qt + t * qt_tile + d * qt_dim);
+      for (int t = 0; t < kTiles; ++t) acc[t] += kd * load_lanes(qt[d] + first + t * kLanes);
     }
     for (int t = 0; t < kTiles; ++t) {
-      store_lanes(scores + t * scores_tile + j * stride, acc[t]);
+      store_lanes(st[j] + first + t * kLanes, acc[t]);
       peak[t] = acc[t] > peak[t] ? acc[t] : peak[t];
     }
   }
@@ -77,40 +84,31 @@ inline void tile_scores(const Inputs& in, const float* kw, const float* bh, cons
 // and the weighted sum of V, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
 void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
-  alignas(64) float qt[kTiles][DIM][kLanes];
-  alignas(64) float pts[kTiles][kTokens][kLanes];
+  alignas(64) float qt[DIM][kTokens];
+  alignas(64) float pt[kTokens][kTokens];
   alignas(64) Lanes ot[DIM];
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t w = pair / in.heads, h = pair % in.heads;
-    const float* qw = in.q + w * in.qs[0] + h * in.qs[1];
     const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
     const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
     const float* bh = in.bias_t + h * kTokens * kTokens;
     const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
+    scaled_qt<DIM>(in, in.q + w * in.qs[0] + h * in.qs[1], qt);
     for (int first = 0; first < kTokens; first += kTiles * kLanes) {
-      for (int t = 0; t < kTiles; ++t) {
-        for (int d = 0; d < DIM; ++d) {
-          for (int lane = 0; lane < kLanes; ++lane) {
-            qt[t][d][lane] = qw[(first + t * kLanes + lane) * in.qs[2] + d * in.qs[3]] * in.score_scale;
-          }
-        }
-      }
       Lanes peaks[kTiles];
-      tile_scores<DIM>(in, kw, bh, mw, qt[0][0], DIM * kLanes, kLanes, first, pts[0][0], kTokens * kLanes, kLanes,
-                       peaks);
+      tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
       for (int t = 0; t < kTiles; ++t) {
         const int tile = first + t * kLanes;
-        float (&pt)[kTokens][kLanes] = pts[t];
         const Lanes peak = peaks[t];
         Lanes total{};
         for (int j = 0; j < kTokens; ++j) {  // its own pass: 8 % faster than inside the next loop, beside its FMAs
-          const Lanes p = exp2_nonpositive(load_lanes(pt[j]) - peak);
-          store_lanes(pt[j], p);
+          const Lanes p = exp2_nonpositive(load_lanes(pt[j] + tile) - peak);
+          store_lanes(pt[j] + tile, p);
           total += p;
         }
         for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
         for (int j = 0; j < kTokens; ++j) {
-          const Lanes p = load_lanes(pt[j]);
+          const Lanes p = load_lanes(pt[j] + tile);
           const float* value = vw + j * in.vs[2];
 #pragma GCC unroll 16
           for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
@@ -175,16 +173,15 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
   alignas(64) float grows[kTokens][kRowPad] = {};  // dO
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t w = pair / in.heads, h = pair % in.heads;
-    const float* qw = in.q + w * in.qs[0] + h * in.qs[1];
     const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
     const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
     const float* bh = in.bias_t + h * kTokens * kTokens;
     const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
     float* dbias_h = dbias_t + h * kTokens * kTokens;
+    scaled_qt<DIM>(in, in.q + w * in.qs[0] + h * in.qs[1], qt);
     for (int i = 0; i < kTokens; ++i) {
       const float* grow = grad + ((w * kTokens + i) * in.heads + h) * DIM;
       for (int d = 0; d < DIM; ++d) {
-        qt[d][i] = qw[i * in.qs[2] + d * in.qs[3]] * in.score_scale;
         got[d][i] = grow[d];
         qrows[i][d] = qt[d][i];
         grows[i][d] = grow[d];
@@ -192,7 +189,7 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
     }
     for (int first = 0; first < kTokens; first += kTiles * kLanes) {
       Lanes peaks[kTiles];
-      tile_scores<DIM>(in, kw, bh, mw, qt[0] + first, kLanes, kTokens, first, pt[0] + first, kLanes, kTokens, peaks);
+      tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
       for (int t = 0; t < kTiles; ++t) {
         const int tile = first + t * kLanes;
         const Lanes peak = peaks[t];
