@@ -61,6 +61,7 @@ template <typename F>
 void over_vectors(int64_t rows, int64_t channels, F&& f) {
   if (channels % kLanes == 0) {
     at::parallel_for(0, rows * channels / kLanes, kGrain, [&](int64_t begin, int64_t end) {
+      const dcif::FlushDenormals flush;  // the slope's density underflows to 2^-126 for |x| > 13
       int64_t v = begin;
       int64_t channel = v * kLanes % channels;
       for (; v + kGroup <= end; v += kGroup) {
@@ -72,6 +73,7 @@ void over_vectors(int64_t rows, int64_t channels, F&& f) {
     return;
   }
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / channels), [&](int64_t begin, int64_t end) {
+    const dcif::FlushDenormals flush;
     for (int64_t row = begin; row < end; ++row) {
       for (int64_t c = 0; c < channels; c += kLanes) {
         f.template operator()<1>(row * channels + c, std::min<int64_t>(kLanes, channels - c), c);

@@ -274,6 +274,7 @@ torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   float* op = out.data_ptr<float>();
   const int64_t dim = q.size(3);
   at::parallel_for(0, q.size(0) * in.heads, 16, [&](int64_t begin, int64_t end) {
+    const dcif::FlushDenormals flush;
     switch (dim) {
       case 8: forward_pairs<8>(in, op, begin, end); break;
       case 10: forward_pairs<10>(in, op, begin, end); break;
@@ -305,6 +306,7 @@ torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch:
   const float* gp = grad_c.data_ptr<float>();
   float* dbp = dbias_parts.data_ptr<float>();
   at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    const dcif::FlushDenormals flush;
     for (int64_t part = first; part < last; ++part) {
       const int64_t begin = part * per_part, end = std::min(pairs, begin + per_part);
       float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
