@@ -16,9 +16,9 @@
   CPU; the kernel's erf is one rational polynomial, and in inference it overwrites the first MLP layer's
   output in place (adding its bias where that layer runs as a bare GEMM).
 
-The attention, LayerNorm and GELU kernels work on one vector register's lanes (``lanes.h``): 16 floats where
+All four kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
-spill; the token linear kernel's tiles are 8-float halves everywhere.
+spill; the token linear kernel's 16-column tiles are one AVX-512 register a row, or two AVX2 ones.
 
 They are compiled with the machine's own compiler the first time a model runs on the CPU (about
 30 s; cached under torch's extension folder, keyed by the sources, the flags, the torch install and

@@ -2,7 +2,7 @@
 // 8 elsewhere (AVX2). Sixteen lanes on an AVX2 CPU are two registers each, and the attention kernel's tile (a query's
 // head dims and its outputs, one Lanes value each) no longer fits AVX2's 16 registers: that build ran the forward
 // 3.6x and forward plus backward 3.2x slower than 8 lanes (AMD EPYC with AVX2, 2 threads, 2048 windows x heads).
-// Included by window_attention.cpp, layer_norm.cpp and gelu.cpp.
+// Included by the four kernels' sources.
 #pragma once
 #include <cstdint>
 #include <cstring>

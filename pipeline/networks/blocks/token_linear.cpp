@@ -1,85 +1,80 @@
 // The Swin blocks' linear layers on (tokens, C) rows on the CPU, forward and backward: Y = X W^T + b, dX = dY W,
 // dW = dY^T X, db = column sums of dY. At 16-96 channels a layer is a GEMM tens of thousands of rows tall and a few
 // dozen wide, a shape MKL's sgemm runs at 20-45 GFLOP/s on a 2-core AVX2 machine whose large square sgemm reaches
-// 65: its blocking is made for large K. Here a register tile of 6 rows x 16 columns (12 AVX2 registers) runs the
-// whole contraction with its 16-column panel of the small operand in L1 and writes each output once, bias included:
-// 50-53 GFLOP/s into new tensors on that machine (55-68 into reused ones), forward 1.2-1.5x and backward 1.25-2x
-// MKL's. One tile routine serves all three products through strides. The backward walks blocks of rows that stay in
-// L2, forming a block's rows of dX and then its share of dW and db, each thread into its own copy of those, added at
-// the end: dY is read from memory once (8-13 % faster than a dX pass over all rows before the dW pass). Columns come
-// 16 at a time, so the kernel takes layers whose widths are multiples of 16 and cpu_kernels.py leaves others to ATen.
-// Compiled at first use by cpu_kernels.py.
+// 65: its blocking is made for large K. Here a register tile of rows x 16 columns (6 rows of two AVX2 registers, or
+// 8 rows of one AVX-512 register: lanes.h) runs the whole contraction with its 16-column panel of the small operand
+// in L1 and writes each output once, bias included: 50-53 GFLOP/s into new tensors on that machine (55-68 into reused
+// ones), forward 1.2-1.5x and backward 1.25-2x MKL's. On a Xeon with AVX-512 the one-register rows ran the layers
+// 1.24x faster forward and 1.27x backward than two 8-float halves. One tile routine serves all three products through
+// strides. The backward walks blocks of rows that stay in L2, forming a block's rows of dX and then its share of dW
+// and db, each thread into its own copy of those, added at the end: dY is read from memory once (8-13 % faster than a
+// dX pass over all rows before the dW pass). Columns come 16 at a time, so the kernel takes layers whose widths are
+// multiples of 16 and cpu_kernels.py leaves others to ATen. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "lanes.h"
+
 namespace {
 
-constexpr int kRows = 6;     // rows of a register tile
-constexpr int kPanel = 16;   // columns of a register tile: two 8-float halves
+using dcif::kLanes;
+using dcif::Lanes;
+using dcif::load_lanes;
+using dcif::store_lanes;
+
+constexpr int kPanel = 16;                // columns of a register tile
+constexpr int kVecs = kPanel / kLanes;    // registers per tile row: 2 with AVX2, 1 with AVX-512
+// Rows of a register tile. AVX2: 6 x 2 registers of accumulators. AVX-512: 8 x 1, as many as keep its two FMA units
+// busy through their latency, and a divisor of every layer width and of kBlock; 12 and 16 rows ran the layers'
+// backward 4-5 % slower, 24 rows 7 %.
+constexpr int kRows = kVecs == 1 ? 8 : 6;
 constexpr int64_t kBlock = 256;  // rows of X and dY per L2 block of the backward
-// Eight floats, an AVX2 register. A 16-float vector type would be one AVX-512 register, but on AVX2 GCC lowers it
-// through the stack (4x slower): two halves compile to registers everywhere.
-typedef float Half __attribute__((vector_size(32)));
-
-inline Half load_half(const float* from) {
-  Half x;
-  std::memcpy(&x, from, sizeof(x));
-  return x;
-}
-
-inline void store_half(float* to, const Half& x) { std::memcpy(to, &x, sizeof(x)); }
 
 // C[r, 0:16] = init[r] + sum_k A(r, k) B(k, 0:16) for r < R, where A(r, k) = a[r * a_row + k * a_k] and
 // B(k, :) = b + k * b_row. init is the bias (or zero), plus the rows of add (a residual, or C itself) when
-// ACCUMULATE. The accumulators are named values, not an array: GCC kept an array of vectors on the stack and stored
-// it back every iteration (2x slower).
+// ACCUMULATE.
 template <int R, bool ACCUMULATE>
 inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row, int64_t depth, float* c,
                  int64_t c_row, const float* bias, const float* add) {
-  const Half lo = bias ? load_half(bias) : Half{}, hi = bias ? load_half(bias + 8) : Half{};
-  Half c0 = lo, c1 = lo, c2 = lo, c3 = lo, c4 = lo, c5 = lo;
-  Half d0 = hi, d1 = hi, d2 = hi, d3 = hi, d4 = hi, d5 = hi;
-  if (ACCUMULATE) {
-    c0 += load_half(add), d0 += load_half(add + 8);
-    if (R > 1) c1 += load_half(add + c_row), d1 += load_half(add + c_row + 8);
-    if (R > 2) c2 += load_half(add + 2 * c_row), d2 += load_half(add + 2 * c_row + 8);
-    if (R > 3) c3 += load_half(add + 3 * c_row), d3 += load_half(add + 3 * c_row + 8);
-    if (R > 4) c4 += load_half(add + 4 * c_row), d4 += load_half(add + 4 * c_row + 8);
-    if (R > 5) c5 += load_half(add + 5 * c_row), d5 += load_half(add + 5 * c_row + 8);
+  Lanes acc[R][kVecs];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) {
+      acc[r][v] = bias ? load_lanes(bias + v * kLanes) : Lanes{};
+      if (ACCUMULATE) acc[r][v] += load_lanes(add + r * c_row + v * kLanes);
+    }
   }
   for (int64_t k = 0; k < depth; ++k) {
-    const Half left = load_half(b + k * b_row), right = load_half(b + k * b_row + 8);
+    Lanes row[kVecs];
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) row[v] = load_lanes(b + k * b_row + v * kLanes);
     const float* ak = a + k * a_k;
-    c0 += ak[0] * left, d0 += ak[0] * right;
-    if (R > 1) c1 += ak[a_row] * left, d1 += ak[a_row] * right;
-    if (R > 2) c2 += ak[2 * a_row] * left, d2 += ak[2 * a_row] * right;
-    if (R > 3) c3 += ak[3 * a_row] * left, d3 += ak[3 * a_row] * right;
-    if (R > 4) c4 += ak[4 * a_row] * left, d4 += ak[4 * a_row] * right;
-    if (R > 5) c5 += ak[5 * a_row] * left, d5 += ak[5 * a_row] * right;
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const float s = ak[r * a_row];
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += s * row[v];
+    }
   }
-  store_half(c, c0), store_half(c + 8, d0);
-  if (R > 1) store_half(c + c_row, c1), store_half(c + c_row + 8, d1);
-  if (R > 2) store_half(c + 2 * c_row, c2), store_half(c + 2 * c_row + 8, d2);
-  if (R > 3) store_half(c + 3 * c_row, c3), store_half(c + 3 * c_row + 8, d3);
-  if (R > 4) store_half(c + 4 * c_row, c4), store_half(c + 4 * c_row + 8, d4);
-  if (R > 5) store_half(c + 5 * c_row, c5), store_half(c + 5 * c_row + 8, d5);
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) store_lanes(c + r * c_row + v * kLanes, acc[r][v]);
+  }
 }
 
-// tile<R> for the R = rows (1-6) left at an edge.
-template <bool ACCUMULATE>
+// tile<R> for the R = rows (1 to kRows) left at an edge.
+template <bool ACCUMULATE, int R = kRows>
 inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row,
                       int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
-  switch (rows) {
-    case 6: tile<6, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
-    case 5: tile<5, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
-    case 4: tile<4, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
-    case 3: tile<3, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
-    case 2: tile<2, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add); break;
-    default: tile<1, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
+  if constexpr (R > 1) {
+    if (rows < R) return edge_tile<ACCUMULATE, R - 1>(rows, a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
   }
+  tile<R, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
 }
 
 // out[r, :] = a[r, :] B + bias [+ add[r, :]] for the rows r < count (at most kRows) of a (depth floats a row), out
@@ -186,7 +181,7 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
         }
         for (int64_t k = 0; k < count; ++k) {  // db: the block's rows of dY, still in L2
           const float* row = gp + (m + k) * width;
-          for (int64_t n = 0; n < width; n += 8) store_half(db + n, load_half(db + n) + load_half(row + n));
+          for (int64_t n = 0; n < width; n += kLanes) store_lanes(db + n, load_lanes(db + n) + load_lanes(row + n));
         }
       }
     }
