@@ -80,6 +80,19 @@ inline void tile_scores(const Inputs& in, const float* kw, const float* bh, cons
   }
 }
 
+// A tile's results, v[d] holding dim d of kLanes queries (one per lane), as the queries' rows: query `lane` at
+// out + lane * row_stride, its dims dim_stride apart. Eight contiguous dims go by dcif::store_rows8's shuffles, in
+// place of kLanes x 8 single-float stores.
+template <int DIM>
+inline void store_tile(const Lanes (&v)[DIM], float* out, int64_t row_stride, int64_t dim_stride) {
+  if constexpr (DIM == 8) {
+    if (dim_stride == 1) return dcif::store_rows8(v, out, row_stride);
+  }
+  for (int lane = 0; lane < kLanes; ++lane) {
+    for (int d = 0; d < DIM; ++d) out[lane * row_stride + d * dim_stride] = v[d][lane];
+  }
+}
+
 // One (window, head), kTiles tiles of kLanes queries at a time: the scores of all 64 keys, then per tile their softmax
 // and the weighted sum of V, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
@@ -114,10 +127,8 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
           for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
         }
         const Lanes inv_total = 1.0f / total;
-        for (int lane = 0; lane < kLanes; ++lane) {
-          float* orow = out + ((w * kTokens + tile + lane) * in.heads + h) * DIM;
-          for (int d = 0; d < DIM; ++d) orow[d] = ot[d][lane] * inv_total[lane];
-        }
+        for (int d = 0; d < DIM; ++d) ot[d] *= inv_total;
+        store_tile<DIM>(ot, out + ((w * kTokens + tile) * in.heads + h) * DIM, in.heads * DIM, 1);
       }
     }
   }
@@ -220,10 +231,8 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
 #pragma GCC unroll 16
           for (int d = 0; d < DIM; ++d) dq[d] += ds * key[d * in.ks[3]];
         }
-        float* dq_w = out.dq + w * out.qs[0] + h * out.qs[1];
-        for (int lane = 0; lane < kLanes; ++lane) {
-          for (int d = 0; d < DIM; ++d) dq_w[(tile + lane) * out.qs[2] + d * out.qs[3]] = dq[d][lane] * in.scale;
-        }
+        for (int d = 0; d < DIM; ++d) dq[d] *= in.scale;
+        store_tile<DIM>(dq, out.dq + w * out.qs[0] + h * out.qs[1] + tile * out.qs[2], out.qs[2], out.qs[3]);
       }
     }
     float* dk_w = out.dk + w * out.ks[0] + h * out.ks[1];
