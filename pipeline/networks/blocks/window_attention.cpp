@@ -80,6 +80,18 @@ inline void tile_scores(const Inputs& in, const float* kw, const float* bh, cons
   }
 }
 
+// The softmax's numerators 2^(s - peak) of one tile's scores, in place in pt, and their sums per query. A pass of its
+// own: 8 % faster than inside the forward's next loop, beside its FMAs.
+inline Lanes exponentiate(float (&pt)[kTokens][kTokens], int tile, Lanes peak) {
+  Lanes total{};
+  for (int j = 0; j < kTokens; ++j) {
+    const Lanes p = exp2_nonpositive(load_lanes(pt[j] + tile) - peak);
+    store_lanes(pt[j] + tile, p);
+    total += p;
+  }
+  return total;
+}
+
 // A tile's results, v[d] holding dim d of kLanes queries (one per lane), as the queries' rows: query `lane` at
 // out + lane * row_stride, its dims dim_stride apart. Eight contiguous dims go by dcif::store_rows8's shuffles, in
 // place of kLanes x 8 single-float stores.
@@ -112,13 +124,7 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
       tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
       for (int t = 0; t < kTiles; ++t) {
         const int tile = first + t * kLanes;
-        const Lanes peak = peaks[t];
-        Lanes total{};
-        for (int j = 0; j < kTokens; ++j) {  // its own pass: 8 % faster than inside the next loop, beside its FMAs
-          const Lanes p = exp2_nonpositive(load_lanes(pt[j] + tile) - peak);
-          store_lanes(pt[j] + tile, p);
-          total += p;
-        }
+        const Lanes total = exponentiate(pt, tile, peaks[t]);
         for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
         for (int j = 0; j < kTokens; ++j) {
           const Lanes p = load_lanes(pt[j] + tile);
@@ -203,13 +209,7 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
       tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
       for (int t = 0; t < kTiles; ++t) {
         const int tile = first + t * kLanes;
-        const Lanes peak = peaks[t];
-        Lanes total{};
-        for (int j = 0; j < kTokens; ++j) {
-          const Lanes p = exp2_nonpositive(load_lanes(pt[j] + tile) - peak);
-          store_lanes(pt[j] + tile, p);
-          total += p;
-        }
+        const Lanes total = exponentiate(pt, tile, peaks[t]);
         const Lanes inv_total = 1.0f / total;
         Lanes row_dot{};
         for (int j = 0; j < kTokens; ++j) {
