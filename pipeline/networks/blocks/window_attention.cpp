@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "lanes.h"
@@ -44,11 +45,24 @@ struct Inputs {
 
 constexpr int kTiles = 2;  // query tiles whose scores are formed together
 
-// Q^T of one (window, head) times score_scale, dim-major: a tile of queries is a register's load at qt[d] + tile.
+// cols[d][i] = mult from[i * row_stride + d * dim_stride] for the 64 tokens i of one (window, head): Q^T (times
+// score_scale) or dO^T, dim-major, so a tile of queries is a register's load at cols[d] + tile. Eight contiguous dims
+// go a tile at a time by dcif::load_rows8's shuffles instead of one float at a time.
 template <int DIM>
-inline void scaled_qt(const Inputs& in, const float* qw, float (&qt)[DIM][kTokens]) {
+inline void columns(const float* from, int64_t row_stride, int64_t dim_stride, float mult,
+                    float (&cols)[DIM][kTokens]) {
+  if constexpr (DIM == 8) {
+    if (dim_stride == 1) {
+      for (int tile = 0; tile < kTokens; tile += kLanes) {
+        Lanes col[8];
+        dcif::load_rows8(from + tile * row_stride, row_stride, col);
+        for (int d = 0; d < 8; ++d) store_lanes(cols[d] + tile, col[d] * mult);
+      }
+      return;
+    }
+  }
   for (int i = 0; i < kTokens; ++i) {
-    for (int d = 0; d < DIM; ++d) qt[d][i] = qw[i * in.qs[2] + d * in.qs[3]] * in.score_scale;
+    for (int d = 0; d < DIM; ++d) cols[d][i] = from[i * row_stride + d * dim_stride] * mult;
   }
 }
 
@@ -118,7 +132,7 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
     const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
     const float* bh = in.bias_t + h * kTokens * kTokens;
     const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
-    scaled_qt<DIM>(in, in.q + w * in.qs[0] + h * in.qs[1], qt);
+    columns<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qt);
     for (int first = 0; first < kTokens; first += kTiles * kLanes) {
       Lanes peaks[kTiles];
       tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
@@ -170,6 +184,20 @@ inline void key_blocks(const float (&at)[kTokens][kTokens], const float (&rows)[
   }
 }
 
+// rows[i][d] = mult from[i * row_stride + d * dim_stride]: the 64 tokens' rows of Q (times score_scale) or dO, padded
+// to kRowPad floats for key_blocks. Contiguous dims are a fixed-length copy the compiler vectorises.
+template <int DIM>
+inline void padded_rows(const float* from, int64_t row_stride, int64_t dim_stride, float mult,
+                        float (&rows)[kTokens][kRowPad]) {
+  const auto copy = [&](auto stride) {
+    for (int i = 0; i < kTokens; ++i) {
+      for (int d = 0; d < DIM; ++d) rows[i][d] = from[i * row_stride + d * stride] * mult;
+    }
+  };
+  if (dim_stride == 1) return copy(std::integral_constant<int64_t, 1>{});
+  copy(dim_stride);
+}
+
 // Where the backward writes dQ, dK, dV: (W, H, N, D) tensors of any strides (views of one Q/K/V gradient).
 struct Grads {
   float *dq, *dk, *dv;
@@ -195,15 +223,11 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
     const float* bh = in.bias_t + h * kTokens * kTokens;
     const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
     float* dbias_h = dbias_t + h * kTokens * kTokens;
-    scaled_qt<DIM>(in, in.q + w * in.qs[0] + h * in.qs[1], qt);
-    for (int i = 0; i < kTokens; ++i) {
-      const float* grow = grad + ((w * kTokens + i) * in.heads + h) * DIM;
-      for (int d = 0; d < DIM; ++d) {
-        got[d][i] = grow[d];
-        qrows[i][d] = qt[d][i];
-        grows[i][d] = grow[d];
-      }
-    }
+    const float* gw = grad + (w * kTokens * in.heads + h) * DIM;
+    columns<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qt);
+    columns<DIM>(gw, in.heads * DIM, 1, 1.0f, got);
+    padded_rows<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qrows);
+    padded_rows<DIM>(gw, in.heads * DIM, 1, 1.0f, grows);
     for (int first = 0; first < kTokens; first += kTiles * kLanes) {
       Lanes peaks[kTiles];
       tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
