@@ -119,6 +119,39 @@ inline void store_tile(const Lanes (&v)[DIM], float* out, int64_t row_stride, in
   }
 }
 
+// One (window, head)'s operands: Q, K, V at their strides, B^T of its head and its window's mask (or none).
+struct WindowHead {
+  int64_t window, head;
+  const float *q, *k, *v, *bias_t, *mask_t;
+};
+
+inline WindowHead window_head(const Inputs& in, int64_t pair) {
+  const int64_t w = pair / in.heads, h = pair % in.heads;
+  return {w,
+          h,
+          in.q + w * in.qs[0] + h * in.qs[1],
+          in.k + w * in.ks[0] + h * in.ks[1],
+          in.v + w * in.vs[0] + h * in.vs[1],
+          in.bias_t + h * kTokens * kTokens,
+          in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr};
+}
+
+// body(tile, total) for each tile of kLanes queries of one (window, head), its queries' softmax numerators
+// 2^(s - peak) in pt's columns tile ... and their sums in total: the forward's and the backward's common walk, kTiles
+// tiles' scores at a time.
+template <int DIM, typename Body>
+inline void over_tiles(const Inputs& in, const WindowHead& wh, const float (&qt)[DIM][kTokens],
+                       float (&pt)[kTokens][kTokens], Body&& body) {
+  for (int first = 0; first < kTokens; first += kTiles * kLanes) {
+    Lanes peaks[kTiles];
+    tile_scores<DIM>(in, wh.k, wh.bias_t, wh.mask_t, qt, first, pt, peaks);
+    for (int t = 0; t < kTiles; ++t) {
+      const int tile = first + t * kLanes;
+      body(tile, exponentiate(pt, tile, peaks[t]));
+    }
+  }
+}
+
 // One (window, head), kTiles tiles of kLanes queries at a time: the scores of all 64 keys, then per tile their softmax
 // and the weighted sum of V, so each query tile is read once and P^T never leaves L1.
 template <int DIM>
@@ -127,30 +160,20 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
   alignas(64) float pt[kTokens][kTokens];
   alignas(64) Lanes ot[DIM];
   for (int64_t pair = begin; pair < end; ++pair) {
-    const int64_t w = pair / in.heads, h = pair % in.heads;
-    const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
-    const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
-    const float* bh = in.bias_t + h * kTokens * kTokens;
-    const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
-    columns<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qt);
-    for (int first = 0; first < kTokens; first += kTiles * kLanes) {
-      Lanes peaks[kTiles];
-      tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
-      for (int t = 0; t < kTiles; ++t) {
-        const int tile = first + t * kLanes;
-        const Lanes total = exponentiate(pt, tile, peaks[t]);
-        for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
-        for (int j = 0; j < kTokens; ++j) {
-          const Lanes p = load_lanes(pt[j] + tile);
-          const float* value = vw + j * in.vs[2];
+    const WindowHead wh = window_head(in, pair);
+    columns<DIM>(wh.q, in.qs[2], in.qs[3], in.score_scale, qt);
+    over_tiles<DIM>(in, wh, qt, pt, [&](int tile, Lanes total) {
+      for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
+      for (int j = 0; j < kTokens; ++j) {
+        const Lanes p = load_lanes(pt[j] + tile);
+        const float* value = wh.v + j * in.vs[2];
 #pragma GCC unroll 16
-          for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
-        }
-        const Lanes inv_total = 1.0f / total;
-        for (int d = 0; d < DIM; ++d) ot[d] *= inv_total;
-        store_tile<DIM>(ot, out + ((w * kTokens + tile) * in.heads + h) * DIM, in.heads * DIM, 1);
+        for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
       }
-    }
+      const Lanes inv_total = 1.0f / total;
+      for (int d = 0; d < DIM; ++d) ot[d] *= inv_total;
+      store_tile<DIM>(ot, out + ((wh.window * kTokens + tile) * in.heads + wh.head) * DIM, in.heads * DIM, 1);
+    });
   }
 }
 
@@ -217,52 +240,41 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
   alignas(64) float qrows[kTokens][kRowPad] = {};  // score_scale Q
   alignas(64) float grows[kTokens][kRowPad] = {};  // dO
   for (int64_t pair = begin; pair < end; ++pair) {
-    const int64_t w = pair / in.heads, h = pair % in.heads;
-    const float* kw = in.k + w * in.ks[0] + h * in.ks[1];
-    const float* vw = in.v + w * in.vs[0] + h * in.vs[1];
-    const float* bh = in.bias_t + h * kTokens * kTokens;
-    const float* mw = in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr;
+    const WindowHead wh = window_head(in, pair);
+    const int64_t w = wh.window, h = wh.head;
     float* dbias_h = dbias_t + h * kTokens * kTokens;
     const float* gw = grad + (w * kTokens * in.heads + h) * DIM;
-    columns<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qt);
+    columns<DIM>(wh.q, in.qs[2], in.qs[3], in.score_scale, qt);
     columns<DIM>(gw, in.heads * DIM, 1, 1.0f, got);
-    padded_rows<DIM>(in.q + w * in.qs[0] + h * in.qs[1], in.qs[2], in.qs[3], in.score_scale, qrows);
+    padded_rows<DIM>(wh.q, in.qs[2], in.qs[3], in.score_scale, qrows);
     padded_rows<DIM>(gw, in.heads * DIM, 1, 1.0f, grows);
-    for (int first = 0; first < kTokens; first += kTiles * kLanes) {
-      Lanes peaks[kTiles];
-      tile_scores<DIM>(in, kw, bh, mw, qt, first, pt, peaks);
-      for (int t = 0; t < kTiles; ++t) {
-        const int tile = first + t * kLanes;
-        const Lanes total = exponentiate(pt, tile, peaks[t]);
-        const Lanes inv_total = 1.0f / total;
-        Lanes row_dot{};
-        for (int j = 0; j < kTokens; ++j) {
-          const Lanes p = load_lanes(pt[j] + tile) * inv_total;
-          const float* value = vw + j * in.vs[2];
-          Lanes dp{};
+    over_tiles<DIM>(in, wh, qt, pt, [&](int tile, Lanes total) {
+      const Lanes inv_total = 1.0f / total;
+      Lanes row_dot{};
+      for (int j = 0; j < kTokens; ++j) {
+        const Lanes p = load_lanes(pt[j] + tile) * inv_total;
+        const float* value = wh.v + j * in.vs[2];
+        Lanes dp{};
 #pragma GCC unroll 16
-          for (int d = 0; d < DIM; ++d) dp += value[d * in.vs[3]] * load_lanes(got[d] + tile);
-          store_lanes(pt[j] + tile, p);
-          store_lanes(dst[j] + tile, dp);
-          row_dot += dp * p;
-        }
-        Lanes dq[DIM] = {};
-        for (int j = 0; j < kTokens; ++j) {
-          const Lanes ds = load_lanes(pt[j] + tile) * (load_lanes(dst[j] + tile) - row_dot);
-          store_lanes(dst[j] + tile, ds);
-          store_lanes(dbias_h + j * kTokens + tile, load_lanes(dbias_h + j * kTokens + tile) + ds);
-          const float* key = kw + j * in.ks[2];
-#pragma GCC unroll 16
-          for (int d = 0; d < DIM; ++d) dq[d] += ds * key[d * in.ks[3]];
-        }
-        for (int d = 0; d < DIM; ++d) dq[d] *= in.scale;
-        store_tile<DIM>(dq, out.dq + w * out.qs[0] + h * out.qs[1] + tile * out.qs[2], out.qs[2], out.qs[3]);
+        for (int d = 0; d < DIM; ++d) dp += value[d * in.vs[3]] * load_lanes(got[d] + tile);
+        store_lanes(pt[j] + tile, p);
+        store_lanes(dst[j] + tile, dp);
+        row_dot += dp * p;
       }
-    }
-    float* dk_w = out.dk + w * out.ks[0] + h * out.ks[1];
-    float* dv_w = out.dv + w * out.vs[0] + h * out.vs[1];
-    key_blocks<DIM>(dst, qrows, kLn2, dk_w, out.ks[2], out.ks[3]);  // qrows carries log2 e
-    key_blocks<DIM>(pt, grows, 1.0f, dv_w, out.vs[2], out.vs[3]);
+      Lanes dq[DIM] = {};
+      for (int j = 0; j < kTokens; ++j) {
+        const Lanes ds = load_lanes(pt[j] + tile) * (load_lanes(dst[j] + tile) - row_dot);
+        store_lanes(dst[j] + tile, ds);
+        store_lanes(dbias_h + j * kTokens + tile, load_lanes(dbias_h + j * kTokens + tile) + ds);
+        const float* key = wh.k + j * in.ks[2];
+#pragma GCC unroll 16
+        for (int d = 0; d < DIM; ++d) dq[d] += ds * key[d * in.ks[3]];
+      }
+      for (int d = 0; d < DIM; ++d) dq[d] *= in.scale;
+      store_tile<DIM>(dq, out.dq + w * out.qs[0] + h * out.qs[1] + tile * out.qs[2], out.qs[2], out.qs[3]);
+    });
+    key_blocks<DIM>(dst, qrows, kLn2, out.dk + w * out.ks[0] + h * out.ks[1], out.ks[2], out.ks[3]);  // qrows: log2 e
+    key_blocks<DIM>(pt, grows, 1.0f, out.dv + w * out.vs[0] + h * out.vs[1], out.vs[2], out.vs[3]);
   }
 }
 
