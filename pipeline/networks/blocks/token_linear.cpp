@@ -128,15 +128,21 @@ torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor 
   const int64_t rows = x.size(0), depth = x.size(1), width = weight.size(0);
   check_rows(out, "out");
   TORCH_CHECK(out.size(0) == rows && out.size(1) == width, "out must be (rows, out_features)");
-  auto packed = weight.view({width / kPanel, kPanel, depth}).transpose(1, 2).contiguous();  // panel, k, 16
+  // panel p's row k (16 floats) at p * depth * kPanel + k * kPanel. Loops, not ATen's view, transpose and copy,
+  // whose dispatch cost several times the copy of these few kB on each of a forward's hundreds of calls.
+  std::vector<float> packed(width * depth);
+  const float* wp = weight.data_ptr<float>();
+  for (int64_t n = 0; n < width; ++n) {
+    for (int64_t k = 0; k < depth; ++k) packed[(n / kPanel * depth + k) * kPanel + n % kPanel] = wp[n * depth + k];
+  }
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   if (add.numel()) {
     check_rows(add, "add");
     TORCH_CHECK(add.sizes() == out.sizes(), "add must be (rows, out_features)");
-    rows_times<true>(x.data_ptr<float>(), rows, depth, packed.data_ptr<float>(), depth * kPanel, kPanel, width, bp,
+    rows_times<true>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
                      out.data_ptr<float>(), add.data_ptr<float>());
   } else {
-    rows_times<false>(x.data_ptr<float>(), rows, depth, packed.data_ptr<float>(), depth * kPanel, kPanel, width, bp,
+    rows_times<false>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
                       out.data_ptr<float>(), nullptr);
   }
   return out;

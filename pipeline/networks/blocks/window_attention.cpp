@@ -296,9 +296,21 @@ Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch:
                 static_cast<float>(scale), static_cast<float>(scale) * kLog2e};
 }
 
-// B^T in base-2 score units (see exp2_nonpositive).
+// B^T in base-2 score units (see exp2_nonpositive), read at the bias's own strides (it is a view of the gathered
+// table): loops, not ATen's scale, transpose and copy, whose dispatch outweighs these few kB on each call.
 torch::Tensor transposed(const torch::Tensor& square) {
-  return (square.to(at::kFloat) * kLog2e).transpose(1, 2).contiguous();
+  TORCH_CHECK(square.dim() == 3 && square.size(1) == square.size(2), "bias must be (H, N, N)");
+  const auto bias = square.to(at::kFloat);
+  auto out = torch::empty(bias.sizes(), bias.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto from = bias.accessor<float, 3>();
+  float* to = out.data_ptr<float>();
+  const int64_t n = bias.size(1);
+  for (int64_t h = 0; h < bias.size(0); ++h) {
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t i = 0; i < n; ++i) to[(h * n + j) * n + i] = from[h][i][j] * kLog2e;
+    }
+  }
+  return out;
 }
 
 // The shift mask is symmetric (token i sees token j iff both lie in one region), so it is its own transpose.
