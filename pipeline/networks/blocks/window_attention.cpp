@@ -10,7 +10,8 @@
 // The backward recomputes P (as flash attention does) two tiles at a time and forms dP, dS, the bias gradient and dQ
 // with the queries in lanes. dK = dS^T Q and dV = P^T dO then put a key's head dims in the lanes, four keys at a
 // time, broadcasting dS^T and P^T: 8-18 % faster in all than summing each (key, dim) over the queries across lanes,
-// whose operands did not fit in AVX2's registers. It accumulates the bias gradient per thread. The output is written as
+// whose operands did not fit in AVX2's registers; where a head's 8 dims fill half an AVX-512 register, it holds two
+// queries' (key_blocks). It accumulates the bias gradient per thread. The output is written as
 // (window, token, head, dim), the layout the output projection reads, and the gradients into the views the
 // caller gives. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
@@ -179,22 +180,43 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
 
 constexpr int kRowPad = 16;  // floats of the backward's padded Q and dO rows: head dims up to 16
 
+// Queries a register of key_blocks holds: two where a head's dims fill half of it (8 of AVX-512's 16 lanes), their
+// dims interleaved, so no lane is padding; else one.
+template <int DIM>
+constexpr int kQueriesPerRow = 2 * DIM == kLanes ? 2 : 1;
+
+// Q floats from `from`, repeated across a register: one broadcast load either way (vbroadcastss, vbroadcastsd).
+template <int Q>
+inline Lanes broadcast_run(const float* from) {
+  if constexpr (Q == 1) {
+    return Lanes{} + *from;
+  } else {
+    static_assert(Q == 2, "one or two floats a run");
+    typedef double Pairs __attribute__((vector_size(sizeof(Lanes))));
+    double pair;
+    std::memcpy(&pair, from, sizeof(pair));
+    return reinterpret_cast<Lanes>(Pairs{} + pair);
+  }
+}
+
 // out[j, d] = mult sum_i at[j][i] rows[i][d] for all 64 keys j: a key's dims in the lanes of V registers, KEYS keys
-// at a time (KEYS x V = 4 accumulators: more ran slower, as each needs a broadcast of at[j][i] per query).
+// at a time (KEYS x V = 4 accumulators: more ran slower, as each needs a broadcast of at[j][i] per query). With two
+// queries a register (see padded_rows), lane 2 d + q sums dim d over the queries i with i % 2 == q, the broadcast
+// taking at[j][i] and at[j][i + 1] together: half the FMAs and broadcasts at head size 8 on AVX-512.
 template <int DIM>
 inline void key_blocks(const float (&at)[kTokens][kTokens], const float (&rows)[kTokens][kRowPad], float mult,
                        float* out, int64_t key_stride, int64_t dim_stride) {
-  constexpr int V = (DIM + kLanes - 1) / kLanes, KEYS = 4 / V;
+  constexpr int Q = kQueriesPerRow<DIM>, V = (Q * DIM + kLanes - 1) / kLanes, KEYS = 4 / V;
   static_assert(V * kLanes <= kRowPad && kTokens % KEYS == 0, "rows must hold V registers; blocks must tile 64 keys");
   for (int j0 = 0; j0 < kTokens; j0 += KEYS) {
     Lanes acc[KEYS][V] = {};
-    for (int i = 0; i < kTokens; ++i) {
+    for (int i = 0; i < kTokens; i += Q) {
       Lanes r[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) r[v] = load_lanes(rows[i] + v * kLanes);
+      for (int v = 0; v < V; ++v) r[v] = load_lanes(rows[i / Q] + v * kLanes);
 #pragma GCC unroll 4
       for (int k = 0; k < KEYS; ++k) {
-        const float s = at[j0 + k][i];
+        const Lanes s = broadcast_run<Q>(at[j0 + k] + i);
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) acc[k][v] += s * r[v];
       }
@@ -202,19 +224,25 @@ inline void key_blocks(const float (&at)[kTokens][kTokens], const float (&rows)[
     for (int k = 0; k < KEYS; ++k) {
       alignas(64) float sums[V * kLanes];
       for (int v = 0; v < V; ++v) store_lanes(sums + v * kLanes, acc[k][v] * mult);
-      for (int d = 0; d < DIM; ++d) out[(j0 + k) * key_stride + d * dim_stride] = sums[d];
+      for (int d = 0; d < DIM; ++d) {
+        float total = 0.0f;
+        for (int q = 0; q < Q; ++q) total += sums[d * Q + q];
+        out[(j0 + k) * key_stride + d * dim_stride] = total;
+      }
     }
   }
 }
 
-// rows[i][d] = mult from[i * row_stride + d * dim_stride]: the 64 tokens' rows of Q (times score_scale) or dO, padded
-// to kRowPad floats for key_blocks. Contiguous dims are a fixed-length copy the compiler vectorises.
+// rows[i / Q][d Q + i % Q] = mult from[i * row_stride + d * dim_stride], Q = kQueriesPerRow: the 64 tokens' rows of Q
+// (times score_scale) or dO for key_blocks, padded to kRowPad floats, two queries' dims interleaved where a register
+// holds two. Contiguous dims are a fixed-length copy the compiler vectorises.
 template <int DIM>
 inline void padded_rows(const float* from, int64_t row_stride, int64_t dim_stride, float mult,
                         float (&rows)[kTokens][kRowPad]) {
+  constexpr int Q = kQueriesPerRow<DIM>;
   const auto copy = [&](auto stride) {
     for (int i = 0; i < kTokens; ++i) {
-      for (int d = 0; d < DIM; ++d) rows[i][d] = from[i * row_stride + d * stride] * mult;
+      for (int d = 0; d < DIM; ++d) rows[i / Q][d * Q + i % Q] = from[i * row_stride + d * stride] * mult;
     }
   };
   if (dim_stride == 1) return copy(std::integral_constant<int64_t, 1>{});
