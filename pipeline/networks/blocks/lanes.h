@@ -113,26 +113,42 @@ inline Lanes row_sums(const Lanes (&v)[kLanes]) {
 #endif
 }
 
+// Within each 128-bit lane, the 2 x 2 transpose of float pairs: lo gets pair 0 of a then of b, hi pair 1 of each.
+// Its own inverse, so it is the middle stage of store_rows8 and of load_rows8 alike.
+inline void swap_pairs(const Lanes& a, const Lanes& b, Lanes& lo, Lanes& hi) {
+#if defined(__AVX512F__)
+  lo = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+  hi = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+#else
+  lo = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+  hi = __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+#endif
+}
+
 // Eight columns to kLanes rows: col[d] holds dim d of kLanes rows (a row per lane), and row r's eight floats go to
 // out + r * row_stride. A transpose by shuffles (unpack pairs, then pairs of pairs, then 128-bit halves) in place of
 // kLanes x 8 single-float extracts and stores.
 inline void store_rows8(const Lanes (&col)[8], float* out, int64_t row_stride) {
-#if defined(__AVX512F__)
   Lanes pair[8], quad[8];
   for (int k = 0; k < 4; ++k) {
+#if defined(__AVX512F__)
     pair[2 * k] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12,
                                           28, 13, 29);
     pair[2 * k + 1] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27,
                                               14, 30, 15, 31);
+#else
+    pair[2 * k] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    pair[2 * k + 1] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+#endif
   }
-  for (int h = 0; h < 2; ++h) {  // dims 0-3, then 4-7; quad[4 h + m] holds them for rows m, 4 + m, 8 + m, 12 + m
-    const Lanes *lo = pair + 4 * h, *hi = pair + 4 * h + 2;
-    quad[4 * h] = __builtin_shufflevector(lo[0], hi[0], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-    quad[4 * h + 1] = __builtin_shufflevector(lo[0], hi[0], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-    quad[4 * h + 2] = __builtin_shufflevector(lo[1], hi[1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-    quad[4 * h + 3] = __builtin_shufflevector(lo[1], hi[1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  // dims 0-3, then 4-7: quad[4 h + m] holds them for rows m, 4 + m (and with AVX-512 8 + m, 12 + m)
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 2; ++s) {
+      swap_pairs(pair[4 * h + s], pair[4 * h + 2 + s], quad[4 * h + 2 * s], quad[4 * h + 2 * s + 1]);
+    }
   }
   for (int m = 0; m < 4; ++m) {
+#if defined(__AVX512F__)
     const Lanes first = __builtin_shufflevector(quad[m], quad[4 + m], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21,
                                                 22, 23);
     const Lanes second = __builtin_shufflevector(quad[m], quad[4 + m], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15,
@@ -141,25 +157,11 @@ inline void store_rows8(const Lanes (&col)[8], float* out, int64_t row_stride) {
     std::memcpy(out + (4 + m) * row_stride, reinterpret_cast<const float*>(&first) + 8, 8 * sizeof(float));
     std::memcpy(out + (8 + m) * row_stride, &second, 8 * sizeof(float));
     std::memcpy(out + (12 + m) * row_stride, reinterpret_cast<const float*>(&second) + 8, 8 * sizeof(float));
-  }
 #else
-  Lanes pair[8], quad[8];
-  for (int k = 0; k < 4; ++k) {
-    pair[2 * k] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    pair[2 * k + 1] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-  }
-  for (int h = 0; h < 2; ++h) {  // dims 0-3, then 4-7; quad[4 h + m] holds them for rows m and 4 + m
-    const Lanes *lo = pair + 4 * h, *hi = pair + 4 * h + 2;
-    quad[4 * h] = __builtin_shufflevector(lo[0], hi[0], 0, 1, 8, 9, 4, 5, 12, 13);
-    quad[4 * h + 1] = __builtin_shufflevector(lo[0], hi[0], 2, 3, 10, 11, 6, 7, 14, 15);
-    quad[4 * h + 2] = __builtin_shufflevector(lo[1], hi[1], 0, 1, 8, 9, 4, 5, 12, 13);
-    quad[4 * h + 3] = __builtin_shufflevector(lo[1], hi[1], 2, 3, 10, 11, 6, 7, 14, 15);
-  }
-  for (int m = 0; m < 4; ++m) {
     store_lanes(out + m * row_stride, __builtin_shufflevector(quad[m], quad[4 + m], 0, 1, 2, 3, 8, 9, 10, 11));
     store_lanes(out + (4 + m) * row_stride, __builtin_shufflevector(quad[m], quad[4 + m], 4, 5, 6, 7, 12, 13, 14, 15));
-  }
 #endif
+  }
 }
 
 // The inverse of store_rows8: kLanes rows of eight floats (row r at in + r * row_stride) to eight columns, col[d]
@@ -172,46 +174,36 @@ inline void load_rows8(const float* in, int64_t row_stride, Lanes (&col)[8]) {
     return x;
   };
   Lanes pair[8], quad[8];
-#if defined(__AVX512F__)
-  for (int m = 0; m < 4; ++m) {  // rows m, 4 + m, then 8 + m, 12 + m, side by side
+  for (int m = 0; m < 4; ++m) {
+#if defined(__AVX512F__)  // rows m, 4 + m, then 8 + m, 12 + m, side by side
     const Lanes first = __builtin_shufflevector(row(m), row(4 + m), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
                                                 15);
     const Lanes second = __builtin_shufflevector(row(8 + m), row(12 + m), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
                                                  13, 14, 15);
     quad[m] = __builtin_shufflevector(first, second, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
     quad[4 + m] = __builtin_shufflevector(first, second, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+#else
+    const Lanes first = row(m), second = row(4 + m);
+    quad[m] = __builtin_shufflevector(first, second, 0, 1, 2, 3, 8, 9, 10, 11);
+    quad[4 + m] = __builtin_shufflevector(first, second, 4, 5, 6, 7, 12, 13, 14, 15);
+#endif
   }
   for (int h = 0; h < 2; ++h) {
     for (int s = 0; s < 2; ++s) {
-      const Lanes &a = quad[4 * h + 2 * s], &b = quad[4 * h + 2 * s + 1];
-      pair[4 * h + s] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-      pair[4 * h + 2 + s] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+      swap_pairs(quad[4 * h + 2 * s], quad[4 * h + 2 * s + 1], pair[4 * h + s], pair[4 * h + 2 + s]);
     }
   }
   for (int k = 0; k < 4; ++k) {
+#if defined(__AVX512F__)
     col[2 * k] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12,
                                          14, 28, 30);
     col[2 * k + 1] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27,
                                              13, 15, 29, 31);
-  }
 #else
-  for (int m = 0; m < 4; ++m) {
-    const Lanes first = row(m), second = row(4 + m);
-    quad[m] = __builtin_shufflevector(first, second, 0, 1, 2, 3, 8, 9, 10, 11);
-    quad[4 + m] = __builtin_shufflevector(first, second, 4, 5, 6, 7, 12, 13, 14, 15);
-  }
-  for (int h = 0; h < 2; ++h) {
-    for (int s = 0; s < 2; ++s) {
-      const Lanes &a = quad[4 * h + 2 * s], &b = quad[4 * h + 2 * s + 1];
-      pair[4 * h + s] = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
-      pair[4 * h + 2 + s] = __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-  }
-  for (int k = 0; k < 4; ++k) {
     col[2 * k] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 0, 2, 8, 10, 4, 6, 12, 14);
     col[2 * k + 1] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 1, 3, 9, 11, 5, 7, 13, 15);
-  }
 #endif
+  }
 }
 
 }  // namespace dcif
