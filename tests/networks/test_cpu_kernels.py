@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from monai.networks.blocks import MLPBlock
+
 from pipeline.networks import DCIFGAN
 from pipeline.networks.blocks import cpu_kernels
 from pipeline.networks.blocks.cross_modal import CrossModalBlock
@@ -405,6 +407,81 @@ def test_token_linear_refuses_what_it_was_not_built_for(kernel) -> None:
         found.token_linear(x, weight, torch.empty(0), torch.empty(8, 48), torch.randn(8, 32))
     with pytest.raises(RuntimeError, match="grad must be"):
         found.token_linear_backward(x, weight, torch.randn(8, 47), True)
+
+
+def _pre_norm_layers(channels: int, hidden: int) -> tuple[torch.nn.LayerNorm, torch.nn.Linear, MLPBlock]:
+    """A block's LayerNorm (random affine), a projection and a GELU feed-forward, as the Swin blocks hold them."""
+    norm = cpu_kernels.TokenLayerNorm(channels)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    return norm, torch.nn.Linear(channels, 3 * channels), MLPBlock(channels, hidden, act="GELU", dropout_mode="swin")
+
+
+@pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
+def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidden: int) -> None:
+    """LN then projection, and the feed-forward added in place, against ATen's ops: row counts past the last whole
+    block of 48 rows, a partial first block, exactly one block."""
+    torch.manual_seed(rows)
+    found = cpu_kernels.cpu_kernel()
+    norm, linear, mlp = _pre_norm_layers(channels, hidden)
+    x = torch.randn(rows, channels) * 3 + 1
+    with torch.inference_mode():
+        normed = F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps)
+        expected_projection, expected_sum = linear(normed), x + mlp(normed)
+        projection = found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+        assert (projection - expected_projection).abs().max() < 1e-5
+        summed = x.clone()
+        out = found.feed_forward_(summed, norm.weight, norm.bias, norm.eps, mlp.linear1.weight, mlp.linear1.bias,
+                                  mlp.linear2.weight, mlp.linear2.bias)
+        assert out.data_ptr() == summed.data_ptr()
+        assert (summed - expected_sum).abs().max() < 1e-5
+
+
+def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> None:
+    """In inference a block's LayerNorms, projection and feed-forward are two fused calls; under autograd they are the
+    separate kernels, and widths the kernels do not take (60) run ATen's ops with the same numbers."""
+    calls = []
+    real = cpu_kernels.cpu_kernel()
+
+    class Counting:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(cpu_kernels, "cpu_kernel", lambda: Counting())
+    from pipeline.networks.blocks.swin import SwinBlock
+
+    block = SwinBlock(16, 2, 8, shifted=False, mlp_ratio=2.0)
+    tokens = torch.randn(128, 16)
+    with torch.inference_mode():
+        block.step(tokens.clone(), block.attn.position_bias(64), None, 64)
+    assert sorted(set(calls)) == ["feed_forward_", "norm_linear", "token_linear", "window_attention"]
+    calls.clear()
+    block.step(tokens, block.attn.position_bias(64), None, 64)
+    assert "norm_linear" not in calls and "feed_forward_" not in calls and "layer_norm" in calls
+    norm, linear, mlp = _pre_norm_layers(60, 120)
+    x = torch.randn(50, 60)
+    with torch.inference_mode():
+        assert torch.equal(cpu_kernels.norm_linear(x, norm, linear), linear(norm(x)))
+        assert (cpu_kernels.feed_forward_(x.clone(), norm, mlp) - (x + mlp(norm(x)))).abs().max() < 1e-5
+    assert "norm_linear" not in calls and "feed_forward_" not in calls
+
+
+def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> None:
+    found = cpu_kernels.cpu_kernel()
+    norm, linear, mlp = _pre_norm_layers(32, 64)
+    x = torch.randn(8, 32)
+    w1, b1, w2, b2 = mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tokens"):
+        found.norm_linear(torch.randn(32, 8).t(), norm.weight, norm.bias, 1e-5, linear.weight, linear.bias)
+    with pytest.raises(RuntimeError, match="multiples of 16"):
+        found.norm_linear(x, norm.weight, norm.bias, 1e-5, torch.randn(20, 32), torch.randn(20))
+    with pytest.raises(RuntimeError, match="must be contiguous float32 of 96 values"):
+        found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95))
+    with pytest.raises(RuntimeError, match="norm_weight must be contiguous float32 of 32 values"):
+        found.feed_forward_(x, torch.randn(16), norm.bias, 1e-5, w1, b1, w2, b2)
+    with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
+        found.feed_forward_(x, norm.weight, norm.bias, 1e-5, w1, b1, w2.t(), b2)
 
 
 def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:

@@ -1,5 +1,5 @@
-// The Python module of the CPU kernels (window_attention.cpp, layer_norm.cpp, gelu.cpp, token_linear.cpp), built by
-// cpu_kernels.py.
+// The Python module of the CPU kernels (window_attention.cpp, layer_norm.cpp, gelu.cpp, token_linear.cpp,
+// feed_forward.cpp), built by cpu_kernels.py.
 #include <torch/extension.h>
 #include <vector>
 
@@ -19,6 +19,10 @@ torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor 
                            torch::Tensor add);
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
+torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
+                          torch::Tensor weight, torch::Tensor bias);
+torch::Tensor feed_forward_(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
+                            torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
@@ -29,5 +33,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gelu", &gelu, "GELU (erf form) of (rows, C) x + bias into out, which may be x");
   m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
+  m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
+  m.def("feed_forward_", &feed_forward_, "x += W2 GELU(W1 LN(x) + b1) + b2 of (rows, C) tokens in place, fused");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

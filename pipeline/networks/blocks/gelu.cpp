@@ -8,55 +8,23 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 
-#include "lanes.h"
+#include "gelu.h"
 
 namespace {
 
 using dcif::exp2_nonpositive;
+using dcif::kGeluGroup;
 using dcif::kLanes;
 using dcif::kLog2e;
 using dcif::Lanes;
 
 constexpr int64_t kGrain = 4096;  // vectors per task
-constexpr int kGroup = 4;  // vectors evaluated side by side
-constexpr float kSqrtHalf = 0.707106781186547524f;
 constexpr float kInvSqrt2Pi = 0.398942280401432678f;
-
-// erf(z) of N vectors in place, as z P(z^2) / Q(z^2) with z clamped to [-4, 4], beyond which erf is +-1 in float32:
-// a least-squares fit of ours on Chebyshev nodes of [0, 4], reweighted towards its largest errors; absolute error
-// 4e-7 evaluated in float32. Each step runs on all N vectors before the next, so the core overlaps N chains of
-// dependent FMAs: with GELU as x Phi(x), the forward ran 1.3x and the backward 1.05x as fast as one vector at a time
-// (AVX2 EPYC, 4 vectors).
-template <int N>
-inline void erf_lanes(Lanes (&z)[N]) {
-  Lanes u[N], p[N], q[N];
-  for (int k = 0; k < N; ++k) {
-    z[k] = z[k] < 4.0f ? z[k] : Lanes{} + 4.0f;
-    z[k] = z[k] > -4.0f ? z[k] : Lanes{} - 4.0f;
-    u[k] = z[k] * z[k];
-    p[k] = u[k] * 1.9217228697243627e-08f - 1.990346845559543e-06f;
-    q[k] = u[k] * 1.0980830993503332e-03f + 1.5551447868347168e-02f;
-  }
-  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.5554156561847776e-04f, q[k] = q[k] * u[k] + 1.2080131471157074e-01f;
-  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 4.293232690542936e-03f, q[k] = q[k] * u[k] + 5.229347944259644e-01f;
-  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 5.243401974439621e-02f, q[k] = q[k] * u[k] + 1.0f;
-  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 2.1394877135753632e-01f;
-  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.1283786296844482f;
-  for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] / q[k];
-}
-
-// Phi(x) = (1 + erf(x / sqrt 2)) / 2 of N vectors: the costly part of GELU(x) = x Phi(x) and of its slope.
-template <int N>
-inline void normal_cdf_lanes(const Lanes (&x)[N], Lanes (&cdf)[N]) {
-  for (int k = 0; k < N; ++k) cdf[k] = x[k] * kSqrtHalf;
-  erf_lanes(cdf);
-  for (int k = 0; k < N; ++k) cdf[k] = 0.5f + 0.5f * cdf[k];
-}
 
 // f.template operator()<N>(at, count, channel) on the kLanes-float vectors of (rows, C) floats: N vectors from float
 // offset at, each of count floats (kLanes, or fewer for a row's last partial vector), the first at channel `channel`
 // of its row (tracked here, not divided out of at by each call: that cost a biased GELU 7 %). Where C is a multiple
-// of kLanes the rows are one run of whole vectors, taken kGroup at a time; otherwise each row one vector at a time.
+// of kLanes the rows are one run of whole vectors, taken kGeluGroup at a time; otherwise each row one vector at a time.
 template <typename F>
 void over_vectors(int64_t rows, int64_t channels, F&& f) {
   if (channels % kLanes == 0) {
@@ -64,9 +32,9 @@ void over_vectors(int64_t rows, int64_t channels, F&& f) {
       const dcif::FlushDenormals flush;  // the slope's density underflows to 2^-126 for |x| > 13
       int64_t v = begin;
       int64_t channel = v * kLanes % channels;
-      for (; v + kGroup <= end; v += kGroup) {
-        f.template operator()<kGroup>(v * kLanes, kLanes, channel);
-        channel = (channel + kGroup * kLanes) % channels;
+      for (; v + kGeluGroup <= end; v += kGeluGroup) {
+        f.template operator()<kGeluGroup>(v * kLanes, kLanes, channel);
+        channel = (channel + kGeluGroup * kLanes) % channels;
       }
       for (; v < end; ++v, channel = (channel + kLanes) % channels) f.template operator()<1>(v * kLanes, kLanes, channel);
     });
@@ -120,9 +88,8 @@ torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out) {
       if (bp) v[k] += load_part(bp + channel, count);
       channel = channel + kLanes == channels ? 0 : channel + kLanes;
     }
-    Lanes cdf[N];
-    normal_cdf_lanes(v, cdf);
-    for (int k = 0; k < N; ++k) store_part(op + at + k * kLanes, v[k] * cdf[k], count);
+    dcif::gelu_lanes(v);
+    for (int k = 0; k < N; ++k) store_part(op + at + k * kLanes, v[k], count);
   });
   return out;
 }
@@ -140,7 +107,7 @@ torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad) {
     for (int k = 0; k < N; ++k) v[k] = load_part(xp + at + k * kLanes, count);
     Lanes cdf[N], density[N];  // d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
     for (int k = 0; k < N; ++k) density[k] = exp2_nonpositive(v[k] * v[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
-    normal_cdf_lanes(v, cdf);
+    dcif::normal_cdf_lanes(v, cdf);
     for (int k = 0; k < N; ++k) {
       store_part(dp + at + k * kLanes, load_part(gp + at + k * kLanes, count) * (cdf[k] + v[k] * density[k]), count);
     }

@@ -24,8 +24,10 @@ from torch import nn
 from pipeline.networks.blocks.cpu_kernels import (
     TokenLayerNorm,
     add_linear_,
+    feed_forward_,
     kernel_applies,
     linear_gelu,
+    norm_linear,
     split_projections,
     token_linear,
     window_attention,
@@ -70,17 +72,15 @@ class ChunkedWindowAttention(WindowAttention):
         table = self.relative_position_bias_table[index]
         return table.view(window_tokens, window_tokens, self.num_heads).permute(2, 0, 1)
 
-    def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
-        """Q, K, V of tokens ``x`` (windows * N, C) as one (windows, N, 3, heads, head_dim) view."""
-        dim = x.shape[-1]
-        qkv = self.qkv(x) if torch.jit.is_scripting() else token_linear(x, self.qkv)
-        return qkv.view(-1, window_tokens, 3, self.num_heads, dim // self.num_heads)
+    def heads(self, qkv: torch.Tensor, window_tokens: int) -> torch.Tensor:
+        """The Q, K, V projection ``qkv`` (windows * N, 3 C) of tokens as one (windows, N, 3, heads, head_dim) view."""
+        return qkv.view(-1, window_tokens, 3, self.num_heads, qkv.shape[-1] // (3 * self.num_heads))
 
     def attend(self, queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d) + B [+ mask]) V as tokens (windows * N, C), before the output projection
         ``proj``, which the block folds into its residual (see :meth:`SwinBlock.residuals`). Q comes from the
-        projection ``queries``, K and V from ``keys_values`` (the same one in self-attention; see :meth:`project`).
+        projection ``queries``, K and V from ``keys_values`` (the same one in self-attention; see :meth:`heads`).
 
         On the CPU, the kernel of :mod:`~pipeline.networks.blocks.cpu_kernels` where it applies;
         elsewhere SDPA. Where the CPU kernel cannot be built and autograd is on, the learned bias B
@@ -121,7 +121,11 @@ class SwinBlock(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
     def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
-        return self.attn.project(self.norm1(x), window_tokens)
+        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`): one fused kernel on the CPU in
+        inference (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`)."""
+        if torch.jit.is_scripting():
+            return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens)
+        return self.attn.heads(norm_linear(x, self.norm1, self.attn.qkv), window_tokens)
 
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
@@ -129,8 +133,9 @@ class SwinBlock(nn.Module):
         The linear layers run by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` where it applies. Without
         autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both residuals go
         into ``x`` itself, the block's own tokens: each output projection (``proj``, the MLP's ``linear2``) adds its
-        product and bias into them (:func:`~pipeline.networks.blocks.cpu_kernels.add_linear_`), so no projected copy
-        is made (at 16-32 channels such copies cost what the products do).
+        product and bias into them (:func:`~pipeline.networks.blocks.cpu_kernels.add_linear_`, and the feed-forward
+        as a whole with its LayerNorm in :func:`~pipeline.networks.blocks.cpu_kernels.feed_forward_`), so no
+        projected copy is made (at 16-32 channels such copies cost what the products do).
         """
         if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
@@ -139,7 +144,7 @@ class SwinBlock(nn.Module):
             x = token_linear(attended, self.attn.proj, residual=x)
             return token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2, residual=x)
         add_linear_(x, attended, self.attn.proj)
-        return add_linear_(x, linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2)
+        return feed_forward_(x, self.norm2, self.mlp)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""

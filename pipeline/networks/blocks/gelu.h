@@ -1,0 +1,68 @@
+// The GELU kernel's Phi(x) (gelu.cpp), shared with the fused feed-forward (feed_forward.cpp).
+#pragma once
+#include <cstdint>
+
+#include "lanes.h"
+
+namespace dcif {
+
+constexpr float kSqrtHalf = 0.707106781186547524f;
+
+// erf(z) of N vectors in place, as z P(z^2) / Q(z^2) with z clamped to [-4, 4], beyond which erf is +-1 in float32:
+// a least-squares fit of ours on Chebyshev nodes of [0, 4], reweighted towards its largest errors; absolute error
+// 4e-7 evaluated in float32. Each step runs on all N vectors before the next, so the core overlaps N chains of
+// dependent FMAs: with GELU as x Phi(x), the forward ran 1.3x and the backward 1.05x as fast as one vector at a time
+// (AVX2 EPYC, 4 vectors).
+template <int N>
+inline void erf_lanes(Lanes (&z)[N]) {
+  Lanes u[N], p[N], q[N];
+  for (int k = 0; k < N; ++k) {
+    z[k] = z[k] < 4.0f ? z[k] : Lanes{} + 4.0f;
+    z[k] = z[k] > -4.0f ? z[k] : Lanes{} - 4.0f;
+    u[k] = z[k] * z[k];
+    p[k] = u[k] * 1.9217228697243627e-08f - 1.990346845559543e-06f;
+    q[k] = u[k] * 1.0980830993503332e-03f + 1.5551447868347168e-02f;
+  }
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.5554156561847776e-04f, q[k] = q[k] * u[k] + 1.2080131471157074e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 4.293232690542936e-03f, q[k] = q[k] * u[k] + 5.229347944259644e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 5.243401974439621e-02f, q[k] = q[k] * u[k] + 1.0f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 2.1394877135753632e-01f;
+  for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.1283786296844482f;
+  for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] * dcif::reciprocal(q[k]);
+}
+
+// Phi(x) = (1 + erf(x / sqrt 2)) / 2 of N vectors: the costly part of GELU(x) = x Phi(x) and of its slope.
+template <int N>
+inline void normal_cdf_lanes(const Lanes (&x)[N], Lanes (&cdf)[N]) {
+  for (int k = 0; k < N; ++k) cdf[k] = x[k] * kSqrtHalf;
+  erf_lanes(cdf);
+  for (int k = 0; k < N; ++k) cdf[k] = 0.5f + 0.5f * cdf[k];
+}
+
+constexpr int kGeluGroup = 4;  // vectors evaluated side by side (see erf_lanes)
+
+// GELU(x) = x Phi(x) of N vectors in place.
+template <int N>
+inline void gelu_lanes(Lanes (&x)[N]) {
+  Lanes cdf[N];
+  normal_cdf_lanes(x, cdf);
+  for (int k = 0; k < N; ++k) x[k] *= cdf[k];
+}
+
+// GELU of N vectors from x in place.
+template <int N>
+inline void gelu_vectors(float* x) {
+  Lanes v[N];
+  for (int k = 0; k < N; ++k) v[k] = load_lanes(x + k * kLanes);
+  gelu_lanes(v);
+  for (int k = 0; k < N; ++k) store_lanes(x + k * kLanes, v[k]);
+}
+
+// GELU of x[0:count] in place, count a multiple of kLanes.
+inline void gelu_in_place(float* x, int64_t count) {
+  int64_t at = 0;
+  for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) gelu_vectors<kGeluGroup>(x + at);
+  for (; at < count; at += kLanes) gelu_vectors<1>(x + at);
+}
+
+}  // namespace dcif
