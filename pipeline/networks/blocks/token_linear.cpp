@@ -117,7 +117,7 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
           const int tile_rows = static_cast<int>(std::min<int64_t>(kRows, width - n));
           for (int64_t p = 0; p < depth / kPanel; ++p) {
             float* dw_tile = dw + n * depth + p * kPanel;
-            edge_tile<true>(tile_rows, gp + m * width + n, 1, width, xp + m * depth + p * kPanel, depth, count,
+            edge_tile<true>(tile_rows, gp + m * width + n, 1, width, xp + m * depth + p * kPanel, 0, depth, count,
                             dw_tile, depth, nullptr, dw_tile);
           }
         }

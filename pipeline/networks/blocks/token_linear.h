@@ -16,58 +16,71 @@ constexpr int kVecs = kPanel / kLanes;    // registers per tile row: 2 with AVX2
 // the layers' backward 4-5 % slower, 24 rows 7 %.
 constexpr int kRows = kVecs == 1 ? 8 : 6;
 
-// C[r, 0:16] = init[r] + sum_k A(r, k) B(k, 0:16) for r < R, where A(r, k) = a[r * a_row + k * a_k] and
-// B(k, :) = b + k * b_row. init is the bias (or zero), plus the rows of add (a residual, or C itself) when
-// ACCUMULATE.
-template <int R, bool ACCUMULATE>
-inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row, int64_t depth, float* c,
-                 int64_t c_row, const float* bias, const float* add) {
-  Lanes acc[R][kVecs];
+// C[r, 0:16 P] = init[r] + sum_k A(r, k) B(k, 0:16 P) for r < R, where A(r, k) = a[r * a_row + k * a_k] and the
+// 16 columns of panel p of B(k, :) are at b + p * b_panel + k * b_row. init is the bias (or zero), plus the rows of
+// add (a residual, or C itself) when ACCUMULATE.
+template <int R, bool ACCUMULATE, int P = 1>
+inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_panel, int64_t b_row,
+                 int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
+  constexpr int V = P * kVecs;  // registers per tile row; the columns of register j at j * kLanes
+  Lanes acc[R][V];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-    for (int v = 0; v < kVecs; ++v) {
-      acc[r][v] = bias ? load_lanes(bias + v * kLanes) : Lanes{};
-      if (ACCUMULATE) acc[r][v] += load_lanes(add + r * c_row + v * kLanes);
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) {
+      acc[r][j] = bias ? load_lanes(bias + j * kLanes) : Lanes{};
+      if (ACCUMULATE) acc[r][j] += load_lanes(add + r * c_row + j * kLanes);
     }
   }
   for (int64_t k = 0; k < depth; ++k) {
-    Lanes row[kVecs];
-#pragma GCC unroll 2
-    for (int v = 0; v < kVecs; ++v) row[v] = load_lanes(b + k * b_row + v * kLanes);
+    Lanes row[V];
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) row[j] = load_lanes(b + j / kVecs * b_panel + k * b_row + j % kVecs * kLanes);
     const float* ak = a + k * a_k;
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
       const float s = ak[r * a_row];
-#pragma GCC unroll 2
-      for (int v = 0; v < kVecs; ++v) acc[r][v] += s * row[v];
+#pragma GCC unroll 4
+      for (int j = 0; j < V; ++j) acc[r][j] += s * row[j];
     }
   }
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-    for (int v = 0; v < kVecs; ++v) store_lanes(c + r * c_row + v * kLanes, acc[r][v]);
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) store_lanes(c + r * c_row + j * kLanes, acc[r][j]);
   }
 }
 
-// tile<R> for the R = rows (1 to kRows) left at an edge.
-template <bool ACCUMULATE, int R = kRows>
-inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_row,
-                      int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
+// tile<R, ACCUMULATE, P> for the R = rows (1 to kRows) left at an edge.
+template <bool ACCUMULATE, int P = 1, int R = kRows>
+inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_panel,
+                      int64_t b_row, int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
   if constexpr (R > 1) {
-    if (rows < R) return edge_tile<ACCUMULATE, R - 1>(rows, a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
+    if (rows < R) {
+      return edge_tile<ACCUMULATE, P, R - 1>(rows, a, a_row, a_k, b, b_panel, b_row, depth, c, c_row, bias, add);
+    }
   }
-  tile<R, ACCUMULATE>(a, a_row, a_k, b, b_row, depth, c, c_row, bias, add);
+  tile<R, ACCUMULATE, P>(a, a_row, a_k, b, b_panel, b_row, depth, c, c_row, bias, add);
 }
+
+// Panels a tile takes at once: two with AVX-512 (16 accumulators of 32 registers; each broadcast of A serves two
+// FMAs), one with AVX2, whose 6 x 2 accumulators already fill most of its 16 registers.
+constexpr int kPanels = kVecs == 1 ? 2 : 1;
 
 // out[r, :] = a[r, :] B + bias [+ add[r, :]] for the rows r < count (at most kRows) of a (depth floats a row), out
 // and add (width floats a row), B given as panels: panel p's row k at b + p * b_panel + k * b_row.
 template <bool ACCUMULATE>
 inline void row_tile(int count, const float* a, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
                      int64_t width, const float* bias, float* out, const float* add) {
-  for (int64_t p = 0; p < width / kPanel; ++p) {
-    edge_tile<ACCUMULATE>(count, a, depth, 1, b + p * b_panel, b_row, depth, out + p * kPanel, width,
-                          bias ? bias + p * kPanel : nullptr, add ? add + p * kPanel : nullptr);
+  for (int64_t p = 0; p < width / kPanel; p += kPanels) {
+    const int64_t o = p * kPanel;
+    if (p + kPanels <= width / kPanel) {
+      edge_tile<ACCUMULATE, kPanels>(count, a, depth, 1, b + p * b_panel, b_panel, b_row, depth, out + o, width,
+                                     bias ? bias + o : nullptr, add ? add + o : nullptr);
+    } else {
+      edge_tile<ACCUMULATE, 1>(count, a, depth, 1, b + p * b_panel, b_panel, b_row, depth, out + o, width,
+                               bias ? bias + o : nullptr, add ? add + o : nullptr);
+    }
   }
 }
 
