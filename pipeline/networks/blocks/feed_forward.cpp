@@ -48,8 +48,9 @@ template <bool ACCUMULATE>
 void rows_times(int64_t count, const float* a, int64_t depth, const float* packed, int64_t width, const float* bias,
                 float* out) {
   for (int64_t t = 0; t < count; t += kRows) {
-    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, packed,
-                         depth * kPanel, kPanel, width, bias, out + t * width, ACCUMULATE ? out + t * width : nullptr);
+    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, 1, depth,
+                         packed, depth * kPanel, kPanel, width, bias, out + t * width,
+                         ACCUMULATE ? out + t * width : nullptr);
   }
 }
 

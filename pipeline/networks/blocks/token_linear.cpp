@@ -20,7 +20,6 @@
 
 namespace {
 
-using dcif::edge_tile;
 using dcif::kLanes;
 using dcif::kPanel;
 using dcif::kRows;
@@ -38,8 +37,8 @@ void rows_times(const float* a, int64_t rows, int64_t depth, const float* b, int
   at::parallel_for(0, tiles, 64, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       const int64_t m = t * kRows;
-      row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, rows - m)), a + m * depth, depth, b, b_panel,
-                           b_row, width, bias, out + m * width, add ? add + m * width : nullptr);
+      row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, rows - m)), a + m * depth, depth, 1, depth, b,
+                           b_panel, b_row, width, bias, out + m * width, add ? add + m * width : nullptr);
     }
   });
 }
@@ -110,16 +109,12 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
       for (int64_t block = part * per_part; block < std::min(blocks, (part + 1) * per_part); ++block) {
         const int64_t m = block * kBlock, count = std::min(kBlock, rows - m);
         for (int64_t t = m; dxp && t < m + count; t += kRows) {
-          row_tile<false>(static_cast<int>(std::min<int64_t>(kRows, m + count - t)), gp + t * width, width, wp, kPanel,
-                          depth, depth, nullptr, dxp + t * depth, nullptr);
+          row_tile<false>(static_cast<int>(std::min<int64_t>(kRows, m + count - t)), gp + t * width, width, 1, width,
+                          wp, kPanel, depth, depth, nullptr, dxp + t * depth, nullptr);
         }
         for (int64_t n = 0; n < width; n += kRows) {
-          const int tile_rows = static_cast<int>(std::min<int64_t>(kRows, width - n));
-          for (int64_t p = 0; p < depth / kPanel; ++p) {
-            float* dw_tile = dw + n * depth + p * kPanel;
-            edge_tile<true>(tile_rows, gp + m * width + n, 1, width, xp + m * depth + p * kPanel, 0, depth, count,
-                            dw_tile, depth, nullptr, dw_tile);
-          }
+          row_tile<true>(static_cast<int>(std::min<int64_t>(kRows, width - n)), gp + m * width + n, 1, width, count,
+                         xp + m * depth, kPanel, depth, depth, nullptr, dw + n * depth, dw + n * depth);
         }
         for (int64_t k = 0; k < count; ++k) {  // db: the block's rows of dY, still in L2
           const float* row = gp + (m + k) * width;

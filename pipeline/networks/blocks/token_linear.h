@@ -67,18 +67,19 @@ inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, cons
 // FMAs), one with AVX2, whose 6 x 2 accumulators already fill most of its 16 registers.
 constexpr int kPanels = kVecs == 1 ? 2 : 1;
 
-// out[r, :] = a[r, :] B + bias [+ add[r, :]] for the rows r < count (at most kRows) of a (depth floats a row), out
-// and add (width floats a row), B given as panels: panel p's row k at b + p * b_panel + k * b_row.
+// out[r, :] = sum_k A(r, k) B(k, :) + bias [+ add[r, :]] for the rows r < count (at most kRows), A(r, k) at
+// a[r * a_row + k * a_k] for k < depth, out and add width floats a row, B given as panels: panel p's row k at
+// b + p * b_panel + k * b_row.
 template <bool ACCUMULATE>
-inline void row_tile(int count, const float* a, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
-                     int64_t width, const float* bias, float* out, const float* add) {
+inline void row_tile(int count, const float* a, int64_t a_row, int64_t a_k, int64_t depth, const float* b,
+                     int64_t b_panel, int64_t b_row, int64_t width, const float* bias, float* out, const float* add) {
   for (int64_t p = 0; p < width / kPanel; p += kPanels) {
     const int64_t o = p * kPanel;
     if (p + kPanels <= width / kPanel) {
-      edge_tile<ACCUMULATE, kPanels>(count, a, depth, 1, b + p * b_panel, b_panel, b_row, depth, out + o, width,
+      edge_tile<ACCUMULATE, kPanels>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, width,
                                      bias ? bias + o : nullptr, add ? add + o : nullptr);
     } else {
-      edge_tile<ACCUMULATE, 1>(count, a, depth, 1, b + p * b_panel, b_panel, b_row, depth, out + o, width,
+      edge_tile<ACCUMULATE, 1>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, width,
                                bias ? bias + o : nullptr, add ? add + o : nullptr);
     }
   }
