@@ -1,15 +1,16 @@
-// The Swin blocks' linear layers on (tokens, C) rows on the CPU, forward and backward: Y = X W^T + b, dX = dY W,
-// dW = dY^T X, db = column sums of dY. At 16-96 channels a layer is a GEMM tens of thousands of rows tall and a few
-// dozen wide, a shape MKL's sgemm runs at 20-45 GFLOP/s on a 2-core AVX2 machine whose large square sgemm reaches
-// 65: its blocking is made for large K. Here a register tile of rows x 16 columns (6 rows of two AVX2 registers, or
-// 8 rows of one AVX-512 register: lanes.h) runs the whole contraction with its 16-column panel of the small operand
-// in L1 and writes each output once, bias included: 50-53 GFLOP/s into new tensors on that machine (55-68 into reused
-// ones), forward 1.2-1.5x and backward 1.25-2x MKL's. On a Xeon with AVX-512 the one-register rows ran the layers
-// 1.24x faster forward and 1.27x backward than two 8-float halves. One tile routine serves all three products through
-// strides. The backward walks blocks of rows that stay in L2, forming a block's rows of dX and then its share of dW
-// and db, each thread into its own copy of those, added at the end: dY is read from memory once (8-13 % faster than a
-// dX pass over all rows before the dW pass). Columns come 16 at a time, so the kernel takes layers whose widths are
-// multiples of 16 and cpu_kernels.py leaves others to ATen. Compiled at first use by cpu_kernels.py.
+// The Swin blocks' linear layers on (tokens, C) rows on the CPU, forward and backward: Y = X W^T + b, dX = dY W, dW =
+// dY^T X, db = column sums of dY. At 16-96 channels a layer is a GEMM tens of thousands of rows tall and a few dozen
+// wide, a shape MKL's sgemm runs at 20-45 GFLOP/s on a 2-core AVX2 machine whose large square sgemm reaches 65: its
+// blocking is made for large K. Here a register tile of rows x 16 columns (6 rows of two AVX2 registers, or 8 rows of
+// one AVX-512 register: lanes.h) runs the whole contraction with its 16-column panel of the small operand in L1 and
+// writes each output once, bias included: 50-53 GFLOP/s into new tensors on that machine (55-68 into reused ones),
+// forward 1.2-1.5x and backward 1.25-2x MKL's. On a Xeon with AVX-512 the one-register rows ran the layers 1.24x faster
+// forward and 1.27x backward than two 8-float halves, and with two panels a tile (token_linear.h) 1.09-1.11x forward
+// and 1.08-1.15x backward at 32 channels and more. One tile routine serves all three products through strides. The
+// backward walks blocks of rows that stay in L2, forming a block's rows of dX and then its share of dW and db, each
+// thread into its own copy of those, added at the end: dY is read from memory once (8-13 % faster than a dX pass over
+// all rows before the dW pass). Columns come 16 at a time, so the kernel takes layers whose widths are multiples of 16
+// and cpu_kernels.py leaves others to ATen. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
