@@ -165,6 +165,7 @@ def main() -> None:
     rows = []
     rates = {device: matmul_rate(device) for device in args.devices}
     others = [layout for layout in args.layouts if layout != "fast"]
+    reference = next((layout for layout in ("before", "baseline") if layout in args.layouts), None)
     for device in args.devices:
         for config in args.configs:
             for crop in args.crops:
@@ -179,7 +180,7 @@ def main() -> None:
                           f"{result['iterations']} iterations", file=sys.stderr, flush=True)
                 gflop = _run_cell({**request, "layout": "fast", "count": True}, None)["gflop"]
                 rate = gflop / cells["fast"] if "fast" in cells else float("nan")
-                needed = 5 * gflop / cells["before"] if "before" in cells else float("nan")
+                needed = 5 * gflop / cells[reference] if reference else float("nan")
                 rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
                             + " | ".join(f"{1e3 * cells[layout]:.0f}" for layout in args.layouts) + " | "
                             + " | ".join(f"{cells[layout] / cells['fast']:.2f}" if "fast" in cells else ""
@@ -190,10 +191,11 @@ def main() -> None:
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
           f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); amp {args.amp}. {devices}. GFLOP/iter is "
           "torch's count of one iteration; fast/matmul is the fast layout's rate over the float32 matmul rate measured "
-          "in this run, and 5x before/matmul the rate an iteration 5x faster than the before layout would need.\n")
+          f"in this run, and 5x {reference}/matmul the rate an iteration 5x faster than the {reference} layout would "
+          "need.\n")
     print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "
           + " | ".join(f"x {layout}" for layout in others)
-          + " | GFLOP/iter | fast GFLOP/s | fast/matmul | 5x before/matmul |")
+          + f" | GFLOP/iter | fast GFLOP/s | fast/matmul | 5x {reference}/matmul |")
     print("|---|---|---:|---:|" + "---:|" * (len(args.layouts) + len(others) + 4))
     print("\n".join(rows))
 

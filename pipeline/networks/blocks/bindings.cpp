@@ -1,5 +1,5 @@
 // The Python module of the CPU kernels (window_attention.cpp, layer_norm.cpp, gelu.cpp, token_linear.cpp,
-// feed_forward.cpp), built by cpu_kernels.py.
+// pre_norm.cpp), built by cpu_kernels.py.
 #include <torch/extension.h>
 #include <vector>
 

@@ -15,7 +15,7 @@
 - **GELU** (``gelu.cpp``). ATen's CPU GELU (erf form) is a tenth of a forward at 512 x 512 on an AVX2
   CPU; the kernel's erf is one rational polynomial, and in inference it overwrites the first MLP layer's
   output in place (adding its bias where that layer runs as a bare GEMM).
-- **Fused pre-norm layers** (``feed_forward.cpp``). In inference a block's LayerNorm and Q/K/V projection, and its
+- **Fused pre-norm layers** (``pre_norm.cpp``). In inference a block's LayerNorm and Q/K/V projection, and its
   LayerNorm, feed-forward and residual, each run as one kernel over blocks of 48 rows whose normalised rows and
   hidden layer stay in L1, with the routines of the three kernels above (``layer_norm.h``, ``token_linear.h``,
   ``gelu.h``): the same numbers, and a 512 x 512 forward 1.10-1.14x faster (Xeon, shipped and paper-depth models).
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "feed_forward.cpp", "bindings.cpp"))
+    "window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "pre_norm.cpp", "bindings.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("lanes.h", "layer_norm.h", "gelu.h", "token_linear.h"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 STALE_LOCK_S = 600
@@ -314,7 +314,7 @@ def add_linear_(out: torch.Tensor, x: torch.Tensor, linear: torch.nn.Linear) -> 
 
 def _fusable(x: torch.Tensor, norm: torch.nn.LayerNorm, *layers: torch.nn.Linear) -> bool:
     """Inference on (tokens, C) rows, the LayerNorm and the layers (widths multiples of 16) with their biases: what the
-    fused kernels of ``feed_forward.cpp`` take."""
+    fused kernels of ``pre_norm.cpp`` take."""
     return (not torch.is_grad_enabled() and x.dim() == 2 and x.is_contiguous() and norm.weight is not None
             and norm.bias is not None and all(_linear_applies(x, layer) and layer.bias is not None for layer in layers))
 
@@ -329,7 +329,7 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
 
 def feed_forward_(x: torch.Tensor, norm: torch.nn.LayerNorm, mlp: torch.nn.Module) -> torch.Tensor:
     """``x += mlp(norm(x))`` in place without autograd, ``mlp`` a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``,
-    GELU, ``linear2``): the fused kernel where it applies (see ``feed_forward.cpp``), else the four steps by
+    GELU, ``linear2``): the fused kernel where it applies (see ``pre_norm.cpp``), else the four steps by
     :func:`linear_gelu` and :func:`add_linear_`."""
     first, second = mlp.linear1, mlp.linear2
     if _fusable(x, norm, first, second):

@@ -1,4 +1,4 @@
-// The GELU kernel's Phi(x) (gelu.cpp), shared with the fused feed-forward (feed_forward.cpp).
+// The GELU kernel's Phi(x) (gelu.cpp), shared with the fused pre-norm layers (pre_norm.cpp).
 #pragma once
 #include <cstdint>
 
@@ -28,7 +28,7 @@ inline void erf_lanes(Lanes (&z)[N]) {
   for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 5.243401974439621e-02f, q[k] = q[k] * u[k] + 1.0f;
   for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 2.1394877135753632e-01f;
   for (int k = 0; k < N; ++k) p[k] = p[k] * u[k] + 1.1283786296844482f;
-  for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] * dcif::reciprocal(q[k]);
+  for (int k = 0; k < N; ++k) z[k] = z[k] * p[k] * reciprocal(q[k]);
 }
 
 // Phi(x) = (1 + erf(x / sqrt 2)) / 2 of N vectors: the costly part of GELU(x) = x Phi(x) and of its slope.

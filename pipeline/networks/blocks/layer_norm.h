@@ -1,4 +1,4 @@
-// The LayerNorm kernel's forward rows (layer_norm.cpp), shared with the fused feed-forward (feed_forward.cpp).
+// The LayerNorm kernel's forward rows (layer_norm.cpp), shared with the fused pre-norm layers (pre_norm.cpp).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -10,7 +10,7 @@ namespace dcif {
 // kLanes rows of C channels (a multiple of kLanes) at once: their sums and squared deviations reduce lane-parallel.
 template <int C>
 inline void normalise_lane_rows(const float* x, const float* w, const float* b, float* y, float* mean_out,
-                         float* rstd_out, float eps) {
+                                float* rstd_out, float eps) {
   constexpr int kVectors = C / kLanes;
   Lanes rows[kLanes][kVectors];
   Lanes partial[kLanes];

@@ -1,5 +1,5 @@
-// The register tiles of the token linear kernel (token_linear.cpp), shared with the fused feed-forward
-// (feed_forward.cpp): C[r, 0:16] of a few rows over the whole contraction, with B's 16-column panel in L1.
+// The register tiles of the token linear kernel (token_linear.cpp), shared with the fused pre-norm layers
+// (pre_norm.cpp): C[r, 0:16 P] of a few rows over the whole contraction, with B's P 16-column panels in L1.
 #pragma once
 #include <algorithm>
 #include <cstdint>
