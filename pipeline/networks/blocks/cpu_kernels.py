@@ -278,10 +278,16 @@ class _TokenLinear(torch.autograd.Function):
         return dx if needs_x else None, dweight, dbias if needs_bias else None, grad if needs_residual else None
 
 
+def _layer_takes(linear: torch.nn.Linear) -> bool:
+    """A layer whose widths are multiples of 16, its weight contiguous float32 (see ``token_linear.cpp``)."""
+    weight = linear.weight
+    return (linear.in_features % 16 == 0 and linear.out_features % 16 == 0 and weight.dtype == torch.float32
+            and weight.is_contiguous())
+
+
 def _linear_applies(x: torch.Tensor, linear: torch.nn.Linear) -> bool:
-    """(tokens, C) float32 rows into a layer whose widths are multiples of 16 (see ``token_linear.cpp``)."""
-    return (x.dim() == 2 and x.is_contiguous() and linear.in_features % 16 == 0 and linear.out_features % 16 == 0
-            and linear.weight.is_contiguous() and _kernels_take(x) and linear.weight.dtype == torch.float32)
+    """(tokens, C) float32 rows into a layer the token linear kernel takes."""
+    return x.dim() == 2 and x.is_contiguous() and _layer_takes(linear) and _kernels_take(x)
 
 
 def token_linear(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -315,8 +321,9 @@ def add_linear_(out: torch.Tensor, x: torch.Tensor, linear: torch.nn.Linear) -> 
 def _fusable(x: torch.Tensor, norm: torch.nn.LayerNorm, *layers: torch.nn.Linear) -> bool:
     """Inference on (tokens, C) rows, the LayerNorm and the layers (widths multiples of 16) with their biases: what the
     fused kernels of ``pre_norm.cpp`` take."""
-    return (not torch.is_grad_enabled() and x.dim() == 2 and x.is_contiguous() and norm.weight is not None
-            and norm.bias is not None and all(_linear_applies(x, layer) and layer.bias is not None for layer in layers))
+    if torch.is_grad_enabled() or x.dim() != 2 or not x.is_contiguous() or norm.weight is None or norm.bias is None:
+        return False
+    return all(layer.bias is not None and _layer_takes(layer) for layer in layers) and _kernels_take(x)
 
 
 def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Linear) -> torch.Tensor:
