@@ -419,27 +419,30 @@ def _pre_norm_layers(channels: int, hidden: int) -> tuple[torch.nn.LayerNorm, to
 
 @pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
 def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidden: int) -> None:
-    """LN then projection, and the feed-forward added in place, against ATen's ops: row counts past the last whole
-    block of 48 rows, a partial first block, exactly one block."""
+    """LN then projection, and both residuals (output projection, then LN and feed-forward) added in place, against
+    ATen's ops: row counts past the last whole block of 48 rows, a partial first block, exactly one block."""
     torch.manual_seed(rows)
     found = cpu_kernels.cpu_kernel()
     norm, linear, mlp = _pre_norm_layers(channels, hidden)
-    x = torch.randn(rows, channels) * 3 + 1
+    proj = torch.nn.Linear(channels, channels)
+    x, attended = torch.randn(rows, channels) * 3 + 1, torch.randn(rows, channels)
     with torch.inference_mode():
-        normed = F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps)
-        expected_projection, expected_sum = linear(normed), x + mlp(normed)
+        expected_projection = linear(F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps))
         projection = found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
         assert (projection - expected_projection).abs().max() < 1e-5
+        attention_sum = x + proj(attended)
+        expected_sum = attention_sum + mlp(F.layer_norm(attention_sum, (channels,), norm.weight, norm.bias, norm.eps))
         summed = x.clone()
-        out = found.feed_forward_(summed, norm.weight, norm.bias, norm.eps, mlp.linear1.weight, mlp.linear1.bias,
-                                  mlp.linear2.weight, mlp.linear2.bias)
+        out = found.residuals_(summed, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
+                               mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias)
         assert out.data_ptr() == summed.data_ptr()
         assert (summed - expected_sum).abs().max() < 1e-5
 
 
 def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> None:
-    """In inference a block's LayerNorms, projection and feed-forward are two fused calls; under autograd they are the
-    separate kernels, and widths the kernels do not take (60) run ATen's ops with the same numbers."""
+    """In inference a block is three kernel calls (projection, attention, residuals); under autograd its LayerNorms
+    and layers are the separate kernels, and widths the kernels do not take (60) run ATen's ops with the same
+    numbers."""
     calls = []
     real = cpu_kernels.cpu_kernel()
 
@@ -455,33 +458,39 @@ def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> N
     tokens = torch.randn(128, 16)
     with torch.inference_mode():
         block.step(tokens.clone(), block.attn.position_bias(64), None, 64)
-    assert sorted(set(calls)) == ["feed_forward_", "norm_linear", "token_linear", "window_attention"]
+    assert calls == ["norm_linear", "window_attention", "residuals_"]
     calls.clear()
     block.step(tokens, block.attn.position_bias(64), None, 64)
-    assert "norm_linear" not in calls and "feed_forward_" not in calls and "layer_norm" in calls
+    assert "norm_linear" not in calls and "residuals_" not in calls and "layer_norm" in calls
     norm, linear, mlp = _pre_norm_layers(60, 120)
-    x = torch.randn(50, 60)
+    proj = torch.nn.Linear(60, 60)
+    x, attended = torch.randn(50, 60), torch.randn(50, 60)
     with torch.inference_mode():
         assert torch.equal(cpu_kernels.norm_linear(x, norm, linear), linear(norm(x)))
-        assert (cpu_kernels.feed_forward_(x.clone(), norm, mlp) - (x + mlp(norm(x)))).abs().max() < 1e-5
-    assert "norm_linear" not in calls and "feed_forward_" not in calls
+        attention_sum = x + proj(attended)
+        expected = attention_sum + mlp(norm(attention_sum))
+        assert (cpu_kernels.residuals_(x.clone(), attended, proj, norm, mlp) - expected).abs().max() < 1e-5
+    assert "norm_linear" not in calls and "residuals_" not in calls
 
 
 def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> None:
     found = cpu_kernels.cpu_kernel()
     norm, linear, mlp = _pre_norm_layers(32, 64)
-    x = torch.randn(8, 32)
-    w1, b1, w2, b2 = mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias
+    x, attended, proj = torch.randn(8, 32), torch.randn(8, 32), torch.nn.Linear(32, 32)
+    layers = (mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias)
     with pytest.raises(RuntimeError, match="contiguous float32 CPU tokens"):
         found.norm_linear(torch.randn(32, 8).t(), norm.weight, norm.bias, 1e-5, linear.weight, linear.bias)
     with pytest.raises(RuntimeError, match="multiples of 16"):
         found.norm_linear(x, norm.weight, norm.bias, 1e-5, torch.randn(20, 32), torch.randn(20))
     with pytest.raises(RuntimeError, match="must be contiguous float32 of 96 values"):
         found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95))
+    with pytest.raises(RuntimeError, match="attended must be"):
+        found.residuals_(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers)
     with pytest.raises(RuntimeError, match="norm_weight must be contiguous float32 of 32 values"):
-        found.feed_forward_(x, torch.randn(16), norm.bias, 1e-5, w1, b1, w2, b2)
+        found.residuals_(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers)
     with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
-        found.feed_forward_(x, norm.weight, norm.bias, 1e-5, w1, b1, w2.t(), b2)
+        found.residuals_(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
+                         layers[2].t(), layers[3])
 
 
 def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:

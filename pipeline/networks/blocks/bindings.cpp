@@ -21,8 +21,9 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
                                                  bool need_input_grad);
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
                           torch::Tensor weight, torch::Tensor bias);
-torch::Tensor feed_forward_(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                            torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
+torch::Tensor residuals_(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
+                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
+                         torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
@@ -34,6 +35,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
   m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
-  m.def("feed_forward_", &feed_forward_, "x += W2 GELU(W1 LN(x) + b1) + b2 of (rows, C) tokens in place, fused");
+  m.def("residuals_", &residuals_, "x += attended Wp^T + bp, then x += W2 GELU(W1 LN(x) + b1) + b2, fused in place");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

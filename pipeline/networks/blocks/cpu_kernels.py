@@ -15,10 +15,11 @@
 - **GELU** (``gelu.cpp``). ATen's CPU GELU (erf form) is a tenth of a forward at 512 x 512 on an AVX2
   CPU; the kernel's erf is one rational polynomial, and in inference it overwrites the first MLP layer's
   output in place (adding its bias where that layer runs as a bare GEMM).
-- **Fused pre-norm layers** (``pre_norm.cpp``). In inference a block's LayerNorm and Q/K/V projection, and its
-  LayerNorm, feed-forward and residual, each run as one kernel over blocks of 48 rows whose normalised rows and
-  hidden layer stay in L1, with the routines of the three kernels above (``layer_norm.h``, ``token_linear.h``,
-  ``gelu.h``): the same numbers, and a 512 x 512 forward 1.10-1.14x faster (Xeon, shipped and paper-depth models).
+- **Fused pre-norm layers** (``pre_norm.cpp``). In inference a block's LayerNorm and Q/K/V projection run as one
+  kernel, and its output projection, LayerNorm, feed-forward and both residuals as another, over blocks of 48 rows
+  whose normalised rows and hidden layer stay in L1, with the routines of the three kernels above (``layer_norm.h``,
+  ``token_linear.h``, ``gelu.h``): the same numbers, and a 512 x 512 forward 1.12-1.15x faster (Xeon, shipped and
+  paper-depth models).
 
 The kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
@@ -334,14 +335,16 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
     return token_linear(norm(x), linear)
 
 
-def feed_forward_(x: torch.Tensor, norm: torch.nn.LayerNorm, mlp: torch.nn.Module) -> torch.Tensor:
-    """``x += mlp(norm(x))`` in place without autograd, ``mlp`` a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``,
-    GELU, ``linear2``): the fused kernel where it applies (see ``pre_norm.cpp``), else the four steps by
-    :func:`linear_gelu` and :func:`add_linear_`."""
+def residuals_(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, norm: torch.nn.LayerNorm,
+               mlp: torch.nn.Module) -> torch.Tensor:
+    """A Swin block's two residuals on its tokens ``x`` in place without autograd: ``x += proj(attended)``, then
+    ``x += mlp(norm(x))``, ``mlp`` a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``). One
+    fused kernel where it applies (see ``pre_norm.cpp``), else :func:`add_linear_` and :func:`linear_gelu`."""
     first, second = mlp.linear1, mlp.linear2
-    if _fusable(x, norm, first, second):
-        return cpu_kernel().feed_forward_(x, norm.weight, norm.bias, norm.eps, first.weight, first.bias,
-                                          second.weight, second.bias)
+    if _fusable(x, norm, proj, first, second) and attended.is_contiguous() and attended.shape == x.shape:
+        return cpu_kernel().residuals_(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
+                                       first.weight, first.bias, second.weight, second.bias)
+    add_linear_(x, attended, proj)
     return add_linear_(x, linear_gelu(norm(x), first), second)
 
 

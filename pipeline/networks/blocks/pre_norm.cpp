@@ -1,9 +1,9 @@
 // The Swin blocks' pre-norm layers in inference, fused on the CPU: the attention's projection LN(x) W^T + b, and the
-// feed-forward x += W2 GELU(W1 LN(x) + b1) + b2 on (rows, C) tokens in place. As separate kernels (LayerNorm, the
-// layers, GELU) each step streams a chunk's tokens or hidden layer (2 MB at 16384 tokens x 32) through L2 and beyond;
-// here a block of rows goes through all the steps with its normalised rows and hidden layer in L1 (48 rows x 16-64
-// floats), and x is read (and in the feed-forward written) once. The steps are those kernels' own routines
-// (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled at first use by cpu_kernels.py.
+// residuals x += proj(attended), then x += W2 GELU(W1 LN(x) + b1) + b2 on (rows, C) tokens in place. As separate
+// kernels (LayerNorm, the layers, GELU) each step streams a chunk's tokens or hidden layer (2 MB at 16384 tokens x 32)
+// through L2 and beyond; here a block of rows goes through all the steps with its normalised rows and hidden layer in
+// L1 (48 rows x 16-64 floats), and x is read (and in the residuals written) once. The steps are those kernels' own
+// routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -54,11 +54,12 @@ void rows_times(int64_t count, const float* a, int64_t depth, const float* packe
   }
 }
 
-// f(first, count, normed, scratch) for each block of count (at most kBlockRows) rows of x (rows, C) from row first,
-// normed holding their LayerNorm and scratch kBlockRows * scratch_row floats of the thread's own. Blocks go to threads.
-template <typename F>
+// For each block of count (at most kBlockRows) rows of x (rows, C) from row first: before(first, count), then
+// f(first, count, normed, scratch), normed holding the rows' LayerNorm and scratch kBlockRows * scratch_row floats of
+// the thread's own. Blocks go to threads.
+template <typename B, typename F>
 void over_normed_blocks(const torch::Tensor& x, const torch::Tensor& norm_weight, const torch::Tensor& norm_bias,
-                        double eps, int64_t scratch_row, F&& f) {
+                        double eps, int64_t scratch_row, B&& before, F&& f) {
   const int64_t rows = x.size(0), channels = x.size(1);
   check_vector(norm_weight, channels, "norm_weight");
   check_vector(norm_bias, channels, "norm_bias");
@@ -68,6 +69,7 @@ void over_normed_blocks(const torch::Tensor& x, const torch::Tensor& norm_weight
     std::vector<float> normed(kBlockRows * channels), stats(2 * kBlockRows), scratch(kBlockRows * scratch_row);
     for (int64_t first = begin * kBlockRows; first < std::min(rows, end * kBlockRows); first += kBlockRows) {
       const int64_t count = std::min(kBlockRows, rows - first);
+      before(first, count);
 #define DCIF_NORMALISE(C)                                                                                        \
   dcif::forward_rows<C>(xp + first * channels, nw, nb, normed.data(), stats.data(), stats.data() + kBlockRows, \
                         channels, e, 0, count)
@@ -90,29 +92,41 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
   const std::vector<float> packed = panels(weight.data_ptr<float>(), width, channels);
   float* op = out.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
-  over_normed_blocks(x, norm_weight, norm_bias, eps, 0, [&](int64_t first, int64_t count, const float* normed, float*) {
-    rows_times<false>(count, normed, channels, packed.data(), width, bp, op + first * width);
-  });
+  over_normed_blocks(x, norm_weight, norm_bias, eps, 0, [](int64_t, int64_t) {},
+                     [&](int64_t first, int64_t count, const float* normed, float*) {
+                       rows_times<false>(count, normed, channels, packed.data(), width, bp, op + first * width);
+                     });
   return out;
 }
 
-// x (rows, C) += W2 GELU(W1 LN(x) + b1) + b2, LN by norm_weight, norm_bias and eps, W1 (hidden, C), W2 (C, hidden);
-// C and hidden multiples of 16. Returns x.
-torch::Tensor feed_forward_(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                            torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2) {
+// A Swin block's two residuals on its tokens x (rows, C) in place: x += attended Wp^T + bp (the attention's output
+// projection), then x += W2 GELU(W1 LN(x) + b1) + b2 (its feed-forward), LN by norm_weight, norm_bias and eps;
+// attended (rows, C), Wp (C, C), W1 (hidden, C), W2 (C, hidden), C and hidden multiples of 16. Returns x.
+torch::Tensor residuals_(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
+                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
+                         torch::Tensor b1, torch::Tensor w2, torch::Tensor b2) {
   check_tokens(x);
+  check_tokens(attended);
+  TORCH_CHECK(attended.sizes() == x.sizes(), "attended must be (rows, C) as x");
   const int64_t channels = x.size(1), hidden = w1.size(0);
+  check_layer(wp, bp, channels, channels, "wp");
   check_layer(w1, b1, hidden, channels, "w1");
   check_layer(w2, b2, channels, hidden, "w2");
+  const std::vector<float> packed_p = panels(wp.data_ptr<float>(), channels, channels);
   const std::vector<float> packed1 = panels(w1.data_ptr<float>(), hidden, channels);
   const std::vector<float> packed2 = panels(w2.data_ptr<float>(), channels, hidden);
   float* xp = x.data_ptr<float>();
-  const float *b1p = b1.data_ptr<float>(), *b2p = b2.data_ptr<float>();
-  over_normed_blocks(x, norm_weight, norm_bias, eps, hidden,
-                     [&](int64_t first, int64_t count, const float* normed, float* inner) {
-                       rows_times<false>(count, normed, channels, packed1.data(), hidden, b1p, inner);
-                       dcif::gelu_in_place(inner, count * hidden);
-                       rows_times<true>(count, inner, hidden, packed2.data(), channels, b2p, xp + first * channels);
-                     });
+  const float* ap = attended.data_ptr<float>();
+  const float *bpp = bp.data_ptr<float>(), *b1p = b1.data_ptr<float>(), *b2p = b2.data_ptr<float>();
+  over_normed_blocks(
+      x, norm_weight, norm_bias, eps, hidden,
+      [&](int64_t first, int64_t count) {
+        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels, bpp, xp + first * channels);
+      },
+      [&](int64_t first, int64_t count, const float* normed, float* inner) {
+        rows_times<false>(count, normed, channels, packed1.data(), hidden, b1p, inner);
+        dcif::gelu_in_place(inner, count * hidden);
+        rows_times<true>(count, inner, hidden, packed2.data(), channels, b2p, xp + first * channels);
+      });
   return x;
 }

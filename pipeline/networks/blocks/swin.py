@@ -23,11 +23,10 @@ from torch import nn
 
 from pipeline.networks.blocks.cpu_kernels import (
     TokenLayerNorm,
-    add_linear_,
-    feed_forward_,
     kernel_applies,
     linear_gelu,
     norm_linear,
+    residuals_,
     split_projections,
     token_linear,
     window_attention,
@@ -133,9 +132,9 @@ class SwinBlock(nn.Module):
         The linear layers run by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` where it applies. Without
         autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both residuals go
         into ``x`` itself, the block's own tokens: each output projection (``proj``, the MLP's ``linear2``) adds its
-        product and bias into them (:func:`~pipeline.networks.blocks.cpu_kernels.add_linear_`, and the feed-forward
-        as a whole with its LayerNorm in :func:`~pipeline.networks.blocks.cpu_kernels.feed_forward_`), so no
-        projected copy is made (at 16-32 channels such copies cost what the products do).
+        product and bias into them, the two residuals in one fused kernel with the feed-forward and its LayerNorm
+        (:func:`~pipeline.networks.blocks.cpu_kernels.residuals_`), so no projected copy is made (at 16-32 channels
+        such copies cost what the products do).
         """
         if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
@@ -143,8 +142,7 @@ class SwinBlock(nn.Module):
         if torch.is_grad_enabled():
             x = token_linear(attended, self.attn.proj, residual=x)
             return token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2, residual=x)
-        add_linear_(x, attended, self.attn.proj)
-        return feed_forward_(x, self.norm2, self.mlp)
+        return residuals_(x, attended, self.attn.proj, self.norm2, self.mlp)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
