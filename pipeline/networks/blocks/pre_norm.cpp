@@ -18,7 +18,7 @@ namespace {
 using dcif::kPanel;
 using dcif::kRows;
 using dcif::panels;
-using dcif::row_tile;
+using dcif::rows_times;
 
 // Rows a block takes through the steps: a multiple of the LayerNorm's lane rows (16 or 8) and of both tile heights
 // (8 and 6), so that only a map's last block has edges.
@@ -41,17 +41,6 @@ void check_layer(const torch::Tensor& weight, const torch::Tensor& bias, int64_t
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == out && weight.size(1) == in && weight.is_contiguous() &&
                   weight.scalar_type() == at::kFloat, name, " must be contiguous float32 (", out, ", ", in, ")");
   check_vector(bias, out, name);
-}
-
-// out[r, :] = a[r, :] W^T + bias [+ out[r, :] when ACCUMULATE] for count rows, W^T as panels (dcif::panels).
-template <bool ACCUMULATE>
-void rows_times(int64_t count, const float* a, int64_t depth, const float* packed, int64_t width, const float* bias,
-                float* out) {
-  for (int64_t t = 0; t < count; t += kRows) {
-    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, 1, depth,
-                         packed, depth * kPanel, kPanel, width, bias, out + t * width,
-                         ACCUMULATE ? out + t * width : nullptr);
-  }
 }
 
 // For each block of count (at most kBlockRows) rows of x (rows, C) from row first: before(first, count), then
@@ -94,7 +83,8 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
   const float* bp = bias.data_ptr<float>();
   over_normed_blocks(x, norm_weight, norm_bias, eps, 0, [](int64_t, int64_t) {},
                      [&](int64_t first, int64_t count, const float* normed, float*) {
-                       rows_times<false>(count, normed, channels, packed.data(), width, bp, op + first * width);
+                       rows_times<false>(count, normed, channels, packed.data(), channels * kPanel, kPanel, width, bp,
+                                         op + first * width, nullptr);
                      });
   return out;
 }
@@ -121,12 +111,16 @@ torch::Tensor residuals_(torch::Tensor x, torch::Tensor attended, torch::Tensor 
   over_normed_blocks(
       x, norm_weight, norm_bias, eps, hidden,
       [&](int64_t first, int64_t count) {
-        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels, bpp, xp + first * channels);
+        float* rows_x = xp + first * channels;
+        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels * kPanel, kPanel, channels,
+                         bpp, rows_x, rows_x);
       },
       [&](int64_t first, int64_t count, const float* normed, float* inner) {
-        rows_times<false>(count, normed, channels, packed1.data(), hidden, b1p, inner);
+        rows_times<false>(count, normed, channels, packed1.data(), channels * kPanel, kPanel, hidden, b1p, inner,
+                          nullptr);
         dcif::gelu_in_place(inner, count * hidden);
-        rows_times<true>(count, inner, hidden, packed2.data(), channels, b2p, xp + first * channels);
+        float* rows_x = xp + first * channels;
+        rows_times<true>(count, inner, hidden, packed2.data(), hidden * kPanel, kPanel, channels, b2p, rows_x, rows_x);
       });
   return x;
 }

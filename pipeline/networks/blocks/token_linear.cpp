@@ -26,21 +26,19 @@ using dcif::kPanel;
 using dcif::kRows;
 using dcif::load_lanes;
 using dcif::row_tile;
+using dcif::rows_times;
 using dcif::store_lanes;
 
 constexpr int64_t kBlock = 256;  // rows of X and dY per L2 block of the backward
 
-// row_tile over all rows; add (rows, width) may be out itself. Rows go to threads in blocks of whole tiles.
+// rows_times over all rows, which go to threads in runs of whole tiles; add (rows, width) may be out itself.
 template <bool ACCUMULATE>
-void rows_times(const float* a, int64_t rows, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
-                int64_t width, const float* bias, float* out, const float* add) {
-  const int64_t tiles = (rows + kRows - 1) / kRows;
-  at::parallel_for(0, tiles, 64, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t m = t * kRows;
-      row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, rows - m)), a + m * depth, depth, 1, depth, b,
-                           b_panel, b_row, width, bias, out + m * width, add ? add + m * width : nullptr);
-    }
+void all_rows_times(const float* a, int64_t rows, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
+                    int64_t width, const float* bias, float* out, const float* add) {
+  at::parallel_for(0, (rows + kRows - 1) / kRows, 64, [&](int64_t first, int64_t last) {
+    const int64_t m = first * kRows;
+    rows_times<ACCUMULATE>(std::min(rows, last * kRows) - m, a + m * depth, depth, b, b_panel, b_row, width, bias,
+                           out + m * width, add ? add + m * width : nullptr);
   });
 }
 
@@ -75,10 +73,10 @@ torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor 
   if (add.numel()) {
     check_rows(add, "add");
     TORCH_CHECK(add.sizes() == out.sizes(), "add must be (rows, out_features)");
-    rows_times<true>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
+    all_rows_times<true>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
                      out.data_ptr<float>(), add.data_ptr<float>());
   } else {
-    rows_times<false>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
+    all_rows_times<false>(x.data_ptr<float>(), rows, depth, packed.data(), depth * kPanel, kPanel, width, bp,
                       out.data_ptr<float>(), nullptr);
   }
   return out;
@@ -109,9 +107,8 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
       float* db = dw + width * depth;
       for (int64_t block = part * per_part; block < std::min(blocks, (part + 1) * per_part); ++block) {
         const int64_t m = block * kBlock, count = std::min(kBlock, rows - m);
-        for (int64_t t = m; dxp && t < m + count; t += kRows) {
-          row_tile<false>(static_cast<int>(std::min<int64_t>(kRows, m + count - t)), gp + t * width, width, 1, width,
-                          wp, kPanel, depth, depth, nullptr, dxp + t * depth, nullptr);
+        if (dxp) {
+          rows_times<false>(count, gp + m * width, width, wp, kPanel, depth, depth, nullptr, dxp + m * depth, nullptr);
         }
         for (int64_t n = 0; n < width; n += kRows) {
           row_tile<true>(static_cast<int>(std::min<int64_t>(kRows, width - n)), gp + m * width + n, 1, width, count,

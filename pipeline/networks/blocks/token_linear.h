@@ -85,6 +85,17 @@ inline void row_tile(int count, const float* a, int64_t a_row, int64_t a_k, int6
   }
 }
 
+// out[r, :] = a[r, :] B + bias [+ add[r, :]] for the rows r < count of a (depth floats a row), in tiles of kRows; out
+// and add (or null) width floats a row, B as for row_tile. add may be out itself.
+template <bool ACCUMULATE>
+inline void rows_times(int64_t count, const float* a, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
+                       int64_t width, const float* bias, float* out, const float* add) {
+  for (int64_t t = 0; t < count; t += kRows) {
+    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, 1, depth, b,
+                         b_panel, b_row, width, bias, out + t * width, add ? add + t * width : nullptr);
+  }
+}
+
 // W^T of W (width, depth) packed as 16-column panels: panel p's row k (16 floats) at p * depth * kPanel + k * kPanel.
 // Loops, not ATen's view, transpose and copy, whose dispatch cost several times the copy of these few kB on each of a
 // forward's hundreds of calls.
