@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "lanes.h"
@@ -199,6 +200,13 @@ inline Lanes broadcast_run(const float* from) {
   }
 }
 
+// Lane indices 0, 2, 4, ...: the even lanes of two registers, the first's then the second's (+ 1: the odd ones).
+template <int... Lane>
+constexpr dcif::IntLanes even_lanes(std::integer_sequence<int, Lane...>) {
+  return dcif::IntLanes{(2 * Lane)...};
+}
+constexpr dcif::IntLanes kEvenLanes = even_lanes(std::make_integer_sequence<int, kLanes>{});
+
 // out[j, d] = mult sum_i at[j][i] rows[i][d] for all 64 keys j: a key's dims in the lanes of V registers, KEYS keys
 // at a time (KEYS x V = 4 accumulators: more ran slower, as each needs a broadcast of at[j][i] per query). With two
 // queries a register (see padded_rows), lane 2 d + q sums dim d over the queries i with i % 2 == q, the broadcast
@@ -221,13 +229,22 @@ inline void key_blocks(const float (&at)[kTokens][kTokens], const float (&rows)[
         for (int v = 0; v < V; ++v) acc[k][v] += s * r[v];
       }
     }
-    for (int k = 0; k < KEYS; ++k) {
-      alignas(64) float sums[V * kLanes];
-      for (int v = 0; v < V; ++v) store_lanes(sums + v * kLanes, acc[k][v] * mult);
-      for (int d = 0; d < DIM; ++d) {
-        float total = 0.0f;
-        for (int q = 0; q < Q; ++q) total += sums[d * Q + q];
-        out[(j0 + k) * key_stride + d * dim_stride] = total;
+    if constexpr (Q == 2) {
+      // Two keys' pair sums in one register, key k's dims in the low half: two shuffles and an add.
+      static_assert(V == 1 && KEYS % 2 == 0, "two queries a register means one register a key");
+      for (int k = 0; k < KEYS; k += 2) {
+        alignas(64) float sums[kLanes];
+        store_lanes(sums, (__builtin_shuffle(acc[k][0], acc[k + 1][0], kEvenLanes) +
+                           __builtin_shuffle(acc[k][0], acc[k + 1][0], kEvenLanes + 1)) * mult);
+        for (int h = 0; h < 2; ++h) {
+          for (int d = 0; d < DIM; ++d) out[(j0 + k + h) * key_stride + d * dim_stride] = sums[h * DIM + d];
+        }
+      }
+    } else {
+      for (int k = 0; k < KEYS; ++k) {
+        alignas(64) float sums[V * kLanes];
+        for (int v = 0; v < V; ++v) store_lanes(sums + v * kLanes, acc[k][v] * mult);
+        for (int d = 0; d < DIM; ++d) out[(j0 + k) * key_stride + d * dim_stride] = sums[d];
       }
     }
   }
@@ -240,6 +257,20 @@ template <int DIM>
 inline void padded_rows(const float* from, int64_t row_stride, int64_t dim_stride, float mult,
                         float (&rows)[kTokens][kRowPad]) {
   constexpr int Q = kQueriesPerRow<DIM>;
+  if constexpr (Q == 2) {
+    if (dim_stride == 1) {  // two rows of 8 to one register, interleaved by one shuffle
+      typedef float Row __attribute__((vector_size(8 * sizeof(float))));
+      for (int i = 0; i < kTokens; i += 2) {
+        Row first, second;
+        std::memcpy(&first, from + i * row_stride, sizeof(first));
+        std::memcpy(&second, from + (i + 1) * row_stride, sizeof(second));
+        const auto pair = __builtin_shufflevector(first * mult, second * mult, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13,
+                                                  6, 14, 7, 15);
+        std::memcpy(rows[i / 2], &pair, sizeof(pair));
+      }
+      return;
+    }
+  }
   const auto copy = [&](auto stride) {
     for (int i = 0; i < kTokens; ++i) {
       for (int d = 0; d < DIM; ++d) rows[i / Q][d * Q + i % Q] = from[i * row_stride + d * stride] * mult;
