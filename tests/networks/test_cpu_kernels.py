@@ -369,8 +369,9 @@ def test_token_linear_weight_gradient_alone(kernel) -> None:
 
 
 def test_token_linear_is_what_the_block_runs_and_other_widths_take_aten(kernel, monkeypatch) -> None:
-    """The block's four layers go through the kernel; SwinFusion's width (60) is not a multiple of 16 and takes
-    ATen's GEMM with the same numbers."""
+    """Under autograd the block's output projection goes through the kernel (its other three layers through the
+    fused pre-norm nodes, tested below); SwinFusion's width (60) is not a multiple of 16 and takes ATen's GEMM with
+    the same numbers."""
     calls = []
     real = cpu_kernels.cpu_kernel()
 
@@ -386,12 +387,12 @@ def test_token_linear_is_what_the_block_runs_and_other_widths_take_aten(kernel, 
     block = SwinBlock(16, 2, 8, shifted=False, mlp_ratio=2.0)
     tokens = torch.randn(128, 16, requires_grad=True)
     block.step(tokens, block.attn.position_bias(64), None, 64).sum().backward()
-    assert calls.count("token_linear") == 4 and calls.count("token_linear_backward") == 4
+    assert calls == ["token_linear", "token_linear_backward"]
     wide = torch.nn.Linear(60, 120)
     x = torch.randn(50, 60)
     with torch.inference_mode():
         assert torch.equal(cpu_kernels.token_linear(x, wide), wide(x))
-    assert calls.count("token_linear") == 4
+    assert calls == ["token_linear", "token_linear_backward"]
 
 
 def test_token_linear_refuses_what_it_was_not_built_for(kernel) -> None:
@@ -439,9 +440,36 @@ def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidd
         assert (summed - expected_sum).abs().max() < 1e-5
 
 
-def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> None:
-    """In inference a block is three kernel calls (projection, attention, residuals); under autograd its LayerNorms
-    and layers are the separate kernels, and widths the kernels do not take (60) run ATen's ops with the same
+@pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
+def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, hidden: int) -> None:
+    """Under autograd the fused LN + projection and LN + feed-forward + residual give ATen's outputs and the gradients
+    of float64 ATen ops for the tokens, the LayerNorm and both layers, with the LayerNorm and hidden layer recomputed
+    in the backward."""
+    torch.manual_seed(rows)
+    norm, linear, mlp = _pre_norm_layers(channels, hidden)
+    x = (torch.randn(rows, channels) * 3 + 1).requires_grad_()
+    modules = (norm, linear, mlp)
+    params = [p for module in modules for p in module.parameters()]
+    out = (cpu_kernels.norm_linear(x, norm, linear), cpu_kernels.feed_forward(x, norm, mlp))
+    grads = [torch.randn_like(o) for o in out]
+    found = torch.autograd.grad(out, [x, *params], grads)
+
+    reference = [module.double() for module in modules]
+    x64 = x.detach().double().requires_grad_()
+    normed = F.layer_norm(x64, (channels,), reference[0].weight, reference[0].bias, norm.eps)
+    expected_out = (reference[1](normed), x64 + reference[2](normed))
+    expected = torch.autograd.grad(expected_out, [x64, *[p for module in reference for p in module.parameters()]],
+                                   [g.double() for g in grads])
+    for got, want in zip(out, expected_out):
+        assert (got.double() - want).abs().max() < 1e-4
+    for got, want in zip(found, expected):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
+    """In inference a block is three kernel calls (projection, attention, residuals); under autograd the projection and
+    the feed-forward are fused too, with the output projection and the attention between them, and their backwards
+    recompute what the forwards kept in L1. Widths the kernels do not take (60) run ATen's ops with the same
     numbers."""
     calls = []
     real = cpu_kernels.cpu_kernel()
@@ -460,8 +488,14 @@ def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> N
         block.step(tokens.clone(), block.attn.position_bias(64), None, 64)
     assert calls == ["norm_linear", "window_attention", "residuals_"]
     calls.clear()
-    block.step(tokens, block.attn.position_bias(64), None, 64)
-    assert "norm_linear" not in calls and "residuals_" not in calls and "layer_norm" in calls
+    tokens.requires_grad_()
+    out = block.step(tokens, block.attn.position_bias(64), None, 64)
+    assert calls == ["norm_linear", "window_attention", "token_linear", "feed_forward"]
+    calls.clear()
+    out.sum().backward()
+    assert sorted(calls) == ["feed_forward_backward", "norm_linear_backward", "token_linear_backward",
+                             "window_attention_backward"]
+    calls.clear()
     norm, linear, mlp = _pre_norm_layers(60, 120)
     proj = torch.nn.Linear(60, 60)
     x, attended = torch.randn(50, 60), torch.randn(50, 60)
@@ -470,7 +504,9 @@ def test_fused_pre_norm_layers_are_what_inference_runs(kernel, monkeypatch) -> N
         attention_sum = x + proj(attended)
         expected = attention_sum + mlp(norm(attention_sum))
         assert (cpu_kernels.residuals_(x.clone(), attended, proj, norm, mlp) - expected).abs().max() < 1e-5
-    assert "norm_linear" not in calls and "residuals_" not in calls
+    x.requires_grad_()
+    assert (cpu_kernels.feed_forward(x, norm, mlp) - (x + mlp(norm(x)))).abs().max() < 1e-5
+    assert not {"norm_linear", "residuals_", "feed_forward"} & set(calls)
 
 
 def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> None:
@@ -491,6 +527,12 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
     with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
         found.residuals_(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
                          layers[2].t(), layers[3])
+    with pytest.raises(RuntimeError, match=r"grad must be \(rows, C\) as x"):
+        found.feed_forward_backward(x, attended[:7], norm.weight, norm.bias, 1e-5, *layers)
+    with pytest.raises(RuntimeError, match=r"grad must be \(rows, out\)"):
+        found.norm_linear_backward(x, torch.randn(8, 95), norm.weight, norm.bias, 1e-5, linear.weight)
+    with pytest.raises(RuntimeError, match="norm_bias must be contiguous float32 of 32 values"):
+        found.feed_forward_backward(x, attended, norm.weight, torch.randn(31), 1e-5, *layers)
 
 
 def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:

@@ -17,6 +17,13 @@ torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out);
 torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad);
 torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor out,
                            torch::Tensor add);
+torch::Tensor feed_forward(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
+                           torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
+std::vector<torch::Tensor> feed_forward_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
+                                                 torch::Tensor norm_bias, double eps, torch::Tensor w1,
+                                                 torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
+std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
+                                                torch::Tensor norm_bias, double eps, torch::Tensor weight);
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
@@ -36,5 +43,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
   m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
   m.def("residuals_", &residuals_, "x += attended Wp^T + bp, then x += W2 GELU(W1 LN(x) + b1) + b2, fused in place");
+  m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear: dx, dnorm_weight, dnorm_bias, dW, db");
+  m.def("feed_forward", &feed_forward, "x + W2 GELU(W1 LN(x) + b1) + b2 of (rows, C) tokens, fused, into a new tensor");
+  m.def("feed_forward_backward", &feed_forward_backward,
+        "gradients of feed_forward: dx, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

@@ -12,14 +12,11 @@
 
 namespace {
 
-using dcif::exp2_nonpositive;
 using dcif::kGeluGroup;
 using dcif::kLanes;
-using dcif::kLog2e;
 using dcif::Lanes;
 
 constexpr int64_t kGrain = 4096;  // vectors per task
-constexpr float kInvSqrt2Pi = 0.398942280401432678f;
 
 // f.template operator()<N>(at, count, channel) on the kLanes-float vectors of (rows, C) floats: N vectors from float
 // offset at, each of count floats (kLanes, or fewer for a row's last partial vector), the first at channel `channel`
@@ -103,14 +100,13 @@ torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad) {
   const float *xp = x.data_ptr<float>(), *gp = grad_c.data_ptr<float>();
   float* dp = dx.data_ptr<float>();
   over_vectors(x.size(0), x.size(1), [&]<int N>(int64_t at, int64_t count, int64_t) {
-    Lanes v[N];
-    for (int k = 0; k < N; ++k) v[k] = load_part(xp + at + k * kLanes, count);
-    Lanes cdf[N], density[N];  // d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-    for (int k = 0; k < N; ++k) density[k] = exp2_nonpositive(v[k] * v[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
-    dcif::normal_cdf_lanes(v, cdf);
+    Lanes v[N], g[N];
     for (int k = 0; k < N; ++k) {
-      store_part(dp + at + k * kLanes, load_part(gp + at + k * kLanes, count) * (cdf[k] + v[k] * density[k]), count);
+      v[k] = load_part(xp + at + k * kLanes, count);
+      g[k] = load_part(gp + at + k * kLanes, count);
     }
+    dcif::gelu_slope_lanes(v, g);
+    for (int k = 0; k < N; ++k) store_part(dp + at + k * kLanes, g[k], count);
   });
   return dx;
 }

@@ -58,11 +58,40 @@ inline void gelu_vectors(float* x) {
   for (int k = 0; k < N; ++k) store_lanes(x + k * kLanes, v[k]);
 }
 
+constexpr float kInvSqrt2Pi = 0.398942280401432678f;
+
+// grad *= GELU'(x) of N vectors: d GELU / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+template <int N>
+inline void gelu_slope_lanes(const Lanes (&x)[N], Lanes (&grad)[N]) {
+  Lanes cdf[N], density[N];
+  for (int k = 0; k < N; ++k) density[k] = exp2_nonpositive(x[k] * x[k] * (-0.5f * kLog2e)) * kInvSqrt2Pi;
+  normal_cdf_lanes(x, cdf);
+  for (int k = 0; k < N; ++k) grad[k] *= cdf[k] + x[k] * density[k];
+}
+
+// grad *= GELU'(x) of N vectors from x and grad, in place in grad.
+template <int N>
+inline void gelu_slope_vectors(const float* x, float* grad) {
+  Lanes v[N], g[N];
+  for (int k = 0; k < N; ++k) v[k] = load_lanes(x + k * kLanes), g[k] = load_lanes(grad + k * kLanes);
+  gelu_slope_lanes(v, g);
+  for (int k = 0; k < N; ++k) store_lanes(grad + k * kLanes, g[k]);
+}
+
 // GELU of x[0:count] in place, count a multiple of kLanes.
 inline void gelu_in_place(float* x, int64_t count) {
   int64_t at = 0;
   for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) gelu_vectors<kGeluGroup>(x + at);
   for (; at < count; at += kLanes) gelu_vectors<1>(x + at);
+}
+
+// grad[0:count] *= GELU'(x[0:count]) in place, count a multiple of kLanes.
+inline void gelu_slope_in_place(const float* x, float* grad, int64_t count) {
+  int64_t at = 0;
+  for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) {
+    gelu_slope_vectors<kGeluGroup>(x + at, grad + at);
+  }
+  for (; at < count; at += kLanes) gelu_slope_vectors<1>(x + at, grad + at);
 }
 
 }  // namespace dcif

@@ -14,86 +14,10 @@
 
 namespace {
 
+using dcif::backward_rows;
 using dcif::forward_rows;
-using dcif::kLanes;
-using dcif::Lanes;
-using dcif::load_lanes;
-using dcif::row_sums;
-using dcif::store_lanes;
 
 constexpr int64_t kGrain = 2048;
-
-// The backward of normalise_lane_rows: per-row sums lane-parallel, dw and db summed over the kLanes rows in float,
-// then added to the thread's double sums.
-template <int C>
-void backward_lane_rows(const float* x, const float* w, const float* mean, const float* rstd, const float* grad,
-                        float* dx, double* dw, double* db) {
-  constexpr int kVectors = C / kLanes;
-  Lanes xhat[kLanes][kVectors], gw[kLanes][kVectors];
-  Lanes sum_gw[kLanes], sum_gw_xhat[kLanes];
-  Lanes dw_rows[kVectors] = {}, db_rows[kVectors] = {};
-  const Lanes m = load_lanes(mean), s = load_lanes(rstd);
-  for (int r = 0; r < kLanes; ++r) {
-    sum_gw[r] = Lanes{};
-    sum_gw_xhat[r] = Lanes{};
-    for (int v = 0; v < kVectors; ++v) {
-      const Lanes g = load_lanes(grad + r * C + v * kLanes);
-      xhat[r][v] = (load_lanes(x + r * C + v * kLanes) - m[r]) * s[r];
-      gw[r][v] = g * load_lanes(w + v * kLanes);
-      sum_gw[r] += gw[r][v];
-      sum_gw_xhat[r] += gw[r][v] * xhat[r][v];
-      dw_rows[v] += g * xhat[r][v];
-      db_rows[v] += g;
-    }
-  }
-  const Lanes mean_gw = row_sums(sum_gw) * (1.0f / C), mean_gw_xhat = row_sums(sum_gw_xhat) * (1.0f / C);
-  for (int r = 0; r < kLanes; ++r) {
-    for (int v = 0; v < kVectors; ++v) {
-      store_lanes(dx + r * C + v * kLanes, s[r] * (gw[r][v] - mean_gw[r] - xhat[r][v] * mean_gw_xhat[r]));
-    }
-  }
-  for (int v = 0; v < kVectors; ++v) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      dw[v * kLanes + lane] += dw_rows[v][lane];
-      db[v * kLanes + lane] += db_rows[v][lane];
-    }
-  }
-}
-
-// dx = rstd (g w - mean(g w) - xhat mean(g w xhat)); dw += g xhat and db += g into this thread's sums, in double:
-// a thread sums up to half a batch of rows, where float32 would lose the digits ATen's reduction keeps.
-template <int C>
-void backward_rows(const float* x, const float* w, const float* mean, const float* rstd, const float* grad, float* dx,
-                   double* dw, double* db, int64_t channels, int64_t begin, int64_t end) {
-  const int64_t n = C > 0 ? C : channels;
-  int64_t r = begin;
-  if constexpr (C > 0 && C % kLanes == 0) {
-    for (; r + kLanes <= end; r += kLanes) {
-      backward_lane_rows<C>(x + r * C, w, mean + r, rstd + r, grad + r * C, dx + r * C, dw, db);
-    }
-  }
-  for (; r < end; ++r) {
-    const float* xr = x + r * channels;
-    const float* gr = grad + r * channels;
-    float* dxr = dx + r * channels;
-    const float m = mean[r], s = rstd[r];
-    float sum_gw = 0.f, sum_gw_xhat = 0.f;
-    for (int64_t c = 0; c < n; ++c) {
-      const float xhat = (xr[c] - m) * s;
-      const float gw = gr[c] * w[c];
-      sum_gw += gw;
-      sum_gw_xhat += gw * xhat;
-      dw[c] += gr[c] * xhat;
-      db[c] += gr[c];
-    }
-    sum_gw /= static_cast<float>(n);
-    sum_gw_xhat /= static_cast<float>(n);
-    for (int64_t c = 0; c < n; ++c) {
-      const float xhat = (xr[c] - m) * s;
-      dxr[c] = s * (gr[c] * w[c] - sum_gw - xhat * sum_gw_xhat);
-    }
-  }
-}
 
 void check(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),

@@ -23,8 +23,8 @@ from torch import nn
 
 from pipeline.networks.blocks.cpu_kernels import (
     TokenLayerNorm,
+    feed_forward,
     kernel_applies,
-    linear_gelu,
     norm_linear,
     residuals_,
     split_projections,
@@ -120,8 +120,8 @@ class SwinBlock(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
     def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
-        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`): one fused kernel on the CPU in
-        inference (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`)."""
+        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`): one fused kernel on the CPU
+        (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`)."""
         if torch.jit.is_scripting():
             return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens)
         return self.attn.heads(norm_linear(x, self.norm1, self.attn.qkv), window_tokens)
@@ -129,7 +129,8 @@ class SwinBlock(nn.Module):
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
 
-        The linear layers run by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` where it applies. Without
+        Under autograd the output projection runs by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` and the
+        feed-forward, its LayerNorm and residual by :func:`~pipeline.networks.blocks.cpu_kernels.feed_forward`. Without
         autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both residuals go
         into ``x`` itself, the block's own tokens: each output projection (``proj``, the MLP's ``linear2``) adds its
         product and bias into them, the two residuals in one fused kernel with the feed-forward and its LayerNorm
@@ -140,8 +141,7 @@ class SwinBlock(nn.Module):
             x = x + self.attn.proj(attended)
             return x + self.mlp(self.norm2(x))
         if torch.is_grad_enabled():
-            x = token_linear(attended, self.attn.proj, residual=x)
-            return token_linear(linear_gelu(self.norm2(x), self.mlp.linear1), self.mlp.linear2, residual=x)
+            return feed_forward(token_linear(attended, self.attn.proj, residual=x), self.norm2, self.mlp)
         return residuals_(x, attended, self.attn.proj, self.norm2, self.mlp)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:

@@ -7,8 +7,8 @@
 // forward 1.2-1.5x and backward 1.25-2x MKL's. On a Xeon with AVX-512 the one-register rows ran the layers 1.24x faster
 // forward and 1.27x backward than two 8-float halves, and with two panels a tile (token_linear.h) 1.09-1.11x forward
 // and 1.08-1.15x backward at 32 channels and more. One tile routine serves all three products through strides. The
-// backward walks blocks of rows that stay in L2, forming a block's rows of dX and then its share of dW and db, each
-// thread into its own copy of those, added at the end: dY is read from memory once (8-13 % faster than a dX pass over
+// backward walks blocks of rows that stay in L2, forming a block's share of dW and db, each thread into its own copy
+// of those, added at the end, and then its rows of dX: dY is read from memory once (8-13 % faster than a dX pass over
 // all rows before the dW pass). Columns come 16 at a time, so the kernel takes layers whose widths are multiples of 16
 // and cpu_kernels.py leaves others to ATen. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
@@ -21,13 +21,9 @@
 
 namespace {
 
-using dcif::kLanes;
 using dcif::kPanel;
 using dcif::kRows;
-using dcif::load_lanes;
-using dcif::row_tile;
 using dcif::rows_times;
-using dcif::store_lanes;
 
 constexpr int64_t kBlock = 256;  // rows of X and dY per L2 block of the backward
 
@@ -94,31 +90,15 @@ std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor 
   const torch::Tensor dx = torch::empty({need_input_grad ? rows : 0, depth}, x.options());
   float* dxp = need_input_grad ? dx.data_ptr<float>() : nullptr;
   const float* wp = weight.data_ptr<float>();
-  // Per block of rows: dX[m, :] = sum_n dY[m, n] W[n, :] (W's rows are panels' rows as they are, 16 of its columns per
-  // panel), then dW[n, :] += sum_m dY[m, n] X[m, :] (a tile's A(r, k) is dY[k, n + r], its B rows X's rows).
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
-  const int64_t per_part = (blocks + parts - 1) / parts;
-  auto partial = torch::zeros({parts, width * depth + width}, x.options());  // each part's dW, then its db
+  const dcif::Parts parts(blocks);
+  auto partial = torch::zeros({parts.count, width * depth + width}, x.options());  // each part's dW, then its db
   float* pp = partial.data_ptr<float>();
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    for (int64_t part = first; part < last; ++part) {
-      float* dw = pp + part * (width * depth + width);
-      float* db = dw + width * depth;
-      for (int64_t block = part * per_part; block < std::min(blocks, (part + 1) * per_part); ++block) {
-        const int64_t m = block * kBlock, count = std::min(kBlock, rows - m);
-        if (dxp) {
-          rows_times<false>(count, gp + m * width, width, wp, kPanel, depth, depth, nullptr, dxp + m * depth, nullptr);
-        }
-        for (int64_t n = 0; n < width; n += kRows) {
-          row_tile<true>(static_cast<int>(std::min<int64_t>(kRows, width - n)), gp + m * width + n, 1, width, count,
-                         xp + m * depth, kPanel, depth, depth, nullptr, dw + n * depth, dw + n * depth);
-        }
-        for (int64_t k = 0; k < count; ++k) {  // db: the block's rows of dY, still in L2
-          const float* row = gp + (m + k) * width;
-          for (int64_t n = 0; n < width; n += kLanes) store_lanes(db + n, load_lanes(db + n) + load_lanes(row + n));
-        }
-      }
+  parts.run(blocks, [&](int64_t part, int64_t first, int64_t last) {
+    float* dw = pp + part * (width * depth + width);
+    for (int64_t m = first * kBlock; m < std::min(rows, last * kBlock); m += kBlock) {
+      dcif::rows_backward(std::min(kBlock, rows - m), xp + m * depth, depth, gp + m * width, width, wp, dw,
+                          dw + width * depth, dxp ? dxp + m * depth : nullptr);
     }
   });
   auto sums = partial.sum(0);
