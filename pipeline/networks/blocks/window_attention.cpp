@@ -138,19 +138,18 @@ inline WindowHead window_head(const Inputs& in, int64_t pair) {
           in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr};
 }
 
-// body(tile, total) for each tile of kLanes queries of one (window, head), its queries' softmax numerators
-// 2^(s - peak) in pt's columns tile ... and their sums in total: the forward's and the backward's common walk, kTiles
-// tiles' scores at a time.
-template <int DIM, typename Body>
+// body(tile, totals) for each run of T tiles of kLanes queries of one (window, head) from query `tile` on, their
+// queries' softmax numerators 2^(s - peak) in pt's columns tile ... and their sums in totals[0 .. T): the forward's
+// and the backward's common walk, kTiles tiles' scores at a time.
+template <int DIM, int T = 1, typename Body>
 inline void over_tiles(const Inputs& in, const WindowHead& wh, const float (&qt)[DIM][kTokens],
                        float (&pt)[kTokens][kTokens], Body&& body) {
+  static_assert(kTiles % T == 0, "runs of whole score tiles");
   for (int first = 0; first < kTokens; first += kTiles * kLanes) {
-    Lanes peaks[kTiles];
+    Lanes peaks[kTiles], totals[kTiles];
     tile_scores<DIM>(in, wh.k, wh.bias_t, wh.mask_t, qt, first, pt, peaks);
-    for (int t = 0; t < kTiles; ++t) {
-      const int tile = first + t * kLanes;
-      body(tile, exponentiate(pt, tile, peaks[t]));
-    }
+    for (int t = 0; t < kTiles; ++t) totals[t] = exponentiate(pt, first + t * kLanes, peaks[t]);
+    for (int t = 0; t < kTiles; t += T) body(first + t * kLanes, totals + t);
   }
 }
 
@@ -164,7 +163,7 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
   for (int64_t pair = begin; pair < end; ++pair) {
     const WindowHead wh = window_head(in, pair);
     columns<DIM>(wh.q, in.qs[2], in.qs[3], in.score_scale, qt);
-    over_tiles<DIM>(in, wh, qt, pt, [&](int tile, Lanes total) {
+    over_tiles<DIM>(in, wh, qt, pt, [&](int tile, const Lanes* total) {
       for (int d = 0; d < DIM; ++d) ot[d] = Lanes{};
       for (int j = 0; j < kTokens; ++j) {
         const Lanes p = load_lanes(pt[j] + tile);
@@ -172,7 +171,7 @@ void forward_pairs(const Inputs& in, float* out, int64_t begin, int64_t end) {
 #pragma GCC unroll 16
         for (int d = 0; d < DIM; ++d) ot[d] += value[d * in.vs[3]] * p;
       }
-      const Lanes inv_total = 1.0f / total;
+      const Lanes inv_total = 1.0f / total[0];
       for (int d = 0; d < DIM; ++d) ot[d] *= inv_total;
       store_tile<DIM>(ot, out + ((wh.window * kTokens + tile) * in.heads + wh.head) * DIM, in.heads * DIM, 1);
     });
@@ -286,12 +285,18 @@ struct Grads {
   at::IntArrayRef qs, ks, vs;
 };
 
+// Query tiles the backward takes at once: two where their dQ accumulators (2 DIM registers) fit AVX-512's 32 beside
+// the rest, each broadcast of a key's or a value's element serving both; else one.
+template <int DIM>
+constexpr int kBackwardTiles = kLanes == 16 && DIM <= 10 ? 2 : 1;
+
 // dP = dO V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO, dB += dS.
 // Per query tile, as in the forward: P recomputed, then dP, dS, dB and dQ with the queries in lanes. Then dK and
 // dV by key_blocks, from the whole window's dS^T and P^T.
 template <int DIM>
 void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float* dbias_t, int64_t begin,
                     int64_t end) {
+  constexpr int T = kBackwardTiles<DIM>;
   alignas(64) float qt[DIM][kTokens];          // score_scale Q^T
   alignas(64) float got[DIM][kTokens];         // dO^T
   alignas(64) float pt[kTokens][kTokens];      // P^T
@@ -307,30 +312,46 @@ void backward_pairs(const Inputs& in, const float* grad, const Grads& out, float
     columns<DIM>(gw, in.heads * DIM, 1, 1.0f, got);
     padded_rows<DIM>(wh.q, in.qs[2], in.qs[3], in.score_scale, qrows);
     padded_rows<DIM>(gw, in.heads * DIM, 1, 1.0f, grows);
-    over_tiles<DIM>(in, wh, qt, pt, [&](int tile, Lanes total) {
-      const Lanes inv_total = 1.0f / total;
-      Lanes row_dot{};
+    over_tiles<DIM, T>(in, wh, qt, pt, [&](int first, const Lanes* totals) {
+      Lanes inv_total[T], row_dot[T];
+      for (int t = 0; t < T; ++t) inv_total[t] = 1.0f / totals[t], row_dot[t] = Lanes{};
       for (int j = 0; j < kTokens; ++j) {
-        const Lanes p = load_lanes(pt[j] + tile) * inv_total;
         const float* value = wh.v + j * in.vs[2];
-        Lanes dp{};
+        Lanes dp[T] = {};
 #pragma GCC unroll 16
-        for (int d = 0; d < DIM; ++d) dp += value[d * in.vs[3]] * load_lanes(got[d] + tile);
-        store_lanes(pt[j] + tile, p);
-        store_lanes(dst[j] + tile, dp);
-        row_dot += dp * p;
+        for (int d = 0; d < DIM; ++d) {
+          const float vd = value[d * in.vs[3]];
+          for (int t = 0; t < T; ++t) dp[t] += vd * load_lanes(got[d] + first + t * kLanes);
+        }
+        for (int t = 0; t < T; ++t) {
+          const int tile = first + t * kLanes;
+          const Lanes p = load_lanes(pt[j] + tile) * inv_total[t];
+          store_lanes(pt[j] + tile, p);
+          store_lanes(dst[j] + tile, dp[t]);
+          row_dot[t] += dp[t] * p;
+        }
       }
-      Lanes dq[DIM] = {};
+      Lanes dq[T][DIM] = {};
       for (int j = 0; j < kTokens; ++j) {
-        const Lanes ds = load_lanes(pt[j] + tile) * (load_lanes(dst[j] + tile) - row_dot);
-        store_lanes(dst[j] + tile, ds);
-        store_lanes(dbias_h + j * kTokens + tile, load_lanes(dbias_h + j * kTokens + tile) + ds);
+        Lanes ds[T];
+        for (int t = 0; t < T; ++t) {
+          const int tile = first + t * kLanes;
+          ds[t] = load_lanes(pt[j] + tile) * (load_lanes(dst[j] + tile) - row_dot[t]);
+          store_lanes(dst[j] + tile, ds[t]);
+          store_lanes(dbias_h + j * kTokens + tile, load_lanes(dbias_h + j * kTokens + tile) + ds[t]);
+        }
         const float* key = wh.k + j * in.ks[2];
 #pragma GCC unroll 16
-        for (int d = 0; d < DIM; ++d) dq[d] += ds * key[d * in.ks[3]];
+        for (int d = 0; d < DIM; ++d) {
+          const float kd = key[d * in.ks[3]];
+          for (int t = 0; t < T; ++t) dq[t][d] += ds[t] * kd;
+        }
       }
-      for (int d = 0; d < DIM; ++d) dq[d] *= in.scale;
-      store_tile<DIM>(dq, out.dq + w * out.qs[0] + h * out.qs[1] + tile * out.qs[2], out.qs[2], out.qs[3]);
+      for (int t = 0; t < T; ++t) {
+        for (int d = 0; d < DIM; ++d) dq[t][d] *= in.scale;
+        store_tile<DIM>(dq[t], out.dq + w * out.qs[0] + h * out.qs[1] + (first + t * kLanes) * out.qs[2], out.qs[2],
+                        out.qs[3]);
+      }
     });
     key_blocks<DIM>(dst, qrows, kLn2, out.dk + w * out.ks[0] + h * out.ks[1], out.ks[2], out.ks[3]);  // qrows: log2 e
     key_blocks<DIM>(pt, grows, 1.0f, out.dv + w * out.vs[0] + h * out.vs[1], out.vs[2], out.vs[3]);
