@@ -42,6 +42,18 @@ def _shift_mask(windows: int) -> torch.Tensor:
     return torch.where(region.unsqueeze(2) == region.unsqueeze(1), 0.0, -100.0)
 
 
+def _trailing_masks(windows: int, masked: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The kernel's mask for ``masked`` "none", "every" window or the "last" ones (a shifted order's, which puts its
+    masked windows last), and each window's mask for SDPA (zeros for the windows the kernel's leaves out)."""
+    if masked == "none":
+        return None, None
+    every = _shift_mask(windows)
+    if masked == "every":
+        return every, every
+    every[: windows // 2] = 0
+    return every[windows // 2:], every
+
+
 def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V as the strided views a block's projection gives: (windows, heads, 64, head_dim)."""
     qkv = torch.randn(windows, 64, 3, heads, head_dim)
@@ -50,16 +62,17 @@ def _qkv(windows: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.T
 
 
 @pytest.mark.parametrize("head_dim", cpu_kernels.HEAD_DIMS)
-@pytest.mark.parametrize("masked", [False, True])
-def test_kernel_matches_sdpa(kernel, head_dim: int, masked: bool) -> None:
+@pytest.mark.parametrize("masked", ["none", "every", "last"])
+def test_kernel_matches_sdpa(kernel, head_dim: int, masked: str) -> None:
     torch.manual_seed(head_dim)
     windows, heads = 37, 3
     q, k, v = _qkv(windows, heads, head_dim)
     bias = torch.randn(heads, 64, 64)
-    mask = _shift_mask(windows) if masked else torch.empty(0)
-    attn_mask = bias.unsqueeze(0) + (mask.unsqueeze(1) if masked else 0)
+    mask, every = _trailing_masks(windows, masked)
+    attn_mask = bias.unsqueeze(0) + (0 if every is None else every.unsqueeze(1))
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5)
-    got = kernel(q, k, v, bias.permute(0, 2, 1).contiguous().permute(0, 2, 1), mask, head_dim**-0.5)
+    got = kernel(q, k, v, bias.permute(0, 2, 1).contiguous().permute(0, 2, 1),
+                 torch.empty(0) if mask is None else mask, head_dim**-0.5)
     assert got.shape == (windows, 64, heads, head_dim)  # tokens then heads: the projection's layout
     assert (got - expected.transpose(1, 2)).abs().max() < 1e-5
 
@@ -79,22 +92,22 @@ def test_kernels_flush_denormals_and_restore_the_callers_mode(kernel) -> None:
 
 
 @pytest.mark.parametrize("head_dim", cpu_kernels.HEAD_DIMS)
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", ["none", "every", "last"])
 @pytest.mark.parametrize("cross", [False, True])
-def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: bool, cross: bool) -> None:
+def test_kernel_gradients_match_sdpa(kernel, head_dim: int, masked: str, cross: bool) -> None:
     """Self-attention (Q, K, V of one projection) and CMIFM's cross-attention (Q of one, K and V of the other)."""
-    torch.manual_seed(head_dim + masked)
+    torch.manual_seed(head_dim + len(masked))
     windows, heads = 5, 2
     queries = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True)
     keys_values = torch.randn(windows, 64, 3, heads, head_dim, requires_grad=True) if cross else queries
     bias = torch.randn(heads, 64, 64, requires_grad=True)
-    mask = _shift_mask(windows) if masked else None
+    mask, every = _trailing_masks(windows, masked)
     upstream = torch.randn(windows, 64, heads, head_dim)
     inputs = (queries, keys_values, bias) if cross else (queries, bias)
     got = cpu_kernels.window_attention(queries, keys_values, bias, mask, head_dim**-0.5)
     got_grads = torch.autograd.grad((got * upstream).sum(), inputs)
     q, k, v = (z.transpose(1, 2) for z in (queries[:, :, 0], keys_values[:, :, 1], keys_values[:, :, 2]))
-    attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+    attn_mask = bias.unsqueeze(0) if every is None else bias.unsqueeze(0) + every.unsqueeze(1)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head_dim**-0.5).transpose(1, 2)
     expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
     for got_grad, expected_grad in zip(got_grads, expected_grads):

@@ -26,7 +26,7 @@ def test_block_swaps_keys_and_values_between_streams() -> None:
     torch.manual_seed(0)
     block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=False, mlp_ratio=2.0)
     ct, pet = torch.randn(1, 8, 8, 12), torch.randn(1, 8, 8, 12)  # one window: window order is raster order
-    order = _cached_windows(1, 8, 8, 8, CPU, None).regular
+    order = _cached_windows(1, 8, 8, 8, CPU, None, False).regular
     out_ct, out_pet = (t.reshape(1, 8, 8, 12) for t in block(ct.reshape(64, 12), pet.reshape(64, 12), order))
 
     cases = ((out_ct, block.ct, block.pet, ct, pet), (out_pet, block.pet, block.ct, pet, ct))
@@ -37,10 +37,13 @@ def test_block_swaps_keys_and_values_between_streams() -> None:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_shifted_block_masks_context_wrapped_from_the_opposite_border() -> None:
+@pytest.mark.parametrize("whole", [False, True])
+def test_shifted_block_masks_context_wrapped_from_the_opposite_border(whole: bool) -> None:
+    """In either layout: plain and masked windows as chunks of their own, or one chunk whose masks are its last
+    windows' (which ATen's attention, at this head size of 6, takes padded with zeros)."""
     torch.manual_seed(0)
     block = CrossModalBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
-    windows = _cached_windows(1, 16, 16, 8, CPU, None)
+    windows = _cached_windows(1, 16, 16, 8, CPU, None, whole)
     ct, pet = torch.randn(1, 12, 16, 16), torch.randn(1, 12, 16, 16)
     nudged = pet.clone()
     nudged[0, :, 0, 0] += torch.randn(12)

@@ -36,7 +36,7 @@ def test_pad_to_multiple_replicates_maps_too_small_to_reflect() -> None:
 
 
 def test_only_windows_wrapped_by_the_shift_carry_a_mask() -> None:
-    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None)
+    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None, False)
     assert all(chunk.mask is None for chunk in windows.regular.chunks)
     masks = [chunk.mask for chunk in windows.shifted.chunks if chunk.mask is not None]
     assert sum(mask.shape[0] for mask in masks) == 3  # of 4 windows, the top-left holds no wrapped pixels
@@ -44,13 +44,16 @@ def test_only_windows_wrapped_by_the_shift_carry_a_mask() -> None:
     assert torch.equal(windows.regular.order[windows.regular.inverse], torch.arange(256))
 
 
-def test_shifted_block_masks_pixels_wrapped_from_the_opposite_border() -> None:
+@pytest.mark.parametrize(("width", "whole"), [(12, False), (12, True), (16, True)])
+def test_shifted_block_masks_pixels_wrapped_from_the_opposite_border(width: int, whole: bool) -> None:
+    """With the masked windows a chunk of their own, or in one chunk with masks for its last windows alone: taken so
+    by the CPU kernel (head size 8) and padded with zeros for ATen's attention (head size 6)."""
     torch.manual_seed(0)
-    block = SwinStage(12, depth=2, num_heads=2, window_size=8).blocks[1]
-    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None)
-    z = torch.randn(1, 12, 16, 16)
+    block = SwinStage(width, depth=2, num_heads=2, window_size=8).blocks[1]
+    windows = _cached_windows(1, 16, 16, 8, torch.device("cpu"), None, whole)
+    z = torch.randn(1, width, 16, 16)
     nudged = z.clone()
-    nudged[0, :, 0, 0] += torch.randn(12)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
+    nudged[0, :, 0, 0] += torch.randn(width)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return windows.leave(block(windows.enter(x, True), windows.shifted), True, x.shape)
@@ -74,7 +77,7 @@ def test_block_overwrites_its_tokens_without_autograd_and_keeps_them_with_it() -
     """Inference holds a block's tokens once (results written over their inputs); training must not."""
     torch.manual_seed(0)
     block = SwinBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
-    order = _window_order(1, 32, 32, 8, True, torch.device("cpu"), chunk_tokens=128)  # 8 chunks, masked ones last
+    order = _window_order(1, 32, 32, 8, True, torch.device("cpu"), chunk_tokens=128, whole=False)  # 8 chunks, masked ones last
     tokens = torch.randn(32 * 32, 12)
     expected = block(tokens, order)
     with torch.no_grad():

@@ -53,7 +53,9 @@ def test_shift_mask_is_monai_s_on_every_window_of_every_image(size: tuple[int, i
     assert shift_mask(torch.zeros(1, *size, 1), 8, window_shift(*size, 8, False)) is None
 
 
-def test_cpu_inference_runs_in_chunks_and_autograd_in_one_plain_and_one_masked_chunk(monkeypatch) -> None:
+def test_cpu_inference_runs_in_chunks_and_autograd_in_one(monkeypatch) -> None:
+    """CPU inference in chunks; CPU autograd in one chunk, the masks for its trailing (masked) windows alone, which
+    the attention kernel takes; elsewhere (a GPU) one chunk of plain windows and one of masked ones."""
     monkeypatch.setattr(windows_module, "CPU_CHUNK_TOKENS", 256)
     x = torch.zeros(2, 4, 64, 64)
     with torch.no_grad():
@@ -61,8 +63,13 @@ def test_cpu_inference_runs_in_chunks_and_autograd_in_one_plain_and_one_masked_c
     whole = windows_for(x, 8)
     assert all(chunk.stop - chunk.start <= 256 for chunk in chunked.shifted.chunks)
     assert len(chunked.regular.chunks) == 2 * 64 * 64 // 256
-    assert [chunk.mask is None for chunk in whole.shifted.chunks] == [True, False]
-    assert len(whole.regular.chunks) == 1 and whole.regular.chunks[0].stop == 2 * 64 * 64
+    (chunk,) = whole.shifted.chunks
+    assert (chunk.start, chunk.stop) == (0, 2 * 64 * 64)
+    assert chunk.mask.shape == (2 * 15, 64, 64)  # per map, the last row and column of its 8 x 8 windows
+    assert len(whole.regular.chunks) == 1 and whole.regular.chunks[0].mask is None
+    split = windows_module._cached_windows(2, 64, 64, 8, torch.device("cpu"), None, False)
+    assert [chunk.mask is None for chunk in split.shifted.chunks] == [True, False]
+    assert torch.equal(split.shifted.chunks[1].mask, chunk.mask)
     windows_module._cached_windows.cache_clear()
 
 

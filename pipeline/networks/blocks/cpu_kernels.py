@@ -171,8 +171,9 @@ def window_attention(queries: torch.Tensor, keys_values: torch.Tensor, bias: tor
     """softmax(scale Q K^T + B [+ mask]) V by the kernel, as (windows, N, heads, head_dim); see :func:`kernel_applies`.
 
     Q comes from ``queries`` and K, V from ``keys_values`` (the same tensor in self-attention), each a projection
-    (windows, N, 3, heads, head_dim); ``bias``: (heads, N, N); ``mask``: (windows, N, N), symmetric as the SW-MSA
-    masks are (token i sees token j iff both lie in one region), or None.
+    (windows, N, 3, heads, head_dim); ``bias``: (heads, N, N); ``mask``: (M, N, N) for the last M windows (a shifted
+    block's masked windows, which its order puts last), symmetric as the SW-MSA masks are (token i sees token j iff
+    both lie in one region), or None.
     """
     mask = _EMPTY if mask is None else mask
     if torch.is_grad_enabled() and any(t.requires_grad for t in (queries, keys_values, bias)):

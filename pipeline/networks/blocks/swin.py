@@ -92,6 +92,8 @@ class ChunkedWindowAttention(WindowAttention):
             if kernel_applies(queries):
                 out = window_attention(queries, keys_values, bias, mask, self.scale)  # (windows, N, heads, head_dim)
                 return out.view(windows * tokens, heads * head_dim)
+        if mask is not None and mask.shape[0] < windows:  # the masks of the last windows only: the others see all
+            mask = torch.cat([mask.new_zeros(windows - mask.shape[0], tokens, tokens), mask])
         q, k, v = split_projections(queries, keys_values)
         attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = attn_mask.to(q.dtype)
@@ -145,7 +147,8 @@ class SwinBlock(nn.Module):
         return residuals_(x, attended, self.attn.proj, self.norm2, self.mlp)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
-        """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on each window or None."""
+        """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on its last windows (see
+        :class:`~pipeline.networks.blocks.windows.Chunk`) or None."""
         qkv = self.project(x, window_tokens)
         return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask))
 
@@ -180,7 +183,8 @@ def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]
     in_place = not torch.is_grad_enabled()
     pieces = []
     for chunk in order.chunks:
-        slices = tuple(z[chunk.start:chunk.stop] for z in streams)
+        whole = chunk.start == 0 and chunk.stop == streams[0].shape[0]  # no slice, whose gradient is zero-filled
+        slices = streams if whole else tuple(z[chunk.start:chunk.stop] for z in streams)
         results = step(chunk, *slices)
         if in_place:
             for piece, result in zip(slices, results):

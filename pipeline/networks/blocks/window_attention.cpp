@@ -41,6 +41,7 @@ struct Inputs {
   const float *q, *k, *v, *bias_t, *mask_t;
   at::IntArrayRef qs, ks, vs;
   int64_t heads;
+  int64_t first_masked;  // windows from this one on take the mask's windows in turn (the masked come last)
   float scale;  // of the softmax, 1 / sqrt(D)
   float score_scale;  // of Q in the base-2 scores: scale log2 e
 };
@@ -135,7 +136,7 @@ inline WindowHead window_head(const Inputs& in, int64_t pair) {
           in.k + w * in.ks[0] + h * in.ks[1],
           in.v + w * in.vs[0] + h * in.vs[1],
           in.bias_t + h * kTokens * kTokens,
-          in.mask_t ? in.mask_t + w * kTokens * kTokens : nullptr};
+          in.mask_t && w >= in.first_masked ? in.mask_t + (w - in.first_masked) * kTokens * kTokens : nullptr};
 }
 
 // body(tile, totals) for each run of T tiles of kLanes queries of one (window, head) from query `tile` on, their
@@ -369,11 +370,12 @@ Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch:
   TORCH_CHECK(bias_t.dim() == 3 && bias_t.size(0) == heads && bias_t.size(1) == kTokens && bias_t.size(2) == kTokens,
               "bias must be (H, N, N)");
   const bool masked = mask_t.numel() > 0;
-  TORCH_CHECK(!masked || (mask_t.dim() == 3 && mask_t.size(0) == windows && mask_t.size(1) == kTokens),
-              "mask must be (W, N, N)");
+  TORCH_CHECK(!masked || (mask_t.dim() == 3 && mask_t.size(0) <= windows && mask_t.size(1) == kTokens),
+              "mask must be (M, N, N) for the last M <= W windows");
   return Inputs{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), bias_t.data_ptr<float>(),
                 masked ? mask_t.data_ptr<float>() : nullptr, q.strides(), k.strides(), v.strides(), heads,
-                static_cast<float>(scale), static_cast<float>(scale) * kLog2e};
+                masked ? windows - mask_t.size(0) : windows, static_cast<float>(scale),
+                static_cast<float>(scale) * kLog2e};
 }
 
 // B^T in base-2 score units (see exp2_nonpositive), read at the bias's own strides (it is a view of the gathered
@@ -400,8 +402,8 @@ torch::Tensor symmetric(const torch::Tensor& mask) {
 
 }  // namespace
 
-// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 10, 16}; bias: (H, 64, 64); mask: (W, 64, 64), symmetric,
-// or empty.
+// q, k, v: (W, H, 64, D) float32, any strides, D in {8, 10, 16}; bias: (H, 64, 64); mask: (M, 64, 64), symmetric,
+// for the last M windows (a shifted block's masked ones, which its order puts last), or empty.
 // Returns O as (W, 64, H, D): tokens then heads, the layout the output projection reads.
 torch::Tensor window_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                torch::Tensor mask, double scale) {
