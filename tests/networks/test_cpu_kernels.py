@@ -381,10 +381,9 @@ def test_token_linear_weight_gradient_alone(kernel) -> None:
     assert all((a - b).abs().max() < 1e-4 for a, b in zip(got, expected))
 
 
-def test_token_linear_is_what_the_block_runs_and_other_widths_take_aten(kernel, monkeypatch) -> None:
-    """Under autograd the block's output projection goes through the kernel (its other three layers through the
-    fused pre-norm nodes, tested below); SwinFusion's width (60) is not a multiple of 16 and takes ATen's GEMM with
-    the same numbers."""
+def test_token_linear_runs_the_kernel_for_widths_in_16s_and_aten_for_others(kernel, monkeypatch) -> None:
+    """A layer of 16 -> 48 channels goes through the kernel, forward and backward; SwinFusion's width (60) is not a
+    multiple of 16 and takes ATen's GEMM with the same numbers."""
     calls = []
     real = cpu_kernels.cpu_kernel()
 
@@ -395,11 +394,8 @@ def test_token_linear_is_what_the_block_runs_and_other_widths_take_aten(kernel, 
             return getattr(real, name)
 
     monkeypatch.setattr(cpu_kernels, "cpu_kernel", lambda: Counting())
-    from pipeline.networks.blocks.swin import SwinBlock
-
-    block = SwinBlock(16, 2, 8, shifted=False, mlp_ratio=2.0)
     tokens = torch.randn(128, 16, requires_grad=True)
-    block.step(tokens, block.attn.position_bias(64), None, 64).sum().backward()
+    cpu_kernels.token_linear(tokens, torch.nn.Linear(16, 48)).sum().backward()
     assert calls == ["token_linear", "token_linear_backward"]
     wide = torch.nn.Linear(60, 120)
     x = torch.randn(50, 60)
@@ -447,31 +443,35 @@ def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidd
         attention_sum = x + proj(attended)
         expected_sum = attention_sum + mlp(F.layer_norm(attention_sum, (channels,), norm.weight, norm.bias, norm.eps))
         summed = x.clone()
-        out = found.residuals_(summed, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
-                               mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias)
+        out = found.residuals(summed, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
+                              mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias, summed)
         assert out.data_ptr() == summed.data_ptr()
         assert (summed - expected_sum).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
 def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, hidden: int) -> None:
-    """Under autograd the fused LN + projection and LN + feed-forward + residual give ATen's outputs and the gradients
-    of float64 ATen ops for the tokens, the LayerNorm and both layers, with the LayerNorm and hidden layer recomputed
-    in the backward."""
+    """Under autograd the fused LN + projection and the two residuals (output projection, LN, feed-forward) give
+    ATen's outputs and the gradients of float64 ATen ops for the tokens, the attention's output, the LayerNorm and
+    every layer, with what the forwards kept in L1 recomputed in the backwards."""
     torch.manual_seed(rows)
     norm, linear, mlp = _pre_norm_layers(channels, hidden)
+    proj = torch.nn.Linear(channels, channels)
     x = (torch.randn(rows, channels) * 3 + 1).requires_grad_()
-    modules = (norm, linear, mlp)
+    attended = torch.randn(rows, channels, requires_grad=True)
+    modules = (norm, linear, mlp, proj)
     params = [p for module in modules for p in module.parameters()]
-    out = (cpu_kernels.norm_linear(x, norm, linear), cpu_kernels.feed_forward(x, norm, mlp))
+    out = (cpu_kernels.norm_linear(x, norm, linear), cpu_kernels.residuals(x, attended, proj, norm, mlp))
     grads = [torch.randn_like(o) for o in out]
-    found = torch.autograd.grad(out, [x, *params], grads)
+    found = torch.autograd.grad(out, [x, attended, *params], grads)
 
     reference = [module.double() for module in modules]
-    x64 = x.detach().double().requires_grad_()
-    normed = F.layer_norm(x64, (channels,), reference[0].weight, reference[0].bias, norm.eps)
-    expected_out = (reference[1](normed), x64 + reference[2](normed))
-    expected = torch.autograd.grad(expected_out, [x64, *[p for module in reference for p in module.parameters()]],
+    x64, attended64 = (t.detach().double().requires_grad_() for t in (x, attended))
+    summed = x64 + reference[3](attended64)
+    expected_out = (reference[1](F.layer_norm(x64, (channels,), reference[0].weight, reference[0].bias, norm.eps)),
+                    summed + reference[2](F.layer_norm(summed, (channels,), reference[0].weight, reference[0].bias,
+                                                       norm.eps)))
+    expected = torch.autograd.grad(expected_out, [x64, attended64, *[p for m in reference for p in m.parameters()]],
                                    [g.double() for g in grads])
     for got, want in zip(out, expected_out):
         assert (got.double() - want).abs().max() < 1e-4
@@ -480,10 +480,9 @@ def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, h
 
 
 def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
-    """In inference a block is three kernel calls (projection, attention, residuals); under autograd the projection and
-    the feed-forward are fused too, with the output projection and the attention between them, and their backwards
-    recompute what the forwards kept in L1. Widths the kernels do not take (60) run ATen's ops with the same
-    numbers."""
+    """A block is three kernel calls (projection, attention, residuals), in inference and under autograd, where the
+    backwards recompute what the forwards kept in L1. Widths the kernels do not take (60) run ATen's ops with the
+    same numbers."""
     calls = []
     real = cpu_kernels.cpu_kernel()
 
@@ -499,15 +498,14 @@ def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
     tokens = torch.randn(128, 16)
     with torch.inference_mode():
         block.step(tokens.clone(), block.attn.position_bias(64), None, 64)
-    assert calls == ["norm_linear", "window_attention", "residuals_"]
+    assert calls == ["norm_linear", "window_attention", "residuals"]
     calls.clear()
     tokens.requires_grad_()
     out = block.step(tokens, block.attn.position_bias(64), None, 64)
-    assert calls == ["norm_linear", "window_attention", "token_linear", "feed_forward"]
+    assert calls == ["norm_linear", "window_attention", "residuals"]
     calls.clear()
     out.sum().backward()
-    assert sorted(calls) == ["feed_forward_backward", "norm_linear_backward", "token_linear_backward",
-                             "window_attention_backward"]
+    assert sorted(calls) == ["norm_linear_backward", "residuals_backward", "window_attention_backward"]
     calls.clear()
     norm, linear, mlp = _pre_norm_layers(60, 120)
     proj = torch.nn.Linear(60, 60)
@@ -516,10 +514,10 @@ def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
         assert torch.equal(cpu_kernels.norm_linear(x, norm, linear), linear(norm(x)))
         attention_sum = x + proj(attended)
         expected = attention_sum + mlp(norm(attention_sum))
-        assert (cpu_kernels.residuals_(x.clone(), attended, proj, norm, mlp) - expected).abs().max() < 1e-5
+        assert (cpu_kernels.residuals(x.clone(), attended, proj, norm, mlp) - expected).abs().max() < 1e-5
     x.requires_grad_()
-    assert (cpu_kernels.feed_forward(x, norm, mlp) - (x + mlp(norm(x)))).abs().max() < 1e-5
-    assert not {"norm_linear", "residuals_", "feed_forward"} & set(calls)
+    assert (cpu_kernels.residuals(x, attended, proj, norm, mlp) - expected).abs().max() < 1e-5
+    assert not {"norm_linear", "residuals"} & set(calls)
 
 
 def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> None:
@@ -533,19 +531,21 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
         found.norm_linear(x, norm.weight, norm.bias, 1e-5, torch.randn(20, 32), torch.randn(20))
     with pytest.raises(RuntimeError, match="must be contiguous float32 of 96 values"):
         found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95))
-    with pytest.raises(RuntimeError, match="attended must be"):
-        found.residuals_(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers)
+    with pytest.raises(RuntimeError, match="attended and out must be"):
+        found.residuals(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x)
     with pytest.raises(RuntimeError, match="norm_weight must be contiguous float32 of 32 values"):
-        found.residuals_(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers)
+        found.residuals(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers, x)
     with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
-        found.residuals_(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
-                         layers[2].t(), layers[3])
-    with pytest.raises(RuntimeError, match=r"grad must be \(rows, C\) as x"):
-        found.feed_forward_backward(x, attended[:7], norm.weight, norm.bias, 1e-5, *layers)
+        found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
+                        layers[2].t(), layers[3], x)
+    with pytest.raises(RuntimeError, match=r"attended and grad must be \(rows, C\) as x"):
+        found.residuals_backward(x, attended, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
+                                 *layers)
     with pytest.raises(RuntimeError, match=r"grad must be \(rows, out\)"):
         found.norm_linear_backward(x, torch.randn(8, 95), norm.weight, norm.bias, 1e-5, linear.weight)
     with pytest.raises(RuntimeError, match="norm_bias must be contiguous float32 of 32 values"):
-        found.feed_forward_backward(x, attended, norm.weight, torch.randn(31), 1e-5, *layers)
+        found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, torch.randn(31), 1e-5,
+                                 *layers)
 
 
 def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:

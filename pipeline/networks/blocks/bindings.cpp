@@ -17,20 +17,19 @@ torch::Tensor gelu(torch::Tensor x, torch::Tensor bias, torch::Tensor out);
 torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad);
 torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor out,
                            torch::Tensor add);
-torch::Tensor feed_forward(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                           torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
-std::vector<torch::Tensor> feed_forward_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
-                                                 torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                                                 torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
 std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
                                                 torch::Tensor norm_bias, double eps, torch::Tensor weight);
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
                           torch::Tensor weight, torch::Tensor bias);
-torch::Tensor residuals_(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
-                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                         torch::Tensor b1, torch::Tensor w2, torch::Tensor b2);
+torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
+                        torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
+                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out);
+std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor attended, torch::Tensor grad,
+                                              torch::Tensor wp, torch::Tensor bp, torch::Tensor norm_weight,
+                                              torch::Tensor norm_bias, double eps, torch::Tensor w1, torch::Tensor b1,
+                                              torch::Tensor w2, torch::Tensor b2);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
@@ -42,10 +41,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
   m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
-  m.def("residuals_", &residuals_, "x += attended Wp^T + bp, then x += W2 GELU(W1 LN(x) + b1) + b2, fused in place");
+  m.def("residuals", &residuals,
+        "out = u + W2 GELU(W1 LN(u) + b1) + b2, u = x + attended Wp^T + bp, fused; out may be x (in place)");
+  m.def("residuals_backward", &residuals_backward,
+        "gradients of residuals: dx, dattended, dWp, dbp, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
   m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear: dx, dnorm_weight, dnorm_bias, dW, db");
-  m.def("feed_forward", &feed_forward, "x + W2 GELU(W1 LN(x) + b1) + b2 of (rows, C) tokens, fused, into a new tensor");
-  m.def("feed_forward_backward", &feed_forward_backward,
-        "gradients of feed_forward: dx, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

@@ -19,9 +19,10 @@
   kernel, and its output projection, LayerNorm, feed-forward and both residuals as another, over blocks of 48 rows
   whose normalised rows and hidden layer stay in L1, with the routines of the three kernels above (``layer_norm.h``,
   ``token_linear.h``, ``gelu.h``): the same numbers, and a 512 x 512 forward 1.12-1.15x faster (Xeon, shipped and
-  paper-depth models). Under autograd the LayerNorm + projection and the LayerNorm + feed-forward + residual are
-  one node each that keeps only its input, its backward recomputing the rest block by block in L1: a training
-  iteration 1.085x faster (shipped and paper depth, 64 x 64 crops).
+  paper-depth models). Under autograd the LayerNorm + projection and the two residuals are one node each that
+  keeps only its inputs, its backward recomputing the rest block by block in L1: a training iteration 1.085x faster
+  (shipped and paper depth, 64 x 64 crops) with the output projection still apart, and 1.00-1.05x more with it
+  inside.
 
 The kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
@@ -364,46 +365,48 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
     return token_linear(norm(x), linear)
 
 
-class _FeedForward(torch.autograd.Function):
-    """``x + mlp(norm(x))`` fused as one autograd node that keeps x alone: the backward recomputes the LayerNorm, the
-    hidden layer and its GELU per block of rows in L1 (``feed_forward_backward``) instead of reading four saved
-    activations (normalised tokens, hidden layer, GELU, and x) back from memory."""
+class _Residuals(torch.autograd.Function):
+    """A block's two residuals, ``u = x + proj(attended)`` then ``u + mlp(norm(u))``, as one autograd node that keeps
+    its inputs alone: the backward (``residuals_backward``) recomputes u, its LayerNorm, the hidden layer and its GELU
+    per block of rows in L1 instead of reading five saved activations back from memory."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
-                w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, norm_weight, norm_bias, w1, b1, w2, b2)
+    def forward(ctx: Any, x: torch.Tensor, attended: torch.Tensor, eps: float, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, attended, *weights)
         ctx.eps = eps
-        return cpu_kernel().feed_forward(x, norm_weight, norm_bias, eps, w1, b1, w2, b2)
+        return _fused_residuals(x, attended, eps, weights, torch.empty_like(x))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, norm_weight, norm_bias, w1, b1, w2, b2 = ctx.saved_tensors
-        dx, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2 = cpu_kernel().feed_forward_backward(
-            x, grad.contiguous(), norm_weight, norm_bias, ctx.eps, w1, b1, w2, b2)
-        return dx, dnorm_weight, dnorm_bias, None, dw1, db1, dw2, db2
+        x, attended, wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = ctx.saved_tensors
+        dx, dattended, dwp, dbp, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2 = cpu_kernel().residuals_backward(
+            x, attended, grad.contiguous(), wp, bp, norm_weight, norm_bias, ctx.eps, w1, b1, w2, b2)
+        return dx, dattended, None, dwp, dbp, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2
 
 
-def feed_forward(x: torch.Tensor, norm: torch.nn.LayerNorm, mlp: torch.nn.Module) -> torch.Tensor:
-    """``x + mlp(norm(x))`` of (tokens, C) rows into a new tensor, ``mlp`` a GELU feed-forward (MONAI's ``MLPBlock``):
-    under autograd the fused :class:`_FeedForward` where it applies, else :func:`linear_gelu` and
-    :func:`token_linear` (in inference :func:`residuals_` runs it in place)."""
+def _fused_residuals(x: torch.Tensor, attended: torch.Tensor, eps: float, weights: tuple[torch.Tensor, ...],
+                     out: torch.Tensor) -> torch.Tensor:
+    """The kernel on ``weights`` (proj's weight and bias, the norm's, linear1's, linear2's) into ``out``."""
+    wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = weights
+    return cpu_kernel().residuals(x, attended, wp, bp, norm_weight, norm_bias, eps, w1, b1, w2, b2, out)
+
+
+def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, norm: torch.nn.LayerNorm,
+              mlp: torch.nn.Module) -> torch.Tensor:
+    """A Swin block's two residuals on its tokens ``x``: ``u = x + proj(attended)``, then ``u + mlp(norm(u))``, ``mlp``
+    a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``). One fused kernel where it applies (see
+    ``pre_norm.cpp``): without autograd in place, into ``x``; under autograd :class:`_Residuals`, into a new tensor.
+    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear` under autograd."""
     first, second = mlp.linear1, mlp.linear2
-    if _fusable(x, norm, first, second) and x.shape[1] == first.in_features:
-        return _FeedForward.apply(x, norm.weight, norm.bias, norm.eps, first.weight, first.bias, second.weight,
-                                  second.bias)
-    return token_linear(linear_gelu(norm(x), first), second, residual=x)
-
-
-def residuals_(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, norm: torch.nn.LayerNorm,
-               mlp: torch.nn.Module) -> torch.Tensor:
-    """A Swin block's two residuals on its tokens ``x`` in place without autograd: ``x += proj(attended)``, then
-    ``x += mlp(norm(x))``, ``mlp`` a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``). One
-    fused kernel where it applies (see ``pre_norm.cpp``), else :func:`add_linear_` and :func:`linear_gelu`."""
-    first, second = mlp.linear1, mlp.linear2
+    weights = (proj.weight, proj.bias, norm.weight, norm.bias, first.weight, first.bias, second.weight, second.bias)
+    tracked = _tracked(x, attended, *weights)
     if _fusable(x, norm, proj, first, second) and attended.is_contiguous() and attended.shape == x.shape:
-        return cpu_kernel().residuals_(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
-                                       first.weight, first.bias, second.weight, second.bias)
+        if tracked:
+            return _Residuals.apply(x, attended, norm.eps, *weights)
+        return _fused_residuals(x, attended, norm.eps, weights, x)
+    if tracked:
+        x = token_linear(attended, proj, residual=x)
+        return token_linear(linear_gelu(norm(x), first), second, residual=x)
     add_linear_(x, attended, proj)
     return add_linear_(x, linear_gelu(norm(x), first), second)
 

@@ -2,11 +2,11 @@
 // x += proj(attended), then x += W2 GELU(W1 LN(x) + b1) + b2 on (rows, C) tokens (in place in inference). As separate
 // kernels (LayerNorm, the layers, GELU) each step streams a chunk's tokens or hidden layer (2 MB at 16384 tokens x 32)
 // through L2 and beyond; here a block of rows goes through all the steps with its normalised rows and hidden layer in
-// L1 (48 rows x 16-64 floats), and x is read (and in the residuals written) once. Under autograd the projection and
-// the feed-forward run the same way and keep x alone: their backwards recompute a block's LayerNorm, hidden layer and
-// GELU in L1 and go back through them there, each thread summing the weight gradients into its own copy (a block's
-// training step at 16-32 channels 1.11-1.28x as fast as the separate kernels', which wrote and then read back four
-// activations). The steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are
+// L1 (48 rows x 16-64 floats), and x is read (and in the residuals written) once. Under autograd both run the same
+// way into new tensors and keep their inputs alone: their backwards recompute a block's sum, LayerNorm, hidden layer
+// and GELU in L1 and go back through them there, each thread summing the weight gradients into its own copy (a
+// block's training step at 16-32 channels 1.11-1.28x as fast as the separate kernels', which wrote and then read
+// back four activations, and a training iteration 1.00-1.05x more with the output projection inside). The steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are
 // theirs. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -82,19 +82,21 @@ void over_normed_blocks(const torch::Tensor& x, const torch::Tensor& norm_weight
   });
 }
 
-// The backward of y = layer(LN(x)) [+ x] over blocks of kBlockRows rows, the LayerNorm recomputed per block (as its
-// kernel's forward has it) instead of saved: f(sums, first, count, normed, dnormed, scratch) adds the layer's weight
-// gradients into sums (layer_floats, the thread's own) and writes dL/dnormed; then the LayerNorm's backward gives the
-// rows of dx, plus the rows of grad where the layer's input was added (residual). Returns dx, dnorm_weight,
-// dnorm_bias and the sum of every part's sums.
-template <typename F>
+// The backward of y = layer(LN(u)) [+ u] over blocks of kBlockRows rows, u = x or a function of x, the LayerNorm
+// recomputed per block (as its kernel's forward has it) instead of saved: source(first, count, own) gives the block's
+// rows of u (x's own, or its rows computed into own); f(sums, first, count, normed, dnormed, scratch) adds the layer's
+// weight gradients into sums (layer_floats, the thread's own) and writes dL/dnormed; then the LayerNorm's backward
+// gives the rows of du, plus the rows of grad where u was added (residual), into dx, and after(sums, first, count,
+// du) goes back from u to x there. Returns dx, dnorm_weight, dnorm_bias and the sum of every part's sums.
+template <typename Source, typename F, typename After>
 std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::Tensor& grad, bool residual,
                                            const torch::Tensor& norm_weight, const torch::Tensor& norm_bias, double eps,
-                                           int64_t layer_floats, int64_t scratch_row, F&& f) {
+                                           int64_t layer_floats, int64_t scratch_row, Source&& source, F&& f,
+                                           After&& after) {
   const int64_t rows = x.size(0), channels = x.size(1), blocks = (rows + kBlockRows - 1) / kBlockRows;
   check_vector(norm_weight, channels, "norm_weight");
   check_vector(norm_bias, channels, "norm_bias");
-  const float *xp = x.data_ptr<float>(), *gp = grad.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
   const float *nw = norm_weight.data_ptr<float>(), *nb = norm_bias.data_ptr<float>();
   const float e = static_cast<float>(eps);
   const dcif::Parts parts(blocks);
@@ -105,17 +107,18 @@ std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::
   double* nsp = norm_sums.data_ptr<double>();
   parts.run(blocks, [&](int64_t part, int64_t begin, int64_t end) {
     const dcif::FlushDenormals flush;  // GELU's slope underflows to 2^-126 for |x| > 13
-    std::vector<float> normed(kBlockRows * channels), stats(2 * kBlockRows), dnormed(kBlockRows * channels);
-    std::vector<float> scratch(kBlockRows * scratch_row);
+    std::vector<float> own(kBlockRows * channels), normed(kBlockRows * channels), stats(2 * kBlockRows);
+    std::vector<float> dnormed(kBlockRows * channels), scratch(kBlockRows * scratch_row);
+    float* part_sums = sp + part * layer_floats;
     double* dnw = nsp + part * 2 * channels;
     for (int64_t first = begin * kBlockRows; first < std::min(rows, end * kBlockRows); first += kBlockRows) {
       const int64_t count = std::min(kBlockRows, rows - first);
-      const float* rows_x = xp + first * channels;
-      normalise(rows_x, count, channels, nw, nb, e, normed.data(), stats.data());
-      f(sp + part * layer_floats, first, count, normed.data(), dnormed.data(), scratch.data());
+      const float* rows_u = source(first, count, own.data());
+      normalise(rows_u, count, channels, nw, nb, e, normed.data(), stats.data());
+      f(part_sums, first, count, normed.data(), dnormed.data(), scratch.data());
       float* rows_dx = dxp + first * channels;
 #define DCIF_NORM_BACKWARD(C)                                                                                      \
-  dcif::backward_rows<C>(rows_x, nw, stats.data(), stats.data() + kBlockRows, dnormed.data(), rows_dx, dnw, \
+  dcif::backward_rows<C>(rows_u, nw, stats.data(), stats.data() + kBlockRows, dnormed.data(), rows_dx, dnw, \
                          dnw + channels, channels, 0, count)
       DCIF_BY_CHANNELS(channels, DCIF_NORM_BACKWARD)
 #undef DCIF_NORM_BACKWARD
@@ -125,6 +128,7 @@ std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::
           dcif::store_lanes(rows_dx + i, dcif::load_lanes(rows_dx + i) + dcif::load_lanes(rows_g + i));
         }
       }
+      after(part_sums, first, count, rows_dx);
     }
   });
   const auto norm_totals = norm_sums.sum(0).to(at::kFloat);
@@ -177,66 +181,68 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
   return out;
 }
 
-// A Swin block's two residuals on its tokens x (rows, C) in place: x += attended Wp^T + bp (the attention's output
-// projection), then x += W2 GELU(W1 LN(x) + b1) + b2 (its feed-forward), LN by norm_weight, norm_bias and eps;
-// attended (rows, C), Wp (C, C), W1 (hidden, C), W2 (C, hidden), C and hidden multiples of 16. Returns x.
-torch::Tensor residuals_(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
-                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                         torch::Tensor b1, torch::Tensor w2, torch::Tensor b2) {
+// A Swin block's two residuals on its tokens x (rows, C): u = x + attended Wp^T + bp (the attention's output
+// projection), then out = u + W2 GELU(W1 LN(u) + b1) + b2 (its feed-forward), LN by norm_weight, norm_bias and eps;
+// attended (rows, C), Wp (C, C), W1 (hidden, C), W2 (C, hidden), C and hidden multiples of 16. out (rows, C) may be x
+// itself (inference, in place); under autograd it is a new tensor and residuals_backward recomputes u and the rest
+// from x and attended. Returns out.
+torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
+                        torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
+                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out) {
   check_tokens(x);
   check_tokens(attended);
-  TORCH_CHECK(attended.sizes() == x.sizes(), "attended must be (rows, C) as x");
+  check_tokens(out);
+  TORCH_CHECK(attended.sizes() == x.sizes() && out.sizes() == x.sizes(), "attended and out must be (rows, C) as x");
   const int64_t channels = x.size(1);
   check_layer(wp, bp, channels, channels, "wp");
   const FeedForward ff = feed_forward_layers(channels, w1, b1, w2, b2);
   const std::vector<float> packed_p = panels(wp.data_ptr<float>(), channels, channels);
-  float* xp = x.data_ptr<float>();
-  const float *ap = attended.data_ptr<float>(), *bpp = bp.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *ap = attended.data_ptr<float>(), *bpp = bp.data_ptr<float>();
+  float* op = out.data_ptr<float>();
   over_normed_blocks(
-      x, norm_weight, norm_bias, eps, ff.hidden,
+      out, norm_weight, norm_bias, eps, ff.hidden,
       [&](int64_t first, int64_t count) {
-        float* rows_x = xp + first * channels;
         rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels * kPanel, kPanel, channels,
-                         bpp, rows_x, rows_x);
+                         bpp, op + first * channels, xp + first * channels);
       },
       [&](int64_t first, int64_t count, const float* normed, float* inner) {
-        feed_forward_rows(ff, count, normed, inner, xp + first * channels, xp + first * channels);
+        feed_forward_rows(ff, count, normed, inner, op + first * channels, op + first * channels);
       });
-  return x;
-}
-
-// x + W2 GELU(W1 LN(x) + b1) + b2 for x (rows, C) into a new tensor: residuals_'s feed-forward under autograd, whose
-// backward (feed_forward_backward) recomputes the block's intermediates from x instead of keeping them.
-torch::Tensor feed_forward(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                           torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2) {
-  check_tokens(x);
-  const FeedForward ff = feed_forward_layers(x.size(1), w1, b1, w2, b2);
-  auto out = torch::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  over_normed_blocks(x, norm_weight, norm_bias, eps, ff.hidden, [](int64_t, int64_t) {},
-                     [&](int64_t first, int64_t count, const float* normed, float* inner) {
-                       feed_forward_rows(ff, count, normed, inner, xp + first * ff.channels, op + first * ff.channels);
-                     });
   return out;
 }
 
-// The gradients of feed_forward for grad = dL/dout (rows, C): dx, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2. Per
-// block of rows: LN, the hidden layer and its GELU recomputed in L1, then dW2, db2 and dL/dGELU, dL/dhidden, dW1, db1
-// and dL/dLN, the LayerNorm's backward, and the residual's share.
-std::vector<torch::Tensor> feed_forward_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
-                                                 torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                                                 torch::Tensor b1, torch::Tensor w2, torch::Tensor b2) {
+// The gradients of residuals for grad = dL/dout (rows, C): dx, dattended, dwp, dbp, dnorm_weight, dnorm_bias, dw1,
+// db1, dw2, db2. Per block of rows: u, its LayerNorm, the hidden layer and its GELU recomputed in L1, then dW2, db2
+// and dL/dGELU, dL/dhidden, dW1, db1 and dL/dLN, the LayerNorm's backward and the residual's share (du, which is dx),
+// and the output projection's dWp, dbp and dattended.
+std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor attended, torch::Tensor grad,
+                                              torch::Tensor wp, torch::Tensor bp, torch::Tensor norm_weight,
+                                              torch::Tensor norm_bias, double eps, torch::Tensor w1, torch::Tensor b1,
+                                              torch::Tensor w2, torch::Tensor b2) {
   check_tokens(x);
+  check_tokens(attended);
   check_tokens(grad);
-  TORCH_CHECK(grad.sizes() == x.sizes(), "grad must be (rows, C) as x");
-  const FeedForward ff = feed_forward_layers(x.size(1), w1, b1, w2, b2);
-  const int64_t channels = ff.channels, hidden = ff.hidden, layer = hidden * channels;
-  const float *w1p = w1.data_ptr<float>(), *w2p = w2.data_ptr<float>(), *gp = grad.data_ptr<float>();
+  TORCH_CHECK(attended.sizes() == x.sizes() && grad.sizes() == x.sizes(), "attended and grad must be (rows, C) as x");
+  const int64_t channels = x.size(1);
+  check_layer(wp, bp, channels, channels, "wp");
+  const FeedForward ff = feed_forward_layers(channels, w1, b1, w2, b2);
+  const int64_t hidden = ff.hidden, layer = hidden * channels, square = channels * channels;
+  const std::vector<float> packed_p = panels(wp.data_ptr<float>(), channels, channels);
+  const float *xp = x.data_ptr<float>(), *ap = attended.data_ptr<float>(), *bpp = bp.data_ptr<float>();
+  const float *wpp = wp.data_ptr<float>(), *w1p = w1.data_ptr<float>(), *w2p = w2.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  auto dattended = torch::empty_like(attended);
+  float* dap = dattended.data_ptr<float>();
+  const int64_t proj_at = 2 * layer + hidden + channels;  // each part's sums: dW1, db1, dW2, db2, then dWp, dbp
   auto grads = normed_backward(
-      x, grad, true, norm_weight, norm_bias, eps, 2 * layer + hidden + channels, 2 * hidden,
+      x, grad, true, norm_weight, norm_bias, eps, proj_at + square + channels, 2 * hidden,
+      [&](int64_t first, int64_t count, float* own) {
+        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels * kPanel, kPanel, channels,
+                         bpp, own, xp + first * channels);
+        return static_cast<const float*>(own);
+      },
       [&](float* sums, int64_t first, int64_t count, const float* normed, float* dnormed, float* scratch) {
-        float *pre = scratch, *act = scratch + kBlockRows * hidden;  // W1 LN(x) + b1, then its GELU
+        float *pre = scratch, *act = scratch + kBlockRows * hidden;  // W1 LN(u) + b1, then its GELU
         rows_times<false>(count, normed, channels, ff.packed1.data(), channels * kPanel, kPanel, hidden, ff.b1, pre,
                           nullptr);
         std::copy(pre, pre + count * hidden, act);
@@ -245,11 +251,22 @@ std::vector<torch::Tensor> feed_forward_backward(torch::Tensor x, torch::Tensor 
         dcif::rows_backward(count, act, hidden, gp + first * channels, channels, w2p, dw2, db2, act);
         dcif::gelu_slope_in_place(pre, act, count * hidden);
         dcif::rows_backward(count, normed, channels, act, hidden, w1p, dw1, db1, dnormed);
+      },
+      [&](float* sums, int64_t first, int64_t count, const float* du) {
+        dcif::rows_backward(count, ap + first * channels, channels, du, channels, wpp, sums + proj_at,
+                            sums + proj_at + square, dap + first * channels);
       });
   const auto& sums = grads[3];
-  return {grads[0], grads[1], grads[2],
-          sums.narrow(0, 0, layer).view({hidden, channels}), sums.narrow(0, layer, hidden),
-          sums.narrow(0, layer + hidden, layer).view({channels, hidden}), sums.narrow(0, 2 * layer + hidden, channels)};
+  return {grads[0],
+          dattended,
+          sums.narrow(0, proj_at, square).view({channels, channels}),
+          sums.narrow(0, proj_at + square, channels),
+          grads[1],
+          grads[2],
+          sums.narrow(0, 0, layer).view({hidden, channels}),
+          sums.narrow(0, layer, hidden),
+          sums.narrow(0, layer + hidden, layer).view({channels, hidden}),
+          sums.narrow(0, 2 * layer + hidden, channels)};
 }
 
 // The gradients of norm_linear for grad = dL/dout (rows, out): dx, dnorm_weight, dnorm_bias, dweight, dbias, with
@@ -262,12 +279,15 @@ std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor g
   check_weight(weight, width, channels, "weight");
   TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == width, "grad must be (rows, out) for x's rows");
   const float *wp = weight.data_ptr<float>(), *gp = grad.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
   auto grads = normed_backward(
       x, grad, false, norm_weight, norm_bias, eps, width * channels + width, 0,
+      [&](int64_t first, int64_t, float*) { return xp + first * channels; },
       [&](float* sums, int64_t first, int64_t count, const float* normed, float* dnormed, float*) {
         dcif::rows_backward(count, normed, channels, gp + first * width, width, wp, sums, sums + width * channels,
                             dnormed);
-      });
+      },
+      [](float*, int64_t, int64_t, const float*) {});
   const auto& sums = grads[3];
   return {grads[0], grads[1], grads[2], sums.narrow(0, 0, width * channels).view({width, channels}),
           sums.narrow(0, width * channels, width)};

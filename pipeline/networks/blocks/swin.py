@@ -23,12 +23,10 @@ from torch import nn
 
 from pipeline.networks.blocks.cpu_kernels import (
     TokenLayerNorm,
-    feed_forward,
     kernel_applies,
     norm_linear,
-    residuals_,
+    residuals,
     split_projections,
-    token_linear,
     window_attention,
 )
 from pipeline.networks.blocks.windows import (
@@ -131,20 +129,16 @@ class SwinBlock(nn.Module):
     def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
 
-        Under autograd the output projection runs by :func:`~pipeline.networks.blocks.cpu_kernels.token_linear` and the
-        feed-forward, its LayerNorm and residual by :func:`~pipeline.networks.blocks.cpu_kernels.feed_forward`. Without
-        autograd (and not under TorchScript, whose ``x`` may be a view of the stage's input map) both residuals go
-        into ``x`` itself, the block's own tokens: each output projection (``proj``, the MLP's ``linear2``) adds its
-        product and bias into them, the two residuals in one fused kernel with the feed-forward and its LayerNorm
-        (:func:`~pipeline.networks.blocks.cpu_kernels.residuals_`), so no projected copy is made (at 16-32 channels
-        such copies cost what the products do).
+        Both residuals and the feed-forward with its LayerNorm are one fused kernel where it applies
+        (:func:`~pipeline.networks.blocks.cpu_kernels.residuals`): without autograd (and not under TorchScript, whose
+        ``x`` may be a view of the stage's input map) it writes into ``x`` itself, the block's own tokens, so no
+        projected copy is made (at 16-32 channels such copies cost what the products do); under autograd it is one
+        node that keeps ``x`` and ``attended`` alone.
         """
         if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
             return x + self.mlp(self.norm2(x))
-        if torch.is_grad_enabled():
-            return feed_forward(token_linear(attended, self.attn.proj, residual=x), self.norm2, self.mlp)
-        return residuals_(x, attended, self.attn.proj, self.norm2, self.mlp)
+        return residuals(x, attended, self.attn.proj, self.norm2, self.mlp)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on its last windows (see
