@@ -6,8 +6,9 @@
 // way into new tensors and keep their inputs alone: their backwards recompute a block's sum, LayerNorm, hidden layer
 // and GELU in L1 and go back through them there, each thread summing the weight gradients into its own copy (a
 // block's training step at 16-32 channels 1.11-1.28x as fast as the separate kernels', which wrote and then read
-// back four activations, and a training iteration 1.00-1.05x more with the output projection inside). The steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are
-// theirs. Compiled at first use by cpu_kernels.py.
+// back four activations, and a training iteration 1.00-1.05x more with the output projection inside). The steps
+// are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled at
+// first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -147,15 +148,19 @@ FeedForward feed_forward_layers(int64_t channels, const torch::Tensor& w1, const
   const int64_t hidden = w1.size(0);
   check_layer(w1, b1, hidden, channels, "w1");
   check_layer(w2, b2, channels, hidden, "w2");
-  return {channels, hidden, panels(w1.data_ptr<float>(), hidden, channels), panels(w2.data_ptr<float>(), channels, hidden),
-          b1.data_ptr<float>(), b2.data_ptr<float>()};
+  return {channels,
+          hidden,
+          panels(w1.data_ptr<float>(), hidden, channels),
+          panels(w2.data_ptr<float>(), channels, hidden),
+          b1.data_ptr<float>(),
+          b2.data_ptr<float>()};
 }
 
 // out = add + W2 GELU(W1 normed + b1) + b2 for count rows (out may be add), the hidden layer in inner.
 void feed_forward_rows(const FeedForward& ff, int64_t count, const float* normed, float* inner, const float* add,
                        float* out) {
-  rows_times<false>(count, normed, ff.channels, ff.packed1.data(), ff.channels * kPanel, kPanel, ff.hidden, ff.b1, inner,
-                    nullptr);
+  rows_times<false>(count, normed, ff.channels, ff.packed1.data(), ff.channels * kPanel, kPanel, ff.hidden, ff.b1,
+                    inner, nullptr);
   dcif::gelu_in_place(inner, count * ff.hidden);
   rows_times<true>(count, inner, ff.hidden, ff.packed2.data(), ff.hidden * kPanel, kPanel, ff.channels, ff.b2, out,
                    add);
@@ -181,6 +186,41 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
   return out;
 }
 
+// The operands of a block's two residuals: its tokens x and the attention's output (rows, C), with the output
+// projection's and the feed-forward's weights packed for the tiles.
+struct Residuals {
+  int64_t channels;
+  const float *x, *attended, *wp, *bp;
+  std::vector<float> packed_p;
+  FeedForward ff;
+
+  // u = x + attended Wp^T + bp of count rows from row first, into u (which may be those rows of x).
+  void sum(int64_t first, int64_t count, float* u) const {
+    rows_times<true>(count, attended + first * channels, channels, packed_p.data(), channels * kPanel, kPanel,
+                     channels, bp, u, x + first * channels);
+  }
+};
+
+// The operands checked: x, attended and other (out or grad, named in names) contiguous float32 (rows, C).
+Residuals residual_operands(const torch::Tensor& x, const torch::Tensor& attended, const torch::Tensor& other,
+                            const char* names, const torch::Tensor& wp, const torch::Tensor& bp,
+                            const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                            const torch::Tensor& b2) {
+  check_tokens(x);
+  check_tokens(attended);
+  check_tokens(other);
+  TORCH_CHECK(attended.sizes() == x.sizes() && other.sizes() == x.sizes(), names, " must be (rows, C) as x");
+  const int64_t channels = x.size(1);
+  check_layer(wp, bp, channels, channels, "wp");
+  return {channels,
+          x.data_ptr<float>(),
+          attended.data_ptr<float>(),
+          wp.data_ptr<float>(),
+          bp.data_ptr<float>(),
+          panels(wp.data_ptr<float>(), channels, channels),
+          feed_forward_layers(channels, w1, b1, w2, b2)};
+}
+
 // A Swin block's two residuals on its tokens x (rows, C): u = x + attended Wp^T + bp (the attention's output
 // projection), then out = u + W2 GELU(W1 LN(u) + b1) + b2 (its feed-forward), LN by norm_weight, norm_bias and eps;
 // attended (rows, C), Wp (C, C), W1 (hidden, C), W2 (C, hidden), C and hidden multiples of 16. out (rows, C) may be x
@@ -189,24 +229,13 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
 torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
                         torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out) {
-  check_tokens(x);
-  check_tokens(attended);
-  check_tokens(out);
-  TORCH_CHECK(attended.sizes() == x.sizes() && out.sizes() == x.sizes(), "attended and out must be (rows, C) as x");
-  const int64_t channels = x.size(1);
-  check_layer(wp, bp, channels, channels, "wp");
-  const FeedForward ff = feed_forward_layers(channels, w1, b1, w2, b2);
-  const std::vector<float> packed_p = panels(wp.data_ptr<float>(), channels, channels);
-  const float *xp = x.data_ptr<float>(), *ap = attended.data_ptr<float>(), *bpp = bp.data_ptr<float>();
+  const Residuals r = residual_operands(x, attended, out, "attended and out", wp, bp, w1, b1, w2, b2);
   float* op = out.data_ptr<float>();
   over_normed_blocks(
-      out, norm_weight, norm_bias, eps, ff.hidden,
-      [&](int64_t first, int64_t count) {
-        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels * kPanel, kPanel, channels,
-                         bpp, op + first * channels, xp + first * channels);
-      },
+      out, norm_weight, norm_bias, eps, r.ff.hidden,
+      [&](int64_t first, int64_t count) { r.sum(first, count, op + first * r.channels); },
       [&](int64_t first, int64_t count, const float* normed, float* inner) {
-        feed_forward_rows(ff, count, normed, inner, op + first * channels, op + first * channels);
+        feed_forward_rows(r.ff, count, normed, inner, op + first * r.channels, op + first * r.channels);
       });
   return out;
 }
@@ -219,32 +248,22 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
                                               torch::Tensor wp, torch::Tensor bp, torch::Tensor norm_weight,
                                               torch::Tensor norm_bias, double eps, torch::Tensor w1, torch::Tensor b1,
                                               torch::Tensor w2, torch::Tensor b2) {
-  check_tokens(x);
-  check_tokens(attended);
-  check_tokens(grad);
-  TORCH_CHECK(attended.sizes() == x.sizes() && grad.sizes() == x.sizes(), "attended and grad must be (rows, C) as x");
-  const int64_t channels = x.size(1);
-  check_layer(wp, bp, channels, channels, "wp");
-  const FeedForward ff = feed_forward_layers(channels, w1, b1, w2, b2);
-  const int64_t hidden = ff.hidden, layer = hidden * channels, square = channels * channels;
-  const std::vector<float> packed_p = panels(wp.data_ptr<float>(), channels, channels);
-  const float *xp = x.data_ptr<float>(), *ap = attended.data_ptr<float>(), *bpp = bp.data_ptr<float>();
-  const float *wpp = wp.data_ptr<float>(), *w1p = w1.data_ptr<float>(), *w2p = w2.data_ptr<float>();
-  const float* gp = grad.data_ptr<float>();
+  const Residuals r = residual_operands(x, attended, grad, "attended and grad", wp, bp, w1, b1, w2, b2);
+  const int64_t channels = r.channels, hidden = r.ff.hidden, layer = hidden * channels, square = channels * channels;
+  const float *w1p = w1.data_ptr<float>(), *w2p = w2.data_ptr<float>(), *gp = grad.data_ptr<float>();
   auto dattended = torch::empty_like(attended);
   float* dap = dattended.data_ptr<float>();
   const int64_t proj_at = 2 * layer + hidden + channels;  // each part's sums: dW1, db1, dW2, db2, then dWp, dbp
   auto grads = normed_backward(
       x, grad, true, norm_weight, norm_bias, eps, proj_at + square + channels, 2 * hidden,
       [&](int64_t first, int64_t count, float* own) {
-        rows_times<true>(count, ap + first * channels, channels, packed_p.data(), channels * kPanel, kPanel, channels,
-                         bpp, own, xp + first * channels);
+        r.sum(first, count, own);
         return static_cast<const float*>(own);
       },
       [&](float* sums, int64_t first, int64_t count, const float* normed, float* dnormed, float* scratch) {
         float *pre = scratch, *act = scratch + kBlockRows * hidden;  // W1 LN(u) + b1, then its GELU
-        rows_times<false>(count, normed, channels, ff.packed1.data(), channels * kPanel, kPanel, hidden, ff.b1, pre,
-                          nullptr);
+        rows_times<false>(count, normed, channels, r.ff.packed1.data(), channels * kPanel, kPanel, hidden, r.ff.b1,
+                          pre, nullptr);
         std::copy(pre, pre + count * hidden, act);
         dcif::gelu_in_place(act, count * hidden);
         float *dw1 = sums, *db1 = dw1 + layer, *dw2 = db1 + hidden, *db2 = dw2 + layer;
@@ -253,7 +272,7 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
         dcif::rows_backward(count, normed, channels, act, hidden, w1p, dw1, db1, dnormed);
       },
       [&](float* sums, int64_t first, int64_t count, const float* du) {
-        dcif::rows_backward(count, ap + first * channels, channels, du, channels, wpp, sums + proj_at,
+        dcif::rows_backward(count, r.attended + first * channels, channels, du, channels, r.wp, sums + proj_at,
                             sums + proj_at + square, dap + first * channels);
       });
   const auto& sums = grads[3];
