@@ -331,11 +331,6 @@ def _fusable(x: torch.Tensor, norm: torch.nn.LayerNorm, *layers: torch.nn.Linear
     return all(layer.bias is not None and _layer_takes(layer) for layer in layers) and _kernels_take(x)
 
 
-def _tracked(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records an op on these: grad mode on and one of them requires a gradient."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 class _NormLinear(torch.autograd.Function):
     """The fused LayerNorm and linear layer as one autograd node, which keeps x alone: the backward recomputes LN(x)
     per block of rows (``norm_linear_backward``), so the normalised tokens are neither written out nor kept."""
@@ -359,7 +354,7 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
     """``linear(norm(x))`` of (tokens, C) rows: the fused kernel where it applies (the normalised rows never leave
     L1; under autograd :class:`_NormLinear`), else :func:`token_linear` on the LayerNorm."""
     if _fusable(x, norm, linear) and x.shape[1] == linear.in_features:
-        if _tracked(x, norm.weight, norm.bias, linear.weight, linear.bias):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *norm.parameters(), *linear.parameters())):
             return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
         return cpu_kernel().norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
     return token_linear(norm(x), linear)
@@ -395,16 +390,16 @@ def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, no
               mlp: torch.nn.Module) -> torch.Tensor:
     """A Swin block's two residuals on its tokens ``x``: ``u = x + proj(attended)``, then ``u + mlp(norm(u))``, ``mlp``
     a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``). One fused kernel where it applies (see
-    ``pre_norm.cpp``): without autograd in place, into ``x``; under autograd :class:`_Residuals`, into a new tensor.
-    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear` under autograd."""
+    ``pre_norm.cpp``): without grad mode in place, into ``x``; with it :class:`_Residuals`, into a new tensor.
+    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear` with grad mode."""
     first, second = mlp.linear1, mlp.linear2
     weights = (proj.weight, proj.bias, norm.weight, norm.bias, first.weight, first.bias, second.weight, second.bias)
-    tracked = _tracked(x, attended, *weights)
+    in_place = not torch.is_grad_enabled()  # as the blocks' chunks are (see swin.over_chunks)
     if _fusable(x, norm, proj, first, second) and attended.is_contiguous() and attended.shape == x.shape:
-        if tracked:
-            return _Residuals.apply(x, attended, norm.eps, *weights)
-        return _fused_residuals(x, attended, norm.eps, weights, x)
-    if tracked:
+        if in_place:
+            return _fused_residuals(x, attended, norm.eps, weights, x)
+        return _Residuals.apply(x, attended, norm.eps, *weights)
+    if not in_place:
         x = token_linear(attended, proj, residual=x)
         return token_linear(linear_gelu(norm(x), first), second, residual=x)
     add_linear_(x, attended, proj)
