@@ -53,7 +53,8 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
     "window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "pre_norm.cpp", "bindings.cpp"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("lanes.h", "layer_norm.h", "gelu.h", "token_linear.h"))
+HEADERS = tuple(Path(__file__).with_name(name)
+                for name in ("lanes.h", "layer_norm.h", "gelu.h", "token_linear.h", "parts.h"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 STALE_LOCK_S = 600
 """A build lock older than this was left by a killed build (a build takes about 30 s): it is removed."""

@@ -78,20 +78,23 @@ inline void gelu_slope_vectors(const float* x, float* grad) {
   for (int k = 0; k < N; ++k) store_lanes(grad + k * kLanes, g[k]);
 }
 
+// f.template operator()<N>(at) for the vectors of floats [0, count), count a multiple of kLanes: N = kGeluGroup
+// vectors from float at at a time, then the rest one by one.
+template <typename F>
+inline void over_groups(int64_t count, F&& f) {
+  int64_t at = 0;
+  for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) f.template operator()<kGeluGroup>(at);
+  for (; at < count; at += kLanes) f.template operator()<1>(at);
+}
+
 // GELU of x[0:count] in place, count a multiple of kLanes.
 inline void gelu_in_place(float* x, int64_t count) {
-  int64_t at = 0;
-  for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) gelu_vectors<kGeluGroup>(x + at);
-  for (; at < count; at += kLanes) gelu_vectors<1>(x + at);
+  over_groups(count, [&]<int N>(int64_t at) { gelu_vectors<N>(x + at); });
 }
 
 // grad[0:count] *= GELU'(x[0:count]) in place, count a multiple of kLanes.
 inline void gelu_slope_in_place(const float* x, float* grad, int64_t count) {
-  int64_t at = 0;
-  for (; at + kGeluGroup * kLanes <= count; at += kGeluGroup * kLanes) {
-    gelu_slope_vectors<kGeluGroup>(x + at, grad + at);
-  }
-  for (; at < count; at += kLanes) gelu_slope_vectors<1>(x + at, grad + at);
+  over_groups(count, [&]<int N>(int64_t at) { gelu_slope_vectors<N>(x + at, grad + at); });
 }
 
 }  // namespace dcif

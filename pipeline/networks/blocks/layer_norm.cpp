@@ -11,13 +11,14 @@
 #include <vector>
 
 #include "layer_norm.h"
+#include "parts.h"
 
 namespace {
 
 using dcif::backward_rows;
 using dcif::forward_rows;
 
-constexpr int64_t kGrain = 2048;
+constexpr int64_t kGrain = 2048;  // rows: the forward's per task, the backward's per part at least
 
 void check(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
@@ -53,24 +54,21 @@ std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor we
   const auto grad_c = grad.to(at::kFloat).contiguous();
   TORCH_CHECK(grad_c.sizes() == x.sizes() && mean.numel() == x.size(0) && rstd.numel() == x.size(0),
               "layer_norm_backward: grad must match x, mean and rstd one value per row");
-  const int64_t rows = x.size(0), channels = x.size(1);
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + kGrain - 1) / kGrain));
-  const int64_t per_part = (rows + parts - 1) / parts;
+  const int64_t rows = x.size(0), channels = x.size(1), blocks = (rows + kGrain - 1) / kGrain;
+  const dcif::Parts parts(blocks);
   auto dx = torch::empty_like(x);
-  auto sums = torch::zeros({parts, 2, channels}, x.options().dtype(at::kDouble));
+  auto sums = torch::zeros({parts.count, 2, channels}, x.options().dtype(at::kDouble));
   const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>(), *mp = mean.data_ptr<float>();
   const float *sp = rstd.data_ptr<float>(), *gp = grad_c.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   double* sums_p = sums.data_ptr<double>();
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    for (int64_t part = first; part < last; ++part) {
-      const int64_t begin = part * per_part, end = std::min(rows, begin + per_part);
-      double* dw = sums_p + part * 2 * channels;
-      double* db = dw + channels;
+  parts.run(blocks, [&](int64_t part, int64_t first, int64_t last) {
+    const int64_t begin = first * kGrain, end = std::min(rows, last * kGrain);
+    double* dw = sums_p + part * 2 * channels;
+    double* db = dw + channels;
 #define DCIF_BACKWARD(C) backward_rows<C>(xp, wp, mp, sp, gp, dxp, dw, db, channels, begin, end)
-      DCIF_BY_CHANNELS(channels, DCIF_BACKWARD)
+    DCIF_BY_CHANNELS(channels, DCIF_BACKWARD)
 #undef DCIF_BACKWARD
-    }
   });
   auto totals = sums.sum(0).to(at::kFloat);
   return {dx, totals[0], totals[1]};

@@ -16,6 +16,7 @@
 
 #include "gelu.h"
 #include "layer_norm.h"
+#include "parts.h"
 #include "token_linear.h"
 
 namespace {
@@ -141,6 +142,11 @@ struct FeedForward {
   int64_t channels, hidden;
   std::vector<float> packed1, packed2;
   const float *b1, *b2;
+
+  // pre = W1 normed + b1 of count rows: the hidden layer before its GELU.
+  void first_layer(int64_t count, const float* normed, float* pre) const {
+    rows_times<false>(count, normed, channels, packed1.data(), channels * kPanel, kPanel, hidden, b1, pre, nullptr);
+  }
 };
 
 FeedForward feed_forward_layers(int64_t channels, const torch::Tensor& w1, const torch::Tensor& b1,
@@ -159,8 +165,7 @@ FeedForward feed_forward_layers(int64_t channels, const torch::Tensor& w1, const
 // out = add + W2 GELU(W1 normed + b1) + b2 for count rows (out may be add), the hidden layer in inner.
 void feed_forward_rows(const FeedForward& ff, int64_t count, const float* normed, float* inner, const float* add,
                        float* out) {
-  rows_times<false>(count, normed, ff.channels, ff.packed1.data(), ff.channels * kPanel, kPanel, ff.hidden, ff.b1,
-                    inner, nullptr);
+  ff.first_layer(count, normed, inner);
   dcif::gelu_in_place(inner, count * ff.hidden);
   rows_times<true>(count, inner, ff.hidden, ff.packed2.data(), ff.hidden * kPanel, kPanel, ff.channels, ff.b2, out,
                    add);
@@ -262,8 +267,7 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
       },
       [&](float* sums, int64_t first, int64_t count, const float* normed, float* dnormed, float* scratch) {
         float *pre = scratch, *act = scratch + kBlockRows * hidden;  // W1 LN(u) + b1, then its GELU
-        rows_times<false>(count, normed, channels, r.ff.packed1.data(), channels * kPanel, kPanel, hidden, r.ff.b1,
-                          pre, nullptr);
+        r.ff.first_layer(count, normed, pre);
         std::copy(pre, pre + count * hidden, act);
         dcif::gelu_in_place(act, count * hidden);
         float *dw1 = sums, *db1 = dw1 + layer, *dw2 = db1 + hidden, *db2 = dw2 + layer;

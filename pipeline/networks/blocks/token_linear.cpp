@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "parts.h"
 #include "token_linear.h"
 
 namespace {

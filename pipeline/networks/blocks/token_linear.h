@@ -1,8 +1,6 @@
 // The register tiles of the token linear kernel (token_linear.cpp), shared with the fused pre-norm layers
 // (pre_norm.cpp): C[r, 0:16 P] of a few rows over the whole contraction, with B's P 16-column panels in L1.
 #pragma once
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -115,26 +113,6 @@ inline void rows_backward(int64_t count, const float* a, int64_t depth, const fl
   // dX[m, :] = sum_n dY[m, n] W[n, :]: W's rows are panels' rows as they are, 16 of its columns a panel
   if (da) rows_times<false>(count, grad, width, weight, kPanel, depth, depth, nullptr, da, nullptr);
 }
-
-// The backwards' split of `blocks` blocks of rows among the threads: one run of whole blocks a part, each part summing
-// its weight gradients into a copy of its own, which the caller adds up at the end (no atomics, no false sharing).
-struct Parts {
-  int64_t count, per_part;
-
-  explicit Parts(int64_t blocks)
-      : count(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks))),
-        per_part((blocks + count - 1) / count) {}
-
-  // f(part, first, last) for each part and its blocks [first, last), in parallel.
-  template <typename F>
-  void run(int64_t blocks, F&& f) const {
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; ++part) {
-        f(part, part * per_part, std::min(blocks, (part + 1) * per_part));
-      }
-    });
-  }
-};
 
 // W^T of W (width, depth) packed as 16-column panels: panel p's row k (16 floats) at p * depth * kPanel + k * kPanel.
 // Loops, not ATen's view, transpose and copy, whose dispatch cost several times the copy of these few kB on each of a

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "lanes.h"
+#include "parts.h"
 
 namespace {
 
@@ -450,21 +451,17 @@ torch::Tensor window_attention_backward(torch::Tensor q, torch::Tensor k, torch:
   const Grads out{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dq.strides(), dk.strides(),
                   dv.strides()};
   const int64_t pairs = q.size(0) * in.heads, dim = q.size(3);
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pairs));
-  const int64_t per_part = (pairs + parts - 1) / parts;
-  auto dbias_parts = torch::zeros({parts, in.heads, kTokens, kTokens}, q.options());
+  const dcif::Parts parts(pairs);
+  auto dbias_parts = torch::zeros({parts.count, in.heads, kTokens, kTokens}, q.options());
   const float* gp = grad_c.data_ptr<float>();
   float* dbp = dbias_parts.data_ptr<float>();
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+  parts.run(pairs, [&](int64_t part, int64_t begin, int64_t end) {
     const dcif::FlushDenormals flush;
-    for (int64_t part = first; part < last; ++part) {
-      const int64_t begin = part * per_part, end = std::min(pairs, begin + per_part);
-      float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
-      switch (dim) {
-        case 8: backward_pairs<8>(in, gp, out, dbias_t, begin, end); break;
-        case 10: backward_pairs<10>(in, gp, out, dbias_t, begin, end); break;
-        default: backward_pairs<16>(in, gp, out, dbias_t, begin, end);
-      }
+    float* dbias_t = dbp + part * in.heads * kTokens * kTokens;
+    switch (dim) {
+      case 8: backward_pairs<8>(in, gp, out, dbias_t, begin, end); break;
+      case 10: backward_pairs<10>(in, gp, out, dbias_t, begin, end); break;
+      default: backward_pairs<16>(in, gp, out, dbias_t, begin, end);
     }
   });
   return dbias_parts.sum(0).transpose(1, 2).contiguous();
