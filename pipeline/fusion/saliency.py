@@ -93,6 +93,10 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
         self.low, self.high, self.radius = low, high, radius
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        return self.fuse_weighted(ct, pet, self.saliency(pet))
+
+    def fuse_weighted(self, ct: torch.Tensor, pet: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`fuse` with this PET's :meth:`saliency` at hand: the detail loss needs it too, and computes it once."""
         # A weight sampled on the coarse base grid would blur a small lesion's halo into the CT.
         # Collapsing is linear: F = collapse(details, base_CT) + s * expand((1 - k) (stretch(base_PET) - base_CT)).
         details, ct_base, pet_base = self.select_details(ct, pet)
@@ -100,7 +104,7 @@ class SaliencyLaplacianFuser(LaplacianPyramidFuser):
         # g = 1 leaves the base as it is (no clamp), so the default fuser's output is unchanged.
         stretched = 1 - (1 - pet_base.clamp(0, 1)) ** self.pet_gain if self.pet_gain != 1 else pet_base
         under = (1 - self.ct_keep) * (stretched - ct_base)
-        return collapse_pyramid([*details, ct_base]) + self.saliency(pet) * collapse_pyramid([*flat, under])
+        return collapse_pyramid([*details, ct_base]) + weight * collapse_pyramid([*flat, under])
 
     def saliency(self, pet: torch.Tensor) -> torch.Tensor:
         """This fuser's PET weight: :func:`pet_saliency` with its thresholds and radius."""

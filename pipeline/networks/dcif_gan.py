@@ -234,6 +234,17 @@ class Discriminator(nn.Module):
         return self.high_level(self.low_level(x))
 
 
+class GlobalAveragePool(nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a pool over the whole map, whose gradient keeps the channels-last layout.
+
+    AdaptiveAvgPool2d's backward returns a contiguous (NCHW) gradient, and the LeakyReLU backward before it, reading
+    that against its channels-last output, ran 20x slower (0.12 ms a call at 64 x 64 crops, 6 calls an iteration).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(x, x.shape[-2:])
+
+
 def _strided_blocks(channels: Sequence[int]) -> list[nn.Module]:
     """Conv 3x3 stride 2 + BatchNorm + LeakyReLU from ``channels[i]`` to ``channels[i + 1]``."""
     return [conv_block(cin, cout, stride=2, norm="batch") for cin, cout in zip(channels, channels[1:])]
@@ -246,7 +257,7 @@ def _low_level() -> nn.Module:
 def _high_level() -> nn.Module:
     return nn.Sequential(
         *_strided_blocks(DISCRIMINATOR_CHANNELS[1:]),
-        nn.AdaptiveAvgPool2d(1),
+        GlobalAveragePool(),
         nn.Flatten(),
         nn.Linear(DISCRIMINATOR_CHANNELS[-1], 1),
     )

@@ -19,6 +19,18 @@ def test_sobel_magnitude_is_zero_on_flat_images_and_known_on_a_ramp():
     assert torch.allclose(inner, torch.full_like(inner, 0.8))  # Sobel weights 1+2+1 on a 0.2 central difference
 
 
+def test_sobel_magnitude_is_the_3x3_sobel_convolution_forward_and_backward():
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([kernel_x, kernel_x.T])[:, None]
+    image = torch.rand(3, 1, 13, 17, requires_grad=True)
+    padded = torch.nn.functional.pad(image, (1, 1, 1, 1), mode="replicate")
+    expected = torch.nn.functional.conv2d(padded, kernels).abs().sum(1, keepdim=True)
+    got = SobelMagnitude()(image)
+    weights = torch.rand_like(got)
+    assert got.shape == image.shape and torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(*(torch.autograd.grad((out * weights).sum(), image)[0] for out in (got, expected)), atol=1e-5)
+
+
 def test_detail_loss_is_zero_for_the_common_image_and_grows_with_blur():
     image = torch.rand(2, 1, 16, 16)
     loss = DetailLoss()
@@ -78,6 +90,7 @@ def test_target_args_set_the_target_and_where_its_edges_are_asked_for():
     assert torch.equal(loss.target(ct, pet), target)
     assert not torch.equal(target, SaliencyLaplacianFuser()(ct, pet))
     sobel, weight = SobelMagnitude(), pet_saliency(pet, **args)
+    assert all(map(torch.equal, loss._target(ct, pet, None), (target, weight)))  # the saliency computed once for both
     away = ((1 - weight) * (sobel(target) - torch.maximum(sobel(ct), sobel(pet))).abs()).mean()
     assert torch.allclose(loss(target, ct, pet), away)  # the edges follow T where T itself takes the PET
     with pytest.raises(ValueError, match="has no setting 'radus'"):

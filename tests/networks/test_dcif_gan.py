@@ -6,6 +6,7 @@ import torch
 from pipeline.errors import DcifError
 from pipeline.losses import DiscriminatorLoss, GeneratorLoss
 from pipeline.networks import DCIFGAN, VARIANTS, DCIFGenerator, build_dcif_gan, count_parameters, parameter_breakdown
+from pipeline.networks.dcif_gan import GlobalAveragePool
 from pipeline.networks.blocks import ConcatFusion, ConvStage, CrossModalFusion, SwinStage
 
 TINY = {"width": 8, "num_heads": 2, "window_size": 8, "depths": (2, 2, 2)}
@@ -73,6 +74,16 @@ def test_coupled_parts_are_the_same_objects() -> None:
     uncoupled = DCIFGAN("network4", share_extraction=False, share_discriminators=False, **TINY)
     assert uncoupled.generator.extractor_ct is not uncoupled.generator.extractor_pet
     assert uncoupled.d1.high_level is not uncoupled.d2.high_level
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 7)])
+def test_global_average_pool_is_the_adaptive_pool_with_a_channels_last_gradient(size: tuple[int, int]) -> None:
+    x = torch.rand(3, 16, *size).to(memory_format=torch.channels_last).requires_grad_()
+    pooled = GlobalAveragePool()(x)
+    torch.testing.assert_close(pooled, torch.nn.functional.adaptive_avg_pool2d(x, 1))
+    (gradient,) = torch.autograd.grad(pooled.sum(), x)
+    assert gradient.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gradient, torch.full_like(x, 1 / (size[0] * size[1])))
 
 
 def test_discriminator_parameters_count_a_shared_part_once() -> None:
