@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,6 +229,32 @@ def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, 
     cpu_kernels._remove_stale_lock(tmp_path / "absent.lock")
     assert not stale.exists() and live.exists()
     assert "stale build lock" in caplog.text
+
+
+def test_a_build_waiting_on_a_lock_whose_builder_was_killed_goes_on(tmp_path, monkeypatch, caplog) -> None:
+    """The lock appears after the build looked (a builder killed mid-build while this one waits): torch's own wait
+    loop would spin forever; the build clears the lock once it is stale, and goes on."""
+    from torch.utils.file_baton import FileBaton
+
+    built = object()
+
+    def load_behind_a_dead_builder(build_directory: str, **kwargs) -> object:
+        lock = Path(build_directory) / "lock"
+        lock.touch()
+        old = time.time() - cpu_kernels.STALE_LOCK_S - 60
+        os.utime(lock, (old, old))
+        waiting = threading.Thread(target=FileBaton(str(lock), wait_seconds=0.01).wait, daemon=True)
+        waiting.start()
+        waiting.join(timeout=30)
+        assert not waiting.is_alive(), "still waiting on the dead builder's lock"
+        return built
+
+    monkeypatch.setattr("torch.utils.cpp_extension.get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.setattr("torch.utils.cpp_extension.load", load_behind_a_dead_builder)
+    monkeypatch.setattr(cpu_kernels, "LOCK_CHECK_S", 0.01)
+    assert cpu_kernels.build(("-O0",)) is built
+    assert "stale build lock" in caplog.text
+    assert not [thread for thread in threading.enumerate() if thread.name == "dcif-kernel-build-lock"]
 
 
 def test_a_trace_records_aten_attention_not_the_kernel(kernel) -> None:

@@ -41,7 +41,10 @@ import importlib
 import logging
 import os
 import platform
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +61,8 @@ HEADERS = tuple(Path(__file__).with_name(name)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 STALE_LOCK_S = 600
 """A build lock older than this was left by a killed build (a build takes about 30 s): it is removed."""
+LOCK_CHECK_S = 5.0
+"""How often a build waiting on another's lock looks whether that lock has gone stale."""
 TOKENS = 64
 HEAD_DIMS = (8, 10, 16)
 """Head sizes the kernel is built for: the shipped and paper widths (8), SwinFusion's (10), and 16."""
@@ -87,6 +92,25 @@ def _remove_stale_lock(lock: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
+@contextmanager
+def _clearing_stale_lock(lock: Path) -> Iterator[None]:
+    """Remove ``lock`` once it is stale for as long as the block runs: torch waits forever on a lock whose builder was
+    killed after this process looked (a scheduler's SIGTERM during the first build, with a second job waiting)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(LOCK_CHECK_S):
+            _remove_stale_lock(lock)
+
+    watcher = threading.Thread(target=watch, name="dcif-kernel-build-lock", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 @lru_cache(maxsize=1)
 def cpu_kernel() -> ModuleType | None:
     """The compiled module (``window_attention``, ``layer_norm``, ``gelu`` and their backwards), or None where it cannot
@@ -111,9 +135,11 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_lock(folder / "lock")
         logger.info("loading the CPU kernels (built once per machine, about 30 s the first time)")
-        # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-        return cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
-                                  extra_cflags=list(flags), extra_ldflags=["-fopenmp"], verbose=False)
+        with _clearing_stale_lock(folder / "lock"):
+            # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
+            return cpp_extension.load(name=name, sources=[str(source) for source in SOURCES],
+                                      build_directory=str(folder), extra_cflags=list(flags), extra_ldflags=["-fopenmp"],
+                                      verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build or import: all mean "use ATen"
         logger.warning("CPU kernels unavailable (%s); using ATen's attention, LayerNorm, GELU and linear layers",
                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
