@@ -257,6 +257,28 @@ def test_a_build_waiting_on_a_lock_whose_builder_was_killed_goes_on(tmp_path, mo
     assert not [thread for thread in threading.enumerate() if thread.name == "dcif-kernel-build-lock"]
 
 
+def test_two_checkouts_of_the_same_sources_build_apart(tmp_path, monkeypatch) -> None:
+    folders = []
+
+    def record(build_directory: str, **kwargs) -> object:
+        folders.append(Path(build_directory).name)
+        return object()
+
+    monkeypatch.setattr("torch.utils.cpp_extension.get_default_build_root", lambda: str(tmp_path / "builds"))
+    monkeypatch.setattr("torch.utils.cpp_extension.load", record)
+    cpu_kernels.build(("-O0",))
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for name in ("SOURCES", "HEADERS"):
+        files = tuple(copy / source.name for source in getattr(cpu_kernels, name))
+        for source, target in zip(getattr(cpu_kernels, name), files):
+            target.write_bytes(source.read_bytes())
+        monkeypatch.setattr(cpu_kernels, name, files)
+    cpu_kernels.build(("-O0",))
+    cpu_kernels.build(("-O0",))
+    assert folders[1] == folders[2] != folders[0]
+
+
 def test_a_trace_records_aten_attention_not_the_kernel(kernel) -> None:
     """TorchScript tracing (ckpt_export, ONNX) cannot see into the kernel: the traced graph must hold ATen's ops."""
     torch.manual_seed(0)

@@ -123,8 +123,10 @@ def cpu_kernel() -> ModuleType | None:
 def build(flags: tuple[str, ...]) -> ModuleType | None:
     """The kernels compiled with ``flags`` (cached per flags, sources, torch install and processor), or None with
     one warning where they cannot be: the product builds with :data:`FLAGS`; a test adds ``-mno-avx512f`` to check the
-    AVX2 lanes on an AVX-512 CPU."""
-    build_key = " ".join((*flags, torch.__version__, str(Path(torch.__file__).parent), _processor()))
+    AVX2 lanes on an AVX-512 CPU. The sources' folder is part of the key: two checkouts of the same sources (a
+    benchmark's baseline worktree) would otherwise share a build that ninja redoes for each in turn."""
+    build_key = " ".join((*flags, torch.__version__, str(Path(torch.__file__).parent), str(SOURCES[0].parent),
+                          _processor()))
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     name = "dcif_cpu_kernels_" + hashlib.sha256(sources + build_key.encode()).hexdigest()[:12]
     try:
