@@ -231,29 +231,39 @@ def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, 
     assert "stale build lock" in caplog.text
 
 
-def test_a_build_waiting_on_a_lock_whose_builder_was_killed_goes_on(tmp_path, monkeypatch, caplog) -> None:
+def test_a_build_waiting_on_a_lock_whose_builder_was_killed_builds(tmp_path, monkeypatch, caplog) -> None:
     """The lock appears after the build looked (a builder killed mid-build while this one waits): torch's own wait
-    loop would spin forever; the build clears the lock once it is stale, and goes on."""
+    loop would spin forever, and once the lock is gone torch imports what that builder left (here nothing) instead of
+    building. The build clears the stale lock and builds."""
     from torch.utils.file_baton import FileBaton
 
-    built = object()
+    built, calls = object(), []
 
-    def load_behind_a_dead_builder(build_directory: str, **kwargs) -> object:
-        lock = Path(build_directory) / "lock"
-        lock.touch()
-        old = time.time() - cpu_kernels.STALE_LOCK_S - 60
-        os.utime(lock, (old, old))
-        waiting = threading.Thread(target=FileBaton(str(lock), wait_seconds=0.01).wait, daemon=True)
-        waiting.start()
-        waiting.join(timeout=30)
-        assert not waiting.is_alive(), "still waiting on the dead builder's lock"
+    def load_like_torch(build_directory: str, **kwargs) -> object:
+        lock, library = Path(build_directory) / "lock", Path(build_directory) / "kernels.so"
+        calls.append(build_directory)
+        if len(calls) == 1:  # meanwhile another builder took the lock and died before writing anything
+            lock.touch()
+            old = time.time() - cpu_kernels.STALE_LOCK_S - 60
+            os.utime(lock, (old, old))
+        baton = FileBaton(str(lock), wait_seconds=0.01)
+        if baton.try_acquire():
+            library.touch()
+            baton.release()
+        else:
+            waiting = threading.Thread(target=baton.wait, daemon=True)
+            waiting.start()
+            waiting.join(timeout=30)
+            assert not waiting.is_alive(), "still waiting on the dead builder's lock"
+        if not library.exists():
+            raise ImportError("dynamic module does not define module export function")
         return built
 
     monkeypatch.setattr("torch.utils.cpp_extension.get_default_build_root", lambda: str(tmp_path))
-    monkeypatch.setattr("torch.utils.cpp_extension.load", load_behind_a_dead_builder)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", load_like_torch)
     monkeypatch.setattr(cpu_kernels, "LOCK_CHECK_S", 0.01)
-    assert cpu_kernels.build(("-O0",)) is built
-    assert "stale build lock" in caplog.text
+    assert cpu_kernels.build(("-O0",)) is built and len(calls) == 2
+    assert "stale build lock" in caplog.text and "CPU kernels unavailable" not in caplog.text
     assert not [thread for thread in threading.enumerate() if thread.name == "dcif-kernel-build-lock"]
 
 

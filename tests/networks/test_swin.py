@@ -77,7 +77,8 @@ def test_block_overwrites_its_tokens_without_autograd_and_keeps_them_with_it() -
     """Inference holds a block's tokens once (results written over their inputs); training must not."""
     torch.manual_seed(0)
     block = SwinBlock(12, num_heads=2, window_size=8, shifted=True, mlp_ratio=2.0)
-    order = _window_order(1, 32, 32, 8, True, torch.device("cpu"), chunk_tokens=128, whole=False)  # 8 chunks, masked ones last
+    # 8 chunks, masked ones last
+    order = _window_order(1, 32, 32, 8, True, torch.device("cpu"), chunk_tokens=128, whole=False)
     tokens = torch.randn(32 * 32, 12)
     expected = block(tokens, order)
     with torch.no_grad():

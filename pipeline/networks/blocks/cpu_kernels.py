@@ -81,34 +81,51 @@ def _processor() -> str:
     return platform.machine() + "\n".join(lines)
 
 
-def _remove_stale_lock(lock: Path) -> None:
-    """torch waits forever on a build lock whose builder was killed (kill -9, a full disk): clear an old one."""
+def _remove_stale_lock(lock: Path) -> bool:
+    """torch waits forever on a build lock whose builder was killed (kill -9, a full disk): clear an old one. Whether
+    it was cleared."""
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
-        return
-    if age > STALE_LOCK_S:
-        logger.warning("removing the stale build lock of the CPU kernels (%.0f s old)", age)
-        lock.unlink(missing_ok=True)
+        return False
+    if age <= STALE_LOCK_S:
+        return False
+    logger.warning("removing the stale build lock of the CPU kernels (%.0f s old)", age)
+    lock.unlink(missing_ok=True)
+    return True
 
 
 @contextmanager
-def _clearing_stale_lock(lock: Path) -> Iterator[None]:
+def _clearing_stale_lock(lock: Path) -> Iterator[threading.Event]:
     """Remove ``lock`` once it is stale for as long as the block runs: torch waits forever on a lock whose builder was
-    killed after this process looked (a scheduler's SIGTERM during the first build, with a second job waiting)."""
-    done = threading.Event()
+    killed after this process looked (a scheduler's SIGTERM during the first build, with a second job waiting).
+    Yields an event set once a lock was cleared."""
+    done, cleared = threading.Event(), threading.Event()
 
     def watch() -> None:
         while not done.wait(LOCK_CHECK_S):
-            _remove_stale_lock(lock)
+            if _remove_stale_lock(lock):
+                cleared.set()
 
     watcher = threading.Thread(target=watch, name="dcif-kernel-build-lock", daemon=True)
     watcher.start()
     try:
-        yield
+        yield cleared
     finally:
         done.set()
         watcher.join()
+
+
+def _load(cpp_extension: ModuleType, **settings: Any) -> ModuleType:
+    """``cpp_extension.load``, again if it waited on a killed builder's lock: torch then imports what that builder left
+    (nothing, or half a build) instead of building, and the second call builds."""
+    with _clearing_stale_lock(Path(settings["build_directory"]) / "lock") as cleared:
+        try:
+            return cpp_extension.load(**settings)
+        except Exception:
+            if not cleared.is_set():
+                raise
+    return cpp_extension.load(**settings)
 
 
 @lru_cache(maxsize=1)
@@ -137,11 +154,9 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_lock(folder / "lock")
         logger.info("loading the CPU kernels (built once per machine, about 30 s the first time)")
-        with _clearing_stale_lock(folder / "lock"):
-            # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-            return cpp_extension.load(name=name, sources=[str(source) for source in SOURCES],
-                                      build_directory=str(folder), extra_cflags=list(flags), extra_ldflags=["-fopenmp"],
-                                      verbose=False)
+        # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
+        return _load(cpp_extension, name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
+                     extra_cflags=list(flags), extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build or import: all mean "use ATen"
         logger.warning("CPU kernels unavailable (%s); using ATen's attention, LayerNorm, GELU and linear layers",
                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
