@@ -504,7 +504,8 @@ def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidd
         expected_sum = attention_sum + mlp(F.layer_norm(attention_sum, (channels,), norm.weight, norm.bias, norm.eps))
         summed = x.clone()
         out = found.residuals(summed, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
-                              mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias, summed)
+                              mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias, summed,
+                              torch.empty(0))
         assert out.data_ptr() == summed.data_ptr()
         assert (summed - expected_sum).abs().max() < 1e-5
 
@@ -537,6 +538,27 @@ def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, h
         assert (got.double() - want).abs().max() < 1e-4
     for got, want in zip(found, expected):
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize(("rows", "channels"), [(5000, 16), (97, 32)])
+def test_residuals_write_each_row_where_dest_says(kernel, rows: int, channels: int) -> None:
+    """Rows written to ``dest`` (the next block's order) as the kernel goes, and their gradients read back from there:
+    the same numbers as the residuals followed by a scatter, under autograd and in inference."""
+    torch.manual_seed(rows)
+    norm, _, mlp = _pre_norm_layers(channels, 2 * channels)
+    proj = torch.nn.Linear(channels, channels)
+    x = (torch.randn(rows, channels) * 3 + 1).requires_grad_()
+    attended = torch.randn(rows, channels, requires_grad=True)
+    dest = torch.randperm(rows)
+    inputs = [x, attended, *proj.parameters(), *norm.parameters(), *mlp.parameters()]
+    placed = cpu_kernels.residuals(x, attended, proj, norm, mlp, dest)
+    expected = torch.zeros(rows, channels).index_copy(0, dest, cpu_kernels.residuals(x, attended, proj, norm, mlp))
+    assert torch.equal(placed, expected)
+    grad = torch.randn(rows, channels)
+    for got, want in zip(torch.autograd.grad(placed, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        assert torch.equal(got, want)
+    with torch.inference_mode():
+        assert torch.equal(cpu_kernels.residuals(x, attended, proj, norm, mlp, dest), expected)
 
 
 def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
@@ -585,6 +607,7 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
     norm, linear, mlp = _pre_norm_layers(32, 64)
     x, attended, proj = torch.randn(8, 32), torch.randn(8, 32), torch.nn.Linear(32, 32)
     layers = (mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias)
+    none = torch.empty(0)
     with pytest.raises(RuntimeError, match="contiguous float32 CPU tokens"):
         found.norm_linear(torch.randn(32, 8).t(), norm.weight, norm.bias, 1e-5, linear.weight, linear.bias)
     with pytest.raises(RuntimeError, match="multiples of 16"):
@@ -592,20 +615,28 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
     with pytest.raises(RuntimeError, match="must be contiguous float32 of 96 values"):
         found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95))
     with pytest.raises(RuntimeError, match="attended and out must be"):
-        found.residuals(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x)
+        found.residuals(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x, none)
     with pytest.raises(RuntimeError, match="norm_weight must be contiguous float32 of 32 values"):
-        found.residuals(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers, x)
+        found.residuals(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers, x, none)
     with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
         found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
-                        layers[2].t(), layers[3], x)
+                        layers[2].t(), layers[3], x, none)
     with pytest.raises(RuntimeError, match=r"attended and grad must be \(rows, C\) as x"):
         found.residuals_backward(x, attended, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
-                                 *layers)
+                                 *layers, none)
+    with pytest.raises(RuntimeError, match="into a new tensor, not into x"):
+        found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x, torch.arange(8))
+    with pytest.raises(RuntimeError, match="dest indices must be rows of the output"):
+        found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers,
+                        torch.empty_like(x), torch.arange(8) + 1)
+    with pytest.raises(RuntimeError, match="dest must be contiguous int64 of one index per row"):
+        found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
+                                 *layers, torch.arange(8, dtype=torch.int32))
     with pytest.raises(RuntimeError, match=r"grad must be \(rows, out\)"):
         found.norm_linear_backward(x, torch.randn(8, 95), norm.weight, norm.bias, 1e-5, linear.weight)
     with pytest.raises(RuntimeError, match="norm_bias must be contiguous float32 of 32 values"):
         found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, torch.randn(31), 1e-5,
-                                 *layers)
+                                 *layers, none)
 
 
 def test_a_dispatch_mode_sees_aten_ops_not_the_kernels(kernel) -> None:

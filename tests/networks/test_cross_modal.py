@@ -49,8 +49,8 @@ def test_shifted_block_masks_context_wrapped_from_the_opposite_border(whole: boo
     nudged[0, :, 0, 0] += torch.randn(12)
 
     def ct_out(context: torch.Tensor) -> torch.Tensor:
-        out = block(windows.enter(ct, True), windows.enter(context, True), windows.shifted)[0]
-        return windows.leave(out, True, ct.shape)
+        out = block(windows.enter(ct, True), windows.enter(context, True), windows.shifted, windows.after(True, None))
+        return windows.as_map(out[0], ct.shape)
 
     change = (ct_out(nudged) - ct_out(pet)).abs().sum(1)[0]
     assert change[3, 3] > 1e-4  # CT queries read PET inside the shifted window

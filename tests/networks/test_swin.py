@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.networks.blocks import cpu_kernels, windows
 from pipeline.networks.blocks.swin import SwinBlock, SwinStage, pad_to_multiple
 from pipeline.networks.blocks.windows import _cached_windows, _window_order
 
@@ -56,7 +57,7 @@ def test_shifted_block_masks_pixels_wrapped_from_the_opposite_border(width: int,
     nudged[0, :, 0, 0] += torch.randn(width)  # after the cyclic shift, (0, 0) shares a window with (15, 15) and (3, 3)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return windows.leave(block(windows.enter(x, True), windows.shifted), True, x.shape)
+        return windows.as_map(block(windows.enter(x, True), windows.shifted, windows.after(True, None)), x.shape)
 
     change = (run(nudged) - run(z)).abs().sum(1)[0]
     assert change[3, 3] > 1e-4  # same region: attends
@@ -110,3 +111,26 @@ def test_scripted_stage_leaves_its_input_alone() -> None:
     with torch.inference_mode():
         torch.jit.script(SwinStage(12, depth=2, num_heads=2, window_size=8).eval())(x)
     assert torch.equal(x, kept)
+
+
+def test_a_training_stage_gathers_once_as_its_blocks_write_the_next_order(monkeypatch) -> None:
+    """Under autograd on the CPU each block's residual kernel writes its rows in the next block's window order, the
+    last block's in the map's, so the one gather left is the one into the first order; inference (in place, chunk by
+    chunk) gathers between the blocks and out of the last, for the same numbers."""
+    if cpu_kernels.cpu_kernel() is None:
+        pytest.skip("the CPU kernels could not be built here (no C++ compiler?)")
+    gathers = []
+    permute_rows = windows.permute_rows
+    monkeypatch.setattr(windows, "permute_rows", lambda z, *order: gathers.append(z.shape) or permute_rows(z, *order))
+    torch.manual_seed(0)
+    stage = SwinStage(16, depth=4, num_heads=2, window_size=8)
+    x = torch.randn(2, 16, 16, 24, requires_grad=True)
+    trained = stage(x)
+    assert len(gathers) == 1
+    trained.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    gathers.clear()
+    with torch.inference_mode():
+        inferred = stage(x.detach())
+    assert len(gathers) == 5
+    torch.testing.assert_close(inferred, trained.detach(), rtol=0, atol=1e-5)

@@ -25,11 +25,11 @@ torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Ten
                           torch::Tensor weight, torch::Tensor bias);
 torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out);
+                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out, torch::Tensor dest);
 std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor attended, torch::Tensor grad,
                                               torch::Tensor wp, torch::Tensor bp, torch::Tensor norm_weight,
                                               torch::Tensor norm_bias, double eps, torch::Tensor w1, torch::Tensor b1,
-                                              torch::Tensor w2, torch::Tensor b2);
+                                              torch::Tensor w2, torch::Tensor b2, torch::Tensor dest);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("lanes") = dcif::kLanes;  // floats per register the build chose (lanes.h): 16 with AVX-512, else 8
@@ -42,7 +42,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
   m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
   m.def("residuals", &residuals,
-        "out = u + W2 GELU(W1 LN(u) + b1) + b2, u = x + attended Wp^T + bp, fused; out may be x (in place)");
+        "out = u + W2 GELU(W1 LN(u) + b1) + b2, u = x + attended Wp^T + bp, fused, row r into out[dest[r]] (r if dest is "
+        "empty); out may be x (in place)");
   m.def("residuals_backward", &residuals_backward,
         "gradients of residuals: dx, dattended, dWp, dbp, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
   m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear: dx, dnorm_weight, dnorm_bias, dW, db");

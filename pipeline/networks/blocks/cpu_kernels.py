@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from pipeline.networks.blocks.windows import place_rows
+
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
     "window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "pre_norm.cpp", "bindings.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name)
@@ -407,45 +409,52 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
 class _Residuals(torch.autograd.Function):
     """A block's two residuals, ``u = x + proj(attended)`` then ``u + mlp(norm(u))``, as one autograd node that keeps
     its inputs alone: the backward (``residuals_backward``) recomputes u, its LayerNorm, the hidden layer and its GELU
-    per block of rows in L1 instead of reading five saved activations back from memory."""
+    per block of rows in L1 instead of reading five saved activations back from memory. Rows go to ``dest`` (and
+    their gradients come from there) where it is not empty."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, attended: torch.Tensor, eps: float, *weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, attended, *weights)
+    def forward(ctx: Any, x: torch.Tensor, attended: torch.Tensor, eps: float, dest: torch.Tensor,
+                *weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, attended, dest, *weights)
         ctx.eps = eps
-        return _fused_residuals(x, attended, eps, weights, torch.empty_like(x))
+        return _fused_residuals(x, attended, eps, weights, torch.empty_like(x), dest)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, attended, wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = ctx.saved_tensors
+        x, attended, dest, wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = ctx.saved_tensors
         dx, dattended, dwp, dbp, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2 = cpu_kernel().residuals_backward(
-            x, attended, grad.contiguous(), wp, bp, norm_weight, norm_bias, ctx.eps, w1, b1, w2, b2)
-        return dx, dattended, None, dwp, dbp, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2
+            x, attended, grad.contiguous(), wp, bp, norm_weight, norm_bias, ctx.eps, w1, b1, w2, b2, dest)
+        return dx, dattended, None, None, dwp, dbp, dnorm_weight, dnorm_bias, dw1, db1, dw2, db2
 
 
 def _fused_residuals(x: torch.Tensor, attended: torch.Tensor, eps: float, weights: tuple[torch.Tensor, ...],
-                     out: torch.Tensor) -> torch.Tensor:
-    """The kernel on ``weights`` (proj's weight and bias, the norm's, linear1's, linear2's) into ``out``."""
+                     out: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+    """The kernel on ``weights`` (proj's weight and bias, the norm's, linear1's, linear2's) into ``out``, rows to
+    ``dest`` (empty: in place)."""
     wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = weights
-    return cpu_kernel().residuals(x, attended, wp, bp, norm_weight, norm_bias, eps, w1, b1, w2, b2, out)
+    return cpu_kernel().residuals(x, attended, wp, bp, norm_weight, norm_bias, eps, w1, b1, w2, b2, out, dest)
 
 
 def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, norm: torch.nn.LayerNorm,
-              mlp: torch.nn.Module) -> torch.Tensor:
+              mlp: torch.nn.Module, dest: torch.Tensor | None = None) -> torch.Tensor:
     """A Swin block's two residuals on its tokens ``x``: ``u = x + proj(attended)``, then ``u + mlp(norm(u))``, ``mlp``
-    a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``). One fused kernel where it applies (see
-    ``pre_norm.cpp``): without grad mode in place, into ``x``; with it :class:`_Residuals`, into a new tensor.
-    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear` with grad mode."""
+    a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``); row r of the result at row ``dest[r]``
+    where given (a permutation: the next block's order, see :func:`~pipeline.networks.blocks.windows.place_rows`).
+    One fused kernel where it applies (see ``pre_norm.cpp``), which writes each row to its ``dest`` as it goes: without
+    grad mode and ``dest`` in place, into ``x``; else into a new tensor, with grad mode as :class:`_Residuals`.
+    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear`, then ``dest``'s scatter."""
     first, second = mlp.linear1, mlp.linear2
     weights = (proj.weight, proj.bias, norm.weight, norm.bias, first.weight, first.bias, second.weight, second.bias)
-    in_place = not torch.is_grad_enabled()  # as the blocks' chunks are (see swin.over_chunks)
+    in_place = not torch.is_grad_enabled() and dest is None  # as the blocks' chunks are (see swin.over_chunks)
     if _fusable(x, norm, proj, first, second) and attended.is_contiguous() and attended.shape == x.shape:
         if in_place:
-            return _fused_residuals(x, attended, norm.eps, weights, x)
-        return _Residuals.apply(x, attended, norm.eps, *weights)
+            return _fused_residuals(x, attended, norm.eps, weights, x, _EMPTY)
+        if not torch.is_grad_enabled():
+            return _fused_residuals(x, attended, norm.eps, weights, torch.empty_like(x), dest)
+        return _Residuals.apply(x, attended, norm.eps, _EMPTY if dest is None else dest, *weights)
     if not in_place:
         x = token_linear(attended, proj, residual=x)
-        return token_linear(linear_gelu(norm(x), first), second, residual=x)
+        return place_rows(token_linear(linear_gelu(norm(x), first), second, residual=x), dest)
     add_linear_(x, attended, proj)
     return add_linear_(x, linear_gelu(norm(x), first), second)
 

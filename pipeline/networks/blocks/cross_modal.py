@@ -16,6 +16,7 @@ from pipeline.networks.blocks.cpu_kernels import cross_attention, kernel_applies
 from pipeline.networks.blocks.swin import SwinBlock, alternate_windows, over_chunks, pad_to_multiple
 from pipeline.networks.blocks.windows import (
     Chunk,
+    Regather,
     WindowOrder,
     from_windows,
     shift_mask,
@@ -45,11 +46,13 @@ class CrossModalBlock(nn.Module):
         return self.ct.attn.position_bias(window_tokens), self.pet.attn.position_bias(window_tokens)
 
     def step(self, x_ct: torch.Tensor, x_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
-             mask: torch.Tensor | None, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block on tokens (windows * N, C) of the same whole windows of both streams."""
+             mask: torch.Tensor | None, window_tokens: int,
+             dest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on tokens (windows * N, C) of the same whole windows of both streams; result rows to ``dest``
+        (see :meth:`SwinBlock.residuals`)."""
         qkv_ct, qkv_pet = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
         attended_ct, attended_pet = self.attend(qkv_ct, qkv_pet, biases, mask)
-        return self.ct.residuals(x_ct, attended_ct), self.pet.residuals(x_pet, attended_pet)
+        return self.ct.residuals(x_ct, attended_ct, dest), self.pet.residuals(x_pet, attended_pet, dest)
 
     def attend(self, qkv_ct: torch.Tensor, qkv_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +67,16 @@ class CrossModalBlock(nn.Module):
                 self.pet.attn.attend(qkv_pet, qkv_ct, bias_pet, mask))
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_maps`
-    def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder,
+                then: Regather | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on both streams' tokens in ``order``; its results regathered by ``then`` where given."""
         biases = self.biases(order.window_tokens)
 
-        def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.step(x_ct, x_pet, biases, chunk.mask, order.window_tokens)
+        def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor,
+                dest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.step(x_ct, x_pet, biases, chunk.mask, order.window_tokens, dest)
 
-        return over_chunks(order, run, ct, pet)
+        return over_chunks(order, run, ct, pet, then=then)
 
     def on_maps(self, ct: torch.Tensor, pet: torch.Tensor, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on (B, H, W, C) maps in MONAI's layout: what TorchScript runs."""
@@ -111,12 +117,12 @@ class CrossModalFusion(nn.Module):
     def _in_window_order(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks on both maps' tokens in window order, chunk by chunk: eager mode."""
         windows = windows_for(ct, self.window_size)
-        shape, first, last = ct.shape, self.blocks[0].shifted, self.blocks[-1].shifted
-        ct, pet = alternate_windows(
-            self.blocks, windows, lambda block, order, a, b: block(a, b, order),
+        first = self.blocks[0].shifted
+        ct_tokens, pet_tokens = alternate_windows(
+            self.blocks, windows, lambda block, order, then, a, b: block(a, b, order, then),
             windows.enter(ct, first), windows.enter(pet, first),
         )
-        return windows.leave(ct, last, shape), windows.leave(pet, last, shape)
+        return windows.as_map(ct_tokens, ct.shape), windows.as_map(pet_tokens, pet.shape)
 
     def _on_maps(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks on both maps in MONAI's layout: what TorchScript runs."""

@@ -31,9 +31,11 @@ from pipeline.networks.blocks.cpu_kernels import (
 )
 from pipeline.networks.blocks.windows import (
     Chunk,
+    Regather,
     Windows,
     WindowOrder,
     from_windows,
+    place_rows,
     shift_mask,
     to_windows,
     window_shift,
@@ -126,34 +128,37 @@ class SwinBlock(nn.Module):
             return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens)
         return self.attn.heads(norm_linear(x, self.norm1, self.attn.qkv), window_tokens)
 
-    def residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection.
+    def residuals(self, x: torch.Tensor, attended: torch.Tensor, dest: torch.Tensor | None = None) -> torch.Tensor:
+        """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection; row r
+        of the result at row ``dest[r]`` where given (see :func:`~pipeline.networks.blocks.windows.place_rows`).
 
         Both residuals and the feed-forward with its LayerNorm are one fused kernel where it applies
         (:func:`~pipeline.networks.blocks.cpu_kernels.residuals`): without autograd (and not under TorchScript, whose
         ``x`` may be a view of the stage's input map) it writes into ``x`` itself, the block's own tokens, so no
         projected copy is made (at 16-32 channels such copies cost what the products do); under autograd it is one
-        node that keeps ``x`` and ``attended`` alone.
+        node that keeps ``x`` and ``attended`` alone and writes its rows to ``dest`` as it goes.
         """
         if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
-            return x + self.mlp(self.norm2(x))
-        return residuals(x, attended, self.attn.proj, self.norm2, self.mlp)
+            return place_rows(x + self.mlp(self.norm2(x)), dest)
+        return residuals(x, attended, self.attn.proj, self.norm2, self.mlp, dest)
 
-    def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int,
+             dest: torch.Tensor | None = None) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on its last windows (see
-        :class:`~pipeline.networks.blocks.windows.Chunk`) or None."""
+        :class:`~pipeline.networks.blocks.windows.Chunk`) or None; result rows to ``dest`` (see :meth:`residuals`)."""
         qkv = self.project(x, window_tokens)
-        return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask))
+        return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask), dest)
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_map`
-    def forward(self, z: torch.Tensor, order: WindowOrder) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, order: WindowOrder, then: Regather | None = None) -> torch.Tensor:
+        """The block on tokens ``z`` in ``order``; its result regathered by ``then`` where given."""
         bias = self.attn.position_bias(order.window_tokens)
 
-        def run(chunk: Chunk, x: torch.Tensor) -> tuple[torch.Tensor]:
-            return (self.step(x, bias, chunk.mask, order.window_tokens),)
+        def run(chunk: Chunk, x: torch.Tensor, dest: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+            return (self.step(x, bias, chunk.mask, order.window_tokens, dest),)
 
-        (z,) = over_chunks(order, run, z)
+        (z,) = over_chunks(order, run, z, then=then)
         return z
 
     def on_map(self, z: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -165,16 +170,22 @@ class SwinBlock(nn.Module):
         return from_windows(x, z.shape, window_size, shift)
 
 
-def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]],
-                *streams: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``step(chunk, *slices)`` on each chunk of ``order``: one result per token stream, for all its tokens.
+def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]], *streams: torch.Tensor,
+                then: Regather | None = None) -> tuple[torch.Tensor, ...]:
+    """``step(chunk, *slices)`` on each chunk of ``order``: one result per token stream, for all its tokens, regathered
+    by ``then`` where given.
 
     A block's output at a window depends on that window alone, and chunks are whole windows. So
     without autograd each chunk's results overwrite their own inputs (a step that already wrote into
     its slices costs no copy), and a block holds its tokens once instead of three times (inputs,
     pieces, their concatenation); with autograd the inputs are kept and the pieces concatenated.
+    Under autograd with every window in one chunk (the CPU's), ``step`` gets ``dest=then.inverse`` and writes its
+    results in ``then``'s order itself: the CPU kernel does so as it writes them, for no gather (3-6 % of a training
+    step); elsewhere ``then`` gathers the results.
     """
     in_place = not torch.is_grad_enabled()
+    if not in_place and len(order.chunks) == 1:
+        return step(order.chunks[0], *streams, dest=None if then is None else then.inverse)
     pieces = []
     for chunk in order.chunks:
         whole = chunk.start == 0 and chunk.stop == streams[0].shape[0]  # no slice, whose gradient is zero-filled
@@ -186,20 +197,17 @@ def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]
                     piece.copy_(result)
         else:
             pieces.append(results)
-    if in_place:
-        return streams
-    if len(pieces) == 1:  # one chunk (the unshifted blocks under autograd): its results are the streams, no copy
-        return pieces[0]
-    return tuple(torch.cat(column) for column in zip(*pieces))
+    results = streams if in_place else tuple(torch.cat(column) for column in zip(*pieces))
+    return results if then is None else tuple(then(z) for z in results)
 
 
 def alternate_windows(blocks: nn.ModuleList, windows: Windows, step, *streams: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``step(block, order, *streams)`` for each block, regathering the streams between orders."""
-    shifted = blocks[0].shifted
-    for block in blocks:
-        streams = tuple(windows.switch(z, shifted, block.shifted) for z in streams)
-        shifted = block.shifted
-        streams = step(block, windows.order(shifted), *streams)
+    """Run ``step(block, order, then, *streams)`` for each block, ``then`` regathering its results into the next
+    block's order (see :meth:`~pipeline.networks.blocks.windows.Windows.after`): the last block's come out in the
+    map's raster order."""
+    for block, following in zip(blocks, [*blocks[1:], None]):
+        then = windows.after(block.shifted, None if following is None else following.shifted)
+        streams = step(block, windows.order(block.shifted), then, *streams)
     return list(streams)
 
 
@@ -233,8 +241,8 @@ class SwinStage(nn.Module):
         """The blocks on the map's tokens in window order, chunk by chunk: eager mode."""
         windows = windows_for(x, self.window_size)
         z = windows.enter(x, self.blocks[0].shifted)
-        (z,) = alternate_windows(self.blocks, windows, lambda block, order, z: (block(z, order),), z)
-        return windows.leave(z, self.blocks[-1].shifted, x.shape)
+        (z,) = alternate_windows(self.blocks, windows, lambda block, order, then, z: (block(z, order, then),), z)
+        return windows.as_map(z, x.shape)
 
     def _on_map(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks on the map in MONAI's layout: what TorchScript runs."""

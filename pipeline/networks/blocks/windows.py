@@ -129,6 +129,27 @@ def permute_rows(z: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) ->
     return z.index_select(0, index)
 
 
+def place_rows(rows: torch.Tensor, dest: torch.Tensor | None) -> torch.Tensor:
+    """Row r of ``rows`` at row ``dest[r]`` of a new tensor (``rows`` itself where ``dest`` is None): what a kernel that
+    writes its rows to ``dest`` gives, as a scatter where none does."""
+    if dest is None:
+        return rows
+    return torch.empty_like(rows).index_copy_(0, dest, rows)
+
+
+@dataclass(frozen=True)
+class Regather:
+    """A permutation of token rows, ``z[index]``: row r of z lands at row ``inverse[r]``. A block whose last kernel
+    writes its rows straight there (``dest`` of :func:`~pipeline.networks.blocks.cpu_kernels.residuals`) saves the
+    gather."""
+
+    index: torch.Tensor
+    inverse: torch.Tensor
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return permute_rows(z, self.index, self.inverse)
+
+
 @dataclass(frozen=True)
 class Windows:
     """Both token orders of one (batch, height, width) map and the gathers into, between and out of them."""
@@ -147,19 +168,23 @@ class Windows:
         order = self.order(shifted)
         return permute_rows(tokens, order.order, order.inverse)
 
-    def switch(self, z: torch.Tensor, from_shifted: bool, to_shifted: bool) -> torch.Tensor:
-        """Tokens of one block's order regathered into the next block's order."""
-        if from_shifted == to_shifted:
-            return z
-        if to_shifted:
-            return permute_rows(z, self.to_shifted, self.to_regular)
-        return permute_rows(z, self.to_regular, self.to_shifted)
+    def after(self, shifted: bool, following: bool | None) -> Regather | None:
+        """What follows a block in order ``shifted``: the gather into the ``following`` block's order (None where it is
+        the same), or into the map's raster order after a stage's last block (``following`` None)."""
+        if following is None:
+            order = self.order(shifted)
+            return Regather(order.inverse, order.order)
+        if following == shifted:
+            return None
+        if following:
+            return Regather(self.to_shifted, self.to_regular)
+        return Regather(self.to_regular, self.to_shifted)
 
-    def leave(self, z: torch.Tensor, shifted: bool, shape: torch.Size) -> torch.Tensor:
-        """Tokens back to a (B, C, H, W) map in channels-last memory layout (``shape`` is the map's)."""
+    @staticmethod
+    def as_map(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Tokens in raster order as the (B, C, H, W) map of ``shape``, in channels-last memory layout (a view)."""
         b, c, h, w = shape
-        order = self.order(shifted)
-        return permute_rows(z, order.inverse, order.order).view(b, h, w, c).permute(0, 3, 1, 2)
+        return tokens.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 @lru_cache(maxsize=16)
