@@ -90,7 +90,7 @@ void over_normed_blocks(int64_t rows, int64_t channels, const torch::Tensor& nor
 // writes its output in the order the next step reads saves the gather between them (3-6 % of a CPU training step).
 struct RowDest {
   const int64_t* dest;
-  int64_t channels;
+  int64_t channels, rows;
 
   // Where a block's rows from row first are written first: out's own rows, or own where dest permutes them.
   float* target(float* out, int64_t first, float* own) const { return dest ? own : out + first * channels; }
@@ -98,19 +98,19 @@ struct RowDest {
   // count rows written to target(out, first, own) to their places in out.
   void store(const float* from, int64_t first, int64_t count, float* out) const {
     if (!dest) return;
-    for (int64_t i = 0; i < count; ++i) copy_row(from + i * channels, out + dest[first + i] * channels);
+    for (int64_t i = 0; i < count; ++i) copy_row(from + i * channels, out + place(first + i) * channels);
   }
 
   // Rows first ... first + count of a tensor written by store, gathered into own where dest permutes them.
   const float* load(const float* from, int64_t first, int64_t count, float* own) const {
     if (!dest) return from + first * channels;
-    for (int64_t i = 0; i < count; ++i) copy_row(from + dest[first + i] * channels, own + i * channels);
+    for (int64_t i = 0; i < count; ++i) copy_row(from + place(first + i) * channels, own + i * channels);
     return own;
   }
 
-  // Asks the cache for the places of rows first ... first + count (none past rows) ahead of a load or store: the
-  // rows are scattered, so no prefetcher foresees them, and a block's compute hides their latency.
-  void prefetch(const float* at, int64_t first, int64_t count, int64_t rows, bool write) const {
+  // Asks the cache for the places of rows first ... first + count (none past the last row) ahead of a load or store:
+  // the rows are scattered, so no prefetcher foresees them, and a block's compute hides their latency.
+  void prefetch(const float* at, int64_t first, int64_t count, bool write) const {
     if (!dest) return;
     for (int64_t i = first; i < std::min(rows, first + count); ++i) {
       for (int64_t c = 0; c < channels; c += 16) {  // a 64-byte line
@@ -123,6 +123,13 @@ struct RowDest {
     }
   }
 
+  // dest[row], checked as it is used: a row of the output (prefetch may touch any address, a load or store not).
+  int64_t place(int64_t row) const {
+    const int64_t at = dest[row];
+    TORCH_CHECK(static_cast<uint64_t>(at) < static_cast<uint64_t>(rows), "dest indices must be rows of the output");
+    return at;
+  }
+
   // A row a register at a time (channels are multiples of 16): std::copy's memmove per 64-byte row cost more than
   // the gather it replaced.
   void copy_row(const float* from, float* to) const {
@@ -130,14 +137,12 @@ struct RowDest {
   }
 };
 
-// dest checked: empty, or `rows` int64 indices in [0, rows) (each kernel call's one small reduction).
+// dest checked: empty, or one int64 index per row (their values as they are used: RowDest::place).
 RowDest row_dest(const torch::Tensor& dest, int64_t rows, int64_t channels) {
-  if (dest.numel() == 0) return {nullptr, channels};
+  if (dest.numel() == 0) return {nullptr, channels, rows};
   TORCH_CHECK(dest.dim() == 1 && dest.numel() == rows && dest.scalar_type() == at::kLong && dest.is_contiguous(),
               "dest must be contiguous int64 of one index per row");
-  const auto [low, high] = at::aminmax(dest);
-  TORCH_CHECK(low.item<int64_t>() >= 0 && high.item<int64_t>() < rows, "dest indices must be rows of the output");
-  return {dest.data_ptr<int64_t>(), channels};
+  return {dest.data_ptr<int64_t>(), channels, rows};
 }
 
 // The backward of y = layer(LN(u)) [+ u] over blocks of kBlockRows rows, u = x or a function of x, the LayerNorm
@@ -176,7 +181,7 @@ std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::
       const float* rows_u = source(first, count, own.data());
       normalise(rows_u, count, channels, nw, nb, e, normed.data(), stats.data());
       const float* rows_g = grad_dest.load(gp, first, count, grad_own.data());
-      grad_dest.prefetch(gp, first + kBlockRows, kBlockRows, rows, false);
+      grad_dest.prefetch(gp, first + kBlockRows, kBlockRows, false);
       f(part_sums, count, rows_g, normed.data(), dnormed.data(), scratch.data());
       float* rows_dx = dxp + first * channels;
 #define DCIF_NORM_BACKWARD(C)                                                                                      \
@@ -307,7 +312,7 @@ torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor w
         return static_cast<const float*>(own);
       },
       [&](int64_t first, int64_t count, const float* rows_u, const float* normed, float* scratch) {
-        to.prefetch(op, first, count, x.size(0), true);
+        to.prefetch(op, first, count, true);
         float* rows_out = to.target(op, first, scratch + kBlockRows * r.ff.hidden);
         feed_forward_rows(r.ff, count, normed, scratch, rows_u, rows_out);
         to.store(rows_out, first, count, op);
@@ -374,7 +379,7 @@ std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor g
   TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == width, "grad must be (rows, out) for x's rows");
   const float *wp = weight.data_ptr<float>(), *xp = x.data_ptr<float>();
   auto grads = normed_backward(
-      x, grad, RowDest{nullptr, width}, false, norm_weight, norm_bias, eps, width * channels + width, 0,
+      x, grad, RowDest{nullptr, width, x.size(0)}, false, norm_weight, norm_bias, eps, width * channels + width, 0,
       [&](int64_t first, int64_t, float*) { return xp + first * channels; },
       [&](float* sums, int64_t count, const float* rows_g, const float* normed, float* dnormed, float*) {
         dcif::rows_backward(count, normed, channels, rows_g, width, wp, sums, sums + width * channels, dnormed);
