@@ -4,7 +4,7 @@ G1 is held to the CT it starts from and G2 to the PET, so each pre-fused image k
 modality while the adversarial term pulls in the other one. SSIM is MONAI's (Gaussian window 11,
 sigma 1.5, K1 0.01, K2 0.03, data range 1 for inputs in [0, 1]): the Wang et al. 2004 defaults,
 so values compare with the fusion-metric protocol. Its Gaussian window is applied as two 1-D passes,
-each a weighted sum of 11 shifted views (:class:`SeparableSSIMMetric`, :class:`WindowSum`): the same
+each a product with a banded matrix (:class:`SeparableSSIMMetric`, :func:`window_sum`): the same
 numbers at a small fraction of the cost of MONAI's five 121-tap single-channel convolutions, which
 with their backward were the slowest kernels of a CPU training step (oneDNN runs one-channel
 convolutions at a small fraction of its rate).
@@ -17,6 +17,7 @@ noise (and into infinities where a denominator rounded to zero) in mixed-precisi
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -38,31 +39,27 @@ def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     return taps / taps.sum()
 
 
-class WindowSum(torch.autograd.Function):
-    """Valid 1-D correlation of ``images`` with ``taps`` along ``dim``: one in-place multiply-add per tap.
+@lru_cache(maxsize=32)
+def _band(taps: tuple[float, ...], size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (size, size - len(taps) + 1) matrix B with B[i + t, i] = taps[t]: ``x @ B`` correlates the rows of x with
+    ``taps`` where the window fits ("valid")."""
+    with torch.inference_mode(False):  # a normal tensor even when first asked for in inference: training reuses it
+        band = torch.zeros(size, size - len(taps) + 1, device=device, dtype=dtype)
+        for shift, weight in enumerate(taps):
+            band.diagonal(-shift).fill_(weight)
+    return band
 
-    Its backward adds each tap's share of the gradient into one zeroed tensor. Autograd through the
-    shifted views instead ran a product, a sum, and a zero-filled copy per tap: fwd + bwd of the
-    SSIM moments of eight 128 x 128 crops took 36 ms that way and 6 ms this way (2 CPU threads).
+
+def window_sum(images: torch.Tensor, column_taps: tuple[float, ...], row_taps: tuple[float, ...]) -> torch.Tensor:
+    """Valid 2-D correlation of ``images`` (..., H, W) with the separable window ``column_taps`` x ``row_taps``.
+
+    Each pass is one batched product with a banded matrix (:func:`_band`), forward and backward: 1.7-2.4x faster
+    than a multiply-add per tap over shifted views (the five SSIM moments of eight 64 x 64 and 128 x 128 crops,
+    2 CPU threads), which in turn ran 6x faster than autograd through the views.
     """
-
-    @staticmethod
-    def forward(ctx, images: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
-        ctx.taps, ctx.dim = taps, dim
-        length = images.shape[dim] - len(taps) + 1
-        out = images.narrow(dim, 0, length) * taps[0]
-        for shift, weight in enumerate(taps[1:], 1):
-            out.add_(images.narrow(dim, shift, length), alpha=weight)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        size = list(grad.shape)
-        size[ctx.dim] += len(ctx.taps) - 1
-        grad_images = grad.new_zeros(size)
-        for shift, weight in enumerate(ctx.taps):
-            grad_images.narrow(ctx.dim, shift, grad.shape[ctx.dim]).add_(grad, alpha=weight)
-        return grad_images, None, None
+    height, width = images.shape[-2:]
+    columns = _band(column_taps, height, images.device, images.dtype)
+    return columns.t() @ images @ _band(row_taps, width, images.device, images.dtype)
 
 
 class SeparableSSIMMetric(SSIMMetric):
@@ -84,7 +81,7 @@ class SeparableSSIMMetric(SSIMMetric):
         x, y = y_pred.float(), y.float()
         batch, channels = x.shape[:2]
         moments = torch.stack([x, y, x * x, y * y, x * y])
-        moments = WindowSum.apply(WindowSum.apply(moments, self.column_taps, -2), self.row_taps, -1)
+        moments = window_sum(moments, self.column_taps, self.row_taps)
         mu_x, mu_y, mu_xx, mu_yy, mu_xy = moments
         c1, c2 = (self.k1 * self.data_range) ** 2, (self.k2 * self.data_range) ** 2
         sigma_x, sigma_y, sigma_xy = mu_xx - mu_x * mu_x, mu_yy - mu_y * mu_y, mu_xy - mu_x * mu_y

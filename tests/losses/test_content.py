@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from monai.losses import SSIMLoss
 
-from pipeline.losses.content import ContentLoss, SeparableSSIMLoss, WindowSum
+from pipeline.losses.content import ContentLoss, SeparableSSIMLoss, window_sum
 
 
 @pytest.fixture()
@@ -63,14 +63,23 @@ def test_separable_ssim_is_monai_ssim(shape):
     assert (got_grad - expected_grad).abs().max() < 1e-8
 
 
-@pytest.mark.parametrize("dim", [-2, -1])
-def test_window_sum_is_the_valid_correlation_and_its_gradient(dim: int) -> None:
+@pytest.mark.parametrize("size", [(9, 12), (11, 11)])
+def test_window_sum_is_the_valid_correlation_and_its_gradient(size: tuple[int, int]) -> None:
     torch.manual_seed(2)
-    images = torch.rand(2, 3, 9, 12, dtype=torch.float64, requires_grad=True)
-    taps = (0.25, -0.5, 1.0, 0.125)
-    got = WindowSum.apply(images, taps, dim)
-    moved = images.movedim(dim, -1).reshape(-1, 1, images.shape[dim])
-    expected = F.conv1d(moved, torch.tensor(taps, dtype=torch.float64).view(1, 1, -1))
-    expected = expected.view(*images.movedim(dim, -1).shape[:-1], -1).movedim(-1, dim)
+    images = torch.rand(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    column_taps, row_taps = (0.25, -0.5, 1.0, 0.125), (2.0, 0.5, -1.0)
+    got = window_sum(images, column_taps, row_taps)
+    window = torch.outer(torch.tensor(column_taps, dtype=torch.float64), torch.tensor(row_taps, dtype=torch.float64))
+    expected = F.conv2d(images.reshape(6, 1, *size), window.view(1, 1, 4, 3)).view(2, 3, size[0] - 3, size[1] - 2)
     torch.testing.assert_close(got, expected)
-    assert torch.autograd.gradcheck(lambda x: WindowSum.apply(x, taps, dim), (images,))
+    assert torch.autograd.gradcheck(lambda x: window_sum(x, column_taps, row_taps), (images,))
+
+
+def test_window_sum_serves_training_after_inference() -> None:
+    """Its cached bands are normal tensors even when first built in inference mode."""
+    images = torch.rand(1, 1, 13, 13)
+    with torch.inference_mode():
+        window_sum(images, (0.5, 0.5), (0.5, 0.5))
+    images.requires_grad_()
+    window_sum(images, (0.5, 0.5), (0.5, 0.5)).sum().backward()
+    assert images.grad is not None
