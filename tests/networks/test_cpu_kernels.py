@@ -522,7 +522,8 @@ def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, h
     attended = torch.randn(rows, channels, requires_grad=True)
     modules = (norm, linear, mlp, proj)
     params = [p for module in modules for p in module.parameters()]
-    out = (cpu_kernels.norm_linear(x, norm, linear), cpu_kernels.residuals(x, attended, proj, norm, mlp))
+    projection, tokens = cpu_kernels.norm_linear(x, norm, linear)  # x's two gradients summed in one kernel
+    out = (projection, cpu_kernels.residuals(tokens, attended, proj, norm, mlp))
     grads = [torch.randn_like(o) for o in out]
     found = torch.autograd.grad(out, [x, attended, *params], grads)
 
@@ -561,6 +562,30 @@ def test_residuals_write_each_row_where_dest_says(kernel, rows: int, channels: i
         assert torch.equal(cpu_kernels.residuals(x, attended, proj, norm, mlp, dest), expected)
 
 
+def test_projection_backward_adds_the_gradient_carried_to_it(kernel) -> None:
+    """The tokens norm_linear passes through (the block's residual reads them) send their gradient back to its node,
+    whose kernel adds it into dx: the same dx as autograd's sum of the two, and only the kernel's if nothing reads
+    them."""
+    torch.manual_seed(3)
+    found = cpu_kernels.cpu_kernel()
+    norm, linear, _ = _pre_norm_layers(16, 32)
+    x, grad, carry = torch.randn(100, 16), torch.randn(100, 48), torch.randn(100, 16)
+    args = (norm.weight, norm.bias, norm.eps, linear.weight)
+    alone = found.norm_linear_backward(x, grad, *args, torch.empty(0))
+    carried = found.norm_linear_backward(x, grad, *args, carry)
+    torch.testing.assert_close(carried[0], alone[0] + carry, rtol=0, atol=1e-6)
+    for got, want in zip(carried[1:], alone[1:]):
+        assert torch.equal(got, want)
+    x.requires_grad_()
+    projection, tokens = cpu_kernels.norm_linear(x, norm, linear)
+    assert tokens.grad_fn is projection.grad_fn
+    (dx,) = torch.autograd.grad((projection, tokens), x, (grad, carry))
+    torch.testing.assert_close(dx, alone[0] + carry, rtol=0, atol=1e-6)
+    projection, tokens = cpu_kernels.norm_linear(x, norm, linear)
+    (dx,) = torch.autograd.grad(projection, x, grad)
+    assert torch.equal(dx, alone[0])
+
+
 def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
     """A block is three kernel calls (projection, attention, residuals), in inference and under autograd, where the
     backwards recompute what the forwards kept in L1. Widths the kernels do not take (60) run ATen's ops with the
@@ -593,7 +618,7 @@ def test_fused_pre_norm_layers_are_what_blocks_run(kernel, monkeypatch) -> None:
     proj = torch.nn.Linear(60, 60)
     x, attended = torch.randn(50, 60), torch.randn(50, 60)
     with torch.inference_mode():
-        assert torch.equal(cpu_kernels.norm_linear(x, norm, linear), linear(norm(x)))
+        assert torch.equal(cpu_kernels.norm_linear(x, norm, linear)[0], linear(norm(x)))
         attention_sum = x + proj(attended)
         expected = attention_sum + mlp(norm(attention_sum))
         assert (cpu_kernels.residuals(x.clone(), attended, proj, norm, mlp) - expected).abs().max() < 1e-5
@@ -633,7 +658,9 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
         found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
                                  *layers, torch.arange(8, dtype=torch.int32))
     with pytest.raises(RuntimeError, match=r"grad must be \(rows, out\)"):
-        found.norm_linear_backward(x, torch.randn(8, 95), norm.weight, norm.bias, 1e-5, linear.weight)
+        found.norm_linear_backward(x, torch.randn(8, 95), norm.weight, norm.bias, 1e-5, linear.weight, none)
+    with pytest.raises(RuntimeError, match=r"carry must be \(rows, C\) as x"):
+        found.norm_linear_backward(x, torch.randn(8, 96), norm.weight, norm.bias, 1e-5, linear.weight, x[:7])
     with pytest.raises(RuntimeError, match="norm_bias must be contiguous float32 of 32 values"):
         found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, torch.randn(31), 1e-5,
                                  *layers, none)

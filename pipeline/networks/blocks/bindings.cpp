@@ -18,7 +18,8 @@ torch::Tensor gelu_backward(torch::Tensor x, torch::Tensor grad);
 torch::Tensor token_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor out,
                            torch::Tensor add);
 std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
-                                                torch::Tensor norm_bias, double eps, torch::Tensor weight);
+                                                torch::Tensor norm_bias, double eps, torch::Tensor weight,
+                                                torch::Tensor carry);
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
@@ -46,6 +47,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "empty); out may be x (in place)");
   m.def("residuals_backward", &residuals_backward,
         "gradients of residuals: dx, dattended, dWp, dbp, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
-  m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear: dx, dnorm_weight, dnorm_bias, dW, db");
+  m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear (plus carry, if not empty, in dx): dx, dnorm_weight, dnorm_bias, dW, db");
   m.def("token_linear_backward", &token_linear_backward, "gradients of token_linear: dx (empty if not needed), dW, db");
 }

@@ -50,7 +50,7 @@ class CrossModalBlock(nn.Module):
              dest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on tokens (windows * N, C) of the same whole windows of both streams; result rows to ``dest``
         (see :meth:`SwinBlock.residuals`)."""
-        qkv_ct, qkv_pet = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
+        (qkv_ct, x_ct), (qkv_pet, x_pet) = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
         attended_ct, attended_pet = self.attend(qkv_ct, qkv_pet, biases, mask)
         return self.ct.residuals(x_ct, attended_ct, dest), self.pet.residuals(x_pet, attended_pet, dest)
 

@@ -150,11 +150,12 @@ RowDest row_dest(const torch::Tensor& dest, int64_t rows, int64_t channels) {
 // rows of u (x's own, or its rows computed into own); f(sums, count, rows_g, normed, dnormed, scratch) adds the
 // layer's weight gradients into sums (layer_floats, the thread's own) and writes dL/dnormed, rows_g being the block's
 // rows of grad (read where grad_dest put them); then the LayerNorm's backward gives the rows of du, plus those of grad
-// where u was added (residual), into dx, and after(sums, first, count, du) goes back from u to x there. Returns dx,
-// dnorm_weight, dnorm_bias and the sum of every part's sums.
+// where u was added (residual) or else those of carry (rows, C; a gradient of x from elsewhere) if given, into dx, and
+// after(sums, first, count, du) goes back from u to x there. Returns dx, dnorm_weight, dnorm_bias and the sum of every
+// part's sums.
 template <typename Source, typename F, typename After>
 std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::Tensor& grad, const RowDest& grad_dest,
-                                           bool residual, const torch::Tensor& norm_weight,
+                                           bool residual, const float* carry, const torch::Tensor& norm_weight,
                                            const torch::Tensor& norm_bias, double eps, int64_t layer_floats,
                                            int64_t scratch_row, Source&& source, F&& f, After&& after) {
   const int64_t rows = x.size(0), channels = x.size(1), blocks = (rows + kBlockRows - 1) / kBlockRows;
@@ -189,9 +190,10 @@ std::vector<torch::Tensor> normed_backward(const torch::Tensor& x, const torch::
                          dnw + channels, channels, 0, count)
       DCIF_BY_CHANNELS(channels, DCIF_NORM_BACKWARD)
 #undef DCIF_NORM_BACKWARD
-      if (residual) {
+      const float* rows_carry = residual ? rows_g : carry ? carry + first * channels : nullptr;
+      if (rows_carry) {
         for (int64_t i = 0; i < count * channels; i += kLanes) {
-          dcif::store_lanes(rows_dx + i, dcif::load_lanes(rows_dx + i) + dcif::load_lanes(rows_g + i));
+          dcif::store_lanes(rows_dx + i, dcif::load_lanes(rows_dx + i) + dcif::load_lanes(rows_carry + i));
         }
       }
       after(part_sums, first, count, rows_dx);
@@ -335,7 +337,8 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
   float* dap = dattended.data_ptr<float>();
   const int64_t proj_at = 2 * layer + hidden + channels;  // each part's sums: dW1, db1, dW2, db2, then dWp, dbp
   auto grads = normed_backward(
-      x, grad, row_dest(dest, x.size(0), channels), true, norm_weight, norm_bias, eps, proj_at + square + channels,
+      x, grad, row_dest(dest, x.size(0), channels), true, nullptr, norm_weight, norm_bias, eps,
+      proj_at + square + channels,
       2 * hidden,
       [&](int64_t first, int64_t count, float* own) {
         r.sum(first, count, own);
@@ -369,17 +372,25 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
 }
 
 // The gradients of norm_linear for grad = dL/dout (rows, out): dx, dnorm_weight, dnorm_bias, dweight, dbias, with
-// LN(x) recomputed per block of rows.
+// LN(x) recomputed per block of rows. carry (rows, C), if not empty, is a gradient of x from elsewhere (the block's
+// residual), added into dx as it is written instead of by a pass of its own.
 std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor norm_weight,
-                                                torch::Tensor norm_bias, double eps, torch::Tensor weight) {
+                                                torch::Tensor norm_bias, double eps, torch::Tensor weight,
+                                                torch::Tensor carry) {
   check_tokens(x);
   check_tokens(grad);
   const int64_t channels = x.size(1), width = weight.size(0);
   check_weight(weight, width, channels, "weight");
   TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == width, "grad must be (rows, out) for x's rows");
+  const bool carried = carry.numel() > 0;
+  if (carried) {
+    check_tokens(carry);
+    TORCH_CHECK(carry.sizes() == x.sizes(), "carry must be (rows, C) as x");
+  }
   const float *wp = weight.data_ptr<float>(), *xp = x.data_ptr<float>();
   auto grads = normed_backward(
-      x, grad, RowDest{nullptr, width, x.size(0)}, false, norm_weight, norm_bias, eps, width * channels + width, 0,
+      x, grad, RowDest{nullptr, width, x.size(0)}, false, carried ? carry.data_ptr<float>() : nullptr, norm_weight,
+      norm_bias, eps, width * channels + width, 0,
       [&](int64_t first, int64_t, float*) { return xp + first * channels; },
       [&](float* sums, int64_t count, const float* rows_g, const float* normed, float* dnormed, float*) {
         dcif::rows_backward(count, normed, channels, rows_g, width, wp, sums, sums + width * channels, dnormed);

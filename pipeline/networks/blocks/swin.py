@@ -121,12 +121,14 @@ class SwinBlock(nn.Module):
         self.norm2 = TokenLayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
-    def project(self, x: torch.Tensor, window_tokens: int) -> torch.Tensor:
-        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`): one fused kernel on the CPU
-        (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`)."""
+    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`), and the tokens for
+        :meth:`residuals`: one fused kernel on the CPU (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`),
+        whose autograd node also passes x through, so that its backward adds both of x's gradients."""
         if torch.jit.is_scripting():
-            return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens)
-        return self.attn.heads(norm_linear(x, self.norm1, self.attn.qkv), window_tokens)
+            return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens), x
+        qkv, tokens = norm_linear(x, self.norm1, self.attn.qkv)
+        return self.attn.heads(qkv, window_tokens), tokens
 
     def residuals(self, x: torch.Tensor, attended: torch.Tensor, dest: torch.Tensor | None = None) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection; row r
@@ -147,7 +149,7 @@ class SwinBlock(nn.Module):
              dest: torch.Tensor | None = None) -> torch.Tensor:
         """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on its last windows (see
         :class:`~pipeline.networks.blocks.windows.Chunk`) or None; result rows to ``dest`` (see :meth:`residuals`)."""
-        qkv = self.project(x, window_tokens)
+        qkv, x = self.project(x, window_tokens)
         return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask), dest)
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_map`
