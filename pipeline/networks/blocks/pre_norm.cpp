@@ -87,7 +87,7 @@ void over_normed_blocks(int64_t rows, int64_t channels, const torch::Tensor& nor
 
 // Where a kernel's output rows go, and so where their gradient rows come from: row r at dest[r] (a permutation of
 // the rows: the next block's window order, or the map's raster order), or at r where dest is empty. A block that
-// writes its output in the order the next step reads saves the gather between them (3-6 % of a CPU training step).
+// writes its output in the order the next step reads saves the gather between them (a CPU training step 1.01-1.03x).
 struct RowDest {
   const int64_t* dest;
   int64_t channels, rows;
@@ -338,8 +338,7 @@ std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor att
   const int64_t proj_at = 2 * layer + hidden + channels;  // each part's sums: dW1, db1, dW2, db2, then dWp, dbp
   auto grads = normed_backward(
       x, grad, row_dest(dest, x.size(0), channels), true, nullptr, norm_weight, norm_bias, eps,
-      proj_at + square + channels,
-      2 * hidden,
+      proj_at + square + channels, 2 * hidden,
       [&](int64_t first, int64_t count, float* own) {
         r.sum(first, count, own);
         return static_cast<const float*>(own);
