@@ -213,6 +213,12 @@ class _WindowAttention(torch.autograd.Function):
         return d_queries, None if ctx.shared else d_keys_values, dbias, None, None
 
 
+def _tracked(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on these: grad mode on and one of them requires a gradient (the kernels' autograd
+    nodes are applied only then)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def window_attention(queries: torch.Tensor, keys_values: torch.Tensor, bias: torch.Tensor,
                      mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """softmax(scale Q K^T + B [+ mask]) V by the kernel, as (windows, N, heads, head_dim); see :func:`kernel_applies`.
@@ -223,7 +229,7 @@ def window_attention(queries: torch.Tensor, keys_values: torch.Tensor, bias: tor
     both lie in one region), or None.
     """
     mask = _EMPTY if mask is None else mask
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (queries, keys_values, bias)):
+    if _tracked(queries, keys_values, bias):
         return _WindowAttention.apply(queries, keys_values, bias, mask, scale)
     return cpu_kernel().window_attention(*split_projections(queries, keys_values), bias, mask, scale)
 
@@ -262,7 +268,7 @@ def cross_attention(qkv_a: torch.Tensor, qkv_b: torch.Tensor, bias_a: torch.Tens
     """:func:`window_attention` of A's queries on B's keys and values (with A's bias) and of B's on A's, by the
     kernel: each (windows, N, heads, head_dim). Under autograd one node for both (see :class:`_CrossAttention`)."""
     mask = _EMPTY if mask is None else mask
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (qkv_a, qkv_b, bias_a, bias_b)):
+    if _tracked(qkv_a, qkv_b, bias_a, bias_b):
         return _CrossAttention.apply(qkv_a, qkv_b, bias_a, bias_b, mask, scale)
     return window_attention(qkv_a, qkv_b, bias_a, mask, scale), window_attention(qkv_b, qkv_a, bias_b, mask, scale)
 
@@ -290,7 +296,7 @@ class TokenLayerNorm(torch.nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if x.dim() == 2 and x.is_contiguous() and self.bias is not None and _kernels_take(x):
-                if torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias)):
+                if _tracked(x, self.weight, self.bias):
                     return _LayerNorm.apply(x, self.weight, self.bias, self.eps)
                 return cpu_kernel().layer_norm(x, self.weight, self.bias, self.eps)[0]
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -353,8 +359,7 @@ def token_linear(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tenso
         return linear(x) if residual is None else residual + linear(x)
     bias = _EMPTY if linear.bias is None else linear.bias
     add = _EMPTY if residual is None else residual
-    if torch.is_grad_enabled() and (x.requires_grad or add.requires_grad
-                                    or any(p.requires_grad for p in linear.parameters())):
+    if _tracked(x, add, *linear.parameters()):
         return _TokenLinear.apply(x, linear.weight, bias, add)
     return cpu_kernel().token_linear(x, linear.weight, bias, x.new_empty(x.shape[0], linear.out_features), add)
 
@@ -410,7 +415,7 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm,
     applies (the normalised rows never leave L1; under autograd :class:`_NormLinear`, whose second output is x passed
     through), else :func:`token_linear` on the LayerNorm, and x."""
     if _fusable(x, norm, linear) and x.shape[1] == linear.in_features:
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *norm.parameters(), *linear.parameters())):
+        if _tracked(x, *norm.parameters(), *linear.parameters()):
             return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
         return cpu_kernel().norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias), x
     return token_linear(norm(x), linear), x
@@ -477,7 +482,7 @@ def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     GELU kernel adds: no broadcast bias is written out first and no second hidden layer is allocated.
     """
     if x.dim() == 2 and _kernels_take(x):
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in linear.parameters())):
+        if _tracked(x, *linear.parameters()):
             return _Gelu.apply(token_linear(x, linear))
         if _linear_applies(x, linear):  # the kernel adds the bias
             hidden, bias = token_linear(x, linear), _EMPTY
