@@ -224,6 +224,25 @@ def test_scripted_generator_equals_eager_at_any_slice_size(kwargs: dict, sizes: 
             assert (scripted(x) - generator(x)).abs().max() < 1e-5, size
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_generator_runs_under_bf16_autocast_within_its_precision(training: bool) -> None:
+    """bf16 autocast, the GPU's mixed precision (``tools/device_check.sh``, the trainer's ``amp``), here on the CPU,
+    where it sets the kernels aside for ATen's ops as a GPU does: the in-place inference path too (whose addmm_ refused
+    bf16 tokens against float32 weights), masked windows included, within bf16's precision of float32."""
+    torch.manual_seed(0)
+    generator = DCIFGenerator("network4", **SHIPPED).train(training)
+    x = torch.rand(2, 2, 72, 64)
+    with torch.inference_mode():
+        expected = generator(x)
+    with torch.inference_mode(not training), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = generator(x)
+    assert fused.dtype == torch.bfloat16
+    assert (fused.float() - expected).abs().max() < 2e-2
+    if training:
+        fused.float().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in generator.parameters())
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_scripts_with_its_streams(variant: str) -> None:
     """The streams are compiled as forward calls them, so a TorchScript export serves ModelFuser's f_ct and f_pet."""

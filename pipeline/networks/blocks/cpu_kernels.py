@@ -369,6 +369,8 @@ def add_linear_(out: torch.Tensor, x: torch.Tensor, linear: torch.nn.Linear) -> 
     tokens it adds to, with no projected copy and no broadcast bias written first."""
     if _linear_applies(x, linear) and out.is_contiguous():
         return cpu_kernel().token_linear(x, linear.weight, _EMPTY if linear.bias is None else linear.bias, out, out)
+    if torch.is_autocast_enabled(out.device.type):  # an in-place addmm_ is not autocast's: it refuses mixed dtypes
+        return out.add_(linear(x))
     if linear.bias is not None:
         out.add_(linear.bias)
     return out.addmm_(x, linear.weight.t())
