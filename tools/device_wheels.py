@@ -24,13 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 KIT = ("monai", "pytorch-ignite", "pydicom", "nibabel", "PyWavelets")
 """Distributions the benchmarks import that the device image lacks (each pure Python but PyWavelets)."""
 
-IMAGE_MODULES = frozenset({
-    "torch", "torchgen", "functorch", "numpy", "scipy", "PIL", "tqdm", "yaml", "packaging", "typing_extensions",
-    "sympy", "mpmath", "filelock", "fsspec", "jinja2", "markupsafe", "networkx", "requests", "urllib3", "idna",
-    "certifi", "charset_normalizer", "psutil", "triton",
-})
-"""Top-level modules of the device image that the benchmarks may import (torch's own needs among them)."""
-
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 """pip matches a wheel's platform tag exactly: the tags a compiled wheel for the device's glibc may carry."""
