@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +30,18 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 
 
 def requirements() -> list[str]:
-    """:data:`KIT` pinned to the versions installed here, the ones this checkout is tested with."""
-    return [f"{name}=={version(name)}" for name in KIT]
+    """:data:`KIT` pinned to the versions installed here, the ones this checkout is tested with; a one-line error where
+    one is not installed (run it with the README's venv)."""
+    try:
+        return [f"{name}=={version(name)}" for name in KIT]
+    except PackageNotFoundError as missing:
+        raise SystemExit(f"device_wheels: {missing.name} is not installed beside this Python; run it with "
+                         ".venv/bin/python after the README's install") from None
 
 
 def download(dest: Path, python_version: str) -> None:
-    """The kit's wheels into ``dest`` for CPython ``python_version`` on x86-64 Linux; pip's own error if one is missing."""
+    """The kit's wheels into ``dest`` for CPython ``python_version`` on x86-64 Linux; pip's own error where one is
+    missing."""
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--implementation",
                     "cp", "--python-version", python_version, *platforms, "--dest", str(dest), *requirements()],

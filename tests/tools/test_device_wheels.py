@@ -8,6 +8,8 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Top-level modules of the device image (the device tool's KINDS.md) that the benchmarks may import, torch's own needs
@@ -66,3 +68,10 @@ def test_the_kit_is_pinned_to_what_this_checkout_runs(load_tool) -> None:
     pinned = wheels.requirements()
     assert [spec.split("==")[0] for spec in pinned] == list(wheels.KIT)
     assert all(spec.split("==")[1] for spec in pinned)
+
+
+def test_a_kit_package_missing_here_is_a_one_line_error(load_tool, monkeypatch) -> None:
+    wheels = load_tool("device_wheels")
+    monkeypatch.setattr(wheels, "KIT", ("monai", "no-such-distribution"))
+    with pytest.raises(SystemExit, match="no-such-distribution is not installed beside this Python"):
+        wheels.requirements()
