@@ -498,16 +498,48 @@ def test_fused_pre_norm_layers_match_aten(kernel, rows: int, channels: int, hidd
     x, attended = torch.randn(rows, channels) * 3 + 1, torch.randn(rows, channels)
     with torch.inference_mode():
         expected_projection = linear(F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps))
-        projection = found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+        projection = found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias, torch.empty(0))
         assert (projection - expected_projection).abs().max() < 1e-5
         attention_sum = x + proj(attended)
         expected_sum = attention_sum + mlp(F.layer_norm(attention_sum, (channels,), norm.weight, norm.bias, norm.eps))
         summed = x.clone()
         out = found.residuals(summed, attended, proj.weight, proj.bias, norm.weight, norm.bias, norm.eps,
                               mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias, summed,
-                              torch.empty(0))
+                              torch.empty(0), False)
         assert out.data_ptr() == summed.data_ptr()
         assert (summed - expected_sum).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (48, 16, 64)])
+def test_fused_pre_norm_layers_read_and_write_a_maps_rows(kernel, rows: int, channels: int, hidden: int) -> None:
+    """Inference on a chunk of a map kept in its own order: LN then projection of the map's rows ``rows`` (in that
+    order), and both residuals read from and written back to those rows in place, the map's other rows untouched."""
+    torch.manual_seed(rows)
+    found = cpu_kernels.cpu_kernel()
+    norm, linear, mlp = _pre_norm_layers(channels, hidden)
+    proj = torch.nn.Linear(channels, channels)
+    x = torch.randn(2 * rows + 3, channels) * 3 + 1
+    chunk = torch.randperm(x.shape[0])[:rows]
+    attended = torch.randn(rows, channels)
+    with torch.inference_mode():
+        expected_projection = linear(F.layer_norm(x[chunk], (channels,), norm.weight, norm.bias, norm.eps))
+        projection = found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias, chunk)
+        assert (projection - expected_projection).abs().max() < 1e-5
+        attention_sum = x[chunk] + proj(attended)
+        expected = attention_sum + mlp(F.layer_norm(attention_sum, (channels,), norm.weight, norm.bias, norm.eps))
+        layers = (proj.weight, proj.bias, norm.weight, norm.bias, norm.eps, mlp.linear1.weight, mlp.linear1.bias,
+                  mlp.linear2.weight, mlp.linear2.bias)
+        into = torch.full_like(x, float("nan"))  # a stage's own map, written from its input's
+        assert found.residuals(x, attended, *layers, into, chunk, True).data_ptr() == into.data_ptr()
+        assert (into[chunk] - expected).abs().max() < 1e-5
+        assert into.isnan().sum() == (x.shape[0] - rows) * channels  # the other rows untouched
+        given = x.clone()
+        assert found.residuals(x, attended, *layers, x, chunk, True).data_ptr() == x.data_ptr()  # in place
+        assert (x[chunk] - expected).abs().max() < 1e-5
+        others = torch.ones(x.shape[0], dtype=torch.bool).index_fill_(0, chunk, False)
+        assert torch.equal(x[others], given[others])
+        with pytest.raises(RuntimeError, match="dest indices must be rows of the output"):
+            found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias, chunk + x.shape[0])
 
 
 @pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
@@ -634,26 +666,35 @@ def test_fused_pre_norm_layers_refuse_what_they_were_not_built_for(kernel) -> No
     layers = (mlp.linear1.weight, mlp.linear1.bias, mlp.linear2.weight, mlp.linear2.bias)
     none = torch.empty(0)
     with pytest.raises(RuntimeError, match="contiguous float32 CPU tokens"):
-        found.norm_linear(torch.randn(32, 8).t(), norm.weight, norm.bias, 1e-5, linear.weight, linear.bias)
+        found.norm_linear(torch.randn(32, 8).t(), norm.weight, norm.bias, 1e-5, linear.weight, linear.bias, none)
     with pytest.raises(RuntimeError, match="multiples of 16"):
-        found.norm_linear(x, norm.weight, norm.bias, 1e-5, torch.randn(20, 32), torch.randn(20))
+        found.norm_linear(x, norm.weight, norm.bias, 1e-5, torch.randn(20, 32), torch.randn(20), none)
     with pytest.raises(RuntimeError, match="must be contiguous float32 of 96 values"):
-        found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95))
+        found.norm_linear(x, norm.weight, norm.bias, 1e-5, linear.weight, torch.randn(95), none)
     with pytest.raises(RuntimeError, match="attended and out must be"):
-        found.residuals(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x, none)
+        found.residuals(x, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x, none, False)
     with pytest.raises(RuntimeError, match="norm_weight must be contiguous float32 of 32 values"):
-        found.residuals(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers, x, none)
+        found.residuals(x, attended, proj.weight, proj.bias, torch.randn(16), norm.bias, 1e-5, *layers, x, none,
+                        False)
     with pytest.raises(RuntimeError, match=r"w2 must be contiguous float32 \(32, 64\)"):
         found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers[:2],
-                        layers[2].t(), layers[3], x, none)
+                        layers[2].t(), layers[3], x, none, False)
     with pytest.raises(RuntimeError, match=r"attended and grad must be \(rows, C\) as x"):
         found.residuals_backward(x, attended, attended[:7], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
                                  *layers, none)
-    with pytest.raises(RuntimeError, match="into a new tensor, not into x"):
-        found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x, torch.arange(8))
+    with pytest.raises(RuntimeError, match="dest indices must be rows of the output"):  # a map's rows: x's
+        found.residuals(x, attended[:4], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, x,
+                        torch.arange(4) + 6, True)
+    with pytest.raises(RuntimeError, match="x must have attended's channels"):
+        narrow = torch.randn(8, 16)
+        found.residuals(narrow, attended[:4], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers, narrow,
+                        torch.arange(4), True)
+    with pytest.raises(RuntimeError, match="rows of a map need dest, and out a map as x"):
+        found.residuals(x, attended[:4], proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers,
+                        torch.empty(5, 32), torch.arange(4), True)
     with pytest.raises(RuntimeError, match="dest indices must be rows of the output"):
         found.residuals(x, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5, *layers,
-                        torch.empty_like(x), torch.arange(8) + 1)
+                        torch.empty_like(x), torch.arange(8) + 1, False)
     with pytest.raises(RuntimeError, match="dest must be contiguous int64 of one index per row"):
         found.residuals_backward(x, attended, attended, proj.weight, proj.bias, norm.weight, norm.bias, 1e-5,
                                  *layers, torch.arange(8, dtype=torch.int32))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.networks import DCIFGAN
+from pipeline.networks.blocks import cpu_kernels
 from pipeline.networks.blocks import windows as windows_module
 from tests.networks.monai_reference import reference_generator
 
@@ -18,8 +19,12 @@ def _pair(generator: torch.nn.Module, seed: int = 0) -> tuple[torch.nn.Module, t
     return generator.eval(), reference_generator(generator).eval()
 
 
+@pytest.mark.parametrize("kernels", [True, False])  # without: ATen's ops on the gathered rows, as on a GPU
 @pytest.mark.parametrize("size", [(40, 48), (37, 53)])
-def test_fast_generator_matches_monai_blocks_in_inference(size: tuple[int, int], monkeypatch) -> None:
+def test_fast_generator_matches_monai_blocks_in_inference(size: tuple[int, int], kernels: bool, monkeypatch) -> None:
+    """Inference keeps each stage's maps in raster order, the blocks reading and writing each chunk's window rows."""
+    if not kernels:
+        monkeypatch.setattr(cpu_kernels, "_kernels_take", lambda x: False)
     monkeypatch.setattr(windows_module, "CPU_CHUNK_TOKENS", 256)  # several chunks, incl. the masked ones
     windows_module._cached_windows.cache_clear()
     fast, reference = _pair(DCIFGAN("network4", width=16, num_heads=2, depths=(2, 2, 2)).generator)

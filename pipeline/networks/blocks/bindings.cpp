@@ -23,10 +23,11 @@ std::vector<torch::Tensor> norm_linear_backward(torch::Tensor x, torch::Tensor g
 std::vector<torch::Tensor> token_linear_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor grad,
                                                  bool need_input_grad);
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                          torch::Tensor weight, torch::Tensor bias);
+                          torch::Tensor weight, torch::Tensor bias, torch::Tensor rows);
 torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out, torch::Tensor dest);
+                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out, torch::Tensor dest,
+                        bool in_map);
 std::vector<torch::Tensor> residuals_backward(torch::Tensor x, torch::Tensor attended, torch::Tensor grad,
                                               torch::Tensor wp, torch::Tensor bp, torch::Tensor norm_weight,
                                               torch::Tensor norm_bias, double eps, torch::Tensor w1, torch::Tensor b1,
@@ -41,10 +42,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gelu", &gelu, "GELU (erf form) of (rows, C) x + bias into out, which may be x");
   m.def("gelu_backward", &gelu_backward, "gradient of gelu for its input x + bias");
   m.def("token_linear", &token_linear, "x W^T + bias [+ add] of (rows, in) tokens into out (rows, out); add may be out");
-  m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens, fused");
+  m.def("norm_linear", &norm_linear, "LayerNorm then x W^T + b of (rows, C) tokens (x's rows `rows` where given), fused");
   m.def("residuals", &residuals,
         "out = u + W2 GELU(W1 LN(u) + b1) + b2, u = x + attended Wp^T + bp, fused, row r into out[dest[r]] (r if dest is "
-        "empty); out may be x (in place)");
+        "empty); out may be x (in place); in_map: x's row dest[r] is attended's row r's (x and out maps)");
   m.def("residuals_backward", &residuals_backward,
         "gradients of residuals: dx, dattended, dWp, dbp, dnorm_weight, dnorm_bias, dW1, db1, dW2, db2");
   m.def("norm_linear_backward", &norm_linear_backward, "gradients of norm_linear (plus carry, if not empty, in dx): dx, dnorm_weight, dnorm_bias, dW, db");

@@ -398,7 +398,7 @@ class _NormLinear(torch.autograd.Function):
         ctx.save_for_backward(x, norm_weight, norm_bias, weight)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
-        return cpu_kernel().norm_linear(x, norm_weight, norm_bias, eps, weight, bias), x.view_as(x)
+        return cpu_kernel().norm_linear(x, norm_weight, norm_bias, eps, weight, bias, _EMPTY), x.view_as(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor | None, grad_x: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -411,16 +411,19 @@ class _NormLinear(torch.autograd.Function):
         return dx, dnorm_weight, dnorm_bias, None, dweight, dbias
 
 
-def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm,
-                linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Linear,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``linear(norm(x))`` of (tokens, C) rows, and the tokens for the block's residual: the fused kernel where it
     applies (the normalised rows never leave L1; under autograd :class:`_NormLinear`, whose second output is x passed
-    through), else :func:`token_linear` on the LayerNorm, and x."""
+    through), else :func:`token_linear` on the LayerNorm, and x. Without autograd ``rows`` (int64) may name the rows
+    of x to take, in that order (a chunk of windows of a map kept in its own order): the kernel gathers them as it
+    reads them."""
     if _fusable(x, norm, linear) and x.shape[1] == linear.in_features:
         if _tracked(x, *norm.parameters(), *linear.parameters()):
             return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
-        return cpu_kernel().norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias), x
-    return token_linear(norm(x), linear), x
+        return cpu_kernel().norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias,
+                                        _EMPTY if rows is None else rows), x
+    return token_linear(norm(x if rows is None else x.index_select(0, rows)), linear), x
 
 
 class _Residuals(torch.autograd.Function):
@@ -445,25 +448,40 @@ class _Residuals(torch.autograd.Function):
 
 
 def _fused_residuals(x: torch.Tensor, attended: torch.Tensor, eps: float, weights: tuple[torch.Tensor, ...],
-                     out: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+                     out: torch.Tensor, dest: torch.Tensor, in_map: bool = False) -> torch.Tensor:
     """The kernel on ``weights`` (proj's weight and bias, the norm's, linear1's, linear2's) into ``out``, rows to
-    ``dest`` (empty: in place)."""
+    ``dest`` (empty: in place); ``in_map``: x and out are maps whose rows ``dest`` attended's are."""
     wp, bp, norm_weight, norm_bias, w1, b1, w2, b2 = weights
-    return cpu_kernel().residuals(x, attended, wp, bp, norm_weight, norm_bias, eps, w1, b1, w2, b2, out, dest)
+    return cpu_kernel().residuals(x, attended, wp, bp, norm_weight, norm_bias, eps, w1, b1, w2, b2, out, dest, in_map)
 
 
 def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, norm: torch.nn.LayerNorm,
-              mlp: torch.nn.Module, dest: torch.Tensor | None = None) -> torch.Tensor:
+              mlp: torch.nn.Module, dest: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+              into: torch.Tensor | None = None) -> torch.Tensor:
     """A Swin block's two residuals on its tokens ``x``: ``u = x + proj(attended)``, then ``u + mlp(norm(u))``, ``mlp``
     a GELU feed-forward (MONAI's ``MLPBlock``: ``linear1``, GELU, ``linear2``); row r of the result at row ``dest[r]``
     where given (a permutation: the next block's order, see :func:`~pipeline.networks.blocks.windows.place_rows`).
+
     One fused kernel where it applies (see ``pre_norm.cpp``), which writes each row to its ``dest`` as it goes: without
     grad mode and ``dest`` in place, into ``x``; else into a new tensor, with grad mode as :class:`_Residuals`.
-    Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place, or :func:`token_linear`, then ``dest``'s scatter."""
+    Without grad mode ``rows`` (int64) may name the rows of x that ``attended``'s are (x a map in its own order, see
+    :func:`~pipeline.networks.blocks.swin.over_chunks`): the kernel reads them there and writes them to the same rows of
+    ``into``, a map like x (x itself where not given). Elsewhere :func:`add_linear_` and :func:`linear_gelu` in place,
+    or :func:`token_linear`, then ``dest``'s scatter."""
     first, second = mlp.linear1, mlp.linear2
     weights = (proj.weight, proj.bias, norm.weight, norm.bias, first.weight, first.bias, second.weight, second.bias)
     in_place = not torch.is_grad_enabled() and dest is None  # as the blocks' chunks are (see swin.over_chunks)
-    if _fusable(x, norm, proj, first, second) and attended.is_contiguous() and attended.shape == x.shape:
+    if rows is not None and not in_place:
+        raise ValueError("residuals: rows of a map are written in place, without autograd and dest")
+    into = x if into is None else into
+    fused = _fusable(x, norm, proj, first, second) and attended.is_contiguous()
+    if rows is not None:
+        if fused and into.is_contiguous():
+            return _fused_residuals(x, attended, norm.eps, weights, into, rows, in_map=True)
+        tokens = x.index_select(0, rows)
+        add_linear_(tokens, attended, proj)
+        return into.index_copy_(0, rows, add_linear_(tokens, linear_gelu(norm(tokens), first), second))
+    if fused and attended.shape == x.shape:
         if in_place:
             return _fused_residuals(x, attended, norm.eps, weights, x, _EMPTY)
         if not torch.is_grad_enabled():

@@ -46,13 +46,17 @@ class CrossModalBlock(nn.Module):
         return self.ct.attn.position_bias(window_tokens), self.pet.attn.position_bias(window_tokens)
 
     def step(self, x_ct: torch.Tensor, x_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
-             mask: torch.Tensor | None, window_tokens: int,
-             dest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block on tokens (windows * N, C) of the same whole windows of both streams; result rows to ``dest``
-        (see :meth:`SwinBlock.residuals`)."""
-        (qkv_ct, x_ct), (qkv_pet, x_pet) = self.ct.project(x_ct, window_tokens), self.pet.project(x_pet, window_tokens)
+             mask: torch.Tensor | None, window_tokens: int, dest: torch.Tensor | None = None,
+             rows: torch.Tensor | None = None,
+             into: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on tokens (windows * N, C) of the same whole windows of both streams, or on their ``rows`` (into
+        ``into``'s, see :func:`over_chunks`); result rows to ``dest`` (see :meth:`SwinBlock.residuals`)."""
+        (qkv_ct, x_ct), (qkv_pet, x_pet) = (self.ct.project(x_ct, window_tokens, rows),
+                                            self.pet.project(x_pet, window_tokens, rows))
         attended_ct, attended_pet = self.attend(qkv_ct, qkv_pet, biases, mask)
-        return self.ct.residuals(x_ct, attended_ct, dest), self.pet.residuals(x_pet, attended_pet, dest)
+        into_ct, into_pet = (None, None) if into is None else into
+        return (self.ct.residuals(x_ct, attended_ct, dest, rows, into_ct),
+                self.pet.residuals(x_pet, attended_pet, dest, rows, into_pet))
 
     def attend(self, qkv_ct: torch.Tensor, qkv_pet: torch.Tensor, biases: tuple[torch.Tensor, torch.Tensor],
                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,16 +71,18 @@ class CrossModalBlock(nn.Module):
                 self.pet.attn.attend(qkv_pet, qkv_ct, bias_pet, mask))
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_maps`
-    def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder,
-                then: Regather | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block on both streams' tokens in ``order``; its results regathered by ``then`` where given."""
+    def forward(self, ct: torch.Tensor, pet: torch.Tensor, order: WindowOrder, then: Regather | None = None,
+                into: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on both streams' tokens in ``order``; its results regathered by ``then`` where given, or written
+        into ``into`` (see :func:`over_chunks`)."""
         biases = self.biases(order.window_tokens)
 
-        def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor,
-                dest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.step(x_ct, x_pet, biases, chunk.mask, order.window_tokens, dest)
+        def run(chunk: Chunk, x_ct: torch.Tensor, x_pet: torch.Tensor, dest: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None,
+                into: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.step(x_ct, x_pet, biases, chunk.mask, order.window_tokens, dest, rows, into)
 
-        return over_chunks(order, run, ct, pet, then=then)
+        return over_chunks(order, run, ct, pet, then=then, into=into)
 
     def on_maps(self, ct: torch.Tensor, pet: torch.Tensor, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on (B, H, W, C) maps in MONAI's layout: what TorchScript runs."""
@@ -119,7 +125,7 @@ class CrossModalFusion(nn.Module):
         windows = windows_for(ct, self.window_size)
         first = self.blocks[0].shifted
         ct_tokens, pet_tokens = alternate_windows(
-            self.blocks, windows, lambda block, order, then, a, b: block(a, b, order, then),
+            self.blocks, windows, lambda block, order, then, a, b, into=None: block(a, b, order, then, into),
             windows.enter(ct, first), windows.enter(pet, first),
         )
         return windows.as_map(ct_tokens, ct.shape), windows.as_map(pet_tokens, pet.shape)

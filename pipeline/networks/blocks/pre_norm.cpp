@@ -6,9 +6,11 @@
 // way into new tensors and keep their inputs alone: their backwards recompute a block's sum, LayerNorm, hidden layer
 // and GELU in L1 and go back through them there, each thread summing the weight gradients into its own copy (a
 // block's training step at 16-32 channels 1.11-1.28x as fast as the separate kernels', which wrote and then read
-// back four activations, and a training iteration 1.00-1.05x more with the output projection inside). The steps
-// are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled at
-// first use by cpu_kernels.py.
+// back four activations, and a training iteration 1.00-1.05x more with the output projection inside). In inference
+// both also take a chunk of windows as rows of a map kept in raster order, gathered as they are read and written
+// back where they were, so that no gather of the whole map runs between blocks (a 512 x 512 forward 1.04-1.07x). The
+// steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled
+// at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -90,7 +92,8 @@ void over_normed_blocks(int64_t rows, int64_t channels, const torch::Tensor& nor
 // writes its output in the order the next step reads saves the gather between them (a CPU training step 1.01-1.03x).
 struct RowDest {
   const int64_t* dest;
-  int64_t channels, rows;
+  int64_t channels, rows;  // rows: the index's entries
+  int64_t bound = rows;    // rows of the tensor its entries name
 
   // Where a block's rows from row first are written first: out's own rows, or own where dest permutes them.
   float* target(float* out, int64_t first, float* own) const { return dest ? own : out + first * channels; }
@@ -126,7 +129,7 @@ struct RowDest {
   // dest[row], checked as it is used: a row of the output (prefetch may touch any address, a load or store not).
   int64_t place(int64_t row) const {
     const int64_t at = dest[row];
-    TORCH_CHECK(static_cast<uint64_t>(at) < static_cast<uint64_t>(rows), "dest indices must be rows of the output");
+    TORCH_CHECK(static_cast<uint64_t>(at) < static_cast<uint64_t>(bound), "dest indices must be rows of the output");
     return at;
   }
 
@@ -137,12 +140,17 @@ struct RowDest {
   }
 };
 
-// dest checked: empty, or one int64 index per row (their values as they are used: RowDest::place).
-RowDest row_dest(const torch::Tensor& dest, int64_t rows, int64_t channels) {
-  if (dest.numel() == 0) return {nullptr, channels, rows};
+// dest checked: empty, or one int64 index per row of rows, each naming one of bound rows (their values as they are
+// used: RowDest::place).
+RowDest row_dest(const torch::Tensor& dest, int64_t rows, int64_t channels, int64_t bound) {
+  if (dest.numel() == 0) return {nullptr, channels, rows, bound};
   TORCH_CHECK(dest.dim() == 1 && dest.numel() == rows && dest.scalar_type() == at::kLong && dest.is_contiguous(),
               "dest must be contiguous int64 of one index per row");
-  return {dest.data_ptr<int64_t>(), channels, rows};
+  return {dest.data_ptr<int64_t>(), channels, rows, bound};
+}
+
+RowDest row_dest(const torch::Tensor& dest, int64_t rows, int64_t channels) {
+  return row_dest(dest, rows, channels, rows);
 }
 
 // The backward of y = layer(LN(u)) [+ u] over blocks of kBlockRows rows, u = x or a function of x, the LayerNorm
@@ -239,19 +247,24 @@ void feed_forward_rows(const FeedForward& ff, int64_t count, const float* normed
 
 }  // namespace
 
-// LN(x) W^T + b for x (rows, C), LN by norm_weight, norm_bias and eps, W (out, C); C and out multiples of 16.
+// LN(x) W^T + b for x (rows, C), LN by norm_weight, norm_bias and eps, W (out, C); C and out multiples of 16. Where
+// rows (int64) is not empty, output row r is that of x's row rows[r] (a chunk of a map's tokens, gathered as read).
 torch::Tensor norm_linear(torch::Tensor x, torch::Tensor norm_weight, torch::Tensor norm_bias, double eps,
-                          torch::Tensor weight, torch::Tensor bias) {
+                          torch::Tensor weight, torch::Tensor bias, torch::Tensor rows) {
   check_tokens(x);
-  const int64_t channels = x.size(1), width = weight.size(0);
+  const int64_t channels = x.size(1), width = weight.size(0), count = rows.numel() ? rows.numel() : x.size(0);
   check_layer(weight, bias, width, channels, "weight");
-  auto out = torch::empty({x.size(0), width}, x.options());
+  const RowDest from = row_dest(rows, count, channels, x.size(0));
+  auto out = torch::empty({count, width}, x.options());
   const std::vector<float> packed = panels(weight.data_ptr<float>(), width, channels);
   float* op = out.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
-  over_normed_blocks(x.size(0), channels, norm_weight, norm_bias, eps, 0,
-                     [&](int64_t first, int64_t, float*) { return xp + first * channels; },
+  over_normed_blocks(count, channels, norm_weight, norm_bias, eps, 0,
+                     [&](int64_t first, int64_t n, float* own) {
+                       from.prefetch(xp, first + kBlockRows, kBlockRows, false);
+                       return from.load(xp, first, n, own);
+                     },
                      [&](int64_t first, int64_t count, const float*, const float* normed, float*) {
                        rows_times<false>(count, normed, channels, packed.data(), channels * kPanel, kPanel, width, bp,
                                          op + first * width, nullptr);
@@ -267,11 +280,13 @@ struct Residuals {
   std::vector<float> packed_p;
   FeedForward ff;
 
-  // u = x + attended Wp^T + bp of count rows from row first, into u (which may be those rows of x).
-  void sum(int64_t first, int64_t count, float* u) const {
+  // u = x + attended Wp^T + bp of count rows from row first, into u (which may be rows_x): rows_x x's rows for them.
+  void sum(int64_t first, int64_t count, const float* rows_x, float* u) const {
     rows_times<true>(count, attended + first * channels, channels, packed_p.data(), channels * kPanel, kPanel,
-                     channels, bp, u, x + first * channels);
+                     channels, bp, u, rows_x);
   }
+
+  void sum(int64_t first, int64_t count, float* u) const { sum(first, count, x + first * channels, u); }
 };
 
 // The operands checked: x, attended and other (out or grad, named in names) contiguous float32 (rows, C).
@@ -298,19 +313,35 @@ Residuals residual_operands(const torch::Tensor& x, const torch::Tensor& attende
 // projection), then out = u + W2 GELU(W1 LN(u) + b1) + b2 (its feed-forward), LN by norm_weight, norm_bias and eps;
 // attended (rows, C), Wp (C, C), W1 (hidden, C), W2 (C, hidden), C and hidden multiples of 16. Row r of the result
 // goes to out's row dest[r] (see RowDest), or row r where dest is empty. out (rows, C) may be x itself (inference, in
-// place, dest empty); under autograd it is a new tensor and residuals_backward recomputes u and the rest from x and
-// attended. Returns out.
+// place, dest empty). With in_map, x and out (which may be x) are maps of the same rows, of which attended's are
+// those dest names (a chunk of windows read from x's own order and written to out's, without autograd). Under
+// autograd out is a new tensor and residuals_backward recomputes u and the rest from x and attended. Returns out.
 torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor wp, torch::Tensor bp,
                         torch::Tensor norm_weight, torch::Tensor norm_bias, double eps, torch::Tensor w1,
-                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out, torch::Tensor dest) {
-  const Residuals r = residual_operands(x, attended, out, "attended and out", wp, bp, w1, b1, w2, b2);
-  const RowDest to = row_dest(dest, x.size(0), r.channels);
-  TORCH_CHECK(!to.dest || !out.is_same(x), "residuals writes rows to dest into a new tensor, not into x");
+                        torch::Tensor b1, torch::Tensor w2, torch::Tensor b2, torch::Tensor out, torch::Tensor dest,
+                        bool in_map) {
+  const auto& like_x = in_map ? attended : x;  // the operands' check takes x's rows as attended's in a map
+  Residuals r = residual_operands(like_x, attended, in_map ? attended : out, "attended and out", wp, bp, w1, b1, w2,
+                                  b2);
+  check_tokens(x);
+  TORCH_CHECK(x.size(1) == r.channels, "x must have attended's channels");
+  TORCH_CHECK(!in_map || (dest.numel() > 0 && out.sizes() == x.sizes() && out.is_contiguous() &&
+                          out.scalar_type() == at::kFloat),
+              "rows of a map need dest, and out a map as x");
+  r.x = x.data_ptr<float>();
+  const int64_t rows = attended.size(0);
+  const RowDest to = row_dest(dest, rows, r.channels, out.size(0));
+  const float* xp = r.x;
   float* op = out.data_ptr<float>();
   over_normed_blocks(
-      x.size(0), r.channels, norm_weight, norm_bias, eps, r.ff.hidden + r.channels,
+      rows, r.channels, norm_weight, norm_bias, eps, r.ff.hidden + r.channels,
       [&](int64_t first, int64_t count, float* own) {
-        r.sum(first, count, own);
+        if (in_map) {
+          to.prefetch(xp, first + kBlockRows, kBlockRows, false);
+          r.sum(first, count, to.load(xp, first, count, own), own);
+        } else {
+          r.sum(first, count, own);
+        }
         return static_cast<const float*>(own);
       },
       [&](int64_t first, int64_t count, const float* rows_u, const float* normed, float* scratch) {

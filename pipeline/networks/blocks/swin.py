@@ -121,46 +121,56 @@ class SwinBlock(nn.Module):
         self.norm2 = TokenLayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act="GELU", dropout_mode="swin")
 
-    def project(self, x: torch.Tensor, window_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q, K, V of LN(x) for tokens ``x`` (see :meth:`ChunkedWindowAttention.heads`), and the tokens for
-        :meth:`residuals`: one fused kernel on the CPU (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`),
-        whose autograd node also passes x through, so that its backward adds both of x's gradients."""
+    def project(self, x: torch.Tensor, window_tokens: int,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q, K, V of LN(x) for tokens ``x`` (or x's ``rows``, see :func:`over_chunks`; see
+        :meth:`ChunkedWindowAttention.heads`), and the tokens for :meth:`residuals`: one fused kernel on the CPU
+        (:func:`~pipeline.networks.blocks.cpu_kernels.norm_linear`), whose autograd node also passes x through, so
+        that its backward adds both of x's gradients."""
         if torch.jit.is_scripting():
             return self.attn.heads(self.attn.qkv(self.norm1(x)), window_tokens), x
-        qkv, tokens = norm_linear(x, self.norm1, self.attn.qkv)
+        qkv, tokens = norm_linear(x, self.norm1, self.attn.qkv, rows)
         return self.attn.heads(qkv, window_tokens), tokens
 
-    def residuals(self, x: torch.Tensor, attended: torch.Tensor, dest: torch.Tensor | None = None) -> torch.Tensor:
+    def residuals(self, x: torch.Tensor, attended: torch.Tensor, dest: torch.Tensor | None = None,
+                  rows: torch.Tensor | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
         """Z' = Z + proj(attended), then Z' + FFN(LN(Z')), from the attention's output before its projection; row r
         of the result at row ``dest[r]`` where given (see :func:`~pipeline.networks.blocks.windows.place_rows`).
 
         Both residuals and the feed-forward with its LayerNorm are one fused kernel where it applies
         (:func:`~pipeline.networks.blocks.cpu_kernels.residuals`): without autograd (and not under TorchScript, whose
-        ``x`` may be a view of the stage's input map) it writes into ``x`` itself, the block's own tokens, so no
-        projected copy is made (at 16-32 channels such copies cost what the products do); under autograd it is one
-        node that keeps ``x`` and ``attended`` alone and writes its rows to ``dest`` as it goes.
+        ``x`` may be a view of the stage's input map) it writes into ``x`` itself, the block's own tokens (or x's
+        ``rows`` into those of ``into``: see :func:`over_chunks`), so no projected copy is made (at 16-32 channels
+        such copies cost what the products do); under autograd it is one node that keeps ``x`` and ``attended`` alone
+        and writes its rows to ``dest`` as it goes.
         """
         if torch.jit.is_scripting():
             x = x + self.attn.proj(attended)
             return place_rows(x + self.mlp(self.norm2(x)), dest)
-        return residuals(x, attended, self.attn.proj, self.norm2, self.mlp, dest)
+        return residuals(x, attended, self.attn.proj, self.norm2, self.mlp, dest, rows, into)
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, window_tokens: int,
-             dest: torch.Tensor | None = None) -> torch.Tensor:
-        """The block on tokens ``x`` (windows * N, C) of whole windows, ``mask`` on its last windows (see
-        :class:`~pipeline.networks.blocks.windows.Chunk`) or None; result rows to ``dest`` (see :meth:`residuals`)."""
-        qkv, x = self.project(x, window_tokens)
-        return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask), dest)
+             dest: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+             into: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on tokens ``x`` (windows * N, C) of whole windows, or on x's ``rows`` (into ``into``'s, see
+        :func:`over_chunks`), ``mask`` on its last windows (see :class:`~pipeline.networks.blocks.windows.Chunk`) or
+        None; result rows to ``dest`` (see :meth:`residuals`)."""
+        qkv, x = self.project(x, window_tokens, rows)
+        return self.residuals(x, self.attn.attend(qkv, qkv, bias, mask), dest, rows, into)
 
     @torch.jit.unused  # the eager layout; TorchScript runs :meth:`on_map`
-    def forward(self, z: torch.Tensor, order: WindowOrder, then: Regather | None = None) -> torch.Tensor:
-        """The block on tokens ``z`` in ``order``; its result regathered by ``then`` where given."""
+    def forward(self, z: torch.Tensor, order: WindowOrder, then: Regather | None = None,
+                into: tuple[torch.Tensor] | None = None) -> torch.Tensor:
+        """The block on tokens ``z`` in ``order``; its result regathered by ``then`` where given, or written into
+        ``into`` (see :func:`over_chunks`)."""
         bias = self.attn.position_bias(order.window_tokens)
 
-        def run(chunk: Chunk, x: torch.Tensor, dest: torch.Tensor | None = None) -> tuple[torch.Tensor]:
-            return (self.step(x, bias, chunk.mask, order.window_tokens, dest),)
+        def run(chunk: Chunk, x: torch.Tensor, dest: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                into: tuple[torch.Tensor] | None = None) -> tuple[torch.Tensor]:
+            own = None if into is None else into[0]
+            return (self.step(x, bias, chunk.mask, order.window_tokens, dest, rows, own),)
 
-        (z,) = over_chunks(order, run, z, then=then)
+        (z,) = over_chunks(order, run, z, then=then, into=into)
         return z
 
     def on_map(self, z: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -173,40 +183,45 @@ class SwinBlock(nn.Module):
 
 
 def over_chunks(order: WindowOrder, step: Callable[..., tuple[torch.Tensor, ...]], *streams: torch.Tensor,
-                then: Regather | None = None) -> tuple[torch.Tensor, ...]:
-    """``step(chunk, *slices)`` on each chunk of ``order``: one result per token stream, for all its tokens, regathered
-    by ``then`` where given.
+                then: Regather | None = None, into: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    """``step(chunk, *streams or their slices)`` on each chunk of ``order``: one result per token stream, for all its
+    tokens, regathered by ``then`` where given.
 
-    A block's output at a window depends on that window alone, and chunks are whole windows. So
-    without autograd each chunk's results overwrite their own inputs (a step that already wrote into
-    its slices costs no copy), and a block holds its tokens once instead of three times (inputs,
-    pieces, their concatenation); with autograd the inputs are kept and the pieces concatenated.
-    Under autograd with every window in one chunk (the CPU's), ``step`` gets ``dest=then.inverse`` and writes its
-    results in ``then``'s order itself: the CPU kernel does so as it writes them, for no gather (a training step
-    1.01-1.03x); elsewhere ``then`` gathers the results.
+    A block's output at a window depends on that window alone, and chunks are whole windows. So without autograd the
+    streams are maps in their own (raster) order, which the blocks overwrite chunk by chunk (or write into the maps
+    ``into``, a stage's own, from its input maps): ``step`` gets the streams, ``rows``, the rows of the chunk's
+    windows (``order.order``'s slice), and ``into``, and its kernels read and write those rows in place. A map then
+    stays in one order from a stage's first block to its last, with no gather into, between or out of its blocks
+    (they took 7-10 % of a CPU forward at 512 x 512), and is held once. With autograd the inputs are kept and each
+    chunk's results concatenated; with every window in one chunk (the CPU's), ``step`` gets ``dest=then.inverse``
+    and writes its results in ``then``'s order itself: the CPU kernel does so as it writes them, for no gather (a
+    training step 1.01-1.03x); elsewhere ``then`` gathers the results.
     """
-    in_place = not torch.is_grad_enabled()
-    if not in_place and len(order.chunks) == 1:
+    if not torch.is_grad_enabled():
+        for chunk in order.chunks:
+            step(chunk, *streams, rows=order.order[chunk.start:chunk.stop], into=into)
+        return streams if into is None else into
+    if len(order.chunks) == 1:
         return step(order.chunks[0], *streams, dest=None if then is None else then.inverse)
     pieces = []
     for chunk in order.chunks:
         whole = chunk.start == 0 and chunk.stop == streams[0].shape[0]  # no slice, whose gradient is zero-filled
-        slices = streams if whole else tuple(z[chunk.start:chunk.stop] for z in streams)
-        results = step(chunk, *slices)
-        if in_place:
-            for piece, result in zip(slices, results):
-                if result.data_ptr() != piece.data_ptr():
-                    piece.copy_(result)
-        else:
-            pieces.append(results)
-    results = streams if in_place else tuple(torch.cat(column) for column in zip(*pieces))
+        pieces.append(step(chunk, *(streams if whole else tuple(z[chunk.start:chunk.stop] for z in streams))))
+    results = tuple(torch.cat(column) for column in zip(*pieces))
     return results if then is None else tuple(then(z) for z in results)
 
 
 def alternate_windows(blocks: nn.ModuleList, windows: Windows, step, *streams: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``step(block, order, then, *streams)`` for each block, ``then`` regathering its results into the next
-    block's order (see :meth:`~pipeline.networks.blocks.windows.Windows.after`): the last block's come out in the
-    map's raster order."""
+    """Run ``step(block, order, then, *streams)`` for each block on the streams of :meth:`Windows.enter`, ``then``
+    regathering its results into the next block's order under autograd (see
+    :meth:`~pipeline.networks.blocks.windows.Windows.after`). Without autograd the first block reads the input maps
+    and writes maps of the stage's own (``into``), which the others overwrite: all in raster order (see
+    :func:`over_chunks`). The last block's come out in the map's raster order."""
+    if not torch.is_grad_enabled() and len(blocks):
+        maps = tuple(torch.empty_like(z) for z in streams)
+        for block in blocks:
+            streams = step(block, windows.order(block.shifted), None, *streams, into=maps)
+        return list(streams)
     for block, following in zip(blocks, [*blocks[1:], None]):
         then = windows.after(block.shifted, None if following is None else following.shifted)
         streams = step(block, windows.order(block.shifted), then, *streams)
@@ -243,7 +258,8 @@ class SwinStage(nn.Module):
         """The blocks on the map's tokens in window order, chunk by chunk: eager mode."""
         windows = windows_for(x, self.window_size)
         z = windows.enter(x, self.blocks[0].shifted)
-        (z,) = alternate_windows(self.blocks, windows, lambda block, order, then, z: (block(z, order, then),), z)
+        (z,) = alternate_windows(self.blocks, windows,
+                                 lambda block, order, then, z, into=None: (block(z, order, then, into),), z)
         return windows.as_map(z, x.shape)
 
     def _on_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,12 @@
 
 Window attention is local: every layer of a Swin block acts on one token at a time except the
 attention, which acts within one window. So a stage keeps its feature map as a (tokens, C) matrix
-in *window order* (the tokens of each window side by side) and its blocks run over bounded chunks
-of whole windows, instead of over full-slice (or full-batch) tensors that stream through memory,
-and through freshly mapped pages, at every layer. The cyclic shift
-and the window partition of MONAI's blocks (roll, permute, copy; and back) become one precomputed
-gather between consecutive blocks.
+and its blocks run over bounded chunks of whole windows in *window order* (the tokens of each window
+side by side), instead of over full-slice (or full-batch) tensors that stream through memory, and
+through freshly mapped pages, at every layer. In inference the map stays in raster order and each
+chunk's rows are read and written where they are (``WindowOrder.order`` names them); under autograd
+the tokens are kept in window order, and the cyclic shift and the window partition of MONAI's blocks
+(roll, permute, copy; and back) become one precomputed gather between consecutive blocks.
 
 Windows whose shifted content wraps around the map border (the last row and column of windows)
 are placed last, so only they carry the SW-MSA mask; every other window shares the relative
@@ -40,8 +41,8 @@ as fast, on a quiet CPU and on a busy one. Before that allocator setting, smalle
 CPU_PIXELS_PER_FORWARD = 256 * 256
 """Pixels of a batch that one CPU inference forward takes at most: larger batches go slice by slice.
 
-A forward's full-map steps (the gathers between window orders, the convolutions) slow down per pixel
-once the maps outgrow the cache: 8 slices of 256 x 256 in one forward took 1.56 times as long per
+A forward's full-map steps (then the gathers between window orders, the convolutions) slowed down per pixel
+once the maps outgrew the cache: 8 slices of 256 x 256 in one forward took 1.56 times as long per
 slice as one slice did. A slice is never split, since windows see their neighbours.
 """
 
@@ -163,14 +164,18 @@ class Windows:
         return self.shifted if shifted else self.regular
 
     def enter(self, x: torch.Tensor, shifted: bool) -> torch.Tensor:
-        """(B, C, H, W) -> (B * H * W, C) tokens in the window order (a view first when channels-last)."""
+        """(B, C, H, W) -> (B * H * W, C) tokens: under autograd a stage's own, in the window order; else in raster
+        order, a view of a channels-last map, which a stage's first block reads (see
+        :func:`~pipeline.networks.blocks.swin.alternate_windows`)."""
         tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        if not torch.is_grad_enabled():
+            return tokens
         order = self.order(shifted)
         return permute_rows(tokens, order.order, order.inverse)
 
     def after(self, shifted: bool, following: bool | None) -> Regather | None:
-        """What follows a block in order ``shifted``: the gather into the ``following`` block's order (None where it is
-        the same), or into the map's raster order after a stage's last block (``following`` None)."""
+        """What follows a block in order ``shifted`` under autograd: the gather into the ``following`` block's order
+        (None where it is the same), or into the map's raster order after a stage's last block (``following`` None)."""
         if following is None:
             order = self.order(shifted)
             return Regather(order.inverse, order.order)
