@@ -7,8 +7,9 @@
 // and GELU in L1 and go back through them there, each thread summing the weight gradients into its own copy (a
 // block's training step at 16-32 channels 1.11-1.28x as fast as the separate kernels', which wrote and then read
 // back four activations, and a training iteration 1.00-1.05x more with the output projection inside). In inference
-// both also take a chunk of windows as rows of a map kept in raster order, gathered as they are read and written
-// back where they were, so that no gather of the whole map runs between blocks (a 512 x 512 forward 1.04-1.07x). The
+// both also take a chunk of windows as rows of a map kept in raster order, read and written where they are (the
+// LayerNorm's rows gathered, the residual's tiles by index: dcif::Indexed), so that no gather of the whole map runs
+// between blocks (a 512 x 512 forward 1.07-1.08x). The
 // steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled
 // at first use by cpu_kernels.py.
 #include <torch/extension.h>
@@ -236,13 +237,20 @@ FeedForward feed_forward_layers(int64_t channels, const torch::Tensor& w1, const
           b2.data_ptr<float>()};
 }
 
-// out = add + W2 GELU(W1 normed + b1) + b2 for count rows (out may be add), the hidden layer in inner.
+// out = add + W2 GELU(W1 normed + b1) + b2 for count rows (out may be add; its rows where out_rows says), the hidden
+// layer in inner.
+template <typename OutRows>
 void feed_forward_rows(const FeedForward& ff, int64_t count, const float* normed, float* inner, const float* add,
-                       float* out) {
+                       float* out, OutRows out_rows) {
   ff.first_layer(count, normed, inner);
   dcif::gelu_in_place(inner, count * ff.hidden);
   rows_times<true>(count, inner, ff.hidden, ff.packed2.data(), ff.hidden * kPanel, kPanel, ff.channels, ff.b2, out,
-                   add);
+                   add, out_rows, dcif::Strided{ff.channels});
+}
+
+void feed_forward_rows(const FeedForward& ff, int64_t count, const float* normed, float* inner, const float* add,
+                       float* out) {
+  feed_forward_rows(ff, count, normed, inner, add, out, dcif::Strided{ff.channels});
 }
 
 }  // namespace
@@ -280,13 +288,16 @@ struct Residuals {
   std::vector<float> packed_p;
   FeedForward ff;
 
-  // u = x + attended Wp^T + bp of count rows from row first, into u (which may be rows_x): rows_x x's rows for them.
-  void sum(int64_t first, int64_t count, const float* rows_x, float* u) const {
+  // u = x + attended Wp^T + bp of count rows from row first, into u: x's rows for them at x + x_rows.offset(r).
+  template <typename XRows>
+  void sum(int64_t first, int64_t count, const float* x_at, XRows x_rows, float* u) const {
     rows_times<true>(count, attended + first * channels, channels, packed_p.data(), channels * kPanel, kPanel,
-                     channels, bp, u, rows_x);
+                     channels, bp, u, x_at, dcif::Strided{channels}, x_rows);
   }
 
-  void sum(int64_t first, int64_t count, float* u) const { sum(first, count, x + first * channels, u); }
+  void sum(int64_t first, int64_t count, float* u) const {
+    sum(first, count, x + first * channels, dcif::Strided{channels}, u);
+  }
 };
 
 // The operands checked: x, attended and other (out or grad, named in names) contiguous float32 (rows, C).
@@ -333,12 +344,15 @@ torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor w
   const RowDest to = row_dest(dest, rows, r.channels, out.size(0));
   const float* xp = r.x;
   float* op = out.data_ptr<float>();
+  if (in_map) {  // the tiles read and write the map's rows where they are, by index: checked first
+    for (int64_t row = 0; row < rows; ++row) to.place(row);
+  }
   over_normed_blocks(
       rows, r.channels, norm_weight, norm_bias, eps, r.ff.hidden + r.channels,
       [&](int64_t first, int64_t count, float* own) {
         if (in_map) {
           to.prefetch(xp, first + kBlockRows, kBlockRows, false);
-          r.sum(first, count, to.load(xp, first, count, own), own);
+          r.sum(first, count, xp, dcif::Indexed{r.channels, to.dest + first}, own);
         } else {
           r.sum(first, count, own);
         }
@@ -346,6 +360,8 @@ torch::Tensor residuals(torch::Tensor x, torch::Tensor attended, torch::Tensor w
       },
       [&](int64_t first, int64_t count, const float* rows_u, const float* normed, float* scratch) {
         to.prefetch(op, first, count, true);
+        if (in_map) return feed_forward_rows(r.ff, count, normed, scratch, rows_u, op,
+                                             dcif::Indexed{r.channels, to.dest + first});
         float* rows_out = to.target(op, first, scratch + kBlockRows * r.ff.hidden);
         feed_forward_rows(r.ff, count, normed, scratch, rows_u, rows_out);
         to.store(rows_out, first, count, op);

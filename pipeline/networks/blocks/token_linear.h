@@ -16,12 +16,29 @@ constexpr int kVecs = kPanel / kLanes;    // registers per tile row: 2 with AVX2
 // the layers' backward 4-5 % slower, 24 rows 7 %.
 constexpr int kRows = kVecs == 1 ? 8 : 6;
 
+// Where row r of a tile's output (or of what it adds) is: r rows of stride floats on (Strided), or row index[r]
+// (Indexed: rows of a map, read and written where they are, with no gather or scatter of their own).
+struct Strided {
+  int64_t stride;
+  int64_t offset(int r) const { return r * stride; }
+  int64_t shift(int64_t first) const { return first * stride; }  // the pointer's move to row first
+  Strided from(int64_t) const { return *this; }                   // the rows from row first on
+};
+
+struct Indexed {
+  int64_t stride;
+  const int64_t* index;
+  int64_t offset(int r) const { return index[r] * stride; }
+  int64_t shift(int64_t) const { return 0; }
+  Indexed from(int64_t first) const { return {stride, index + first}; }
+};
+
 // C[r, 0:16 P] = init[r] + sum_k A(r, k) B(k, 0:16 P) for r < R, where A(r, k) = a[r * a_row + k * a_k] and the
-// 16 columns of panel p of B(k, :) are at b + p * b_panel + k * b_row. init is the bias (or zero), plus the rows of
-// add (a residual, or C itself) when ACCUMULATE.
-template <int R, bool ACCUMULATE, int P = 1>
+// 16 columns of panel p of B(k, :) are at b + p * b_panel + k * b_row; C's rows at c + c_rows.offset(r). init is the
+// bias (or zero), plus the rows of add (a residual, or C itself; at add + add_rows.offset(r)) when ACCUMULATE.
+template <int R, bool ACCUMULATE, int P = 1, typename CRows = Strided, typename AddRows = Strided>
 inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_panel, int64_t b_row,
-                 int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
+                 int64_t depth, float* c, CRows c_rows, const float* bias, const float* add, AddRows add_rows) {
   constexpr int V = P * kVecs;  // registers per tile row; the columns of register j at j * kLanes
   Lanes acc[R][V];
 #pragma GCC unroll 32
@@ -29,7 +46,7 @@ inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int
 #pragma GCC unroll 4
     for (int j = 0; j < V; ++j) {
       acc[r][j] = bias ? load_lanes(bias + j * kLanes) : Lanes{};
-      if (ACCUMULATE) acc[r][j] += load_lanes(add + r * c_row + j * kLanes);
+      if (ACCUMULATE) acc[r][j] += load_lanes(add + add_rows.offset(r) + j * kLanes);
     }
   }
   for (int64_t k = 0; k < depth; ++k) {
@@ -47,20 +64,22 @@ inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) store_lanes(c + r * c_row + j * kLanes, acc[r][j]);
+    for (int j = 0; j < V; ++j) store_lanes(c + c_rows.offset(r) + j * kLanes, acc[r][j]);
   }
 }
 
 // tile<R, ACCUMULATE, P> for the R = rows (1 to kRows) left at an edge.
-template <bool ACCUMULATE, int P = 1, int R = kRows>
+template <bool ACCUMULATE, int P = 1, int R = kRows, typename CRows, typename AddRows>
 inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_panel,
-                      int64_t b_row, int64_t depth, float* c, int64_t c_row, const float* bias, const float* add) {
+                      int64_t b_row, int64_t depth, float* c, CRows c_rows, const float* bias, const float* add,
+                      AddRows add_rows) {
   if constexpr (R > 1) {
     if (rows < R) {
-      return edge_tile<ACCUMULATE, P, R - 1>(rows, a, a_row, a_k, b, b_panel, b_row, depth, c, c_row, bias, add);
+      return edge_tile<ACCUMULATE, P, R - 1>(rows, a, a_row, a_k, b, b_panel, b_row, depth, c, c_rows, bias, add,
+                                             add_rows);
     }
   }
-  tile<R, ACCUMULATE, P>(a, a_row, a_k, b, b_panel, b_row, depth, c, c_row, bias, add);
+  tile<R, ACCUMULATE, P>(a, a_row, a_k, b, b_panel, b_row, depth, c, c_rows, bias, add, add_rows);
 }
 
 // Panels a tile takes at once: two with AVX-512 (16 accumulators of 32 registers; each broadcast of A serves two
@@ -68,32 +87,42 @@ inline void edge_tile(int rows, const float* a, int64_t a_row, int64_t a_k, cons
 constexpr int kPanels = kVecs == 1 ? 2 : 1;
 
 // out[r, :] = sum_k A(r, k) B(k, :) + bias [+ add[r, :]] for the rows r < count (at most kRows), A(r, k) at
-// a[r * a_row + k * a_k] for k < depth, out and add width floats a row, B given as panels: panel p's row k at
-// b + p * b_panel + k * b_row.
-template <bool ACCUMULATE>
+// a[r * a_row + k * a_k] for k < depth, out and add width floats a row (where out_rows and add_rows say), B given as
+// panels: panel p's row k at b + p * b_panel + k * b_row.
+template <bool ACCUMULATE, typename CRows, typename AddRows>
 inline void row_tile(int count, const float* a, int64_t a_row, int64_t a_k, int64_t depth, const float* b,
-                     int64_t b_panel, int64_t b_row, int64_t width, const float* bias, float* out, const float* add) {
+                     int64_t b_panel, int64_t b_row, int64_t width, const float* bias, float* out, const float* add,
+                     CRows out_rows, AddRows add_rows) {
   for (int64_t p = 0; p < width / kPanel; p += kPanels) {
     const int64_t o = p * kPanel;
     if (p + kPanels <= width / kPanel) {
-      edge_tile<ACCUMULATE, kPanels>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, width,
-                                     bias ? bias + o : nullptr, add ? add + o : nullptr);
+      edge_tile<ACCUMULATE, kPanels>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, out_rows,
+                                     bias ? bias + o : nullptr, add ? add + o : nullptr, add_rows);
     } else {
-      edge_tile<ACCUMULATE, 1>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, width,
-                               bias ? bias + o : nullptr, add ? add + o : nullptr);
+      edge_tile<ACCUMULATE, 1>(count, a, a_row, a_k, b + p * b_panel, b_panel, b_row, depth, out + o, out_rows,
+                               bias ? bias + o : nullptr, add ? add + o : nullptr, add_rows);
     }
   }
 }
 
 // out[r, :] = a[r, :] B + bias [+ add[r, :]] for the rows r < count of a (depth floats a row), in tiles of kRows; out
-// and add (or null) width floats a row, B as for row_tile. add may be out itself.
+// and add (or null) width floats a row, B as for row_tile. add may be out itself. out_rows and add_rows (Indexed) may
+// put out's or add's rows elsewhere: row r at index[r] of a map.
+template <bool ACCUMULATE, typename CRows, typename AddRows>
+inline void rows_times(int64_t count, const float* a, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
+                       int64_t width, const float* bias, float* out, const float* add, CRows out_rows,
+                       AddRows add_rows) {
+  for (int64_t t = 0; t < count; t += kRows) {
+    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, 1, depth, b,
+                         b_panel, b_row, width, bias, out + out_rows.shift(t), add ? add + add_rows.shift(t) : nullptr,
+                         out_rows.from(t), add_rows.from(t));
+  }
+}
+
 template <bool ACCUMULATE>
 inline void rows_times(int64_t count, const float* a, int64_t depth, const float* b, int64_t b_panel, int64_t b_row,
                        int64_t width, const float* bias, float* out, const float* add) {
-  for (int64_t t = 0; t < count; t += kRows) {
-    row_tile<ACCUMULATE>(static_cast<int>(std::min<int64_t>(kRows, count - t)), a + t * depth, depth, 1, depth, b,
-                         b_panel, b_row, width, bias, out + t * width, add ? add + t * width : nullptr);
-  }
+  rows_times<ACCUMULATE>(count, a, depth, b, b_panel, b_row, width, bias, out, add, Strided{width}, Strided{width});
 }
 
 // The backward of out = a W^T + b over count rows of a (depth floats a row) and of grad = dL/dout (width floats a row),
@@ -104,7 +133,7 @@ inline void rows_backward(int64_t count, const float* a, int64_t depth, const fl
   // dW[n, :] += sum_m dY[m, n] X[m, :]: a tile's A(r, k) is dY[k, n + r], its B rows X's rows
   for (int64_t n = 0; n < width; n += kRows) {
     row_tile<true>(static_cast<int>(std::min<int64_t>(kRows, width - n)), grad + n, 1, width, count, a, kPanel, depth,
-                   depth, nullptr, dw + n * depth, dw + n * depth);
+                   depth, nullptr, dw + n * depth, dw + n * depth, Strided{depth}, Strided{depth});
   }
   for (int64_t k = 0; k < count; ++k) {
     const float* row = grad + k * width;
