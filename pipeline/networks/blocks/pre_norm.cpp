@@ -9,9 +9,8 @@
 // back four activations, and a training iteration 1.00-1.05x more with the output projection inside). In inference
 // both also take a chunk of windows as rows of a map kept in raster order, read and written where they are (the
 // LayerNorm's rows gathered, the residual's tiles by index: dcif::Indexed), so that no gather of the whole map runs
-// between blocks (a 512 x 512 forward 1.07-1.08x). The
-// steps are those kernels' own routines (layer_norm.h, token_linear.h, gelu.h), so the numbers are theirs. Compiled
-// at first use by cpu_kernels.py.
+// between blocks (a 512 x 512 forward 1.07-1.08x). The steps are those kernels' own routines (layer_norm.h,
+// token_linear.h, gelu.h), so the numbers are theirs. Compiled at first use by cpu_kernels.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>

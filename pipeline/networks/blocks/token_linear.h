@@ -36,7 +36,7 @@ struct Indexed {
 // C[r, 0:16 P] = init[r] + sum_k A(r, k) B(k, 0:16 P) for r < R, where A(r, k) = a[r * a_row + k * a_k] and the
 // 16 columns of panel p of B(k, :) are at b + p * b_panel + k * b_row; C's rows at c + c_rows.offset(r). init is the
 // bias (or zero), plus the rows of add (a residual, or C itself; at add + add_rows.offset(r)) when ACCUMULATE.
-template <int R, bool ACCUMULATE, int P = 1, typename CRows = Strided, typename AddRows = Strided>
+template <int R, bool ACCUMULATE, int P, typename CRows, typename AddRows>
 inline void tile(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_panel, int64_t b_row,
                  int64_t depth, float* c, CRows c_rows, const float* bias, const float* add, AddRows add_rows) {
   constexpr int V = P * kVecs;  // registers per tile row; the columns of register j at j * kLanes
