@@ -542,6 +542,18 @@ def test_fused_pre_norm_layers_read_and_write_a_maps_rows(kernel, rows: int, cha
             found.norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias, chunk + x.shape[0])
 
 
+def test_a_maps_rows_are_for_inference_only() -> None:
+    """A map's rows are read and overwritten in place, which autograd (keeping its inputs) cannot allow: under it the
+    layers refuse them rather than read the map whole."""
+    norm, linear, mlp = _pre_norm_layers(16, 32)
+    proj = torch.nn.Linear(16, 16)
+    x, attended, rows = torch.randn(10, 16), torch.randn(4, 16), torch.arange(4)
+    with pytest.raises(ValueError, match="without autograd"):
+        cpu_kernels.norm_linear(x, norm, linear, rows)
+    with pytest.raises(ValueError, match="without autograd"):
+        cpu_kernels.residuals(x, attended, proj, norm, mlp, rows=rows)
+
+
 @pytest.mark.parametrize(("rows", "channels", "hidden"), [(5000, 16, 32), (97, 32, 64), (7, 48, 96), (48, 16, 64)])
 def test_fused_pre_norm_layers_train_as_aten(kernel, rows: int, channels: int, hidden: int) -> None:
     """Under autograd the fused LN + projection and the two residuals (output projection, LN, feed-forward) give

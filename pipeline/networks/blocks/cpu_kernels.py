@@ -418,6 +418,8 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
     through), else :func:`token_linear` on the LayerNorm, and x. Without autograd ``rows`` (int64) may name the rows
     of x to take, in that order (a chunk of windows of a map kept in its own order): the kernel gathers them as it
     reads them."""
+    if rows is not None and _tracked(x, *norm.parameters(), *linear.parameters()):
+        raise ValueError("norm_linear: rows of a map are read without autograd")
     if _fusable(x, norm, linear) and x.shape[1] == linear.in_features:
         if _tracked(x, *norm.parameters(), *linear.parameters()):
             return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
