@@ -31,7 +31,7 @@ class CrossModalBlock(nn.Module):
 
     Each stream is a :class:`SwinBlock` (its own norms, Q/K/V projections, bias B and FFN) whose
     attention reads the other stream's keys and values; the bias belongs to the query's stream.
-    Without autograd the results overwrite both token streams passed in (see :func:`over_chunks`).
+    Without autograd the streams are maps in raster order, which the results overwrite (see :func:`over_chunks`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:
@@ -121,7 +121,7 @@ class CrossModalFusion(nn.Module):
         return self.conv_ct(ct[..., :h, :w]), self.conv_pet(pet[..., :h, :w])
 
     def _in_window_order(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The blocks on both maps' tokens in window order, chunk by chunk: eager mode."""
+        """The blocks on both maps' tokens, chunk by chunk of windows: eager mode."""
         windows = windows_for(ct, self.window_size)
         first = self.blocks[0].shifted
         ct_tokens, pet_tokens = alternate_windows(

@@ -4,9 +4,10 @@ A block is MONAI's ``SwinTransformerBlock`` in 2-D (pre-norm residual window att
 learned relative position bias, shifted windows with their mask, a GELU feed-forward) with the
 same parameters under the same names, so a checkpoint of either loads into the other and both
 give the same numbers. What differs is the layout (see :mod:`pipeline.networks.blocks.windows`):
-the stage holds its map as tokens in window order, each block runs its layers over chunks of
-whole windows, and attention is ``scaled_dot_product_attention`` with the position bias broadcast
-over the windows that need no mask. Under ``torch.jit.script`` the same blocks run MONAI's plain
+each block runs its layers over chunks of whole windows in a cached window order (on a map kept in
+raster order in inference, on tokens kept in window order under autograd), and attention is the CPU
+kernel or ``scaled_dot_product_attention`` with the position bias broadcast over the windows that
+need no mask. Under ``torch.jit.script`` the same blocks run MONAI's plain
 layout instead (see the end of :mod:`~pipeline.networks.blocks.windows`), so one module definition
 exports to TorchScript for maps of any size.
 """
@@ -110,7 +111,7 @@ class ChunkedWindowAttention(WindowAttention):
 class SwinBlock(nn.Module):
     """One STB: Z' = MSA(LN(Z)) + Z; Z = FFN(LN(Z')) + Z', on tokens in this block's window order.
 
-    Without autograd the result overwrites the tokens passed in (see :func:`over_chunks`).
+    Without autograd the tokens are a map in raster order, which the result overwrites (see :func:`over_chunks`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool, mlp_ratio: float) -> None:
@@ -255,7 +256,7 @@ class SwinStage(nn.Module):
         return x[..., :h, :w]
 
     def _in_window_order(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks on the map's tokens in window order, chunk by chunk: eager mode."""
+        """The blocks on the map's tokens, chunk by chunk of windows: eager mode."""
         windows = windows_for(x, self.window_size)
         z = windows.enter(x, self.blocks[0].shifted)
         (z,) = alternate_windows(self.blocks, windows,
