@@ -418,10 +418,11 @@ def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, linear: torch.nn.Line
     through), else :func:`token_linear` on the LayerNorm, and x. Without autograd ``rows`` (int64) may name the rows
     of x to take, in that order (a chunk of windows of a map kept in its own order): the kernel gathers them as it
     reads them."""
-    if rows is not None and _tracked(x, *norm.parameters(), *linear.parameters()):
+    tracked = _tracked(x, *norm.parameters(), *linear.parameters())
+    if rows is not None and tracked:
         raise ValueError("norm_linear: rows of a map are read without autograd")
     if _fusable(x, norm, linear) and x.shape[1] == linear.in_features:
-        if _tracked(x, *norm.parameters(), *linear.parameters()):
+        if tracked:
             return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
         return cpu_kernel().norm_linear(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias,
                                         _EMPTY if rows is None else rows), x
@@ -477,13 +478,9 @@ def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, no
         raise ValueError("residuals: rows of a map are written in place, without autograd and dest")
     into = x if into is None else into
     fused = _fusable(x, norm, proj, first, second) and attended.is_contiguous()
-    if rows is not None:
-        if fused and into.is_contiguous():
-            return _fused_residuals(x, attended, norm.eps, weights, into, rows, in_map=True)
-        tokens = x.index_select(0, rows)
-        add_linear_(tokens, attended, proj)
-        return into.index_copy_(0, rows, add_linear_(tokens, linear_gelu(norm(tokens), first), second))
-    if fused and attended.shape == x.shape:
+    if fused and rows is not None and into.is_contiguous():
+        return _fused_residuals(x, attended, norm.eps, weights, into, rows, in_map=True)
+    if fused and rows is None and attended.shape == x.shape:
         if in_place:
             return _fused_residuals(x, attended, norm.eps, weights, x, _EMPTY)
         if not torch.is_grad_enabled():
@@ -492,8 +489,10 @@ def residuals(x: torch.Tensor, attended: torch.Tensor, proj: torch.nn.Linear, no
     if not in_place:
         x = token_linear(attended, proj, residual=x)
         return place_rows(token_linear(linear_gelu(norm(x), first), second, residual=x), dest)
-    add_linear_(x, attended, proj)
-    return add_linear_(x, linear_gelu(norm(x), first), second)
+    tokens = x if rows is None else x.index_select(0, rows)  # in place on x, or on a map's rows written back
+    add_linear_(tokens, attended, proj)
+    add_linear_(tokens, linear_gelu(norm(tokens), first), second)
+    return tokens if rows is None else into.index_copy_(0, rows, tokens)
 
 
 def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
