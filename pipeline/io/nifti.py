@@ -7,6 +7,8 @@ NIfTI carries no modality or PET units, so the caller states the modality; the a
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -80,7 +82,16 @@ class NiftiSliceWriter:
     NIfTI stores x fastest, so each axial slice is one contiguous run after the header and a
     volume streams out in z order. A context manager: the file appears atomically on a clean exit
     with every slice written, and is removed on an exception.
+
+    Each slab is compressed and written by a thread of the writer's own while the caller goes on (zlib and the file
+    write release the GIL). In the caller's thread gzip took a third of a 512 x 512 x 300 study with the Laplacian
+    fuser (9 s of 27 for its two volumes, 2 cores), on one core while the other waited; overlapped with the fusion,
+    scoring and DICOM writing, ``tools/bench_batch.py`` ran 3.44 studies a minute against 2.18, and 0.52 against 0.49
+    with the model. At most :attr:`PENDING_SLABS` slabs wait, so the memory held stays a few slabs; an error of the
+    thread is raised by the next :meth:`write` or on leaving, and the file is then removed as on any failure.
     """
+
+    PENDING_SLABS = 2
 
     def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int], affine: np.ndarray) -> None:
         self.path = Path(path)
@@ -98,6 +109,9 @@ class NiftiSliceWriter:
         self._file = self._files.enter_context(ImageOpener(temporary, "wb"))
         self._header.write_to(self._file)
         self._file.write(b"\0" * (self._header.get_data_offset() - self._file.tell()))
+        # Left before the file (LIFO): every slab is written, or the wait ends, before the file is closed.
+        self._thread = self._files.enter_context(ThreadPoolExecutor(1, thread_name_prefix="nifti-writer"))
+        self._pending: deque[Future] = deque()
         return self
 
     def write(self, slab: np.ndarray) -> None:
@@ -105,13 +119,28 @@ class NiftiSliceWriter:
         if tuple(slab.shape[:2]) != self.shape[:2] or self._written + slab.shape[2] > self.shape[2]:
             raise ValueError(f"{self.path.name}: slab {slab.shape} does not continue a {self.shape} volume "
                              f"at slice {self._written}")
-        self._file.write(np.asarray(slab, dtype=np.float32).tobytes(order="F"))
+        self._settle(self.PENDING_SLABS - 1)
+        self._pending.append(self._thread.submit(self._file.write, np.asarray(slab, dtype=np.float32).tobytes("F")))
         self._written += slab.shape[2]
 
+    def _settle(self, keep: int) -> None:
+        """Wait for the oldest slabs until at most ``keep`` are pending; a failed write raises its error here."""
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
+
     def __exit__(self, *exc: object) -> bool | None:
-        if exc[0] is None and self._written != self.shape[2]:
-            error = ValueError(f"{self.path.name}: {self._written} of {self.shape[2]} slices written")
-            self._files.__exit__(ValueError, error, None)
+        error = None
+        if exc[0] is None:
+            try:
+                self._settle(0)
+                if self._written != self.shape[2]:
+                    raise ValueError(f"{self.path.name}: {self._written} of {self.shape[2]} slices written")
+            except Exception as failure:
+                error, exc = failure, (type(failure), failure, failure.__traceback__)
+        for waiting in self._pending:  # after a failure: the slabs not yet begun are dropped
+            waiting.cancel()
+        suppressed = self._files.__exit__(*exc)
+        if error is not None:
             raise error
-        return self._files.__exit__(*exc)
+        return suppressed
 

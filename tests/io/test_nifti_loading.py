@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import threading
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from nibabel.openers import Opener
 
 from pipeline.errors import InputError
 from pipeline.io.dicom import load_series
@@ -84,4 +87,43 @@ def test_slab_writer_leaves_nothing_when_the_volume_is_not_complete(tmp_path: Pa
             writer.write(volume[..., :3] if mistake != "wrong_plane" else volume[:3])
             if mistake == "exception":
                 raise RuntimeError("fusion failed half-way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _recorded_writes(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[str]:
+    """The names of the threads that wrote each slab's bytes to the open NIfTI file; with ``fail_at``, that slab's
+    write fails as a full disk does."""
+    threads: list[str] = []
+    write = Opener.write
+
+    def recording(opener: Opener, data: bytes) -> int:
+        if len(data) > 1024:  # a slab, not the header or its padding
+            threads.append(threading.current_thread().name)
+            if len(threads) == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return write(opener, data)
+
+    monkeypatch.setattr(Opener, "write", recording)
+    return threads
+
+
+def test_slab_writer_compresses_off_the_callers_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    threads = _recorded_writes(monkeypatch)
+    volume = np.random.default_rng(1).random((32, 24, 12), dtype=np.float32)
+    with NiftiSliceWriter(tmp_path / "fused.nii.gz", volume.shape, np.eye(4)) as writer:
+        for start in range(0, 12, 2):
+            writer.write(volume[..., start : start + 2])
+    assert len(threads) == 6 and all(name.startswith("nifti-writer") for name in threads)
+    np.testing.assert_array_equal(load_nifti(writer.path, "CT")[0].numpy(), volume)
+
+
+@pytest.mark.parametrize("fail_at", [1, 5])
+def test_slab_writer_raises_a_failed_write_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               fail_at: int):
+    _recorded_writes(monkeypatch, fail_at)
+    volume = np.zeros((32, 24, 10), dtype=np.float32)
+    with pytest.raises(OSError, match="No space left"):
+        with NiftiSliceWriter(tmp_path / "fused.nii.gz", volume.shape, np.eye(4)) as writer:
+            for start in range(0, 10, 2):
+                writer.write(volume[..., start : start + 2])
     assert list(tmp_path.iterdir()) == []
