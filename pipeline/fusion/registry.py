@@ -1,9 +1,10 @@
 """The fuser registry: one name per fusion method, so the CLI and the bundle can say ``--method NAME``.
 
 Every method, from pixel averaging to the trained network, is a :class:`Fuser` with one contract:
-``fuser(ct, pet)`` takes co-registered (B, 1, H, W) float tensors in [0, 1] on any device and
-returns the fused (B, 1, H, W) image of the same dtype and device, in [0, 1], deterministically.
-The base class enforces the contract once, so the methods only implement :meth:`Fuser.fuse`.
+``fuser(ct, pet)`` takes co-registered float tensors in [0, 1] on any device, W >= 1 CT windows of a
+slice (B, W, H, W') and its PET (B, 1, H, W'), and returns each window fused with the PET,
+(B, W, H, W'), of the CT's dtype and device, in [0, 1], deterministically. The base class enforces
+the contract once, so the methods only implement :meth:`Fuser.fuse` of one window.
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ class Fuser(ABC):
     """A fusion method: checks the (CT, PET) pair, fuses, returns a [0, 1] image like the CT input."""
 
     def __call__(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
-        if ct.ndim != 4 or ct.shape[1] != 1 or ct.shape != pet.shape:
+        if (ct.ndim != 4 or pet.ndim != 4 or ct.shape[1] < 1 or pet.shape[1] != 1 or ct.shape[0] != pet.shape[0]
+                or ct.shape[2:] != pet.shape[2:]):
             raise ValueError(
-                f"{type(self).__name__} needs CT and PET of one shape (B, 1, H, W); "
+                f"{type(self).__name__} needs CT windows (B, W, H, W') and a PET (B, 1, H, W') of one slice size; "
                 f"got {tuple(ct.shape)} and {tuple(pet.shape)}"
             )
-        return self.fuse(ct, pet).clamp(0, 1).to(device=ct.device, dtype=ct.dtype)
+        return self.fuse_windows(ct, pet).clamp(0, 1).to(device=ct.device, dtype=ct.dtype)
+
+    def fuse_windows(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        """Each CT window fused with the PET, (B, W, H, W'): :meth:`fuse` a window at a time. A method whose windows
+        share work overrides it (the model extracts the PET's features once for all)."""
+        return torch.cat([self.fuse(window, pet) for window in ct.split(1, dim=1)], dim=1)
 
     def check_inputs(self, windows: Sequence[str], suv_max: float) -> None:
         """Refuse CT windows or a PET scaling the method was not made for (classical methods take any)."""

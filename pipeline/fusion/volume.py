@@ -53,8 +53,8 @@ class FusionNetwork(nn.Module):
         if x.shape[1] != n_windows + 1:
             raise ValueError(f"expected {n_windows} CT window channels + 1 PET channel, got {x.shape[1]} channels")
         pet = x[:, n_windows : n_windows + 1]
-        outputs = [fuser(x[:, w : w + 1], pet) for w in range(n_windows) for fuser in self.fusers.values()]
-        return torch.cat(outputs, dim=1)
+        fused = [fuser(x[:, :n_windows], pet) for fuser in self.fusers.values()]  # each every window at once
+        return torch.cat([method[:, w : w + 1] for w in range(n_windows) for method in fused], dim=1)
 
 
 def slice_inferer(sw_batch_size: int = 8, progress: bool = False) -> SliceInferer:

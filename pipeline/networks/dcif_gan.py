@@ -109,8 +109,9 @@ class DCIFGenerator(nn.Module):
 
     ``forward(x)`` takes x = (B, 2, H, W) (channel 0 CT, channel 1 PET, both in [0, 1]) and returns the
     fused F = (F_CT + F_PET) / 2, (B, 1, H, W): the single-tensor call of MONAI inferers and
-    ``verify_net_in_out``. Training uses :meth:`streams`. Network1 has one generator: it reads the
-    stacked pair and its output serves as both streams (``extractor_ct is extractor_pet``, no fusion).
+    ``verify_net_in_out``; with several CT windows before the PET, (B, W + 1, H, W), it fuses each with the PET,
+    whose features it extracts once, into (B, W, H, W). Training uses :meth:`streams`. Network1 has one generator:
+    it reads the stacked pair and its output serves as both streams (``extractor_ct is extractor_pet``, no fusion).
 
     Args:
         variant: ``network1`` .. ``network4`` (see :data:`VARIANTS`).
@@ -174,46 +175,61 @@ class DCIFGenerator(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def streams(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F_CT, F_PET), each (B, 1, H, W) in [0, 1], from CT and PET slices (B, 1, H, W) in [0, 1]."""
+        """(F_CT, F_PET), each (B, W, H, W') in [0, 1], from W CT windows (B, W, H, W') and the PET (B, 1, H, W'), all
+        in [0, 1]: channel w of each is the pair of window w (W = 1: one CT slice's). The PET's features are
+        extracted once for all windows, a fifth of a 512 x 512 forward (shipped and paper-depth models) that each
+        window after the first does not repeat."""
         if not torch.jit.is_scripting() and ct.device.type == "cpu":
             keep_freed_memory()  # once per process; see pipeline.networks.cpu_allocator
         h, w = ct.shape[-2:]
         ct, pet = pad_to_multiple(ct, self.pad_multiple), pad_to_multiple(pet, self.pad_multiple)
-        if self.fusion is None:
-            shallow, deep = self.extractor_ct(torch.cat([ct, pet], dim=1))
-            fused = self.reconstructor_ct(deep, shallow)[..., :h, :w]
-            return fused, fused
-        shallow_ct, shallow_pet, fused_ct, fused_pet = self._extract_and_fuse(ct, pet)
-        f_ct = self.reconstructor_ct(fused_ct, shallow_ct)
-        f_pet = self.reconstructor_pet(fused_pet, shallow_pet)
-        return f_ct[..., :h, :w], f_pet[..., :h, :w]
+        f_cts: list[torch.Tensor] = []
+        f_pets: list[torch.Tensor] = []
+        if self.fusion is None:  # one generator on each stacked pair
+            for window in ct.split(1, dim=1):
+                shallow, deep = self.extractor_ct(torch.cat([window, pet], dim=1))
+                f_cts.append(self.reconstructor_ct(deep, shallow)[..., :h, :w])
+            return _channels(f_cts), _channels(f_cts)
+        shallow_cts, shallow_pet, fused = self._extract_and_fuse(ct, pet)
+        for shallow_ct, (fused_ct, fused_pet) in zip(shallow_cts, fused):
+            f_cts.append(self.reconstructor_ct(fused_ct, shallow_ct)[..., :h, :w])
+            f_pets.append(self.reconstructor_pet(fused_pet, shallow_pet)[..., :h, :w])
+        return _channels(f_cts), _channels(f_pets)
 
     def _extract_and_fuse(
         self, ct: torch.Tensor, pet: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """F_SF and the fused F_FDF of each stream; the deep features are freed here, before reconstruction."""
-        if self.one_extractor:  # one pass of the shared extractor over both modalities
-            shallow, deep = self.extractor_ct(torch.cat([ct, pet]))
-            shallow_ct, shallow_pet = shallow.chunk(2)
-            deep_ct, deep_pet = deep.chunk(2)
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """F_SF of each CT window and of the PET, and the fused F_FDF pair of each window; the deep features are freed
+        here, before reconstruction."""
+        images = list(ct.split(1, dim=1))
+        if self.one_extractor:  # one pass of the shared extractor over every window and the PET
+            shallow, deep = self.extractor_ct(torch.cat(images + [pet]))
+            shallows, deeps = shallow.chunk(len(images) + 1), deep.chunk(len(images) + 1)
+            shallow_cts, deep_cts, shallow_pet, deep_pet = shallows[:-1], deeps[:-1], shallows[-1], deeps[-1]
         else:
-            shallow_ct, deep_ct = self.extractor_ct(ct)
+            shallow, deep = self.extractor_ct(torch.cat(images))
+            shallow_cts, deep_cts = shallow.chunk(len(images)), deep.chunk(len(images))
             shallow_pet, deep_pet = self.extractor_pet(pet)
-        fused_ct, fused_pet = self.fusion(deep_ct, deep_pet)
-        return shallow_ct, shallow_pet, fused_ct, fused_pet
+        return shallow_cts, shallow_pet, [self.fusion(deep_ct, deep_pet) for deep_ct in deep_cts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 2:
-            raise ValueError(f"DCIF generator expects (B, 2, H, W) with CT then PET, got {list(x.shape)}")
+        """F = (F_CT + F_PET) / 2 of each CT window with the PET: x = (B, W + 1, H, W'), W >= 1 CT windows then the
+        PET, gives (B, W, H, W') (the pair (B, 2, H, W') gives (B, 1, H, W'))."""
+        if x.ndim != 4 or x.shape[1] < 2:
+            raise ValueError(f"DCIF generator expects (B, W + 1, H, W): W CT windows then the PET, got {list(x.shape)}")
         per_forward = max(1, self.cpu_pixels_per_forward // (x.shape[-2] * x.shape[-1]))
         if x.device.type == "cpu" and not torch.is_grad_enabled() and x.shape[0] > per_forward:
             return torch.cat([self._fused(part) for part in x.split(per_forward)])
         return self._fused(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """F = (F_CT + F_PET) / 2 of a (B, 2, H, W) pair."""
-        f_ct, f_pet = self.streams(x[:, :1], x[:, 1:])
+        f_ct, f_pet = self.streams(x[:, :-1], x[:, -1:])
         return 0.5 * (f_ct + f_pet)
+
+
+def _channels(images: list[torch.Tensor]) -> torch.Tensor:
+    """One window's image as it is (no copy under autograd), several stacked as channels."""
+    return images[0] if len(images) == 1 else torch.cat(images, dim=1)
 
 
 class Discriminator(nn.Module):

@@ -44,7 +44,18 @@ def test_a_name_cannot_be_registered_twice():
         register_fuser("average")(AverageFuser)
 
 
-@pytest.mark.parametrize(("ct_shape", "pet_shape"), [((1, 1, 8, 8), (1, 1, 8, 9)), ((1, 2, 8, 8), (1, 2, 8, 8))])
-def test_fusers_reject_pairs_that_are_not_single_channel_and_equal(ct_shape, pet_shape):
-    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+@pytest.mark.parametrize(("ct_shape", "pet_shape"), [((1, 1, 8, 8), (1, 1, 8, 9)), ((1, 2, 8, 8), (1, 2, 8, 8)),
+                                                    ((2, 1, 8, 8), (1, 1, 8, 8)), ((1, 0, 8, 8), (1, 1, 8, 8))])
+def test_fusers_reject_inputs_that_are_not_ct_windows_and_one_pet_of_one_size(ct_shape, pet_shape):
+    with pytest.raises(ValueError, match=r"CT windows \(B, W, H, W'\) and a PET \(B, 1, H, W'\)"):
         get_fuser("average")(torch.zeros(ct_shape), torch.zeros(pet_shape))
+
+
+def test_a_fuser_fuses_each_ct_window_with_the_pet():
+    generator = torch.Generator().manual_seed(0)
+    ct, pet = torch.rand(2, 3, 8, 10, generator=generator), torch.rand(2, 1, 8, 10, generator=generator)
+    fuser = get_fuser("laplacian")
+    fused = fuser(ct, pet)
+    assert fused.shape == ct.shape
+    for window in range(3):
+        assert torch.equal(fused[:, window : window + 1], fuser(ct[:, window : window + 1], pet))

@@ -17,6 +17,7 @@ from torch import nn
 from pipeline.bundle_model import CHECKOUT_BUNDLE, bundled_checkpoint, bundled_network
 from pipeline.errors import CheckpointError
 from pipeline.fusion import ModelFuser, get_fuser
+from pipeline.networks import DCIFGenerator
 
 
 class StandInGenerator(nn.Module):
@@ -199,3 +200,34 @@ def test_the_shipped_model_fuses_alike_from_torchscript_and_from_its_checkpoint(
         shipped = get_fuser("dcif_gan", checkpoint=bundled_checkpoint(), network=bundled_network(), output=output)
         assert isinstance(exported.network, torch.jit.ScriptModule)
         assert (exported(ct, pet) - shipped(ct, pet)).abs().max() < 1e-5
+
+
+def _counted(network: nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The input channels of each forward of ``network``."""
+    forward, channels = network.forward, []
+    monkeypatch.setattr(network, "forward", lambda x: channels.append(x.shape[1]) or forward(x))
+    return channels
+
+
+def test_the_generator_fuses_every_window_in_one_forward(monkeypatch: pytest.MonkeyPatch):
+    torch.manual_seed(0)
+    network = DCIFGenerator("network4", width=8, num_heads=2, depths=(1, 1, 1))
+    fuser = ModelFuser(network=network)
+    channels = _counted(network, monkeypatch)
+    generator = torch.Generator().manual_seed(1)
+    ct, pet = torch.rand(2, 2, 16, 24, generator=generator), torch.rand(2, 1, 16, 24, generator=generator)
+    fused = fuser(ct, pet)
+    assert channels == [3]  # two CT windows and the PET
+    assert torch.equal(fused, torch.cat([fuser(ct[:, w : w + 1], pet) for w in range(2)], dim=1))
+
+
+def test_another_network_fuses_a_window_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A stand-in, or a TorchScript export (which may predate several windows a forward), takes CT and PET pairs."""
+    generator = torch.Generator().manual_seed(2)
+    ct, pet = torch.rand(1, 2, 9, 11, generator=generator), torch.rand(1, 1, 9, 11, generator=generator)
+    stand_in = StandInGenerator()
+    channels = _counted(stand_in, monkeypatch)
+    assert torch.allclose(ModelFuser(network=stand_in)(ct, pet), (0.9 * (ct + pet)).clamp(0, 1))
+    assert channels == [2, 2]
+    exported = ModelFuser(checkpoint=save_model(tmp_path / "model.ts", {}))
+    assert torch.allclose(exported(ct, pet), (ct + pet) / 2, atol=1e-6)

@@ -51,7 +51,7 @@ def test_same_seed_gives_same_weights_and_output() -> None:
 
 
 def test_generator_rejects_a_single_channel_input() -> None:
-    with pytest.raises(ValueError, match="CT then PET"):
+    with pytest.raises(ValueError, match="CT windows then the PET"):
         DCIFGenerator("network2", **TINY)(torch.rand(1, 1, 16, 16))
 
 
@@ -288,3 +288,28 @@ def test_discriminators_run_channels_last_with_the_same_scores():
         (expected_grad,) = torch.autograd.grad(((expected - target) ** 2).sum(), x)
         assert (scores - expected).abs().max() < 1e-5
         assert (grad - expected_grad).abs().max() < 1e-5 * expected_grad.abs().max()
+
+
+@pytest.mark.parametrize(("variant", "kwargs"), [("network4", {}), ("network4", {"share_extraction": False}),
+                                                 ("network2", {}), ("network1", {})])
+def test_several_ct_windows_fuse_as_each_one_with_the_pet(variant: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    generator = DCIFGenerator(variant, **TINY, **kwargs).eval()
+    x = torch.rand(2, 3, 24, 20)  # two CT windows, then the PET
+    with torch.inference_mode():
+        both = generator(x)
+        each = torch.cat([generator(x[:, [window, 2]]) for window in range(2)], dim=1)
+        f_ct, f_pet = generator.streams(x[:, :2], x[:, 2:])
+        one_ct, one_pet = generator.streams(x[:, 1:2], x[:, 2:])
+    assert both.shape == (2, 2, 24, 20) and torch.equal(both, each)
+    assert torch.equal(f_ct[:, 1:], one_ct) and torch.equal(f_pet[:, 1:], one_pet)
+
+
+def test_the_pets_features_are_extracted_once_for_every_window(monkeypatch) -> None:
+    torch.manual_seed(0)
+    generator = DCIFGenerator("network4", **TINY).eval()
+    extract, batches = generator.extractor_ct.forward, []
+    monkeypatch.setattr(generator.extractor_ct, "forward", lambda images: batches.append(len(images)) or extract(images))
+    with torch.inference_mode():
+        generator(torch.rand(2, 3, 16, 16))
+    assert batches == [6]  # two slices' two windows and their PET, in one pass
