@@ -189,7 +189,8 @@ class DCIFGenerator(nn.Module):
             for window in ct.split(1, dim=1):
                 shallow, deep = self.extractor_ct(torch.cat([window, pet], dim=1))
                 f_cts.append(self.reconstructor_ct(deep, shallow)[..., :h, :w])
-            return _channels(f_cts), _channels(f_cts)
+            fused = _channels(f_cts)
+            return fused, fused
         shallow_cts, shallow_pet, fused = self._extract_and_fuse(ct, pet)
         for shallow_ct, (fused_ct, fused_pet) in zip(shallow_cts, fused):
             f_cts.append(self.reconstructor_ct(fused_ct, shallow_ct)[..., :h, :w])
