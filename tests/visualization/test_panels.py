@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from pipeline.visualization import fusion_panel, pet_overlay, to_uint8
+from pipeline.visualization import fusion_panel, hot_iron, pet_overlay, to_uint8
 
 
 def test_grey_tile_is_transposed_to_rows_by_columns_and_scaled():
@@ -32,3 +33,15 @@ def test_overlay_keeps_cold_regions_grey_and_colours_uptake():
     cold, hot = picture[0, 0], picture[2, 2]
     assert cold[0] == cold[1] == cold[2]  # no uptake: the CT grey shows through
     assert hot[0] > hot[2]  # uptake: warm colour
+
+
+@pytest.mark.parametrize("opacity", [0.5, 0.8])
+def test_overlay_is_the_uptake_weighted_blend_on_whole_rgb_arrays_to_the_byte(opacity):
+    rng = np.random.default_rng(0)
+    ct, pet = (rng.uniform(-0.2, 1.2, (37, 23)).astype(np.float32) for _ in range(2))  # out of range too
+    shown_ct, shown_pet = (np.clip(values.T, 0.0, 1.0) for values in (ct, pet))  # display layout, clipped
+    alpha = opacity * shown_pet[..., None]
+    blended = (1.0 - alpha) * shown_ct[..., None] + alpha * hot_iron(shown_pet)
+    expected = np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
+    picture = pet_overlay(torch.from_numpy(ct), pet, opacity)
+    assert picture.shape == (23, 37, 3) and np.array_equal(picture, expected)
