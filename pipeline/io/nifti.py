@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
 import torch
+from isal import igzip
 from monai.data import MetaTensor
-from nibabel.openers import ImageOpener
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
@@ -65,14 +67,35 @@ def _scanner_image(data: np.ndarray, affine: np.ndarray,
     return image
 
 
+GZIP_LEVEL = 1
+"""ISA-L's fast deflate level. On fused 512 x 512 volumes it packs as tightly as zlib at level 1 (nibabel's default:
+0.87 and 0.22 of the raw size in the lung and mediastinal windows, both 0.01 smaller) 3.5 to 10 times as fast: zlib
+spent 8-10 s of CPU on a 512 x 512 x 300 study's two volumes, a third of the study with the Laplacian fuser."""
+
+
+@contextmanager
+def _nifti_output(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for writing a NIfTI file, gzip-compressed by ISA-L when its name ends in ``.gz``.
+
+    Like nibabel's own writer, the gzip header holds neither the file's name nor a time, so one volume always gives
+    the same bytes (the name would be the atomic write's temporary one).
+    """
+    with open(path, "wb") as file:
+        if not path.name.endswith(".gz"):
+            yield file
+            return
+        with igzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=file, mtime=0) as packed:
+            yield packed
+
+
 def save_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray,
                slope_inter: tuple[float, float] | None = None) -> Path:
     """Write a 3-D array with its RAS affine atomically (a crash leaves the old file or none)."""
     path = Path(path)
     image = _scanner_image(array, affine, slope_inter)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary:
-        nib.save(image, temporary)
+    with atomic_write(path) as temporary, _nifti_output(temporary) as file:
+        image.to_file_map({"image": nib.FileHolder(fileobj=file)})
     return path
 
 
@@ -106,7 +129,7 @@ class NiftiSliceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._files = ExitStack()
         temporary = self._files.enter_context(atomic_write(self.path))
-        self._file = self._files.enter_context(ImageOpener(temporary, "wb"))
+        self._file = self._files.enter_context(_nifti_output(temporary))
         self._header.write_to(self._file)
         self._file.write(b"\0" * (self._header.get_data_offset() - self._file.tell()))
         # Left before the file (LIFO): every slab is written, or the wait ends, before the file is closed.
