@@ -1,7 +1,7 @@
 """Fetch, here, the wheels that ``tools/device_check.sh`` installs on a lent GPU machine, which reaches no index.
 
 A device machine's image holds PyTorch, NumPy, SciPy, Pillow, tqdm, PyYAML and the like (the device tool's KINDS.md
-lists them), not MONAI, ignite, pydicom, nibabel or PyWavelets, which the benchmarks' imports need, and nothing can be
+lists them), not MONAI, ignite, pydicom, nibabel, PyWavelets or isal, which the benchmarks' imports need, and nothing can be
 fetched there. This downloads those (:data:`KIT`, without their own needs, which the image has) at the versions
 installed beside this script, for the device's Python (3.12, x86-64 Linux), into ``.whl/`` (git-ignored). The device
 tool's ``run`` then carries that folder (``carry: [".whl"]``) and ``device_check.sh`` installs it with
@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-KIT = ("monai", "pytorch-ignite", "pydicom", "nibabel", "PyWavelets")
-"""Distributions the benchmarks import that the device image lacks (each pure Python but PyWavelets)."""
+KIT = ("monai", "pytorch-ignite", "pydicom", "nibabel", "PyWavelets", "isal")
+"""Distributions the benchmarks import that the device image lacks (each pure Python but PyWavelets and isal)."""
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
