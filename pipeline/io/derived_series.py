@@ -23,6 +23,7 @@ Grey pixels are unsigned 12-bit integers, ``stored = round(fused * 4095)`` (unit
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import temporary_sibling
-from pipeline.io.headers import slice_normal, write_dicom
+from pipeline.io.atomic import atomic_write
+from pipeline.io.headers import save_dicom, slice_normal
 from pipeline.provenance import SOFTWARE_VERSION
 
 FUSED_SERIES_NUMBER = 9000
@@ -48,6 +49,7 @@ FUSED_MODALITY = "OT"
 GREY_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7.3")  # Multi-frame Grayscale Word Secondary Capture Image Storage
 COLOUR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7.4")  # Multi-frame True Color Secondary Capture Image Storage
 FUSED_FILE = "fused.dcm"
+MAX_PIXEL_BYTES = 0xFFFFFFFE  # the largest even value of a 32-bit element length (0xFFFFFFFF means "undefined")
 
 # Source-study elements copied verbatim: PACS files the derived series under the same patient and study
 # only when these match. Other identifying patient elements (birth date, ...) are left out.
@@ -193,13 +195,20 @@ def grey_frames(volume: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(volume, 0.0, 1.0) * MAX_STORED).astype("<u2").transpose(2, 1, 0)
 
 
+def _pixel_data_header(vr: str, length: int) -> bytes:
+    """Pixel Data's tag, VR and length in explicit VR little endian (OB and OW: two reserved bytes, a 32-bit length)."""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode(), 0, length)
+
+
 class DerivedSeriesWriter:
     """Write one derived series (``out_dir/fused.dcm``) frame by frame, so no volume of pixels is held.
 
-    Frames go to a spool file beside the target as they come; on a clean exit with every frame
-    written, the dataset is saved atomically with the spool as its Pixel Data (pydicom copies a
-    buffer in chunks). On an exception nothing is left behind. Frames arrive in the volume's z
-    order: the ``i``-th CT slice by position along the slice normal, as the DICOM loader orders them.
+    Every element but the pixels is known before the first frame, and Pixel Data is the dataset's last element: the
+    file is begun with all of them and Pixel Data's header (its length is the frames' bytes), and each frame is
+    appended as it comes. Once written, the frames are not copied again (a spool copied into the file at the end had
+    written every byte twice, 2.5 s of a 512 x 512 x 300 study's four series). The file appears atomically on a clean
+    exit with every frame written; on an exception nothing is left behind. Frames arrive in the volume's z order: the
+    ``i``-th CT slice by position along the slice normal, as the DICOM loader orders them.
 
     Args:
         ct_headers, pet_headers: the source slices' headers (any order; pixel data not needed).
@@ -217,13 +226,18 @@ class DerivedSeriesWriter:
         self._dtype, self._vr = (np.uint8, "OB") if colour else (np.dtype("<u2"), "OW")
         self._frames = len(ordered)
         self._written = 0
+        self._pixel_bytes = self._frames * int(np.prod(self._frame)) * np.dtype(self._dtype).itemsize
+        if self._pixel_bytes > MAX_PIXEL_BYTES:
+            raise InputError(f"{where}: {self._frames} frames of {'x'.join(map(str, self._frame))} are "
+                             f"{self._pixel_bytes} bytes, more than one DICOM object holds ({MAX_PIXEL_BYTES})")
 
     def __enter__(self) -> DerivedSeriesWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._files = ExitStack()
-        spool = temporary_sibling(self.path)
-        self._files.callback(spool.unlink, missing_ok=True)  # the spool never becomes a file of its own
-        self._spool = self._files.enter_context(open(spool, "w+b"))
+        temporary = self._files.enter_context(atomic_write(self.path))
+        self._file = self._files.enter_context(open(temporary, "wb"))
+        save_dicom(self.dataset, self._file)
+        self._file.write(_pixel_data_header(self._vr, self._pixel_bytes + self._pixel_bytes % 2))  # even, as DICOM asks
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -231,19 +245,17 @@ class DerivedSeriesWriter:
         if tuple(frames.shape[1:]) != self._frame or self._written + len(frames) > self._frames:
             raise ValueError(f"{self.path}: frames {frames.shape} do not continue {self._frames} frames of "
                              f"{self._frame} at frame {self._written}")
-        self._spool.write(np.ascontiguousarray(frames, dtype=self._dtype).tobytes())
+        self._file.write(np.ascontiguousarray(frames, dtype=self._dtype).data)
         self._written += len(frames)
 
     def __exit__(self, *exc: object) -> bool | None:
-        with self._files:
-            if exc[0] is not None:
-                return None
+        if exc[0] is None:
             if self._written != self._frames:
-                raise ValueError(f"{self.path}: {self._written} of {self._frames} frames written")
-            self._spool.seek(0)
-            self.dataset.add_new("PixelData", self._vr, self._spool)
-            write_dicom(self.dataset, self.path)
-        return None
+                error = ValueError(f"{self.path}: {self._written} of {self._frames} frames written")
+                self._files.__exit__(ValueError, error, None)
+                raise error
+            self._file.write(b"\0" * (self._pixel_bytes % 2))
+        return self._files.__exit__(*exc)
 
 
 def write_fused_series(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -36,8 +37,8 @@ def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str
         raise InputError(f"{path}: unreadable DICOM file ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def write_dicom(dataset: Dataset, path: Path) -> None:
-    """Save ``dataset`` as a DICOM file (explicit VR little endian), atomically: a reader never sees half a file.
+def save_dicom(dataset: Dataset, file: Path | BinaryIO) -> None:
+    """Save ``dataset`` as a DICOM file (explicit VR little endian) at a path or into an open binary file.
 
     The file meta follows the dataset's SOP class and instance, so a caller sets those once.
     """
@@ -46,8 +47,13 @@ def write_dicom(dataset: Dataset, path: Path) -> None:
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    dataset.save_as(file, enforce_file_format=True)
+
+
+def write_dicom(dataset: Dataset, path: Path) -> None:
+    """:func:`save_dicom` atomically: a reader never sees half a file."""
     with atomic_write(path) as temporary:
-        dataset.save_as(temporary, enforce_file_format=True)
+        save_dicom(dataset, temporary)
 
 
 def study_key(study_uid: str) -> str:

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import replace
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,16 @@ def test_headers_that_do_not_fit_the_volume_are_refused(tmp_path: Path, phantom,
     assert not any(tmp_path.iterdir())
 
 
+def test_a_volume_too_large_for_one_object_is_refused_before_anything_is_written(tmp_path: Path, phantom) -> None:
+    headers = _headers(phantom.ct_dir)
+    for header in headers:
+        header.Rows = header.Columns = 12000  # 16 frames of 12000 x 12000 x 2 bytes: 4.6 GB
+    with pytest.raises(InputError, match="16 frames of 12000x12000 are 4608000000 bytes, more than one DICOM object"):
+        DerivedSeriesWriter(headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE, FUSED_SERIES_NUMBER,
+                            (12000, 12000, 16))
+    assert not any(tmp_path.iterdir())
+
+
 def _dciodvfy(path: Path) -> set[str]:
     """dciodvfy's error and warning lines for one file, without the file-specific values."""
     output = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
@@ -166,11 +177,11 @@ def test_frames_written_in_slabs_give_the_object_written_whole(tmp_path: Path, p
     assert one.PixelData == other.PixelData
     assert [element for element in one if element.keyword not in ("PixelData",) and "Time" not in element.keyword] == [
         element for element in other if element.keyword not in ("PixelData",) and "Time" not in element.keyword]
-    assert sorted(path.name for path in writer.path.parent.iterdir()) == ["fused.dcm"]  # the spool is gone
+    assert sorted(path.name for path in writer.path.parent.iterdir()) == ["fused.dcm"]  # no temporary is left
 
 
 @pytest.mark.parametrize("mistake", ["too_few", "exception"])
-def test_an_unfinished_series_leaves_no_file_nor_spool(tmp_path: Path, phantom, fused: MetaTensor, mistake: str) -> None:
+def test_an_unfinished_series_leaves_no_file(tmp_path: Path, phantom, fused: MetaTensor, mistake: str) -> None:
     values = fused.numpy()[0]
     with pytest.raises((ValueError, RuntimeError)):
         with DerivedSeriesWriter(_headers(phantom.ct_dir), _headers(phantom.pet_dir), tmp_path, PROVENANCE,
@@ -179,3 +190,28 @@ def test_an_unfinished_series_leaves_no_file_nor_spool(tmp_path: Path, phantom, 
             if mistake == "exception":
                 raise RuntimeError("fusion failed half-way")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_streamed_pixels_are_encoded_as_pydicom_encodes_them(tmp_path: Path, phantom, colour: bool) -> None:
+    """Pixel Data's header is written by hand before the frames: the file equals pydicom's own writing of the same
+    dataset, an odd number of RGB bytes (15 frames of 63 x 63) padded to even included."""
+    headers = _headers(phantom.ct_dir)[:15]
+    for header in headers:
+        header.Rows = header.Columns = 63
+    rng = np.random.default_rng(4)
+    if colour:
+        frames = rng.integers(0, 256, (15, 63, 63, 3), dtype=np.uint8)
+        path = write_colour_series(frames, headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE)
+    else:
+        frames = grey_frames(rng.random((63, 63, 15)))
+        with DerivedSeriesWriter(headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE, FUSED_SERIES_NUMBER,
+                                 (63, 63, 15)) as writer:
+            writer.write(frames)
+        path = writer.path
+    ds = pydicom.dcmread(path)
+    assert np.array_equal(ds.pixel_array, frames)
+    assert len(ds.PixelData) % 2 == 0
+    again = BytesIO()
+    ds.save_as(again, enforce_file_format=True)
+    assert path.read_bytes() == again.getvalue()
