@@ -139,15 +139,28 @@ def _gzip_header(data: bytes) -> bytes:
     return data[:end]
 
 
+def _png_without_pixels(data: bytes) -> bytes:
+    """A PNG file's chunks (their types and data: text, size, palette) but the compressed pixels (IDAT)."""
+    kept, at = [data[:8]], 8
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        kept.append(kind if kind == b"IDAT" else data[at + 4 : at + 8 + length])
+        at += 12 + length
+    return b"".join(kept)
+
+
 def _readable_text(path: Path) -> str:
     """What a reader of the file could find text in: a gzip file's header and content, not its compressed bytes,
-    and of a NIfTI volume its header and extensions, not its voxels. Those bytes spell a short name such as "DOE"
-    by chance (a 200 kB compressed volume did), and no identifier can hide in them."""
+    of a NIfTI volume its header and extensions, not its voxels, and of a PNG picture every chunk but its compressed
+    pixels. Those bytes spell a short name such as "DOE" by chance (a 200 kB compressed volume did, and a slice
+    picture), and no identifier can hide in them."""
     import gzip
 
     import nibabel
 
     data, header = path.read_bytes(), b""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return _png_without_pixels(data).decode("latin-1")
     if data[:2] == b"\x1f\x8b":
         data, header = gzip.decompress(data), _gzip_header(data)
     if path.name.endswith((".nii", ".nii.gz")):
