@@ -97,17 +97,30 @@ def _gaussian_window_means(maps: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(rows_smoothed, weights, axis=1)[:, border:-border]
 
 
-def ssim(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean SSIM of Wang et al. 2004 between ``x`` and ``y`` (one pair; 1 for identical images)."""
+def _ssim_to_each(x: np.ndarray, *others: np.ndarray) -> list[float]:
+    """Mean SSIM of Wang et al. 2004 between ``x`` and each of ``others`` (1 for identical images).
+
+    The local moments of ``x`` are filtered once for every pair: SSIM(F, A) + SSIM(F, B) filters 8 maps, not 10.
+    """
     x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
     if min(x.shape) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs slices of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels; got {x.shape}")
-    mu_x, mu_y, mean_xx, mean_yy, mean_xy = _gaussian_window_means(np.stack([x, y, x * x, y * y, x * y]))
-    var_x, var_y, cov = mean_xx - mu_x**2, mean_yy - mu_y**2, mean_xy - mu_x * mu_y
-    luminance = (2 * mu_x * mu_y + _SSIM_C1) / (mu_x**2 + mu_y**2 + _SSIM_C1)
-    contrast_structure = (2 * cov + _SSIM_C2) / (var_x + var_y + _SSIM_C2)
-    return float(np.mean(luminance * contrast_structure))
+    others = [np.asarray(y, dtype=np.float64) for y in others]
+    means = _gaussian_window_means(np.stack([x, x * x, *(m for y in others for m in (y, y * y, x * y))]))
+    mu_x, mean_xx = means[:2]
+    var_x = mean_xx - mu_x**2
+    scores = []
+    for mu_y, mean_yy, mean_xy in means[2:].reshape(len(others), 3, *means.shape[1:]):
+        var_y, cov = mean_yy - mu_y**2, mean_xy - mu_x * mu_y
+        luminance = (2 * mu_x * mu_y + _SSIM_C1) / (mu_x**2 + mu_y**2 + _SSIM_C1)
+        contrast_structure = (2 * cov + _SSIM_C2) / (var_x + var_y + _SSIM_C2)
+        scores.append(float(np.mean(luminance * contrast_structure)))
+    return scores
+
+
+def ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean SSIM of Wang et al. 2004 between ``x`` and ``y`` (one pair; 1 for identical images)."""
+    return _ssim_to_each(x, y)[0]
 
 
 def psnr(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -165,7 +178,7 @@ def _summed_over_sources(
 _SCORERS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
     "AG": _of_fused(average_gradient),
     "SF": _of_fused(spatial_frequency),
-    "SSIM": _summed_over_sources(ssim),
+    "SSIM": lambda f, a, b: sum(_ssim_to_each(f, a, b)),
     "SD": _of_fused(standard_deviation),
     "MI": _summed_over_sources(mutual_information),
     "PSNR": psnr,

@@ -150,6 +150,14 @@ def test_ssim_is_symmetric_and_falls_with_noise(rng):
     assert 1.0 > ssim(x, slightly) > ssim(x, heavily)
 
 
+def test_fusion_ssim_sums_both_sources_as_each_pair_scores_alone(rng):
+    """F's local moments are filtered once for both pairs: the sum is still SSIM(F, A) + SSIM(F, B), to the bit."""
+    fused, ct, pet = (rng.random((23, 31)) for _ in range(3))
+    expected = ssim(fused * 255, ct * 255) + ssim(fused * 255, pet * 255)
+    assert fusion_metrics(fused, ct, pet, names=("SSIM",))["SSIM"] == expected
+    assert expected != 2 * ssim(fused * 255, ct * 255)
+
+
 def test_ssim_rejects_slices_smaller_than_its_window():
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(np.zeros((10, 20)), np.zeros((10, 20)))
