@@ -215,3 +215,11 @@ def test_streamed_pixels_are_encoded_as_pydicom_encodes_them(tmp_path: Path, pha
     again = BytesIO()
     ds.save_as(again, enforce_file_format=True)
     assert path.read_bytes() == again.getvalue()
+
+
+def test_grey_frames_are_the_rounded_12_bit_values_frame_by_frame_in_display_layout() -> None:
+    volume = np.random.default_rng(5).uniform(-0.2, 1.2, (7, 5, 3)).astype(np.float32)  # (X, Y, Z), out of range too
+    frames = grey_frames(volume)
+    expected = np.rint(np.clip(volume, 0.0, 1.0) * 4095).astype("<u2").transpose(2, 1, 0)
+    assert frames.shape == (3, 5, 7) and frames.dtype == np.dtype("<u2") and frames.flags.c_contiguous
+    assert np.array_equal(frames, expected) and frames.max() == 4095 and frames.min() == 0
