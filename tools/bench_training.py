@@ -163,6 +163,7 @@ def main() -> None:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
     rows = []
+    torch.set_num_threads(args.threads)  # the rate the cells' threads can reach, not this process's default
     rates = {device: matmul_rate(device) for device in args.devices}
     others = [layout for layout in args.layouts if layout != "fast"]
     reference = next((layout for layout in ("before", "baseline") if layout in args.layouts), None)
