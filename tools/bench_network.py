@@ -5,9 +5,10 @@ generator's forward (inference mode, the single-tensor call inference uses): GFL
 (``torch.utils.flop_counter``, which counts convolutions and linear layers but not the attention
 kernel, so attention time is pure overhead in these rates), ms per slice, achieved GFLOP/s, peak
 memory, and the float32 2048 x 2048 matmul rate measured right before and after the cell in the
-same process: the efficiency column is achieved / matmul. The pixel average is the floor every
-fuser pays. Besides the product's layout (``fast``, with the CPU attention kernel where it applies)
-each cell can be measured as ``sdpa`` (the same code with the kernel switched off), ``monai``
+same process: the efficiency column is achieved / matmul. A cell of several slices also times one of them, the
+two alternating in its process, for the per-slice cost of batching (across processes a busy machine's drift reads as
+one). The pixel average is the floor every fuser pays. Besides the product's layout (``fast``, with the CPU
+attention kernel where it applies) each cell can be measured as ``sdpa`` (the same code with the kernel switched off), ``monai``
 (MONAI's own Swin blocks, slow) and ``baseline`` (``--baseline DIR``: the ``pipeline``
 package of another checkout, e.g. ``git worktree add /tmp/base <commit>``); the "x slower" column
 of those rows is their time over ``fast``'s. A benchmark, not a test: nothing asserts a time.
@@ -143,13 +144,18 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
         Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM from the current RSS
     forward(x)  # warm-up at full size (and compilation); its peak is the one reported
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
-    times = []
+    # A batch's per-slice time against one slice's is read in this process, the two alternating: across processes
+    # (cells of their own) a busy machine's drift reads as a batch effect.
+    inputs = {"seconds": x, "single_seconds": x[:1]} if batch > 1 else {"seconds": x}
+    forward(x[:1])
+    times: dict[str, list[float]] = {key: [] for key in inputs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        forward(x)
-        times.append(time.perf_counter() - start)
+        for key, images in inputs.items():
+            start = time.perf_counter()
+            forward(images)
+            times[key].append(time.perf_counter() - start)
     rate = (rate_before + matmul_rate(device)) / 2
-    return {"seconds": median(times), "peak_mib": (peak - baseline) / 2**20,
+    return {**{key: median(values) for key, values in times.items()}, "peak_mib": (peak - baseline) / 2**20,
             "gflop": counter.get_total_flops() / 1e9, "matmul": rate}
 
 
@@ -172,13 +178,12 @@ def _run_cell(request: dict, baseline: str | None) -> dict:
 def _table(cells: list[dict], args: argparse.Namespace) -> str:
     fast = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
             for c in cells if c["layout"] == "fast"}
-    single = {(c["config"], c["layout"], c["device"], c["dtype"], c["size"]): c["seconds"]
-              for c in cells if c["batch"] == 1}
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in dict.fromkeys(c["device"] for c in cells))
     lines = [
         f"DCIF-GAN generator forward (Network4, window 8), median of {args.repeats} after a warm-up. {devices}. "
         "Efficiency = achieved GFLOP/s / float32 matmul GFLOP/s measured in the same process. "
-        "x slower = this layout's time / the fast layout's time. x batch 1 = per-slice time / batch-1 per-slice time.",
+        "x slower = this layout's time / the fast layout's time. x batch 1 = per-slice time / one slice's time, "
+        "measured in the same process, alternating.",
         "",
         "| config | layout | device | dtype | size | batch | GFLOP/slice | ms/slice | GFLOP/s | matmul GFLOP/s "
         "| efficiency | x slower | x batch 1 | peak MiB |",
@@ -189,8 +194,7 @@ def _table(cells: list[dict], args: argparse.Namespace) -> str:
         gflop_s = c["gflop"] / per_slice
         ref = fast.get((c["config"], c["device"], c["dtype"], c["batch"], c["size"]))
         speedup = f"{c['seconds'] / ref:.2f}" if ref and c["layout"] not in ("fast", "average") else ""
-        one = single.get((c["config"], c["layout"], c["device"], c["dtype"], c["size"]))
-        batch_ratio = f"{per_slice / one:.2f}" if one else ""
+        batch_ratio = f"{per_slice / c['single_seconds']:.2f}" if "single_seconds" in c else ""
         lines.append(
             f"| {c['config'] if c['layout'] != 'average' else '-'} | {c['layout']} | {c['device']} | {c['dtype']} "
             f"| {c['size']} | {c['batch']} | {c['gflop']:.2f} | {1e3 * per_slice:.1f} | {gflop_s:.1f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,3 +30,14 @@ def test_the_baseline_layout_puts_the_other_checkout_first_on_the_path(bench, tm
 def test_the_layouts_of_the_code_before_keep_the_default_allocator(bench, layout):
     assert bench.cell_environment(layout, None)["DCIF_KEEP_FREED_MEMORY"] == "0"
     assert bench.cell_environment("fast", None).get("DCIF_KEEP_FREED_MEMORY") == os.environ.get("DCIF_KEEP_FREED_MEMORY")
+
+
+def test_a_batch_is_compared_with_one_of_its_slices_in_its_own_process(bench):
+    request = {"config": "shipped", "layout": "fast", "device": "cpu", "dtype": "float32", "size": 32, "repeats": 1,
+               "threads": 1, "compile": False}
+    cells = [bench._run_cell({**request, "batch": batch}, None) for batch in (1, 2)]
+    assert "single_seconds" not in cells[0] and cells[1]["single_seconds"] > 0
+    rows = [line for line in bench._table(cells, SimpleNamespace(repeats=1, threads=1)).splitlines()
+            if line.startswith("| shipped")]
+    ratio = cells[1]["seconds"] / 2 / cells[1]["single_seconds"]
+    assert [row.split("|")[13].strip() for row in rows] == ["", f"{ratio:.2f}"]
