@@ -117,9 +117,9 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
         torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
     if layout == "average":
-        network = lambda x: x.mean(1, keepdim=True)  # noqa: E731 - the pixel-average fuser's whole cost
+        network = eager = lambda x: x.mean(1, keepdim=True)  # noqa: E731 - the pixel-average fuser's whole cost
     else:
-        network = _network(config, layout, device)
+        network = eager = _network(config, layout, device)
         if compile:
             network = torch.compile(network)
 
@@ -131,8 +131,10 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
             torch.cuda.synchronize()
 
     x = torch.rand(batch, 2, size, size, device=device)
-    with FlopCounterMode(display=False) as counter:  # counted on the fast layout, so every layout shares it
-        counted = network if layout != "monai" else _network(config, "fast", device)
+    # Counted on the fast layout, so every layout shares it, and eager: a compiled network would compile again for the
+    # count's single slice.
+    with FlopCounterMode(display=False) as counter:
+        counted = eager if layout != "monai" else _network(config, "fast", device)
         with torch.inference_mode():
             counted(x[:1])
     rate_before = matmul_rate(device)
@@ -145,9 +147,12 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
     forward(x)  # warm-up at full size (and compilation); its peak is the one reported
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     # A batch's per-slice time against one slice's is read in this process, the two alternating: across processes
-    # (cells of their own) a busy machine's drift reads as a batch effect.
-    inputs = {"seconds": x, "single_seconds": x[:1]} if batch > 1 else {"seconds": x}
-    forward(x[:1])
+    # (cells of their own) a busy machine's drift reads as a batch effect. Not for a compiled network, which would
+    # compile again for the second shape (the device check's compile cell has a minute).
+    inputs = {"seconds": x}
+    if batch > 1 and not compile:
+        inputs["single_seconds"] = x[:1]
+        forward(x[:1])
     times: dict[str, list[float]] = {key: [] for key in inputs}
     for _ in range(repeats):
         for key, images in inputs.items():

@@ -41,3 +41,10 @@ def test_a_batch_is_compared_with_one_of_its_slices_in_its_own_process(bench):
             if line.startswith("| shipped")]
     ratio = cells[1]["seconds"] / 2 / cells[1]["single_seconds"]
     assert [row.split("|")[13].strip() for row in rows] == ["", f"{ratio:.2f}"]
+
+
+def test_a_compiled_network_is_not_timed_at_a_second_shape(bench, monkeypatch):
+    shapes = []
+    monkeypatch.setattr(bench.torch, "compile", lambda network: lambda x: shapes.append(tuple(x.shape)))
+    bench.measure("shipped", "fast", "cpu", "float32", batch=2, size=16, repeats=1, threads=None, compile=True)
+    assert set(shapes) == {(2, 2, 16, 16)}
