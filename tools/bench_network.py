@@ -8,8 +8,8 @@ memory, and the float32 2048 x 2048 matmul rate measured right before and after 
 same process: the efficiency column is achieved / matmul. A cell of several slices also times one of them, the
 two alternating in its process, for the per-slice cost of batching (across processes a busy machine's drift reads as
 one). The pixel average is the floor every fuser pays. Besides the product's layout (``fast``, with the CPU
-attention kernel where it applies) each cell can be measured as ``sdpa`` (the same code with the kernel switched off), ``monai``
-(MONAI's own Swin blocks, slow) and ``baseline`` (``--baseline DIR``: the ``pipeline``
+attention kernel where it applies) each cell can be measured as ``sdpa`` (the same code with the kernel switched
+off), ``monai`` (MONAI's own Swin blocks, slow) and ``baseline`` (``--baseline DIR``: the ``pipeline``
 package of another checkout, e.g. ``git worktree add /tmp/base <commit>``); the "x slower" column
 of those rows is their time over ``fast``'s. A benchmark, not a test: nothing asserts a time.
 

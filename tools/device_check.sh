@@ -21,7 +21,7 @@ timeout 150 "$PY" tools/bench_network.py --devices cuda --dtypes float32 bf16 --
     --batches 1 32 --repeats 3 --layouts fast monai
 timeout 60 "$PY" tools/bench_network.py --devices cuda --dtypes bf16 --configs paper --sizes 512 \
     --batches 32 --repeats 3 --compile || echo "torch.compile cell failed or timed out"
-# fast against the code before the fast path; sdpa is fast's twin on CUDA (the CPU kernels do not run there). Each layout
-# is a process of its own (about 5 s to start) timing at least 5 iterations for 5 s.
+# fast against the code before the fast path; sdpa is fast's twin on CUDA (the CPU kernels do not run there). Each
+# layout is a process of its own (about 5 s to start) timing at least 5 iterations for 5 s.
 timeout 75 "$PY" tools/bench_training.py --devices cuda --amp --configs paper --crops 128 --batch 64 --iterations 5 \
     --seconds 5 --layouts fast before
