@@ -1,10 +1,10 @@
 """Fetch, here, the wheels that ``tools/device_check.sh`` installs on a lent GPU machine, which reaches no index.
 
 A device machine's image holds PyTorch, NumPy, SciPy, Pillow, tqdm, PyYAML and the like (the device tool's KINDS.md
-lists them), not MONAI, ignite, pydicom, nibabel, PyWavelets or isal, which the benchmarks' imports need, and nothing can be
-fetched there. This downloads those (:data:`KIT`, without their own needs, which the image has) at the versions
-installed beside this script, for the device's Python (3.12, x86-64 Linux), into ``.whl/`` (git-ignored). The device
-tool's ``run`` then carries that folder (``carry: [".whl"]``) and ``device_check.sh`` installs it with
+lists them), not MONAI, ignite, pydicom, nibabel, PyWavelets or isal, which the benchmarks' imports need, and
+nothing can be fetched there. This downloads those (:data:`KIT`, without their own needs, which the image has) at the
+versions installed beside this script, for the device's Python (3.12, x86-64 Linux), into ``.whl/`` (git-ignored).
+The device tool's ``run`` then carries that folder (``carry: [".whl"]``) and ``device_check.sh`` installs it with
 ``--no-index``; the device's own torch stays as it is.
 
     .venv/bin/python tools/device_wheels.py                     # then run "bash tools/device_check.sh", carry .whl
