@@ -162,11 +162,9 @@ def main() -> None:
     if args.cell:
         print(json.dumps(measure(**json.loads(args.cell))))
         return
-    rows = []
     torch.set_num_threads(args.threads)  # the rate the cells' threads can reach, not this process's default
     rates = {device: matmul_rate(device) for device in args.devices}
-    others = [layout for layout in args.layouts if layout != "fast"]
-    reference = next((layout for layout in ("before", "baseline") if layout in args.layouts), None)
+    rows = []
     for device in args.devices:
         for config in args.configs:
             for crop in args.crops:
@@ -180,26 +178,43 @@ def main() -> None:
                     print(f"measured {config} {crop} {layout} on {device}: {result['seconds']:.3f} s over "
                           f"{result['iterations']} iterations", file=sys.stderr, flush=True)
                 gflop = _run_cell({**request, "layout": "fast", "count": True}, None)["gflop"]
-                rate = gflop / cells["fast"] if "fast" in cells else float("nan")
-                needed = 5 * gflop / cells[reference] if reference else float("nan")
-                rows.append(f"| {config} | {device} | {crop} | {args.batch} | "
-                            + " | ".join(f"{1e3 * cells[layout]:.0f}" for layout in args.layouts) + " | "
-                            + " | ".join(f"{cells[layout] / cells['fast']:.2f}" if "fast" in cells else ""
-                                         for layout in others)
-                            + f" | {gflop:.1f} | {rate:.1f} | {rate / rates[device]:.2f}"
-                            + f" | {needed / rates[device]:.2f} |")
+                rows.append({"config": config, "device": device, "crop": crop, "seconds": cells, "gflop": gflop})
     devices = "; ".join(f"{d} = {_device_name(d, args.threads)}, matmul {rates[d]:.0f} GFLOP/s" for d in args.devices)
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
-          f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); amp {args.amp}. {devices}. GFLOP/iter is "
-          "torch's count of one iteration; fast/matmul is the fast layout's rate over the float32 matmul rate measured "
-          f"in this run, and 5x {reference}/matmul the rate an iteration 5x faster than the {reference} layout would "
-          "need.\n")
-    print("| config | device | crop | batch | " + " | ".join(f"{layout} ms/iter" for layout in args.layouts) + " | "
-          + " | ".join(f"x {layout}" for layout in others)
-          + f" | GFLOP/iter | fast GFLOP/s | fast/matmul | 5x {reference}/matmul |")
-    print("|---|---|---:|---:|" + "---:|" * (len(args.layouts) + len(others) + 4))
-    print("\n".join(rows))
+          f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); amp {args.amp}, batch {args.batch}. "
+          f"{devices}.\n")
+    print(_table(rows, args.layouts, rates))
 
+
+def _table(rows: list[dict], layouts: list[str], rates: dict[str, float]) -> str:
+    """The rows as a Markdown table, with its legend. A column that needs the fast layout, or a layout to count 5x
+    against (``before``, else ``baseline``), is left out when the run has none."""
+    fast = "fast" in layouts
+    others = [layout for layout in layouts if layout != "fast"] if fast else []
+    reference = next((layout for layout in ("before", "baseline") if layout in layouts), None)
+    header = ["config", "device", "crop", *(f"{layout} ms/iter" for layout in layouts),
+              *(f"x {layout}" for layout in others), "GFLOP/iter"]
+    header += ["fast GFLOP/s", "fast/matmul"] if fast else []
+    header += [f"5x {reference}/matmul"] if reference else []
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for row in rows:
+        seconds, rate = row["seconds"], rates[row["device"]]
+        cells = [row["config"], row["device"], str(row["crop"]),
+                 *(f"{1e3 * seconds[layout]:.0f}" for layout in layouts),
+                 *(f"{seconds[layout] / seconds['fast']:.2f}" for layout in others), f"{row['gflop']:.1f}"]
+        if fast:
+            cells += [f"{row['gflop'] / seconds['fast']:.1f}", f"{row['gflop'] / seconds['fast'] / rate:.2f}"]
+        if reference:
+            cells.append(f"{5 * row['gflop'] / seconds[reference] / rate:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = ["GFLOP/iter is torch's count of one iteration."]
+    if others:
+        legend.append("Each x column is that layout's time over fast's.")
+    if fast:
+        legend.append("fast/matmul is the fast layout's rate over the float32 matmul rate measured in this run.")
+    if reference:
+        legend.append(f"5x {reference}/matmul is the rate an iteration 5x faster than {reference}'s would need.")
+    return "\n".join([*lines, "", " ".join(legend)])
 
 def _run_cell(request: dict, baseline: str | None) -> dict:
     """One cell in its own process, in its layout's environment (see ``cell_environment``)."""
