@@ -74,15 +74,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.batch import BatchOptions, make_executor, run_batch
     from pipeline.batch.pacs import run_dicomweb_batch
-    from pipeline.bundle_model import bundled_checkpoint
-    from pipeline.fusion.selection import default_method
+    from pipeline.fusion.selection import MODEL_METHOD, default_method
     from pipeline.io.dicomweb import is_dicomweb_url
 
-    checkpoint = args.checkpoint or bundled_checkpoint()
-    given = {"suv_max": args.suv_max, "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
+    # A checkpoint named asks for the model, so a mistyped path fails instead of falling back to a baseline; the
+    # bundle's is looked up only where the model runs.
+    methods = args.method or [MODEL_METHOD if args.checkpoint else default_method()]
+    given = {"checkpoint": args.checkpoint and str(args.checkpoint), "suv_max": args.suv_max,
+             "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
     options = BatchOptions(
-        methods=tuple(args.method or [default_method(checkpoint)]), windows=tuple(args.window), device=args.device,
-        checkpoint=str(checkpoint), **{key: value for key, value in given.items() if value is not None},
+        methods=tuple(methods), windows=tuple(args.window), device=args.device,
+        **{key: value for key, value in given.items() if value is not None},
     )
     executor = make_executor(args.executor, workers=args.workers, address=args.address, device=args.device)
     if is_dicomweb_url(args.in_dir):
@@ -198,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", default=None, metavar="HOST:PORT",
                        help="Ray cluster head (e.g. head:6379); default RAY_ADDRESS, else a local Ray")
     batch.add_argument("--checkpoint", type=Path, default=None,
-                       help="dcif_gan weights for the bundle's network_def (default: the bundle's checkpoint; "
-                            "the bundle is the folder $DCIF_GAN_BUNDLE names, else bundles/dcif_gan)")
+                       help="dcif_gan weights for the bundle's network_def; naming them makes dcif_gan the default "
+                            "method (default: the bundle's checkpoint; the bundle is the folder $DCIF_GAN_BUNDLE "
+                            "names, else bundles/dcif_gan)")
     batch.add_argument("--suv-max", type=float, default=None, metavar="X",
                        help="SUV shown at full PET intensity (default: the data path's, as in 'demo')")
     batch.add_argument("--pet-factor", type=float, default=None, metavar="F",

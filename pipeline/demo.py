@@ -16,8 +16,7 @@ import torch
 
 from pipeline.batch.scoring import StudyScorer
 from pipeline.errors import InputError
-from pipeline.bundle_model import bundled_checkpoint
-from pipeline.fusion.selection import MODEL_METHOD, build_fusers, default_method
+from pipeline.fusion.selection import build_fusers, default_method
 from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
@@ -70,11 +69,5 @@ def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), me
         *(f"  {path}" for path in volumes.paths),
         f"done in {time.perf_counter() - start:.1f} s",
     ]
-    if method is None and chosen != MODEL_METHOD:  # the default fell back to a baseline: say why
-        checkpoint = bundled_checkpoint()
-        why = ("the default: it keeps the tumour brighter than its surroundings in both CT windows, which the "
-               "shipped weights do not in the lung window (model card); --method dcif_gan uses them"
-               if checkpoint.is_file() else f"no trained checkpoint at {checkpoint}")
-        lines.insert(3, f"note: fused with the {chosen} baseline, {why}")
     print("\n".join(lines))
     return result

@@ -18,18 +18,17 @@ def demo_dir(tmp_path: Path, tiny_phantom_root: Path) -> Path:
     return tmp_path
 
 
-def test_the_default_method_is_named_and_a_fallback_says_why(demo_dir, capsys, monkeypatch):
+def test_the_default_method_is_named(demo_dir, capsys, monkeypatch):
     monkeypatch.setattr(selection, "MODEL_IS_DEFAULT", False)
     run_demo(demo_dir, windows=("lung",), progress=False)
     summary = capsys.readouterr().out
     assert f"fusion: {selection.BASELINE_FALLBACK} on" in summary
-    assert f"note: fused with the {selection.BASELINE_FALLBACK} baseline, the default" in summary
     (volume,) = (demo_dir / "fused").rglob("*.nii.gz")
     assert volume.name == f"fused_{selection.BASELINE_FALLBACK}_lung.nii.gz"
 
 
-def test_a_method_asked_for_is_used_without_a_note(demo_dir, capsys):
+def test_a_method_asked_for_is_used(demo_dir, capsys):
     run_demo(demo_dir, windows=("mediastinal",), method="dwt", progress=False)
     summary = capsys.readouterr().out
-    assert "fusion: dwt on" in summary and "note:" not in summary
+    assert "fusion: dwt on" in summary
     assert [path.name for path in (demo_dir / "fused").rglob("*.nii.gz")] == ["fused_dwt_mediastinal.nii.gz"]

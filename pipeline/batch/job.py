@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def check_options(options: BatchOptions, executor: Executor) -> None:
-    """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU."""
+    """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU, or a model
+    trained on other windows or another SUV ceiling."""
     check_windows(options.windows)
     if options.device not in ("cpu", "cuda"):
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
@@ -40,9 +41,11 @@ def check_options(options: BatchOptions, executor: Executor) -> None:
         raise InputError(f"--suv-max must be a positive number, got {options.suv_max}")
     if options.pet_factor is not None and not (math.isfinite(options.pet_factor) and options.pet_factor > 0):
         raise InputError(f"--pet-factor must be a positive number, got {options.pet_factor}")
-    # Builds the fusers (kept for an in-process run): an unknown method or a missing checkpoint fails now,
-    # on the CPU where the studies run elsewhere (this machine may have no GPU).
-    cached_fusers(options.methods, options.checkpoint, options.device if executor.in_process else "cpu")
+    # Builds the fusers (kept for an in-process run): an unknown method, a missing checkpoint or one trained on
+    # other inputs fails now, on the CPU where the studies run elsewhere (this machine may have no GPU).
+    fusers = cached_fusers(options.methods, options.checkpoint, options.device if executor.in_process else "cpu")
+    for fuser in fusers.values():
+        fuser.check_inputs(options.windows, options.suv_max)
 
 
 def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:

@@ -32,7 +32,7 @@ from pipeline.deploy.operators import (
 from pipeline.bundle_model import INFERENCE_CONFIG, bundled_checkpoint, bundled_network, default_bundle, is_bundle
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
-from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers
+from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_method
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
 
 
 def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
-    """The DCIF-GAN model when one is found, else the best baseline, saying so.
+    """The DCIF-GAN model when one is found and it is the default fuser (see
+    :func:`~pipeline.fusion.selection.default_method`), else the best baseline, saying so.
 
     Never the network with random weights: without trained weights its output means nothing.
     """
@@ -64,8 +65,9 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
                        Path(model_path).resolve(), default_bundle(), BASELINE_FALLBACK)
         return build_fusers([BASELINE_FALLBACK])
     root, checkpoint = found
-    logger.info("fusing with %s from %s", MODEL_METHOD, checkpoint)
-    return build_fusers([MODEL_METHOD], checkpoint=checkpoint, network=bundled_network(root), device=device)
+    method = default_method(checkpoint)
+    logger.info("fusing with %s (model found at %s)", method, checkpoint)
+    return build_fusers([method], checkpoint=checkpoint, network=bundled_network(root), device=device)
 
 
 class PathRedaction(logging.Filter):

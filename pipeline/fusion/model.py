@@ -136,7 +136,7 @@ class ModelFuser(Fuser):
         if trained_ceiling is not None and not math.isclose(float(trained_ceiling), float(suv_max)):
             raise CheckpointError(
                 f"checkpoint {self.checkpoint} was trained with PET scaled at SUV ceiling {float(trained_ceiling):g}, "
-                f"this run scales it at {float(suv_max):g}: use --suv_max {float(trained_ceiling):g} "
+                f"this run scales it at {float(suv_max):g}: fuse with SUV ceiling {float(trained_ceiling):g} "
                 f"(or a model trained at {float(suv_max):g})"
             )
         trained_windows = self.card.get("windows")

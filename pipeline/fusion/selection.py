@@ -8,6 +8,7 @@ loaded network.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from torch import nn
 from pipeline.bundle_model import bundled_checkpoint, bundled_network
 from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.registry import Fuser, get_fuser
+
+logger = logging.getLogger(__name__)
 
 MODEL_METHOD = "dcif_gan"
 # The best classical fuser on the model card's validation studies (lesion contrast and metrics won):
@@ -33,10 +36,15 @@ MODEL_IS_DEFAULT = True
 
 def default_method(checkpoint: str | Path | None = None) -> str:
     """The model when its checkpoint (default: the bundle's) is there and it is the best fuser evaluated, else
-    the best baseline."""
+    the best baseline; a missing checkpoint is said in a warning, as the output's names alone would not say why."""
     if not MODEL_IS_DEFAULT:
         return BASELINE_FALLBACK
-    return MODEL_METHOD if Path(checkpoint or bundled_checkpoint()).is_file() else BASELINE_FALLBACK
+    weights = Path(checkpoint or bundled_checkpoint())
+    if weights.is_file():
+        return MODEL_METHOD
+    logger.warning("no trained %s checkpoint at %s: fusing with the %s baseline", MODEL_METHOD, weights,
+                   BASELINE_FALLBACK)
+    return BASELINE_FALLBACK
 
 
 def build_fusers(

@@ -129,6 +129,26 @@ def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path: Path, good_exp
         main(["fuse-batch", str(good_export), str(tmp_path), "--workers", "0"])
 
 
+
+def test_a_named_checkpoint_or_the_models_scaling_is_checked_before_any_work(tmp_path: Path, good_export: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    # A mistyped --checkpoint asks for the model: it fails, rather than fusing with a baseline under its name.
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "a"), "--checkpoint", str(tmp_path / "no.pt")]) == 2
+    # The shipped model was trained at the default SUV ceiling: another one fails at once, not in every study.
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "b"), "--method", "dcif_gan",
+                 "--suv-max", "7.5"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("dcif fuse-batch: error:") for line in errors)
+    assert "no.pt" in errors[0] and "SUV ceiling" in errors[1] and "7.5" in errors[1]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_baseline_needs_no_bundle(tmp_path: Path, good_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCIF_GAN_BUNDLE", str(tmp_path / "no_bundle"))
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "out"), "--method", "average", "--window", "lung",
+                 "--metric-slices", "1"]) == 0
+    assert len(list((tmp_path / "out").rglob("fused_average_lung.nii.gz"))) == N_GOOD
+
 def test_an_empty_folder_is_an_input_error(tmp_path: Path, batch_options: BatchOptions) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no DICOM files"):

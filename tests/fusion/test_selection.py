@@ -8,10 +8,14 @@ from pipeline.fusion import selection
 from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers, default_method
 
 
-def test_the_default_is_the_model_only_while_it_is_the_best_fuser_and_its_weights_are_there(tmp_path, monkeypatch):
+def test_the_default_is_the_model_only_while_it_is_the_best_fuser_and_its_weights_are_there(tmp_path, monkeypatch,
+                                                                                          caplog):
     checkpoint = tmp_path / "model.pt"
     monkeypatch.setattr(selection, "MODEL_IS_DEFAULT", True)
-    assert default_method(checkpoint) == BASELINE_FALLBACK  # never the network without trained weights
+    with caplog.at_level("WARNING", logger=selection.__name__):
+        assert default_method(checkpoint) == BASELINE_FALLBACK  # never the network without trained weights
+    assert [record.getMessage() for record in caplog.records] == [
+        f"no trained {MODEL_METHOD} checkpoint at {checkpoint}: fusing with the {BASELINE_FALLBACK} baseline"]
     checkpoint.write_bytes(b"weights")
     assert default_method(checkpoint) == MODEL_METHOD
     monkeypatch.setattr(selection, "MODEL_IS_DEFAULT", False)
