@@ -80,11 +80,11 @@ def _whole_volume_fusion(study: dict, fusers: dict, windows=("lung", "mediastina
     """``{(window, method): (1, X, Y, Z)}``: the whole study preprocessed at once, then every slice fused."""
     from pipeline.fusion import FusionNetwork, fuse_volume
     from pipeline.transforms.data_path import study_preprocessing
+    from pipeline.transforms.resample import blank_uncovered
 
     data = study_preprocessing(windows)(dict(study))
     network = FusionNetwork(fusers, windows)
-    fused = fuse_volume(network, data["image"]).clone()
-    fused[..., ~data["pet_slices"]] = 0.0  # CT slices the PET does not cover are blank
+    fused = blank_uncovered(fuse_volume(network, data["image"]), data["pet_slices"])
     return {name: fused[i : i + 1] for i, name in enumerate(network.channels)}
 
 

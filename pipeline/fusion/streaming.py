@@ -28,6 +28,7 @@ from pipeline.fusion.volume import FusionNetwork, fuse_volume
 from pipeline.io.study_source import StudySource
 from pipeline.provenance import fuser_version
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, network_input, study_loading
+from pipeline.transforms.resample import blank_uncovered
 from pipeline.transforms.slicing import axial_slab
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX, check_windows
 
@@ -155,9 +156,8 @@ class FusedStudy:
         image = slab.pop("image")
         del slab  # its windowed CT and scaled PET are in the image now; free them before the forward
         with self.timed("fuse"):
-            fused = fuse_volume(self.network, image, device=self.device, sw_batch_size=batch)
-            with torch.inference_mode():  # fuse_volume's output is an inference tensor
-                fused[..., ~self.data["pet_slices"][start:stop]] = 0.0
+            fused = blank_uncovered(fuse_volume(self.network, image, device=self.device, sw_batch_size=batch),
+                                    self.data["pet_slices"][start:stop])
         return FusedSlab(start, image.as_tensor(), fused)
 
     def stream(self, sinks: Sequence[StudySink]) -> None:

@@ -152,6 +152,36 @@ def covered_slices(img: MetaTensor, reference: MetaTensor) -> torch.Tensor:
     return torch.as_tensor(inside, dtype=torch.bool)
 
 
+def blank_uncovered(image: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """``image`` (..., Z), in place, with the axial slices that ``covered`` ((Z,), or (B, Z) for a batch) leaves out
+    set to 0: a CT slice without PET is never shown as a fusion of CT alone. In place (inference tensors too), so a
+    streamed slab is not copied."""
+    flags = covered.to(device=image.device, dtype=torch.bool)
+    flags = flags.reshape(*flags.shape[:-1], *(1,) * (image.ndim - flags.ndim), flags.shape[-1])
+    with torch.inference_mode(image.is_inference()):
+        return image.masked_fill_(~flags, 0.0)
+
+
+class BlankUncoveredSlicesd(MapTransform):
+    """:func:`blank_uncovered` on ``data[key]`` by :class:`PETCoveraged`'s flags: the bundle's fused output (its
+    postprocessing sees the batch's keys beside the prediction) as the streamed doors write it.
+
+    A study cache's items have no such flags and pass as they are: the evaluation that reads them writes no volumes,
+    and scores body slices, which lie within the PET.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", flags_key: str = "pet_slices") -> None:
+        super().__init__(keys)
+        self.flags_key = flags_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.flags_key in d:
+            for key in self.key_iterator(d):
+                d[key] = blank_uncovered(d[key], torch.as_tensor(d[self.flags_key]))
+        return d
+
+
 class PETCoveraged(MapTransform):
     """``data[output_key]`` = :func:`covered_slices` of ``data[key]`` on ``data[ref_key]``; run before resampling.
 

@@ -296,3 +296,20 @@ def test_training_steps_with_fused_adam():
     for name in ("g_optimizer", "d_optimizer"):
         optimizer = parser.get_parsed_content(name)
         assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"], name
+
+
+def test_inference_leaves_ct_slices_without_pet_blank(tmp_path, tiny_phantom_root, whole_volume_fusion):
+    """As every other door writes them: a CT slice outside the PET's axial extent is blank, not CT alone."""
+    from pipeline.data import phantom_datalist
+    from pipeline.fusion.selection import build_fusers
+
+    (study,) = phantom_datalist(tmp_path / "short", n_studies=1, size=(32, 32, 16), spacing=(12.0, 12.0, 8.0),
+                                pet_shape=(24, 24, 10), pet_spacing=(16.0, 16.0, 8.0))
+    out = tmp_path / "out"
+    _bundle("inference.json", "inference", tmp_path, tiny_phantom_root, output_dir=str(out),
+            input=str(tmp_path / "short" / "seed_000"), method="laplacian", windows=["lung"])
+    fused = nib.load(out / study["study_key"] / "fused_laplacian_lung.nii.gz").get_fdata()
+    blank = fused.reshape(-1, fused.shape[-1]).max(axis=0) == 0
+    assert 0 < blank.sum() < blank.size  # the PET (80 mm) covers part of the CT (128 mm)
+    (expected,) = whole_volume_fusion(study, build_fusers(["laplacian"]), ["lung"]).values()
+    assert np.allclose(fused, expected[0].numpy(), atol=1e-6)

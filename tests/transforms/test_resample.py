@@ -8,7 +8,12 @@ import torch
 from monai.data import MetaTensor
 
 from pipeline.errors import InputError
-from pipeline.transforms.resample import ResampleToReference, ResampleToReferenced
+from pipeline.transforms.resample import (
+    BlankUncoveredSlicesd,
+    ResampleToReference,
+    ResampleToReferenced,
+    blank_uncovered,
+)
 
 GRADIENT = np.array([0.1, -0.2, 0.3])
 
@@ -136,3 +141,15 @@ def test_a_pet_covering_no_ct_slice_is_refused():
     pet = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine, meta={"filename_or_obj": "pet_folder"})
     with pytest.raises(InputError, match="pet_folder: the PET does not overlap its CT axially"):
         PETCoveraged()({"ct": ct, "pet": pet})
+
+
+def test_slices_without_pet_are_blanked_one_study_or_a_batch():
+    covered = torch.tensor([False, True, True, False])
+    fused = torch.rand(2, 3, 3, 4) + 0.1
+    kept = fused[..., 1:3].clone()
+    assert blank_uncovered(fused, covered) is fused  # in place: a streamed slab is not copied
+    assert torch.equal(fused[..., 1:3], kept) and not fused[..., [0, 3]].any()
+    batch = {"pred": torch.rand(2, 1, 3, 3, 4) + 0.1, "pet_slices": torch.stack([covered, ~covered])}
+    out = BlankUncoveredSlicesd()(batch)["pred"]
+    assert not out[0, ..., [0, 3]].any() and out[0, ..., 1:3].all()
+    assert not out[1, ..., 1:3].any() and out[1, ..., [0, 3]].all()
