@@ -244,13 +244,14 @@ def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tin
 
 
 def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_phantom_root):
-    """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints."""
+    """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints, and a time limit
+    whose decision is all-reduced each iteration."""
     phantoms = tiny_phantom_root
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
         "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path),
-        "--dataset_dir", str(phantoms), *_cli_overrides(TINY_TRAINING),
+        "--dataset_dir", str(phantoms), *_cli_overrides({**TINY_TRAINING, "time_limit_s": 3600}),
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -313,3 +314,14 @@ def test_inference_leaves_ct_slices_without_pet_blank(tmp_path, tiny_phantom_roo
     assert 0 < blank.sum() < blank.size  # the PET (80 mm) covers part of the CT (128 mm)
     (expected,) = whole_volume_fusion(study, build_fusers(["laplacian"]), ["lung"]).values()
     assert np.allclose(fused, expected[0].numpy(), atol=1e-6)
+
+
+def test_multi_gpu_config_keeps_the_writing_handlers_on_rank_zero():
+    """Its overrides name the trainer's handlers by position: they must stay those that log and write files."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+    handlers = parser["train"]["handlers"]
+    rank_zero = {handler["_target_"] for handler in handlers if handler.get("_disabled_") == "$not @is_rank0"}
+    assert rank_zero == {"StatsHandler", "pipeline.handlers.MLflowTrainingLogger", "pipeline.handlers.TrainingHistory"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ignite.engine import Engine, Events
 
 from pipeline.handlers import TimeLimit
+from pipeline.handlers import time_limit
 
 
 def _engine() -> Engine:
@@ -26,3 +27,15 @@ def test_stops_after_the_limit_and_not_before():
     engine.add_event_handler(Events.ITERATION_STARTED, lambda e: setattr(late, "start_time", late.start_time - 2))
     engine.run(range(5), max_epochs=2)
     assert engine.state.iteration == 1  # stopped after the first iteration once over the limit
+
+
+def test_every_rank_stops_when_any_rank_is_over(monkeypatch):
+    """Under DDP the ranks' clocks differ: the largest decides, so no rank waits alone in a collective."""
+    other_rank_over_from = 3  # another rank's clock passes the limit at this iteration; this one's never does
+    engine = _engine()
+    monkeypatch.setattr(time_limit.idist, "all_reduce",
+                        lambda value, op: max(value, int(engine.state.iteration >= other_rank_over_from)))
+    limit = TimeLimit(3600)
+    limit.attach(engine)
+    engine.run(range(5), max_epochs=2)
+    assert engine.state.iteration == other_rank_over_from
