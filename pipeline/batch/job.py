@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
-from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, StudyResult
+from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathRedaction, StudyResult, redacted_logs
 from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers
 from pipeline.errors import DcifError, InputError
 from pipeline.io.discovery import DiscoveryResult, discover_studies
@@ -76,7 +76,8 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
         try:
             clear_partial_files(out_dir)
             locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
-            report = _run(in_dir, out_dir, locator, options, executor, progress)
+            with redacted_logs(PathRedaction(locator)):  # warnings name inputs as the report does
+                report = _run(in_dir, out_dir, locator, options, executor, progress)
             report.write()
         except OSError as error:  # OUT_DIR became unwritable or full outside any one study
             raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None

@@ -2,8 +2,9 @@
 
 Studies are named by their non-identifying study key and an input location that cannot carry patient
 data (exports name folders and files by patient: every path component is pseudonymised, see
-:class:`Locator`): no patient identifier is ever written into a report. A study's row is also its ``done.json``, which is
-how a resumed run reports the studies it skips with their original timings and metrics.
+:class:`Locator`): no patient identifier is ever written into a report, nor into the log lines a batch prints
+(:class:`PathRedaction`). A study's row is also its ``done.json``, which is how a resumed run reports the studies it
+skips with their original timings and metrics.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -74,6 +78,40 @@ class Locator:
             pieces += [text[start:found], self.location(text[found:end])]
             start = end
         return printable("".join(pieces) + text[start:])
+
+
+class PathRedaction(logging.Filter):
+    """Log lines name input files as the report does (exports name folders by patient): paths under IN_DIR by the
+    ``locator``, and the folders of ``roles`` (``{folder: "<input folder>"}``) by their role."""
+
+    def __init__(self, locator: Locator, roles: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.locator = locator
+        self.roles = dict(roles or {})
+
+    def redact(self, text: object) -> str:
+        text = self.locator.redact(text)
+        for path, role in sorted(self.roles.items(), key=lambda item: -len(item[0])):  # a folder in another: whole
+            text = text.replace(path, role)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.redact(record.getMessage()), None
+        return True
+
+
+@contextmanager
+def redacted_logs(redaction: PathRedaction) -> Iterator[None]:
+    """``redaction`` on every handler of the root logger while the block runs: on Python's last-resort handler where
+    there is none, as in a spawned batch worker, whose warnings reach the terminal through it."""
+    handlers = [handler for handler in logging.getLogger().handlers or [logging.lastResort] if handler is not None]
+    for handler in handlers:
+        handler.addFilter(redaction)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(redaction)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.batch.layout import PREVIEW_FILE, clear_study, mark_done, study_folder
-from pipeline.batch.report import FAILED, OK, STAGES, Locator, StudyResult
+from pipeline.batch.report import FAILED, OK, STAGES, Locator, PathRedaction, StudyResult, redacted_logs
 from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, StudyScorer
 from pipeline.errors import DcifError
 from pipeline.fusion.registry import Fuser
@@ -86,17 +86,19 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
 def process_study(task: StudyTask) -> StudyResult:
     """Fuse one study into ``OUT/<study_key>/`` and mark it done; never raises for a bad study.
 
-    A folder left by an interrupted run is removed first, so the study is redone from scratch.
+    A folder left by an interrupted run is removed first, so the study is redone from scratch. Its warnings name
+    inputs as the report does, in whichever process it runs.
     """
     folder = study_folder(task.out_dir, task.pair.study_key)
     clear_study(folder)
-    try:
-        outcome = _fuse_and_write(task, folder)
-        mark_done(folder, outcome)
-        return outcome
-    except Exception as error:  # any failure on one study's data (ours or a library's) must not stop the batch
-        clear_study(folder)
-        return task.failed(_reason(error))
+    with redacted_logs(PathRedaction(task.locator)):
+        try:
+            outcome = _fuse_and_write(task, folder)
+            mark_done(folder, outcome)
+            return outcome
+        except Exception as error:  # any failure on one study's data (ours or a library's) must not stop the batch
+            clear_study(folder)
+            return task.failed(_reason(error))
 
 
 def _reason(error: Exception) -> str:

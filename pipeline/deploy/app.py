@@ -20,7 +20,7 @@ from monai.deploy.core.arg_parser import parse_args, set_up_logging
 from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
 
 from pipeline.batch.layout import location_key
-from pipeline.batch.report import Locator
+from pipeline.batch.report import Locator, PathRedaction
 from pipeline.deploy.operators import (
     FUSED_PORT,
     IMAGE_PORT,
@@ -66,31 +66,8 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
         return build_fusers([BASELINE_FALLBACK])
     root, checkpoint = found
     method = default_method(checkpoint)
-    logger.info("fusing with %s (model found at %s)", method, checkpoint)
+    logger.info("fusing with %s from %s", method, checkpoint)
     return build_fusers([method], checkpoint=checkpoint, network=bundled_network(root), device=device)
-
-
-class PathRedaction(logging.Filter):
-    """Log lines and errors name input files as the batch report does: hospital exports name folders by patient.
-
-    Paths under the input folder become the batch's keyed pseudonyms (:class:`~pipeline.batch.report.Locator`,
-    key kept in the output folder); the input and output folders themselves are named by role.
-    """
-
-    def __init__(self, input_folder: Path, output_folder: Path) -> None:
-        super().__init__()
-        self.locator = Locator(input_folder, location_key(output_folder))
-        self.folders = {str(input_folder): "<input folder>", str(output_folder): "<output folder>"}
-
-    def redact(self, text: object) -> str:
-        text = self.locator.redact(text)
-        for path, role in sorted(self.folders.items(), key=lambda item: -len(item[0])):  # a folder in another: whole
-            text = text.replace(path, role)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.redact(record.getMessage()), None
-        return True
 
 
 class DcifFusionApp(Application):
@@ -108,7 +85,10 @@ class DcifFusionApp(Application):
         if not input_folder.is_dir():
             raise InputError(f"{input_folder}: input folder not found")
         output_folder.mkdir(parents=True, exist_ok=True)
-        self.redaction = PathRedaction(input_folder, output_folder)
+        # Files under the input folder as the batch report names them (keyed pseudonyms, key in the output folder),
+        # the two folders by role.
+        self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder)),
+                                       {str(input_folder): "<input folder>", str(output_folder): "<output folder>"})
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redaction)
         logger.info("input %s, output %s, models %s", input_folder, output_folder, context.model_path)

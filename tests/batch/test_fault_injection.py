@@ -153,6 +153,24 @@ def test_planted_identifiers_reach_no_shared_file_nor_the_terminal(
     assert identifiers_in(out, terminal.out, terminal.err) == []
 
 
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_warnings_name_inputs_by_pseudonyms_in_every_process(tmp_path: Path, planted_export: Path, identifiers_in,
+                                                             capfd: pytest.CaptureFixture, caplog, workers: str) -> None:
+    """The loader's warnings quote the series' folder, which names the patient: in this process (whose log handlers
+    are pytest's here) and in spawned workers (Python's last-resort handler, to the terminal)."""
+    export = tmp_path / "export"
+    shutil.copytree(planted_export, export)
+    ct_files = sorted(next(export.rglob("CT")).iterdir())
+    ds = pydicom.dcmread(ct_files[5])
+    ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 0.5  # uneven steps, not a gap: a warning
+    ds.save_as(ct_files[5])
+    assert main(["-q", "fuse-batch", str(export), str(tmp_path / "out"), *CLI_OPTIONS, "--workers", workers]) == 0
+    terminal = capfd.readouterr()
+    logged = terminal.err + caplog.text
+    assert "uneven slice spacing" in logged
+    assert identifiers_in(terminal.out, logged) == []
+
 def test_a_second_run_on_a_held_output_folder_stops_at_once(tmp_path: Path, good_export: Path,
                                                             batch_options: BatchOptions,
                                                             capsys: pytest.CaptureFixture) -> None:
