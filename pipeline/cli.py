@@ -66,8 +66,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
+    from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
-    run_demo(Path(args.out_dir), windows=args.window, method=args.method, progress=not args.quiet)
+    run_demo(Path(args.out_dir), windows=args.window or DEFAULT_WINDOWS, method=args.method, progress=not args.quiet)
     return 0
 
 
@@ -80,12 +81,10 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
     # A checkpoint named asks for the model, so a mistyped path fails instead of falling back to a baseline; the
     # bundle's is looked up only where the model runs.
     methods = args.method or [MODEL_METHOD if args.checkpoint else default_method()]
-    given = {"checkpoint": args.checkpoint and str(args.checkpoint), "suv_max": args.suv_max,
-             "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
-    options = BatchOptions(
-        methods=tuple(methods), windows=tuple(args.window), device=args.device,
-        **{key: value for key, value in given.items() if value is not None},
-    )
+    given = {"windows": args.window and tuple(args.window), "checkpoint": args.checkpoint and str(args.checkpoint),
+             "suv_max": args.suv_max, "metric_slices": args.metric_slices, "pet_factor": args.pet_factor}
+    options = BatchOptions(methods=tuple(methods), device=args.device,
+                           **{key: value for key, value in given.items() if value is not None})
     executor = make_executor(args.executor, workers=args.workers, address=args.address, device=args.device)
     if is_dicomweb_url(args.in_dir):
         report = run_dicomweb_batch(args.in_dir, args.out_dir, options, dict(args.query), store=args.store,
@@ -160,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("out_dir", type=Path, nargs="?", default=Path("out/demo"),
                       help="output folder (default out/demo)")
-    demo.add_argument("--window", type=_windows, default=["lung", "mediastinal"], metavar="W[,W]",
+    demo.add_argument("--window", type=_windows, default=None, metavar="W[,W]",
                       help="CT windows to fuse with (default lung,mediastinal)")
     demo.add_argument("--method", default=None,
                       help="fuser: dcif_gan (needs the bundle checkpoint) or a baseline; "
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
                             "dwt, saliency); default: the best fuser on the model card's evaluation, "
                             "named in the output file names")
-    batch.add_argument("--window", type=_windows, default=["lung", "mediastinal"], metavar="W[,W]",
+    batch.add_argument("--window", type=_windows, default=None, metavar="W[,W]",
                        help="CT windows to fuse with (default lung,mediastinal)")
     batch.add_argument("--workers", type=_at_least(1), default=1, metavar="N",
                        help="studies fused in parallel by the local executor, in separate processes (default 1)")

@@ -21,6 +21,7 @@ from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
 from pipeline.phantom import make_phantom
+from pipeline.transforms.data_path import DEFAULT_WINDOWS
 
 
 def _phantom(folder: Path, progress: bool) -> Path:
@@ -36,7 +37,7 @@ def _metric_table(scorer: StudyScorer) -> list[str]:
             for name, scores in scorer.scores.items()]
 
 
-def run_demo(out_dir: Path, windows: Sequence[str] = ("lung", "mediastinal"), method: str | None = None,
+def run_demo(out_dir: Path, windows: Sequence[str] = DEFAULT_WINDOWS, method: str | None = None,
              progress: bool = True) -> FusedStudy:
     """Phantom -> discovery -> data path -> fusion -> NIfTI; prints a summary and returns the result."""
     start = time.perf_counter()
