@@ -8,23 +8,12 @@ sample of a few dozen slices is what a report needs to compare studies and metho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
-import numpy as np
 
 from pipeline.fusion.streaming import FusedSlab, FusedStudy, StudySink
 from pipeline.metrics import score_slices, summarise
-from pipeline.transforms.slicing import flagged_slices
+from pipeline.transforms.slicing import flagged_slices, spread_slices
 
 DEFAULT_METRIC_SLICES = 32
-
-
-def spread(indices: Sequence[int], count: int) -> list[int]:
-    """At most ``count`` of ``indices``, evenly spread from the first to the last (all when ``count`` is 0)."""
-    indices = list(indices)
-    if count == 0 or len(indices) <= count:
-        return indices
-    return [indices[i] for i in np.linspace(0, len(indices) - 1, num=count).round().astype(int)]
 
 
 class StudyScorer(StudySink):
@@ -38,7 +27,7 @@ class StudyScorer(StudySink):
 
     def __init__(self, study: FusedStudy, max_slices: int = DEFAULT_METRIC_SLICES) -> None:
         self.names, self.ct_channels = study.names, study.network.ct_channels
-        self.chosen = spread(flagged_slices(study.data["body_slices"]), max_slices)
+        self.chosen = spread_slices(flagged_slices(study.data["body_slices"]), max_slices)
         self._rows: list[list[dict[str, float]]] = [[] for _ in self.names]
         self.scores: dict[str, dict[str, float | None]] = {}
 

@@ -30,9 +30,9 @@ from pipeline.io.derived_series import (
 )
 from pipeline.io.nifti import NiftiSliceWriter
 from pipeline.provenance import BASELINE_VERSION
-from pipeline.transforms.slicing import flagged_slices
+from pipeline.transforms.slicing import flagged_slices, spread_slices
 from pipeline.visualization.colour import colour_fusion
-from pipeline.visualization.preview import spread_slices, with_hottest, write_preview
+from pipeline.visualization.preview import DEFAULT_PREVIEW_SLICES, with_hottest, write_preview
 
 
 class _ChannelWriters(StudySink):
@@ -123,7 +123,7 @@ class PreviewSink(StudySink):
     def __init__(self, study: FusedStudy, path: str | Path) -> None:
         self.path = Path(path)
         self.candidates = flagged_slices(study.data["body_slices"]) or list(range(study.shape[-1]))
-        self.spread = spread_slices(self.candidates)
+        self.spread = spread_slices(self.candidates, DEFAULT_PREVIEW_SLICES)
         self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hottest: tuple[float, int] | None = None
 

@@ -6,8 +6,9 @@ outside the body carry nothing to fuse, so training, scoring and previews use th
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -40,6 +41,15 @@ def axial_slab(volume: MetaTensor, start: int, stop: int) -> MetaTensor:
 def flagged_slices(flags: torch.Tensor) -> list[int]:
     """Indices of the slices a bool ``(Z,)`` flag tensor (``body_slices``) marks."""
     return torch.nonzero(flags).flatten().tolist()
+
+
+def spread_slices(indices: Sequence[int], count: int) -> list[int]:
+    """At most ``count`` of ``indices``, evenly spread from the first to the last (all of them when ``count`` is 0):
+    the slices a report scores or a preview shows, from head to feet."""
+    indices = list(indices)
+    if count == 0 or len(indices) <= count:
+        return indices
+    return [indices[i] for i in np.linspace(0, len(indices) - 1, num=count).round().astype(int)]
 
 
 class BodySlicesd(MapTransform):

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline.io.atomic import atomic_write
+from pipeline.transforms.slicing import spread_slices
 from pipeline.visualization.panels import pet_overlay, to_uint8
 
 DEFAULT_PREVIEW_SLICES = 3
@@ -30,12 +31,6 @@ def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DE
     candidates = list(candidates) or list(range(pet.shape[-1]))
     peaks = pet[0].amax(dim=(0, 1))  # one pass over the volume: slice by slice is strided and slow
     return with_hottest(spread_slices(candidates, count), max(candidates, key=lambda z: float(peaks[z])))
-
-
-def spread_slices(candidates: Sequence[int], count: int = DEFAULT_PREVIEW_SLICES) -> list[int]:
-    """``count`` of ``candidates`` evenly spread from the first to the last (all of them when fewer)."""
-    spread = np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round().astype(int)
-    return [candidates[i] for i in spread]
 
 
 def with_hottest(chosen: Sequence[int], hottest: int) -> list[int]:

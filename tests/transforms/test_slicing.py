@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from monai.data import MetaTensor
 
-from pipeline.transforms.slicing import BodySlicesd, SelectBodySlicesd, axial_slab, body_slice_indices, flagged_slices
+from pipeline.transforms.slicing import (
+    BodySlicesd,
+    SelectBodySlicesd,
+    axial_slab,
+    body_slice_indices,
+    flagged_slices,
+    spread_slices,
+)
 
 SHAPE = (1, 6, 5, 7)
 BODY = [1, 2, 4, 5]  # slices 0, 3 and 6 are air only
@@ -45,3 +52,10 @@ def test_only_the_flagged_slices_are_kept_for_scoring():
     assert kept["pet"].shape == (*SHAPE[:-1], len(BODY))
     assert torch.equal(kept["pet"].as_tensor(), _study()["pet"][..., BODY].as_tensor())
     assert bool((kept["ct"] > -1000).flatten(0, 2).any(dim=0).all())  # every kept slice holds body
+
+
+def test_slices_spread_evenly_from_first_to_last():
+    body = list(range(10, 30))
+    assert spread_slices(body, 3) == [10, 20, 29]  # the ends and the middle (rounded half to even)
+    assert spread_slices(body, 0) == spread_slices(body, 20) == spread_slices(body, 50) == body  # 0: all
+    assert spread_slices([], 3) == []
