@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import device_name
 
 from pipeline.batch import BatchOptions, LocalExecutor, run_batch
 from pipeline.batch.report import STAGES, BatchReport
@@ -29,20 +30,6 @@ from pipeline.phantom import make_phantom
 
 def _numbers(text: str, kind: type) -> tuple:
     return tuple(kind(part) for part in text.split(","))
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, with the number of cores this process may use."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
 
 def make_studies(root: Path, count: int, size: tuple[int, ...], spacing: tuple[float, ...]) -> Path:
@@ -131,7 +118,7 @@ def main() -> None:
     print(f"\n{args.studies} phantom studies, CT {args.size} at {args.spacing} mm, {args.method}, "
           f"windows {args.windows}; wall time includes worker start-up\n")
     for device in dict.fromkeys(row[0] for row in rows):
-        print(f"- {device}: {device_name(device)}")
+        print(f"- {device}: {device_name(device, torch.get_num_threads())}")
     print()
     raw_ct = 4 * size[0] * size[1] * size[2]  # one CT in float32
     print("| device | workers | studies/min | peak memory GB | x raw CT | "

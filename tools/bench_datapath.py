@@ -18,15 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from machine import cpu_model, status_kib
+
 GIB = 1024**3
-STATUS = Path("/proc/self/status")
-
-
-def _status_kib(field: str) -> int:
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in {STATUS}")
 
 
 def _reset_peak() -> bool:
@@ -46,7 +40,7 @@ def run_stages(study: Path) -> dict[str, object]:
     from pipeline.transforms.suv import PETToSUV
     from pipeline.transforms.windowing import CTWindow
 
-    baseline_kib = _status_kib("VmRSS")
+    baseline_kib = status_kib("VmRSS")
     per_stage_peaks = _reset_peak()
     rows: list[dict[str, object]] = []
     state: dict[str, object] = {}
@@ -56,7 +50,7 @@ def run_stages(study: Path) -> dict[str, object]:
         start = time.perf_counter()
         action()
         rows.append({"stage": name, "seconds": time.perf_counter() - start,
-                     "peak_kib": _status_kib("VmHWM") - baseline_kib})
+                     "peak_kib": status_kib("VmHWM") - baseline_kib})
 
     def discover() -> None:
         result = discover_studies(study)
@@ -74,18 +68,11 @@ def run_stages(study: Path) -> dict[str, object]:
             "pet_shape": pet_shape, "files": state["files"], "peak_kib": max(row["peak_kib"] for row in rows)}
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def markdown(report: dict[str, object]) -> str:
     x, y, z = report["ct_shape"]
     raw_gib = x * y * z * 4 / GIB
     lines = [
-        f"Device: {cpu_name()} ({len(os.sched_getaffinity(0))} cores available)  ",
+        f"Device: {cpu_model()} ({len(os.sched_getaffinity(0))} cores available)  ",
         f"CT {x}x{y}x{z} (raw float32 {raw_gib:.2f} GiB), PET {'x'.join(map(str, report['pet_shape']))}, "
         f"{report['files']} DICOM files",
         "",

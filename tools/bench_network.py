@@ -18,9 +18,9 @@ of those rows is their time over ``fast``'s. A benchmark, not a test: nothing as
     .venv/bin/python tools/bench_network.py --layouts fast sdpa baseline --baseline /tmp/base
     .venv/bin/python tools/bench_network.py --devices cuda --dtypes float32 bf16 --batches 1 32
 
-Configurations: ``shipped`` (width 16, 2 heads, depths 2/2/1), ``paper`` (width 32, 4 heads, depths
-4/4/2, the paper's block counts), ``swinfusion`` (width 60, 6 heads, depths 4/4/2, SwinFusion's
-size built from our blocks); all Network4, window 8, MLP ratio 2.
+Configurations: ``shipped`` (the bundle's ``network_def``: width 16, 2 heads, depths 2/2/1), ``paper`` (width 32,
+4 heads, depths 4/4/2, the paper's block counts), ``swinfusion`` (width 60, 6 heads, depths 4/4/2, SwinFusion's size
+built from our blocks); all Network4, window 8, MLP ratio 2.
 """
 
 from __future__ import annotations
@@ -35,21 +35,16 @@ from pathlib import Path
 from statistics import median
 
 import torch
+from machine import device_name, status_kib
 
 REPO = Path(__file__).resolve().parents[1]
+_SHIPPED = json.loads((REPO / "bundles" / "dcif_gan" / "configs" / "inference.json").read_text())["network_def"]
 CONFIGS = {
-    "shipped": {"width": 16, "num_heads": 2, "depths": (2, 2, 1)},
+    "shipped": {key: _SHIPPED[key] for key in ("width", "num_heads", "depths")},  # the bundle's network_def
     "paper": {"width": 32, "num_heads": 4, "depths": (4, 4, 2)},
     "swinfusion": {"width": 60, "num_heads": 6, "depths": (4, 4, 2)},
 }
 DTYPES = {"float32": None, "bf16": torch.bfloat16}
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 def matmul_rate(device: str) -> float:
@@ -142,10 +137,10 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
-        baseline = _status_kib("VmRSS") * 1024
+        baseline = status_kib("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM from the current RSS
     forward(x)  # warm-up at full size (and compilation); its peak is the one reported
-    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM") * 1024
     # A batch's per-slice time against one slice's is read in this process, the two alternating: across processes
     # (cells of their own) a busy machine's drift reads as a batch effect. Not for a compiled network, which would
     # compile again for the second shape (the device check's compile cell has a minute).
@@ -164,26 +159,20 @@ def measure(config: str, layout: str, device: str, dtype: str, batch: int, size:
             "gflop": counter.get_total_flops() / 1e9, "matmul": rate}
 
 
-def _device_name(device: str, threads: int | None) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU")
-    return f"{model}, {threads or torch.get_num_threads()} torch threads"
-
-
-def _run_cell(request: dict, baseline: str | None) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True,
+def run_cell(script: str, request: dict, baseline: str | None) -> dict:
+    """``script --cell REQUEST`` in a process of its own, in its layout's environment (see ``cell_environment``): the
+    JSON its last line prints."""
+    done = subprocess.run([sys.executable, script, "--cell", json.dumps(request)], capture_output=True, text=True,
                           env=cell_environment(request["layout"], baseline))
     if done.returncode:
         raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
-    return {**request, **json.loads(done.stdout.strip().splitlines()[-1])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _table(cells: list[dict], args: argparse.Namespace) -> str:
     fast = {(c["config"], c["device"], c["dtype"], c["batch"], c["size"]): c["seconds"]
             for c in cells if c["layout"] == "fast"}
-    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}" for d in dict.fromkeys(c["device"] for c in cells))
+    devices = "; ".join(f"{d} = {device_name(d, args.threads)}" for d in dict.fromkeys(c["device"] for c in cells))
     lines = [
         f"DCIF-GAN generator forward (Network4, window 8), median of {args.repeats} after a warm-up. {devices}. "
         "Efficiency = achieved GFLOP/s / float32 matmul GFLOP/s measured in the same process. "
@@ -242,7 +231,7 @@ def main() -> None:
                         request = {"config": config, "layout": layout, "device": device, "dtype": dtype,
                                    "batch": batch, "size": size, "repeats": args.repeats,
                                    "threads": args.threads, "compile": args.compile}
-                        cells.append(_run_cell(request, args.baseline))
+                        cells.append({**request, **run_cell(__file__, request, args.baseline)})
                         print(f"measured {cells[-1]}", file=sys.stderr, flush=True)
     print(_table(cells, args))
 

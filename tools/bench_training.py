@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # after PYTHONPATH, so a --baseline checkout's package wins
 sys.path.append(str(REPO / "tools"))
 
-from bench_network import CONFIGS, _device_name, _network, cell_environment, matmul_rate  # noqa: E402
+from bench_network import CONFIGS, _network, matmul_rate, run_cell  # noqa: E402
+from machine import device_name  # noqa: E402
 
 LAYOUTS = ("fast", "sdpa", "before", "baseline")
 MAX_ITERATIONS = 40
@@ -173,13 +173,13 @@ def main() -> None:
                            "amp": args.amp}
                 cells: dict[str, float] = {}
                 for layout in [layout for _ in range(args.rounds) for layout in args.layouts]:
-                    result = _run_cell({**request, "layout": layout}, args.baseline)
+                    result = run_cell(__file__, {**request, "layout": layout}, args.baseline)
                     cells[layout] = min(result["seconds"], cells.get(layout, float("inf")))
                     print(f"measured {config} {crop} {layout} on {device}: {result['seconds']:.3f} s over "
                           f"{result['iterations']} iterations", file=sys.stderr, flush=True)
-                gflop = _run_cell({**request, "layout": "fast", "count": True}, None)["gflop"]
+                gflop = run_cell(__file__, {**request, "layout": "fast", "count": True}, None)["gflop"]
                 rows.append({"config": config, "device": device, "crop": crop, "seconds": cells, "gflop": gflop})
-    devices = "; ".join(f"{d} = {_device_name(d, args.threads)}, matmul {rates[d]:.0f} GFLOP/s" for d in args.devices)
+    devices = "; ".join(f"{d} = {device_name(d, args.threads)}, matmul {rates[d]:.0f} GFLOP/s" for d in args.devices)
     print(f"DCIF-GAN training iteration (D step + G step, Adam), median of at least {args.iterations} after a warm-up "
           f"(more up to {args.seconds:g} s), best of {args.rounds} round(s); amp {args.amp}, batch {args.batch}. "
           f"{devices}.\n")
@@ -215,15 +215,6 @@ def _table(rows: list[dict], layouts: list[str], rates: dict[str, float]) -> str
     if reference:
         legend.append(f"5x {reference}/matmul is the rate an iteration 5x faster than {reference}'s would need.")
     return "\n".join([*lines, "", " ".join(legend)])
-
-def _run_cell(request: dict, baseline: str | None) -> dict:
-    """One cell in its own process, in its layout's environment (see ``cell_environment``)."""
-    done = subprocess.run([sys.executable, __file__, "--cell", json.dumps(request)], capture_output=True, text=True,
-                          env=cell_environment(request["layout"], baseline))
-    if done.returncode:
-        raise SystemExit(f"cell {request} failed: {done.stderr.strip().splitlines()[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +14,8 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def _load(name: str) -> ModuleType:
+    if str(TOOLS) not in sys.path:  # as a script sees its folder: the tools import each other
+        sys.path.append(str(TOOLS))
     spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
