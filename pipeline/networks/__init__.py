@@ -5,18 +5,13 @@ from pipeline.networks.dcif_gan import (
     VARIANTS,
     DCIFGenerator,
     Discriminator,
-    build_dcif_gan,
     build_discriminators,
 )
-from pipeline.networks.parameters import count_parameters, parameter_breakdown
 
 __all__ = [
     "DCIFGAN",
     "VARIANTS",
     "DCIFGenerator",
     "Discriminator",
-    "build_dcif_gan",
     "build_discriminators",
-    "count_parameters",
-    "parameter_breakdown",
 ]

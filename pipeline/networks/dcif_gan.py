@@ -308,8 +308,3 @@ class DCIFGAN(nn.Module):
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
         """D1's and D2's parameters, once each when they are one shared module: what D's optimiser steps."""
         return nn.ModuleList([self.d1, self.d2]).parameters()
-
-
-def build_dcif_gan(variant: str = "network4", **kwargs) -> DCIFGAN:
-    """Config entry point (``_target_``) for the whole GAN of one ablation variant."""
-    return DCIFGAN(variant=variant, **kwargs)

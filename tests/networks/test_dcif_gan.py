@@ -5,7 +5,7 @@ import torch
 
 from pipeline.errors import DcifError
 from pipeline.losses import DiscriminatorLoss, GeneratorLoss
-from pipeline.networks import DCIFGAN, VARIANTS, DCIFGenerator, build_dcif_gan, count_parameters, parameter_breakdown
+from pipeline.networks import DCIFGAN, VARIANTS, DCIFGenerator
 from pipeline.networks.dcif_gan import GlobalAveragePool
 from pipeline.networks.blocks import ConcatFusion, ConvStage, CrossModalFusion, SwinStage
 
@@ -14,6 +14,18 @@ TINY = {"width": 8, "num_heads": 2, "window_size": 8, "depths": (2, 2, 2)}
 
 def _pair(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(shape), torch.rand(shape)
+
+
+def count_parameters(*modules: torch.nn.Module) -> int:
+    """Distinct parameter values across ``modules``: a shared weight counts once."""
+    unique = {id(p): p for module in modules for p in module.parameters()}
+    return sum(p.numel() for p in unique.values())
+
+
+def parameter_breakdown(module: torch.nn.Module) -> dict[str, int]:
+    """Parameters per direct child (a child under two names, listed once) plus ``total``."""
+    return {**{name: count_parameters(child) for name, child in module.named_children()},
+            "total": count_parameters(module)}
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 53)])
@@ -58,7 +70,7 @@ def test_generator_rejects_a_single_channel_input() -> None:
 @pytest.mark.parametrize("kwargs", [{"variant": "network5"}, {"width": 10, "num_heads": 4}])
 def test_bad_configuration_is_one_line_project_error(kwargs: dict) -> None:
     with pytest.raises(DcifError) as error:
-        build_dcif_gan(**kwargs)
+        DCIFGAN(**kwargs)
     assert "\n" not in str(error.value)
 
 
@@ -134,7 +146,7 @@ def test_parameter_counts_reflect_sharing() -> None:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_trains_through_one_interface(variant: str) -> None:
     torch.manual_seed(0)
-    model = build_dcif_gan(variant, **TINY)
+    model = DCIFGAN(variant, **TINY)
     ct, pet = _pair((2, 1, 21, 19))
     f_ct, f_pet = model.generator.streams(ct, pet)
     assert f_ct.shape == f_pet.shape == (2, 1, 21, 19)
