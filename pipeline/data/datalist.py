@@ -1,7 +1,7 @@
 """Datalists: the studies a workflow runs on, whatever the user pointed at.
 
 A datalist is a list of dicts with ``ct`` and ``pet`` sources (DICOM series, folders or NIfTI
-files, as :func:`pipeline.io.study_source.load_study` accepts), a ``study_key`` (a hash, never a patient
+files, as :class:`pipeline.transforms.LoadStudyd` accepts), a ``study_key`` (a hash, never a patient
 identifier) and the study's ``study_index`` in the list. Splits are by study, never by slice,
 so no slice of a validation study is seen in training.
 """

@@ -1,7 +1,8 @@
 """Load the CT and PET volumes of one study, whatever form it was given in.
 
 A study arrives as a discovered :class:`StudyPair`, a :class:`NiftiPair`, or a mapping of modality key
-to a DICOM folder/file list or a NIfTI file; this module is the one place that dispatches among them.
+to a DICOM folder/file list or a NIfTI file; this module is the one place that dispatches among them
+(:class:`~pipeline.transforms.loading.LoadStudyd` loads a study through it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 
-from pipeline.errors import InputError
 from pipeline.io.dicom import read_series
 from pipeline.io.discovery import NiftiPair, SeriesInfo, StudyPair
 from pipeline.io.nifti import load_nifti
@@ -34,24 +34,8 @@ def read_volume(source: VolumeSource, modality: str) -> tuple[MetaTensor, list[D
     return (load_nifti(source, modality), []) if _is_nifti(source) else read_series(source)
 
 
-def load_volume(source: VolumeSource, modality: str) -> MetaTensor:
-    """:func:`read_volume` without the headers."""
-    return read_volume(source, modality)[0]
-
-
 def study_sources(study: StudySource) -> dict[str, VolumeSource]:
     """The ``{"ct": ..., "pet": ...}`` sources of a study, plus its ``study_key`` when known."""
     if isinstance(study, (StudyPair, NiftiPair)):
         return {"ct": study.ct, "pet": study.pet, "study_key": study.study_key}
     return dict(study)
-
-
-def load_study(study: StudySource) -> dict[str, object]:
-    """Load both volumes of a study under ``"ct"`` and ``"pet"``; other entries pass through."""
-    data = study_sources(study)
-    missing = [key for key in STUDY_MODALITIES if key not in data]
-    if missing:
-        raise InputError(f"study description has no {missing[0]!r} entry (keys: {sorted(data)})")
-    for key, modality in STUDY_MODALITIES.items():
-        data[key] = load_volume(data[key], modality)
-    return data

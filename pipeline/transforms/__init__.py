@@ -1,6 +1,6 @@
 """MONAI Transform / MapTransform twins of the data path, nameable with ``_target_`` in bundle configs."""
 
-from pipeline.transforms.loading import LoadStudy, LoadStudyd
+from pipeline.transforms.loading import LoadStudyd
 from pipeline.transforms.resample import BlankUncoveredSlicesd, ResampleToReference, ResampleToReferenced
 from pipeline.transforms.slicing import BodySlicesd, SelectBodySlicesd
 from pipeline.transforms.suv import PETToSUV, PETToSUVd
@@ -11,7 +11,6 @@ __all__ = [
     "BodySlicesd",
     "CTWindow",
     "CTWindowd",
-    "LoadStudy",
     "LoadStudyd",
     "PETToSUV",
     "PETToSUVd",

@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform
 
-from pipeline.io.study_source import STUDY_MODALITIES, StudySource, load_study, read_volume, study_sources
-
-
-class LoadStudy(Transform):
-    """A study (StudyPair, NiftiPair or ``{"ct": src, "pet": src}``) -> ``{"ct": volume, "pet": volume, ...}``."""
-
-    def __call__(self, study: StudySource) -> dict[str, object]:
-        return load_study(study)
+from pipeline.errors import InputError
+from pipeline.io.study_source import STUDY_MODALITIES, StudySource, read_volume, study_sources
 
 
 class LoadStudyd(MapTransform):
@@ -38,6 +32,9 @@ class LoadStudyd(MapTransform):
 
     def __call__(self, data: StudySource) -> dict[Hashable, object]:
         d = study_sources(data)
+        missing = [key for key in self.keys if key not in d]
+        if missing and not self.allow_missing_keys:  # a datalist entry without its PET, say: one line, not a KeyError
+            raise InputError(f"study description has no {missing[0]!r} entry (keys: {sorted(map(str, d))})")
         for key in self.key_iterator(d):
             d[key], headers = read_volume(d[key], self.modalities[key])
             if self.keep_headers:

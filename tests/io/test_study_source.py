@@ -1,42 +1,33 @@
-"""Loading a whole study from a discovered pair, a NIfTI pair or a mapping of sources."""
+"""A study's sources from a discovered pair, a NIfTI pair or a mapping, and one volume read from DICOM or NIfTI."""
 
 from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-from pipeline.errors import InputError
 from pipeline.io.discovery import NiftiPair, discover_studies
-from pipeline.io.study_source import load_study
+from pipeline.io.study_source import read_volume, study_sources
 
 
-def test_from_discovered_pair(dicom_factory):
+def test_a_discovered_pair_gives_its_series_and_key(dicom_factory):
     dicom_factory.series("s/ct", modality="CT")
     dicom_factory.series("s/pet", modality="PT")
     (pair,) = discover_studies(dicom_factory.root).pairs
-    study = load_study(pair)
-    assert (study["ct"].meta["modality"], study["pet"].meta["modality"]) == ("CT", "PT")
-    assert study["study_key"] == pair.study_key
+    assert study_sources(pair) == {"ct": pair.ct, "pet": pair.pet, "study_key": pair.study_key}
 
 
-def test_from_mixed_mapping(dicom_factory):
+def test_a_nifti_pair_gives_its_files_and_key(tmp_path):
+    pair = NiftiPair(ct=tmp_path / "ct.nii.gz", pet=tmp_path / "pet.nii.gz")
+    sources = study_sources(pair)
+    assert (sources["ct"], sources["pet"]) == (pair.ct, pair.pet) and len(sources["study_key"]) == 12
+
+
+def test_dicom_and_nifti_volumes_mix(dicom_factory):
     """A DICOM CT folder and a NIfTI PET mix, since both come out RAS and channel-first."""
     ct_folder = dicom_factory.series("ct", modality="CT")
     pet_path = dicom_factory.root / "pet.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((3, 3, 2), np.float32), np.eye(4)), pet_path)
-    study = load_study({"ct": ct_folder, "pet": pet_path, "case": "x"})
-    assert study["ct"].shape == (1, 6, 5, 4) and study["pet"].shape == (1, 3, 3, 2)
-    assert study["pet"].meta["modality"] == "PT" and study["case"] == "x"
-
-
-def test_from_nifti_pair(tmp_path):
-    for name in ("ct", "pet"):
-        nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
-    study = load_study(NiftiPair(ct=tmp_path / "ct.nii.gz", pet=tmp_path / "pet.nii.gz"))
-    assert study["ct"].meta["modality"] == "CT" and len(study["study_key"]) == 12
-
-
-def test_missing_entry():
-    with pytest.raises(InputError, match="no 'pet' entry"):
-        load_study({"ct": "somewhere"})
+    (ct, ct_headers), (pet, pet_headers) = read_volume(ct_folder, "CT"), read_volume(pet_path, "PT")
+    assert ct.shape == (1, 6, 5, 4) and pet.shape == (1, 3, 3, 2)
+    assert (ct.meta["modality"], pet.meta["modality"]) == ("CT", "PT")
+    assert len(ct_headers) == 4 and pet_headers == []  # NIfTI has no slice headers

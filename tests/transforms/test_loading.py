@@ -1,4 +1,4 @@
-"""LoadStudy / LoadStudyd: the first step of a transform chain, from a study description to volumes."""
+"""LoadStudyd: the first step of a transform chain, from a study description to volumes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from pipeline.io.discovery import NiftiPair
-from pipeline.transforms import CTWindowd, LoadStudy, LoadStudyd
+from pipeline.errors import InputError
+from pipeline.transforms import CTWindowd, LoadStudyd
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def nifti_pair(tmp_path: Path) -> NiftiPair:
 
 
 def test_load_study_from_a_pair(nifti_pair):
-    study = LoadStudy()(nifti_pair)
+    study = LoadStudyd()(nifti_pair)
     assert isinstance(study["ct"], MetaTensor) and study["ct"].shape == (1, 4, 4, 3)
     assert (study["ct"].meta["modality"], study["pet"].meta["modality"]) == ("CT", "PT")
     assert study["study_key"] == nifti_pair.study_key
@@ -46,3 +47,8 @@ def test_extra_keys_need_a_modality(nifti_pair):
         LoadStudyd(keys=["ct", "mr"])
     out = LoadStudyd(keys=["ct", "ct2"], modalities={"ct2": "CT"})({"ct": nifti_pair.ct, "ct2": nifti_pair.ct})
     assert out["ct2"].meta["modality"] == "CT"
+
+
+def test_a_study_without_its_pet_is_one_line():
+    with pytest.raises(InputError, match=r"no 'pet' entry \(keys: \['ct', 'study_key'\]\)"):
+        LoadStudyd()({"ct": "somewhere", "study_key": "abc"})
