@@ -1,7 +1,8 @@
 """The application's own operators around the SDK's DICOM ones: select, fuse, write.
 
-The SDK loads and groups the DICOM instances, picks the CT and PET series and builds the CT volume;
-these operators add what is ours: refusing a folder that is not one PET/CT study, fusing with
+The SDK loads and groups the DICOM instances, lists the CT and PET series and builds the CT volume;
+these operators add what is ours: refusing a folder that is not one PET/CT study, choosing its CT and PET
+as the batch job does (:func:`pipeline.io.discovery.pick_pair`), fusing with
 :func:`pipeline.fusion.streaming.fuse_study` (the bundle's inference, unchanged) and writing the batch
 job's derived DICOM series through the same sinks (:mod:`pipeline.fusion.writers`). They pass the
 SDK's ``StudySelectedSeries`` along, as the SDK's own writers do, so the writer takes the CT
@@ -28,6 +29,7 @@ from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink
+from pipeline.io.discovery import discover_studies
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -45,7 +47,7 @@ SELECTION_RULES = json.dumps({"selections": [
 
 
 def selected_series(selection: StudySelectedSeries, name: str) -> DICOMSeries:
-    """The series picked under selection ``name``: the one with the most instances (localizers are short)."""
+    """The series picked under selection ``name``: the first, which the selector made the batch job's choice."""
     return selection.series_by_selection_name[name][0].series
 
 
@@ -69,8 +71,8 @@ class PetCtSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     """The SDK's series selector with our CT and PET rules, refusing any input but one PET/CT study.
 
     It is the first step that sees the studies, so a bad folder stops the app here with one line,
-    before any volume is built. All matches are kept, largest first, so a scout or localizer series
-    sharing the CT's modality never wins over the CT itself.
+    before any volume is built. All matches are kept, and the series the batch job would fuse go first under
+    each name (see :meth:`_batch_choice_first`), so the same study fuses the same series through every door.
     """
 
     def __init__(self, fragment: Fragment, *args, input_folder: Path, redact: Callable[[object], str] = str,
@@ -97,7 +99,23 @@ class PetCtSeriesSelectorOperator(DICOMSeriesSelectorOperator):
         for name, modality in SELECTED_MODALITIES.items():
             if name not in found:
                 raise InputError(f"{self._input_folder}: the study has no {name} series (Modality {modality})")
+        self._batch_choice_first(selections[0])
         return selections
+
+    def _batch_choice_first(self, selection: StudySelectedSeries) -> None:
+        """Put first the CT and PET that discovery pairs (attenuation-corrected PET, the CT covering it, the CTAC over a
+        diagnostic CT, never a derived CT), not the SDK's largest; a study the batch refuses fails with its reason."""
+        discovered = discover_studies(self._input_folder)
+        if not discovered.pairs:
+            reason = discovered.failures[0].reason if discovered.failures else "no PET/CT pair found"
+            raise InputError(f"{self._input_folder}: {reason}")
+        pair = discovered.pairs[0]
+        for name, chosen in (("CT", pair.ct.series_uid), ("PET", pair.pet.series_uid)):
+            matches = selection.series_by_selection_name[name]
+            matches.sort(key=lambda match: str(match.series.SeriesInstanceUID) != chosen)  # stable: the rest keep order
+            if str(matches[0].series.SeriesInstanceUID) != chosen:
+                raise InputError(f"{pair.ct.folder if name == 'CT' else pair.pet.folder}: the {name} series discovery "
+                                 "picked is not among those the DICOM loader read")
 
 
 def check_same_grid(result: FusedStudy, ct_image: Image) -> None:

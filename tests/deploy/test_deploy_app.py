@@ -7,6 +7,7 @@ within 12-bit quantisation.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -71,6 +72,28 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def with_nac_pet(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tiny study plus a non-attenuation-corrected copy of its PET, two slices longer: the SDK's rule (most
+    instances) would pick that one, the batch's (attenuation-corrected PET first) the original. Its series UID."""
+    study = tmp_path_factory.mktemp("deploy_nac") / "dicom"
+    shutil.copytree(tiny_study, study)
+    pet = sorted((pydicom.dcmread(path) for path in (study / "PET").iterdir()),
+                 key=lambda ds: float(ds.ImagePositionPatient[2]))
+    step = float(pet[-1].ImagePositionPatient[2]) - float(pet[-2].ImagePositionPatient[2])
+    series_uid = pydicom.uid.generate_uid()
+    (study / "NAC").mkdir()
+    for index, source in enumerate([*pet, pet[-1], pet[-1]]):
+        ds = copy.deepcopy(source)
+        beyond = max(0, index - len(pet) + 1)  # the two extra slices continue the stack
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + beyond * step]
+        ds.SeriesInstanceUID, ds.SeriesDescription, ds.CorrectedImage = series_uid, "PET NAC", ["DECY"]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = index + 1
+        ds.save_as(study / "NAC" / f"nac_{index:03d}.dcm")
+    return study, series_uid
+
+
+@pytest.fixture(scope="module")
 def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the bundle whose checkpoint holds random weights for its network_def: the model path runs."""
     torch.manual_seed(0)
@@ -97,15 +120,18 @@ def torchscript_model(random_bundle: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def phantom_runs(start_app, tiny_study: Path, random_bundle: Path, torchscript_model: Path, planted_export: Path,
+                 with_nac_pet: tuple[Path, str],
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, AppRun]]:
     """(output folder, run) of the app on tiny phantoms: with the bundle's checkpoint (``-m`` a folder of bundles, as
     in the image), with its TorchScript export, and with the default model on a study whose tags and names carry
-    identifiers. Started together: each run is mostly ~12 s of single-threaded SDK import."""
+    identifiers and on one with two PET series. Started together: each run is mostly ~12 s of single-threaded SDK
+    import."""
     root = tmp_path_factory.mktemp("deploy_runs")
     planted = next(path.parent for path in planted_export.rglob("CT"))
     inputs = {"checkpoint": ("-i", tiny_study, "-m", random_bundle.parent),
               "torchscript": ("-i", tiny_study, "-m", torchscript_model),
-              "planted": ("-i", planted)}
+              "planted": ("-i", planted),
+              "two_pets": ("-i", with_nac_pet[0])}
     started = {name: start_app(root / name / "app_cwd", *args, "-o", root / name / "out")
                for name, args in inputs.items()}
     return {name: (root / name / "out", run) for name, run in wait_all(started).items()}
@@ -153,3 +179,17 @@ def test_no_identifier_reaches_anything_but_the_dicom_series(phantom_runs, ident
     assert run.returncode == 0, run
     assert list(out_dir.glob("fused_*.nii.gz"))
     assert identifiers_in(out_dir, run.stderr) == []
+
+
+def test_the_series_fused_are_those_the_batch_job_picks(phantom_runs, with_nac_pet):
+    from pipeline.io.discovery import discover_studies
+
+    out_dir, run = phantom_runs["two_pets"]
+    assert run.returncode == 0, run
+    study, nac_uid = with_nac_pet
+    (pair,) = discover_studies(study).pairs
+    assert pair.pet.series_uid != nac_uid  # the batch's choice: the attenuation-corrected PET
+    for series in out_dir.glob("dicom_*"):
+        header = pydicom.dcmread(series / "fused.dcm", stop_before_pixels=True)
+        assert {item.SeriesInstanceUID for item in header.ReferencedSeriesSequence} == {pair.ct.series_uid,
+                                                                                      pair.pet.series_uid}
