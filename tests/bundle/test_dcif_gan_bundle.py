@@ -325,3 +325,10 @@ def test_multi_gpu_config_keeps_the_writing_handlers_on_rank_zero():
     handlers = parser["train"]["handlers"]
     rank_zero = {handler["_target_"] for handler in handlers if handler.get("_disabled_") == "$not @is_rank0"}
     assert rank_zero == {"StatsHandler", "pipeline.handlers.MLflowTrainingLogger", "pipeline.handlers.TrainingHistory"}
+
+
+def test_training_and_inference_build_the_same_network():
+    """Model-zoo bundles define the network in both workflows' configs: they must not drift apart."""
+    train = json.loads((CONFIGS / "train.json").read_text())["generator_config"]
+    inference = json.loads((CONFIGS / "inference.json").read_text())["network_def"]
+    assert inference.pop("_target_") == "pipeline.networks.DCIFGenerator" and train == inference

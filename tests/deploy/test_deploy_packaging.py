@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import pipeline
 from pipeline.deploy import sdk_installed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_packager_requirements_are_the_core_plus_the_deploy_extra():
 def test_app_manifest_names_the_application_and_its_resources():
     manifest = yaml.safe_load((DEPLOY_DIR / "app.yaml").read_text())
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    assert str(manifest["application"]["version"]) == project["version"]
+    assert str(manifest["application"]["version"]) == project["version"] == pipeline.__version__
     assert manifest["application"]["inputFormats"] == ["file"]
     assert {"cpu", "memory"} <= set(manifest["resources"])
 
