@@ -131,12 +131,13 @@ class FusionMetric(CumulativeIterationMetric):
         return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        """Reduce the buffered per-sample values (``nan`` samples are skipped)."""
+        """Reduce the buffered per-sample values (``nan`` samples are skipped); ``nan`` where every sample is, which
+        MONAI's reduction would give as 0 (a lesion ratio of 0 reads as a vanished lesion)."""
         values = self.get_buffer()
         if not isinstance(values, torch.Tensor):
             raise ValueError(f"FusionMetric {self.name} has no buffered values to aggregate")
-        result, _ = do_metric_reduction(values, reduction or self.reduction)
-        return result
+        result, not_nans = do_metric_reduction(values, reduction or self.reduction)
+        return torch.where(not_nans > 0, result, torch.nan)
 
 
 class FusionMetricHandler(IgniteMetricHandler):

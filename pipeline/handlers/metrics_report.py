@@ -63,7 +63,8 @@ def markdown_summary(study_rows: Sequence[dict[str, Any]], suv_max: float | None
     lines: list[str] = []
     for window in sorted({window for window, _ in stats}):
         methods = [method for win, method in stats if win == window]
-        best = {name: max(stats[(window, m)][name][0] for m in methods) for name in METRIC_NAMES}
+        # The largest finite mean: max() over a nan would bold by the methods' order.
+        best = {name: np.nanmax([stats[(window, m)][name][0] for m in methods] + [-np.inf]) for name in METRIC_NAMES}
         ceiling = f", PET SUV ceiling {suv_max:g}" if suv_max is not None else ""
         studies = len({row["study_key"] for row in study_rows if row["window"] == window})
         lines += [f"### CT window: {window}{ceiling} ({studies} studies, mean ± std over studies)", ""]

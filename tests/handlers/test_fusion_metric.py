@@ -52,6 +52,9 @@ def test_slices_without_a_finite_score_are_skipped_in_the_reduction():
     metric = FusionMetric("QABF")
     metric(fused, sources)
     assert metric.aggregate().item() == pytest.approx(slice_score("QABF", fused[0], sources[0]))
+    undefined = FusionMetric("QABF")
+    undefined(fused[1:], sources[1:])
+    assert undefined.aggregate().isnan().all()  # no sample scored: undefined, not 0 (MONAI's empty mean)
 
 
 def test_handler_reads_pred_and_image_from_the_engine_output():

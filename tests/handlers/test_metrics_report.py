@@ -58,3 +58,12 @@ def test_summary_counts_the_metrics_each_method_wins_against_each_other():
     table = markdown_summary(study_means(rows))
     assert "| method | average | model |" in table
     assert "| model | 6 | - |" in table and "| average | - | 2 |" in table
+
+
+def test_an_undefined_mean_never_decides_the_bold_one():
+    for first, second in (("average", "max"), ("max", "average")):
+        rows = [{**_row(0, first, 0, 1.0), "QABF": math.nan}, _row(0, second, 0, 0.5)]
+        table = markdown_summary(study_means(rows))
+        second_line = next(line for line in table.splitlines() if line.startswith(f"| {second}"))
+        qabf = second_line.split("|")[2 + list(METRIC_NAMES).index("QABF")]
+        assert "**0.5000" in qabf, (first, table)
