@@ -62,7 +62,7 @@ def phantom_datalist(
 
 
 # The datalist fields that are paths, relative to the datalist file.
-PATH_KEYS = ("ct", "pet", "lesion_mask")
+PATH_KEYS = ("ct", "pet", "lesion_mask", "truth")
 
 
 def _from_json(path: Path) -> list[dict[str, Any]]:
@@ -109,13 +109,13 @@ def split_by_study(datalist: Datalist, val_fraction: float = 0.25, seed: int = 0
     """Hold out whole studies for validation.
 
     Studies whose ``split`` field says ``"train"`` or ``"val"`` go there (a curated split, such as
-    the real studies of a training cache); the others are shuffled with ``seed`` and
-    ``val_fraction`` of them held out (at least one, if two or more).
+    the real studies of a training cache), and any other ``split`` (``"test"``) to neither; those without one are
+    shuffled with ``seed`` and ``val_fraction`` of them held out (at least one, if two or more).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     fixed = {name: [i for i, item in enumerate(datalist) if item.get("split") == name] for name in ("train", "val")}
-    free = [i for i, item in enumerate(datalist) if item.get("split") not in fixed]
+    free = [i for i, item in enumerate(datalist) if item.get("split") is None]
     random.Random(seed).shuffle(free)
     n_val = round(len(free) * val_fraction)
     if len(free) >= 2 and val_fraction > 0:

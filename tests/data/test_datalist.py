@@ -25,11 +25,13 @@ def test_json_datalist_resolves_paths_relative_to_the_file(tiny_phantom_root, tm
     study = tiny_phantom_root / "seed_000" / "dicom"
     shutil.copytree(study, tmp_path / "case")
     listing = tmp_path / "datalist.json"
-    listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET", "lesion_mask": "case/mask"},
+    listing.write_text(json.dumps([{"ct": "case/CT", "pet": "case/PET", "lesion_mask": "case/mask",
+                                    "truth": "case/truth.json"},
                                    {"ct": "case/CT", "pet": "case/PET"}]))
     items = load_datalist(listing)
     assert items[0]["ct"] == str((tmp_path / "case" / "CT").resolve())
     assert items[0]["lesion_mask"] == str((tmp_path / "case" / "mask").resolve()) and "lesion_mask" not in items[1]
+    assert items[0]["truth"] == str((tmp_path / "case" / "truth.json").resolve())
     assert items[0]["study_index"] == 0 and len(items[0]["study_key"]) == 12
 
 
@@ -64,9 +66,10 @@ def test_split_is_by_study_deterministic_and_disjoint():
 
 
 def test_a_curated_split_is_kept_and_only_the_rest_is_drawn():
-    studies = [{"study_key": f"k{i}", "split": split} for i, split in enumerate(["train", "val", None, None, None, None])]
+    splits = ["train", "val", None, None, None, None, "test", "test"]
+    studies = [{"study_key": f"k{i}", "split": split} for i, split in enumerate(splits)]
     split = split_by_study(studies, val_fraction=0.25, seed=3)
     train_keys, val_keys = ({s["study_key"] for s in split[name]} for name in ("train", "val"))
     assert "k0" in train_keys and "k1" in val_keys
     assert len(val_keys) == 2 and len(train_keys) == 4  # one of the four free studies held out
-    assert train_keys.isdisjoint(val_keys)
+    assert train_keys.isdisjoint(val_keys) and not {"k6", "k7"} & (train_keys | val_keys)  # test studies: in neither
