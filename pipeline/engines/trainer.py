@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 from monai.engines import IterationEvents, Trainer
@@ -157,7 +158,8 @@ class FusionGANTrainer(Trainer):
                 d_terms = engine.d_loss_function(ct, pet, fake_ct, fake_pet, d1, d2)
             output["d_loss"] = d_terms["total"].item()
             engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
-            if engine.d_loss_floor is not None and output["d_loss"] < engine.d_loss_floor:
+            # Under DDP every rank must take the same branch (the update's backward is a collective): the ranks' mean.
+            if engine.d_loss_floor is not None and _mean_over_ranks(output["d_loss"]) < engine.d_loss_floor:
                 break
             engine._update(d_terms["total"], engine.d_optimizer, "DISCRIMINATOR")
             output["d_updated"] = 1.0
@@ -178,3 +180,8 @@ class FusionGANTrainer(Trainer):
         # scalars replicated, the form MONAI's handlers (and --tracking) read.
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def _mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over the DDP processes; the value itself in a single process."""
+    return idist.all_reduce(value) / idist.get_world_size()

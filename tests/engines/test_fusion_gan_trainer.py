@@ -110,6 +110,20 @@ def test_a_discriminator_below_its_loss_floor_waits_for_the_generators(floor, up
     assert trainer.state.output[0]["d_loss"] > 0  # the loss is still reported while D waits
 
 
+@pytest.mark.parametrize("floor, other_rank, updated", [(0.01, -10.0, 0.0), (4.0, 10.0, 1.0)])
+def test_under_ddp_the_ranks_mean_loss_decides_the_floor(monkeypatch, floor, other_rank, updated):
+    """Every rank takes the branch the ranks' mean loss gives, whatever its own: the update is a collective."""
+    from pipeline.engines import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.idist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(trainer_module.idist, "all_reduce", lambda value: value + other_rank)
+    trainer, _ = _trainer("network4", d_loss_floor=floor)
+    trainer.run()
+    for output in trainer.state.output:
+        alone = float(output["d_loss"] >= floor)  # what this rank would do by itself
+        assert alone != updated and output["d_updated"] == updated
+
+
 def test_adversarial_iteration_events_fire_in_training_order():
     """MONAI's ``AdversarialIterationEvents``: a handler written for ``AdversarialTrainer`` attaches here."""
     trainer, _ = _trainer("network4")
