@@ -238,11 +238,11 @@ def suv_factor(meta: Mapping[str, object], weight_kg: float | None = None, dose_
     assumed when the header has none (NIfTI input). Raises InputError naming the missing tag.
     """
     source_type, scale = pixel_meaning(meta, units)
-    if source_type == suv_type:
+    if source_type == suv_type and weight_kg is None:
         return scale
     target = normaliser(meta, suv_type, weight_kg)
-    if source_type is not None:
-        return scale * target / normaliser(meta, source_type, weight_kg)
+    if source_type is not None:  # the scanner normalised by the header's weight: a weight given corrects it
+        return scale * target / normaliser(meta, source_type)
     dose = injected_dose(meta, dose_bq)
     decay = decay_seconds(meta)
     half_life = _half_life(meta) if np.any(decay) else 1.0

@@ -109,6 +109,14 @@ def test_already_suv_is_unchanged(units):
     assert suv_factor({"Units": units}) == [1.0]
 
 
+def test_a_weight_given_corrects_suv_the_scanner_normalised_by_the_headers():
+    # The scanner divided by 50 kg where the patient weighs 100: every SUV is half what it should be.
+    assert suv_factor(_meta(Units="GML", PatientWeight=50.0), weight_kg=100.0)[0] == pytest.approx(2.0, rel=1e-12)
+    meta = _meta(Units="GML", SUVType="LBMJAMES128", PatientSex="M", PatientSize=1.75, PatientWeight=50.0)
+    lbm = {w: 1.10 * w - 128 * (w / 175) ** 2 for w in (50.0, 100.0)}
+    assert suv_factor(meta, weight_kg=100.0)[0] == pytest.approx(100.0 / lbm[50.0], rel=1e-12)  # BW(100) / LBM(50)
+
+
 def test_units_hint_for_nifti():
     assert suv_factor({"filename_or_obj": "pet.nii.gz"}, units="GML") == [1.0]
     with pytest.raises(InputError, match=r"pet\.nii\.gz: PET header lacks Units"):
