@@ -15,6 +15,7 @@ from monai.transforms import Transform
 
 from pipeline.data.datalist import Datalist, load_datalist, phantom_datalist
 from pipeline.data.study_cache import LoadCachedStudyd, load_cached_datalist
+from pipeline.errors import InputError
 from pipeline.transforms.data_path import study_preprocessing
 
 
@@ -47,7 +48,14 @@ def workflow_preprocessing(
     study_cache: str | os.PathLike[str] | None = None,
     **pet_overrides: float | str | None,
 ) -> Transform:
-    """A cached study's reader, or the DICOM/NIfTI data path (``pet_overrides``: weight_kg, dose_bq, units)."""
+    """A cached study's reader, or the DICOM/NIfTI data path (``pet_overrides``: weight_kg, dose_bq, units).
+
+    A cache holds its studies in SUV already: PET overrides given with one would be ignored, so they are refused.
+    """
     if study_cache is not None:
+        given = [name for name, value in pet_overrides.items() if value is not None]
+        if given:
+            raise InputError(f"{study_cache}: a study cache holds SUV already; the PET overrides {', '.join(given)} "
+                             "apply to studies read from DICOM or NIfTI (make the cache with them instead)")
         return LoadCachedStudyd(windows=windows, suv_max=suv_max)
     return study_preprocessing(windows, suv_max, **pet_overrides)

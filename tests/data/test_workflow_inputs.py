@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.data import LoadCachedStudyd, default_dataset_dir, workflow_datalist, workflow_preprocessing
+from pipeline.errors import InputError
 
 
 def test_phantoms_are_made_outside_the_bundle(monkeypatch, tmp_path):
@@ -28,3 +31,8 @@ def test_a_cache_comes_before_an_input_and_an_input_before_the_phantoms(tiny_stu
 def test_a_cache_is_read_as_cached_and_anything_else_through_the_data_path(tiny_study_cache):
     assert isinstance(workflow_preprocessing(["lung"], 15.0, tiny_study_cache), LoadCachedStudyd)
     assert not isinstance(workflow_preprocessing(["lung"], 15.0), LoadCachedStudyd)
+
+
+def test_pet_overrides_with_a_cache_are_refused_not_ignored(tiny_study_cache):
+    with pytest.raises(InputError, match="PET overrides weight_kg apply to studies read"):
+        workflow_preprocessing(["lung"], 15.0, tiny_study_cache, weight_kg=80.0, dose_bq=None, units=None)
