@@ -3,7 +3,8 @@
 Same evaluator layout as :class:`pipeline.handlers.FusionSliceMetrics`: ``image`` holds the CT
 windows then the scaled PET, ``pred`` one channel per (window, method). The lesion comes from the
 phantom's designed tumour when the batch names a ``truth`` file, else from the study's tumour
-contour when it names a ``lesion_mask`` (an RTSTRUCT), else from the PET threshold; definitions in
+contour when it names a ``lesion_mask`` (an RTSTRUCT), else from a cached study's ``label`` (the cache kept one of
+those), else from the PET threshold; definitions in
 :mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
 identifier.
 """
@@ -136,6 +137,8 @@ class LesionContrastReport:
         pet = image[-1]
         fields = {key: batch_field(engine, key) for key in ("truth", "lesion_mask") if key in engine.state.batch}
         known = known_lesion(fields, affine, pet.shape)
+        if known is None and engine.state.batch.get("label") is not None:  # a cached study: the cache kept its tumour
+            known = "cache", engine.state.batch["label"][0, 0].cpu().numpy() > 0.5
         source, lesion = known if known is not None else ("pet_threshold", lesion_mask_from_pet(pet, self.fraction))
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")

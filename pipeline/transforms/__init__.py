@@ -1,5 +1,6 @@
 """MONAI Transform / MapTransform twins of the data path, nameable with ``_target_`` in bundle configs."""
 
+from pipeline.transforms.lesion import KnownLesiond
 from pipeline.transforms.loading import LoadStudyd
 from pipeline.transforms.resample import BlankUncoveredSlicesd, ResampleToReference, ResampleToReferenced
 from pipeline.transforms.slicing import BodySlicesd, SelectBodySlicesd
@@ -11,6 +12,7 @@ __all__ = [
     "BodySlicesd",
     "CTWindow",
     "CTWindowd",
+    "KnownLesiond",
     "LoadStudyd",
     "PETToSUV",
     "PETToSUVd",

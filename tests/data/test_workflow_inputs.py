@@ -36,3 +36,8 @@ def test_a_cache_is_read_as_cached_and_anything_else_through_the_data_path(tiny_
 def test_pet_overrides_with_a_cache_are_refused_not_ignored(tiny_study_cache):
     with pytest.raises(InputError, match="PET overrides weight_kg apply to studies read"):
         workflow_preprocessing(["lung"], 15.0, tiny_study_cache, weight_kg=80.0, dose_bq=None, units=None)
+
+
+def test_studies_read_from_files_carry_their_known_tumour_as_the_cache_does(tiny_datalist):
+    study = workflow_preprocessing(["lung"], 15.0)(dict(tiny_datalist[0]))
+    assert study["label"].shape == (1, *study["image"].shape[1:]) and study["label"].sum() > 0

@@ -130,6 +130,18 @@ def test_the_studys_tumour_contour_gives_the_lesion_where_the_datalist_names_one
     assert threshold.state.lesion_rows[0]["contrast_pet"] == pytest.approx(0.8)
 
 
+
+def test_a_cached_studys_label_gives_the_lesion(tmp_path):
+    """A study cache keeps the known tumour as ``label`` and no datalist fields: the report measures that, as
+    validation does, not the PET threshold."""
+    study = synthetic_study("ccc", 0.9)
+    label = torch.zeros(1, 16, 16, 8)
+    label[0, 4:12, 4:12, 3:5] = 1.0  # the whole tumour, four times the hot core
+    engine = run_report(tmp_path, [list_data_collate([{**study, "label": MetaTensor(label, affine=AFFINE)}])])
+    rows = {row["method"]: row for row in engine.state.lesion_rows}
+    assert {row["lesion"] for row in rows.values()} == {"cache"}
+    assert rows["copy"]["contrast_pet"] == pytest.approx((0.9 - 0.1) * 16 / 64)  # not the threshold's 0.8
+
 def test_bad_truth_file_names_the_file(tmp_path):
     truth_path = tmp_path / "truth.json"
     truth_path.write_text(json.dumps({"tumour": {"radius_mm": 5.0}}))
