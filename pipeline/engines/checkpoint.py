@@ -4,16 +4,24 @@ MONAI's ``CheckpointSaver`` stores ``state_dict()`` of each object it is given. 
 training facts (network hyper-parameters, windows, SUV ceiling, data) as a :class:`SavedDict` under
 ``card`` gives exactly the layout :class:`pipeline.fusion.ModelFuser` reads back and checks:
 ``{"model": weights, "card": facts}``. A resumable training state (:func:`training_state`) adds the
-discriminators, both optimizers and the trainer, and loads into the optimizers as configured.
+discriminators, both optimizers, the trainer and the best validation score so far, and loads into the optimizers
+as configured; :class:`TrainingStateLoader` also resumes a state written before it held the score.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.optim import Optimizer
+
+logger = logging.getLogger(__name__)
 
 # Optimizer settings that choose an implementation, not the update: the configured ones outlive a loaded state.
 _IMPLEMENTATION = ("fused", "foreach")
@@ -36,7 +44,32 @@ class SavedDict:
         self.values = dict(state)
 
 
-def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any) -> dict[str, Any]:
+class BestScore:
+    """The validator's best key-metric score and its epoch, as a training state keeps them.
+
+    The best model's ``CheckpointSaver`` compares a score with those it saved in its own process, so a resumed run's
+    first validation would replace the best model (``best_model``, the saver's file) whatever its score; restored
+    here, it must beat the run's best while that model is on disk.
+    """
+
+    def __init__(self, validator: Engine, saver: CheckpointSaver, best_model: str | os.PathLike[str]) -> None:
+        self.validator = validator
+        self.saver = saver
+        self.best_model = Path(best_model)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_metric": float(self.validator.state.best_metric),
+                "best_metric_epoch": int(self.validator.state.best_metric_epoch)}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.validator.state.best_metric = state["best_metric"]
+        self.validator.state.best_metric_epoch = state["best_metric_epoch"]
+        if state["best_metric_epoch"] >= 0 and self.best_model.is_file():  # the saver replaces it when beaten
+            self.saver.load_state_dict({"_saved": [(state["best_metric"], self.best_model.name)]})
+
+
+def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any,
+                   best: BestScore | None = None) -> dict[str, Any]:
     """What a resumable training checkpoint holds, one dict for its saver and its loader alike.
 
     ``model`` is the generator under the key the shipped ``model.pt`` uses, so either file loads
@@ -44,8 +77,31 @@ def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any) -
     """
     for optimizer in (g_optimizer, d_optimizer):
         optimizer.register_load_state_dict_post_hook(keep_configured)
-    return {"model": gan.generator, "d1": gan.d1, "d2": gan.d2,
-            "g_optimizer": g_optimizer, "d_optimizer": d_optimizer, "trainer": trainer}
+    state = {"model": gan.generator, "d1": gan.d1, "d2": gan.d2,
+             "g_optimizer": g_optimizer, "d_optimizer": d_optimizer, "trainer": trainer}
+    return state if best is None else {**state, "best": best}
+
+
+class TrainingStateLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` for a :func:`training_state`, which also resumes a state written before the state
+    held its best score: the score then starts afresh, as it did, with a warning."""
+
+    ADDED_LATER = ("best",)
+
+    def __call__(self, engine: Engine) -> None:
+        held = torch.load(self.load_path, map_location="cpu", weights_only=True).keys()
+        absent = [key for key in self.ADDED_LATER if key in self.load_dict and key not in held]
+        if not absent:
+            super().__call__(engine)
+            return
+        logger.warning("%s predates the training state's %s: the first validation after the resume saves the "
+                       "best model whatever its score", self.load_path, ", ".join(absent))
+        every = self.load_dict
+        self.load_dict = {key: value for key, value in every.items() if key not in absent}
+        try:
+            super().__call__(engine)
+        finally:
+            self.load_dict = every
 
 
 def keep_configured(optimizer: Optimizer) -> None:

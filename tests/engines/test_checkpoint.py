@@ -6,8 +6,10 @@ import copy
 from types import SimpleNamespace
 
 import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
-from pipeline.engines import training_state
+from pipeline.engines import BestScore, TrainingStateLoader, training_state
 
 
 def _adam(param: torch.nn.Parameter, fused: bool) -> torch.optim.Adam:
@@ -44,3 +46,39 @@ def test_state_saved_from_contiguous_weights_resumes_fused_and_channels_last():
         _step(reference_adam, reference, grad)
         _step(g_adam, param, grad)
     assert (param - reference).abs().max() < 1e-6
+
+
+def _validator(score: float) -> Engine:
+    """An engine whose one epoch ends with ``score`` as its key metric."""
+    validator = Engine(lambda engine, batch: None)
+    validator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: engine.state.metrics.update(val=score))
+    return validator
+
+
+def test_a_resumed_run_replaces_the_best_model_only_with_a_better_one(tmp_path):
+    net = torch.nn.Linear(1, 1)
+    for score, replaced in ((0.5, False), (0.95, True), (0.5, None)):  # None: no best model on disk to keep
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        if replaced is not None:
+            (folder / "model.pt").write_bytes(b"the run's best so far")
+        validator = _validator(score)
+        saver = CheckpointSaver(str(folder), {"model": net}, save_key_metric=True, key_metric_name="val",
+                                key_metric_filename="model.pt")
+        saver.attach(validator)
+        best = BestScore(validator, saver, folder / "model.pt")
+        best.load_state_dict({"best_metric": 0.9, "best_metric_epoch": 3})  # the run so far, restored
+        validator.run([0], max_epochs=1)
+        kept = (folder / "model.pt").read_bytes() == b"the run's best so far"  # and a model is there in every case
+        assert kept == (replaced is False)
+        assert best.state_dict() == {"best_metric": 0.9, "best_metric_epoch": 3}
+
+
+def test_a_state_without_the_best_score_still_resumes(tmp_path, caplog):
+    net, trainer = torch.nn.Linear(1, 1), Engine(lambda engine, batch: None)
+    old = {"model": torch.nn.Linear(1, 1).state_dict()}
+    torch.save(old, tmp_path / "old.pt")
+    best = BestScore(_validator(0.0), saver=None, best_model=tmp_path / "model.pt")
+    with caplog.at_level("WARNING"):
+        TrainingStateLoader(str(tmp_path / "old.pt"), {"model": net, "best": best})(trainer)
+    assert torch.equal(net.weight, old["model"]["weight"]) and "predates the training state's best" in caplog.text
