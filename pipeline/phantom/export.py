@@ -36,7 +36,7 @@ from pipeline.phantom.dicom_writer import (
 )
 from pipeline.phantom.grid import Grid
 from pipeline.phantom.injection import Injection
-from pipeline.phantom.nifti_writer import save_nifti
+from pipeline.phantom.nifti_writer import save_grid_nifti
 from pipeline.phantom.pet_image import PSF_FWHM_MM, PetImage, simulate_pet
 from pipeline.phantom.rescale import StoredVolume
 from pipeline.phantom.thorax import Thorax, Tumour, build_thorax, place_tumour
@@ -142,8 +142,8 @@ def make_phantom(
         ct_series = SeriesHeader("ct", 2, "CT thorax (synthetic phantom)", ct_start, (40.0, 400.0))
         write_ct_series(paths.ct_dir, ct, ct_grid, study, ct_series, bar.update)
         if write_nifti:
-            save_nifti(paths.ct_nifti, ct, ct_grid)
-            save_nifti(paths.labels_nifti, labels, ct_grid)
+            save_grid_nifti(paths.ct_nifti, ct, ct_grid)
+            save_grid_nifti(paths.labels_nifti, labels, ct_grid)
         del labels, ct  # the CT's full-size arrays are not needed while the PET is made
 
         pet = simulate_pet(anatomy, pet_grid, suv_table(tumour_suv), tumour, pet_rng, noise)
@@ -153,7 +153,7 @@ def make_phantom(
         beds = bed_positions(pet_grid.axis(2), bed_mm, min(PET_BED_OVERLAP_MM, bed_mm / 2))
         write_pet_series(paths.pet_dir, activity, pet_grid, study, pet_series, injection, bar.update, beds)
         if write_nifti:
-            save_nifti(paths.pet_nifti, activity, pet_grid)
+            save_grid_nifti(paths.pet_nifti, activity, pet_grid)
 
     truth = _truth(seed, tumour, tumour_suv, pet, injection, ct_start, noise, ct_grid, pet_grid, paths)
     with atomic_write(paths.truth_json) as temporary:

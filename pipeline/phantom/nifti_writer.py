@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.nifti import save_nifti as write_nifti
+from pipeline.io.nifti import save_nifti
 from pipeline.phantom.grid import Grid
 from pipeline.phantom.rescale import StoredVolume
 
 
-def save_nifti(path: Path, volume: StoredVolume | np.ndarray, grid: Grid) -> None:
+def save_grid_nifti(path: Path, volume: StoredVolume | np.ndarray, grid: Grid) -> None:
     """Save a volume on ``grid``; a uniformly rescaled one keeps its integers with the rescale in the header."""
     if isinstance(volume, StoredVolume) and volume.has_uniform_slope:
-        write_nifti(path, volume.pixels, grid.affine_ras, slope_inter=(float(volume.slopes[0]), volume.intercept))
+        save_nifti(path, volume.pixels, grid.affine_ras, slope_inter=(float(volume.slopes[0]), volume.intercept))
     else:
         data = volume.decoded() if isinstance(volume, StoredVolume) else volume
-        write_nifti(path, data, grid.affine_ras)
+        save_nifti(path, data, grid.affine_ras)
