@@ -65,18 +65,25 @@ def rtstruct_mask(path: str | Path, affine: ArrayLike, shape: Sequence[int], roi
     """The ROI (default: the file's first) of the RTSTRUCT at ``path`` as a boolean mask of ``shape``.
 
     ``affine`` maps voxel indices to RAS mm (a MetaTensor's); the grid's third axis must be the
-    axial one, as every study here is. Contours outside the grid are left out.
+    axial one, as every study here is. Contours outside the grid are left out. Contours of one plane combine by
+    exclusive or (an inner one is a hole); planes that fall on one slice of a coarser grid add up, so two planes do
+    not cancel each other.
     """
     file = _rtstruct_file(path)
     to_index = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ LPS_TO_RAS  # LPS mm -> voxel index
-    mask = np.zeros(tuple(shape), dtype=bool)
+    planes: dict[float, tuple[int, np.ndarray]] = {}
     for points in _contours(file, roi):
         index = (to_index[:3, :3] @ points.T + to_index[:3, 3:]).T
-        z = int(round(float(index[:, 2].mean())))
+        plane = float(index[:, 2].mean())
+        z = int(round(plane))
         if not 0 <= z < shape[2]:
             continue
         # PIL draws on (width, height) = (axis 0, axis 1); its pixel centres sit at integer coordinates.
         canvas = Image.new("1", (int(shape[0]), int(shape[1])))
         ImageDraw.Draw(canvas).polygon([tuple(p) for p in index[:, :2]], fill=1, outline=1)
-        mask[..., z] ^= np.asarray(canvas, dtype=bool).T
+        _, drawn = planes.setdefault(round(plane, 3), (z, np.zeros(tuple(shape[:2]), dtype=bool)))
+        drawn ^= np.asarray(canvas, dtype=bool).T
+    mask = np.zeros(tuple(shape), dtype=bool)
+    for z, drawn in planes.values():
+        mask[..., z] |= drawn
     return mask

@@ -35,6 +35,15 @@ def test_an_inner_contour_is_a_hole_and_one_off_the_grid_is_left_out(dicom_facto
     assert mask[..., 3].sum() == 81 - 9 and mask.sum() == mask[..., 3].sum()
 
 
+
+def test_planes_closer_than_the_slices_add_up_instead_of_cancelling(dicom_factory):
+    """Contours drawn on the PET's planes, two of them nearest one slice of the coarser grid (k = 2 and 2.3)."""
+    polygons = [square(2, 5, 3, 6, 2), square(2, 5, 3, 6, 2.3), square(3, 4, 4, 5, 2.3)]  # the last: a hole at 2.3
+    mask = rtstruct_mask(dicom_factory.rtstruct("rs.dcm", contours={"GTV": polygons}), AFFINE, SHAPE)
+    expected = np.zeros(SHAPE, bool)
+    expected[2:6, 3:7, 2] = True  # plane 2.3's hole is covered by plane 2's square
+    np.testing.assert_array_equal(mask, expected)
+
 def test_a_named_roi_is_chosen_and_an_unknown_one_is_refused_by_name(dicom_factory):
     path = dicom_factory.rtstruct("rs.dcm", contours={"Body": [square(0, 11, 0, 11, 1)],
                                                       "GTV_Mass_PET": [square(2, 3, 2, 3, 1)]})
