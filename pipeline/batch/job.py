@@ -96,7 +96,7 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
     for pair in found.pairs:
         finished = finished_result(study_folder(out_dir, pair.study_key))
         if finished is not None:
-            results.append(finished.skipped())
+            results.append(finished.skipped(locator.location(pair.ct.folder)))
         else:
             tasks.append(StudyTask(pair, locator, out_dir, options, discover_s))
     logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),

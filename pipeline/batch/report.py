@@ -136,9 +136,10 @@ class StudyResult:
     def from_json(cls, text: str) -> StudyResult:
         return cls(**json.loads(text))
 
-    def skipped(self) -> StudyResult:
-        """This finished result as a resumed run reports it."""
-        return replace(self, status=SKIPPED, reason=SKIPPED_REASON)
+    def skipped(self, location: str) -> StudyResult:
+        """This finished result as a resumed run reports it, its input named at ``location`` as this run names it (the
+        run that finished it may have written real paths, ``--report-paths``)."""
+        return replace(self, status=SKIPPED, reason=SKIPPED_REASON, location=location)
 
     def csv_row(self) -> dict[str, object]:
         """Flat row: timings as ``<stage>_s``, metrics as ``<method>_<window>_<metric>``."""

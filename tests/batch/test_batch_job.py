@@ -94,6 +94,17 @@ def test_finished_studies_are_skipped_with_their_results(tmp_path: Path, good_ex
     assert {row["reason"] for row in _rows(out)} == {"done (finished by an earlier run)"}
 
 
+def test_skipped_studies_are_named_as_this_run_names_inputs(tmp_path: Path, good_export: Path,
+                                                            batch_options: BatchOptions) -> None:
+    """A run with real paths (--report-paths) then one without: the second's report holds pseudonyms only."""
+    out = tmp_path / "out"
+    run_batch(good_export, out, batch_options, progress=False, explicit_paths=True)
+    assert all(not row["location"].startswith("#") for row in _rows(out))
+    run_batch(good_export, out, batch_options, progress=False)
+    assert {row["status"] for row in _rows(out)} == {"skipped"}
+    assert all(row["location"].startswith("#") for row in _rows(out))
+
+
 def test_hostile_patient_tags_stay_out_of_paths_and_report(tmp_path: Path, good_export: Path,
                                                            batch_options: BatchOptions, rewrite_tags) -> None:
     export = tmp_path / "export"

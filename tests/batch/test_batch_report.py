@@ -20,7 +20,8 @@ def test_done_json_round_trips_and_reads_back_as_skipped(tmp_path: Path) -> None
     finished = finished_result(tmp_path)
 
     assert finished == RESULT
-    assert finished.skipped().status == "skipped" and finished.skipped().metrics == RESULT.metrics
+    skipped = finished.skipped("#0a1b2c3d4e/CT")
+    assert skipped.status == "skipped" and skipped.metrics == RESULT.metrics and skipped.location == "#0a1b2c3d4e/CT"
     (tmp_path / "done.json").write_text("{not json")
     assert finished_result(tmp_path) is None  # a damaged marker means: redo the study
 
