@@ -32,7 +32,7 @@ STAGES = ("discover", "load", "suv", "resample", "window", "fuse", "metrics", "w
 
 
 _PLAIN_COMPONENT = re.compile(r"[0-9]{1,6}")  # a folder index (1, 0003) names no one: kept
-_PATH_END = re.compile(r"(?=[:),\s])|$")  # where a path quoted in a message may end
+_PATH_END = re.compile(r"(?=[:),;\s])|$")  # where a path quoted in a message may end
 
 
 def printable(text: str) -> str:
@@ -65,16 +65,24 @@ class Locator:
         return "/".join(self._component(part) for part in relative.parts) or "."
 
     def redact(self, text: object) -> str:
-        """A one-line message with every input path in it replaced by its :meth:`location`.
+        """A one-line message with every input path in it, IN_DIR's own included, replaced by its :meth:`location`.
 
-        A message quotes a path up to ``:``, ``)``, ``,`` or a space; as folder names may hold those too,
+        A message quotes a path up to ``:``, ``)``, ``,``, ``;`` or a space; as folder names may hold those too,
         the longest candidate that exists on disk is taken.
         """
-        text, prefix = " ".join(str(text).split()), f"{self.in_dir}{os.sep}"
+        text, root = " ".join(str(text).split()), str(self.in_dir)
         pieces, start = [], 0
-        while (found := text.find(prefix, start)) >= 0:
-            ends = [match.start() for match in _PATH_END.finditer(text, found + len(prefix))]
-            end = next((end for end in reversed(ends) if os.path.lexists(text[found:end])), ends[0])
+        while (found := text.find(root, start)) >= 0:
+            after = found + len(root)
+            if text.startswith(os.sep, after):  # a path under IN_DIR
+                ends = [match.start() for match in _PATH_END.finditer(text, after + 1)]
+                end = next((end for end in reversed(ends) if os.path.lexists(text[found:end])), ends[0])
+            elif _PATH_END.match(text, after):  # IN_DIR itself (a flat export's series folder)
+                end = after
+            else:  # a sibling whose name begins with IN_DIR's
+                pieces.append(text[start:after])
+                start = after
+                continue
             pieces += [text[start:found], self.location(text[found:end])]
             start = end
         return printable("".join(pieces) + text[start:])

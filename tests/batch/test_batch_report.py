@@ -57,6 +57,15 @@ def test_locations_are_relative_and_hide_every_name_but_folder_indices(tmp_path:
     assert explicit.redact(f"{tmp_path}/M\udcfcller: bad") == "M\\xfcller: bad"  # undecodable byte, printable
 
 
+def test_a_message_naming_in_dir_itself_or_ending_a_path_with_a_semicolon_is_redacted(tmp_path: Path) -> None:
+    export = tmp_path / "DOE^JOHN_MRN123"  # a flat export: the series lie in IN_DIR itself
+    (export / "CT").mkdir(parents=True)
+    locator = Locator(export, b"secret")
+    message = locator.redact(f"its PET (1.0 to 2.0 mm, {export}) does not overlap; {export / 'CT'}; {export}2/x")
+    assert "DOE" not in message.replace(f"{export}2", "")  # a sibling folder is not IN_DIR
+    assert message == f"its PET (1.0 to 2.0 mm, .) does not overlap; {locator.location(export / 'CT')}; {export}2/x"
+
+
 @pytest.mark.parametrize("key", ["../../etc", "0123456789AB", "0123456789abc", ""])
 def test_study_folders_are_named_only_by_study_keys(tmp_path: Path, key: str) -> None:
     assert study_folder(tmp_path, "0123456789ab") == tmp_path / "0123456789ab"
