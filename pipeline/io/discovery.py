@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import MediaStorageDirectoryStorage
 
 from pipeline.errors import InputError
 from pipeline.io.headers import read_dicom, slice_normal, study_key
@@ -230,7 +231,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[FileProblem]]:
     """Group every image slice below root by SeriesInstanceUID; unreadable files become problems.
 
-    Non-image objects (RTSTRUCT, SEG, SR...) have no slice geometry and are skipped quietly.
+    Non-image objects (RTSTRUCT, SEG, SR..., a media's DICOMDIR) are skipped quietly.
     Raises InputError when root holds no DICOM file at all.
     """
     root = Path(root)
@@ -246,6 +247,8 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
             problems.append(FileProblem(path, str(exc)))
             continue
         found_dicom = True
+        if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+            continue  # a DICOMDIR, the index of a CD or USB export: no image, and not a problem
         if "Modality" not in ds:  # every DICOM object has one: the file was cut short
             problems.append(FileProblem(path, f"{path}: no Modality in the header (truncated file?)"))
             continue

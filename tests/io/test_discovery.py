@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from pipeline.errors import InputError
 from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair
@@ -26,6 +27,13 @@ def test_finds_pair_in_messy_tree(dicom_factory):
     (root / "study" / "notes.txt").write_text("not dicom")
     (root / "study" / "empty.dcm").write_bytes(b"")
     dicom_factory.rtstruct("study/rt/RS.dcm")
+    dicomdir = Dataset()  # a CD export's index: no Modality, no image
+    dicomdir.file_meta = FileMetaDataset()
+    dicomdir.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dicomdir.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicomdir.FileSetID = "EXPORT"
+    dicomdir.save_as(root / "DICOMDIR", enforce_file_format=True)
 
     result = discover_studies(root)
 
@@ -38,7 +46,7 @@ def test_finds_pair_in_messy_tree(dicom_factory):
     assert list(pair.ct.positions) == sorted(pair.ct.positions)
     assert [f.name for f in pair.ct.files] == ["z004.dcm", "z003.dcm", "z002.dcm", "z001.dcm"]
     problems = {p.path.name: p.reason for p in result.problems}
-    assert set(problems) == {"notes.txt", "empty.dcm"}  # the RTSTRUCT is ignored quietly
+    assert set(problems) == {"notes.txt", "empty.dcm"}  # the RTSTRUCT and the DICOMDIR are ignored quietly
     assert "empty file" in problems["empty.dcm"] and "not a DICOM file" in problems["notes.txt"]
 
 
