@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 import torch
@@ -43,7 +44,11 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
 
 
 class LocalExecutor:
-    """Studies one after another in this process, or ``workers`` at a time in spawned processes."""
+    """Studies one after another in this process, or ``workers`` at a time in spawned processes.
+
+    A worker that dies (killed for memory, say) breaks the whole pool and every study it held: those are redone in a
+    worker of their own, one at a time, so only the study that kills its worker fails.
+    """
 
     def __init__(self, workers: int = 1):
         if workers < 1:
@@ -55,13 +60,24 @@ class LocalExecutor:
         if self.in_process:
             yield from map(process_study, tasks)
             return
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        # spawn, not fork: a forked copy of a process holding torch's thread pools can deadlock.
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=init_worker, initargs=(threads, os.getpid())) as pool:
+        lost = []
+        with self._pool(self.workers) as pool:
             futures = {pool.submit(process_study, task): task for task in tasks}
             for future in as_completed(futures):
-                yield _collect(future.result, futures[future])
+                if isinstance(future.exception(), BrokenProcessPool):
+                    lost.append(futures[future])
+                else:
+                    yield _collect(future.result, futures[future])
+        for task in lost:
+            with self._pool(1) as pool:
+                yield _collect(pool.submit(process_study, task).result, task)
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        """``workers`` spawned processes, each with the batch's share of the cores and bound to this process."""
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        # spawn, not fork: a forked copy of a process holding torch's thread pools can deadlock.
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(threads, os.getpid()))
 
 
 class RayExecutor:
