@@ -23,6 +23,7 @@ from pipeline.errors import DcifError
 from pipeline.io.atomic import atomic_write
 
 DONE_FILE = "done.json"
+STORED_FILE = "stored.json"  # written once a study's fused series are in the PACS (fuse-batch URL --store)
 PREVIEW_FILE = "preview.png"
 LOCK_FILE = ".lock"
 LOCATION_KEY_FILE = ".location-key"  # secret of the report's pseudonymised input locations: never share
@@ -51,6 +52,12 @@ def mark_done(folder: Path, result: StudyResult) -> Path:
     with atomic_write(path) as temporary:
         temporary.write_text(result.to_json() + "\n")
     return path
+
+
+def mark_stored(folder: Path) -> None:
+    """Record that the study's fused series went back to the PACS, so no later run stores them again."""
+    with atomic_write(folder / STORED_FILE) as temporary:
+        temporary.write_text("{}\n")
 
 
 def clear_study(folder: Path) -> None:

@@ -2,9 +2,9 @@
 
 QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/`` (whole
 studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses them
-with its report, resume and per-study isolation, and with ``store`` the fused series of every study
-fused by this run go back by STOW-RS into their patient and study. A study the PACS will not give
-or take fails alone, with its reason in the report.
+with its report, resume and per-study isolation, and with ``store`` the fused series of every finished study
+not yet stored (``stored.json``; an interrupted run's included) go back by STOW-RS into their patient and study.
+A study the PACS will not give or take fails alone, with its reason in the report.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.batch.executors import Executor
 from pipeline.batch.job import run_batch
-from pipeline.batch.layout import clear_study, study_folder
-from pipeline.batch.report import FAILED, OK, BatchReport, StudyResult
+from pipeline.batch.layout import STORED_FILE, clear_study, mark_stored, study_folder
+from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, StudyResult
 from pipeline.batch.task import BatchOptions
 from pipeline.errors import DcifError
 from pipeline.io.derived_series import FUSED_FILE
@@ -52,13 +52,15 @@ def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: Batch
 
 
 def _stored(client, out_dir: Path, result: StudyResult) -> StudyResult:
-    """Send a study fused by this run to the PACS; a refusal fails that study only (it is redone next run)."""
-    if result.status != OK:
+    """Send a finished study to the PACS unless an earlier run did (one that stopped before storing did not); a
+    refusal fails that study only (it is redone next run)."""
+    folder = study_folder(out_dir, result.key) if result.status in (OK, SKIPPED) else None
+    if folder is None or (folder / STORED_FILE).is_file():
         return result
-    folder = study_folder(out_dir, result.key)
     try:
         store_instances(client, sorted(folder.glob(f"*/{FUSED_FILE}")))
     except DcifError as error:
         clear_study(folder)  # not done until stored: the next run fuses and stores it again
         return replace(result, status=FAILED, reason=str(error))
+    mark_stored(folder)
     return result

@@ -109,6 +109,20 @@ def test_fused_series_go_back_once_into_the_source_study(tmp_path: Path, orthanc
     assert len(_fused_series(orthanc, pacs_study)) == 4  # a new model's images are stored, not dropped
 
 
+def test_a_study_a_run_fused_but_did_not_store_is_stored_by_the_next(tmp_path: Path, orthanc: str, pacs_study: str,
+                                                                      batch_options,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:interrupted-run")
+    before = len(_fused_series(orthanc, pacs_study))
+    # A run stopped between fusing (done.json written) and storing, as a killed --store run would leave it.
+    run_dicomweb_batch(orthanc, tmp_path / "out", batch_options, {"StudyDate": "19000101-"}, progress=False,
+                       environ=CREDENTIALS)
+    assert len(_fused_series(orthanc, pacs_study)) == before
+    resumed = _run(orthanc, tmp_path / "out", batch_options)
+    assert resumed.counts()["skipped"] == 1 and len(_fused_series(orthanc, pacs_study)) == before + 2
+    assert [path.parent.name for path in (tmp_path / "out").glob("*/stored.json")] == [resumed.studies[0].key]
+
+
 def test_missing_credentials_fail_in_one_line(tmp_path: Path, orthanc: str, capsys: pytest.CaptureFixture,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV):
