@@ -91,10 +91,11 @@ class DicomSink(_ChannelWriters):
     def writers(self) -> list[DerivedSeriesWriter]:
         created = datetime.now().astimezone()
         where = str(self.study.data["ct"].meta.get("filename_or_obj", "fused volume"))
+        pet_scaling = str(self.study.data["pet"].meta.get("pet_scaling", "SUVbw"))
         writers = []
         for number, (window, method) in enumerate(self.study.names, start=FUSED_SERIES_NUMBER):
             provenance = Provenance(method, window, self.study.versions.get(method, BASELINE_VERSION),
-                                    self.study.suv_max, created=created)
+                                    self.study.suv_max, pet_scaling, created=created)
             series = [(dicom_folder_name(method, window), number, False)]
             if self.colour:
                 series.append((colour_folder_name(method, window), number + COLOUR_SERIES_OFFSET, True))

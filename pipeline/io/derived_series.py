@@ -70,12 +70,14 @@ class Provenance:
     window: str
     model_version: str  # pipeline.provenance.fuser_version
     suv_max: float
+    pet_scaling: str = "SUVbw"  # how the PET's pixels became SUV (a factor given by hand, a relative scaling...)
     software_version: str = SOFTWARE_VERSION
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     def identity(self) -> list[str]:
         """Everything the pixels depend on besides the sources; not the creation time."""
-        return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.software_version]
+        return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.pet_scaling,
+                self.software_version]
 
 
 def dicom_folder_name(method: str, window: str) -> str:
@@ -162,7 +164,7 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
     ds.BurnedInAnnotation = "NO"
     ds.DerivationDescription = (
         f"PET/CT fusion by {provenance.method} ({provenance.model_version}) of the CT ({provenance.window} window) "
-        f"and the PET in SUV 0-{provenance.suv_max:g} resampled onto the CT grid"
+        f"and the PET ({provenance.pet_scaling}) at 0-{provenance.suv_max:g} resampled onto the CT grid"
         + ("; hot-iron PET over the grey fused image" if colour else f"; stored = round(fused * {MAX_STORED})"))
     ds.DerivationCodeSequence = [_code(codes.DCM.ImageProcessing)]
     ds.SourceImageSequence, ds.ReferencedSeriesSequence = _references(ordered, pet_headers)

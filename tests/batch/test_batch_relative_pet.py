@@ -42,5 +42,10 @@ def test_a_factor_given_by_hand_replaces_the_relative_scaling(tmp_path: Path, ti
     report = run_batch(tmp_path / "in", tmp_path / "out", replace(batch_options, pet_factor=1e-3), progress=False)
     (result,) = report.studies
     assert result.status == OK and result.pet_scaling == "SUVbw (factor 0.001 given by hand)"
+    # Another factor, other pixels: other UIDs, or a PACS would keep the first images as "already stored".
+    run_batch(tmp_path / "in", tmp_path / "other", replace(batch_options, pet_factor=2e-3), progress=False)
+    first, other = (pydicom.dcmread(next((tmp_path / out / result.key).glob("dicom_*/fused.dcm")),
+                                    stop_before_pixels=True) for out in ("out", "other"))
+    assert first.SeriesInstanceUID != other.SeriesInstanceUID and "factor 0.001" in first.DerivationDescription
     with pytest.raises(InputError, match="--pet-factor must be a positive number"):
         run_batch(tmp_path / "in", tmp_path / "out2", replace(batch_options, pet_factor=-1.0), progress=False)

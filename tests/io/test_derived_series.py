@@ -105,7 +105,8 @@ def test_object_is_a_derived_non_ct_image_in_the_source_study_referencing_ct_and
 
 
 @pytest.mark.parametrize("change", [{"model_version": "sha256:1234"}, {"method": "dwt"}, {"window": "mediastinal"},
-                                    {"suv_max": 10.0}, {"software_version": "dcif-fusion 9.9"}])
+                                    {"suv_max": 10.0}, {"pet_scaling": "SUVbw (factor 2 given by hand)"},
+                                    {"software_version": "dcif-fusion 9.9"}])
 def test_uids_change_whenever_the_pixels_may(tmp_path: Path, phantom, fused: MetaTensor, change: dict) -> None:
     first = pydicom.dcmread(_write(phantom, fused, tmp_path / "a"))
     later = pydicom.dcmread(_write(phantom, fused, tmp_path / "b", replace(PROVENANCE, created=PROVENANCE.created.replace(year=2030))))
