@@ -47,11 +47,13 @@ class Locator:
     With a ``key``, every path component that is not a plain number becomes ``#`` + a keyed hash
     (HMAC-SHA256) of its bytes: the same folder gets the same name throughout a report, but neither a
     patient's name nor a dictionary of MRNs can be recovered without the key, which stays in OUT_DIR.
-    ``key=None`` (opt-in) writes the relative paths themselves.
+    ``key=None`` (opt-in) writes the relative paths themselves. IN_DIR itself is ``root`` (".": the report's
+    locations are relative to it).
     """
 
     in_dir: Path
     key: bytes | None = None
+    root: str = "."
 
     def _component(self, part: str) -> str:
         if self.key is None or _PLAIN_COMPONENT.fullmatch(part):
@@ -59,10 +61,10 @@ class Locator:
         return "#" + hmac.new(self.key, os.fsencode(part), hashlib.sha256).hexdigest()[:10]
 
     def location(self, path: str | os.PathLike[str]) -> str:
-        """The shareable name of an input file or folder ("." for IN_DIR itself)."""
+        """The shareable name of an input file or folder (``root`` for IN_DIR itself)."""
         path = Path(path)
         relative = path.relative_to(self.in_dir) if path.is_relative_to(self.in_dir) else path
-        return "/".join(self._component(part) for part in relative.parts) or "."
+        return "/".join(self._component(part) for part in relative.parts) or self.root
 
     def redact(self, text: object) -> str:
         """A one-line message with every input path in it, IN_DIR's own included, replaced by its :meth:`location`.
@@ -90,7 +92,7 @@ class Locator:
 
 class PathRedaction(logging.Filter):
     """Log lines name input files as the report does (exports name folders by patient): paths under IN_DIR by the
-    ``locator``, and the folders of ``roles`` (``{folder: "<input folder>"}``) by their role."""
+    ``locator``, and the folders of ``roles`` (``{folder: "<output folder>"}``) by their role."""
 
     def __init__(self, locator: Locator, roles: Mapping[str, str] | None = None) -> None:
         super().__init__()
@@ -136,6 +138,7 @@ class StudyResult:
     pet_scaling: str = ""  # how PET intensities were scaled for display: an SUV type, or a relative scaling
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    made_with: dict[str, object] = field(default_factory=dict)  # the settings its outputs depend on (see made_with)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=False)

@@ -87,8 +87,8 @@ class DcifFusionApp(Application):
         output_folder.mkdir(parents=True, exist_ok=True)
         # Files under the input folder as the batch report names them (keyed pseudonyms, key in the output folder),
         # the two folders by role.
-        self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder)),
-                                       {str(input_folder): "<input folder>", str(output_folder): "<output folder>"})
+        self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder), root="<input folder>"),
+                                       {str(output_folder): "<output folder>"})
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redaction)
         logger.info("input %s, output %s, models %s", input_folder, output_folder, context.model_path)
