@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,17 +22,18 @@ from tqdm import tqdm
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathRedaction, StudyResult, redacted_logs
-from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers
+from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, made_with
 from pipeline.errors import DcifError, InputError
+from pipeline.fusion.registry import Fuser
 from pipeline.io.discovery import DiscoveryResult, discover_studies
 from pipeline.transforms.windowing import check_windows
 
 logger = logging.getLogger(__name__)
 
 
-def check_options(options: BatchOptions, executor: Executor) -> None:
+def check_options(options: BatchOptions, executor: Executor) -> Mapping[str, Fuser]:
     """Refuse bad options before any study runs: unknown windows or methods, a missing checkpoint or GPU, or a model
-    trained on other windows or another SUV ceiling."""
+    trained on other windows or another SUV ceiling. The fusers, built."""
     check_windows(options.windows)
     if options.device not in ("cpu", "cuda"):
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
@@ -46,6 +48,7 @@ def check_options(options: BatchOptions, executor: Executor) -> None:
     fusers = cached_fusers(options.methods, options.checkpoint, options.device if executor.in_process else "cpu")
     for fuser in fusers.values():
         fuser.check_inputs(options.windows, options.suv_max)
+    return fusers
 
 
 def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:
@@ -69,7 +72,7 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     executor = executor or LocalExecutor()
-    check_options(options, executor)
+    fusers = check_options(options, executor)
     if out_dir == in_dir or out_dir.is_relative_to(in_dir):
         raise InputError(f"{out_dir}: OUT_DIR must not lie inside IN_DIR (outputs would be rescanned)")
     with own_output(out_dir):
@@ -77,7 +80,7 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
             clear_partial_files(out_dir)
             locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
             with redacted_logs(PathRedaction(locator)):  # warnings name inputs as the report does
-                report = _run(in_dir, out_dir, locator, options, executor, progress)
+                report = _run(in_dir, out_dir, locator, options, executor, progress, made_with(options, fusers))
             report.write()
         except OSError as error:  # OUT_DIR became unwritable or full outside any one study
             raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
@@ -85,7 +88,7 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
 
 
 def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, executor: Executor,
-         progress: bool) -> BatchReport:
+         progress: bool, settings: dict[str, object]) -> BatchReport:
     start = time.perf_counter()
     found = discover_studies(in_dir)
     # One scan serves every study: each is charged an equal share of it as its "discover" stage.
@@ -95,9 +98,13 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
     tasks = []
     for pair in found.pairs:
         finished = finished_result(study_folder(out_dir, pair.study_key))
-        if finished is not None:
+        # A study finished with other settings (methods, a model's weights, windows...) is redone; one whose done.json
+        # predates the record of its settings is taken as finished.
+        if finished is not None and finished.made_with in ({}, settings):
             results.append(finished.skipped(locator.location(pair.ct.folder)))
         else:
+            if finished is not None:
+                logger.warning("study %s: finished with other settings, redone with this run's", pair.study_key)
             tasks.append(StudyTask(pair, locator, out_dir, options, discover_s))
     logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),
                 len(found.pairs) - len(tasks), len(found.failures))

@@ -21,6 +21,7 @@ from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.discovery import StudyPair
+from pipeline.provenance import fuser_version
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -62,6 +63,13 @@ class StudyTask:
         return self.result(FAILED, reason)
 
 
+def made_with(options: BatchOptions, fusers: Mapping[str, Fuser]) -> dict[str, object]:
+    """What a study's outputs depend on besides its files: each fuser's version (a model's weights), the windows,
+    the SUV ceiling and a PET factor. A finished study made otherwise is redone, not skipped."""
+    return {"methods": {name: fuser_version(fuser) for name, fuser in fusers.items()},
+            "windows": list(options.windows), "suv_max": options.suv_max, "pet_factor": options.pet_factor}
+
+
 @functools.lru_cache(maxsize=1)
 def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str) -> Mapping[str, Fuser]:
     """Fusers built once per process: a model checkpoint is loaded once, not once per study."""
@@ -80,7 +88,7 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     timings = {"discover": task.discover_s, **result.timings}
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
     return task.result(OK, timings=ordered, metrics=scorer.scores,
-                       pet_scaling=str(result.data["pet"].meta["pet_scaling"]))
+                       pet_scaling=str(result.data["pet"].meta["pet_scaling"]), made_with=made_with(options, fusers))
 
 
 def process_study(task: StudyTask) -> StudyResult:

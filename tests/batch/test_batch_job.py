@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -93,6 +94,18 @@ def test_finished_studies_are_skipped_with_their_results(tmp_path: Path, good_ex
     assert {row["key"]: row["metrics"] for row in _rows(out)} == before
     assert {row["reason"] for row in _rows(out)} == {"done (finished by an earlier run)"}
 
+
+
+def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, good_export: Path, reference_run: Path,
+                                                             batch_options: BatchOptions, caplog) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    report = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
+    assert report.counts() == {"ok": N_GOOD, "failed": 0, "skipped": 0} and "finished with other settings" in caplog.text
+    assert len(list(out.glob("*/fused_average_lung.nii.gz"))) == N_GOOD
+    assert all(row["made_with"]["methods"] == {"average": "no weights"} for row in _rows(out))
+    again = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
+    assert again.counts()["skipped"] == N_GOOD
 
 def test_skipped_studies_are_named_as_this_run_names_inputs(tmp_path: Path, good_export: Path,
                                                             batch_options: BatchOptions) -> None:
