@@ -57,22 +57,6 @@ def test_ray_engine_on_a_local_ray_matches_the_local_engine(tmp_path: Path, good
     assert fused_files(tmp_path) == fused_files(reference_run)
 
 
-class _KillsItsWorker(StudyPair):
-    """A study whose worker dies as it receives it, as one killed for memory would."""
-
-    def __reduce__(self):
-        return os._exit, (9,)
-
-
-def test_a_lost_worker_fails_its_own_study_alone(tmp_path: Path, good_export: Path, batch_options: BatchOptions):
-    pairs = discover_studies(good_export).pairs
-    killer = _KillsItsWorker(pairs[0].study_uid, pairs[0].ct, pairs[0].pet)
-    tasks = [StudyTask(pair, Locator(good_export), tmp_path, batch_options) for pair in [killer, *pairs[1:]]]
-    results = {result.key: result for result in LocalExecutor(workers=2).run(tasks)}
-    assert results[killer.study_key].status == FAILED and "worker lost" in results[killer.study_key].reason
-    assert all(results[pair.study_key].status == OK for pair in pairs[1:])  # the pool's break took them down too
-
-
 def test_engine_choice_is_checked() -> None:
     assert isinstance(make_executor("local", workers=2), LocalExecutor)
     with pytest.raises(DcifError, match="unknown executor"):
