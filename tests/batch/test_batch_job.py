@@ -101,7 +101,8 @@ def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, goo
     out = tmp_path / "out"
     shutil.copytree(reference_run, out)
     report = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
-    assert report.counts() == {"ok": N_GOOD, "failed": 0, "skipped": 0} and "finished with other settings" in caplog.text
+    assert report.counts() == {"ok": N_GOOD, "failed": 0, "skipped": 0}
+    assert "finished with other settings" in caplog.text
     assert len(list(out.glob("*/fused_average_lung.nii.gz"))) == N_GOOD
     assert all(row["made_with"]["methods"] == {"average": "no weights"} for row in _rows(out))
     again = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
@@ -157,7 +158,8 @@ def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path: Path, good_exp
 def test_a_named_checkpoint_or_the_models_scaling_is_checked_before_any_work(tmp_path: Path, good_export: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
     # A mistyped --checkpoint asks for the model: it fails, rather than fusing with a baseline under its name.
-    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "a"), "--checkpoint", str(tmp_path / "no.pt")]) == 2
+    assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "a"),
+                 "--checkpoint", str(tmp_path / "no.pt")]) == 2
     # The shipped model was trained at the default SUV ceiling: another one fails at once, not in every study.
     assert main(["-q", "fuse-batch", str(good_export), str(tmp_path / "b"), "--method", "dcif_gan",
                  "--suv-max", "7.5"]) == 2

@@ -156,7 +156,8 @@ def test_planted_identifiers_reach_no_shared_file_nor_the_terminal(
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_warnings_name_inputs_by_pseudonyms_in_every_process(tmp_path: Path, planted_export: Path, identifiers_in,
-                                                             capfd: pytest.CaptureFixture, caplog, workers: str) -> None:
+                                                             capfd: pytest.CaptureFixture, caplog,
+                                                             workers: str) -> None:
     """The loader's warnings quote the series' folder, which names the patient: in this process (whose log handlers
     are pytest's here) and in spawned workers (Python's last-resort handler, to the terminal)."""
     export = tmp_path / "export"
