@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
-from pipeline.metrics.lesion import known_lesion
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, study_preprocessing
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -62,14 +61,14 @@ def cache_studies(
         affine = data["image"].affine.numpy().copy()
         affine[:, 2] *= step
         name = f"{data['study_key']}.npz"
-        known = known_lesion(item, data["image"].affine.numpy(), data["image"].shape[1:])
+        label = data.get("label")  # the tumour the item's datalist fields name (KnownLesiond)
         with atomic_write(folder / name) as temporary:
             np.savez_compressed(
                 temporary,
                 image=np.rint(data["image"].numpy()[..., ::step] * _LEVELS).clip(0, _LEVELS).astype(np.uint8),
                 affine=affine,
                 body_slices=data["body_slices"].numpy()[::step],
-                **({} if known is None else {"lesion": known[1][..., ::step]}),
+                **({} if label is None else {"lesion": label[0].numpy()[..., ::step] > 0.5}),
             )
         kept = {k: item[k] for k in KEPT_FIELDS if k in item}
         entries.append({"image": name, "study_key": data["study_key"], **kept})

@@ -11,13 +11,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai.transforms import Compose, Transform
+from monai.transforms import Transform
 
 from pipeline.data.datalist import Datalist, load_datalist, phantom_datalist
 from pipeline.data.study_cache import LoadCachedStudyd, load_cached_datalist
 from pipeline.errors import InputError
 from pipeline.transforms.data_path import study_preprocessing
-from pipeline.transforms.lesion import KnownLesiond
 
 
 def default_dataset_dir() -> str:
@@ -49,8 +48,8 @@ def workflow_preprocessing(
     study_cache: str | os.PathLike[str] | None = None,
     **pet_overrides: float | str | None,
 ) -> Transform:
-    """A cached study's reader, or the DICOM/NIfTI data path (``pet_overrides``: weight_kg, dose_bq, units) with the
-    tumour the datalist knows as ``label``, as the cache keeps it.
+    """A cached study's reader, or the DICOM/NIfTI data path (``pet_overrides``: weight_kg, dose_bq, units), which
+    gives the tumour the datalist knows as ``label``, as the cache keeps it.
 
     A cache holds its studies in SUV already: PET overrides given with one would be ignored, so they are refused.
     """
@@ -60,4 +59,4 @@ def workflow_preprocessing(
             raise InputError(f"{study_cache}: a study cache holds SUV already; the PET overrides {', '.join(given)} "
                              "apply to studies read from DICOM or NIfTI (make the cache with them instead)")
         return LoadCachedStudyd(windows=windows, suv_max=suv_max)
-    return Compose([*study_preprocessing(windows, suv_max, **pet_overrides).transforms, KnownLesiond()])
+    return study_preprocessing(windows, suv_max, **pet_overrides)

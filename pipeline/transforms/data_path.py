@@ -10,7 +10,8 @@ Output keys: ``ct`` (HU), ``pet`` (SUV on the CT grid), ``pet_scaled`` (SUV / ce
 ``ct_<window>`` (each window in [0, 1]), ``image``: the network input, one channel per CT window
 followed by the scaled PET, ``(len(windows) + 1, X, Y, Z)`` on the CT's geometry, and
 ``pet_slices``: a bool ``(Z,)`` flag per axial CT slice the PET covers, and ``body_slices``: the same per
-slice inside the body and covered by the PET (what is scored and shown).
+slice inside the body and covered by the PET (what is scored and shown); the whole-volume path adds ``label``
+where the datalist knows the tumour.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from monai.data import MetaTensor
 from monai.transforms import Compose, ConcatItemsd
 
+from pipeline.transforms.lesion import KnownLesiond
 from pipeline.transforms.loading import LoadStudyd
 from pipeline.transforms.resample import PETCoveraged, ResampleToReferenced
 from pipeline.transforms.slicing import BodySlicesd
@@ -104,6 +106,7 @@ def study_preprocessing(
     units: str | None = None,
     pet_factor: float | None = None,
 ) -> Compose:
-    """:func:`study_loading` then :func:`network_input` on the whole volume (arguments as theirs)."""
+    """:func:`study_loading` then :func:`network_input` on the whole volume (arguments as theirs), and the tumour the
+    study's datalist knows as ``label`` (:class:`~pipeline.transforms.lesion.KnownLesiond`), where it names one."""
     head = network_input(windows, suv_max, resample_mode)  # checks the windows before anything is read
-    return Compose([*study_loading(weight_kg, dose_bq, units, pet_factor).transforms, *head.transforms])
+    return Compose([*study_loading(weight_kg, dose_bq, units, pet_factor).transforms, *head.transforms, KnownLesiond()])

@@ -20,4 +20,5 @@ def test_a_phantoms_truth_becomes_its_label_and_a_study_without_one_has_none(tin
     assert labelled["label"].shape == (1, *study["image"].shape[1:]) and expected.any()
     assert np.array_equal(labelled["label"][0].numpy() > 0.5, expected)
     assert np.allclose(labelled["label"].affine, study["image"].affine)
-    assert "label" not in KnownLesiond()({key: value for key, value in study.items() if key != "truth"})
+    unknown = {key: value for key, value in study.items() if key not in ("truth", "label")}
+    assert "label" not in KnownLesiond()(unknown)
