@@ -1,12 +1,10 @@
 """Check, study by study as the evaluator runs, that every fused output keeps the lesion visible.
 
 Same evaluator layout as :class:`pipeline.handlers.FusionSliceMetrics`: ``image`` holds the CT
-windows then the scaled PET, ``pred`` one channel per (window, method). The lesion comes from the
-phantom's designed tumour when the batch names a ``truth`` file, else from the study's tumour
-contour when it names a ``lesion_mask`` (an RTSTRUCT), else from a cached study's ``label`` (the cache kept one of
-those), else from the PET threshold; definitions in
-:mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient
-identifier.
+windows then the scaled PET, ``pred`` one channel per (window, method). The lesion is the batch's ``label``, the
+tumour the data path gives where the datalist knows one (:class:`~pipeline.transforms.lesion.KnownLesiond`: the
+phantom's ``truth``, else the study's ``lesion_mask`` contour) and a study cache keeps, else the PET threshold;
+definitions in :mod:`pipeline.metrics.lesion`. Rows carry the study's hash key, never a patient identifier.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from pipeline.io.atomic import atomic_write
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
     DEFAULT_RING_MM,
-    known_lesion,
     lesion_contrast_ratio,
     lesion_mask_from_pet,
     ring_mask,
@@ -135,11 +132,12 @@ class LesionContrastReport:
         channels, methods = engine.network.channels, list(engine.network.fusers)
         affine = study_affine(engine)
         pet = image[-1]
-        fields = {key: batch_field(engine, key) for key in ("truth", "lesion_mask") if key in engine.state.batch}
-        known = known_lesion(fields, affine, pet.shape)
-        if known is None and engine.state.batch.get("label") is not None:  # a cached study: the cache kept its tumour
-            known = "cache", engine.state.batch["label"][0, 0].cpu().numpy() > 0.5
-        source, lesion = known if known is not None else ("pet_threshold", lesion_mask_from_pet(pet, self.fraction))
+        label = engine.state.batch.get("label")
+        if label is None:
+            source, lesion = "pet_threshold", lesion_mask_from_pet(pet, self.fraction)
+        else:  # a cached study's label says no more than that the cache kept it
+            source = batch_field(engine, "lesion_source") if "lesion_source" in engine.state.batch else "cache"
+            lesion = label[0, 0].cpu().numpy() > 0.5
         ring = ring_mask(lesion, np.asarray(affine_to_spacing(affine, r=3)), self.ring_mm)
         study_key = batch_field(engine, "study_key")
         for w, window in enumerate(engine.network.windows):

@@ -20,8 +20,9 @@ from pipeline.metrics.lesion import known_lesion
 
 
 class KnownLesiond(MapTransform):
-    """``data[label_key]`` = the known tumour (1, X, Y, Z) on ``data[key]``'s grid; nothing where the study's fields
-    (``truth``, ``lesion_mask``) name none, and the measures fall back to a PET threshold."""
+    """``data[label_key]`` = the known tumour (1, X, Y, Z) on ``data[key]``'s grid and ``data["lesion_source"]`` where
+    it came from (``phantom`` or ``contour``); nothing where the study's fields (``truth``, ``lesion_mask``) name none,
+    and the measures fall back to a PET threshold."""
 
     def __init__(self, keys: KeysCollection = "image", label_key: str = "label") -> None:
         super().__init__(keys)
@@ -33,5 +34,6 @@ class KnownLesiond(MapTransform):
             image = d[key]
             known = known_lesion(d, np.asarray(image.affine, dtype=np.float64), image.shape[1:])
             if known is not None:
+                d["lesion_source"] = known[0]
                 d[self.label_key] = MetaTensor(torch.from_numpy(known[1][None].astype(np.float32)), affine=image.affine)
         return d

@@ -11,11 +11,11 @@ from ignite.engine import Engine
 from monai.data import MetaTensor, list_data_collate
 from monai.data.utils import affine_to_spacing
 
-from pipeline.errors import InputError
 from pipeline.fusion import FusionNetwork
 from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
 from pipeline.transforms.data_path import study_preprocessing
+from pipeline.transforms.lesion import KnownLesiond
 from tests.io.conftest import write_rtstruct
 
 AFFINE = torch.diag(torch.tensor([-2.0, -2.0, 3.0, 1.0], dtype=torch.float64))
@@ -98,8 +98,8 @@ def test_a_window_without_a_defined_ratio_is_left_out_when_read_back(tmp_path):
 
 def test_phantom_truth_gives_the_lesion(tmp_path, tiny_datalist, tiny_phantom_root):
     truth_path = tiny_phantom_root / "seed_000" / "truth.json"
-    study = {**study_preprocessing(["lung", "mediastinal"])(tiny_datalist[0]), "truth": str(truth_path)}
-    batch = list_data_collate([{key: study[key] for key in ("image", "study_key", "truth")}])
+    study = study_preprocessing(["lung", "mediastinal"])({**tiny_datalist[0], "truth": str(truth_path)})
+    batch = list_data_collate([{key: study[key] for key in ("image", "study_key", "label", "lesion_source")}])
 
     def fuse_pet(engine: Engine, batch: dict) -> dict:
         return {"image": batch["image"], "pred": batch["image"][:, [2, 2]].as_tensor()}
@@ -119,7 +119,7 @@ def test_the_studys_tumour_contour_gives_the_lesion_where_the_datalist_names_one
     corners = [(4, 4), (11, 4), (11, 11), (4, 11)]
     contours = [np.array([[2 * i, 2 * j, 3 * k] for i, j in corners], dtype=float) for k in (3, 4)]
     mask_path = write_rtstruct(tmp_path / "mask" / "rs.dcm", contours={"GTV": contours})
-    study = {**synthetic_study("aaa", 0.9), "lesion_mask": str(mask_path)}
+    study = KnownLesiond()({**synthetic_study("aaa", 0.9), "lesion_mask": str(mask_path)})
     engine = run_report(tmp_path / "out", [list_data_collate([study])])
     rows = {row["method"]: row for row in engine.state.lesion_rows}
     assert {row["lesion"] for row in rows.values()} == {"contour"}
@@ -128,7 +128,6 @@ def test_the_studys_tumour_contour_gives_the_lesion_where_the_datalist_names_one
     threshold = run_report(tmp_path / "threshold", [list_data_collate([synthetic_study("aaa", 0.9)])])
     assert threshold.state.lesion_rows[0]["lesion"] == "pet_threshold"
     assert threshold.state.lesion_rows[0]["contrast_pet"] == pytest.approx(0.8)
-
 
 
 def test_a_cached_studys_label_gives_the_lesion(tmp_path):
@@ -141,14 +140,6 @@ def test_a_cached_studys_label_gives_the_lesion(tmp_path):
     rows = {row["method"]: row for row in engine.state.lesion_rows}
     assert {row["lesion"] for row in rows.values()} == {"cache"}
     assert rows["copy"]["contrast_pet"] == pytest.approx((0.9 - 0.1) * 16 / 64)  # not the threshold's 0.8
-
-def test_bad_truth_file_names_the_file(tmp_path):
-    truth_path = tmp_path / "truth.json"
-    truth_path.write_text(json.dumps({"tumour": {"radius_mm": 5.0}}))
-    batch = list_data_collate([{**synthetic_study("ddd", 0.9), "truth": str(truth_path)}])
-    with pytest.raises(InputError, match="truth.json: phantom truth file has no tumour centre_lps_mm"):
-        run_report(tmp_path, [batch])
-
 
 def test_channel_count_must_match_windows_and_methods(tmp_path):
     with pytest.raises(ValueError, match="1 windows x 3 methods"):

@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
 
+from pipeline.errors import InputError
 from pipeline.metrics import phantom_lesion_mask
 from pipeline.transforms.data_path import study_preprocessing
 from pipeline.transforms.lesion import KnownLesiond
@@ -22,3 +26,11 @@ def test_a_phantoms_truth_becomes_its_label_and_a_study_without_one_has_none(tin
     assert np.allclose(labelled["label"].affine, study["image"].affine)
     unknown = {key: value for key, value in study.items() if key not in ("truth", "label")}
     assert "label" not in KnownLesiond()(unknown)
+
+
+def test_a_bad_truth_file_is_named(tmp_path):
+    truth_path = tmp_path / "truth.json"
+    truth_path.write_text(json.dumps({"tumour": {"radius_mm": 5.0}}))
+    image = MetaTensor(torch.zeros(2, 16, 16, 8), affine=torch.diag(torch.tensor([-2.0, -2.0, 3.0, 1.0])))
+    with pytest.raises(InputError, match="truth.json: phantom truth file has no tumour centre_lps_mm"):
+        KnownLesiond()({"image": image, "truth": str(truth_path)})
