@@ -3,10 +3,11 @@
 Metrics (:class:`FusionMetricHandler`, :class:`FusionSliceMetrics`), reports
 (:class:`FusionReportWriter`, :class:`LesionContrastReport`), fused volumes on disk
 (:class:`FusedVolumeWriter`) and run tracking (MLflow on top of MONAI's ``MLFlowHandler``, and
-a plain per-epoch :class:`TrainingHistory` for hosts without MLflow), and a wall-clock
-:class:`TimeLimit` on training.
+a plain per-epoch :class:`TrainingHistory` for hosts without MLflow), a wall-clock
+:class:`TimeLimit` on training and an :class:`EpochSeed` per training epoch.
 """
 
+from pipeline.handlers.epoch_seed import EpochSeed
 from pipeline.handlers.fusion_metric import FusionMetric, FusionMetricHandler, metric_mean, window_pairs
 from pipeline.handlers.lesion_report import LesionContrastReport, read_lesion_ratios
 from pipeline.handlers.metrics_report import FusionReportWriter
@@ -23,6 +24,7 @@ from pipeline.handlers.training_history import TrainingHistory, read_history, ru
 from pipeline.handlers.volume_writer import FusedVolumeWriter
 
 __all__ = [
+    "EpochSeed",
     "FusedVolumeWriter",
     "FusionMetric",
     "FusionMetricHandler",
