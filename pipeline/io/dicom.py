@@ -238,6 +238,8 @@ def _meta_value(value: object) -> object:
         return "\\".join(str(v) for v in value)
     if isinstance(value, (DSfloat, IS, float, int)):
         return float(value)
+    if isinstance(value, bytes):  # a private tag read as UN (no private creator to give its VR)
+        return value.decode("ascii", "replace").strip(" \x00")
     return str(value)
 
 
@@ -251,7 +253,7 @@ def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
         meta["pet_slices"] = [s.pet for s in slices]
         for name, tag in PRIVATE_DECAY_TAGS.items():
             if first.get(tag) is not None and first[tag].value:
-                meta[name] = str(first[tag].value)
+                meta[name] = _meta_value(first[tag].value)
     radiopharmaceutical = first.get("RadiopharmaceuticalInformationSequence")
     if radiopharmaceutical:
         item = radiopharmaceutical[0]

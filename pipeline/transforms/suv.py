@@ -48,6 +48,7 @@ RELATIVE_BODY_FRACTION = 0.1  # voxels above this fraction of the maximum are th
 RELATIVE_REFERENCE = 5.0  # the percentile is shown as this SUV would be
 _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in MBq
 _ONE_DAY = timedelta(days=1)
+_PLAUSIBLE_HALF_LIVES = 10  # a dated injection longer ago than this (and a day) is a header error, not a PET scan
 
 
 class NoAbsoluteUnits(InputError):
@@ -149,14 +150,17 @@ def _when(day: object, time_of_day: object) -> tuple[bool, datetime]:
 def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
     """Seconds from injection to ``reference``; tolerates midnight and de-identified dates.
 
-    With dates on both sides the true interval is used when plausible (0 to 24 h); otherwise times of
+    With dates on both sides the true interval is used when plausible: not negative, and under a day or
+    :data:`_PLAUSIBLE_HALF_LIVES` half-lives (Zr-89 or I-124 are imaged days after injection). Otherwise times of
     day are compared and an injection "later" than the reference is taken as the day before.
     """
     dated, moment = reference
     start_datetime = meta.get("RadiopharmaceuticalStartDateTime")
     start = DT(str(start_datetime)).replace(tzinfo=None) if start_datetime else None
-    if dated and start is not None and timedelta(0) <= moment - start < _ONE_DAY:
-        return (moment - start).total_seconds()
+    if dated and start is not None and moment >= start:
+        interval = moment - start
+        if interval < _ONE_DAY or interval.total_seconds() < _PLAUSIBLE_HALF_LIVES * _half_life(meta):
+            return interval.total_seconds()
     injection = TM(str(meta["RadiopharmaceuticalStartTime"])) if meta.get("RadiopharmaceuticalStartTime") \
         else start.time() if start is not None else _header(meta, "RadiopharmaceuticalStartTime")
     return ((moment - datetime.combine(moment.date(), injection)) % _ONE_DAY).total_seconds()
@@ -202,7 +206,17 @@ def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
 
 
 def decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
-    """Seconds of decay from injection to each slice's reference time (one value when uniform)."""
+    """Seconds of decay from injection to each slice's reference time (one value when uniform).
+
+    A malformed date or time in the header is an :class:`InputError` naming the value.
+    """
+    try:
+        return _decay_seconds(meta)
+    except ValueError as error:  # pydicom's DA, TM and DT parsers
+        raise InputError(f"{_source(meta)}: unreadable date or time in the PET header: {error}") from None
+
+
+def _decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
     correction = str(_header(meta, "DecayCorrection")).upper()
     if correction == "ADMIN":
         return np.zeros(1)

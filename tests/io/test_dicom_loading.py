@@ -100,6 +100,15 @@ def test_per_slice_pet_timing_and_philips_factors_in_slice_order(dicom_factory):
     assert meta["GEDecayDateTime"] == "20240105095000"
 
 
+def test_a_private_decay_datetime_read_as_un_is_text(dicom_factory):
+    """An export without the private creator leaves pydicom no VR for GE's tag: its bytes are still the datetime."""
+    def per_slice(ds, k):
+        ds.add_new(0x0009100D, "UN", b"20240105095000 ")
+
+    meta = load_series(dicom_factory.series("pet", modality="PT", header=per_slice)).meta
+    assert meta["GEDecayDateTime"] == "20240105095000"
+
+
 def test_regular_spacing_report(dicom_factory):
     report = load_series(dicom_factory.series("ct", modality="CT")).meta["spacing_report"]
     assert report == {"n_slices": 4, "step_mm": pytest.approx(3.0), "min_step_mm": pytest.approx(3.0),

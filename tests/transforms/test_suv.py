@@ -98,6 +98,25 @@ def test_inconsistent_deidentified_dates_fall_back_to_times():
     assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
 
 
+def test_long_lived_tracer_imaged_days_later_decays_over_the_dated_interval():
+    zr89 = 78.41 * 3600.0  # Zr-89 antibodies are imaged 1 to 7 days after injection
+    meta = _meta(RadionuclideHalfLife=zr89, RadiopharmaceuticalStartDateTime="20240102090000")
+    seconds = 3 * 86400.0 + 3600.0
+    assert suv_factor(meta)[0] == pytest.approx(WEIGHT * 1000.0 / (DOSE * 0.5 ** (seconds / zr89)), rel=1e-12)
+
+
+def test_a_dated_interval_of_many_half_lives_falls_back_to_times():
+    """Three days is 40 FDG half-lives (an activity of 1e-12): a date error, not an interval."""
+    meta = _meta(RadiopharmaceuticalStartDateTime="20240102090000")
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("field", ["SeriesTime", "RadiopharmaceuticalStartDateTime", "GEDecayDateTime"])
+def test_a_malformed_time_is_one_line_naming_the_value(field):
+    with pytest.raises(InputError, match=r"/data/pet: unreadable date or time in the PET header: .*nine o'clock"):
+        suv_factor(_meta(**{field: "nine o'clock"}))
+
+
 def test_manual_weight_and_dose_override_headers():
     meta = _meta(PatientWeight=None, RadionuclideTotalDose=None)
     assert suv_factor(meta, weight_kg=80.0, dose_bq=2e8) == pytest.approx(_expected(3600.0, 80.0, 2e8), rel=1e-12)
