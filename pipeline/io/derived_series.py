@@ -58,6 +58,13 @@ _STUDY_TAGS = (
     "StudyTime", "StudyID", "AccessionNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
     "PatientPosition", "BodyPartExamined",
 )
+# BodyPartExamined terms of paired structures (as dciodvfy reads PS3.16 Annex L): a series of one needs Laterality
+# (PS3.3 C.7.3.1, type 2C), as does one that does not say what it shows; a series of another must not have it.
+PAIRED_BODY_PARTS = frozenset("""
+    ADRENAL ANKLE ARM AXILLA BREAST BRONCHUS BUTTOCK CALCANEUS CALF CAROTID CLAVICLE CORNEA EAR ELBOW EXTREMITY EYE
+    EYELID FEMUR FINGER FOOT FOREARM HAND HIP HUMERUS IAC KIDNEY KNEE LEG LUNG ORBIT OVARY PAROTID PATELLA RIB
+    SCLAVICLE SCAPULA SCLERA SCROTUM SHOULDER SUBMANDIBULAR TMJ TESTIS THIGH THUMB TIBIA TOE ULNA WRIST ZYGOMA
+""".split())
 # Type 2 elements of the IOD that must be present, and are left empty.
 _EMPTY_TAGS = ("PatientBirthDate", "ReferringPhysicianName", "PatientOrientation", "PositionReferenceIndicator")
 
@@ -143,8 +150,8 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
     for keyword in _STUDY_TAGS:
         if keyword in first:
             setattr(ds, keyword, first.data_element(keyword).value)
-    if "BodyPartExamined" not in ds:  # Laterality (type 2C) is required, empty when unknown, only then
-        ds.Laterality = None
+    if "BodyPartExamined" not in ds or str(ds.BodyPartExamined).upper() in PAIRED_BODY_PARTS:
+        ds.Laterality = first.get("Laterality") or None  # type 2C: the CT's side, empty when unknown
     sop_class = COLOUR_SOP_CLASS if colour else GREY_SOP_CLASS
     pet_series = pet_headers[0].SeriesInstanceUID if pet_headers else ""
     identity = [sop_class, first.SeriesInstanceUID, pet_series, *provenance.identity()]

@@ -167,6 +167,27 @@ def test_validator_finds_nothing_the_source_ct_does_not_have(tmp_path: Path, pha
     assert _dciodvfy(colour) <= source
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
+@pytest.mark.parametrize(("body_part", "laterality", "written"), [
+    ("CHEST", None, "absent"), ("EXTREMITY", None, ""), ("EXTREMITY", "L", "L"), (None, None, "")])
+def test_laterality_is_there_for_a_paired_or_unnamed_body_part_only(
+        tmp_path: Path, phantom, fused: MetaTensor, body_part: str | None, laterality: str | None,
+        written: str) -> None:
+    """The real sarcoma studies are EXTREMITY, a paired structure: their series needs Laterality (PS3.3 C.7.3.1)."""
+    headers = _headers(phantom.ct_dir)
+    for header in headers:
+        if body_part is None:
+            del header.BodyPartExamined
+        else:
+            header.BodyPartExamined = body_part
+        if laterality is not None:
+            header.Laterality = laterality
+    path = write_fused_series(fused, headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE)
+    written_value = pydicom.dcmread(path).get("Laterality", "absent")
+    assert (written_value or "") == written
+    assert not {line for line in _dciodvfy(path) if "Laterality" in line and line.startswith("Error")}
+
+
 def test_frames_written_in_slabs_give_the_object_written_whole(tmp_path: Path, phantom, fused: MetaTensor) -> None:
     whole = _write(phantom, fused, tmp_path / "whole")
     values = fused.numpy()[0]
