@@ -10,16 +10,18 @@ inside another on the same slice is a hole (even-odd rule), as the RTSTRUCT stan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from numpy.typing import ArrayLike
-from PIL import Image, ImageDraw
 
 from pipeline.errors import InputError
 from pipeline.io.patient_space import LPS_TO_RAS
+
+_ON_EDGE = 1e-3  # voxels: a centre this close to an edge is on it (millimetres through a float affine)
 
 
 def _rtstruct_file(path: str | Path) -> Path:
@@ -61,6 +63,39 @@ def _contours(path: Path, roi: str | None) -> list[np.ndarray]:
     return contours
 
 
+def polygon_mask(polygon: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The voxels of a 2-D grid whose centres (integer indices) lie inside ``polygon`` ((N, 2) indices) or on it.
+
+    Even-odd scanlines through the voxel centres, as an RTSTRUCT's contours are meant: a rasteriser that fills every
+    pixel an edge touches (PIL's) grows a contour by half a voxel on its lower sides and so shifts it. Centres on an
+    edge count as inside, so a contour traced through a mask's boundary voxels gives that mask back.
+    """
+    x, y = np.asarray(polygon, dtype=np.float64).T
+    x_next, y_next = np.roll(x, -1), np.roll(y, -1)
+    mask = np.zeros(tuple(shape), dtype=bool)
+    rows = np.arange(max(0, math.ceil(y.min() - _ON_EDGE)), min(int(shape[1]) - 1, math.floor(y.max() + _ON_EDGE)) + 1)
+    columns = np.arange(max(0, math.ceil(x.min() - _ON_EDGE)),
+                        min(int(shape[0]) - 1, math.floor(x.max() + _ON_EDGE)) + 1)
+    if rows.size == 0 or columns.size == 0:
+        return mask
+    row, low, high = rows[:, None], np.minimum(y, y_next), np.maximum(y, y_next)
+    with np.errstate(divide="ignore", invalid="ignore"):  # level edges meet no scanline: nan, never a crossing
+        at = x + (row - y) / (y_next - y) * (x_next - x)  # (rows, edges): where each edge meets each scanline
+        nearest = np.round(at)
+        through = np.abs(at - nearest) < _ON_EDGE
+    crossings = np.sort(np.where((low <= row) & (row < high), at, np.inf), axis=1)  # half-open: a vertex counts once
+    inside = np.stack([np.searchsorted(line, columns) % 2 == 1 for line in crossings])  # odd crossings to the left
+    # Centres on an edge: where a sloped edge passes through one, and along a level edge on a scanline.
+    r, e = np.nonzero((low - _ON_EDGE <= row) & (row <= high + _ON_EDGE) & (high > low) & through)
+    c = nearest[r, e].astype(int) - columns[0]
+    keep = (0 <= c) & (c < columns.size)
+    inside[r[keep], c[keep]] = True
+    for r, e in zip(*np.nonzero((high == low) & (np.abs(row - y) < _ON_EDGE))):
+        inside[r, (columns >= min(x[e], x_next[e]) - _ON_EDGE) & (columns <= max(x[e], x_next[e]) + _ON_EDGE)] = True
+    mask[columns[0]:columns[-1] + 1, rows[0]:rows[-1] + 1] = inside.T
+    return mask
+
+
 def rtstruct_mask(path: str | Path, affine: ArrayLike, shape: Sequence[int], roi: str | None = None) -> np.ndarray:
     """The ROI (default: the file's first) of the RTSTRUCT at ``path`` as a boolean mask of ``shape``.
 
@@ -78,11 +113,8 @@ def rtstruct_mask(path: str | Path, affine: ArrayLike, shape: Sequence[int], roi
         z = int(round(plane))
         if not 0 <= z < shape[2]:
             continue
-        # PIL draws on (width, height) = (axis 0, axis 1); its pixel centres sit at integer coordinates.
-        canvas = Image.new("1", (int(shape[0]), int(shape[1])))
-        ImageDraw.Draw(canvas).polygon([tuple(p) for p in index[:, :2]], fill=1, outline=1)
         _, drawn = planes.setdefault(round(plane, 3), (z, np.zeros(tuple(shape[:2]), dtype=bool)))
-        drawn ^= np.asarray(canvas, dtype=bool).T
+        drawn ^= polygon_mask(index[:, :2], shape[:2])
     mask = np.zeros(tuple(shape), dtype=bool)
     for z, drawn in planes.values():
         mask[..., z] |= drawn

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.io.rtstruct import rtstruct_mask
+from pipeline.io.rtstruct import polygon_mask, rtstruct_mask
 
 # index (i, j, k) -> RAS (-2 i, -2 j, 3 k), i.e. LPS (2 i, 2 j, 3 k)
 AFFINE = np.diag([-2.0, -2.0, 3.0, 1.0])
@@ -26,6 +26,36 @@ def test_a_contour_fills_its_voxels_on_its_own_slice(dicom_factory):
     expected[2:6, 3:7, 2] = True  # corners and edges included
     np.testing.assert_array_equal(mask, expected)
     assert np.array_equal(rtstruct_mask(path.parent, AFFINE, SHAPE), mask)  # or the folder holding it
+
+
+def test_voxels_are_inside_by_their_centres_not_by_a_touched_pixel():
+    """A square from 2.2 to 5.2 holds the centres 3, 4 and 5 only (a pixel-touching fill took 2 too: half a voxel
+    larger and shifted); the same square on the centres holds 2 to 5, its edges included."""
+    off = polygon_mask(np.array([(2.2, 2.2), (5.2, 2.2), (5.2, 5.2), (2.2, 5.2)]), (8, 8))
+    on = polygon_mask(np.array([(2.0, 2.0), (5.0, 2.0), (5.0, 5.0), (2.0, 5.0)]), (8, 8))
+    assert np.flatnonzero(off.any(axis=1)).tolist() == np.flatnonzero(off.any(axis=0)).tolist() == [3, 4, 5]
+    assert np.flatnonzero(on.any(axis=1)).tolist() == np.flatnonzero(on.any(axis=0)).tolist() == [2, 3, 4, 5]
+    assert off.sum() == 9 and on.sum() == 16
+
+
+def test_random_polygons_hold_the_centres_a_point_in_polygon_test_finds():
+    path = pytest.importorskip("matplotlib.path")
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(30), np.arange(20), indexing="ij")
+    centres = np.stack([i.ravel(), j.ravel()], axis=1)
+    for _ in range(20):
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 12))
+        radii = rng.uniform(3, 12, 12)
+        polygon = np.stack([14.3 + radii * np.cos(angles), 9.7 + radii * np.sin(angles)], axis=1)  # some off the grid
+        expected = path.Path(polygon).contains_points(centres).reshape(30, 20)
+        clear = _distance_to_edges(centres, polygon).reshape(30, 20) > 0.01  # on an edge is inside by our rule
+        np.testing.assert_array_equal(polygon_mask(polygon, (30, 20))[clear], expected[clear])
+
+
+def _distance_to_edges(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    start, end = polygon, np.roll(polygon, -1, axis=0)
+    along = np.clip(((points[:, None] - start) * (end - start)).sum(-1) / ((end - start) ** 2).sum(-1), 0, 1)
+    return np.linalg.norm(start + along[..., None] * (end - start) - points[:, None], axis=-1).min(axis=1)
 
 
 def test_an_inner_contour_is_a_hole_and_one_off_the_grid_is_left_out(dicom_factory):
