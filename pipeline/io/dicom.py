@@ -4,7 +4,8 @@ Slices are ordered by their position along the slice normal (file names and Inst
 reliable), rescaled slice by slice (PET slopes differ per slice) into one preallocated float32 volume,
 so a large CT never exists as both an integer and a float copy. A volume is a regular stack: tilted
 (sheared) series are refused, and so are gaps (missing slices: resampling across them would invent
-data); slightly uneven steps are reported, and the volume uses the mean step.
+data), and so are steps so uneven that a slice lies over half a step from its place on an even grid; slightly
+uneven steps are reported, and the volume uses the mean step.
 The affine and axis order are those of MONAI's ``PydicomReader`` (axis 0 = DICOM column, 1 = row,
 2 = slice; LPS turned into RAS), but slices are ordered by position where that reader uses
 InstanceNumber. Only whitelisted header fields reach ``.meta``; patient identifiers never do.
@@ -57,6 +58,7 @@ _IN_PLANE_TOLERANCE_MM = 0.05  # slice origins further off the normal through th
 _DUPLICATE_TOLERANCE_MM = 1e-3
 _UNEVEN_TOLERANCE = 0.01  # relative deviation of a slice step from the median step
 _GAP_FACTOR = 1.5  # a step this many times the median means missing slices
+_OFF_GRID_FRACTION = 0.5  # of the mean step: how far a slice may lie from its place on the volume's even grid
 _BLOCK_SLICES = 16  # slices decoded per block before one transposing write into the volume
 _MAX_MATRIX = 8192  # Rows/Columns beyond this are a corrupt header, not an image (65535^2 floats: 16 GiB a slice)
 
@@ -191,7 +193,7 @@ def _pet_slice(dataset: Dataset, acquisition: tuple[str, str] | None) -> dict[st
 
 
 def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | int | bool]:
-    """Describe the slice steps; raise on duplicates and gaps, warn on uneven spacing."""
+    """Describe the slice steps; raise on duplicates, gaps and slices off the even grid, warn on uneven spacing."""
     positions = np.array([s.position for s in slices])
     steps = np.diff(positions)
     for index in np.flatnonzero(steps < _DUPLICATE_TOLERANCE_MM):
@@ -213,6 +215,14 @@ def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | i
     report = {"n_slices": len(slices), "step_mm": float((positions[-1] - positions[0]) / (len(slices) - 1)),
               "min_step_mm": float(steps.min()), "max_step_mm": float(steps.max()),
               "uneven": uneven}
+    # The volume puts slice i at first + i x mean step; one further than half a step from there would show its
+    # pixels (and the PET sampled for them) at another slice's place.
+    off_grid = np.abs(positions - (positions[0] + report["step_mm"] * np.arange(len(slices))))
+    worst = int(np.argmax(off_grid))
+    if off_grid[worst] > _OFF_GRID_FRACTION * report["step_mm"]:
+        raise InputError(f"{slices[worst].path}: {off_grid[worst]:.2f} mm from its place on the series' even "
+                         f"{report['step_mm']:.2f} mm grid (steps {report['min_step_mm']:.2f}-"
+                         f"{report['max_step_mm']:.2f} mm): resample the series to even spacing first")
     if uneven:
         logger.warning("%s: uneven slice spacing %.3f-%.3f mm (median %.3f); volume uses the mean step %.3f mm",
                        slices[0].path.parent, report["min_step_mm"], report["max_step_mm"], median,

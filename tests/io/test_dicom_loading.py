@@ -129,6 +129,16 @@ def test_uneven_without_gap(dicom_factory, caplog):
     assert "uneven slice spacing" in caplog.text
 
 
+def test_steps_that_put_a_slice_half_a_step_off_the_even_grid_are_refused_naming_it(dicom_factory):
+    """Steps of 3 mm then 4 mm (each under 1.5 x the median): the even grid would place slices up to 11.7 mm off
+    in a real series, and the PET with them."""
+    positions = [0, 3, 6, 9, 12, 16, 20, 24, 28]  # mean step 3.5: the fifth slice (z005) at 12 belongs at 14
+    folder = dicom_factory.series("ct", dicom_factory.ramp((6, 5, 9)), modality="CT", positions=positions)
+    with pytest.raises(InputError, match=r"z005.dcm: 2.00 mm from its place on the series' even 3.50 mm grid "
+                                         r"\(steps 3.00-4.00 mm\): resample the series to even spacing first"):
+        load_series(folder)
+
+
 def test_single_file_is_a_one_slice_series(dicom_factory):
     folder = dicom_factory.series("ct", modality="CT")
     volume = load_series(folder / "z001.dcm")
