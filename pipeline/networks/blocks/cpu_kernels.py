@@ -28,21 +28,25 @@ The kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
 spill; the token linear kernel's 16-column tiles are one AVX-512 register a row, or two AVX2 ones.
 
-They are compiled with the machine's own compiler the first time a model runs on the CPU (about
-30 s; cached under torch's extension folder, keyed by the sources, the flags, the torch install and
-the processor), so the wheel stays pure Python. Where they cannot be built (no compiler,
-``DCIF_CPU_KERNELS=0``) the blocks fall back to ATen with one warning: same numbers, slower.
+They are compiled with the machine's own compiler (GCC 12 or newer, or clang) the first time a model runs on the
+CPU (one to three minutes on two cores; cached under torch's extension folder, ``TORCH_EXTENSIONS_DIR`` where set,
+keyed by the sources, the flags, the torch install, the compiler and the processor), so the wheel stays pure Python.
+One process builds while the others wait on an operating-system lock, which a killed builder cannot leave behind;
+a build that failed is remembered under its key, so later processes do not spend minutes failing again; a read-only
+cache that holds a build is used as it is. Where they cannot be built (no compiler, an older one,
+``DCIF_CPU_KERNELS=0``) the blocks fall back to ATen with one warning naming the reason: same numbers, slower.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 import platform
-import threading
-import time
+import re
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -56,15 +60,20 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from pipeline.networks.blocks.windows import place_rows
 
+try:
+    import fcntl
+except ImportError:  # Windows: torch's own lock alone
+    fcntl = None
+
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
     "window_attention.cpp", "layer_norm.cpp", "gelu.cpp", "token_linear.cpp", "pre_norm.cpp", "bindings.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name)
                 for name in ("lanes.h", "layer_norm.h", "gelu.h", "token_linear.h", "parts.h"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
-STALE_LOCK_S = 600
-"""A build lock older than this was left by a killed build (a build takes about 30 s): it is removed."""
-LOCK_CHECK_S = 5.0
-"""How often a build waiting on another's lock looks whether that lock has gone stale."""
+MIN_GCC = 12
+"""The oldest GCC with ``__builtin_shufflevector`` (``lanes.h``); any clang has it."""
+FAILED = "failed.txt"
+"""In a build's folder: the error of a build that failed, which later processes report instead of building again."""
 TOKENS = 64
 HEAD_DIMS = (8, 10, 16)
 """Head sizes the kernel is built for: the shipped and paper widths (8), SwinFusion's (10), and 16."""
@@ -75,59 +84,68 @@ _EMPTY = torch.empty(0)
 """What the kernels take for no mask and no bias."""
 
 
-def _processor() -> str:
-    """The CPU's model and instruction-set flags: a binary built with -march=native runs on this kind only."""
-    cpuinfo = Path("/proc/cpuinfo")
+def _processor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model and instruction-set features: a binary built with -march=native runs on this kind only (x86's
+    model name and flags; ARM's implementer, part and features)."""
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
-    return platform.machine() + "\n".join(lines)
+    first: dict[str, str] = {}
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("model name", "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features"):
+            first.setdefault(key, line)
+    return "\n".join((platform.machine(), platform.processor(), *first.values()))
 
 
-def _remove_stale_lock(lock: Path) -> bool:
-    """torch waits forever on a build lock whose builder was killed (kill -9, a full disk): clear an old one. Whether
-    it was cleared."""
+def _compiler() -> str:
+    """The first line of ``--version`` of the C++ compiler torch builds with (``$CXX``, else ``c++``); '' if none."""
     try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if age <= STALE_LOCK_S:
-        return False
-    logger.warning("removing the stale build lock of the CPU kernels (%.0f s old)", age)
-    lock.unlink(missing_ok=True)
-    return True
+        found = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (found.stdout.strip().splitlines() or [""])[0]
+
+
+def _unsupported(compiler: str) -> str | None:
+    """Why ``compiler`` cannot build the kernels, or None."""
+    if not compiler:
+        return f"no C++ compiler ({os.environ.get('CXX', 'c++')})"
+    if "clang" in compiler.lower():
+        return None
+    version = re.findall(r"\b(\d+)\.\d+\.\d+\b", compiler)
+    if version and int(version[-1]) < MIN_GCC:
+        return f"{compiler}: GCC {MIN_GCC} or newer (or clang) is needed"
+    return None
+
+
+def _first_error(error: BaseException) -> str:
+    """The line of a failed build that says why: the compiler's first error, else the message's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return errors[0] if errors else lines[-1] if lines else type(error).__name__
 
 
 @contextmanager
-def _clearing_stale_lock(lock: Path) -> Iterator[threading.Event]:
-    """Remove ``lock`` once it is stale for as long as the block runs: torch waits forever on a lock whose builder was
-    killed after this process looked (a scheduler's SIGTERM during the first build, with a second job waiting).
-    Yields an event set once a lock was cleared."""
-    done, cleared = threading.Event(), threading.Event()
-
-    def watch() -> None:
-        while not done.wait(LOCK_CHECK_S):
-            if _remove_stale_lock(lock):
-                cleared.set()
-
-    watcher = threading.Thread(target=watch, name="dcif-kernel-build-lock", daemon=True)
-    watcher.start()
-    try:
-        yield cleared
-    finally:
-        done.set()
-        watcher.join()
-
-
-def _load(cpp_extension: ModuleType, **settings: Any) -> ModuleType:
-    """``cpp_extension.load``, again if it waited on a killed builder's lock: torch then imports what that builder left
-    (nothing, or half a build) instead of building, and the second call builds."""
-    with _clearing_stale_lock(Path(settings["build_directory"]) / "lock") as cleared:
+def _one_builder(folder: Path) -> Iterator[None]:
+    """Hold the folder's build lock: one process builds (or imports) at a time, the others wait. The operating system
+    releases it when its holder dies, so torch's own lock file, which a builder killed half-way leaves for ever, can
+    only be stale while this one is held, and is removed."""
+    with open(folder / "build.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            return cpp_extension.load(**settings)
-        except Exception:
-            if not cleared.is_set():
-                raise
-    return cpp_extension.load(**settings)
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _import_built(name: str, library: Path) -> ModuleType:
+    """The extension module at ``library``, as torch imports it after a build."""
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @lru_cache(maxsize=1)
@@ -140,28 +158,43 @@ def cpu_kernel() -> ModuleType | None:
 
 
 def build(flags: tuple[str, ...]) -> ModuleType | None:
-    """The kernels compiled with ``flags`` (cached per flags, sources, torch install and processor), or None with
-    one warning where they cannot be: the product builds with :data:`FLAGS`; a test adds ``-mno-avx512f`` to check the
-    AVX2 lanes on an AVX-512 CPU. The sources' folder is part of the key: two checkouts of the same sources (a
+    """The kernels compiled with ``flags`` (cached per flags, sources, torch install, compiler and processor), or None
+    with one warning where they cannot be: the product builds with :data:`FLAGS`; a test adds ``-mno-avx512f`` to check
+    the AVX2 lanes on an AVX-512 CPU. The sources' folder is part of the key: two checkouts of the same sources (a
     benchmark's baseline worktree) would otherwise share a build that ninja redoes for each in turn."""
+    compiler = _compiler()
     build_key = " ".join((*flags, torch.__version__, str(Path(torch.__file__).parent), str(SOURCES[0].parent),
-                          _processor()))
+                          compiler, _processor()))
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     name = "dcif_cpu_kernels_" + hashlib.sha256(sources + build_key.encode()).hexdigest()[:12]
     try:
         # Imported here, inside the fallback: it imports setuptools, whose distutils shim asserts when
         # another package (Holoscan, in the deploy app) imported the standard library's distutils first.
         cpp_extension = importlib.import_module("torch.utils.cpp_extension")
-        folder = Path(cpp_extension.get_default_build_root()) / name
+        folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+        library = folder / f"{name}.so"
+        if library.is_file() and not os.access(folder, os.W_OK):  # a shared, read-only cache: no lock to take
+            return _import_built(name, library)
+        reason = _unsupported(compiler)
+        if reason is not None:
+            raise RuntimeError(reason)
         folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_lock(folder / "lock")
-        logger.info("loading the CPU kernels (built once per machine, about 30 s the first time)")
-        # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-        return _load(cpp_extension, name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
-                     extra_cflags=list(flags), extra_ldflags=["-fopenmp"], verbose=False)
+        failed = folder / FAILED
+        if failed.is_file():
+            raise RuntimeError(f"{failed.read_text().strip()}; an earlier build failed so: remove {failed} to try again")
+        with _one_builder(folder):
+            logger.info("loading the CPU kernels (built once per machine, a minute or more the first time)")
+            try:
+                # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
+                return cpp_extension.load(name=name, sources=[str(source) for source in SOURCES],
+                                          build_directory=str(folder), extra_cflags=list(flags),
+                                          extra_ldflags=["-fopenmp"], verbose=False)
+            except Exception as error:
+                failed.write_text(_first_error(error) + "\n")
+                raise
     except Exception as error:  # noqa: BLE001 - no compiler, no headers, a failed build or import: all mean "use ATen"
         logger.warning("CPU kernels unavailable (%s); using ATen's attention, LayerNorm, GELU and linear layers",
-                       str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
+                       _first_error(error))
         return None
 
 

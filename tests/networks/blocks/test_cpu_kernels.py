@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -209,62 +208,119 @@ def test_a_builder_that_cannot_be_imported_falls_back_with_one_warning(monkeypat
     assert len(warnings) == 1 and warnings[0].startswith("CPU kernels unavailable (")
 
 
-def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:
+@pytest.fixture
+def build_root(tmp_path, monkeypatch) -> Path:
+    """An empty extensions folder (``TORCH_EXTENSIONS_DIR``), so a test's builds and failures stay its own."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    return tmp_path / "extensions"
+
+
+def test_a_failed_build_falls_back_with_one_warning_and_is_not_tried_again(build_root, monkeypatch, caplog) -> None:
+    calls = []
+
     def broken_load(**kwargs):
-        raise RuntimeError("Error building extension\ng++: command not found")
+        calls.append(kwargs["build_directory"])
+        raise RuntimeError("Error building extension 'k': [1/6] c++ -c window_attention.cpp\n"
+                           "lanes.h:102:13: error: '__builtin_shufflevector' was not declared in this scope\n"
+                           "ninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
-    assert _fallback_warnings(caplog) == ["CPU kernels unavailable (g++: command not found); "
+    first = _fallback_warnings(caplog)
+    assert first == ["CPU kernels unavailable (lanes.h:102:13: error: '__builtin_shufflevector' was not declared in "
+                     "this scope); using ATen's attention, LayerNorm, GELU and linear layers"]
+    caplog.clear()
+    again = _fallback_warnings(caplog)  # a later process: the error, without minutes of building
+    assert len(calls) == 1 and Path(calls[0]).parent == build_root
+    assert len(again) == 1 and "'__builtin_shufflevector' was not declared" in again[0]
+    assert f"remove {Path(calls[0]) / cpu_kernels.FAILED} to try again" in again[0]
+
+
+def test_a_missing_compiler_is_the_reason_given(build_root, monkeypatch, caplog) -> None:
+    monkeypatch.setattr("torch.utils.cpp_extension.load", lambda **kwargs: pytest.fail("built without a compiler"))
+    monkeypatch.setenv("CXX", str(build_root / "no-such-compiler"))
+    assert _fallback_warnings(caplog) == [f"CPU kernels unavailable (no C++ compiler ({build_root}/no-such-compiler)); "
                                          "using ATen's attention, LayerNorm, GELU and linear layers"]
 
 
-def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, caplog) -> None:
-    stale, live = tmp_path / "stale.lock", tmp_path / "live.lock"
-    stale.touch()
-    live.touch()
-    old = time.time() - cpu_kernels.STALE_LOCK_S - 60
-    os.utime(stale, (old, old))
-    cpu_kernels._remove_stale_lock(stale)
-    cpu_kernels._remove_stale_lock(live)
-    cpu_kernels._remove_stale_lock(tmp_path / "absent.lock")
-    assert not stale.exists() and live.exists()
-    assert "stale build lock" in caplog.text
+@pytest.mark.parametrize(("compiler", "refused"), [
+    ("g++ (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0", True), ("c++ (Debian 12.2.0-14+deb12u1) 12.2.0", False),
+    ("g++ (GCC) 13.2.1 20231011 (Red Hat 13.2.1-4)", False), ("Ubuntu clang version 14.0.0-1ubuntu1.1", False),
+    ("Apple clang version 15.0.0 (clang-1500.3.9.4)", False)])
+def test_a_gcc_older_than_12_is_not_tried(compiler: str, refused: bool) -> None:
+    reason = cpu_kernels._unsupported(compiler)
+    assert (reason == f"{compiler}: GCC 12 or newer (or clang) is needed") if refused else reason is None
 
 
-def test_a_build_waiting_on_a_lock_whose_builder_was_killed_builds(tmp_path, monkeypatch, caplog) -> None:
-    """The lock appears after the build looked (a builder killed mid-build while this one waits): torch's own wait
-    loop would spin forever, and once the lock is gone torch imports what that builder left (here nothing) instead of
-    building. The build clears the stale lock and builds."""
+def test_processors_that_differ_in_features_build_apart(tmp_path) -> None:
+    """ARM's /proc/cpuinfo has no model name or flags: its implementer, part and features tell two CPUs apart."""
+    graviton = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics {}\n" \
+               "CPU implementer\t: 0x41\nCPU part\t: {}\n"
+    keys = []
+    for features, part in (("", "0xd0c"), (" sve svei8mm", "0xd40")):
+        cpuinfo = tmp_path / part
+        cpuinfo.write_text(graviton.format(features, part) * 2)  # one block per core
+        keys.append(cpu_kernels._processor(cpuinfo))
+    assert keys[0] != keys[1] and keys[0].count("Features") == 1
+
+
+def _build_folder(monkeypatch) -> Path:
+    """The folder ``build(("-O0",))`` uses, from a first build that torch's loader only records."""
+    folders = []
+    monkeypatch.setattr("torch.utils.cpp_extension.load",
+                        lambda build_directory, **kwargs: folders.append(Path(build_directory)) or object())
+    cpu_kernels.build(("-O0",))
+    return folders[0]
+
+
+def test_a_read_only_cache_that_holds_a_build_is_imported_as_it_is(build_root, monkeypatch) -> None:
+    """A shared home or an image's cache that someone else built: torch's loader would write its lock there and fail."""
+    folder = _build_folder(monkeypatch)
+    assert folder.parent == build_root  # TORCH_EXTENSIONS_DIR, which torch's default build root ignores
+    (folder / f"{folder.name}.so").write_bytes(b"")
+    imported = object()
+    monkeypatch.setattr(cpu_kernels, "_import_built", lambda name, library: imported)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", lambda **kwargs: pytest.fail("built again"))
+    monkeypatch.setattr(cpu_kernels.os, "access", lambda path, mode: mode != os.W_OK)  # tests may run as root
+    assert cpu_kernels.build(("-O0",)) is imported
+
+
+def test_a_builder_killed_while_building_leaves_nothing_the_next_waits_on(build_root, monkeypatch, caplog) -> None:
+    """A builder SIGKILLed half-way (a scheduler's kill, memory) leaves torch's lock file, on which torch's loader would
+    wait for ever: the next process waits while the builder lives, then builds."""
+    import signal
+    import subprocess
+
     from torch.utils.file_baton import FileBaton
 
-    built, calls = object(), []
+    folder, built = _build_folder(monkeypatch), object()
 
     def load_like_torch(build_directory: str, **kwargs) -> object:
-        lock, library = Path(build_directory) / "lock", Path(build_directory) / "kernels.so"
-        calls.append(build_directory)
-        if len(calls) == 1:  # meanwhile another builder took the lock and died before writing anything
-            lock.touch()
-            old = time.time() - cpu_kernels.STALE_LOCK_S - 60
-            os.utime(lock, (old, old))
-        baton = FileBaton(str(lock), wait_seconds=0.01)
-        if baton.try_acquire():
-            library.touch()
-            baton.release()
-        else:
-            waiting = threading.Thread(target=baton.wait, daemon=True)
-            waiting.start()
-            waiting.join(timeout=30)
-            assert not waiting.is_alive(), "still waiting on the dead builder's lock"
-        if not library.exists():
-            raise ImportError("dynamic module does not define module export function")
+        baton = FileBaton(str(Path(build_directory) / "lock"))
+        assert baton.try_acquire(), "torch's lock was left in place: its loader would wait on it for ever"
+        baton.release()
         return built
 
-    monkeypatch.setattr("torch.utils.cpp_extension.get_default_build_root", lambda: str(tmp_path))
     monkeypatch.setattr("torch.utils.cpp_extension.load", load_like_torch)
-    monkeypatch.setattr(cpu_kernels, "LOCK_CHECK_S", 0.01)
-    assert cpu_kernels.build(("-O0",)) is built and len(calls) == 2
-    assert "stale build lock" in caplog.text and "CPU kernels unavailable" not in caplog.text
-    assert not [thread for thread in threading.enumerate() if thread.name == "dcif-kernel-build-lock"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; "
+         "from pipeline.networks.blocks.cpu_kernels import _one_builder\n"
+         f"with _one_builder(Path({str(folder)!r})):\n"
+         f"    Path({str(folder)!r}, 'lock').touch(); print('building', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(cpu_kernels.__file__).parents[3])
+    try:
+        assert holder.stdout.readline().strip() == "building"
+        result = {}
+        waiting = threading.Thread(target=lambda: result.setdefault("module", cpu_kernels.build(("-O0",))), daemon=True)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive(), "built while another process was building"
+        holder.send_signal(signal.SIGKILL)
+        waiting.join(timeout=30)
+        assert result.get("module") is built
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "CPU kernels unavailable" not in caplog.text
 
 
 def test_two_checkouts_of_the_same_sources_build_apart(tmp_path, monkeypatch) -> None:
