@@ -28,12 +28,12 @@ The kernels work on one vector register's lanes (``lanes.h``): 16 floats where
 the CPU has AVX-512, 8 on an AVX2 CPU (a laptop's), where 16-float values would take two registers each and
 spill; the token linear kernel's 16-column tiles are one AVX-512 register a row, or two AVX2 ones.
 
-They are compiled with the machine's own compiler (GCC 12 or newer, or clang) the first time a model runs on the
+They are compiled with the machine's own compiler (GCC 11 or newer, or clang) the first time a model runs on the
 CPU (one to three minutes on two cores; cached under torch's extension folder, ``TORCH_EXTENSIONS_DIR`` where set,
 keyed by the sources, the flags, the torch install, the compiler and the processor), so the wheel stays pure Python.
 One process builds while the others wait on an operating-system lock, which a killed builder cannot leave behind;
 a build that failed is remembered under its key, so later processes do not spend minutes failing again; a read-only
-cache that holds a build is used as it is. Where they cannot be built (no compiler, an older one,
+cache that holds a build is used as it is. Where they cannot be built (no compiler, a failed build,
 ``DCIF_CPU_KERNELS=0``) the blocks fall back to ATen with one warning naming the reason: same numbers, slower.
 """
 
@@ -45,7 +45,6 @@ import importlib.util
 import logging
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,8 +69,6 @@ SOURCES = tuple(Path(__file__).with_name(name) for name in (
 HEADERS = tuple(Path(__file__).with_name(name)
                 for name in ("lanes.h", "layer_norm.h", "gelu.h", "token_linear.h", "parts.h"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
-MIN_GCC = 12
-"""The oldest GCC with ``__builtin_shufflevector`` (``lanes.h``); any clang has it."""
 FAILED = "failed.txt"
 """In a build's folder: the error of a build that failed, which later processes report instead of building again."""
 TOKENS = 64
@@ -103,18 +100,6 @@ def _compiler() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return (found.stdout.strip().splitlines() or [""])[0]
-
-
-def _unsupported(compiler: str) -> str | None:
-    """Why ``compiler`` cannot build the kernels, or None."""
-    if not compiler:
-        return f"no C++ compiler ({os.environ.get('CXX', 'c++')})"
-    if "clang" in compiler.lower():
-        return None
-    version = re.findall(r"\b(\d+)\.\d+\.\d+\b", compiler)
-    if version and int(version[-1]) < MIN_GCC:
-        return f"{compiler}: GCC {MIN_GCC} or newer (or clang) is needed"
-    return None
 
 
 def _first_error(error: BaseException) -> str:
@@ -175,9 +160,8 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
         library = folder / f"{name}.so"
         if library.is_file() and not os.access(folder, os.W_OK):  # a shared, read-only cache: no lock to take
             return _import_built(name, library)
-        reason = _unsupported(compiler)
-        if reason is not None:
-            raise RuntimeError(reason)
+        if not compiler:
+            raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'c++')})")
         folder.mkdir(parents=True, exist_ok=True)
         failed = folder / FAILED
         if failed.is_file():

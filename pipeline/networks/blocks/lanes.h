@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #if defined(__AVX__)
 #include <immintrin.h>
 #elif defined(__SSE__)
@@ -21,6 +22,35 @@ constexpr int kLanes = 8;
 #endif
 typedef float Lanes __attribute__((vector_size(4 * kLanes)));
 typedef int32_t IntLanes __attribute__((vector_size(4 * kLanes)));
+typedef float Floats8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Floats16 __attribute__((vector_size(16 * sizeof(float))));
+
+// A shuffle of two vectors' lanes into one of the same length. clang and GCC 12 spell it __builtin_shufflevector;
+// GCC before 12 has only __builtin_shuffle, whose indices are a vector of ints as long as the result.
+template <class V>
+struct IntsOf;
+template <>
+struct IntsOf<Floats8> {
+  typedef int32_t type __attribute__((vector_size(8 * sizeof(int32_t))));
+};
+template <>
+struct IntsOf<Floats16> {
+  typedef int32_t type __attribute__((vector_size(16 * sizeof(int32_t))));
+};
+#if defined(__clang__) || __GNUC__ >= 12
+#define DCIF_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define DCIF_SHUFFLE(a, b, ...) \
+  __builtin_shuffle(a, b, (typename ::dcif::IntsOf<std::decay_t<decltype(a)>>::type){__VA_ARGS__})
+#endif
+
+// Two rows of eight floats side by side in one 16-float vector.
+inline Floats16 join(const Floats8& low, const Floats8& high) {
+  Floats16 x;
+  std::memcpy(&x, &low, sizeof(low));
+  std::memcpy(reinterpret_cast<float*>(&x) + 8, &high, sizeof(high));
+  return x;
+}
 
 inline Lanes load_lanes(const float* from) {
   Lanes x;
@@ -99,31 +129,31 @@ inline Lanes row_sums(const Lanes (&v)[kLanes]) {
 #if defined(__AVX512F__)
   Lanes s1[8], s2[4], s3[2];
   for (int k = 0; k < 8; ++k) {
-    s1[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-            __builtin_shufflevector(v[2 * k], v[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    s1[k] = DCIF_SHUFFLE(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+            DCIF_SHUFFLE(v[2 * k], v[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
   }
   for (int k = 0; k < 4; ++k) {
-    s2[k] = __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-            __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    s2[k] = DCIF_SHUFFLE(s1[2 * k], s1[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+            DCIF_SHUFFLE(s1[2 * k], s1[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
   }
   for (int k = 0; k < 2; ++k) {
-    s3[k] = __builtin_shufflevector(s2[2 * k], s2[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-            __builtin_shufflevector(s2[2 * k], s2[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    s3[k] = DCIF_SHUFFLE(s2[2 * k], s2[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+            DCIF_SHUFFLE(s2[2 * k], s2[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
   }
-  return __builtin_shufflevector(s3[0], s3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(s3[0], s3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return DCIF_SHUFFLE(s3[0], s3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         DCIF_SHUFFLE(s3[0], s3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #else
   Lanes s1[4], s2[2];
   for (int k = 0; k < 4; ++k) {
-    s1[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
-            __builtin_shufflevector(v[2 * k], v[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    s1[k] = DCIF_SHUFFLE(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+            DCIF_SHUFFLE(v[2 * k], v[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15);
   }
   for (int k = 0; k < 2; ++k) {
-    s2[k] = __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
-            __builtin_shufflevector(s1[2 * k], s1[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    s2[k] = DCIF_SHUFFLE(s1[2 * k], s1[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+            DCIF_SHUFFLE(s1[2 * k], s1[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15);
   }
-  return __builtin_shufflevector(s2[0], s2[1], 0, 2, 4, 6, 8, 10, 12, 14) +
-         __builtin_shufflevector(s2[0], s2[1], 1, 3, 5, 7, 9, 11, 13, 15);
+  return DCIF_SHUFFLE(s2[0], s2[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         DCIF_SHUFFLE(s2[0], s2[1], 1, 3, 5, 7, 9, 11, 13, 15);
 #endif
 }
 
@@ -131,11 +161,11 @@ inline Lanes row_sums(const Lanes (&v)[kLanes]) {
 // Its own inverse, so it is the middle stage of store_rows8 and of load_rows8 alike.
 inline void swap_pairs(const Lanes& a, const Lanes& b, Lanes& lo, Lanes& hi) {
 #if defined(__AVX512F__)
-  lo = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-  hi = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  lo = DCIF_SHUFFLE(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+  hi = DCIF_SHUFFLE(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
 #else
-  lo = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
-  hi = __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+  lo = DCIF_SHUFFLE(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+  hi = DCIF_SHUFFLE(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
 #endif
 }
 
@@ -146,13 +176,13 @@ inline void store_rows8(const Lanes (&col)[8], float* out, int64_t row_stride) {
   Lanes pair[8], quad[8];
   for (int k = 0; k < 4; ++k) {
 #if defined(__AVX512F__)
-    pair[2 * k] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12,
+    pair[2 * k] = DCIF_SHUFFLE(col[2 * k], col[2 * k + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12,
                                           28, 13, 29);
-    pair[2 * k + 1] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27,
+    pair[2 * k + 1] = DCIF_SHUFFLE(col[2 * k], col[2 * k + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27,
                                               14, 30, 15, 31);
 #else
-    pair[2 * k] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    pair[2 * k + 1] = __builtin_shufflevector(col[2 * k], col[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    pair[2 * k] = DCIF_SHUFFLE(col[2 * k], col[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    pair[2 * k + 1] = DCIF_SHUFFLE(col[2 * k], col[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
 #endif
   }
   // dims 0-3, then 4-7: quad[4 h + m] holds them for rows m, 4 + m (and with AVX-512 8 + m, 12 + m)
@@ -163,17 +193,17 @@ inline void store_rows8(const Lanes (&col)[8], float* out, int64_t row_stride) {
   }
   for (int m = 0; m < 4; ++m) {
 #if defined(__AVX512F__)
-    const Lanes first = __builtin_shufflevector(quad[m], quad[4 + m], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21,
+    const Lanes first = DCIF_SHUFFLE(quad[m], quad[4 + m], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21,
                                                 22, 23);
-    const Lanes second = __builtin_shufflevector(quad[m], quad[4 + m], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15,
+    const Lanes second = DCIF_SHUFFLE(quad[m], quad[4 + m], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15,
                                                  28, 29, 30, 31);
     std::memcpy(out + m * row_stride, &first, 8 * sizeof(float));
     std::memcpy(out + (4 + m) * row_stride, reinterpret_cast<const float*>(&first) + 8, 8 * sizeof(float));
     std::memcpy(out + (8 + m) * row_stride, &second, 8 * sizeof(float));
     std::memcpy(out + (12 + m) * row_stride, reinterpret_cast<const float*>(&second) + 8, 8 * sizeof(float));
 #else
-    store_lanes(out + m * row_stride, __builtin_shufflevector(quad[m], quad[4 + m], 0, 1, 2, 3, 8, 9, 10, 11));
-    store_lanes(out + (4 + m) * row_stride, __builtin_shufflevector(quad[m], quad[4 + m], 4, 5, 6, 7, 12, 13, 14, 15));
+    store_lanes(out + m * row_stride, DCIF_SHUFFLE(quad[m], quad[4 + m], 0, 1, 2, 3, 8, 9, 10, 11));
+    store_lanes(out + (4 + m) * row_stride, DCIF_SHUFFLE(quad[m], quad[4 + m], 4, 5, 6, 7, 12, 13, 14, 15));
 #endif
   }
 }
@@ -181,25 +211,21 @@ inline void store_rows8(const Lanes (&col)[8], float* out, int64_t row_stride) {
 // The inverse of store_rows8: kLanes rows of eight floats (row r at in + r * row_stride) to eight columns, col[d]
 // holding dim d of every row (a row per lane), by the same shuffle stages run backwards.
 inline void load_rows8(const float* in, int64_t row_stride, Lanes (&col)[8]) {
-  typedef float Row __attribute__((vector_size(8 * sizeof(float))));
   const auto row = [&](int r) {
-    Row x;
+    Floats8 x;
     std::memcpy(&x, in + r * row_stride, sizeof(x));
     return x;
   };
   Lanes pair[8], quad[8];
   for (int m = 0; m < 4; ++m) {
 #if defined(__AVX512F__)  // rows m, 4 + m, then 8 + m, 12 + m, side by side
-    const Lanes first = __builtin_shufflevector(row(m), row(4 + m), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-                                                15);
-    const Lanes second = __builtin_shufflevector(row(8 + m), row(12 + m), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-                                                 13, 14, 15);
-    quad[m] = __builtin_shufflevector(first, second, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-    quad[4 + m] = __builtin_shufflevector(first, second, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    const Lanes first = join(row(m), row(4 + m)), second = join(row(8 + m), row(12 + m));
+    quad[m] = DCIF_SHUFFLE(first, second, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    quad[4 + m] = DCIF_SHUFFLE(first, second, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
 #else
     const Lanes first = row(m), second = row(4 + m);
-    quad[m] = __builtin_shufflevector(first, second, 0, 1, 2, 3, 8, 9, 10, 11);
-    quad[4 + m] = __builtin_shufflevector(first, second, 4, 5, 6, 7, 12, 13, 14, 15);
+    quad[m] = DCIF_SHUFFLE(first, second, 0, 1, 2, 3, 8, 9, 10, 11);
+    quad[4 + m] = DCIF_SHUFFLE(first, second, 4, 5, 6, 7, 12, 13, 14, 15);
 #endif
   }
   for (int h = 0; h < 2; ++h) {
@@ -209,13 +235,13 @@ inline void load_rows8(const float* in, int64_t row_stride, Lanes (&col)[8]) {
   }
   for (int k = 0; k < 4; ++k) {
 #if defined(__AVX512F__)
-    col[2 * k] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12,
+    col[2 * k] = DCIF_SHUFFLE(pair[2 * k], pair[2 * k + 1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12,
                                          14, 28, 30);
-    col[2 * k + 1] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27,
+    col[2 * k + 1] = DCIF_SHUFFLE(pair[2 * k], pair[2 * k + 1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27,
                                              13, 15, 29, 31);
 #else
-    col[2 * k] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 0, 2, 8, 10, 4, 6, 12, 14);
-    col[2 * k + 1] = __builtin_shufflevector(pair[2 * k], pair[2 * k + 1], 1, 3, 9, 11, 5, 7, 13, 15);
+    col[2 * k] = DCIF_SHUFFLE(pair[2 * k], pair[2 * k + 1], 0, 2, 8, 10, 4, 6, 12, 14);
+    col[2 * k + 1] = DCIF_SHUFFLE(pair[2 * k], pair[2 * k + 1], 1, 3, 9, 11, 5, 7, 13, 15);
 #endif
   }
 }

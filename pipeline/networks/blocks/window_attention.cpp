@@ -28,6 +28,9 @@
 namespace {
 
 using dcif::exp2_nonpositive;
+using dcif::Floats16;
+using dcif::Floats8;
+using dcif::join;
 using dcif::kLanes;
 using dcif::kLog2e;
 using dcif::Lanes;
@@ -271,13 +274,12 @@ inline void padded_rows(const float* from, int64_t row_stride, int64_t dim_strid
   constexpr int Q = kQueriesPerRow<DIM>;
   if constexpr (Q == 2) {
     if (dim_stride == 1) {  // two rows of 8 to one register, interleaved by one shuffle
-      typedef float Row __attribute__((vector_size(8 * sizeof(float))));
       for (int i = 0; i < kTokens; i += 2) {
-        Row first, second;
+        Floats8 first, second;
         std::memcpy(&first, from + i * row_stride, sizeof(first));
         std::memcpy(&second, from + (i + 1) * row_stride, sizeof(second));
-        const auto pair = __builtin_shufflevector(first * mult, second * mult, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13,
-                                                  6, 14, 7, 15);
+        const Floats16 both = join(first * mult, second * mult);
+        const Floats16 pair = DCIF_SHUFFLE(both, both, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
         std::memcpy(rows[i / 2], &pair, sizeof(pair));
       }
       return;

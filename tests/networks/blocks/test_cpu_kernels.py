@@ -242,15 +242,6 @@ def test_a_missing_compiler_is_the_reason_given(build_root, monkeypatch, caplog)
                                          "using ATen's attention, LayerNorm, GELU and linear layers"]
 
 
-@pytest.mark.parametrize(("compiler", "refused"), [
-    ("g++ (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0", True), ("c++ (Debian 12.2.0-14+deb12u1) 12.2.0", False),
-    ("g++ (GCC) 13.2.1 20231011 (Red Hat 13.2.1-4)", False), ("Ubuntu clang version 14.0.0-1ubuntu1.1", False),
-    ("Apple clang version 15.0.0 (clang-1500.3.9.4)", False)])
-def test_a_gcc_older_than_12_is_not_tried(compiler: str, refused: bool) -> None:
-    reason = cpu_kernels._unsupported(compiler)
-    assert (reason == f"{compiler}: GCC 12 or newer (or clang) is needed") if refused else reason is None
-
-
 def test_processors_that_differ_in_features_build_apart(tmp_path) -> None:
     """ARM's /proc/cpuinfo has no model name or flags: its implementer, part and features tell two CPUs apart."""
     graviton = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics {}\n" \
