@@ -37,20 +37,23 @@ template <>
 struct IntsOf<Floats16> {
   typedef int32_t type __attribute__((vector_size(16 * sizeof(int32_t))));
 };
+// join: two rows of eight floats side by side in one 16-float vector (a shuffle the compiler can merge with the next
+// one, where it has __builtin_shufflevector; through memory otherwise).
 #if defined(__clang__) || __GNUC__ >= 12
 #define DCIF_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+inline Floats16 join(const Floats8& low, const Floats8& high) {
+  return __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
 #else
 #define DCIF_SHUFFLE(a, b, ...) \
   __builtin_shuffle(a, b, (typename ::dcif::IntsOf<std::decay_t<decltype(a)>>::type){__VA_ARGS__})
-#endif
-
-// Two rows of eight floats side by side in one 16-float vector.
 inline Floats16 join(const Floats8& low, const Floats8& high) {
   Floats16 x;
   std::memcpy(&x, &low, sizeof(low));
   std::memcpy(reinterpret_cast<float*>(&x) + 8, &high, sizeof(high));
   return x;
 }
+#endif
 
 inline Lanes load_lanes(const float* from) {
   Lanes x;
