@@ -179,6 +179,8 @@ class DCIFGenerator(nn.Module):
         in [0, 1]: channel w of each is the pair of window w (W = 1: one CT slice's). The PET's features are
         extracted once for all windows, a fifth of a 512 x 512 forward (shipped and paper-depth models) that each
         window after the first does not repeat."""
+        if ct.shape[0] == 0:  # no slices (the windows' reshapes cannot infer a size from nothing)
+            return ct.new_zeros(ct.shape), ct.new_zeros(ct.shape)
         if not torch.jit.is_scripting() and ct.device.type == "cpu":
             keep_freed_memory()  # once per process; see pipeline.networks.cpu_allocator
         h, w = ct.shape[-2:]

@@ -62,6 +62,13 @@ def test_same_seed_gives_same_weights_and_output() -> None:
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_an_empty_batch_gives_an_empty_fusion() -> None:
+    gan = DCIFGAN("network4", width=16, num_heads=2, window_size=8, depths=(1, 1, 1))
+    assert gan.generator(torch.rand(0, 3, 24, 40)).shape == (0, 2, 24, 40)
+    f_ct, f_pet = gan.generator.streams(torch.rand(0, 1, 24, 40), torch.rand(0, 1, 24, 40))
+    assert f_ct.shape == f_pet.shape == (0, 1, 24, 40)
+
+
 def test_generator_rejects_a_single_channel_input() -> None:
     with pytest.raises(ValueError, match="CT windows then the PET"):
         DCIFGenerator("network2", **TINY)(torch.rand(1, 1, 16, 16))
