@@ -37,17 +37,19 @@ from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_m
 logger = logging.getLogger(__name__)
 
 def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
-    """The bundle and the checkpoint ``model_path`` names, else the default bundle's; ``None`` without weights.
+    """The bundle and the checkpoint ``model_path`` names; ``None`` without weights there.
 
     ``model_path``: a bundle folder, a folder of bundles (the MAP packager's models folder: the first
     by name whose checkpoint is there), or a checkpoint file for the default bundle's ``network_def``:
-    its ``.pt`` weights or a TorchScript ``model.ts`` of its ``ckpt_export`` (see ``ModelFuser``).
+    its ``.pt`` weights or a TorchScript ``model.ts`` of its ``ckpt_export`` (see ``ModelFuser``). Only where
+    nothing is at ``model_path`` (the SDK's default, no ``-m`` given) is the default bundle looked in: a folder given
+    without weights means the baseline, not some other model.
     """
     path = Path(model_path)
     if path.is_file():
         return (default_bundle(), path) if is_bundle(default_bundle()) else None
     packaged = sorted(path.glob(f"*/{INFERENCE_CONFIG}")) if path.is_dir() else []
-    for root in (path, *(config.parents[1] for config in packaged), default_bundle()):
+    for root in (path, *(config.parents[1] for config in packaged)) if path.exists() else (default_bundle(),):
         if is_bundle(root) and (checkpoint := bundled_checkpoint(root)).is_file():
             return root, checkpoint
     return None
@@ -61,8 +63,8 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     """
     found = find_model(model_path)
     if found is None:
-        logger.warning("no DCIF-GAN model at %s nor in the bundle at %s: fusing with the %s baseline instead",
-                       Path(model_path).resolve(), default_bundle(), BASELINE_FALLBACK)
+        where = Path(model_path).resolve() if Path(model_path).exists() else default_bundle()
+        logger.warning("no DCIF-GAN model in %s: fusing with the %s baseline instead", where, BASELINE_FALLBACK)
         return build_fusers([BASELINE_FALLBACK])
     root, checkpoint = found
     method = default_method(checkpoint)

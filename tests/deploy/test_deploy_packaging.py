@@ -103,9 +103,13 @@ def test_entrypoint_without_the_sdk_names_the_missing_extra():
 
 def test_entrypoint_imports_and_finds_the_model_where_the_packager_puts_it(deploy_python, tmp_path):
     """In the deploy venv the image's ``__main__`` module is there, its app is an SDK Application, and the
-    model is found in the packager's ``models/<name>`` layout (one interpreter: the SDK takes ~10 s to import)."""
+    model is found in the packager's ``models/<name>`` layout; a bundle given without weights is no model (not the
+    default bundle's), and only no folder at all means the default bundle (one interpreter: the SDK takes ~10 s to
+    import)."""
     bundle = tmp_path / "models" / "dcif_gan"
     shutil.copytree(REPO_ROOT / "bundles" / "dcif_gan" / "configs", bundle / "configs")
+    weightless = tmp_path / "weightless" / "dcif_gan"
+    shutil.copytree(bundle / "configs", weightless / "configs")
     checkpoint = bundle / "models" / "model.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights")
@@ -113,8 +117,13 @@ def test_entrypoint_imports_and_finds_the_model_where_the_packager_puts_it(deplo
             "from monai.deploy.core import Application; "
             "from pipeline.deploy.app import DcifFusionApp, find_model; "
             "assert issubclass(DcifFusionApp, Application); "
-            f"print(find_model({str(tmp_path / 'models')!r})[1])")
+            f"print(find_model({str(tmp_path / 'models')!r})[1]); "
+            f"print(find_model({str(weightless)!r}), find_model({str(weightless.parent)!r})); "
+            f"found = find_model({str(tmp_path / 'absent')!r}); print(found and found[0])")
     done = subprocess.run([str(deploy_python), "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(checkpoint)
+    lines = done.stdout.strip().splitlines()[-3:]
+    assert lines[:2] == [str(checkpoint), "None None"]
+    default = REPO_ROOT / "bundles" / "dcif_gan"
+    assert lines[2] == (str(default) if (default / "models" / "model.pt").is_file() else "None")
