@@ -218,6 +218,7 @@ class _SeriesFiles:
     """Slice headers of one series collected during a scan, before ordering."""
 
     first: Dataset
+    path: Path  # the first file's
     slices: list[tuple[float, Path]] = field(default_factory=list)
     instances: set[str] = field(default_factory=set)
     duplicates: int = 0
@@ -259,7 +260,11 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
         if "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
             problems.append(FileProblem(path, f"{path}: missing StudyInstanceUID/SeriesInstanceUID"))
             continue
-        entry = series.setdefault(ds.SeriesInstanceUID, _SeriesFiles(first=ds))
+        entry = series.setdefault(ds.SeriesInstanceUID, _SeriesFiles(first=ds, path=path))
+        if ds.StudyInstanceUID != entry.first.StudyInstanceUID:  # UIDs reused across studies: which is right?
+            problems.append(FileProblem(path, f"{path}: its series is also in another study ({entry.path}): "
+                                              "series UIDs reused across studies, not used"))
+            continue
         instance = _text(ds, "SOPInstanceUID")
         if instance and instance in entry.instances:  # the same instance exported twice: keep one copy
             entry.duplicates += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,22 @@ def test_separates_studies(dicom_factory):
     result = discover_studies(dicom_factory.root)
     assert len(result.pairs) == 2 and len(result.failures) == 1
     assert {p.ct.folder.parent.parent.name for p in result.pairs} == {"a", "b"}
+
+
+def test_a_series_copied_into_another_study_is_a_problem_not_a_duplicate(dicom_factory):
+    """A study UID rewritten over copied series and instance UIDs: counted as duplicate copies, that study vanished."""
+    _pet_ct_study(dicom_factory, "a", study_uid=generate_uid(), frame_uid=generate_uid())
+    shutil.copytree(dicom_factory.root / "a", dicom_factory.root / "b")
+    other = generate_uid()
+    for path in (dicom_factory.root / "b").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = other
+        ds.save_as(path)
+    result = discover_studies(dicom_factory.root)
+    assert len(result.pairs) == 1 and result.pairs[0].ct.duplicates == result.pairs[0].pet.duplicates == 0
+    copied = sorted((dicom_factory.root / "b").rglob("*.dcm"))
+    assert sorted(problem.path for problem in result.problems) == copied
+    assert all("series UIDs reused across studies, not used" in problem.reason for problem in result.problems)
 
 
 def test_prefers_attenuation_corrected_pet(dicom_factory):
