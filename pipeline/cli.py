@@ -1,7 +1,8 @@
 """``dcif``: the command line. Thin: each sub-command parses, calls the package, and reports.
 
-Every :class:`~pipeline.errors.DcifError` becomes one line on stderr and exit status 2, so a user
-sees what is wrong and with which file, never a traceback from deep inside a library.
+Every :class:`~pipeline.errors.DcifError` and every bad argument becomes one line on stderr and exit status 2, so a
+user sees what is wrong and with which file, never a traceback from deep inside a library (``fuse-batch`` reports a
+study that fails and goes on: see :mod:`pipeline.batch`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pipeline.errors import DcifError
 
@@ -114,8 +116,15 @@ def _at_least(minimum: int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a bad argument told in one line, as every other error is (``--help`` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dcif",
         description="DCIF-GAN PET/CT fusion: make the phantom study, inspect DICOM folders, fuse studies.",
     )

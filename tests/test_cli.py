@@ -25,13 +25,21 @@ def test_lists_sizes_and_filters_parse_as_the_help_says() -> None:
     assert phantom.size == (64, 64, 16) and phantom.spacing == (6.0, 6.0, 8.0)
 
 
+_ERRORS = {"0": "argument --workers: must be at least 1, got 0",
+           "-1": "argument --metric-slices: must be at least 0, got -1",
+           "StudyDate": "argument --query: expected KEY=VALUE, got 'StudyDate'",
+           "64,64": "argument --size: expected three comma-separated values, got '64,64'"}
+
+
 @pytest.mark.parametrize("argv", [
     ["fuse-batch", "in", "out", "--workers", "0"],
     ["fuse-batch", "in", "out", "--metric-slices", "-1"],
     ["fuse-batch", "in", "out", "--query", "StudyDate"],
     ["phantom", "out", "--size", "64,64"],
 ])
-def test_bad_values_stop_at_the_parser(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+def test_bad_values_stop_at_the_parser_in_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as done:
         main(argv)
-    assert done.value.code == 2 and "error:" in capsys.readouterr().err
+    command = " ".join(["dcif", argv[0]])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"{command}: error: {_ERRORS[argv[-1]]} (see {command} --help)"]

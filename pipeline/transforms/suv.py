@@ -121,7 +121,7 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
     """
     found = str(meta.get("Units") or units or "").upper()
     if not found:
-        raise InputError(f"{_source(meta)}: PET header lacks Units (pass units= for NIfTI input)")
+        raise InputError(f"{_source(meta)}: PET header lacks Units (give them for NIfTI input: the bundle's --pet_units, units= here)")
     one = np.ones(1)
     if found == "BQML":
         return None, one

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from monai.bundle import run
 
 from pipeline.phantom import make_phantom
@@ -26,10 +28,13 @@ def test_a_missing_checkpoint_is_one_line_and_a_failed_exit(tmp_path: Path) -> N
     assert "absent.pt" in last
 
 
-def test_nifti_input_takes_the_pet_units_from_the_config(tmp_path: Path, tiny_geometry: dict) -> None:
+def test_nifti_input_takes_the_pet_units_or_a_factor_from_the_config(tmp_path: Path, tiny_geometry: dict) -> None:
+    """NIfTI holds no units: the PET is read as SUV (``--pet_units GML``), or scaled by ``--pet_factor``."""
     study = make_phantom(tmp_path / "phantom", ct_shape=tiny_geometry["size"], ct_spacing=tiny_geometry["spacing"])
-    out = tmp_path / "out"
-    run("inference", config_file=str(INFERENCE), input=str(study.ct_nifti.parent), output_dir=str(out),
-        method="laplacian", windows=["lung"], pet_units="GML")  # NIfTI holds no units: the PET is read as SUV
-
-    assert len(list(out.rglob("fused_laplacian_lung.nii.gz"))) == 1
+    fused = {}
+    for name, pet in {"units": {"pet_units": "GML"}, "factor": {"pet_factor": 1.0}}.items():
+        run("inference", config_file=str(INFERENCE), input=str(study.ct_nifti.parent), output_dir=str(tmp_path / name),
+            method="laplacian", windows=["lung"], **pet)
+        (found,) = (tmp_path / name).rglob("fused_laplacian_lung.nii.gz")
+        fused[name] = nib.load(found).get_fdata()
+    np.testing.assert_array_equal(fused["factor"], fused["units"])  # the phantom's NIfTI PET is SUV: factor 1
