@@ -6,6 +6,7 @@ what is wrong and with which file instead of a traceback from deep inside a libr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from types import TracebackType
@@ -28,16 +29,26 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+class _EngineAbortLine(logging.Filter):
+    """Drops ignite's "... run is terminating due to exception: ..." lines, which say again, with an object's address,
+    what the one-line error says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is terminating due to exception" not in record.getMessage()
+
+
 def one_line_errors(program: str) -> None:
     """End an uncaught error in one line on stderr instead of a traceback, where we do not own the entry point.
 
     For ``python -m monai.bundle run``, whose parser wraps our errors in its own: the DcifError found
     in the chain of causes is printed, else the first error of the chain (the wrappers only say where
-    it surfaced) as its type and message. The exit status stays non-zero. ``DCIF_TRACEBACK=1`` keeps
-    the full traceback, for debugging.
+    it surfaced) as its type and message, and ignite's log lines announcing the abort are left out. The exit status
+    stays non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback and those lines, for debugging.
     """
     if os.environ.get("DCIF_TRACEBACK"):
         return
+    for handler in logging.getLogger().handlers:  # the bundle's logging.conf: one console handler on the root
+        handler.addFilter(_EngineAbortLine())
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         chain = [error]
