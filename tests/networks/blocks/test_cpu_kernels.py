@@ -177,7 +177,10 @@ def test_generator_gives_the_same_output_and_gradients_with_and_without_the_kern
     monkeypatch.setattr(cpu_kernels, "_kernels_take", lambda x: False)  # both kernels off
     without, aten_grads = run()
     assert (with_kernel - without).abs().max() < 1e-5
-    assert all((a - b).abs().max() < 1e-4 for a, b in zip(kernel_grads, aten_grads))
+    # Each gradient against its own scale: the position biases' are about 1e-5, under any absolute tolerance that
+    # suits the weights', so a lost bias gradient would pass one.
+    assert all((a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-9 for a, b in zip(kernel_grads, aten_grads))
+    assert all(b.abs().max() > 0 for b in aten_grads)
 
 
 def test_switched_off_it_is_not_built(monkeypatch) -> None:
