@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Hashable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
 import numpy as np
 import torch
@@ -121,7 +121,8 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
     """
     found = str(meta.get("Units") or units or "").upper()
     if not found:
-        raise InputError(f"{_source(meta)}: PET header lacks Units (give them for NIfTI input: the bundle's --pet_units, units= here)")
+        raise InputError(f"{_source(meta)}: PET header lacks Units "
+                         "(give them for NIfTI input: the bundle's --pet_units, units= here)")
     one = np.ones(1)
     if found == "BQML":
         return None, one
@@ -141,10 +142,19 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
                           "(need BQML, GML, CM2ML or Philips scale factors)")
 
 
-def _when(day: object, time_of_day: object) -> tuple[bool, datetime]:
+def _parsed(meta: Mapping[str, object], kind: type[DA] | type[TM] | type[DT], value: object) -> date | time | datetime:
+    """A DA, TM or DT header value; a malformed one is an :class:`InputError` naming it."""
+    try:
+        return kind(str(value))
+    except ValueError as error:
+        raise InputError(f"{_source(meta)}: unreadable date or time in the PET header: {error}") from None
+
+
+def _when(meta: Mapping[str, object], day: object, time_of_day: object) -> tuple[bool, datetime]:
     """(whether the date is known, the moment on it, or on an arbitrary day)."""
     known = bool(day)
-    return known, datetime.combine(DA(str(day)) if known else date(2000, 1, 1), TM(str(time_of_day)))
+    return known, datetime.combine(_parsed(meta, DA, day) if known else date(2000, 1, 1),
+                                   _parsed(meta, TM, time_of_day))
 
 
 def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
@@ -156,12 +166,12 @@ def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, 
     """
     dated, moment = reference
     start_datetime = meta.get("RadiopharmaceuticalStartDateTime")
-    start = DT(str(start_datetime)).replace(tzinfo=None) if start_datetime else None
+    start = _parsed(meta, DT, start_datetime).replace(tzinfo=None) if start_datetime else None
     if dated and start is not None and moment >= start:
         interval = moment - start
         if interval < _ONE_DAY or interval.total_seconds() < _PLAUSIBLE_HALF_LIVES * _half_life(meta):
             return interval.total_seconds()
-    injection = TM(str(meta["RadiopharmaceuticalStartTime"])) if meta.get("RadiopharmaceuticalStartTime") \
+    injection = _parsed(meta, TM, meta["RadiopharmaceuticalStartTime"]) if meta.get("RadiopharmaceuticalStartTime") \
         else start.time() if start is not None else _header(meta, "RadiopharmaceuticalStartTime")
     return ((moment - datetime.combine(moment.date(), injection)) % _ONE_DAY).total_seconds()
 
@@ -176,7 +186,7 @@ def mean_count_time(duration_s: float, half_life_s: float) -> float:
 
 def _acquisition(item: Mapping[str, object], meta: Mapping[str, object]) -> tuple[bool, datetime]:
     """A slice's acquisition moment (the series' when the slice does not say)."""
-    return _when(item.get("AcquisitionDate") or meta.get("AcquisitionDate"),
+    return _when(meta, item.get("AcquisitionDate") or meta.get("AcquisitionDate"),
                  item.get("AcquisitionTime") or _header(meta, "AcquisitionTime"))
 
 
@@ -188,8 +198,8 @@ def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
     """The one instant a START series is decay-corrected to (see the module docstring)."""
     for keyword in ("GEDecayDateTime", "SiemensDecayDateTime"):
         if meta.get(keyword):
-            return True, DT(str(meta[keyword])).replace(tzinfo=None)
-    series = _when(meta.get("SeriesDate"), _header(meta, "SeriesTime"))
+            return True, _parsed(meta, DT, meta[keyword]).replace(tzinfo=None)
+    series = _when(meta, meta.get("SeriesDate"), _header(meta, "SeriesTime"))
     acquired = [_acquisition(s, meta) + (s,) for s in _slices(meta) if s.get("AcquisitionTime")]
     if not acquired:
         return series
@@ -206,17 +216,7 @@ def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
 
 
 def decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
-    """Seconds of decay from injection to each slice's reference time (one value when uniform).
-
-    A malformed date or time in the header is an :class:`InputError` naming the value.
-    """
-    try:
-        return _decay_seconds(meta)
-    except ValueError as error:  # pydicom's DA, TM and DT parsers
-        raise InputError(f"{_source(meta)}: unreadable date or time in the PET header: {error}") from None
-
-
-def _decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
+    """Seconds of decay from injection to each slice's reference time (one value when uniform)."""
     correction = str(_header(meta, "DecayCorrection")).upper()
     if correction == "ADMIN":
         return np.zeros(1)
