@@ -164,9 +164,10 @@ def build(flags: tuple[str, ...]) -> ModuleType | None:
             raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'c++')})")
         folder.mkdir(parents=True, exist_ok=True)
         failed = folder / FAILED
-        if failed.is_file():
-            raise RuntimeError(f"{failed.read_text().strip()}; an earlier build failed so: remove {failed} to try again")
-        with _one_builder(folder):
+        with _one_builder(folder):  # a process that waited on a build that failed reads its error here
+            if failed.is_file():
+                raise RuntimeError(f"{failed.read_text().strip()}; an earlier build failed so: remove {failed} to "
+                                   "try again")
             logger.info("loading the CPU kernels (built once per machine, a minute or more the first time)")
             try:
                 # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
