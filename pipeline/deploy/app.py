@@ -45,14 +45,20 @@ def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
     nothing is at ``model_path`` (the SDK's default, no ``-m`` given) is the default bundle looked in: a folder given
     without weights means the baseline, not some other model.
     """
-    path = Path(model_path)
+    path = _model_place(model_path)
     if path.is_file():
         return (default_bundle(), path) if is_bundle(default_bundle()) else None
     packaged = sorted(path.glob(f"*/{INFERENCE_CONFIG}")) if path.is_dir() else []
-    for root in (path, *(config.parents[1] for config in packaged)) if path.exists() else (default_bundle(),):
+    for root in (path, *(config.parents[1] for config in packaged)):
         if is_bundle(root) and (checkpoint := bundled_checkpoint(root)).is_file():
             return root, checkpoint
     return None
+
+
+def _model_place(model_path: str | Path) -> Path:
+    """Where the app looks for its model: ``model_path``, or the default bundle when nothing is there."""
+    path = Path(model_path)
+    return path if path.exists() else default_bundle()
 
 
 def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
@@ -63,8 +69,8 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     """
     found = find_model(model_path)
     if found is None:
-        where = Path(model_path).resolve() if Path(model_path).exists() else default_bundle()
-        logger.warning("no DCIF-GAN model in %s: fusing with the %s baseline instead", where, BASELINE_FALLBACK)
+        logger.warning("no DCIF-GAN model in %s: fusing with the %s baseline instead",
+                       _model_place(model_path).resolve(), BASELINE_FALLBACK)
         return build_fusers([BASELINE_FALLBACK])
     root, checkpoint = found
     method = default_method(checkpoint)
