@@ -38,7 +38,7 @@ from pydicom.uid import UID, generate_uid
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_write
-from pipeline.io.headers import save_dicom, slice_normal
+from pipeline.io.headers import save_dicom, slice_position
 from pipeline.provenance import SOFTWARE_VERSION
 
 FUSED_SERIES_NUMBER = 9000
@@ -102,8 +102,13 @@ def fused_series_description(method: str, window: str, colour: bool = False) -> 
     return f"DCIF fusion {method} {window}{' PET colour' if colour else ''}"
 
 
+def _source(header: Dataset) -> str:
+    """How an error names a CT header: its file, else (a header handed over in memory) its instance."""
+    return getattr(header, "filename", None) or f"CT slice {header.get('SOPInstanceUID', '')}"
+
+
 def _position(header: Dataset) -> float:
-    return float(slice_normal(header.ImageOrientationPatient) @ np.asarray(header.ImagePositionPatient, float))
+    return slice_position(header, _source(header))
 
 
 def _ordered_headers(ct_headers: Sequence[Dataset], shape: tuple[int, int, int], where: str) -> list[Dataset]:
@@ -113,8 +118,7 @@ def _ordered_headers(ct_headers: Sequence[Dataset], shape: tuple[int, int, int],
         raise InputError(f"{where}: {n_slices} slices but {len(ct_headers)} CT headers to place them")
     for header in ct_headers:
         if (int(header.Rows), int(header.Columns)) != (rows, columns):
-            source = getattr(header, "filename", None) or f"CT slice {header.SOPInstanceUID}"
-            raise InputError(f"{source}: {header.Rows}x{header.Columns} pixels, the fused volume has {rows}x{columns}")
+            raise InputError(f"{_source(header)}: {header.Rows}x{header.Columns} pixels, the fused volume has {rows}x{columns}")
     return sorted(ct_headers, key=_position)
 
 

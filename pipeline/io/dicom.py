@@ -29,7 +29,7 @@ from pydicom.valuerep import IS, DSfloat
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, scan_series
-from pipeline.io.headers import read_dicom, slice_normal
+from pipeline.io.headers import read_dicom, slice_normal, slice_position
 from pipeline.io.patient_space import LPS_TO_RAS
 
 # A discovered series, a folder holding one series, one file, or a list of files.
@@ -91,7 +91,7 @@ def _slice_position(header: Dataset, path: Path) -> float:
                          "supported (corrupt Rows/Columns?)")
     if int(header.get("NumberOfFrames", 1) or 1) > 1:
         raise InputError(f"{path}: multi-frame images are not supported (NumberOfFrames {header.NumberOfFrames})")
-    return float(slice_normal(header.ImageOrientationPatient) @ np.asarray(header.ImagePositionPatient, float))
+    return slice_position(header, path)
 
 
 def _ordered_files(source: SeriesSource) -> list[Path]:

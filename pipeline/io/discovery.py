@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
 from pipeline.errors import InputError
-from pipeline.io.headers import read_dicom, slice_normal, study_key
+from pipeline.io.headers import read_dicom, slice_geometry, slice_normal, study_key
 
 # The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
 DISCOVERY_TAGS = (
@@ -260,6 +260,11 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
         if "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
             problems.append(FileProblem(path, f"{path}: missing StudyInstanceUID/SeriesInstanceUID"))
             continue
+        try:
+            _, position = slice_geometry(ds, path)
+        except InputError as exc:
+            problems.append(FileProblem(path, str(exc)))
+            continue
         entry = series.setdefault(ds.SeriesInstanceUID, _SeriesFiles(first=ds, path=path))
         if ds.StudyInstanceUID != entry.first.StudyInstanceUID:  # UIDs reused across studies: which is right?
             problems.append(FileProblem(path, f"{path}: its series is also in another study ({entry.path}): "
@@ -270,8 +275,7 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
             entry.duplicates += 1
             continue
         entry.instances.add(instance)
-        position = float(slice_normal(entry.first.ImageOrientationPatient) @ np.asarray(ds.ImagePositionPatient, float))
-        entry.slices.append((position, path))
+        entry.slices.append((float(slice_normal(entry.first.ImageOrientationPatient) @ position), path))
     if not found_dicom:
         raise InputError(f"no DICOM files found under {root}")
     return [_series_info(uid, entry) for uid, entry in series.items()], problems

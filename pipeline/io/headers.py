@@ -1,7 +1,7 @@
 """DICOM file primitives: below the folder walker (:mod:`~pipeline.io.discovery`), the loaders and the writers.
 
 Reading one file's header with a one-line error, writing one dataset as a file (the phantom's
-series and the derived fused series alike), a study's non-identifying key, a slice's normal.
+series and the derived fused series alike), a study's non-identifying key, a slice's geometry.
 """
 
 from __future__ import annotations
@@ -65,3 +65,36 @@ def slice_normal(orientation: object) -> np.ndarray:
     """Unit normal of a slice from ImageOrientationPatient (row direction x column direction)."""
     iop = np.asarray(orientation, dtype=float)
     return np.cross(iop[:3], iop[3:])
+
+
+_ORTHONORMAL_TOLERANCE = 0.01
+"""How far ImageOrientationPatient's two directions may be from unit length and right angles: scanners write them
+rounded to a few decimals, and a value past this describes no slice plane."""
+
+
+def _numbers(header: Dataset, keyword: str, count: int, path: Path | str) -> np.ndarray:
+    """``count`` finite numbers of a multi-valued header element, or an InputError naming the file and the value."""
+    value = header.get(keyword)
+    try:
+        numbers = np.atleast_1d(np.asarray(value, dtype=float))
+    except (TypeError, ValueError):
+        numbers = np.empty(0)
+    if numbers.shape != (count,) or not np.isfinite(numbers).all():
+        raise InputError(f"{path}: {keyword} {one_line(value)[:64]!r} is not {count} numbers")
+    return numbers
+
+
+def slice_geometry(header: Dataset, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """A slice's ImageOrientationPatient (6) and ImagePositionPatient (3) as numbers: a damaged or hostile value fails
+    its file in one line instead of surfacing as numpy's error in the middle of a scan or a batch."""
+    orientation = _numbers(header, "ImageOrientationPatient", 6, path)
+    rows, columns = orientation[:3], orientation[3:]
+    if not np.allclose([rows @ rows, columns @ columns, rows @ columns], [1.0, 1.0, 0.0], atol=_ORTHONORMAL_TOLERANCE):
+        raise InputError(f"{path}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal unit vectors")
+    return orientation, _numbers(header, "ImagePositionPatient", 3, path)
+
+
+def slice_position(header: Dataset, path: Path | str) -> float:
+    """Position of a slice along its own normal (IOP cross product . IPP), checked by :func:`slice_geometry`."""
+    orientation, position = slice_geometry(header, path)
+    return float(slice_normal(orientation) @ position)

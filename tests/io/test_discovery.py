@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from pipeline.errors import InputError
@@ -292,3 +294,25 @@ def test_unlistable_folders_and_overlong_paths_are_problems_not_gaps(dicom_facto
     problems = {p.path.name: p.reason for p in result.problems}
     assert "cannot read folder (Permission denied)" in problems["locked"]
     assert "path longer than" in problems[long.name]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize(("keyword", "text"), [("ImagePositionPatient", b"abcdefg\\1\\2 "),
+                                               ("ImagePositionPatient", b"1\\2"),
+                                               ("ImageOrientationPatient", b"1\\0\\0 ")])
+def test_a_slice_with_damaged_geometry_is_a_problem_and_its_series_goes_on(dicom_factory, keyword, text):
+    """A hostile ImagePositionPatient or ImageOrientationPatient in one file stopped the whole scan with numpy's
+    error (and a batch with it, before any report)."""
+    _pet_ct_study(dicom_factory)
+    damaged = sorted((dicom_factory.root / "study" / "deep" / "ct").iterdir())[1]
+    ds = pydicom.dcmread(damaged)
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, "DS", len(text), text, 0, True, True)
+    ds.save_as(damaged)
+
+    result = discover_studies(dicom_factory.root)
+
+    (problem,) = result.problems
+    assert problem.path == damaged and problem.reason.startswith(f"{damaged}: {keyword} ")
+    (pair,) = result.pairs
+    assert damaged not in pair.ct.files and len(pair.ct.files) == 3
