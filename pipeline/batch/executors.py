@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from pipeline.batch.layout import clear_study, study_folder
 from pipeline.batch.report import StudyResult
 from pipeline.batch.task import StudyTask, process_study
 from pipeline.errors import DcifError, one_line
@@ -36,10 +37,12 @@ class Executor(Protocol):
 
 
 def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
-    """A finished task's result, or its failure when the worker running it was lost."""
+    """A finished task's result, or its failure when the worker running it was lost (its half-written outputs
+    removed, as a study that fails in its worker leaves none)."""
     try:
         return fetch()
     except Exception as error:  # the worker process or node died: the study failed, the batch goes on
+        clear_study(study_folder(task.out_dir, task.pair.study_key))  # what it was writing when it died
         return task.failed(f"worker lost while fusing ({type(error).__name__}: {one_line(error)})")
 
 

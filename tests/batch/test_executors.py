@@ -38,9 +38,13 @@ def test_a_lost_worker_fails_its_own_study_alone(tmp_path: Path, good_export: Pa
     pairs = discover_studies(good_export).pairs
     killer = _KillsItsWorker(pairs[0].study_uid, pairs[0].ct, pairs[0].pet)
     tasks = [StudyTask(pair, Locator(good_export), tmp_path, batch_options) for pair in [killer, *pairs[1:]]]
+    half_written = tmp_path / killer.study_key / f".{killer.study_key}.partial.fused_laplacian_lung.nii.gz"
+    half_written.parent.mkdir()
+    half_written.write_bytes(b"\x1f\x8b")  # what a worker killed while writing leaves
     results = {result.key: result for result in LocalExecutor(workers=2).run(tasks)}
     assert results[killer.study_key].status == FAILED and "worker lost" in results[killer.study_key].reason
     assert all(results[pair.study_key].status == OK for pair in pairs[1:])  # the pool's break took them down too
+    assert not half_written.parent.exists()  # a failed study leaves no folder, lost worker or not
 
 
 def test_ray_engine_on_a_local_ray_matches_the_local_engine(tmp_path: Path, good_export: Path, reference_run: Path,
