@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathRedaction, StudyResult, redacted_logs
-from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, made_with
+from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, input_files, made_with
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.io.discovery import DiscoveryResult, discover_studies
@@ -98,13 +98,16 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
     tasks = []
     for pair in found.pairs:
         finished = finished_result(study_folder(out_dir, pair.study_key))
-        # A study finished with other settings (methods, a model's weights, windows...) is redone; one whose done.json
-        # predates the record of its settings is taken as finished.
-        if finished is not None and finished.made_with in ({}, settings):
+        # A study finished with other settings (methods, a model's weights, windows...) or from other files is redone;
+        # one whose done.json predates the record of its settings is taken as finished.
+        made = {} if finished is None else dict(finished.made_with)
+        inputs = made.pop("inputs", None)
+        if finished is not None and made in ({}, settings) and inputs in (None, input_files(pair)):
             results.append(finished.skipped(locator.location(pair.ct.folder)))
         else:
             if finished is not None:
-                logger.warning("study %s: finished with other settings, redone with this run's", pair.study_key)
+                changed = "other settings" if made not in ({}, settings) else "other input files"
+                logger.warning("study %s: finished with %s, redone with this run's", pair.study_key, changed)
             tasks.append(StudyTask(pair, locator, out_dir, options, discover_s))
     logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),
                 len(found.pairs) - len(tasks), len(found.failures))

@@ -8,6 +8,7 @@ partial outputs are removed: one bad study never stops a batch nor leaves half a
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,18 @@ def made_with(options: BatchOptions, fusers: Mapping[str, Fuser]) -> dict[str, o
             "windows": list(options.windows), "suv_max": options.suv_max, "pet_factor": options.pet_factor}
 
 
+def input_files(pair: StudyPair) -> str:
+    """A digest of the series, instances and slice positions a study is fused from: a study exported again with
+    slices added, removed or replaced is redone, not taken as finished (a hash, so no UID reaches the report)."""
+    digest = hashlib.sha256()
+    for series in (pair.ct, pair.pet):
+        digest.update(series.series_uid.encode())
+        for instance in sorted(series.instances):
+            digest.update(b"\0" + instance.encode())
+        digest.update(repr([round(position, 3) for position in series.positions]).encode())
+    return digest.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def cached_fusers(methods: tuple[str, ...], checkpoint: str | None, device: str) -> Mapping[str, Fuser]:
     """Fusers built once per process: a model checkpoint is loaded once, not once per study."""
@@ -88,7 +101,8 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     timings = {"discover": task.discover_s, **result.timings}
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
     return task.result(OK, timings=ordered, metrics=scorer.scores,
-                       pet_scaling=str(result.data["pet"].meta["pet_scaling"]), made_with=made_with(options, fusers))
+                       pet_scaling=str(result.data["pet"].meta["pet_scaling"]),
+                       made_with={**made_with(options, fusers), "inputs": input_files(task.pair)})
 
 
 def process_study(task: StudyTask) -> StudyResult:

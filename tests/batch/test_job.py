@@ -108,6 +108,31 @@ def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, goo
     again = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
     assert again.counts()["skipped"] == N_GOOD
 
+def test_a_finished_study_exported_again_with_other_slices_is_redone(tmp_path: Path, good_export: Path,
+                                                                     batch_options: BatchOptions, caplog) -> None:
+    """A study fused from part of its CT, then exported whole: its done.json from the part was taken as finished."""
+    export, held = tmp_path / "export", tmp_path / "held"
+    shutil.copytree(good_export / "patient_0", export / "patient_0")
+    held.mkdir()
+    ct = export / "patient_0" / "dicom" / "CT"
+    for path in sorted(ct.iterdir())[-6:]:
+        shutil.move(path, held / path.name)
+    out = tmp_path / "out"
+    assert run_batch(export, out, batch_options, progress=False).counts()["ok"] == 1
+    assert [row["slices"] for row in _rows(out)] == [10]
+    for path in held.iterdir():
+        shutil.move(path, ct / path.name)
+
+    report = run_batch(export, out, batch_options, progress=False)
+
+    assert report.counts() == {"ok": 1, "failed": 0, "skipped": 0}
+    assert "finished with other input files" in caplog.text
+    assert [row["slices"] for row in _rows(out)] == [16]
+    (fused,) = out.glob("*/fused_laplacian_lung.nii.gz")
+    assert nib.load(fused).shape[2] == 16
+    assert run_batch(export, out, batch_options, progress=False).counts()["skipped"] == 1
+
+
 def test_skipped_studies_are_named_as_this_run_names_inputs(tmp_path: Path, good_export: Path,
                                                             batch_options: BatchOptions) -> None:
     """A run with real paths (--report-paths) then one without: the second's report holds pseudonyms only."""
