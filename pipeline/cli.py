@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DcifError as error:
         print(f"dcif {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT; finished work is on disk
+        print(f"dcif {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -36,7 +36,12 @@ def die_with_parent(parent: int) -> None:
 
 
 def init_worker(threads: int, parent: int) -> None:
-    """Worker initialiser: end with the batch process ``parent``, and use ``threads`` torch threads."""
+    """Worker initialiser: end with the batch process ``parent``, and use ``threads`` torch threads.
+
+    Ctrl-C reaches the whole process group: the batch process says so in one line, and a worker ends at once, without
+    a traceback of its own (its unfinished study has no done.json and is redone by a rerun).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent(parent)
     import torch  # only now: the worker must be bound to its parent before this slow import
 

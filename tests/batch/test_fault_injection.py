@@ -257,6 +257,24 @@ def test_kill_9_of_a_two_worker_batch_at_a_random_point_then_resume(tmp_path: Pa
     assert not [path for path in out.rglob("*") if ".partial." in path.name]
 
 
+def test_ctrl_c_of_a_two_worker_batch_is_one_line_then_resumes(tmp_path: Path, good_export: Path,
+                                                                reference_run: Path, fused_files) -> None:
+    """Ctrl-C (SIGINT to the process group) while two workers fuse printed every process's traceback."""
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "-q", "fuse-batch", str(good_export), str(out),
+                            *CLI_OPTIONS, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until a worker starts writing its study
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+
+    assert run.returncode == 130 and err.splitlines() == ["dcif fuse-batch: interrupted"]
+    assert _fuse_batch(good_export, out, workers=1).wait(timeout=300) == 0
+    assert fused_files(out) == fused_files(reference_run)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 16 MiB tmpfs (root only); skipped where it cannot be mounted."""
