@@ -31,8 +31,25 @@ SKIPPED_REASON = "done (finished by an earlier run)"
 STAGES = ("discover", "load", "suv", "resample", "window", "fuse", "metrics", "write")
 
 
-_PLAIN_COMPONENT = re.compile(r"[0-9]{1,6}")  # a folder index (1, 0003) names no one: kept
-_PATH_END = re.compile(r"(?=[:),;\s])|$")  # where a path quoted in a message may end
+# A series or instance folder's index (1, 0003) names no one: kept. Five digits or more may be an MRN or a date.
+_PLAIN_COMPONENT = re.compile(r"[0-9]{1,4}")
+_PATH_END = re.compile(r"(?=[:),;'\"\s])|$")  # where a name in a path quoted in a message may end
+_REASON_START = re.compile(r"(?=[:;)])|$")  # where a message goes on after a path that is not on disk
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell (OWASP: CSV injection)
+
+
+def _spreadsheet_cell(value: object) -> object:
+    """A report.csv cell that a spreadsheet shows as text instead of running it as a formula: a string that starts
+    like one gets a leading quote (numbers stay numbers; report.json keeps the true value)."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _name_on_disk(text: str, start: int, folder: Path) -> int | None:
+    """Where the longest name in ``folder`` that ``text[start:]`` begins with ends, if one is there: at a separator
+    or where a message may end a path."""
+    separator = text.find(os.sep, start)
+    ends = [match.start() for match in _PATH_END.finditer(text, start, len(text) if separator < 0 else separator)]
+    return next((end for end in reversed(ends) if end > start and os.path.lexists(folder / text[start:end])), None)
 
 
 def printable(text: str) -> str:
@@ -44,7 +61,7 @@ def printable(text: str) -> str:
 class Locator:
     """Names input files in shareable output: paths relative to IN_DIR, pseudonymised unless asked not to.
 
-    With a ``key``, every path component that is not a plain number becomes ``#`` + a keyed hash
+    With a ``key``, every path component but a folder index (up to four digits) becomes ``#`` + a keyed hash
     (HMAC-SHA256) of its bytes: the same folder gets the same name throughout a report, but neither a
     patient's name nor a dictionary of MRNs can be recovered without the key, which stays in OUT_DIR.
     ``key=None`` (opt-in) writes the relative paths themselves. IN_DIR itself is ``root`` (".": the report's
@@ -69,16 +86,16 @@ class Locator:
     def redact(self, text: object) -> str:
         """A one-line message with every input path in it, IN_DIR's own included, replaced by its :meth:`location`.
 
-        A message quotes a path up to ``:``, ``)``, ``,``, ``;`` or a space; as folder names may hold those too,
-        the longest candidate that exists on disk is taken.
+        Paths are found in the message as written (squashing its whitespace first would change a name such as
+        ``SMITH  JANE``), then the message is made one line. See :meth:`_path_end` for where a path ends.
         """
-        text, root = " ".join(str(text).split()), str(self.in_dir)
+        text, root = str(text), str(self.in_dir)
+        next_path = re.compile(r"(?<=[\s(\['\"])" + re.escape(root))
         pieces, start = [], 0
         while (found := text.find(root, start)) >= 0:
             after = found + len(root)
             if text.startswith(os.sep, after):  # a path under IN_DIR
-                ends = [match.start() for match in _PATH_END.finditer(text, after + 1)]
-                end = next((end for end in reversed(ends) if os.path.lexists(text[found:end])), ends[0])
+                end = self._path_end(text, after + 1, next_path)
             elif _PATH_END.match(text, after):  # IN_DIR itself (a flat export's series folder)
                 end = after
             else:  # a sibling whose name begins with IN_DIR's
@@ -87,7 +104,29 @@ class Locator:
                 continue
             pieces += [text[start:found], self.location(text[found:end])]
             start = end
-        return printable("".join(pieces) + text[start:])
+        return printable(" ".join(("".join(pieces) + text[start:]).split()))
+
+    def _path_end(self, text: str, start: int, next_path: re.Pattern[str]) -> int:
+        """Where the path whose names begin at ``text[start]`` ends (``next_path``: how the message's next one begins).
+
+        A message quotes a path up to ``:``, ``)``, ``,``, ``;``, a quote or whitespace; as folder names may hold
+        those too, each name is the longest candidate that exists on disk. Where a name is not on disk (a file that
+        vanished after discovery), or the message seems to go on through a separator past a shorter name that is,
+        the end is guessed so as to hide every name: after the last separator before the next path, where a
+        reason begins.
+        """
+        folder = self.in_dir
+        while (name_end := _name_on_disk(text, start, folder)) is not None and text.startswith(os.sep, name_end):
+            folder, start = folder / text[start:name_end], name_end + 1
+        following = next_path.search(text, start)
+        limit = following.start() if following else len(text)
+        if name_end is not None:
+            reason = _REASON_START.search(text, name_end, max(name_end, limit)).start()
+            if os.sep not in text[name_end:reason]:
+                return name_end
+        tail = max(start, text.rfind(os.sep, start, limit) + 1)
+        end = _REASON_START.search(text, tail, limit).start()
+        return tail + len(text[tail:end].rstrip())
 
 
 class PathRedaction(logging.Filter):
@@ -213,5 +252,5 @@ class BatchReport:
         with atomic_write(csv_path) as temporary, temporary.open("w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({column: _spreadsheet_cell(value) for column, value in row.items()} for row in rows)
         return json_path, csv_path

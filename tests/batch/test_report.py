@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,80 @@ def test_partial_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text("{}")
     clear_partial_files(tmp_path)
     assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
+
+
+# Made-up patient folders that quote, space and punctuate as exports do; none may show in a message in any part.
+HOSTILE_NAMES = ["SMITH  JANE", "SMITH\tJANE", "DOE, JOHN 19600101", "ROE MARY ", 'O\'HARA "MAXIM" 19700203',
+                 "MÜLLER; ÉLODIE (1980-04-05)", "KIM: ANNA 19551231", "VAN DER BERG,\u00a0PIETER"]
+
+
+def _fragments(name: str) -> list[str]:
+    """Each word and number of a folder name."""
+    return re.findall(r"\w+", name)
+
+
+def _shown(message: str) -> str:
+    """A redacted message without its pseudonyms (hex hashes could spell a short number by chance)."""
+    return re.sub(r"#[0-9a-f]{10}", "#", message)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_no_part_of_a_hostile_folder_name_survives_redaction(tmp_path: Path, name: str) -> None:
+    """Names are matched as written (not with their whitespace squashed); a path not on disk is hidden whole."""
+    in_dir, series = tmp_path / "in", tmp_path / "in" / name / "dicom"
+    pet, ct = series / "PET" / "pet_0004.dcm", series / "CT" / "ct_0000.dcm"
+    for path in (pet, ct):
+        path.parent.mkdir(parents=True)
+        path.touch()
+    locator = Locator(in_dir, b"secret")
+    messages = {f"{pet}: no Modality in the header (truncated file?)": f"{locator.location(pet)}: no Modality in "
+                                                                       "the header (truncated file?)",
+                f"[Errno 5] Input/output error: '{pet}'": f"[Errno 5] Input/output error: '{locator.location(pet)}'",
+                f"{ct}: its series is also in another study ({pet}):\n  not used":
+                    f"{locator.location(ct)}: its series is also in another study ({locator.location(pet)}): not used",
+                f"study k: CT 2 slices in {ct.parent}, PET 2 slices in {pet.parent}; 1 CT slices without PET":
+                    f"study k: CT 2 slices in {locator.location(ct.parent)}, PET 2 slices in "
+                    f"{locator.location(pet.parent)}; 1 CT slices without PET"}
+    for message, redacted in messages.items():
+        assert locator.redact(message) == redacted
+    vanished = f"{pet}: file not found"  # discovered, then moved away by an archiver
+    shutil.rmtree(pet.parent)
+    assert locator.redact(vanished) == f"{locator.location(pet)}: file not found"
+    shutil.rmtree(in_dir / name)
+    for message in [*messages, vanished, f"{pet.parent} (1.0 to 2.0 mm, {ct}) does not overlap"]:
+        shown = _shown(locator.redact(message))
+        assert not [fragment for fragment in _fragments(name) if fragment in shown], shown
+    flat = tmp_path / name  # a flat export named by its patient: IN_DIR itself
+    (flat / "CT").mkdir(parents=True)
+    assert Locator(flat, b"secret").redact(f"no PET series in {flat}\t({flat / 'CT'})") == \
+        f"no PET series in . ({Locator(flat, b'secret').location(flat / 'CT')})"
+
+
+@pytest.mark.parametrize("name", ["SMITH  JANE", "DOE, JOHN 19600101", "ROE 'MARY'"])
+def test_a_vanished_folder_is_not_taken_for_a_shorter_one_on_disk(tmp_path: Path, name: str) -> None:
+    """A message going on through a separator after a name on disk names a longer path that is no longer there."""
+    (tmp_path / _fragments(name)[0]).mkdir()
+    shown = _shown(Locator(tmp_path, b"secret").redact(f"{tmp_path / name / 'PET' / 'pet_0000.dcm'}: file not found"))
+    assert shown == "#/#/#: file not found"
+
+
+def test_only_short_numbers_stay_readable(tmp_path: Path) -> None:
+    """A series or instance folder's index is kept; five digits or more may be an MRN or a birth date."""
+    location = Locator(tmp_path, b"secret").location(tmp_path / "483920" / "19600101" / "00012" / "0004" / "1")
+    assert location.split("/")[3:] == ["0004", "1"] and "483920" not in location and "12" not in _shown(location)
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted_but_json_keeps_them(tmp_path: Path) -> None:
+    """OWASP's CSV-injection rule, on strings only: a negative metric is still a number."""
+    link = '=HYPERLINK("https://evil.example","open")/CT'
+    hostile = StudyResult(key="+1", status="failed", location=link, reason="@SUM(A1)", pet_scaling="\tx",
+                          metrics={"laplacian_lung": {"SSIM": -0.5, "QABF": 0.25}})
+    report = BatchReport(Locator(Path("/in")), tmp_path, [hostile, replace(RESULT, reason="-2 slices", key="\rk")])
+    json_path, csv_path = report.write()
+
+    assert json.loads(json_path.read_text())["studies"][0]["location"] == link
+    with csv_path.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [rows[0][column] for column in ("key", "location", "reason", "pet_scaling", "laplacian_lung_SSIM")] == \
+        ["'+1", f"'{link}", "'@SUM(A1)", "'\tx", "-0.5"]
+    assert (rows[1]["key"], rows[1]["reason"], rows[1]["location"]) == ("'\rk", "'-2 slices", "export/CT")
