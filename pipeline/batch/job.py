@@ -76,15 +76,19 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
     if out_dir == in_dir or out_dir.is_relative_to(in_dir):
         raise InputError(f"{out_dir}: OUT_DIR must not lie inside IN_DIR (outputs would be rescanned)")
     with own_output(out_dir):
-        try:
-            clear_partial_files(out_dir)
-            locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
-            with redacted_logs(PathRedaction(locator)):  # warnings name inputs as the report does
-                report = _run(in_dir, out_dir, locator, options, executor, progress, made_with(options, fusers))
-            report.write()
-        except OSError as error:  # OUT_DIR became unwritable or full outside any one study
-            raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
+        clear_partial_files(out_dir)
+        report = fuse_folder(in_dir, out_dir, options, executor, progress, made_with(options, fusers), explicit_paths)
+        report.write()
     return report
+
+
+def fuse_folder(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Executor, progress: bool,
+                settings: dict[str, object], explicit_paths: bool = False) -> BatchReport:
+    """The batch over ``in_dir`` into an OUT_DIR the caller holds (:func:`~pipeline.batch.layout.own_output`), its
+    report not yet written; ``settings``: :func:`~pipeline.batch.task.made_with` of the checked options."""
+    locator = Locator(in_dir, None if explicit_paths else location_key(out_dir))
+    with redacted_logs(PathRedaction(locator)):  # warnings name inputs as the report does
+        return _run(in_dir, out_dir, locator, options, executor, progress, settings)
 
 
 def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, executor: Executor,

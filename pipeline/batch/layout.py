@@ -75,7 +75,8 @@ def clear_partial_files(out_dir: Path) -> None:
 def own_output(out_dir: Path) -> Iterator[None]:
     """Create OUT and hold it for this run; another live run holding it stops this one at once.
 
-    Any OS error on OUT (a file, read-only, no permission, full) becomes one line naming it.
+    Any OS error on OUT (a file, read-only, no permission, full), on taking it or while holding it, becomes one line
+    naming the file.
     """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,10 @@ def own_output(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise DcifError(f"{out_dir}: another fuse-batch run is writing into this output folder; "
                             "wait for it to end, or choose another OUT_DIR") from None
-        yield
+        try:
+            yield
+        except OSError as error:  # OUT became unwritable or full outside any one study
+            raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
 
 
 def location_key(out_dir: Path) -> bytes:

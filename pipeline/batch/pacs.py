@@ -1,32 +1,36 @@
 """``dcif fuse-batch URL OUT_DIR``: the folder batch with a PACS as input and, optionally, output.
 
 QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/`` (whole
-studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses them
-with its report, resume and per-study isolation, and with ``store`` the fused series of every finished study
-not yet stored (``stored.json``; an interrupted run's included) go back by STOW-RS into their patient and study.
-A study the PACS will not give or take fails alone, with its reason in the report.
+studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses the
+studies this run's query found with its report, resume and per-study isolation, and with ``store`` the fused
+series of every such study not yet stored (``stored.json``; an interrupted run's included) go back by STOW-RS
+into their patient and study, if the study was fetched from this PACS. A study the PACS will not give or take
+fails alone, with its reason in the report. The run holds OUT_DIR from the query until its report is written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.batch.executors import Executor
-from pipeline.batch.job import run_batch
-from pipeline.batch.layout import STORED_FILE, clear_study, mark_stored, study_folder
-from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, StudyResult
-from pipeline.batch.task import BatchOptions
-from pipeline.errors import DcifError
+from pipeline.batch.executors import Executor, LocalExecutor
+from pipeline.batch.job import check_options, fuse_folder
+from pipeline.batch.layout import (STORED_FILE, clear_partial_files, clear_study, location_key, mark_stored,
+                                   own_output, study_folder)
+from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, Locator, StudyResult
+from pipeline.batch.task import BatchOptions, made_with
+from pipeline.errors import DcifError, one_line
 from pipeline.io.derived_series import FUSED_FILE
-from pipeline.io.dicomweb import connect, fetch_study, find_studies, store_instances
-from pipeline.io.headers import study_key
+from pipeline.io.dicomweb import RemoteStudy, connect, fetch_study, fetched_from, find_studies, store_instances
 
 logger = logging.getLogger(__name__)
-INBOX = ".dicomweb"
+INBOX = ".dicomweb"  # fetched studies; its hidden entries are a run's temporary folders and files
 
 
 def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: BatchOptions, query: Mapping[str, str],
@@ -35,27 +39,79 @@ def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: Batch
     """Fuse the PACS studies ``query`` finds at ``url`` into ``out_dir``; ``store`` sends the results back."""
     out_dir = Path(out_dir).resolve()
     client = connect(url, environ)
-    inbox = out_dir / INBOX
-    inbox.mkdir(parents=True, exist_ok=True)
-    fetch_failures = []
-    for uid in find_studies(client, query):
-        try:
-            fetch_study(client, uid, inbox)
-        except DcifError as error:
-            fetch_failures.append(StudyResult(key=study_key(uid), status=FAILED, location=url, reason=str(error)))
-    logger.info("%d studies fetched from %s", len(list(inbox.iterdir())), url)
-    report = run_batch(inbox, out_dir, options, executor=executor, progress=progress)
-    studies = [_stored(client, out_dir, result) if store else result for result in report.studies]
-    report = replace(report, studies=studies + fetch_failures)
-    report.write()
+    executor = executor or LocalExecutor()
+    settings = made_with(options, check_options(options, executor))
+    with own_output(out_dir):
+        clear_partial_files(out_dir)
+        inbox = _inbox(out_dir)
+        fetched, failures = [], []
+        for study in find_studies(client, query):
+            try:
+                fetched.append(fetch_study(client, study, inbox).name)
+            except Exception as error:  # one study's fetch (HTTP, disk, a malformed reply) fails alone
+                failures.append(_fetch_failure(client.base_url, study, error))
+        logger.info("%d studies fetched from %s, %d failed", len(fetched), client.base_url, len(failures))
+        with _this_run(inbox, fetched) as in_dir:
+            report = _fuse(in_dir, out_dir, options, executor, progress, settings)
+        studies = [_stored(client, out_dir, inbox, result) if store else result for result in report.studies]
+        report = replace(report, studies=studies + failures)
+        report.write()
     return report
 
 
-def _stored(client, out_dir: Path, result: StudyResult) -> StudyResult:
+def _inbox(out_dir: Path) -> Path:
+    """``OUT_DIR/.dicomweb``, without the temporary folders and files a killed run left (this run owns OUT_DIR)."""
+    inbox = out_dir / INBOX
+    inbox.mkdir(exist_ok=True)
+    for leftover in inbox.glob(".*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    return inbox
+
+
+def _fetch_failure(url: str, study: RemoteStudy, error: Exception) -> StudyResult:
+    """The report row of a study that could not be fetched: one line naming it and the problem."""
+    if isinstance(error, DcifError):
+        reason = str(error)
+    else:
+        reason = one_line(f"{url}: fetching study {study.key} failed: {type(error).__name__}: {error}")
+    return StudyResult(key=study.key, status=FAILED, location=url, reason=reason)
+
+
+@contextmanager
+def _this_run(inbox: Path, keys: Iterable[str]) -> Iterator[Path]:
+    """A private folder of hard links to the fetched studies ``keys``, so the batch sees this run's studies only and
+    none the cache kept from earlier queries or other PACS."""
+    folder = Path(tempfile.mkdtemp(prefix=".run-", dir=inbox))
+    try:
+        for key in keys:
+            shutil.copytree(inbox / key, folder / key, copy_function=os.link)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fuse(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Executor, progress: bool,
+          settings: dict[str, object]) -> BatchReport:
+    """The folder batch over this run's studies in the OUT_DIR it holds; empty when the query found nothing."""
+    if not any(in_dir.iterdir()):
+        return BatchReport(Locator(in_dir, location_key(out_dir)), out_dir, [])
+    return fuse_folder(in_dir, out_dir, options, executor, progress, settings)
+
+
+def _stored(client, out_dir: Path, inbox: Path, result: StudyResult) -> StudyResult:
     """Send a finished study to the PACS unless an earlier run did (one that stopped before storing did not); a
-    refusal fails that study only (it is redone next run)."""
+    refusal fails that study only (it is redone next run), and a study fetched from another PACS is not sent."""
     folder = study_folder(out_dir, result.key) if result.status in (OK, SKIPPED) else None
-    if folder is None or (folder / STORED_FILE).is_file():
+    if folder is None:
+        return result
+    source = fetched_from(inbox / result.key)
+    if source != client.base_url:
+        return replace(result, status=FAILED, reason=f"{client.base_url}: study {result.key} not stored, it was "
+                                                     f"fetched from {source}; use one OUT_DIR per PACS")
+    if (folder / STORED_FILE).is_file():
         return result
     try:
         store_instances(client, sorted(folder.glob(f"*/{FUSED_FILE}")))

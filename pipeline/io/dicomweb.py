@@ -3,17 +3,22 @@
 Built on ``dicomweb-client``. Credentials come from the environment or a file, never from the
 command line, so they reach neither the shell history nor the logs: ``DCIF_DICOMWEB_USER`` and
 ``DCIF_DICOMWEB_PASSWORD``, or ``DCIF_DICOMWEB_CREDENTIALS``, the path of a file holding
-``user:password`` on its first line. Studies are written under a folder named by the hash of their
-StudyInstanceUID, so the folder batch reads them as any export.
+``user:password`` on its first line; a URL holding them (``http://user:password@host/...``) is refused.
+Studies are written under a folder named by the hash of their StudyInstanceUID, so the folder batch
+reads them as any export.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 import requests
@@ -21,10 +26,11 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
 from pipeline.errors import DcifError, InputError
+from pipeline.io.atomic import atomic_write
 from pipeline.io.headers import study_key
 
 USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_PASSWORD", "DCIF_DICOMWEB_CREDENTIALS"
-STUDY_UID, MODALITIES_IN_STUDY = "0020000D", "00080061"
+STUDY_UID, MODALITIES_IN_STUDY, STUDY_INSTANCES = "0020000D", "00080061", "00201208"
 PAIRED = {"CT", "PT"}
 MAX_STUDIES = 10_000  # one query never pages further than this
 
@@ -48,10 +54,18 @@ def _credentials(environ: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 def connect(url: str, environ: Mapping[str, str] = os.environ) -> DICOMwebClient:
-    """A client for ``url`` with the credentials the environment names (none: anonymous)."""
+    """A client for ``url`` with the credentials the environment names (none: anonymous).
+
+    A URL carrying credentials is refused: they would show in the process list, the logs and the report.
+    """
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise InputError(f"{shown}: credentials in the URL are refused; set {USER_ENV} and {PASSWORD_ENV}, "
+                         f"or {CREDENTIALS_ENV}")
     credentials = _credentials(environ)
     session = create_session_from_user_pass(*credentials) if credentials else create_session()
-    return DICOMwebClient(url, session=session)
+    return DICOMwebClient(url.rstrip("/"), session=session)  # one spelling of a root, as fetched studies record it
 
 
 def _value(result: Mapping, tag: str) -> list:
@@ -60,7 +74,7 @@ def _value(result: Mapping, tag: str) -> list:
 
 @contextlib.contextmanager
 def _calling(url: str, action: str) -> Iterator[None]:
-    """Turn the HTTP layer's errors into one line naming the endpoint and what failed (never the credentials)."""
+    """Turn the HTTP layer's errors into one line naming the endpoint and what failed."""
     try:
         yield
     except requests.RequestException as error:
@@ -68,38 +82,73 @@ def _calling(url: str, action: str) -> Iterator[None]:
         raise DcifError(f"{url}: {action} failed ({status or type(error).__name__})") from None
 
 
-def find_studies(client: DICOMwebClient, query: Mapping[str, str]) -> list[str]:
-    """StudyInstanceUIDs matching the QIDO-RS ``query`` whose study holds both a CT and a PET series."""
+@dataclass(frozen=True)
+class RemoteStudy:
+    """A study QIDO-RS found: its UID and, where the PACS says, how many instances it holds."""
+
+    uid: str
+    instances: int | None = None
+
+    @property
+    def key(self) -> str:
+        return study_key(self.uid)
+
+
+def find_studies(client: DICOMwebClient, query: Mapping[str, str]) -> list[RemoteStudy]:
+    """The studies matching the QIDO-RS ``query`` that hold both a CT and a PET series."""
     with _calling(client.base_url, "QIDO-RS study search"):
-        results = client.search_for_studies(search_filters=dict(query), fields=["ModalitiesInStudy"],
-                                            limit=MAX_STUDIES)
-    return [_value(result, STUDY_UID)[0] for result in results
-            if PAIRED <= set(_value(result, MODALITIES_IN_STUDY)) and _value(result, STUDY_UID)]
+        results = client.search_for_studies(search_filters=dict(query), limit=MAX_STUDIES,
+                                            fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"])
+    return [RemoteStudy(_value(result, STUDY_UID)[0], next((int(n) for n in _value(result, STUDY_INSTANCES)), None))
+            for result in results if PAIRED <= set(_value(result, MODALITIES_IN_STUDY)) and _value(result, STUDY_UID)]
 
 
-def fetch_study(client: DICOMwebClient, study_uid: str, into: Path) -> Path:
+def _record(folder: Path) -> Path:
+    """``<study key>.json`` beside a fetched study's folder: where it came from, written once it is complete."""
+    return folder.with_name(f"{folder.name}.json")
+
+
+def fetched_from(folder: Path) -> str | None:
+    """The DICOMweb root a study folder was fetched from; None when it is not completely fetched."""
+    try:
+        return json.loads(_record(folder).read_text())["source"] if folder.is_dir() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
     """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept when fetched before.
 
-    The files are written into a sibling staging folder first and moved in whole, so ``into``
-    holds complete studies only, even after a killed run.
+    The files are written into a private hidden folder in ``into``, checked against the instance count QIDO-RS gave,
+    and moved in whole; the record of their source, written last, marks the study complete, so a study cut short or
+    left by a killed run is fetched again.
     """
-    folder = into / study_key(study_uid)
-    if folder.is_dir():
+    folder = into / study.key
+    if fetched_from(folder) is not None:
         return folder
-    staging = into.parent / f"{into.name}-partial" / folder.name
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    with _calling(client.base_url, f"WADO-RS retrieve of study {folder.name}"):
-        instances = client.retrieve_study(study_uid)
-    for index, dataset in enumerate(instances):
-        dataset.save_as(staging / f"{index:05d}.dcm", enforce_file_format=True)
-    into.mkdir(parents=True, exist_ok=True)
-    staging.rename(folder)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=into))
+    try:
+        with _calling(client.base_url, f"WADO-RS retrieve of study {study.key}"):
+            instances = client.retrieve_study(study.uid)
+        if len(instances) < (study.instances or 1):
+            raise DcifError(f"{client.base_url}: WADO-RS gave {len(instances)} instances of study {study.key}, "
+                            f"QIDO-RS listed {study.instances or 'at least one'}")
+        for index, dataset in enumerate(instances):
+            dataset.save_as(staging / f"{index:05d}.dcm", enforce_file_format=True)
+        shutil.rmtree(folder, ignore_errors=True)  # a copy never completed
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_write(_record(folder)) as temporary:
+        temporary.write_text(json.dumps({"source": client.base_url}) + "\n")
     return folder
 
 
 def store_instances(client: DICOMwebClient, paths: Sequence[Path]) -> None:
-    """STOW-RS the DICOM files ``paths`` (e.g. a study's fused series) into the PACS."""
+    """STOW-RS the DICOM files ``paths`` (e.g. a study's fused series) into the PACS; any instance it refuses (HTTP 202
+    with a FailedSOPSequence) fails the whole store."""
     if paths:
         with _calling(client.base_url, "STOW-RS store"):
-            client.store_instances([pydicom.dcmread(path) for path in paths])
+            reply = client.store_instances([pydicom.dcmread(path) for path in paths])
+        if refused := len(reply.get("FailedSOPSequence") or []):
+            raise DcifError(f"{client.base_url}: STOW-RS refused {refused} of {len(paths)} instances")

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
 
-from pipeline.batch.pacs import run_dicomweb_batch
+from pipeline.batch import pacs
+from pipeline.batch.layout import STORED_FILE, own_output
+from pipeline.batch.pacs import INBOX, run_dicomweb_batch
 from pipeline.batch.report import BatchReport
 from pipeline.errors import DcifError
 from pipeline.cli import main
-from pipeline.io.dicomweb import CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, connect
+from pipeline.io.dicomweb import CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect
+from pipeline.io.headers import study_key
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -32,8 +40,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory):
+def _orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh Orthanc (no DICOM port, local access only, basic auth) and its DICOMweb root URL."""
     if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
         pytest.skip("Orthanc or its DICOMweb plugin is not installed (Debian: orthanc, orthanc-dicomweb)")
@@ -64,11 +71,27 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _orthanc(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def other_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second PACS, empty to begin with."""
+    yield from _orthanc(tmp_path_factory)
+
+
+def _upload(url: str, study: Path) -> str:
+    """STOW-RS every DICOM file under ``study`` into ``url``; its StudyInstanceUID."""
+    datasets = [pydicom.dcmread(path) for path in sorted(study.rglob("*.dcm"))]
+    connect(url, CREDENTIALS).store_instances(datasets)
+    return datasets[0].StudyInstanceUID
+
+
+@pytest.fixture(scope="module")
 def pacs_study(orthanc: str, good_export: Path) -> str:
     """One tiny phantom PET/CT study uploaded by STOW-RS; its StudyInstanceUID."""
-    datasets = [pydicom.dcmread(path) for path in sorted((good_export / "patient_0").rglob("*.dcm"))]
-    connect(orthanc, CREDENTIALS).store_instances(datasets)
-    return datasets[0].StudyInstanceUID
+    return _upload(orthanc, good_export / "patient_0")
 
 
 def _fused_series(url: str, study_uid: str) -> list[dict]:
@@ -140,3 +163,128 @@ def test_credentials_come_from_a_file(tmp_path: Path, orthanc: str, pacs_study: 
     assert pacs_study in {study["0020000D"]["Value"][0] for study in client.search_for_studies()}
     with pytest.raises(DcifError, match="missing: cannot read DICOMweb credentials"):
         connect(orthanc, {CREDENTIALS_ENV: str(tmp_path / "missing")})
+
+
+def test_a_second_run_on_the_same_out_dir_stops_before_fetching(tmp_path: Path, orthanc: str, pacs_study: str,
+                                                                 batch_options) -> None:
+    with own_output(tmp_path / "out"):  # a live run holds OUT_DIR
+        with pytest.raises(DcifError, match="another fuse-batch run is writing into this output folder"):
+            _run(orthanc, tmp_path / "out", batch_options)
+    assert not (tmp_path / "out" / INBOX).exists()  # nothing fetched into the live run's cache
+
+
+def test_the_report_is_written_while_out_dir_is_held(tmp_path: Path, orthanc: str, pacs_study: str, batch_options,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    held, write = [], BatchReport.write
+
+    def write_if_held(report: BatchReport) -> tuple[Path, Path]:
+        with pytest.raises(DcifError) as raised, own_output(report.out_dir):
+            pass
+        held.append("another fuse-batch run" in str(raised.value))
+        return write(report)
+
+    monkeypatch.setattr(BatchReport, "write", write_if_held)
+    _run(orthanc, tmp_path / "out", batch_options)
+    assert held and all(held)
+
+
+def test_a_full_disk_after_the_batch_ends_the_run_in_one_line(tmp_path: Path, orthanc: str, pacs_study: str,
+                                                              batch_options, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(folder: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / STORED_FILE))
+
+    monkeypatch.setattr(pacs, "store_instances", lambda client, paths: None)
+    monkeypatch.setattr(pacs, "mark_stored", full_disk)
+    with pytest.raises(DcifError) as raised:
+        _run(orthanc, tmp_path / "out", batch_options)
+    key = study_key(pacs_study)
+    assert str(raised.value) == f"{tmp_path / 'out' / key / STORED_FILE}: No space left on device"
+
+
+def test_a_study_fetched_short_fails_and_is_fetched_again(tmp_path: Path, orthanc: str, pacs_study: str,
+                                                          batch_options, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = study_key(pacs_study)
+    with monkeypatch.context() as patch:  # the connection drops: the last 5 instances never come
+        retrieve = DICOMwebClient.retrieve_study
+        patch.setattr(DICOMwebClient, "retrieve_study", lambda client, uid: retrieve(client, uid)[:-5])
+        short = _run(orthanc, tmp_path / "out", batch_options)
+    (row,) = short.studies
+    got, listed = re.fullmatch(rf"{orthanc}: WADO-RS gave (\d+) instances of study {key}, QIDO-RS listed (\d+)",
+                               row.reason).groups()
+    assert row.status == "failed" and int(got) == int(listed) - 5
+    assert [path.name for path in (tmp_path / "out" / INBOX).iterdir()] == []  # nothing kept, no leftover
+    assert _run(orthanc, tmp_path / "out", batch_options).counts()["ok"] == 1
+
+
+def test_any_error_fetching_one_study_fails_that_study_alone(tmp_path: Path, orthanc: str, pacs_study: str,
+                                                             batch_options, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = RemoteStudy("1.2.826.0.1.3680043.8.498.1")  # listed by QIDO-RS, its WADO-RS reply unreadable
+    found, retrieve = pacs.find_studies, DICOMwebClient.retrieve_study
+
+    def malformed(client: DICOMwebClient, uid: str) -> list:
+        if uid == broken.uid:
+            raise ValueError("multipart reply without a boundary")
+        return retrieve(client, uid)
+
+    monkeypatch.setattr(pacs, "find_studies", lambda client, query: [broken, *found(client, query)])
+    monkeypatch.setattr(DICOMwebClient, "retrieve_study", malformed)
+    report = _run(orthanc, tmp_path / "out", batch_options)
+
+    assert report.counts() == {"ok": 1, "failed": 1, "skipped": 0}
+    failure = next(row for row in report.studies if row.status == "failed")
+    assert (failure.key, failure.location) == (broken.key, orthanc)
+    assert failure.reason == (f"{orthanc}: fetching study {broken.key} failed: ValueError: multipart reply without a "
+                              "boundary")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"]["failed"] == 1
+
+
+def test_store_sends_this_runs_studies_to_the_pacs_they_came_from(tmp_path: Path, orthanc: str, other_orthanc: str,
+                                                                  pacs_study: str, good_export: Path,
+                                                                  batch_options) -> None:
+    out = tmp_path / "out"
+    run_dicomweb_batch(orthanc, out, batch_options, {"StudyDate": "19000101-"}, progress=False, environ=CREDENTIALS)
+    empty = _run(other_orthanc, out, batch_options)  # its query finds nothing: the cache is not its to store
+    assert empty.studies == [] and connect(other_orthanc, CREDENTIALS).search_for_studies() == []
+
+    _upload(other_orthanc, good_export / "patient_0")  # the same study, in the other PACS too
+    (row,) = _run(other_orthanc, out, batch_options).studies
+    assert row.status == "failed"
+    assert row.reason == (f"{other_orthanc}: study {row.key} not stored, it was fetched from {orthanc}; "
+                          "use one OUT_DIR per PACS")
+    assert _fused_series(other_orthanc, pacs_study) == []
+
+
+def test_a_partial_store_refusal_is_not_marked_stored(tmp_path: Path, orthanc: str, pacs_study: str, batch_options,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:partly-refused-run")
+    before = len(_fused_series(orthanc, pacs_study))
+
+    def refuse_last(client: DICOMwebClient, datasets: list[pydicom.Dataset]) -> pydicom.Dataset:
+        """A PACS answering 202 Accepted that refused one instance (its SOP class, say)."""
+        failed = pydicom.Dataset()
+        failed.ReferencedSOPInstanceUID, failed.FailureReason = datasets[-1].SOPInstanceUID, 0x0122
+        reply = pydicom.Dataset()
+        reply.FailedSOPSequence = [failed]
+        return reply
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DICOMwebClient, "store_instances", refuse_last)
+        (refused,) = _run(orthanc, tmp_path / "out", batch_options).studies
+    assert (refused.status, refused.reason) == ("failed", f"{orthanc}: STOW-RS refused 1 of 2 instances")
+    assert list((tmp_path / "out").glob(f"*/{STORED_FILE}")) == []
+    redone = _run(orthanc, tmp_path / "out", batch_options)
+    assert redone.counts()["ok"] == 1 and len(_fused_series(orthanc, pacs_study)) == before + 2
+
+
+def test_credentials_in_the_url_are_refused_without_showing_them(tmp_path: Path, orthanc: str,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    url = orthanc.replace("http://", f"http://{USER}:{PASSWORD}@")
+    assert main(["fuse-batch", url, str(tmp_path / "out"), "--method", "laplacian", "--query",
+                 "StudyDate=19000101-"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line == (f"dcif fuse-batch: error: {orthanc.replace('http://', 'http://***@')}: credentials in the URL "
+                    f"are refused; set {USER_ENV} and {PASSWORD_ENV}, or {CREDENTIALS_ENV}")
+    assert PASSWORD not in captured.out + captured.err + caplog.text
+    assert not (tmp_path / "out").exists()
