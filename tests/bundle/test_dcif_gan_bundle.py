@@ -228,11 +228,13 @@ def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, ti
     assert (card["training_studies"], card["validation_studies"]) == (1, 1) and len(card["created"]) == 10
 
 
-def test_a_time_limit_ends_training_before_its_epochs(tmp_path, tiny_study_cache, tiny_phantom_root):
+def test_a_time_limit_ends_training_at_the_end_of_an_epoch(tmp_path, tiny_study_cache, tiny_phantom_root):
+    """Before its epochs, and never within one: last.pt resumes exactly where an uninterrupted run would be."""
     _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
             **{**TINY_TRAINING, "epochs": 1000, "val_interval": 1000}, time_limit_s=3)
     trainer = torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]
     assert 0 < trainer["iteration"] < 1000 * trainer["epoch_length"]
+    assert trainer["iteration"] % trainer["epoch_length"] == 0
 
 
 def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tiny_phantom_root):
@@ -245,7 +247,7 @@ def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tin
 
 def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_phantom_root):
     """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints, and a time limit
-    whose decision is all-reduced each iteration."""
+    whose decision is all-reduced each epoch."""
     phantoms = tiny_phantom_root
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [

@@ -1,7 +1,8 @@
-"""The training time limit: a handler in the trainer's list, its clock started by the run."""
+"""The training time limit: a handler in the trainer's list, its clock started by the run, stopping between epochs."""
 
 from __future__ import annotations
 
+import pytest
 from ignite.engine import Engine, Events
 
 from pipeline.handlers import TimeLimit
@@ -12,30 +13,56 @@ def _engine() -> Engine:
     return Engine(lambda engine, batch: None)
 
 
-def test_stops_after_the_limit_and_not_before():
-    limit = TimeLimit(1.9)  # whole seconds, as ignite takes them
-    assert limit.limit_sec == 1
-    engine = _engine()
-    limit.attach(engine)
-    limit.start_time = 0.0  # a clock started long ago is restarted when the run starts
-    engine.run(range(5), max_epochs=2)
-    assert engine.state.iteration == 10  # the run took far less than a second: not stopped
+@pytest.fixture
+def iteration_clock(monkeypatch):
+    """A clock at which every iteration of ``engine`` takes one second; ``engine`` set by the test."""
 
-    late = TimeLimit(1)
-    engine = _engine()
-    late.attach(engine)
-    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: setattr(late, "start_time", late.start_time - 2))
-    engine.run(range(5), max_epochs=2)
-    assert engine.state.iteration == 1  # stopped after the first iteration once over the limit
+    class Clock:
+        engine: Engine | None = None
+
+        def time(self) -> float:
+            return 1000.0 + (self.engine.state.iteration if self.engine else 0)
+
+    clock = Clock()
+    monkeypatch.setattr(time_limit.time, "time", clock.time)
+    return clock
+
+
+def test_stops_at_the_end_of_the_last_epoch_that_fits(iteration_clock):
+    """Epochs of 5 s under a 12 s limit: the second ends at 10 s and a third would end at 15 s, so the run stops
+    after the second, with its EPOCH_COMPLETED handlers (validation, checkpoint) run; never within an epoch."""
+    engine = iteration_clock.engine = _engine()
+    limit = TimeLimit(12.9)
+    assert limit.limit_sec == 12  # whole seconds, as ignite takes them
+    completed = []
+    limit.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: completed.append(e.state.epoch))
+    engine.run(range(5), max_epochs=10)
+    assert engine.state.iteration == 10 and completed == [1, 2]
+
+
+def test_the_clock_starts_with_the_run_and_the_first_epoch_always_runs(iteration_clock):
+    engine = iteration_clock.engine = _engine()
+    limit = TimeLimit(3)  # shorter than one epoch
+    limit.attach(engine)
+    limit.start_time = limit.epoch_end = 0.0  # a clock started long ago is restarted when the run starts
+    engine.run(range(5), max_epochs=4)
+    assert engine.state.iteration == 5 and engine.state.epoch == 1
+
+    fits = TimeLimit(3600)
+    engine = iteration_clock.engine = _engine()
+    fits.attach(engine)
+    engine.run(range(5), max_epochs=4)
+    assert engine.state.iteration == 20  # not stopped
 
 
 def test_every_rank_stops_when_any_rank_is_over(monkeypatch):
     """Under DDP the ranks' clocks differ: the largest decides, so no rank waits alone in a collective."""
-    other_rank_over_from = 3  # another rank's clock passes the limit at this iteration; this one's never does
+    other_rank_over_from = 2  # another rank's clock says stop after this epoch; this one's never does
     engine = _engine()
     monkeypatch.setattr(time_limit.idist, "all_reduce",
-                        lambda value, op: max(value, int(engine.state.iteration >= other_rank_over_from)))
+                        lambda value, op: max(value, int(engine.state.epoch >= other_rank_over_from)))
     limit = TimeLimit(3600)
     limit.attach(engine)
-    engine.run(range(5), max_epochs=2)
-    assert engine.state.iteration == other_rank_over_from
+    engine.run(range(5), max_epochs=4)
+    assert engine.state.epoch == other_rank_over_from and engine.state.iteration == 10
