@@ -47,6 +47,9 @@ def test_the_shipped_card_holds_the_evaluation_and_the_file_loads_into_the_gener
     torch.save({"model": generator.state_dict(), "card": {"seed": 0, "network": CONFIG},
                 "d1": {"weights": torch.zeros(3)}}, trained)
     shipped = tmp_path / "models" / "model.pt"
+    metadata = tmp_path / "configs" / "metadata.json"
+    metadata.parent.mkdir()
+    metadata.write_text(json.dumps({"version": "0.1.0", "eval_metrics": {"QABF_lung": 0.1}}))
     assert package.main([str(trained), "--evaluation", str(evaluation), "--out", str(shipped),
                          "--evaluated-on", "two studies", "--trained", "1 epoch, CPU"]) == 0
 
@@ -58,6 +61,18 @@ def test_the_shipped_card_holds_the_evaluation_and_the_file_loads_into_the_gener
     assert card["lesion_contrast_ratio"] == {"lung": pytest.approx(0.3), "mediastinal": pytest.approx(0.3)}
     fused = ModelFuser(DCIFGenerator(**CONFIG), checkpoint=shipped)(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
     assert fused.shape == (1, 1, 16, 16)
+    updated = json.loads(metadata.read_text())  # the bundle's metadata summarises the card it now ships
+    assert updated["version"] == "0.1.0" and updated["eval_metrics"] == package.summary_metrics(card)
+    assert updated["eval_metrics"]["QABF_lung"] == pytest.approx(0.7)
+    assert updated["eval_metrics"]["lesion_contrast_ratio_mediastinal"] == pytest.approx(0.3)
+
+
+def test_the_bundle_metadata_summarises_the_shipped_model_card(package):
+    """metadata.json's eval_metrics were three releases older than the weights the bundle ships."""
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "dcif_gan"
+    card = torch.load(bundle / "models" / "model.pt", weights_only=True)["card"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == package.summary_metrics(card)
 
 
 def test_an_evaluation_without_model_rows_is_refused(package, evaluation, tmp_path):
