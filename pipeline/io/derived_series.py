@@ -56,7 +56,8 @@ MAX_PIXEL_BYTES = 0xFFFFFFFE  # the largest even value of a 32-bit element lengt
 _STUDY_TAGS = (
     "SpecificCharacterSet", "PatientName", "PatientID", "PatientSex", "StudyInstanceUID", "StudyDate",
     "StudyTime", "StudyID", "AccessionNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "PatientPosition", "BodyPartExamined",
+    "PatientPosition", "BodyPartExamined", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
 )
 # BodyPartExamined terms of paired structures (as dciodvfy reads PS3.16 Annex L): a series of one needs Laterality
 # (PS3.3 C.7.3.1, type 2C), as does one that does not say what it shows; a series of another must not have it.
@@ -183,8 +184,11 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
     ds.NumberOfFrames = len(ordered)
     ds.FrameIncrementPointer = "SliceLocationVector"
     ds.SliceLocationVector = [round(_position(header), 4) for header in ordered]
+    # SliceThickness is type 2 in a CT and exports drop it; the fused slices are then as thick as they are apart.
+    steps = np.abs(np.diff(ds.SliceLocationVector))
+    thickness = first.get("SliceThickness") or (f"{np.median(steps):.6g}" if steps.size else None)
     ds.SharedFunctionalGroupsSequence = [_item(
-        PixelMeasuresSequence=[_item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)],
+        PixelMeasuresSequence=[_item(PixelSpacing=first.PixelSpacing, SliceThickness=thickness)],
         PlaneOrientationSequence=[_item(ImageOrientationPatient=first.ImageOrientationPatient)],
     )]
     ds.PerFrameFunctionalGroupsSequence = [

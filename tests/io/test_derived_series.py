@@ -245,3 +245,24 @@ def test_grey_frames_are_the_rounded_12_bit_values_frame_by_frame_in_display_lay
     expected = np.rint(np.clip(volume, 0.0, 1.0) * 4095).astype("<u2").transpose(2, 1, 0)
     assert frames.shape == (3, 5, 7) and frames.dtype == np.dtype("<u2") and frames.flags.c_contiguous
     assert np.array_equal(frames, expected) and frames.max() == 4095 and frames.min() == 0
+
+
+def test_a_ct_without_slice_thickness_gives_slices_as_thick_as_they_are_apart(tmp_path: Path, phantom,
+                                                                              fused: MetaTensor) -> None:
+    """SliceThickness is type 2 in a CT and exports drop it: the writer failed with an AttributeError."""
+    headers = _headers(phantom.ct_dir)
+    step = abs(float(headers[1].ImagePositionPatient[2]) - float(headers[0].ImagePositionPatient[2]))
+    for header in headers:
+        del header.SliceThickness
+    ds = pydicom.dcmread(write_fused_series(fused, headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE))
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(step)
+
+
+def test_a_de_identified_source_stays_marked_so(tmp_path: Path, phantom, fused: MetaTensor) -> None:
+    """The fused series joins the CT's patient and study: it carries the CT's de-identification record with them."""
+    headers = _headers(phantom.ct_dir)
+    for header in headers:
+        header.PatientIdentityRemoved, header.DeidentificationMethod = "YES", "test profile"
+    ds = pydicom.dcmread(write_fused_series(fused, headers, _headers(phantom.pet_dir), tmp_path, PROVENANCE))
+    assert (ds.PatientIdentityRemoved, ds.DeidentificationMethod) == ("YES", "test profile")
