@@ -60,19 +60,29 @@ def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: 
 LOCAL_PATH = "<local path>"
 
 
-def _redacted(value: Any) -> Any:
-    """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`.
+_PATH_STARTS = ("/", "~", "./", "../")
 
-    Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are kept; anything else
-    holding a path separator is a location on the user's machine, where hospital exports name
-    folders by patient.
-    """
+
+def _names_a_place(text: str) -> bool:
+    """Whether ``text`` is a location on this machine: absolute, home- or dot-relative, Windows-style, or an existing
+    file or folder (relative ones included: ``--input DOE_JOHN``). Prose such as "PET/CT fusion" is not."""
+    if text.startswith(_PATH_STARTS) or "\\" in text:
+        return True
+    try:
+        return bool(text) and Path(text).exists()
+    except (OSError, ValueError):  # too long a name, a NUL: no file of that name
+        return False
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`, where
+    hospital exports name folders by patient. Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are
+    kept, and so is text that merely holds a slash (the bundle's name, its changelog)."""
     if isinstance(value, Mapping):
         return {key: _redacted(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_redacted(item) for item in value]
-    if isinstance(value, str) and ("/" in value or "\\" in value) and not value.startswith(
-            ("$", "@", "%", "http://", "https://")):
+    if isinstance(value, str) and not value.startswith(("$", "@", "%", "http://", "https://")) and _names_a_place(value):
         return LOCAL_PATH
     return value
 
@@ -94,7 +104,9 @@ class _RunIterationHandler:
     ``params`` are logged once, on the first iteration, when the run MONAI opened exists, and so is
     the newest ``config_*.json`` in ``executed_config_dir``: the executed config MONAI's ``--tracking``
     writes there. MONAI logs it itself only when ``output_dir`` is left to the config: overridden
-    (``--output_dir DIR``), its artifact path becomes ``"DIR + '/config_...'"``, which names no file.
+    (``--output_dir DIR``), its artifact path becomes ``"DIR + '/config_...'"``, which names no file. Every
+    ``config_*.json`` there is redacted first: under DDP each rank writes its own, and rank 0's MONAI handler
+    uploads its own, which need not be the newest.
     """
 
     def __init__(self, params: Mapping[str, Any] | None = None,
@@ -114,8 +126,9 @@ class _RunIterationHandler:
             for name, value in self.params.items():
                 found[0].log_param(found[1], name, value[:500])
             configs = sorted(self.executed_config_dir.glob("config_*.json")) if self.executed_config_dir else []
+            for config in configs:
+                redact_local_paths(config)
             if configs:
-                redact_local_paths(configs[-1])
                 found[0].log_artifact(found[1], str(configs[-1]))
             self._params_logged = True
         self.log(engine, *found)
