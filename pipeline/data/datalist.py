@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from pipeline.errors import InputError
 from pipeline.io.discovery import discover_studies, find_nifti_pair
@@ -105,7 +108,29 @@ def load_datalist(source: str | os.PathLike[str] | Sequence[Any]) -> Datalist:
     return _indexed([study_sources(item) for item in source])
 
 
-def split_by_study(datalist: Datalist, val_fraction: float = 0.25, seed: int = 0) -> dict[str, Datalist]:
+SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.25, "phantom_studies": 4}
+"""How training draws its validation studies unless told otherwise (train.json's defaults): the generated phantom
+studies' count, the fraction held out and the shuffle's seed."""
+
+
+def training_split(checkpoint: str | os.PathLike[str] | None, **given: Any) -> dict[str, Any]:
+    """The split settings (:data:`SPLIT_DEFAULTS`' keys) a checkpoint's training used, from its card: evaluation holds
+    out the studies that training held out, not those its own defaults would draw. Absent from the card (a card
+    written before it recorded them) or without a checkpoint (baselines only): the defaults. A setting ``given``
+    (not None) wins: a model evaluated on other studies."""
+    saved: Any = {}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError):  # the fuser reports an unreadable checkpoint
+            saved = {}
+    card = saved.get("card", {}) if isinstance(saved, dict) else {}
+    return {key: given[key] if given.get(key) is not None else card.get(key, default)
+            for key, default in SPLIT_DEFAULTS.items()}
+
+
+def split_by_study(datalist: Datalist, val_fraction: float = SPLIT_DEFAULTS["val_fraction"],
+                   seed: int = SPLIT_DEFAULTS["seed"]) -> dict[str, Datalist]:
     """Hold out whole studies for validation.
 
     Studies whose ``split`` field says ``"train"`` or ``"val"`` go there (a curated split, such as

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
-from monai.bundle import ConfigWorkflow, run, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata, verify_net_in_out
 
 from pipeline.io.dicom import load_series
 from pipeline.networks import DCIFGenerator
@@ -235,6 +235,23 @@ def test_a_time_limit_ends_training_at_the_end_of_an_epoch(tmp_path, tiny_study_
     trainer = torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]
     assert 0 < trainer["iteration"] < 1000 * trainer["epoch_length"]
     assert trainer["iteration"] % trainer["epoch_length"] == 0
+
+
+def test_evaluation_holds_out_the_studies_its_checkpoint_held_out(tmp_path, tiny_phantom_root):
+    """evaluate.json drew its own split with its own seed: a model trained with --seed 1 was scored on a study it had
+    trained on. It now draws the split the checkpoint's card records."""
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": {}, "card": {"seed": 1, "val_fraction": 0.5, "phantom_studies": 2}}, checkpoint)
+
+    def split(layers: list[str], **overrides) -> dict[str, list[int]]:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / layer) for layer in layers])
+        parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tiny_phantom_root), **overrides})
+        return {part: [item["study_index"] for item in items] for part, items in parser.get_parsed_content("split").items()}
+
+    trained = split(["train.json"], seed=1, phantom_studies=2, val_fraction=0.5)
+    assert split(["inference.json", "evaluate.json"], checkpoint=str(checkpoint)) == trained
+    assert trained != split(["train.json"], phantom_studies=2, val_fraction=0.5)  # seed 0 holds out the other
 
 
 def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tiny_phantom_root):

@@ -6,8 +6,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
-from pipeline.data import load_datalist, phantom_datalist, split_by_study
+from pipeline.data import SPLIT_DEFAULTS, load_datalist, phantom_datalist, split_by_study, training_split
 from pipeline.errors import InputError
 
 
@@ -73,3 +74,14 @@ def test_a_curated_split_is_kept_and_only_the_rest_is_drawn():
     assert "k0" in train_keys and "k1" in val_keys
     assert len(val_keys) == 2 and len(train_keys) == 4  # one of the four free studies held out
     assert train_keys.isdisjoint(val_keys) and not {"k6", "k7"} & (train_keys | val_keys)  # test studies: in neither
+
+
+def test_evaluation_takes_the_split_its_checkpoint_was_trained_with(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": {}, "card": {"seed": 3, "val_fraction": 0.5, "phantom_studies": 8}}, checkpoint)
+    assert training_split(checkpoint) == {"seed": 3, "val_fraction": 0.5, "phantom_studies": 8}
+    assert training_split(checkpoint, seed=None, val_fraction=0.25) == {"seed": 3, "val_fraction": 0.25,
+                                                                        "phantom_studies": 8}  # given wins
+    torch.save({"model": {}, "card": {"seed": 3}}, checkpoint)  # a card from before it recorded the rest
+    assert training_split(checkpoint) == {**SPLIT_DEFAULTS, "seed": 3}
+    assert training_split(tmp_path / "absent.pt") == SPLIT_DEFAULTS  # baselines only
