@@ -209,6 +209,9 @@ def test_an_unfinished_series_leaves_no_file(tmp_path: Path, phantom, fused: Met
         with DerivedSeriesWriter(_headers(phantom.ct_dir), _headers(phantom.pet_dir), tmp_path, PROVENANCE,
                                  FUSED_SERIES_NUMBER, values.shape) as writer:
             writer.write(grey_frames(values[..., :2]))
+            # what a killed run would leave: no name a forwarder watching for *.dcm would send
+            (unfinished,) = tmp_path.iterdir()
+            assert unfinished.name.startswith(".") and unfinished.suffix == ".tmp"
             if mistake == "exception":
                 raise RuntimeError("fusion failed half-way")
     assert list(tmp_path.iterdir()) == []
