@@ -29,6 +29,10 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+TRACEBACK_ENV = "DCIF_TRACEBACK"
+"""Set (to anything) to keep full tracebacks instead of one-line errors, for debugging."""
+
+
 class _EngineAbortLine(logging.Filter):
     """Drops ignite's "... run is terminating due to exception: ..." lines, which say again, with an object's address,
     what the one-line error says."""
@@ -45,7 +49,7 @@ def one_line_errors(program: str) -> None:
     it surfaced) as its type and message, and ignite's log lines announcing the abort are left out. The exit status
     stays non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback and those lines, for debugging.
     """
-    if os.environ.get("DCIF_TRACEBACK"):
+    if os.environ.get(TRACEBACK_ENV):
         return
     for handler in logging.getLogger().handlers:  # the bundle's logging.conf: one console handler on the root
         handler.addFilter(_EngineAbortLine())

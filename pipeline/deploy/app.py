@@ -1,7 +1,6 @@
 """The DCIF-GAN fusion MONAI Deploy application: a PET/CT DICOM study in, fused DICOM series out.
 
-    DICOMDataLoaderOperator -> PetCtSeriesSelectorOperator -> DICOMSeriesToVolumeOperator (CT)
-        -> FusionOperator -> FusedDicomWriterOperator
+    HeaderOnlyLoaderOperator -> PetCtSeriesSelectorOperator -> FusionOperator -> FusedDicomWriterOperator
 
 Run as ``python -m pipeline.deploy -i INPUT_DICOM_DIR -o OUTPUT_DIR [-m MODEL_PATH]``; the SDK's
 HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH stand in for missing options.
@@ -9,50 +8,84 @@ HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH stand in for m
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
+import monai.deploy
 import torch
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.core.arg_parser import parse_args, set_up_logging
-from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
+from monai.deploy.core.runtime_env import RuntimeEnv
 
-from pipeline.batch.layout import location_key
+from pipeline.batch.layout import clear_partial_files, location_key
 from pipeline.batch.report import Locator, PathRedaction
+from pipeline.bundle_model import (
+    BUNDLE_ENV,
+    INFERENCE_CONFIG,
+    bundled_checkpoint,
+    bundled_network,
+    default_bundle,
+    is_bundle,
+)
 from pipeline.deploy.operators import (
     FUSED_PORT,
-    IMAGE_PORT,
     SELECTION_PORT,
     FusedDicomWriterOperator,
     FusionOperator,
+    HeaderOnlyLoaderOperator,
     PetCtSeriesSelectorOperator,
+    error_line,
 )
-from pipeline.bundle_model import INFERENCE_CONFIG, bundled_checkpoint, bundled_network, default_bundle, is_bundle
-from pipeline.errors import DcifError, InputError
+from pipeline.errors import TRACEBACK_ENV, CheckpointError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_method
+from pipeline.io.derived_series import colour_folder_name, dicom_folder_name
 
 logger = logging.getLogger(__name__)
 
+SDK_SOURCE = Path(monai.deploy.__file__).parent
+MODELS_ENV = RuntimeEnv.ENV_DEFAULT["model"][0]  # HOLOSCAN_MODEL_PATH: where the packager puts the models
+
+
 def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
-    """The bundle and the checkpoint ``model_path`` names; ``None`` without weights there.
+    """The bundle and the checkpoint ``model_path`` names; ``None`` for a folder without weights.
 
     ``model_path``: a bundle folder, a folder of bundles (the MAP packager's models folder: the first
-    by name whose checkpoint is there), or a checkpoint file for the default bundle's ``network_def``:
+    by name whose checkpoint is there), or a checkpoint file for a bundle's ``network_def`` (see :func:`_bundle_for`):
     its ``.pt`` weights or a TorchScript ``model.ts`` of its ``ckpt_export`` (see ``ModelFuser``). Only where
     nothing is at ``model_path`` (the SDK's default, no ``-m`` given) is the default bundle looked in: a folder given
     without weights means the baseline, not some other model.
     """
     path = _model_place(model_path)
     if path.is_file():
-        return (default_bundle(), path) if is_bundle(default_bundle()) else None
-    packaged = sorted(path.glob(f"*/{INFERENCE_CONFIG}")) if path.is_dir() else []
-    for root in (path, *(config.parents[1] for config in packaged)):
-        if is_bundle(root) and (checkpoint := bundled_checkpoint(root)).is_file():
+        return _bundle_for(path), path
+    for root in _bundles_in(path):
+        if (checkpoint := bundled_checkpoint(root)).is_file():
             return root, checkpoint
     return None
+
+
+def _bundles_in(folder: Path) -> list[Path]:
+    """``folder`` if it is a bundle, then the bundles packaged in its sub-folders, by name."""
+    packaged = sorted(config.parents[1] for config in folder.glob(f"*/{INFERENCE_CONFIG}")) if folder.is_dir() else []
+    return [root for root in (folder, *packaged) if is_bundle(root)]
+
+
+def _bundle_for(checkpoint: Path) -> Path:
+    """The bundle a checkpoint file is loaded into: the default one, else the first packaged in the SDK's models
+    folder. The file was named on purpose, so without one it is a :class:`CheckpointError`, never a baseline."""
+    models = Path(RuntimeEnv().model).absolute()
+    found = [root for root in (default_bundle(), *_bundles_in(models)) if is_bundle(root)]
+    if not found:
+        raise CheckpointError(f"{checkpoint}: no DCIF-GAN bundle to load it into ({INFERENCE_CONFIG.as_posix()} "
+                              f"neither in {default_bundle()} nor under {models}); set {BUNDLE_ENV} to the bundle "
+                              f"folder, or {MODELS_ENV} to the folder the bundle is packaged in")
+    return found[0]
 
 
 def _model_place(model_path: str | Path) -> Path:
@@ -65,7 +98,8 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     """The DCIF-GAN model when one is found and it is the default fuser (see
     :func:`~pipeline.fusion.selection.default_method`), else the best baseline, saying so.
 
-    Never the network with random weights: without trained weights its output means nothing.
+    Never the network with random weights: without trained weights its output means nothing. A checkpoint that
+    cannot be used (no bundle for it, or it does not load) is a :class:`CheckpointError`.
     """
     found = find_model(model_path)
     if found is None:
@@ -78,10 +112,35 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     return build_fusers([method], checkpoint=checkpoint, network=bundled_network(root), device=device)
 
 
+def _series_folders(output_folder: Path) -> list[Path]:
+    """The sub-folders of ``output_folder`` that fused and colour series are written in."""
+    return [folder for name in (dicom_folder_name("*", "*"), colour_folder_name("*", "*"))
+            for folder in sorted(output_folder.glob(name)) if folder.is_dir()]
+
+
+def tidy_output(output_folder: Path) -> None:
+    """Remove what no finished run leaves: the temporary files of a killed run (a forwarder watching the folder could
+    send a truncated ``.dcm``), and series folders left empty by a failed or killed one."""
+    for folder in (output_folder, *_series_folders(output_folder)):
+        clear_partial_files(folder)
+    for folder in _series_folders(output_folder):
+        with suppress(OSError):  # not empty: a finished series, kept
+            folder.rmdir()
+
+
+class SdkDetail(logging.Filter):
+    """Drops the SDK's records below WARNING: its DICOM operators log header values at INFO, the selector every
+    series' description (exports put patient names and IDs there) and the study and series UIDs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not Path(record.pathname).is_relative_to(SDK_SOURCE)
+
+
 class DcifFusionApp(Application):
     """PET/CT fusion as a MONAI Deploy application: one study per run, DICOM in and DICOM out."""
 
     redaction: PathRedaction | None = None
+    output_folder: Path | None = None
 
     def compose(self) -> None:
         # The SDK's init_app_context, with the redaction put on every log handler between its setting
@@ -93,43 +152,47 @@ class DcifFusionApp(Application):
         if not input_folder.is_dir():
             raise InputError(f"{input_folder}: input folder not found")
         output_folder.mkdir(parents=True, exist_ok=True)
+        self.output_folder = output_folder
+        tidy_output(output_folder)
         # Files under the input folder as the batch report names them (keyed pseudonyms, key in the output folder),
         # the two folders by role.
         self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder), root="<input folder>"),
                                        {str(output_folder): "<output folder>"})
         for handler in logging.getLogger().handlers:
+            handler.addFilter(SdkDetail())
             handler.addFilter(self.redaction)
         logger.info("input %s, output %s, models %s", input_folder, output_folder, context.model_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         fusers = fusers_for(context.model_path, device)
 
         # must_load=False: an empty folder reaches the selector, which says what is wrong in one line.
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
-                                         name="dicom_loader")
+        loader = HeaderOnlyLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
+                                          name="dicom_loader")
         redact = self.redaction.redact
         selector = PetCtSeriesSelectorOperator(self, input_folder=input_folder, redact=redact, name="pet_ct_selector")
-        ct_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
         fusion = FusionOperator(self, fusers=fusers, device=device, redact=redact, name="fusion")
         writer = FusedDicomWriterOperator(self, output_folder=output_folder, redact=redact, name="fused_dicom_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(selector, ct_volume, {(SELECTION_PORT, SELECTION_PORT)})
         self.add_flow(selector, fusion, {(SELECTION_PORT, SELECTION_PORT)})
-        self.add_flow(ct_volume, fusion, {(IMAGE_PORT, IMAGE_PORT)})
         self.add_flow(fusion, writer, {(FUSED_PORT, FUSED_PORT)})
 
 
 def main() -> int:
-    """Run the app on ``sys.argv``; a :class:`DcifError`, or an OS error on the input or output folder
-    (unwritable, read-only, full disk), becomes one line and exit status 1."""
+    """Run the app on ``sys.argv``. Any error ends it with one line, ``dcif-deploy: error: ...``, and exit status 1,
+    and takes away the empty series folders it made; ``DCIF_TRACEBACK=1`` raises it instead, with its traceback."""
     app = DcifFusionApp()
     try:
         app.run()
-    except DcifError as error:
-        message = str(error)
-    except OSError as error:
-        message = f"{error.filename or 'output'}: {error.strerror or error}"
-    else:
         return 0
-    print(f"dcif-deploy: error: {app.redaction.redact(message) if app.redaction else message}", file=sys.stderr)
+    except Exception as error:
+        if app.output_folder is not None:
+            with suppress(OSError):  # best effort: the error to report is the one that stopped the run
+                tidy_output(app.output_folder)
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        message = app.redaction.redact(error_line(error)) if app.redaction else error_line(error)
+    del app  # Holoscan logs its teardown when the app goes (an app stopped in compose, at exit): before the line
+    gc.collect()
+    print(f"dcif-deploy: error: {message}", file=sys.stderr)
     return 1

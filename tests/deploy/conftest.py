@@ -12,6 +12,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_TIMEOUT_S = 300  # start-up is ~10 s; a hang must fail the test, not the CI run
+APP_MODULE = "pipeline.deploy"
 
 
 def deploy_python_path() -> Path:
@@ -51,16 +52,25 @@ class AppRun:
         return f"exit {self.returncode}\n{self.stderr[-3000:]}"
 
 
+def _entry(preamble: str) -> list[str]:
+    """The interpreter's arguments that run the app's entry point, after ``preamble`` (Python code) when given."""
+    if not preamble:
+        return ["-m", APP_MODULE]
+    return ["-c", f"{preamble}\nimport runpy\nrunpy.run_module({APP_MODULE!r}, run_name='__main__')"]
+
+
 class AppProcess:
     """``python -m pipeline.deploy *args`` started in the deploy venv from ``workdir``; :meth:`wait` gives its run.
 
-    Its stderr goes to a file in ``workdir``, not a pipe, so that several can run at once without filling one.
+    ``preamble``: Python code run in the app's process first (to inject a failure). Its stderr goes to a file in
+    ``workdir``, not a pipe, so that several can run at once without filling one.
     """
 
-    def __init__(self, python: Path, workdir: Path, args: tuple[str | Path, ...], env: dict[str, str] | None) -> None:
+    def __init__(self, python: Path, workdir: Path, args: tuple[str | Path, ...], env: dict[str, str] | None,
+                 preamble: str = "") -> None:
         self.stderr_file = workdir / "stderr.txt"
         with self.stderr_file.open("w") as stderr:
-            self.process = subprocess.Popen([str(python), "-m", "pipeline.deploy", *map(str, args)], cwd=workdir,
+            self.process = subprocess.Popen([str(python), *_entry(preamble), *map(str, args)], cwd=workdir,
                                             env=_clean_env(env or {}), stdout=subprocess.DEVNULL, stderr=stderr,
                                             stdin=subprocess.DEVNULL)
 
@@ -87,12 +97,12 @@ def wait_all(started: dict[str, AppProcess]) -> dict[str, AppRun]:
 
 @pytest.fixture(scope="session")
 def start_app(deploy_python: Path) -> Callable[..., AppProcess]:
-    """``start_app(workdir, *args, env={})``: the app started from ``workdir`` (made here, with no ``models``
-    folder, so only ``-m``/``HOLOSCAN_MODEL_PATH`` or the bundle's checkpoint can give it a model)."""
+    """``start_app(workdir, *args, env={}, preamble="")``: the app started from ``workdir`` (made here, with no
+    ``models`` folder, so only ``-m``/``HOLOSCAN_MODEL_PATH`` or the bundle's checkpoint can give it a model)."""
 
-    def start(workdir: Path, *args: str | Path, env: dict[str, str] | None = None) -> AppProcess:
+    def start(workdir: Path, *args: str | Path, env: dict[str, str] | None = None, preamble: str = "") -> AppProcess:
         workdir.mkdir(parents=True)
-        return AppProcess(deploy_python, workdir, args, env)
+        return AppProcess(deploy_python, workdir, args, env, preamble)
 
     return start
 

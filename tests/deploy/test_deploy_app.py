@@ -8,7 +8,9 @@ within 12-bit quantisation.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +19,29 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.bundle_model import CHECKOUT_BUNDLE, bundled_checkpoint, bundled_network
+from pipeline.batch.layout import LOCATION_KEY_FILE
+from pipeline.bundle_model import BUNDLE_ENV, CHECKOUT_BUNDLE, bundled_checkpoint, bundled_network
 from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers
 from pipeline.fusion.streaming import fused_filename
-from pipeline.io.derived_series import MAX_STORED, dicom_folder_name
+from pipeline.io.atomic import temporary_sibling
+from pipeline.io.derived_series import FUSED_FILE, MAX_STORED, colour_folder_name, dicom_folder_name
 from pipeline.phantom import make_phantom
 
-from .conftest import AppRun, wait_all
+from .conftest import REPO_ROOT, AppRun, wait_all
 
 QUANTUM = 0.5 / MAX_STORED + 1e-6  # the writer rounds fused * 4095 to an integer
 REAL_STUDY = "STS_025"  # the smallest real study: 47 slices
+KILLED_METHOD = "average"  # the method of a killed earlier run's leftovers: never one the app fuses with
+# Run in the app's process before it starts: the DICOM writer fails at its first slab, naming a file of the input.
+INJECTED_FAILURE = """
+import sys
+import pipeline.fusion.writers
+
+def fail(sink, slab):
+    raise RuntimeError(f"injected failure reading {sys.argv[sys.argv.index('-i') + 1]}/CT/slice.dcm")
+
+pipeline.fusion.writers.DicomSink.add = fail
+"""
 
 
 def _read_sitk(folder: Path) -> sitk.Image:
@@ -69,6 +84,28 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("deploy_phantom")
     make_phantom(root, ct_shape=(64, 64, 16), ct_spacing=(6.0, 6.0, 8.0), seed=0, write_nifti=False)
     return root / "dicom"
+
+
+@pytest.fixture(scope="module")
+def anisotropic_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny study whose CT pixels are 4 mm wide and 7 mm high, 64 columns by 48 rows: a reader that swaps the two
+    in-plane spacings, or the axes, puts it elsewhere."""
+    root = tmp_path_factory.mktemp("deploy_anisotropic")
+    make_phantom(root, ct_shape=(64, 48, 16), ct_spacing=(4.0, 7.0, 8.0), seed=1, write_nifti=False)
+    return root / "dicom"
+
+
+@pytest.fixture(scope="module")
+def described_export(planted_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted export, its study and series descriptions naming the patient too, as real exports' often do."""
+    export = tmp_path_factory.mktemp("deploy_described") / "export"
+    shutil.copytree(planted_export, export)
+    for path in export.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.StudyDescription = f"PET/CT {ds.PatientName}"
+        ds.SeriesDescription = f"{ds.Modality} {ds.PatientID}"
+        ds.save_as(path)
+    return export
 
 
 @pytest.fixture(scope="module")
@@ -119,22 +156,63 @@ def torchscript_model(random_bundle: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def phantom_runs(start_app, tiny_study: Path, random_bundle: Path, torchscript_model: Path, planted_export: Path,
+def loose_checkpoint(random_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random bundle's weights as a checkpoint file on their own, as a user mounts one."""
+    path = tmp_path_factory.mktemp("deploy_loose") / "model.pt"
+    shutil.copyfile(bundled_checkpoint(random_bundle), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packaged_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder laid out as the MAP packager lays it out, its bundle without weights."""
+    models = tmp_path_factory.mktemp("deploy_packaged") / "models"
+    shutil.copytree(CHECKOUT_BUNDLE / "configs", models / "dcif_gan" / "configs")
+    return models
+
+
+def _leave_killed_run(out_dir: Path) -> None:
+    """What a run killed while writing leaves in ``out_dir``: its temporary files, beside and in series folders."""
+    for path in (out_dir / fused_filename("lung", KILLED_METHOD),
+                 out_dir / dicom_folder_name(KILLED_METHOD, "lung") / FUSED_FILE,
+                 out_dir / colour_folder_name(KILLED_METHOD, "lung") / FUSED_FILE):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary_sibling(path).write_bytes(b"a truncated file")
+
+
+@pytest.fixture(scope="module")
+def phantom_runs(start_app, tiny_study: Path, anisotropic_study: Path, random_bundle: Path, torchscript_model: Path,
+                 loose_checkpoint: Path, packaged_configs: Path, described_export: Path,
                  with_nac_pet: tuple[Path, str],
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, AppRun]]:
     """(output folder, run) of the app on tiny phantoms: with the bundle's checkpoint (``-m`` a folder of bundles, as
-    in the image), with its TorchScript export, and with the default model on a study whose tags and names carry
-    identifiers and on one with two PET series. Started together: each run is mostly ~12 s of single-threaded SDK
-    import."""
+    in the image), with its TorchScript export, with a checkpoint file and the bundle only in the models folder, or
+    nowhere; with the default model on a study whose tags, descriptions and names carry identifiers, on one with two
+    PET series (into an output folder a killed run left temporaries in), on one with anisotropic CT pixels; and with a
+    failure injected, without and with ``DCIF_TRACEBACK``. Started together: each run is mostly ~12 s of
+    single-threaded SDK import."""
     root = tmp_path_factory.mktemp("deploy_runs")
-    planted = next(path.parent for path in planted_export.rglob("CT"))
-    inputs = {"checkpoint": ("-i", tiny_study, "-m", random_bundle.parent),
-              "torchscript": ("-i", tiny_study, "-m", torchscript_model),
-              "planted": ("-i", planted),
-              "two_pets": ("-i", with_nac_pet[0])}
-    started = {name: start_app(root / name / "app_cwd", *args, "-o", root / name / "out")
-               for name, args in inputs.items()}
+    planted = next(path.parent for path in described_export.rglob("CT"))
+    nowhere = {BUNDLE_ENV: str(root / "no_bundle_here")}
+    runs = {"checkpoint": (("-i", tiny_study, "-m", random_bundle.parent), {}, ""),
+            "torchscript": (("-i", tiny_study, "-m", torchscript_model), {}, ""),
+            "packaged": (("-i", tiny_study, "-m", loose_checkpoint),
+                         {**nowhere, "HOLOSCAN_MODEL_PATH": str(packaged_configs)}, ""),
+            "no_bundle": (("-i", tiny_study, "-m", loose_checkpoint), nowhere, ""),
+            "planted": (("-i", planted), {}, ""),
+            "two_pets": (("-i", with_nac_pet[0]), {}, ""),
+            "anisotropic": (("-i", anisotropic_study), {}, ""),
+            "injected": (("-i", tiny_study), {}, INJECTED_FAILURE),
+            "injected_traceback": (("-i", tiny_study), {"DCIF_TRACEBACK": "1"}, INJECTED_FAILURE)}
+    _leave_killed_run(root / "two_pets" / "out")
+    started = {name: start_app(root / name / "app_cwd", *args, "-o", root / name / "out", env=env, preamble=preamble)
+               for name, (args, env, preamble) in runs.items()}
     return {name: (root / name / "out", run) for name, run in wait_all(started).items()}
+
+
+def _default_method() -> str:
+    """What the app fuses with by default: the model whenever the bundle's checkpoint is there."""
+    return MODEL_METHOD if bundled_checkpoint().is_file() else BASELINE_FALLBACK
 
 
 def test_phantom_study_with_model_gives_bundle_result(phantom_runs, tiny_study, random_bundle, whole_volume_fusion):
@@ -158,6 +236,95 @@ def test_a_torchscript_export_of_the_model_fuses_as_the_bundle_does(phantom_runs
     assert_output_matches(out_dir, tiny_study / "CT", expected)
 
 
+def test_a_checkpoint_file_is_loaded_into_the_bundle_packaged_with_the_app(phantom_runs, tiny_study, random_bundle,
+                                                                           loose_checkpoint, whole_volume_fusion):
+    """As in the image with ``-m /models/model.pt``: no bundle beside the file, the shipped one in the models folder."""
+    out_dir, run = phantom_runs["packaged"]
+    assert run.returncode == 0, run
+    assert f"fusing with dcif_gan from {loose_checkpoint}" in run.stderr
+    expected = whole_volume_fusion({"ct": tiny_study / "CT", "pet": tiny_study / "PET"},
+                                   build_fusers(["dcif_gan"], checkpoint=loose_checkpoint,
+                                                network=bundled_network(random_bundle)))
+    assert_output_matches(out_dir, tiny_study / "CT", expected)
+
+
+def test_a_checkpoint_file_without_a_bundle_fails_instead_of_fusing_a_baseline(phantom_runs, loose_checkpoint):
+    out_dir, run = phantom_runs["no_bundle"]
+    assert run.returncode == 1, run
+    assert run.last_line.startswith(f"dcif-deploy: error: {loose_checkpoint}: no DCIF-GAN bundle to load it into"), run
+    assert not list(out_dir.glob("fused_*")) and not list(out_dir.glob("dicom_*"))
+
+
+def test_anisotropic_ct_pixels_fuse_on_the_ct_grid(phantom_runs, anisotropic_study, whole_volume_fusion):
+    out_dir, run = phantom_runs["anisotropic"]
+    assert run.returncode == 0, run
+    expected = whole_volume_fusion({"ct": anisotropic_study / "CT", "pet": anisotropic_study / "PET"},
+                                   build_fusers([_default_method()]))
+    assert_output_matches(out_dir, anisotropic_study / "CT", expected)
+
+
+# Run in the deploy venv on the anisotropic study (argv[1]): which CT volumes the grid check refuses against the
+# headers the SDK read, and how many instances the SDK's loader kept pixels of. JSON on stdout.
+SDK_CHECKS = """
+import copy, json, sys
+from pathlib import Path
+from monai.deploy.core import Fragment
+from pipeline.deploy.operators import HeaderOnlyLoaderOperator, check_same_grid, native_datasets
+from pipeline.errors import DcifError
+from pipeline.io.dicom import read_series
+from pipeline.io.headers import read_dicom
+
+study = Path(sys.argv[1])
+ct, _ = read_series(study / "CT")
+headers = [read_dicom(path) for path in sorted((study / "CT").iterdir())]
+
+
+def refused(edited):
+    try:
+        check_same_grid(ct, edited)
+    except DcifError:
+        return True
+    return False
+
+
+def edited(keyword, edit):
+    copies = copy.deepcopy(headers)
+    for header in copies:
+        setattr(header, keyword, edit(getattr(header, keyword)))
+    return copies
+
+
+loader = HeaderOnlyLoaderOperator(Fragment(), input_folder=study, name="dicom_loader")
+instances = [dataset for found in loader.load_data_to_studies(study) for series in found.get_all_series()
+             for dataset in native_datasets(series)]
+print(json.dumps({
+    "refused": {"same": refused(headers), "swapped spacing": refused(edited("PixelSpacing", lambda value: value[::-1])),
+                "shifted": refused(edited("ImagePositionPatient", lambda value: [float(v) + 1.0 for v in value])),
+                "a slice more": refused(headers[1:])},
+    "instances": len(instances), "with pixels": sum("PixelData" in dataset for dataset in instances)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def sdk_checks(deploy_python: Path, anisotropic_study: Path) -> dict:
+    """:data:`SDK_CHECKS`' findings (one interpreter: the SDK takes ~10 s to import)."""
+    done = subprocess.run([str(deploy_python), "-c", SDK_CHECKS, str(anisotropic_study)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_grid_check_refuses_a_ct_off_the_sdk_headers(sdk_checks):
+    """The check that replaced the SDK's CT volume: the headers the SDK read agree with the CT volume, and a volume
+    whose pixel spacings are swapped, whose origin moved, or which has one slice more than they is refused."""
+    assert sdk_checks["refused"] == {"same": False, "swapped spacing": True, "shifted": True, "a slice more": True}
+
+
+def test_the_sdk_loader_keeps_no_pixels(sdk_checks):
+    """The fusion reads the files itself: the SDK's copies of their pixels only raised the peak memory."""
+    assert sdk_checks["instances"] > 0 and sdk_checks["with pixels"] == 0
+
+
 def test_real_study_through_sdk_environment_variables(run_app, shared_petct, whole_volume_fusion, tmp_path):
     study = shared_petct / REAL_STUDY / "dicom"  # CT, PET and an RTSTRUCT beside each: selection must skip those
     if not study.is_dir():
@@ -166,7 +333,7 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, who
     run = run_app(env={"HOLOSCAN_INPUT_PATH": str(study), "HOLOSCAN_OUTPUT_PATH": str(out_dir)})
     assert run.returncode == 0, run
     # The deploy app packages the model: it fuses with it whenever a checkpoint is there.
-    method = MODEL_METHOD if bundled_checkpoint().is_file() else BASELINE_FALLBACK
+    method = _default_method()
     if method != MODEL_METHOD:
         assert f"fusing with the {BASELINE_FALLBACK} baseline instead" in run.stderr
     expected = whole_volume_fusion({"ct": study / "CT" / "image", "pet": study / "PET" / "image"},
@@ -174,11 +341,39 @@ def test_real_study_through_sdk_environment_variables(run_app, shared_petct, who
     assert_output_matches(out_dir, study / "CT" / "image", expected)
 
 
-def test_no_identifier_reaches_anything_but_the_dicom_series(phantom_runs, identifiers_in):
+def test_no_identifier_reaches_anything_but_the_dicom_series(phantom_runs, described_export, identifiers_in):
+    """Nor the log, where the SDK's series selector printed each series' description and the UIDs."""
     out_dir, run = phantom_runs["planted"]
     assert run.returncode == 0, run
     assert list(out_dir.glob("fused_*.nii.gz"))
     assert identifiers_in(out_dir, run.stderr) == []
+    header = pydicom.dcmread(next(described_export.rglob("*.dcm")), stop_before_pixels=True)
+    assert header.StudyInstanceUID not in run.stderr and header.SeriesInstanceUID not in run.stderr
+
+
+def test_an_unexpected_error_ends_in_one_line_naming_the_step(phantom_runs, tiny_study):
+    """And leaves nothing in the output folder: no series folder, no temporary file."""
+    out_dir, run = phantom_runs["injected"]
+    assert run.returncode == 1, run
+    assert run.last_line.startswith("dcif-deploy: error: fused_dicom_writer failed: RuntimeError: injected failure "
+                                    "reading #"), run  # the input's file as the batch report names it
+    assert "Traceback" not in run.stderr and str(tiny_study) not in run.stderr
+    assert [path.name for path in out_dir.iterdir()] == [LOCATION_KEY_FILE]
+
+
+def test_dcif_traceback_shows_where_an_unexpected_error_came_from(phantom_runs):
+    out_dir, run = phantom_runs["injected_traceback"]
+    assert run.returncode == 1, run
+    assert "Traceback (most recent call last)" in run.stderr and ", in fail" in run.stderr, run
+    assert [path.name for path in out_dir.iterdir()] == [LOCATION_KEY_FILE]
+
+
+def test_a_run_first_clears_what_a_killed_run_left(phantom_runs):
+    out_dir, run = phantom_runs["two_pets"]
+    assert run.returncode == 0, run
+    assert [path for path in out_dir.rglob("*") if ".partial." in path.name] == []
+    assert not list(out_dir.glob(f"*_{KILLED_METHOD}_*"))  # its series folders, left empty
+    assert list(out_dir.glob(f"dicom_{_default_method()}_*"))
 
 
 def test_the_series_fused_are_those_the_batch_job_picks(phantom_runs, with_nac_pet):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import pipeline
+from pipeline.bundle_model import BUNDLE_ENV
 from pipeline.deploy import sdk_installed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,14 @@ def test_image_is_cuda_runs_as_non_root_and_bakes_the_bundle():
     for variable in ("HOLOSCAN_MODEL_PATH=/opt/holoscan/models", f"HOLOSCAN_APPLICATION={APP_DIR}",
                      "HOLOSCAN_INPUT_PATH=/var/holoscan/input", "HOLOSCAN_OUTPUT_PATH=/var/holoscan/output"):
         assert variable in env
+
+
+def test_image_loads_checkpoint_files_into_the_bundle_it_ships():
+    """``-m <checkpoint file>`` builds the network of ``$DCIF_GAN_BUNDLE``'s bundle: the image names the one it copies
+    (the default, a source checkout's bundles/dcif_gan, is not in it)."""
+    (bundle,) = [destination for destination, source in _copies().items() if source == "bundles/dcif_gan"]
+    env = " ".join(args for name, args in _instructions() if name == "ENV").split()
+    assert f"{BUNDLE_ENV}={bundle}" in env
 
 
 def test_packager_requirements_are_the_core_plus_the_deploy_extra():
