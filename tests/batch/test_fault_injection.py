@@ -261,9 +261,12 @@ def test_ctrl_c_of_a_two_worker_batch_is_one_line_then_resumes(tmp_path: Path, g
                                                                 reference_run: Path, fused_files) -> None:
     """Ctrl-C (SIGINT to the process group) while two workers fuse printed every process's traceback."""
     out = tmp_path / "out"
+    # SIGINT's default action restored in the child: a shell runs background jobs (a CI step, say) with it ignored,
+    # which Python and its children would inherit, and Ctrl-C would then do nothing at all.
     run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "-q", "fuse-batch", str(good_export), str(out),
                             *CLI_OPTIONS, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+                           text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(out.glob("*/")) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # until a worker starts writing its study
