@@ -29,6 +29,16 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def error_line(error: BaseException, place: object = "output") -> str:
+    """Any error in one line, for a report row or a last line on stderr: ours as they say it, an OS error (a full
+    disk, an unwritable folder) as its file, else ``place``, and its problem, any other as its type and message."""
+    if isinstance(error, DcifError):
+        return one_line(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename or place}: {error.strerror}"
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
 TRACEBACK_ENV = "DCIF_TRACEBACK"
 """Set (to anything) to keep full tracebacks instead of one-line errors, for debugging."""
 

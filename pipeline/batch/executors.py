@@ -22,7 +22,7 @@ import torch
 from pipeline.batch.layout import clear_study, study_folder
 from pipeline.batch.report import StudyResult
 from pipeline.batch.task import StudyTask, process_study
-from pipeline.errors import DcifError, one_line
+from pipeline.errors import DcifError, error_line, one_line
 from pipeline.worker import init_worker
 
 EXECUTORS = ("local", "ray")
@@ -43,7 +43,7 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
         return fetch()
     except Exception as error:  # the worker process or node died: the study failed, the batch goes on
         clear_study(study_folder(task.out_dir, task.pair.study_key))  # what it was writing when it died
-        return task.failed(f"worker lost while fusing ({type(error).__name__}: {one_line(error)})")
+        return task.failed(f"worker lost while fusing ({error_line(error)})")
 
 
 class LocalExecutor:

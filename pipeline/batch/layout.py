@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.batch.report import StudyResult
-from pipeline.errors import DcifError
+from pipeline.errors import DcifError, error_line
 from pipeline.io.atomic import atomic_write
 
 DONE_FILE = "done.json"
@@ -92,7 +92,7 @@ def own_output(out_dir: Path) -> Iterator[None]:
         try:
             yield
         except OSError as error:  # OUT became unwritable or full outside any one study
-            raise DcifError(f"{error.filename or out_dir}: {error.strerror or error}") from None
+            raise DcifError(error_line(error, out_dir)) from None
 
 
 def location_key(out_dir: Path) -> bytes:

@@ -25,7 +25,7 @@ from pipeline.batch.layout import (STORED_FILE, clear_partial_files, clear_study
                                    own_output, study_folder)
 from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, Locator, StudyResult
 from pipeline.batch.task import BatchOptions, made_with
-from pipeline.errors import DcifError, one_line
+from pipeline.errors import DcifError, error_line
 from pipeline.io.derived_series import FUSED_FILE
 from pipeline.io.dicomweb import RemoteStudy, connect, fetch_study, fetched_from, find_studies, store_instances
 
@@ -76,7 +76,7 @@ def _fetch_failure(url: str, study: RemoteStudy, error: Exception) -> StudyResul
     if isinstance(error, DcifError):
         reason = str(error)
     else:
-        reason = one_line(f"{url}: fetching study {study.key} failed: {type(error).__name__}: {error}")
+        reason = f"{url}: fetching study {study.key} failed: {error_line(error)}"
     return StudyResult(key=study.key, status=FAILED, location=url, reason=reason)
 
 

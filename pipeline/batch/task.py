@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.batch.layout import PREVIEW_FILE, clear_study, mark_done, study_folder
 from pipeline.batch.report import FAILED, OK, STAGES, Locator, PathRedaction, StudyResult, redacted_logs
 from pipeline.batch.scoring import DEFAULT_METRIC_SLICES, StudyScorer
-from pipeline.errors import DcifError
+from pipeline.errors import error_line
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
@@ -120,13 +120,4 @@ def process_study(task: StudyTask) -> StudyResult:
             return outcome
         except Exception as error:  # any failure on one study's data (ours or a library's) must not stop the batch
             clear_study(folder)
-            return task.failed(_reason(error))
-
-
-def _reason(error: Exception) -> str:
-    """One line for any failure: ours as is, an OS error as its file and problem (e.g. a full disk)."""
-    if isinstance(error, DcifError):
-        return str(error)
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename or 'output'}: {error.strerror}"
-    return f"{type(error).__name__}: {error}"
+            return task.failed(error_line(error))

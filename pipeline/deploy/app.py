@@ -39,9 +39,8 @@ from pipeline.deploy.operators import (
     FusionOperator,
     HeaderOnlyLoaderOperator,
     PetCtSeriesSelectorOperator,
-    error_line,
 )
-from pipeline.errors import TRACEBACK_ENV, CheckpointError, InputError
+from pipeline.errors import TRACEBACK_ENV, CheckpointError, InputError, error_line
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_method
 from pipeline.io.derived_series import colour_folder_name, dicom_folder_name

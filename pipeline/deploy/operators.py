@@ -29,7 +29,7 @@ from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesSelectorO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pipeline.errors import DcifError, InputError, one_line
+from pipeline.errors import DcifError, InputError, error_line
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink
@@ -60,17 +60,8 @@ def native_datasets(series: DICOMSeries) -> list[Dataset]:
     return [instance.get_native_sop_instance() for instance in series.get_sop_instances()]
 
 
-class StepFailure(Exception):
+class StepFailure(DcifError):
     """An error no check of ours foresaw (a bug, or input nothing refused), in one line naming the app's step."""
-
-
-def error_line(error: Exception) -> str:
-    """``error`` in one line: our errors say it themselves, an OS error (unwritable output, full disk) by its file."""
-    if isinstance(error, (DcifError, StepFailure)):
-        return str(error)
-    if isinstance(error, OSError):
-        return f"{error.filename or 'output'}: {error.strerror or error}"
-    return f"{type(error).__name__}: {one_line(error)}"
 
 
 @contextmanager
