@@ -25,7 +25,7 @@ from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathR
 from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, input_files, made_with
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
-from pipeline.io.discovery import DiscoveryResult, discover_studies
+from pipeline.io.discovery import DiscoveryResult, StudyPair, discover_studies
 from pipeline.transforms.windowing import check_windows
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,18 @@ def fuse_folder(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Ex
         return _run(in_dir, out_dir, locator, options, executor, progress, settings)
 
 
+def _made_otherwise(finished: StudyResult, settings: dict[str, object], pair: StudyPair) -> str | None:
+    """Why a finished study is redone: made with other settings (methods, a model's weights, windows...) or from other
+    files; None when it is not. A done.json that predates the record of either is taken as made this way."""
+    made = dict(finished.made_with)
+    inputs = made.pop("inputs", None)
+    if made not in ({}, settings):
+        return "other settings"
+    if inputs not in (None, input_files(pair)):
+        return "other input files"
+    return None
+
+
 def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, executor: Executor,
          progress: bool, settings: dict[str, object]) -> BatchReport:
     start = time.perf_counter()
@@ -102,16 +114,12 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
     tasks = []
     for pair in found.pairs:
         finished = finished_result(study_folder(out_dir, pair.study_key))
-        # A study finished with other settings (methods, a model's weights, windows...) or from other files is redone;
-        # one whose done.json predates the record of its settings is taken as finished.
-        made = {} if finished is None else dict(finished.made_with)
-        inputs = made.pop("inputs", None)
-        if finished is not None and made in ({}, settings) and inputs in (None, input_files(pair)):
+        redo = None if finished is None else _made_otherwise(finished, settings, pair)
+        if finished is not None and redo is None:
             results.append(finished.skipped(locator.location(pair.ct.folder)))
         else:
-            if finished is not None:
-                changed = "other settings" if made not in ({}, settings) else "other input files"
-                logger.warning("study %s: finished with %s, redone with this run's", pair.study_key, changed)
+            if redo is not None:
+                logger.warning("study %s: finished with %s, redone with this run's", pair.study_key, redo)
             tasks.append(StudyTask(pair, locator, out_dir, options, discover_s))
     logger.info("%d studies to fuse, %d already done, %d failed discovery", len(tasks),
                 len(found.pairs) - len(tasks), len(found.failures))
