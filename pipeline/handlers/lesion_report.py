@@ -63,12 +63,16 @@ def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def markdown_table(summary: Sequence[dict[str, Any]], fraction: float, ring_mm: float) -> str:
-    """The summary as a markdown table, headed by the lesion and ring definitions used."""
+def markdown_table(
+    summary: Sequence[dict[str, Any]], fraction: float, ring_mm: float, suv_max: float | None = None
+) -> str:
+    """The summary as a markdown table, headed by the lesion and ring definitions used and the PET's SUV ceiling (the
+    PET's contrast, and so the ratio, is of the PET clipped there)."""
+    ceiling = f"PET SUV ceiling {suv_max:g}; " if suv_max is not None else ""
     lines = [
         f"### Lesion contrast ratio C(fused) / C(PET), C = mean lesion - mean ring (lesion: the study's tumour "
-        f"contour, or the phantom's designed tumour, else PET >= {fraction:.0%} of its max; ring {ring_mm:g} mm; "
-        f"studies: those with a defined ratio)",
+        f"contour, or the phantom's designed tumour, else the scaled PET >= {fraction:.0%} of its max, which is "
+        f"the ceiling where the PET reaches it; ring {ring_mm:g} mm; {ceiling}studies: those with a defined ratio)",
         "",
         "| window | method | mean ratio | median ratio | min ratio | studies |",
         "|---|---|---|---|---|---|",
@@ -102,6 +106,8 @@ class LesionContrastReport:
         output_dir: where ``lesion_contrast.json`` and ``lesion_contrast.md`` go.
         fraction: PET threshold of the lesion, as a fraction of its maximum (real data).
         ring_mm: width of the surrounding shell the lesion is compared with.
+        suv_max: the SUV ceiling the PET was scaled and clipped at; recorded with the report, whose ratios
+            depend on it.
         panels: also write ``lesion_panels/<study key>_<window>.png``, the axial slice with the
             largest lesion area as CT | PET | each method in the network's order, so a reader sees
             what the ratios mean.
@@ -113,11 +119,13 @@ class LesionContrastReport:
         fraction: float = DEFAULT_FRACTION,
         ring_mm: float = DEFAULT_RING_MM,
         panels: bool = True,
+        suv_max: float | None = None,
     ) -> None:
         self.panels = panels
         self.output_dir = Path(output_dir)
         self.fraction = fraction
         self.ring_mm = ring_mm
+        self.suv_max = suv_max
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -168,10 +176,11 @@ class LesionContrastReport:
         report = {
             "fraction": self.fraction,
             "ring_mm": self.ring_mm,
+            "suv_max": self.suv_max,
             "rows": [_json_safe(row) for row in rows],
             "summary": [_json_safe(group) for group in summary],
         }
         with atomic_write(self.output_dir / JSON_NAME) as tmp:
             tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         with atomic_write(self.output_dir / MARKDOWN_NAME) as tmp:
-            tmp.write_text(markdown_table(summary, self.fraction, self.ring_mm))
+            tmp.write_text(markdown_table(summary, self.fraction, self.ring_mm, self.suv_max))

@@ -32,10 +32,15 @@ def grouped_stats(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> dict[tup
 
 
 def study_means(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Average slice rows into one row per (study, window, method)."""
+    """Average slice rows into one row per (study, window, method): each metric's mean over the study's slices, then
+    its population std (``_std``) and how many finite values both used (``_n``: an ``inf`` PSNR or ``nan`` Q^AB/F
+    slice is left out, so it can be below ``slices``)."""
     by = ("study_index", "study_key", "window", "method")
     return [
-        {**dict(zip(by, group)), "slices": stats["slices"]["n"], **{name: stats[name]["mean"] for name in METRIC_NAMES}}
+        {**dict(zip(by, group)), "slices": stats["slices"]["n"],
+         **{name: stats[name]["mean"] for name in METRIC_NAMES},
+         **{f"{name}_std": stats[name]["std"] for name in METRIC_NAMES},
+         **{f"{name}_n": stats[name]["n"] for name in METRIC_NAMES}}
         for group, stats in grouped_stats(rows, by).items()
     ]
 
@@ -57,8 +62,11 @@ def summary_metrics(study_rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def markdown_summary(study_rows: Sequence[dict[str, Any]], suv_max: float | None = None) -> str:
-    """One table per window: mean ± std over studies per method, the best value per column in bold."""
+def markdown_summary(
+    study_rows: Sequence[dict[str, Any]], suv_max: float | None = None, every_k: int | None = None
+) -> str:
+    """One table per window: mean ± std over studies per method, the best value per column in bold; the heading
+    names the SUV ceiling and which slices were scored (``every_k``) where the caller knows them."""
     stats = method_stats(study_rows)
     lines: list[str] = []
     for window in sorted({window for window, _ in stats}):
@@ -66,8 +74,10 @@ def markdown_summary(study_rows: Sequence[dict[str, Any]], suv_max: float | None
         # The largest finite mean: max() over a nan would bold by the methods' order.
         best = {name: np.nanmax([stats[(window, m)][name][0] for m in methods] + [-np.inf]) for name in METRIC_NAMES}
         ceiling = f", PET SUV ceiling {suv_max:g}" if suv_max is not None else ""
+        scored = {None: "", 1: ", every body slice scored"}.get(every_k, f", one body slice in {every_k} scored")
         studies = len({row["study_key"] for row in study_rows if row["window"] == window})
-        lines += [f"### CT window: {window}{ceiling} ({studies} studies, mean ± std over studies)", ""]
+        lines += [f"### CT window: {window}{ceiling}{scored} ({studies} studies, each the mean over its slices; "
+                  "mean ± population std over studies)", ""]
         lines.append("| method | " + " | ".join(METRIC_NAMES) + " |")
         lines.append("|---" * (len(METRIC_NAMES) + 1) + "|")
         for method in methods:
@@ -109,11 +119,16 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 class FusionReportWriter:
-    """At the end of an evaluation, write the slice and study CSVs and the markdown summary."""
+    """At the end of an evaluation, write the slice and study CSVs and the markdown summary.
 
-    def __init__(self, output_dir: str | Path, suv_max: float | None = None) -> None:
+    ``suv_max`` and ``every_k`` (the PET's SUV ceiling, and which body slices the scorer took) only head the summary,
+    so a reader knows what its numbers are of.
+    """
+
+    def __init__(self, output_dir: str | Path, suv_max: float | None = None, every_k: int | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.suv_max = suv_max
+        self.every_k = every_k
 
     def attach(self, engine: Engine) -> None:
         # EPOCH_COMPLETED (not COMPLETED) so an MLFlowHandler attached after us logs the means.
@@ -127,7 +142,7 @@ class FusionReportWriter:
         study_rows = study_means(rows)
         write_csv(self.output_dir / "metrics_per_slice.csv", rows)
         write_csv(self.output_dir / "metrics_per_study.csv", study_rows)
-        summary = markdown_summary(study_rows, self.suv_max)
+        summary = markdown_summary(study_rows, self.suv_max, self.every_k)
         with atomic_write(self.output_dir / "metrics_summary.md") as tmp:
             tmp.write_text(summary)
         engine.state.metrics.update(summary_metrics(study_rows))

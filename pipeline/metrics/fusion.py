@@ -6,7 +6,8 @@ these conventions:
 
 - F is the fused image, A the CT, B the PET. Each metric function below takes float arrays on
   the **0-255 scale** and computes in float64; :func:`fusion_metrics` takes [0, 1] slices and
-  multiplies by 255 itself. The fused image is scored as produced (no min-max stretch).
+  multiplies by 255 itself. The fused image is scored as produced (no min-max stretch). A NaN or
+  infinite value in any input is an error, never a score.
 - Histograms use **256 levels**: values rounded to the nearest integer level (``numpy.rint``)
   and clipped to 0..255. Entropies and mutual information are in **bits (log2)**.
 - **MI** = MI(F, A) + MI(F, B), each from the 256 x 256 joint histogram.
@@ -20,7 +21,11 @@ these conventions:
   g = sqrt(Sx^2 + Sy^2), orientation atan(Sy / Sx) (pi/2 where Sx = 0; edge polarity ignored),
   strength ratio min/max (1 where equal), Gamma_g = 0.9994, k_g = -15, sigma_g = 0.5,
   Gamma_a = 0.9879, k_a = -22, sigma_a = 0.8. F = A = B scores 0.9748. ``nan`` when neither
-  source has any edge (sum of gA + gB is 0), where edge preservation is undefined.
+  source has any edge (sum of gA + gB is 0), where edge preservation is undefined. Sx is the
+  response along an array's second axis (the kernel [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]); the
+  protocol leaves the axis open, and orientation by atan is not symmetric in it: scored transposed,
+  a slice's Q^AB/F moves by up to about 0.01. :func:`score_slices` passes the pipeline's (X, Y)
+  slices, so Sx is along the patient's y; every Q^AB/F this product reports uses that convention.
 - **SD** is the population standard deviation; **AG** uses ``numpy.gradient`` differences.
 """
 
@@ -194,6 +199,11 @@ def _as_slice_255(name: str, x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = np.squeeze(np.asarray(x, dtype=np.float64))
     if x.ndim != 2:
         raise ValueError(f"fusion metrics need 2-D slices; {name} has shape {x.shape} after squeezing")
+    # A NaN would be scored as grey level 0 by the histograms and dropped by the means: refused, so a network that
+    # has diverged is told, not averaged.
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(f"fusion metrics need finite images; {name} holds {bad} NaN or infinite value(s)")
     return x * PEAK
 
 
@@ -207,7 +217,8 @@ def fusion_metrics(
 
     Singleton dimensions are squeezed. Returns ``{name: value}`` for ``names`` (default: all
     eight, ``AG, SF, SSIM, SD, MI, PSNR, IE, QABF``), under the conventions of this module's
-    docstring. Raises ``ValueError`` for non-2-D or unequal shapes, or an unknown metric name.
+    docstring. Raises ``ValueError`` for non-2-D or unequal shapes, a NaN or infinite value, or an
+    unknown metric name.
     """
     unknown = [name for name in names if name not in _SCORERS]
     if unknown:
@@ -239,7 +250,11 @@ def score_slices(
         channels = [c for c, w in enumerate(ct_channels) if w == window]
         for z in slices:
             for c in channels:
-                yield c, z, fusion_metrics(fused[c, ..., z], image[window, ..., z], pet[..., z], names)
+                try:
+                    scores = fusion_metrics(fused[c, ..., z], image[window, ..., z], pet[..., z], names)
+                except ValueError as error:
+                    raise ValueError(f"axial slice {z}, fused channel {c}: {error}") from None
+                yield c, z, scores
 
 
 def summarise(rows: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:

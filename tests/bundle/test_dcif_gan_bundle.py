@@ -210,6 +210,8 @@ def test_evaluation_tables_every_method_per_window(trained, tiny_datalist, tiny_
     assert len(ratios) == 2 * len(methods) and all(r > 0 for r in ratios.values())  # the tumour stays visible
     assert len(list((out / "lesion_panels").glob("*_lung.png"))) == len({row["study_key"] for row in lesion["rows"]})
     assert "| lung | max |" in (out / "lesion_contrast.md").read_text()
+    # Both reports name the SUV ceiling the bundle scaled the PET at, and the summary which slices it scored.
+    assert f"PET SUV ceiling {lesion['suv_max']:g}, one body slice in 2 scored" in summary
 
 
 def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, tiny_study_cache, tiny_phantom_root):

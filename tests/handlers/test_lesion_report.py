@@ -35,17 +35,18 @@ def fuse_copy_and_flat(engine: Engine, batch: dict) -> dict:
     return {"image": image, "pred": torch.cat([image[:, 1:2], image[:, 0:1]], dim=1).as_tensor()}
 
 
-def run_report(tmp_path, batches, process=fuse_copy_and_flat, windows=("lung",), methods=("copy", "flat")) -> Engine:
+def run_report(tmp_path, batches, process=fuse_copy_and_flat, windows=("lung",), methods=("copy", "flat"),
+               **report) -> Engine:
     engine = Engine(process)
     engine.network = FusionNetwork(dict.fromkeys(methods), list(windows))  # the layout it reads; fusing happens in process
-    LesionContrastReport(tmp_path).attach(engine)
+    LesionContrastReport(tmp_path, **report).attach(engine)
     engine.run(batches, max_epochs=1)
     return engine
 
 
 def test_rows_and_reports_from_the_pet_threshold(tmp_path):
     batches = [list_data_collate([synthetic_study(key, hot)]) for key, hot in (("aaa", 0.9), ("bbb", 0.6))]
-    engine = run_report(tmp_path, batches)
+    engine = run_report(tmp_path, batches, suv_max=12.5)
 
     rows = {(row["study_key"], row["method"]): row for row in engine.state.lesion_rows}
     assert len(engine.state.lesion_rows) == 4 and set(rows) == {(k, m) for k in ("aaa", "bbb") for m in ("copy", "flat")}
@@ -54,9 +55,12 @@ def test_rows_and_reports_from_the_pet_threshold(tmp_path):
 
     report = json.loads((tmp_path / "lesion_contrast.json").read_text())
     assert report["rows"] == json.loads(json.dumps(engine.state.lesion_rows))
+    # The ratios are of the PET clipped at its ceiling, so the report says which one.
+    assert report["suv_max"] == 12.5 and report["fraction"] == 0.4
     summary = {entry["method"]: entry for entry in report["summary"]}
     assert summary["copy"]["mean_ratio"] == pytest.approx(1.0) and summary["flat"]["studies"] == 2
     table = (tmp_path / "lesion_contrast.md").read_text()
+    assert "PET SUV ceiling 12.5; studies" in table
     assert "| window | method | mean ratio | median ratio | min ratio | studies |" in table
     assert "| lung | copy | 1.0000 | 1.0000 | 1.0000 | 2 |" in table
     assert summary["flat"]["median_ratio"] == pytest.approx(0.0)

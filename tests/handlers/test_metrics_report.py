@@ -21,13 +21,18 @@ def test_study_means_skip_infinite_psnr():
     rows = [_row(0, "max", 0, 2.0), _row(0, "max", 1, 4.0), {**_row(0, "max", 2, 6.0), "PSNR": math.inf}]
     (mean,) = study_means(rows)
     assert mean["AG"] == 4.0 and mean["PSNR"] == 3.0 and mean["slices"] == 3
+    # Each mean's spread over the study's slices and how many values it used, which an inf PSNR makes fewer.
+    assert mean["AG_std"] == math.sqrt(8 / 3) and mean["AG_n"] == 3
+    assert mean["PSNR_std"] == 1.0 and mean["PSNR_n"] == 2
 
 
 def test_markdown_marks_the_best_method_per_metric():
     studies = study_means([_row(0, "average", 0, 1.0), _row(0, "laplacian", 0, 2.0), _row(1, "average", 0, 3.0),
                            _row(1, "laplacian", 0, 2.0)])
     table = markdown_summary(studies, suv_max=15)
-    assert "CT window: lung, PET SUV ceiling 15 (2 studies" in table
+    assert "CT window: lung, PET SUV ceiling 15 (2 studies, each the mean over its slices; mean ± population std" in table
+    assert "one body slice in 2 scored (" in markdown_summary(studies, suv_max=15, every_k=2)
+    assert "every body slice scored (" in markdown_summary(studies, every_k=1)
     average_line = next(line for line in table.splitlines() if line.startswith("| average"))
     laplacian_line = next(line for line in table.splitlines() if line.startswith("| laplacian"))
     assert "**2.0000 ± 1.0000**" in average_line and "**2.0000 ± 0.0000**" in laplacian_line
@@ -47,7 +52,7 @@ def test_writer_leaves_csvs_summary_and_engine_metrics(tmp_path):
         assert len(list(csv.DictReader(handle))) == 2
     with open(tmp_path / "metrics_per_study.csv") as handle:
         (study,) = list(csv.DictReader(handle))
-    assert float(study["QABF"]) == 2.0
+    assert float(study["QABF"]) == 2.0 and float(study["QABF_std"]) == 1.0 and int(study["QABF_n"]) == 2
     assert "| max |" in (tmp_path / "metrics_summary.md").read_text()
     assert engine.state.metrics["lung.max.SSIM"] == 2.0
     assert not list(tmp_path.glob(".*partial*"))

@@ -231,3 +231,22 @@ def test_score_slices_scores_each_channel_against_its_own_ct_window_slice_by_sli
     for c, z, metrics in scores:
         window = 0 if c < 2 else 1
         assert metrics == fusion_metrics(fused[c, ..., z], image[window, ..., z], image[2, ..., z], ("MI", "SSIM"))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("source", ["fused", "ct", "pet"])
+def test_a_non_finite_value_in_any_input_is_refused_not_scored(rng, source, bad):
+    images = {name: rng.random((16, 16)) for name in ("fused", "ct", "pet")}
+    images[source][3, 4] = bad
+    # MI alone once counted a NaN as grey level 0 and the means dropped it; every metric is refused now.
+    for names in (("MI",), ("IE",), METRIC_NAMES):
+        with pytest.raises(ValueError, match=f"{source} holds 1 NaN or infinite value"):
+            fusion_metrics(images["fused"], images["ct"], images["pet"], names)
+
+
+def test_score_slices_names_the_slice_and_channel_of_a_non_finite_value():
+    rng = np.random.default_rng(4)
+    image, fused = rng.random((2, 16, 16, 3)), rng.random((2, 16, 16, 3))
+    fused[1, 5, 5, 2] = math.nan
+    with pytest.raises(ValueError, match="axial slice 2, fused channel 1: .*fused holds 1 NaN"):
+        list(score_slices(fused, image, [0, 0], range(3), names=("MI",)))
