@@ -1,11 +1,13 @@
 """Load a NIfTI volume as a channel-first RAS ``MetaTensor``, interchangeable with DICOM-loaded ones.
 
 NIfTI carries no modality or PET units, so the caller states the modality; the affine is nibabel's
-(sform, else qform), which is already RAS like the DICOM loader's output.
+(sform, else qform), which is already RAS like the DICOM loader's output. A file with neither (both codes 0)
+is refused: nibabel would place it by its voxel sizes alone, mirrored front to back against a scanner's space.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from monai.data import MetaTensor
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
 
+logger = logging.getLogger(__name__)
+
 
 def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
     """Read a 3-D NIfTI file into a float32 ``(1, X, Y, Z)`` MetaTensor with ``meta["modality"]`` set."""
@@ -38,6 +42,9 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if not image.get_sform(coded=True)[1] and not image.get_qform(coded=True)[1]:
+        raise InputError(f"{path}: no scanner geometry: qform and sform codes are 0")
+    data = _finite(data, path, modality)
     affine = np.asarray(image.affine, dtype=float)
     meta = {
         "modality": modality,
@@ -50,6 +57,24 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
     # NIfTI data arrive Fortran-ordered; make them C-contiguous like every other volume in the pipeline.
     volume = torch.from_numpy(np.ascontiguousarray(data[None]))
     return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+
+
+def _finite(data: np.ndarray, path: Path, modality: str) -> np.ndarray:
+    """``data`` with NaN/Inf voxels set to 0 in a PET (outside its field of view: SPM and FSL write NaN there, and
+    no activity is what they mean); in any other volume they are refused, since 0 would pass for water in a CT.
+
+    A float64 sum is finite exactly when every float32 voxel is (it cannot overflow), and costs no mask when it is.
+    """
+    if np.isfinite(np.sum(data, dtype=np.float64)):
+        return data
+    finite = np.isfinite(data)
+    count = data.size - int(np.count_nonzero(finite))
+    if modality != "PT":
+        raise InputError(f"{path}: {count} of {data.size} voxels are NaN or infinite in a {modality} volume: "
+                         "set them to a value first (-1024 HU, air, outside a CT's field of view)")
+    logger.warning("%s: %d of %d PET voxels are NaN or infinite (outside the field of view?); set to 0",
+                   path, count, data.size)
+    return np.where(finite, data, np.float32(0.0))
 
 
 # NIfTI xform code "scanner anatomical": the affine is the scanner's patient space.

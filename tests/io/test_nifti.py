@@ -149,3 +149,47 @@ def test_slab_writer_raises_a_failed_write_and_leaves_nothing(tmp_path: Path, mo
             for start in range(0, 10, 2):
                 writer.write(volume[..., start : start + 2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_file_without_scanner_geometry(tmp_path: Path):
+    """Both xform codes 0: nibabel's voxel-size fallback would place the volume mirrored front to back."""
+    image = nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.diag([-2.0, -2.0, 3.0, 1.0]))
+    image.set_sform(None, code=0)
+    image.set_qform(None, code=0)
+    nib.save(image, tmp_path / "pet.nii.gz")
+    with pytest.raises(InputError) as info:
+        load_nifti(tmp_path / "pet.nii.gz", "PT")
+    assert str(info.value) == f"{tmp_path / 'pet.nii.gz'}: no scanner geometry: qform and sform codes are 0"
+
+
+@pytest.mark.parametrize("code", ["qform", "sform"])
+def test_either_xform_code_is_enough(tmp_path: Path, code: str):
+    affine = np.diag([-2.0, -2.0, 3.0, 1.0])
+    image = nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), None)
+    getattr(image, f"set_{code}")(affine, code=1)
+    nib.save(image, tmp_path / "ct.nii.gz")
+    np.testing.assert_allclose(load_nifti(tmp_path / "ct.nii.gz", "CT").affine.numpy(), affine)
+
+
+def _with_non_finite(tmp_path: Path) -> Path:
+    values = np.ones((4, 4, 3), np.float32)
+    values[:, :, 0] = np.nan  # an end slice outside the field of view, as SPM and FSL write it
+    values[0, 0, 2] = np.inf
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "vol.nii.gz")
+    return tmp_path / "vol.nii.gz"
+
+
+def test_non_finite_pet_voxels_become_zero_with_a_warning(tmp_path: Path, caplog):
+    path = _with_non_finite(tmp_path)
+    with caplog.at_level("WARNING", logger="pipeline.io.nifti"):
+        volume = load_nifti(path, "PT")
+    assert torch.isfinite(volume).all()
+    assert int((volume == 0).sum()) == 17 and float(volume.sum()) == 48 - 17
+    assert f"{path}: 17 of 48 PET voxels are NaN or infinite" in caplog.text
+
+
+def test_non_finite_ct_voxels_are_refused(tmp_path: Path):
+    path = _with_non_finite(tmp_path)
+    with pytest.raises(InputError) as info:
+        load_nifti(path, "CT")
+    assert str(info.value).startswith(f"{path}: 17 of 48 voxels are NaN or infinite in a CT volume")
