@@ -28,7 +28,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.valuerep import IS, DSfloat
 
 from pipeline.errors import InputError, one_line
-from pipeline.io.discovery import SeriesInfo, scan_series
+from pipeline.io.discovery import SeriesInfo, multi_frame, scan_series
 from pipeline.io.headers import read_dicom, slice_normal, slice_position
 from pipeline.io.patient_space import LPS_TO_RAS
 
@@ -84,13 +84,14 @@ def _require(header: Dataset, keyword: str, path: Path) -> object:
 
 def _slice_position(header: Dataset, path: Path) -> float:
     """Position along the slice normal (IOP cross product . IPP), after checking the slice geometry exists."""
+    problem = multi_frame(header, path)
+    if problem:
+        raise InputError(problem)
     for keyword in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient"):
         _require(header, keyword, path)
     if max(int(header.Rows), int(header.Columns)) > _MAX_MATRIX:
         raise InputError(f"{path}: {header.Rows}x{header.Columns} pixels exceed the {_MAX_MATRIX}x{_MAX_MATRIX} "
                          "supported (corrupt Rows/Columns?)")
-    if int(header.get("NumberOfFrames", 1) or 1) > 1:
-        raise InputError(f"{path}: multi-frame images are not supported (NumberOfFrames {header.NumberOfFrames})")
     return slice_position(header, path)
 
 
@@ -103,6 +104,8 @@ def _ordered_files(source: SeriesSource) -> list[Path]:
         return list(source.files)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         series, problems = scan_series(source)
+        if problems and not series:  # what made every file unusable says more than "found 0"
+            raise InputError(problems[0].reason)
         for problem in problems:
             logger.warning("skipping %s", problem)
         if len(series) != 1:

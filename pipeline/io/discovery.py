@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
 from pipeline.io.headers import read_dicom, slice_geometry, slice_normal, study_key
 
 # The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
@@ -34,6 +34,7 @@ DISCOVERY_TAGS = (
     "SOPInstanceUID",
     "ImageType",
     "Manufacturer",
+    "NumberOfFrames",
     "ReferencedSeriesSequence",
     "SourceImageSequence",
 )
@@ -44,12 +45,18 @@ _NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non
 _ATTENUATION_CT = re.compile(r"(?<![a-z])(ctac|ac|ldct)(?![a-z])|atten|low[ _-]?dose")
 
 
+def multi_frame(ds: Dataset, path: Path) -> str:
+    """Why ``ds`` is no slice of a series because it holds several frames, in one line ("" for a single frame).
 
-
-
-
-
-
+    Checked before any slice geometry: an Enhanced image keeps its geometry per frame, and was reported as a
+    truncated file or a slice without position.
+    """
+    value = ds.get("NumberOfFrames")
+    try:
+        frames = int(value or 1)
+    except (TypeError, ValueError):
+        return f"{path}: NumberOfFrames {one_line(value)[:32]!r} is not a number"
+    return f"{path}: multi-frame (Enhanced) images are not supported (NumberOfFrames {frames})" if frames > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -253,8 +260,14 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
         if "Modality" not in ds:  # every DICOM object has one: the file was cut short
             problems.append(FileProblem(path, f"{path}: no Modality in the header (truncated file?)"))
             continue
+        paired = _text(ds, "Modality") in PAIRED_MODALITIES
+        problem = multi_frame(ds, path)
+        if problem:  # our own fused series (multi-frame OT) are not paired modalities: skipped quietly
+            if paired:
+                problems.append(FileProblem(path, problem))
+            continue
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            if _text(ds, "Modality") in PAIRED_MODALITIES:
+            if paired:
                 problems.append(FileProblem(path, f"{path}: {ds.Modality} file without slice position/orientation"))
             continue
         if "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:

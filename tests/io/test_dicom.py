@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.transforms import LoadImage
@@ -172,3 +173,15 @@ def test_the_reader_takes_folders_and_dicom_files_only(dicom_factory):
     reader = DicomSeriesReader()
     assert reader.verify_suffix(folder) and reader.verify_suffix(sorted(folder.iterdir()))
     assert not reader.verify_suffix("study.nii.gz")
+
+
+def test_the_loader_names_an_enhanced_image_multi_frame_before_its_missing_geometry(dicom_factory):
+    folder = dicom_factory.series("ct", modality="CT")
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    ds.NumberOfFrames = 4
+    del ds.ImagePositionPatient, ds.PixelSpacing  # an Enhanced image keeps them per frame
+    ds.save_as(folder / "enhanced.dcm")
+    with pytest.raises(InputError) as info:
+        load_series(folder / "enhanced.dcm")
+    assert str(info.value) == f"{folder / 'enhanced.dcm'}: multi-frame (Enhanced) images are not supported " \
+                              "(NumberOfFrames 4)"

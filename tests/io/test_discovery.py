@@ -316,3 +316,34 @@ def test_a_slice_with_damaged_geometry_is_a_problem_and_its_series_goes_on(dicom
     assert problem.path == damaged and problem.reason.startswith(f"{damaged}: {keyword} ")
     (pair,) = result.pairs
     assert damaged not in pair.ct.files and len(pair.ct.files) == 3
+
+
+def test_an_enhanced_ct_is_named_multi_frame_and_our_own_multi_frame_output_is_skipped_quietly(dicom_factory):
+    """The frame count is checked before the geometry: an Enhanced CT, whose geometry is per frame, was reported as
+    a "CT file without slice position/orientation". Our fused series (multi-frame OT) stay quiet."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    from pipeline.io.derived_series import Provenance, write_colour_series, write_fused_series
+    from pipeline.io.dicom import read_series
+
+    _pet_ct_study(dicom_factory)
+    root = dicom_factory.root
+    ct_volume, ct_headers = read_series(root / "study" / "deep" / "ct")
+    _, pet_headers = read_series(root / "study" / "pet")
+    provenance = Provenance("average", "lung", "baseline", 10.0)
+    write_fused_series(ct_volume.clamp(0, 1), ct_headers, pet_headers, root / "out" / "grey", provenance)
+    rgb = np.zeros((*ct_volume.shape[:0:-1], 3), np.uint8)
+    write_colour_series(rgb, ct_headers, pet_headers, root / "out" / "colour", provenance)
+    slices = [pydicom.dcmread(path) for path in sorted((root / "study" / "deep" / "ct").iterdir())]
+    enhanced = LegacyConvertedEnhancedCTImage(slices, series_instance_uid=generate_uid(), series_number=5,
+                                              sop_instance_uid=generate_uid(), instance_number=1)
+    (root / "enhanced").mkdir()
+    enhanced.save_as(root / "enhanced" / "ct.dcm")
+
+    result = discover_studies(root)
+
+    (problem,) = result.problems
+    assert problem.reason == f"{root / 'enhanced' / 'ct.dcm'}: multi-frame (Enhanced) images are not supported " \
+                             "(NumberOfFrames 4)"
+    assert len(result.pairs) == 1 and not result.failures and not result.ignored
+
