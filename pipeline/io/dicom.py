@@ -28,7 +28,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.valuerep import IS, DSfloat
 
 from pipeline.errors import InputError, one_line
-from pipeline.io.discovery import SeriesInfo, multi_frame, scan_series
+from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
 from pipeline.io.headers import read_dicom, slice_normal, slice_position
 from pipeline.io.patient_space import LPS_TO_RAS
 
@@ -144,7 +144,9 @@ def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
     try:
         pixels = dataset.pixel_array
     except Exception as exc:  # decoders raise many types on corrupt or truncated data
-        raise InputError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {one_line(exc)})") from None
+        reason = (missing_decoder(str(dataset.file_meta.get("TransferSyntaxUID", "")))
+                  or f"cannot decode pixel data ({type(exc).__name__}: {one_line(exc)})")
+        raise InputError(f"{path}: {reason}") from None
     if pixels.shape != (dataset.Rows, dataset.Columns):
         raise InputError(f"{path}: pixel data shape {pixels.shape} is not Rows x Columns")
     for keyword in ("RescaleSlope", "RescaleIntercept"):

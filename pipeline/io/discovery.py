@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import MediaStorageDirectoryStorage
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.headers import read_dicom, slice_geometry, slice_normal, study_key
@@ -59,6 +60,25 @@ def multi_frame(ds: Dataset, path: Path) -> str:
     return f"{path}: multi-frame (Enhanced) images are not supported (NumberOfFrames {frames})" if frames > 1 else ""
 
 
+def missing_decoder(transfer_syntax: str) -> str:
+    """Why pixel data in ``transfer_syntax`` cannot be decoded here, naming what to install ("" when it can).
+
+    pydicom's decoder registry knows which plugins (pylibjpeg, gdcm, ...) read each syntax and which are installed.
+    """
+    if not transfer_syntax:
+        return ""
+    uid = UID(transfer_syntax)
+    syntax = f"{uid.name} ({uid})" if uid.name != uid else str(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"no decoder exists for transfer syntax {syntax}: convert the series to an uncompressed syntax"
+    if decoder.is_available:
+        return ""
+    needs = ", or ".join(text.split(" - requires ")[1] for text in decoder.missing_dependencies if " - requires " in text)
+    return f"no decoder is installed for transfer syntax {syntax}: install {needs or 'a pydicom decoder plugin'}"
+
+
 @dataclass(frozen=True)
 class FileProblem:
     """A file that could not be used, with a one-line reason."""
@@ -87,6 +107,7 @@ class SeriesInfo:
     derived: str = ""  # why the series is not an original acquisition (empty when it is)
     references: frozenset[str] = field(default=frozenset(), repr=False)  # series/instance UIDs it derives from
     instances: frozenset[str] = field(default=frozenset(), repr=False)  # its SOPInstanceUIDs
+    transfer_syntaxes: frozenset[str] = field(default=frozenset(), repr=False)  # how its files' pixels are encoded
 
     @property
     def n_slices(self) -> int:
@@ -228,6 +249,7 @@ class _SeriesFiles:
     path: Path  # the first file's
     slices: list[tuple[float, Path]] = field(default_factory=list)
     instances: set[str] = field(default_factory=set)
+    transfer_syntaxes: set[str] = field(default_factory=set)
     duplicates: int = 0
 
 
@@ -288,6 +310,7 @@ def scan_series(root: str | os.PathLike[str]) -> tuple[list[SeriesInfo], list[Fi
             entry.duplicates += 1
             continue
         entry.instances.add(instance)
+        entry.transfer_syntaxes.add(str(ds.file_meta.get("TransferSyntaxUID", "")))
         entry.slices.append((float(slice_normal(entry.first.ImageOrientationPatient) @ position), path))
     if not found_dicom:
         raise InputError(f"no DICOM files found under {root}")
@@ -334,6 +357,7 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
         derived=_derived(ds),
         references=_references(ds),
         instances=frozenset(entry.instances - {""}),
+        transfer_syntaxes=frozenset(entry.transfer_syntaxes),
     )
 
 
@@ -413,6 +437,17 @@ def _without_overlap(pair: StudyPair) -> StudyFailure | None:
                                         "axially")
 
 
+def _undecodable(pair: StudyPair) -> StudyFailure | None:
+    """A CT or PET whose pixels no installed decoder reads would fail only once the batch loads it: the study fails
+    at discovery, so ``inspect`` says so."""
+    for role, series in (("CT", pair.ct), ("PET", pair.pet)):
+        for syntax in sorted(series.transfer_syntaxes):
+            reason = missing_decoder(syntax)
+            if reason:
+                return StudyFailure(series.folder, f"study {pair.study_key}: {role} series: {reason}")
+    return None
+
+
 def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
     """Scan a folder tree for PET/CT studies; see the module docstring for what is read and reported."""
     series, problems = scan_series(root)
@@ -427,6 +462,6 @@ def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
     for study_uid in sorted(by_study, key=study_key):
         outcome = _shared_uid(study_uid, by_study[study_uid]) or pick_pair(study_uid, by_study[study_uid])
         if isinstance(outcome, StudyPair):
-            outcome = _without_overlap(outcome) or outcome
+            outcome = _without_overlap(outcome) or _undecodable(outcome) or outcome
         (pairs if isinstance(outcome, StudyPair) else failures).append(outcome)
     return DiscoveryResult(pairs=pairs, failures=failures, problems=problems, ignored=ignored)

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 SECRET_NAME = "SECRET^PATIENT"
 SECRET_ID = "SECRET-ID-4711"
@@ -146,6 +148,52 @@ def ramp_volume(shape=(6, 5, 4), base: float = 0.0) -> np.ndarray:
     return (base + 100.0 * x + 10.0 * y + z).astype(np.float64)
 
 
+def jpeg_lossless_frame(pixels: np.ndarray) -> bytes:
+    """A (rows, columns) 16-bit frame as a JPEG Lossless, first-order prediction (Process 14, SV1) codestream.
+
+    pydicom encodes no JPEG Lossless, yet PACS exports use it most; this minimal encoder (one Huffman table giving
+    each of the 17 difference categories a 5-bit code) lets the tests decode a known frame.
+    """
+    x = pixels.astype(np.int64) & 0xFFFF
+    prediction = np.empty_like(x)
+    prediction[0, 0] = 1 << 15  # 2^(P-1): the first sample's
+    prediction[0, 1:] = x[0, :-1]  # first row: the sample to the left
+    prediction[1:, 0] = x[:-1, 0]  # first column: the sample above
+    prediction[1:, 1:] = x[1:, :-1]  # selection value 1: the sample to the left
+    bits = []
+    for difference in ((x - prediction + 32768) % 65536 - 32768).ravel().tolist():
+        category = 16 if difference == -32768 else abs(difference).bit_length()
+        bits.append(f"{category:05b}")
+        if 0 < category < 16:
+            extra = difference if difference > 0 else difference + (1 << category) - 1
+            bits.append(f"{extra:0{category}b}")
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    scan = int(stream, 2).to_bytes(len(stream) // 8, "big").replace(b"\xff", b"\xff\x00")
+    rows, columns = pixels.shape
+    huffman = bytes([0x00, 0, 0, 0, 0, 17, *[0] * 11, *range(17)])
+    frame = bytes([16]) + rows.to_bytes(2, "big") + columns.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    segments = [(0xC4, huffman), (0xC3, frame), (0xDA, bytes([1, 1, 0x00, 1, 0, 0]))]
+    return (b"\xff\xd8" + b"".join(b"\xff" + bytes([marker]) + (len(body) + 2).to_bytes(2, "big") + body
+                                  for marker, body in segments) + scan + b"\xff\xd9")
+
+
+def as_jpeg_lossless(ds: Dataset, k: int) -> None:
+    """A :func:`write_series` ``header`` hook: store the slice's pixels JPEG Lossless SV1 compressed."""
+    ds.PixelData = encapsulate([jpeg_lossless_frame(ds.pixel_array)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+
+
+@pytest.fixture
+def no_jpeg_lossless_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom's JPEG Lossless SV1 decoder as it is where neither gdcm nor pylibjpeg-libjpeg is installed."""
+    decoder = get_decoder(JPEGLosslessSV1)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"gdcm": ("gdcm>=3.0.10",),
+                                                  "pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+
+
 class DicomFactory:
     """Writes tiny series and objects below one test's tmp folder; returns their folders/paths."""
 
@@ -155,6 +203,7 @@ class DicomFactory:
     pet_dose_bq = PET_DOSE_BQ
     pet_weight_kg = PET_WEIGHT_KG
     ramp = staticmethod(ramp_volume)
+    jpeg_lossless = staticmethod(as_jpeg_lossless)
 
     def __init__(self, root: Path):
         self.root = root

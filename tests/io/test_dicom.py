@@ -185,3 +185,23 @@ def test_the_loader_names_an_enhanced_image_multi_frame_before_its_missing_geome
         load_series(folder / "enhanced.dcm")
     assert str(info.value) == f"{folder / 'enhanced.dcm'}: multi-frame (Enhanced) images are not supported " \
                               "(NumberOfFrames 4)"
+
+
+def test_a_jpeg_lossless_series_loads_as_its_uncompressed_twin(dicom_factory):
+    """JPEG Lossless SV1, the usual syntax of PACS exports, decodes with the product's own dependencies."""
+    values = dicom_factory.ramp(base=-500.0)
+    plain = load_series(dicom_factory.series("plain", values, modality="CT"))
+    compressed = load_series(dicom_factory.series("jpeg", values, modality="CT", header=dicom_factory.jpeg_lossless))
+    np.testing.assert_array_equal(compressed.numpy(), plain.numpy())
+
+
+def test_a_series_no_installed_decoder_reads_names_its_syntax_and_what_to_install(dicom_factory,
+                                                                                 no_jpeg_lossless_decoder):
+    folder = dicom_factory.series("jpeg", modality="CT", header=dicom_factory.jpeg_lossless)
+    first = sorted(folder.iterdir())[0]
+    with pytest.raises(InputError) as info:
+        load_series(first)
+    assert str(info.value) == (
+        f"{first}: no decoder is installed for transfer syntax JPEG Lossless, Non-Hierarchical, First-Order "
+        "Prediction (Process 14 [Selection Value 1]) (1.2.840.10008.1.2.4.70): install gdcm>=3.0.10, or "
+        "pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1")

@@ -14,7 +14,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair
+from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, missing_decoder
 from pipeline.io.headers import read_dicom, study_key
 
 
@@ -347,3 +347,25 @@ def test_an_enhanced_ct_is_named_multi_frame_and_our_own_multi_frame_output_is_s
                              "(NumberOfFrames 4)"
     assert len(result.pairs) == 1 and not result.failures and not result.ignored
 
+
+
+def test_a_study_whose_ct_no_installed_decoder_reads_fails_at_discovery(dicom_factory, no_jpeg_lossless_decoder):
+    """Without a decoder, inspect called the study ready and the batch failed it late with pydicom's long error."""
+    dicom_factory.series("study/ct", modality="CT", header=dicom_factory.jpeg_lossless)
+    dicom_factory.series("study/pet", modality="PT")
+
+    result = discover_studies(dicom_factory.root)
+
+    (failure,) = result.failures
+    assert not result.pairs and failure.location == dicom_factory.root / "study" / "ct"
+    assert failure.reason == (
+        f"study {study_key(dicom_factory.study_uid)}: CT series: no decoder is installed for transfer syntax JPEG "
+        "Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1]) "
+        "(1.2.840.10008.1.2.4.70): install gdcm>=3.0.10, or pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1")
+
+
+def test_a_syntax_pydicom_cannot_decode_at_all_is_named():
+    assert missing_decoder("1.2.840.10008.1.2.4.100") == (
+        "no decoder exists for transfer syntax MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100): "
+        "convert the series to an uncompressed syntax")
+    assert missing_decoder("1.2.840.10008.1.2.1") == "" and missing_decoder("1.2.840.10008.1.2.4.70") == ""
