@@ -12,8 +12,9 @@ Reference time per DecayCorrection: ADMIN (no decay); START: the vendor's privat
 (GE, Siemens), else SeriesTime, unless SeriesTime is later than the earliest acquisition (re-written
 by a re-reconstruction), then that slice's acquisition + mean count-rate time - FrameReferenceTime
 (GE: acquisition - FrameReferenceTime); NONE: each slice is decayed to its own acquisition plus the
-mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq. The injection time tolerates
-midnight and de-identified dates.
+mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq, a PatientWeight of 1000 or more as
+grams; a weight outside 1-500 kg, or a weight or dose that is not a finite positive number, is refused. The
+injection time tolerates midnight and de-identified dates.
 
 PET without absolute units (CNTS, PROPCNTS, ... with no factor to Bq/ml) is still fused: divided by its
 99th percentile inside the body (voxels above 10% of the maximum) and multiplied by
@@ -47,6 +48,8 @@ RELATIVE_PERCENTILE = 99.0
 RELATIVE_BODY_FRACTION = 0.1  # voxels above this fraction of the maximum are the body
 RELATIVE_REFERENCE = 5.0  # the percentile is shown as this SUV would be
 _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in MBq
+_GRAMS_FROM = 1000.0  # no patient weighs a tonne: a PatientWeight this large is in grams (70000 for 70 kg)
+_PLAUSIBLE_KG = (1.0, 500.0)  # a weight outside is a header error that would scale every SUV by it
 _ONE_DAY = timedelta(days=1)
 _PLAUSIBLE_HALF_LIVES = 10  # a dated injection longer ago than this (and a day) is a header error, not a PET scan
 
@@ -71,12 +74,36 @@ def _header(meta: Mapping[str, object], keyword: str, why: str = "SUV") -> objec
     return value
 
 
+def _positive(meta: Mapping[str, object], value: object, name: str, unit: str) -> float:
+    """``value`` as a finite positive number: 0, negative, NaN or Infinity (valid DS strings) would poison SUV."""
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise InputError(f"{_source(meta)}: {name} {number} {unit} must be a positive number for SUV")
+    return number
+
+
 def _half_life(meta: Mapping[str, object]) -> float:
-    """RadionuclideHalfLife in s; 0, negative or NaN (a broken header) would divide by zero or poison SUV."""
-    value = float(_header(meta, "RadionuclideHalfLife"))
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{_source(meta)}: RadionuclideHalfLife {value} s must be a positive number for SUV")
-    return value
+    """RadionuclideHalfLife in s."""
+    return _positive(meta, _header(meta, "RadionuclideHalfLife"), "RadionuclideHalfLife", "s")
+
+
+def _weight_kg(meta: Mapping[str, object], weight_kg: float | None, why: str) -> float:
+    """The patient's weight in kg (``weight_kg`` overrides the header); a header weight in grams is recognised.
+
+    As with the dose's MBq, a header weight in grams is converted with a warning; any other weight outside
+    :data:`_PLAUSIBLE_KG` is a typo that would scale every SUV by its error, so it is refused.
+    """
+    given = weight_kg is not None
+    name = "weight given" if given else "PatientWeight"
+    weight = _positive(meta, weight_kg if given else _header(meta, "PatientWeight", why), name, "kg")
+    if not given and weight >= _GRAMS_FROM:
+        logger.warning("%s: PatientWeight %g read as grams", _source(meta), weight)
+        weight /= 1000.0
+    lightest, heaviest = _PLAUSIBLE_KG
+    if not lightest <= weight <= heaviest:
+        raise InputError(f"{_source(meta)}: {name} {weight:g} kg is not a patient's weight "
+                         f"({lightest:g}-{heaviest:g} kg)")
+    return weight
 
 
 def normaliser(meta: Mapping[str, object], suv_type: str, weight_kg: float | None = None) -> float:
@@ -85,9 +112,7 @@ def normaliser(meta: Mapping[str, object], suv_type: str, weight_kg: float | Non
     Sex O (or unknown) takes the mean of the male and female formulas, as the IBSI-SUV manual does.
     """
     why = "SUV" if suv_type == "BW" else f"SUV type {suv_type}"
-    weight = float(weight_kg if weight_kg is not None else _header(meta, "PatientWeight", why))
-    if weight <= 0:
-        raise InputError(f"{_source(meta)}: patient weight {weight} kg must be positive for SUV")
+    weight = _weight_kg(meta, weight_kg, why)
     if suv_type == "BW":
         return weight * 1000.0
     height_cm = float(_header(meta, "PatientSize", why)) * 100.0
@@ -235,10 +260,10 @@ def decay_seconds(meta: Mapping[str, object]) -> np.ndarray:
 
 def injected_dose(meta: Mapping[str, object], dose_bq: float | None = None) -> float:
     """The injected dose in Bq (``dose_bq`` overrides the header; a header dose in MBq is recognised)."""
-    dose = float(dose_bq if dose_bq is not None else _header(meta, "RadionuclideTotalDose"))
-    if dose <= 0:
-        raise InputError(f"{_source(meta)}: injected dose {dose} Bq must be positive for SUV")
-    if dose_bq is None and dose < _MBQ_BELOW_BQ:
+    given = dose_bq is not None
+    dose = _positive(meta, dose_bq if given else _header(meta, "RadionuclideTotalDose"),
+                     "dose given" if given else "RadionuclideTotalDose", "Bq")
+    if not given and dose < _MBQ_BELOW_BQ:
         logger.warning("%s: RadionuclideTotalDose %g read as MBq", _source(meta), dose)
         dose *= 1e6
     return dose

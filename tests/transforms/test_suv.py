@@ -1,4 +1,4 @@
-"""Body-weight SUV: decay handling, midnight, units, overrides and missing headers."""
+"""Body-weight SUV: decay handling, midnight, units, overrides, missing and implausible headers."""
 
 from __future__ import annotations
 
@@ -109,6 +109,36 @@ def test_a_dated_interval_of_many_half_lives_falls_back_to_times():
     """Three days is 40 FDG half-lives (an activity of 1e-12): a date error, not an interval."""
     meta = _meta(RadiopharmaceuticalStartDateTime="20240102090000")
     assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("tag", ["PatientWeight", "RadionuclideTotalDose"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_weight_or_dose_that_is_not_a_finite_number_is_refused_naming_it(tag, value):
+    """Valid DS strings that pass a ``<= 0`` check and make every SUV NaN (or 0)."""
+    unit = "kg" if tag == "PatientWeight" else "Bq"
+    with pytest.raises(InputError) as info:
+        suv_factor(_meta(**{tag: value}))
+    assert str(info.value) == f"/data/pet: {tag} {float(value)} {unit} must be a positive number for SUV"
+
+
+def test_a_weight_in_grams_is_recognised(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        assert suv_factor(_meta(PatientWeight=70000.0)) == pytest.approx(_expected(3600.0, weight=70.0), rel=1e-12)
+    assert "/data/pet: PatientWeight 70000 read as grams" in caplog.text
+
+
+@pytest.mark.parametrize("weight", [0.5, 700.0])
+def test_a_weight_no_patient_has_is_refused(weight):
+    with pytest.raises(InputError) as info:
+        suv_factor(_meta(PatientWeight=weight))
+    assert str(info.value) == f"/data/pet: PatientWeight {weight:g} kg is not a patient's weight (1-500 kg)"
+
+
+def test_a_weight_given_is_checked_as_the_header_is_but_always_in_kg():
+    with pytest.raises(InputError, match="/data/pet: weight given nan kg must be a positive number"):
+        suv_factor(_meta(), weight_kg=float("nan"))
+    with pytest.raises(InputError, match="/data/pet: weight given 70000 kg is not a patient's weight"):
+        suv_factor(_meta(), weight_kg=70000.0)
 
 
 @pytest.mark.parametrize("field", ["SeriesTime", "RadiopharmaceuticalStartDateTime", "GEDecayDateTime"])
