@@ -14,7 +14,8 @@ by a re-reconstruction), then that slice's acquisition + mean count-rate time - 
 (GE: acquisition - FrameReferenceTime); NONE: each slice is decayed to its own acquisition plus the
 mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq, a PatientWeight of 1000 or more as
 grams; a weight outside 1-500 kg, or a weight or dose that is not a finite positive number, is refused. The
-injection time tolerates midnight and de-identified dates.
+injection time tolerates midnight and de-identified dates; an injection logged up to 10 min after the
+reference time is clock skew (no decay, with a warning), one later is refused.
 
 PET without absolute units (CNTS, PROPCNTS, ... with no factor to Bq/ml) is still fused: divided by its
 99th percentile inside the body (voxels above 10% of the maximum) and multiplied by
@@ -51,7 +52,11 @@ _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in 
 _GRAMS_FROM = 1000.0  # no patient weighs a tonne: a PatientWeight this large is in grams (70000 for 70 kg)
 _PLAUSIBLE_KG = (1.0, 500.0)  # a weight outside is a header error that would scale every SUV by it
 _ONE_DAY = timedelta(days=1)
-_PLAUSIBLE_HALF_LIVES = 10  # a dated injection longer ago than this (and a day) is a header error, not a PET scan
+_PLAUSIBLE_HALF_LIVES = 10  # an injection longer ago than this is a header error, not a PET scan
+# An injection logged this much after the decay reference is clock skew (injector and scanner clocks apart by
+# minutes, an injection time rounded up to the minute, a dynamic scan started at injection), taken as no decay:
+# at most 6% of F-18 decay. More is a wrong time, refused rather than silently decayed by zero (or a day).
+_CLOCK_SKEW = timedelta(minutes=10)
 
 
 class NoAbsoluteUnits(InputError):
@@ -182,23 +187,46 @@ def _when(meta: Mapping[str, object], day: object, time_of_day: object) -> tuple
                                    _parsed(meta, TM, time_of_day))
 
 
-def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
-    """Seconds from injection to ``reference``; tolerates midnight and de-identified dates.
+def _plausible(meta: Mapping[str, object], interval: timedelta) -> bool:
+    """Whether a tracer is still imaged ``interval`` after injection (Zr-89 or I-124 are, days later)."""
+    return interval.total_seconds() <= _PLAUSIBLE_HALF_LIVES * _half_life(meta)
 
-    With dates on both sides the true interval is used when plausible: not negative, and under a day or
-    :data:`_PLAUSIBLE_HALF_LIVES` half-lives (Zr-89 or I-124 are imaged days after injection). Otherwise times of
-    day are compared and an injection "later" than the reference is taken as the day before.
+
+def _not_before_injection(meta: Mapping[str, object], interval: timedelta, injection: time, reference: time) -> float:
+    """``interval`` in s; a negative one is clock skew (0 s, warned) up to :data:`_CLOCK_SKEW`, else an error."""
+    if interval >= timedelta(0):
+        return interval.total_seconds()
+    times = (f"injection at {injection.isoformat('seconds')} is {-interval.total_seconds() / 60:.1f} min after "
+             f"the decay reference time {reference.isoformat('seconds')}")
+    if interval < -_CLOCK_SKEW:
+        raise InputError(f"{_source(meta)}: {times}, more than clock skew: a header time is wrong")
+    logger.warning("%s: %s: taken as clock skew, no decay", _source(meta), times)
+    return 0.0
+
+
+def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
+    """Seconds from injection to ``reference``; tolerates clock skew, midnight and de-identified dates.
+
+    With dates on both sides the true interval is used when on one date, or when at least -:data:`_CLOCK_SKEW` and
+    under a day or :data:`_PLAUSIBLE_HALF_LIVES` half-lives. Otherwise (no dates, or dates a de-identification
+    shifted apart) times of day are compared, and an injection over :data:`_CLOCK_SKEW` "later" than the
+    reference is taken as the day before when that interval is plausible. An injection still after the reference
+    is clock skew or an error (:func:`_not_before_injection`): never a day of decay for seconds of skew.
     """
     dated, moment = reference
     start_datetime = meta.get("RadiopharmaceuticalStartDateTime")
     start = _parsed(meta, DT, start_datetime).replace(tzinfo=None) if start_datetime else None
-    if dated and start is not None and moment >= start:
+    if dated and start is not None:
         interval = moment - start
-        if interval < _ONE_DAY or interval.total_seconds() < _PLAUSIBLE_HALF_LIVES * _half_life(meta):
-            return interval.total_seconds()
+        if start.date() == moment.date() or interval >= -_CLOCK_SKEW and (
+                interval < _ONE_DAY or _plausible(meta, interval)):
+            return _not_before_injection(meta, interval, start.time(), moment.time())
     injection = _parsed(meta, TM, meta["RadiopharmaceuticalStartTime"]) if meta.get("RadiopharmaceuticalStartTime") \
         else start.time() if start is not None else _header(meta, "RadiopharmaceuticalStartTime")
-    return ((moment - datetime.combine(moment.date(), injection)) % _ONE_DAY).total_seconds()
+    interval = moment - datetime.combine(moment.date(), injection)
+    if interval < -_CLOCK_SKEW and _plausible(meta, interval + _ONE_DAY):
+        interval += _ONE_DAY  # injected before midnight
+    return _not_before_injection(meta, interval, injection, moment.time())
 
 
 def mean_count_time(duration_s: float, half_life_s: float) -> float:

@@ -1,4 +1,4 @@
-"""Body-weight SUV: decay handling, midnight, units, overrides, missing and implausible headers."""
+"""Body-weight SUV: decay handling, midnight, clock skew, units, overrides, missing and implausible headers."""
 
 from __future__ import annotations
 
@@ -109,6 +109,36 @@ def test_a_dated_interval_of_many_half_lives_falls_back_to_times():
     """Three days is 40 FDG half-lives (an activity of 1e-12): a date error, not an interval."""
     meta = _meta(RadiopharmaceuticalStartDateTime="20240102090000")
     assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("dated", [True, False])
+def test_an_injection_logged_seconds_after_the_reference_is_clock_skew_not_a_day_of_decay(dated, caplog):
+    """A dynamic scan started at injection, the clocks 30 s apart: not 23 h 59 min 30 s of decay (SUV x8800)."""
+    dates = {"RadiopharmaceuticalStartDateTime": "20240105110030"} if dated else {"SeriesDate": None,
+                                                                                  "AcquisitionDate": None}
+    meta = _meta(SeriesTime="110000", AcquisitionTime="110000", RadiopharmaceuticalStartTime="110030", **dates)
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        assert suv_factor(meta) == pytest.approx(_expected(0.0), rel=1e-12)
+    assert ("/data/pet: injection at 11:00:30 is 0.5 min after the decay reference time 11:00:00: "
+            "taken as clock skew") in caplog.text
+
+
+@pytest.mark.parametrize("dates", [{"RadiopharmaceuticalStartDateTime": "20240105120000"},
+                                   {"SeriesDate": None, "AcquisitionDate": None}])
+def test_an_injection_an_hour_after_the_reference_is_refused(dates):
+    """On one date, or undated with 23 h (12.6 F-18 half-lives) as the only other reading: a wrong time."""
+    meta = _meta(SeriesTime="110000", AcquisitionTime="110000", RadiopharmaceuticalStartTime="120000", **dates)
+    with pytest.raises(InputError) as info:
+        suv_factor(meta)
+    assert str(info.value) == ("/data/pet: injection at 12:00:00 is 60.0 min after the decay reference time 11:00:00, "
+                               "more than clock skew: a header time is wrong")
+
+
+def test_an_undated_long_lived_injection_after_the_reference_time_is_the_day_before():
+    zr89 = 78.41 * 3600.0  # 23 h is 0.3 half-lives: the injection the day before is plausible
+    meta = _meta(SeriesDate=None, AcquisitionDate=None, RadionuclideHalfLife=zr89,
+                 RadiopharmaceuticalStartTime="110000")
+    assert suv_factor(meta)[0] == pytest.approx(WEIGHT * 1000.0 / (DOSE * 0.5 ** (23 * 3600.0 / zr89)), rel=1e-12)
 
 
 @pytest.mark.parametrize("tag", ["PatientWeight", "RadionuclideTotalDose"])
