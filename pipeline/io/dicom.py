@@ -259,11 +259,23 @@ def _meta_value(value: object) -> object:
 
 
 def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
+    """The whitelisted series fields, the earliest acquisition, the PET slices' SUV fields."""
+    from pydicom.valuerep import TM
+
+    from pipeline.transforms.suv import undated_moment  # not at the top: pipeline.transforms imports this module
+
     meta: dict[str, object] = {"modality": str(first.get("Modality", ""))}
     meta.update({k: _meta_value(first.get(k)) for k in SERIES_TAGS if first.get(k) not in (None, "")})
     acquisitions = [s.acquisition for s in slices if s.acquisition]
     if acquisitions:
-        meta["AcquisitionDate"], meta["AcquisitionTime"] = min(acquisitions)
+        earliest = min(acquisitions)  # undated ones sort first: undated if any is
+        series_time = str(first.get("SeriesTime") or "")
+        if series_time and not earliest[0]:  # times of day: ordered around SeriesTime (midnight), as in SUV
+            try:
+                earliest = min(acquisitions, key=lambda a: undated_moment(TM(a[1]), TM(series_time)))
+            except ValueError:  # a malformed time: SUV, which reads it, names it
+                pass
+        meta["AcquisitionDate"], meta["AcquisitionTime"] = earliest
     if first.get("Modality") == "PT":
         meta["pet_slices"] = [s.pet for s in slices]
         for name, tag in PRIVATE_DECAY_TAGS.items():

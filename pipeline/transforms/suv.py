@@ -12,10 +12,11 @@ Reference time per DecayCorrection: ADMIN (no decay); START: the vendor's privat
 (GE, Siemens), else SeriesTime, unless SeriesTime is later than the earliest acquisition (re-written
 by a re-reconstruction), then that slice's acquisition + mean count-rate time - FrameReferenceTime
 (GE: acquisition - FrameReferenceTime); NONE: each slice is decayed to its own acquisition plus the
-mean count-rate time of its frame. A dose below 1e5 Bq is read as MBq, a PatientWeight of 1000 or more as
-grams; a weight outside 1-500 kg, or a weight or dose that is not a finite positive number, is refused. The
-injection time tolerates midnight and de-identified dates; an injection logged up to 10 min after the
-reference time is clock skew (no decay, with a warning), one later is refused.
+mean count-rate time of its frame. Undated acquisition times are ordered around SeriesTime, each on the
+day that puts it within 12 h of it (a scan past midnight). A dose below 1e5 Bq is read as MBq, a
+PatientWeight of 1000 or more as grams; a weight outside 1-500 kg, or a weight or dose that is not a finite
+positive number, is refused. The injection time tolerates midnight and de-identified dates; an injection
+logged up to 10 min after the reference time is clock skew (no decay, with a warning), one later is refused.
 
 PET without absolute units (CNTS, PROPCNTS, ... with no factor to Bq/ml) is still fused: divided by its
 99th percentile inside the body (voxels above 10% of the maximum) and multiplied by
@@ -52,6 +53,8 @@ _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in 
 _GRAMS_FROM = 1000.0  # no patient weighs a tonne: a PatientWeight this large is in grams (70000 for 70 kg)
 _PLAUSIBLE_KG = (1.0, 500.0)  # a weight outside is a header error that would scale every SUV by it
 _ONE_DAY = timedelta(days=1)
+_HALF_DAY = timedelta(hours=12)  # an undated acquisition further from SeriesTime is on the day before or after
+_ANY_DAY = date(2000, 1, 1)  # the day undated times are placed on
 _PLAUSIBLE_HALF_LIVES = 10  # an injection longer ago than this is a header error, not a PET scan
 # An injection logged this much after the decay reference is clock skew (injector and scanner clocks apart by
 # minutes, an injection time rounded up to the minute, a dynamic scan started at injection), taken as no decay:
@@ -183,8 +186,20 @@ def _parsed(meta: Mapping[str, object], kind: type[DA] | type[TM] | type[DT], va
 def _when(meta: Mapping[str, object], day: object, time_of_day: object) -> tuple[bool, datetime]:
     """(whether the date is known, the moment on it, or on an arbitrary day)."""
     known = bool(day)
-    return known, datetime.combine(_parsed(meta, DA, day) if known else date(2000, 1, 1),
-                                   _parsed(meta, TM, time_of_day))
+    return known, datetime.combine(_parsed(meta, DA, day) if known else _ANY_DAY, _parsed(meta, TM, time_of_day))
+
+
+def undated_moment(time_of_day: time, series_time: time) -> datetime:
+    """An undated acquisition time as a moment, on the day that puts it within 12 h of SeriesTime.
+
+    Compared as times of day, a bed acquired at 00:03 would precede a 23:58 SeriesTime (and one at 23:50 follow
+    a 00:10 SeriesTime a re-reconstruction wrote); a series and its acquisitions lie within hours. The one rule
+    for both the loader's AcquisitionTime and SUV's decay reference.
+    """
+    moment, anchor = datetime.combine(_ANY_DAY, time_of_day), datetime.combine(_ANY_DAY, series_time)
+    if moment < anchor - _HALF_DAY:
+        return moment + _ONE_DAY
+    return moment - _ONE_DAY if moment > anchor + _HALF_DAY else moment
 
 
 def _plausible(meta: Mapping[str, object], interval: timedelta) -> bool:
@@ -253,12 +268,16 @@ def _start_reference(meta: Mapping[str, object]) -> tuple[bool, datetime]:
         if meta.get(keyword):
             return True, _parsed(meta, DT, meta[keyword]).replace(tzinfo=None)
     series = _when(meta, meta.get("SeriesDate"), _header(meta, "SeriesTime"))
-    acquired = [_acquisition(s, meta) + (s,) for s in _slices(meta) if s.get("AcquisitionTime")]
+    acquired = [(_acquisition(s, meta), s) for s in _slices(meta) if s.get("AcquisitionTime")]
     if not acquired:
         return series
-    dated, earliest, first = min(acquired, key=lambda a: a[1])
-    later = series[1] > earliest if dated and series[0] else series[1].time() > earliest.time()
-    if not later:
+    undated = not (series[0] and all(known for (known, _), _ in acquired))
+
+    def order(when: tuple[bool, datetime]) -> datetime:
+        return undated_moment(when[1].time(), series[1].time()) if undated else when[1]
+
+    (dated, earliest), first = min(acquired, key=lambda a: order(a[0]))
+    if order(series) <= order((dated, earliest)):
         return series
     logger.warning("%s: SeriesTime is later than the first acquisition; decay reference taken from the "
                    "first acquisition", _source(meta))

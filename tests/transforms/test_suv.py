@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
 
 from pipeline.errors import InputError
-from pipeline.transforms.suv import PETToSUV, PETToSUVd, mean_count_time, suv_factor
+from pipeline.io.dicom import load_series
+from pipeline.transforms.suv import PETToSUV, PETToSUVd, decay_seconds, mean_count_time, suv_factor
 
 HALF_LIFE = 6586.2
 DOSE = 3.7e8
@@ -141,6 +144,22 @@ def test_an_undated_long_lived_injection_after_the_reference_time_is_the_day_bef
     assert suv_factor(meta)[0] == pytest.approx(WEIGHT * 1000.0 / (DOSE * 0.5 ** (23 * 3600.0 / zr89)), rel=1e-12)
 
 
+def test_undated_acquisitions_past_midnight_follow_the_series_time():
+    """Beds at 23:58 and 00:03 of a 23:58 series: SeriesTime is the reference, not the 00:03 bed (5 min more decay)."""
+    slices = [{"AcquisitionTime": "235800"}, {"AcquisitionTime": "000300"}]
+    meta = _meta(SeriesDate=None, AcquisitionDate=None, SeriesTime="235800", RadiopharmaceuticalStartTime="225800",
+                 pet_slices=slices)
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
+def test_an_undated_series_time_rewritten_past_midnight_still_follows_its_acquisition(caplog):
+    meta = _meta(SeriesDate=None, AcquisitionDate=None, SeriesTime="001000", RadiopharmaceuticalStartTime="225000",
+                 pet_slices=[{"AcquisitionTime": "235000"}])
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+    assert "SeriesTime is later than the first acquisition" in caplog.text
+
+
 @pytest.mark.parametrize("tag", ["PatientWeight", "RadionuclideTotalDose"])
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_a_weight_or_dose_that_is_not_a_finite_number_is_refused_naming_it(tag, value):
@@ -169,6 +188,23 @@ def test_a_weight_given_is_checked_as_the_header_is_but_always_in_kg():
         suv_factor(_meta(), weight_kg=float("nan"))
     with pytest.raises(InputError, match="/data/pet: weight given 70000 kg is not a patient's weight"):
         suv_factor(_meta(), weight_kg=70000.0)
+
+
+def test_a_dicom_scan_past_midnight_without_dates(tiny_phantom_root: Path, tmp_path: Path):
+    """The loader's AcquisitionTime and SUV's decay reference order undated times around SeriesTime alike."""
+    files = sorted((tiny_phantom_root / "seed_000" / "dicom" / "PET").glob("*.dcm"))
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+            ds.pop(keyword, None)
+        item = ds.RadiopharmaceuticalInformationSequence[0]
+        item.pop("RadiopharmaceuticalStartDateTime", None)
+        item.RadiopharmaceuticalStartTime, ds.SeriesTime = "225800", "235800"
+        ds.AcquisitionTime = "000300" if index % 2 else "235800"
+        ds.save_as(tmp_path / path.name)
+    pet = load_series(tmp_path)
+    assert pet.meta["AcquisitionTime"] == "235800"
+    assert decay_seconds(pet.meta).tolist() == [3600.0]
 
 
 @pytest.mark.parametrize("field", ["SeriesTime", "RadiopharmaceuticalStartDateTime", "GEDecayDateTime"])
