@@ -1,18 +1,54 @@
-"""Loading as the first step of a MONAI transform chain, so a bundle config can start from a study."""
+"""Loading as the first step of a MONAI transform chain, so a bundle config can start from a study.
+
+Every volume leaves it with array axis 2 the one nearest the patient's head-foot axis: the 2-D fusion, the PET
+coverage flags and the body-slice flags all run along axis 2, which must be the axial slices whatever door the
+study came in by.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
+import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from nibabel.orientations import io_orientation
+from pydicom.dataset import Dataset
 
 from pipeline.errors import InputError
 from pipeline.io.study_source import STUDY_MODALITIES, StudySource, read_volume, study_sources
 
 
+def axial_last(volume: MetaTensor, headers: Sequence[Dataset] = ()) -> MetaTensor:
+    """``volume`` with its axes permuted, voxels and the affine's columns together, into the order of the patient's
+    left-right, front-back and head-foot axes they lie nearest, where axis 2 is not already the head-foot one (a
+    NIfTI saved as a coronal or sagittal stack): the same voxels in the same places, fused on axial planes.
+
+    A DICOM CT (one with slice ``headers``) is refused instead: its fused DICOM series is written frame by frame on
+    the CT's own slices (:mod:`pipeline.io.derived_series`), which would then be coronal or sagittal.
+    """
+    affine = np.asarray(volume.affine, dtype=float)
+    world_axis = io_orientation(affine)[:, 0].astype(int)  # for each array axis, the world axis (R, A, S) nearest
+    if world_axis[2] == 2:
+        return volume
+    name = volume.meta.get("filename_or_obj", "volume")
+    if headers and volume.meta.get("modality") == "CT":
+        slice_axis = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
+        raise InputError(f"{name}: the CT's slices are not axial (their normal is "
+                         f"{np.degrees(np.arccos(min(1.0, abs(slice_axis[2])))):.0f} degrees from the head-foot "
+                         "axis): coronal and sagittal CT series are not supported, give an axial reconstruction")
+    order = np.argsort(world_axis)
+    voxels = volume.as_tensor().permute(0, *(1 + order)).contiguous()
+    meta = {key: value for key, value in volume.meta.items() if key != "affine"}
+    meta["spatial_shape"] = np.array(voxels.shape[1:])
+    return MetaTensor(voxels, affine=torch.as_tensor(affine[:, [*order, 3]]), meta=meta)
+
+
 class LoadStudyd(MapTransform):
-    """Replace the sources under ``keys`` by loaded volumes; a StudyPair/NiftiPair is accepted as the data.
+    """Replace the sources under ``keys`` by loaded volumes (see :func:`axial_last`); a StudyPair/NiftiPair is accepted
+    as the data.
 
     ``modalities`` maps each key to the modality a NIfTI file holds (DICOM headers name their own);
     the defaults cover ``"ct"`` and ``"pet"``. ``keep_headers`` also puts each DICOM series' slice
@@ -36,7 +72,8 @@ class LoadStudyd(MapTransform):
         if missing and not self.allow_missing_keys:  # a datalist entry without its PET, say: one line, not a KeyError
             raise InputError(f"study description has no {missing[0]!r} entry (keys: {sorted(map(str, d))})")
         for key in self.key_iterator(d):
-            d[key], headers = read_volume(d[key], self.modalities[key])
+            volume, headers = read_volume(d[key], self.modalities[key])
+            d[key] = axial_last(volume, headers)
             if self.keep_headers:
                 d[f"{key}_headers"] = headers
         return d

@@ -170,3 +170,16 @@ def test_discovery_survives_every_bad_file(dicom_factory):
     assert all("\n" not in p.reason for p in result.problems)
     assert len(result.failures) == 1 and "no PET" in result.failures[0].reason
     assert len(result.pairs) == 1
+
+
+def test_a_coronal_dicom_ct_is_refused_by_the_data_path(dicom_factory):
+    """Fused on its own (coronal) slices it was blanked and scored along the wrong axis; its fused DICOM series is
+    written on those slices, so it is refused rather than restacked."""
+    from pipeline.transforms import LoadStudyd
+
+    coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    ct = dicom_factory.series("study/ct", modality="CT", orientation=coronal)
+    pet = dicom_factory.series("study/pet", modality="PT")
+    message = _raises_one_line(lambda: LoadStudyd()({"ct": ct, "pet": pet}), str(ct), "slices are not axial",
+                               "90 degrees from the head-foot axis")
+    assert message.startswith(f"{ct}: ")

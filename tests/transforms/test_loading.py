@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
@@ -52,3 +53,66 @@ def test_extra_keys_need_a_modality(nifti_pair):
 def test_a_study_without_its_pet_is_one_line():
     with pytest.raises(InputError, match=r"no 'pet' entry \(keys: \['ct', 'study_key'\]\)"):
         LoadStudyd()({"ct": "somewhere", "study_key": "abc"})
+
+
+def _restacked(path: Path, out: Path, axes: tuple[int, int, int]) -> Path:
+    """The NIfTI at ``path`` saved with its array axes in the order ``axes`` and the affine's columns to match: the
+    same voxels in the same places, stored as another stack (``(0, 2, 1)``: coronal slices along axis 2)."""
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj).transpose(axes), image.affine[:, [*axes, 3]]), out)
+    return out
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 1), (2, 0, 1), (1, 2, 0)])
+def test_a_volume_stored_as_another_stack_is_loaded_with_axial_slices_along_axis_2(nifti_pair, tmp_path, axes):
+    restacked = _restacked(nifti_pair.ct, tmp_path / "restacked.nii.gz", axes)
+    axial, loaded = LoadStudyd(keys="ct")({"ct": nifti_pair.ct})["ct"], LoadStudyd(keys="ct")({"ct": restacked})["ct"]
+    np.testing.assert_array_equal(loaded.numpy(), axial.numpy())
+    np.testing.assert_array_equal(loaded.affine.numpy(), axial.affine.numpy())
+    assert loaded.is_contiguous() and tuple(loaded.meta["spatial_shape"]) == (4, 4, 3)
+
+
+def test_a_dicom_ct_whose_slices_are_not_axial_is_refused_in_one_line():
+    """Its derived DICOM series is written on its own slices, so it cannot be restacked; a DICOM PET can."""
+    from pydicom.dataset import Dataset
+
+    from pipeline.transforms.loading import axial_last
+
+    coronal = np.array([[-1.0, 0, 0, 0], [0, 0, -3.0, 0], [0, -1.5, 0, 0], [0, 0, 0, 1]])  # axis 2 runs front-back
+    volume = MetaTensor(torch.zeros(1, 2, 3, 4), affine=torch.as_tensor(coronal),
+                        meta={"modality": "CT", "filename_or_obj": "series/CT"})
+    with pytest.raises(InputError) as info:
+        axial_last(volume, [Dataset()])
+    assert str(info.value) == ("series/CT: the CT's slices are not axial (their normal is 90 degrees from the head-foot "
+                               "axis): coronal and sagittal CT series are not supported, give an axial reconstruction")
+    volume.meta["modality"] = "PT"
+    assert axial_last(volume, [Dataset()]).shape == (1, 2, 4, 3)
+
+
+def test_a_coronal_stack_is_fused_on_axial_planes_into_the_same_fused_volume(tmp_path):
+    """End to end: a CT and a shorter PET stored as coronal stacks give the fused NIfTI, affine and PET coverage of
+    their axial originals (the fusion, the coverage flags and the blanking of slices without PET ran along the
+    coronal axis before)."""
+    from pipeline.fusion.selection import build_fusers
+    from pipeline.fusion.streaming import fuse_study, fused_filename
+    from pipeline.fusion.writers import NiftiSink
+    from pipeline.phantom import make_phantom
+
+    make_phantom(tmp_path / "phantom", ct_shape=(32, 32, 12), ct_spacing=(12.0, 12.0, 12.0), seed=1)
+    nifti = tmp_path / "phantom" / "nifti"
+    pet = nib.load(nifti / "pet.nii.gz")
+    short = nib.Nifti1Image(np.asarray(pet.dataobj)[..., : pet.shape[2] // 2], pet.affine)  # the lower half
+    nib.save(short, tmp_path / "pet_short.nii.gz")
+    studies = {"axial": NiftiPair(ct=nifti / "ct.nii.gz", pet=tmp_path / "pet_short.nii.gz"),
+               "coronal": NiftiPair(ct=_restacked(nifti / "ct.nii.gz", tmp_path / "ct_cor.nii.gz", (0, 2, 1)),
+                                    pet=_restacked(tmp_path / "pet_short.nii.gz", tmp_path / "pet_cor.nii.gz", (0, 2, 1)))}
+    fused, covered = {}, {}
+    for name, pair in studies.items():
+        study = fuse_study(pair, build_fusers(("average",), device="cpu"), windows=("lung",), pet_factor=1e-3)
+        study.stream([NiftiSink(study, tmp_path / name)])
+        fused[name] = nib.load(tmp_path / name / fused_filename("lung", "average"))
+        covered[name] = study.data["pet_slices"]
+    assert 0 < int(covered["axial"].sum()) < covered["axial"].numel()  # some CT slices lack PET
+    assert torch.equal(covered["coronal"], covered["axial"])
+    np.testing.assert_array_equal(fused["coronal"].affine, fused["axial"].affine)
+    np.testing.assert_array_equal(np.asarray(fused["coronal"].dataobj), np.asarray(fused["axial"].dataobj))
