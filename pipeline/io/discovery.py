@@ -75,7 +75,8 @@ def missing_decoder(transfer_syntax: str) -> str:
         return f"no decoder exists for transfer syntax {syntax}: convert the series to an uncompressed syntax"
     if decoder.is_available:
         return ""
-    needs = ", or ".join(text.split(" - requires ")[1] for text in decoder.missing_dependencies if " - requires " in text)
+    needs = ", or ".join(text.split(" - requires ")[1] for text in decoder.missing_dependencies
+                         if " - requires " in text)
     return f"no decoder is installed for transfer syntax {syntax}: install {needs or 'a pydicom decoder plugin'}"
 
 

@@ -83,8 +83,9 @@ def test_a_dicom_ct_whose_slices_are_not_axial_is_refused_in_one_line():
                         meta={"modality": "CT", "filename_or_obj": "series/CT"})
     with pytest.raises(InputError) as info:
         axial_last(volume, [Dataset()])
-    assert str(info.value) == ("series/CT: the CT's slices are not axial (their normal is 90 degrees from the head-foot "
-                               "axis): coronal and sagittal CT series are not supported, give an axial reconstruction")
+    assert str(info.value) == ("series/CT: the CT's slices are not axial (their normal is 90 degrees from the "
+                               "head-foot axis): coronal and sagittal CT series are not supported, give an axial "
+                               "reconstruction")
     volume.meta["modality"] = "PT"
     assert axial_last(volume, [Dataset()]).shape == (1, 2, 4, 3)
 
@@ -103,9 +104,9 @@ def test_a_coronal_stack_is_fused_on_axial_planes_into_the_same_fused_volume(tmp
     pet = nib.load(nifti / "pet.nii.gz")
     short = nib.Nifti1Image(np.asarray(pet.dataobj)[..., : pet.shape[2] // 2], pet.affine)  # the lower half
     nib.save(short, tmp_path / "pet_short.nii.gz")
-    studies = {"axial": NiftiPair(ct=nifti / "ct.nii.gz", pet=tmp_path / "pet_short.nii.gz"),
-               "coronal": NiftiPair(ct=_restacked(nifti / "ct.nii.gz", tmp_path / "ct_cor.nii.gz", (0, 2, 1)),
-                                    pet=_restacked(tmp_path / "pet_short.nii.gz", tmp_path / "pet_cor.nii.gz", (0, 2, 1)))}
+    axial = NiftiPair(ct=nifti / "ct.nii.gz", pet=tmp_path / "pet_short.nii.gz")
+    studies = {"axial": axial, "coronal": NiftiPair(ct=_restacked(axial.ct, tmp_path / "ct_cor.nii.gz", (0, 2, 1)),
+                                                    pet=_restacked(axial.pet, tmp_path / "pet_cor.nii.gz", (0, 2, 1)))}
     fused, covered = {}, {}
     for name, pair in studies.items():
         study = fuse_study(pair, build_fusers(("average",), device="cpu"), windows=("lung",), pet_factor=1e-3)
