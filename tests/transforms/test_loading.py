@@ -116,4 +116,6 @@ def test_a_coronal_stack_is_fused_on_axial_planes_into_the_same_fused_volume(tmp
     assert 0 < int(covered["axial"].sum()) < covered["axial"].numel()  # some CT slices lack PET
     assert torch.equal(covered["coronal"], covered["axial"])
     np.testing.assert_array_equal(fused["coronal"].affine, fused["axial"].affine)
-    np.testing.assert_array_equal(np.asarray(fused["coronal"].dataobj), np.asarray(fused["axial"].dataobj))
+    values = np.asarray(fused["axial"].dataobj)
+    assert values[..., covered["axial"].numpy()].max() > 0 and values[..., ~covered["axial"].numpy()].max() == 0
+    np.testing.assert_array_equal(np.asarray(fused["coronal"].dataobj), values)
