@@ -1,20 +1,22 @@
 """``dcif``: the command line. Thin: each sub-command parses, calls the package, and reports.
 
-Every :class:`~pipeline.errors.DcifError` and every bad argument becomes one line on stderr and exit status 2, so a
-user sees what is wrong and with which file, never a traceback from deep inside a library (``fuse-batch`` reports a
-study that fails and goes on: see :mod:`pipeline.batch`).
+Every :class:`~pipeline.errors.DcifError`, every OS error (a full disk) and every bad argument becomes one line on
+stderr and exit status 2, so a user sees what is wrong and with which file, never a traceback from deep inside a
+library (``fuse-batch`` reports a study that fails and goes on: see :mod:`pipeline.batch`); ``DCIF_TRACEBACK=1`` keeps
+the traceback, for debugging.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline.errors import DcifError
+from pipeline.errors import TRACEBACK_ENV, DcifError, InputError, error_line
 
 logger = logging.getLogger("dcif")
 
@@ -35,6 +37,13 @@ def _windows(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _input_folder(path: Path) -> Path:
+    """``path``, or an InputError when it is a file (discovery would only say that no folder was found)."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: not a folder")
+    return path
+
+
 def cmd_phantom(args: argparse.Namespace) -> int:
     from pipeline.phantom import make_phantom
 
@@ -53,7 +62,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.batch.report import Locator
     from pipeline.io.discovery import discover_studies
 
-    in_dir = args.in_dir.resolve()
+    in_dir = _input_folder(args.in_dir.resolve())
     found = discover_studies(in_dir)
     # Folder names may name patients: pseudonyms (a fresh key each run) unless the user asks for paths.
     locator = Locator(in_dir, None if args.show_paths else secrets.token_bytes(16))
@@ -92,8 +101,8 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
         report = run_dicomweb_batch(args.in_dir, args.out_dir, options, dict(args.query), store=args.store,
                                     executor=executor, progress=not args.quiet)
     else:
-        report = run_batch(args.in_dir, args.out_dir, options, executor=executor, progress=not args.quiet,
-                           explicit_paths=args.report_paths)
+        report = run_batch(_input_folder(Path(args.in_dir)), args.out_dir, options, executor=executor,
+                           progress=not args.quiet, explicit_paths=args.report_paths)
     print(f"fuse-batch: {report.summary()}")
     return 0 if report.all_ok else 1
 
@@ -231,8 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except DcifError as error:
-        print(f"dcif {args.command}: error: {error}", file=sys.stderr)
+    except (DcifError, OSError) as error:  # an OS error no command foresaw (a full disk) is one line too
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"dcif {args.command}: error: {error_line(error, getattr(args, 'out_dir', 'output'))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT; finished work is on disk
         print(f"dcif {args.command}: interrupted", file=sys.stderr)

@@ -21,7 +21,9 @@ from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
 from pipeline.io.discovery import discover_studies
 from pipeline.phantom import make_phantom
+from pipeline.phantom.export import output_folder
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
+from pipeline.transforms.windowing import check_windows
 
 
 def _phantom(folder: Path, progress: bool) -> Path:
@@ -39,18 +41,23 @@ def _metric_table(scorer: StudyScorer) -> list[str]:
 
 def run_demo(out_dir: Path, windows: Sequence[str] = DEFAULT_WINDOWS, method: str | None = None,
              progress: bool = True) -> FusedStudy:
-    """Phantom -> discovery -> data path -> fusion -> NIfTI; prints a summary and returns the result."""
+    """Phantom -> discovery -> data path -> fusion -> NIfTI; prints a summary and returns the result.
+
+    The windows, the method and the output folders are checked first, so a bad one leaves no phantom behind.
+    """
     start = time.perf_counter()
+    windows = check_windows(windows)
+    chosen = method or default_method()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fusers = build_fusers([chosen], device=device)
+    fused_dir = output_folder(output_folder(out_dir) / "fused")
     study_dir = _phantom(out_dir / "phantom", progress)
     found = discover_studies(study_dir / "dicom")
     if not found.pairs:
         raise InputError(f"{study_dir}: the phantom study was not found by discovery ({found.failures})")
     pair = found.pairs[0]
-    chosen = method or default_method()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = fuse_study(pair, build_fusers([chosen], device=device), windows,
-                        device=device, progress=progress)
-    volumes, scorer = NiftiSink(result, out_dir / "fused" / pair.study_key), StudyScorer(result, max_slices=0)
+    result = fuse_study(pair, fusers, windows, device=device, progress=progress)
+    volumes, scorer = NiftiSink(result, fused_dir / pair.study_key), StudyScorer(result, max_slices=0)
     result.stream([volumes, scorer])
 
     truth = json.loads((study_dir / "truth.json").read_text())

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 
+import pipeline.phantom
 from pipeline.cli import build_parser, main
+from pipeline.errors import TRACEBACK_ENV
 
 
 @pytest.mark.parametrize("command", ["phantom", "inspect", "demo", "fuse-batch"])
@@ -43,3 +48,35 @@ def test_bad_values_stop_at_the_parser_in_one_line(argv: list[str], capsys: pyte
     command = " ".join(["dcif", argv[0]])
     assert done.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"{command}: error: {_ERRORS[argv[-1]]} (see {command} --help)"]
+
+
+def _error_line(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one line on stderr of a ``dcif`` call that must exit with status 2."""
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    return line
+
+
+def test_a_file_where_a_folder_belongs_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file = tmp_path / "file"
+    file.write_text("")
+    assert _error_line(["-q", "phantom", str(file)], capsys) == \
+        f"dcif phantom: error: {file}: cannot use as output folder (not a folder)"
+    assert _error_line(["-q", "phantom", str(file / "out")], capsys) == \
+        f"dcif phantom: error: {file / 'out'}: cannot use as output folder (Not a directory)"
+    assert _error_line(["inspect", str(file)], capsys) == f"dcif inspect: error: {file}: not a folder"
+    assert _error_line(["-q", "fuse-batch", str(file), str(tmp_path / "out")], capsys) == \
+        f"dcif fuse-batch: error: {file}: not a folder"
+
+
+def test_an_os_error_no_command_foresaw_is_one_line_unless_tracebacks_are_asked_for(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "out/dicom/CT/ct_0003.dcm")
+
+    monkeypatch.setattr(pipeline.phantom, "make_phantom", full_disk)
+    assert _error_line(["phantom", "out"], capsys) == \
+        "dcif phantom: error: out/dicom/CT/ct_0003.dcm: No space left on device"
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(OSError, match="No space left"):
+        main(["phantom", "out"])

@@ -134,6 +134,7 @@ def make_phantom(
         truth_json=root / "truth.json",
     )
     # A truth file left by an earlier run must not vouch for a study this run fails to finish.
+    output_folder(root)
     paths.truth_json.unlink(missing_ok=True)
 
     with tqdm(total=ct_grid.shape[2] + pet_grid.shape[2], desc="phantom", unit="slice", disable=not progress) as bar:
@@ -159,6 +160,18 @@ def make_phantom(
     with atomic_write(paths.truth_json) as temporary:
         temporary.write_text(json.dumps(truth, indent=2) + "\n")
     return paths
+
+
+def output_folder(folder: Path) -> Path:
+    """``folder``, created if absent; one that is a file or cannot be made (a parent that is a file or read-only) is
+    an InputError naming it and the reason, raised before any work, instead of an OS error's traceback midway."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's own reason, "File exists", would not say what is wrong with it
+        raise InputError(f"{folder}: cannot use as output folder (not a folder)") from None
+    except OSError as error:
+        raise InputError(f"{folder}: cannot use as output folder ({error.strerror or error})") from None
+    return folder
 
 
 def _require(condition: bool, root: Path, problem: str) -> None:

@@ -209,6 +209,15 @@ def test_bad_options_raise_a_one_line_input_error(tmp_path: Path, options: dict,
     assert not (tmp_path / "out" / "truth.json").exists()
 
 
+@pytest.mark.parametrize(("folder", "reason"), [("file", "not a folder"), ("file/study", "Not a directory")])
+def test_an_output_folder_that_cannot_be_one_is_a_one_line_input_error(tmp_path: Path, folder: str,
+                                                                        reason: str) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError) as error:
+        make_phantom(tmp_path / folder, **SMALL)
+    assert str(error.value) == f"{tmp_path / folder}: cannot use as output folder ({reason})"
+
+
 def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
     target = tmp_path / "volume.nii.gz"
     target.write_text("old")
