@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +24,13 @@ logger = logging.getLogger("dcif")
 
 
 def _triple(text: str, kind: type = float) -> tuple:
-    """Parse ``"256,256,64"`` into a 3-tuple."""
-    parts = [kind(part) for part in text.split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated values, got {text!r}")
+    """Parse ``"256,256,64"`` into a 3-tuple of positive numbers (sizes and spacings are never 0 or negative)."""
+    try:
+        parts = [kind(part) for part in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 < part < math.inf for part in parts):
+        raise argparse.ArgumentTypeError(f"expected three positive comma-separated values, got {text!r}")
     return tuple(parts)
 
 
@@ -33,8 +38,15 @@ def _int_triple(text: str) -> tuple:
     return _triple(text, int)
 
 
-def _windows(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _names(text: str) -> list[str]:
+    """Parse ``"lung, mediastinal"`` into names; none, or one named twice (it would be fused twice), is refused."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one name, got {text!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} given more than once in {text!r}")
+    return names
 
 
 def _input_folder(path: Path) -> Path:
@@ -128,6 +140,12 @@ def _at_least(minimum: int):
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with a bad argument told in one line, as every other error is (``--help`` has the usage)."""
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # A value like "-5,10,10" is a value (then refused by its type in one line), not an unknown option leaving
+        # --size "expected one argument": argparse's own pattern takes only "-5" or "-0.5" for numbers.
+        self._negative_number_matcher = re.compile(r"^-\.?\d[\d.,]*$")
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -177,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("out_dir", type=Path, nargs="?", default=Path("out/demo"),
                       help="output folder (default out/demo)")
-    demo.add_argument("--window", type=_windows, default=None, metavar="W[,W]",
+    demo.add_argument("--window", type=_names, default=None, metavar="W[,W]",
                       help="CT windows to fuse with (default lung,mediastinal)")
     demo.add_argument("--method", default=None,
                       help="fuser: dcif_gan (needs the bundle checkpoint) or a baseline; "
@@ -202,11 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--store", action="store_true",
                        help="with a URL: STOW-RS every fused series back into its patient and study")
     batch.add_argument("out_dir", type=Path, help="output folder (created; must not lie inside IN_DIR)")
-    batch.add_argument("--method", type=_windows, default=None, metavar="M[,M]",
+    batch.add_argument("--method", type=_names, default=None, metavar="M[,M]",
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
                             "dwt, saliency); default: the best fuser on the model card's evaluation, "
                             "named in the output file names")
-    batch.add_argument("--window", type=_windows, default=None, metavar="W[,W]",
+    batch.add_argument("--window", type=_names, default=None, metavar="W[,W]",
                        help="CT windows to fuse with (default lung,mediastinal)")
     batch.add_argument("--workers", type=_at_least(1), default=1, metavar="N",
                        help="studies fused in parallel by the local executor, in separate processes (default 1)")

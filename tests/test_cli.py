@@ -33,7 +33,11 @@ def test_lists_sizes_and_filters_parse_as_the_help_says() -> None:
 _ERRORS = {"0": "argument --workers: must be at least 1, got 0",
            "-1": "argument --metric-slices: must be at least 0, got -1",
            "StudyDate": "argument --query: expected KEY=VALUE, got 'StudyDate'",
-           "64,64": "argument --size: expected three comma-separated values, got '64,64'"}
+           "64,64": "argument --size: expected three positive comma-separated values, got '64,64'",
+           "-5,10,10": "argument --size: expected three positive comma-separated values, got '-5,10,10'",
+           "-1,1,1": "argument --spacing: expected three positive comma-separated values, got '-1,1,1'",
+           "lung,lung": "argument --window: lung given more than once in 'lung,lung'",
+           ",": "argument --window: expected at least one name, got ','"}
 
 
 @pytest.mark.parametrize("argv", [
@@ -41,6 +45,10 @@ _ERRORS = {"0": "argument --workers: must be at least 1, got 0",
     ["fuse-batch", "in", "out", "--metric-slices", "-1"],
     ["fuse-batch", "in", "out", "--query", "StudyDate"],
     ["phantom", "out", "--size", "64,64"],
+    ["phantom", "out", "--size", "-5,10,10"],  # a value, not an unknown option: "expected one argument" said nothing
+    ["phantom", "out", "--spacing", "-1,1,1"],
+    ["demo", "out", "--window", "lung,lung"],  # would be fused, and listed, twice
+    ["fuse-batch", "in", "out", "--window", ","],  # would fall back to the default windows unsaid
 ])
 def test_bad_values_stop_at_the_parser_in_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as done:
