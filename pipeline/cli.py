@@ -137,6 +137,19 @@ def _at_least(minimum: int):
     return parse
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{suv_max}`` in a help text with the data path's SUV ceiling when help is shown, not before: its module
+    loads torch, which would make every ``dcif`` call, a bad argument's too, take seconds."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is None or "{suv_max}" not in text:
+            return text
+        from pipeline.transforms.windowing import DEFAULT_SUV_MAX
+
+        return text.replace("{suv_max}", f"{DEFAULT_SUV_MAX:g}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with a bad argument told in one line, as every other error is (``--help`` has the usage)."""
 
@@ -206,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fuse-batch", help="fuse every PET/CT study under a folder: NIfTI, DICOM series, previews, a report",
         description="Discover every PET/CT study under IN_DIR (any folder layout) and fuse each into "
                     "OUT_DIR/<study key>/: fused_<method>_<window>.nii.gz, a derived DICOM series "
-                    "dicom_<method>_<window>/ in the CT's study and geometry, preview.png and done.json. "
+                    "dicom_<method>_<window>/ in the CT's study and geometry, its colour rendering "
+                    "colour_<method>_<window>/ (hot-iron PET over the grey fused image), preview.png and done.json. "
                     "OUT_DIR/report.json and report.csv list every study (ok, failed with the reason, or "
                     "skipped because done). Re-running the same command resumes an interrupted batch. "
                     "Exit status 0 when every study is ok, 1 when some failed, 2 on bad arguments.",
+        formatter_class=_HelpFormatter,
     )
     batch.add_argument("in_dir", metavar="IN_DIR|URL",
                        help="folder tree of DICOM files (e.g. a PACS export), or a DICOMweb endpoint "
@@ -239,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "method (default: the bundle's checkpoint; the bundle is the folder $DCIF_GAN_BUNDLE "
                             "names, else bundles/dcif_gan)")
     batch.add_argument("--suv-max", type=float, default=None, metavar="X",
-                       help="SUV shown at full PET intensity (default: the data path's, as in 'demo')")
+                       help="SUV shown at full PET intensity (default {suv_max}, the data path's, as in 'demo')")
     batch.add_argument("--pet-factor", type=float, default=None, metavar="F",
                        help="PET pixels x F = SUVbw, replacing the PET's units (e.g. counts, which are "
                             "otherwise fused with a relative scaling)")

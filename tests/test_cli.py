@@ -10,6 +10,7 @@ import pytest
 import pipeline.phantom
 from pipeline.cli import build_parser, main
 from pipeline.errors import TRACEBACK_ENV
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 
 @pytest.mark.parametrize("command", ["phantom", "inspect", "demo", "fuse-batch"])
@@ -56,6 +57,14 @@ def test_bad_values_stop_at_the_parser_in_one_line(argv: list[str], capsys: pyte
     command = " ".join(["dcif", argv[0]])
     assert done.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"{command}: error: {_ERRORS[argv[-1]]} (see {command} --help)"]
+
+
+def test_fuse_batch_help_names_the_suv_ceiling_and_the_colour_series(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fuse-batch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_SUV_MAX:g}, the data path's" in text
+    assert "colour_<method>_<window>/" in text
 
 
 def _error_line(argv: list[str], capsys: pytest.CaptureFixture) -> str:
