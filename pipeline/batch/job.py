@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from pipeline.batch.executors import Executor, LocalExecutor
@@ -25,6 +24,7 @@ from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathR
 from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, input_files, made_with
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
+from pipeline.fusion.selection import check_device
 from pipeline.io.discovery import DiscoveryResult, StudyPair, discover_studies
 from pipeline.transforms.windowing import check_windows
 
@@ -37,8 +37,8 @@ def check_options(options: BatchOptions, executor: Executor) -> Mapping[str, Fus
     check_windows(options.windows)
     if options.device not in ("cpu", "cuda"):
         raise DcifError(f"--device must be cpu or cuda, got {options.device!r}")
-    if options.device == "cuda" and isinstance(executor, LocalExecutor) and not torch.cuda.is_available():
-        raise DcifError("--device cuda: no CUDA device is available on this machine")
+    if isinstance(executor, LocalExecutor):  # Ray's workers may have a GPU this machine lacks
+        check_device(options.device)
     if not (math.isfinite(options.suv_max) and options.suv_max > 0):
         raise InputError(f"--suv-max must be a positive number, got {options.suv_max}")
     if options.pet_factor is not None and not (math.isfinite(options.pet_factor) and options.pet_factor > 0):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.bundle_model import bundled_checkpoint, bundled_network
+from pipeline.errors import DcifError
 from pipeline.fusion.model import ModelFuser
 from pipeline.fusion.registry import Fuser, get_fuser
 
@@ -45,6 +46,15 @@ def default_method(checkpoint: str | Path | None = None) -> str:
     logger.warning("no trained %s checkpoint at %s: fusing with the %s baseline", MODEL_METHOD, weights,
                    BASELINE_FALLBACK)
     return BASELINE_FALLBACK
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as torch's, refused in one line naming the option where this machine has no CUDA: torch says only
+    ``Torch not compiled with CUDA enabled``, and only once a study reaches the device."""
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise DcifError(f"--device {chosen}: no CUDA device is available on this machine")
+    return chosen
 
 
 def build_fusers(
