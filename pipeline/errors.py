@@ -56,8 +56,9 @@ def one_line_errors(program: str) -> None:
 
     For ``python -m monai.bundle run``, whose parser wraps our errors in its own: the DcifError found
     in the chain of causes is printed, else the first error of the chain (the wrappers only say where
-    it surfaced) as its type and message, and ignite's log lines announcing the abort are left out. The exit status
-    stays non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback and those lines, for debugging.
+    it surfaced) as :func:`error_line` says it (an OS error as its file and problem), and ignite's log lines
+    announcing the abort are left out. The exit status stays non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback
+    and those lines, for debugging.
     """
     if os.environ.get(TRACEBACK_ENV):
         return
@@ -68,8 +69,6 @@ def one_line_errors(program: str) -> None:
         chain = [error]
         while not isinstance(chain[-1], DcifError) and (chain[-1].__cause__ or chain[-1].__context__):
             chain.append(chain[-1].__cause__ or chain[-1].__context__)
-        cause = chain[-1]
-        message = str(cause) if isinstance(cause, DcifError) else f"{type(cause).__name__}: {cause}"
-        print(f"{program}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"{program}: error: {error_line(chain[-1])}", file=sys.stderr)
 
     sys.excepthook = hook

@@ -74,28 +74,28 @@ def _names_a_place(text: str) -> bool:
         return False
 
 
-def _redacted(value: Any) -> Any:
+def redacted(value: Any) -> Any:
     """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`, where
     hospital exports name folders by patient. Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are
     kept, and so is text that merely holds a slash (the bundle's name, its changelog)."""
     if isinstance(value, Mapping):
-        return {key: _redacted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):  # tuples: MONAI's echo of the command's arguments
+        return type(value)(redacted(item) for item in value)
     if isinstance(value, str) and not value.startswith(("$", "@", "%", "http://", "https://")) and _names_a_place(value):
         return LOCAL_PATH
     return value
 
 
 def redact_local_paths(config_file: Path) -> None:
-    """Rewrite an executed config in place, atomically, with local paths redacted (see :func:`_redacted`).
+    """Rewrite an executed config in place, atomically, with local paths redacted (see :func:`redacted`).
 
     In place, so that MONAI's own ``MLFlowHandler``, which logs the same file when the run
     completes, uploads the redacted copy too.
     """
     config = json.loads(config_file.read_text())
     with atomic_write(config_file) as temporary:
-        temporary.write_text(json.dumps(_redacted(config), indent=4))
+        temporary.write_text(json.dumps(redacted(config), indent=4))
 
 
 class _RunIterationHandler:

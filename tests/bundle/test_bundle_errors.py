@@ -1,4 +1,5 @@
-"""The bundle workflows as a MONAI user runs them: errors are one line, NIfTI input takes the PET's units."""
+"""The bundle workflows as a MONAI user runs them: errors are one line, NIfTI input takes the PET's units, an unusable
+output folder or device stops the run before any study is read, and the command never prints a study's folder."""
 
 from __future__ import annotations
 
@@ -8,12 +9,36 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
 from monai.bundle import run
 
+from pipeline.errors import DcifError
 from pipeline.phantom import make_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFERENCE = REPO_ROOT / "bundles" / "dcif_gan" / "configs" / "inference.json"
+EVALUATE = INFERENCE.with_name("evaluate.json")
+LAYERS = {"inference": [str(INFERENCE)], "evaluate": [str(INFERENCE), str(EVALUATE)]}
+"""Each workflow's config files: evaluate.json is an override layered on inference.json."""
+
+
+def _command(workflow: str, *options: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run WORKFLOW`` with ``options``, as a user types it."""
+    layers = str(LAYERS[workflow]).replace(" ", "")  # a list without spaces, for fire
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", layers, *options],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+def _our_error(workflow: str, **overrides) -> str:
+    """The message of the DcifError that ``workflow``, run in-process with ``overrides``, ends with."""
+    with pytest.raises(Exception) as raised:
+        run(workflow, config_file=LAYERS[workflow], **overrides)
+    error: BaseException | None = raised.value
+    while error is not None and not isinstance(error, DcifError):
+        error = error.__cause__ or error.__context__
+    assert error is not None, raised.value
+    return str(error)
 
 
 def test_a_missing_checkpoint_is_one_line_and_a_failed_exit(tmp_path: Path) -> None:
@@ -52,3 +77,45 @@ def test_nifti_input_takes_the_pet_units_or_a_factor_from_the_config(tmp_path: P
         (found,) = (tmp_path / name).rglob("fused_laplacian_lung.nii.gz")
         fused[name] = nib.load(found).get_fdata()
     np.testing.assert_array_equal(fused["factor"], fused["units"])  # the phantom's NIfTI PET is SUV: factor 1
+
+
+@pytest.mark.parametrize(("workflow", "output", "problem"), [("inference", "", "File exists"),
+                                                              ("evaluate", "out", "Not a directory")])
+def test_with_tracking_an_output_folder_that_cannot_be_made_is_one_line(workflow, output, problem, tmp_path):
+    """``--tracking`` makes the output folder while MONAI builds the workflow, before the config's ``initialize``."""
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    output_dir = in_the_way / output
+    result = _command(workflow, "--tracking", "mlflow", "--output_dir", str(output_dir))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"monai.bundle run {workflow}: error: {output_dir}: {problem}"
+
+
+@pytest.mark.parametrize("workflow", ["inference", "evaluate"])
+@pytest.mark.parametrize(("output", "problem"), [("", "File exists"), ("out", "Not a directory")])
+def test_an_unusable_output_folder_stops_the_run_before_any_study_is_read(workflow, output, problem, tmp_path):
+    """It was found only once every study was fused; an absent input, read first of the studies, says it is not."""
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    output_dir = in_the_way / output
+    message = _our_error(workflow, input=str(tmp_path / "absent"), output_dir=str(output_dir))
+    assert message == f"{output_dir}: cannot use as output folder ({problem})"
+
+
+@pytest.mark.parametrize("device", ["cuda", "$torch.device('cuda')"])
+def test_a_missing_gpu_is_said_as_fuse_batch_says_it_before_any_study_is_read(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = _our_error("inference", input=str(tmp_path / "absent"), output_dir=str(tmp_path / "out"), device=device)
+    assert message == "--device cuda: no CUDA device is available on this machine"
+
+
+def test_the_command_never_prints_the_study_folder_it_was_given(tmp_path: Path, tiny_geometry: dict) -> None:
+    """MONAI echoes every argument of the command, and hospital exports name study folders by patient."""
+    make_phantom(tmp_path / "DOE_JOHN", ct_shape=tiny_geometry["size"], ct_spacing=tiny_geometry["spacing"])
+    result = _command("inference", "--input", str(tmp_path / "DOE_JOHN"), "--output_dir", str(tmp_path / "out"),
+                      "--method", "laplacian", "--windows", "['lung']")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DOE_JOHN" not in result.stdout + result.stderr
+    assert "> input: '<local path>'" in result.stdout

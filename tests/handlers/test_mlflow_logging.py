@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from monai.handlers import MLFlowHandler
 
 from pipeline.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
-from pipeline.handlers.mlflow_logging import LOCAL_PATH, _redacted
+from pipeline.handlers.mlflow_logging import LOCAL_PATH, redacted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_redaction_takes_every_place_and_keeps_prose(tmp_path, monkeypatch):
     config = {"input": "DOE_JOHN", "items": [{"ct": "DOE_JOHN"}], "absolute": str(tmp_path / "gone"),
               "home": "~/exports", "dot": "./exports", "windows": "C:\\exports\\x", "name": "DCIF-GAN PET/CT fusion",
               "expression": "$@bundle_root + '/models'", "url": "https://pacs.example/dicom-web", "epochs": 3}
-    assert _redacted(config) == {**config, "input": LOCAL_PATH, "items": [{"ct": LOCAL_PATH}], "absolute": LOCAL_PATH,
+    assert redacted(config) == {**config, "input": LOCAL_PATH, "items": [{"ct": LOCAL_PATH}], "absolute": LOCAL_PATH,
                                  "home": LOCAL_PATH, "dot": LOCAL_PATH, "windows": LOCAL_PATH}
 
 
