@@ -225,15 +225,24 @@ def find_nifti_pair(folder: str | os.PathLike[str]) -> NiftiPair | None:
 
 
 def _walk_files(root: Path, problems: list[FileProblem]) -> Iterator[Path]:
-    """Every regular file below root, in a stable order, without following symlinked folders.
+    """Every regular file below root, in a stable order, symlinked folders included, each real folder once.
 
-    Folders that cannot be listed and paths too long to open become problems, never silent gaps.
+    An export is often assembled from links to where the studies lie, so links are followed; a folder reached a second
+    time (a link back up the tree, or two links to one place) is not walked again, so a loop ends and no file counts
+    twice. Folders that cannot be listed and paths too long to open become problems, never silent gaps.
     """
     def unlisted(error: OSError) -> None:
         problems.append(FileProblem(Path(error.filename), f"{error.filename}: cannot read folder ({error.strerror})"))
 
-    for folder, subfolders, names in os.walk(root, onerror=unlisted):
-        subfolders.sort()
+    walked = {os.path.realpath(root)}
+    for folder, subfolders, names in os.walk(root, onerror=unlisted, followlinks=True):
+        kept = []
+        for name in sorted(subfolders):
+            real = os.path.realpath(Path(folder, name))
+            if real not in walked:
+                walked.add(real)
+                kept.append(name)
+        subfolders[:] = kept
         for name in sorted(names):
             path = Path(folder, name)
             if len(os.fsencode(path)) >= _MAX_PATH_BYTES:

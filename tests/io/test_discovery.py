@@ -369,3 +369,19 @@ def test_a_syntax_pydicom_cannot_decode_at_all_is_named():
         "no decoder exists for transfer syntax MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100): "
         "convert the series to an uncompressed syntax")
     assert missing_decoder("1.2.840.10008.1.2.1") == "" and missing_decoder("1.2.840.10008.1.2.4.70") == ""
+
+
+def test_symlinked_study_folders_are_followed_once_each(dicom_factory, tmp_path):
+    # An export assembled from links to where its studies lie: each study is found, through its link.
+    _pet_ct_study(dicom_factory)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "patient_a").symlink_to(dicom_factory.root / "study", target_is_directory=True)
+    (export / "patient_a_again").symlink_to(dicom_factory.root / "study", target_is_directory=True)
+    (export / "patient_a" / "deep" / "loop").symlink_to(export, target_is_directory=True)  # back up the tree
+
+    result = discover_studies(export)
+
+    (pair,) = result.pairs
+    assert not result.failures and not result.problems
+    assert pair.ct.folder == export / "patient_a" / "deep" / "ct" and len(pair.ct.files) == 4
