@@ -20,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata, verify_net_in_out
 
+from pipeline.errors import DcifError
 from pipeline.io.dicom import load_series
 from pipeline.networks import DCIFGenerator
 from pipeline.handlers import read_history
@@ -353,3 +354,20 @@ def test_training_and_inference_build_the_same_network():
     train = json.loads((CONFIGS / "train.json").read_text())["generator_config"]
     inference = json.loads((CONFIGS / "inference.json").read_text())["network_def"]
     assert inference.pop("_target_") == "pipeline.networks.DCIFGenerator" and train == inference
+
+
+@pytest.mark.parametrize("configs", [["train.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"],
+                                     ["inference.json", "evaluate.json"]])
+def test_every_workflow_checks_its_output_folder_and_device_before_it_starts(configs, tmp_path):
+    """multi_gpu_train.json replaces train.json's initialize: it must keep the preflight (here run on a file)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in configs])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    parser["output_dir"], parser["device"] = str(blocker), "$torch.device('cpu')"
+    checks = [step for step in parser["initialize"] if "preflight" in step]
+    assert len(checks) == 1
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps what an expression raises
+        parser.get_parsed_content("initialize#" + str(parser["initialize"].index(checks[0])))
+    assert isinstance(raised.value.__cause__, DcifError) and "a_file: cannot use as output folder" in str(
+        raised.value.__cause__)
