@@ -25,11 +25,11 @@ from monai.data import ImageReader, MetaTensor
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_rescale
-from pydicom.valuerep import IS, DSfloat
+from pydicom.valuerep import IS, TM, DSfloat
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
-from pipeline.io.headers import read_dicom, slice_normal, slice_position
+from pipeline.io.headers import read_dicom, slice_normal, slice_position, undated_moment
 from pipeline.io.patient_space import LPS_TO_RAS
 
 # A discovered series, a folder holding one series, one file, or a list of files.
@@ -260,10 +260,6 @@ def _meta_value(value: object) -> object:
 
 def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
     """The whitelisted series fields, the earliest acquisition, the PET slices' SUV fields."""
-    from pydicom.valuerep import TM
-
-    from pipeline.transforms.suv import undated_moment  # not at the top: pipeline.transforms imports this module
-
     meta: dict[str, object] = {"modality": str(first.get("Modality", ""))}
     meta.update({k: _meta_value(first.get(k)) for k in SERIES_TAGS if first.get(k) not in (None, "")})
     acquisitions = [s.acquisition for s in slices if s.acquisition]

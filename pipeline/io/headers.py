@@ -1,12 +1,14 @@
 """DICOM file primitives: below the folder walker (:mod:`~pipeline.io.discovery`), the loaders and the writers.
 
 Reading one file's header with a one-line error, writing one dataset as a file (the phantom's
-series and the derived fused series alike), a study's non-identifying key, a slice's geometry.
+series and the derived fused series alike), a study's non-identifying key, a slice's geometry, an
+undated acquisition time's day.
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +20,11 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
+
+UNDATED_DAY = date(2000, 1, 1)
+"""The day a DICOM time without its date is placed on, so that times of day compare as moments."""
+_HALF_DAY = timedelta(hours=12)  # an undated acquisition further from SeriesTime is on the day before or after
+_ONE_DAY = timedelta(days=1)
 
 
 def read_dicom(path: Path, *, header_only: bool = True, specific_tags: tuple[str, ...] | None = None) -> Dataset:
@@ -98,3 +105,16 @@ def slice_position(header: Dataset, path: Path | str) -> float:
     """Position of a slice along its own normal (IOP cross product . IPP), checked by :func:`slice_geometry`."""
     orientation, position = slice_geometry(header, path)
     return float(slice_normal(orientation) @ position)
+
+
+def undated_moment(time_of_day: time, series_time: time) -> datetime:
+    """An undated acquisition time as a moment, on the day that puts it within 12 h of SeriesTime.
+
+    Compared as times of day, a bed acquired at 00:03 would precede a 23:58 SeriesTime (and one at 23:50 follow
+    a 00:10 SeriesTime a re-reconstruction wrote); a series and its acquisitions lie within hours. The one rule
+    for both the loader's AcquisitionTime and SUV's decay reference.
+    """
+    moment, anchor = datetime.combine(UNDATED_DAY, time_of_day), datetime.combine(UNDATED_DAY, series_time)
+    if moment < anchor - _HALF_DAY:
+        return moment + _ONE_DAY
+    return moment - _ONE_DAY if moment > anchor + _HALF_DAY else moment

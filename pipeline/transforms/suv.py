@@ -39,6 +39,7 @@ from monai.transforms import MapTransform, Transform
 from pydicom.valuerep import DA, DT, TM
 
 from pipeline.errors import InputError
+from pipeline.io.headers import UNDATED_DAY, undated_moment
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in 
 _GRAMS_FROM = 1000.0  # no patient weighs a tonne: a PatientWeight this large is in grams (70000 for 70 kg)
 _PLAUSIBLE_KG = (1.0, 500.0)  # a weight outside is a header error that would scale every SUV by it
 _ONE_DAY = timedelta(days=1)
-_HALF_DAY = timedelta(hours=12)  # an undated acquisition further from SeriesTime is on the day before or after
-_ANY_DAY = date(2000, 1, 1)  # the day undated times are placed on
 _PLAUSIBLE_HALF_LIVES = 10  # an injection longer ago than this is a header error, not a PET scan
 # An injection logged this much after the decay reference is clock skew (injector and scanner clocks apart by
 # minutes, an injection time rounded up to the minute, a dynamic scan started at injection), taken as no decay:
@@ -186,20 +185,7 @@ def _parsed(meta: Mapping[str, object], kind: type[DA] | type[TM] | type[DT], va
 def _when(meta: Mapping[str, object], day: object, time_of_day: object) -> tuple[bool, datetime]:
     """(whether the date is known, the moment on it, or on an arbitrary day)."""
     known = bool(day)
-    return known, datetime.combine(_parsed(meta, DA, day) if known else _ANY_DAY, _parsed(meta, TM, time_of_day))
-
-
-def undated_moment(time_of_day: time, series_time: time) -> datetime:
-    """An undated acquisition time as a moment, on the day that puts it within 12 h of SeriesTime.
-
-    Compared as times of day, a bed acquired at 00:03 would precede a 23:58 SeriesTime (and one at 23:50 follow
-    a 00:10 SeriesTime a re-reconstruction wrote); a series and its acquisitions lie within hours. The one rule
-    for both the loader's AcquisitionTime and SUV's decay reference.
-    """
-    moment, anchor = datetime.combine(_ANY_DAY, time_of_day), datetime.combine(_ANY_DAY, series_time)
-    if moment < anchor - _HALF_DAY:
-        return moment + _ONE_DAY
-    return moment - _ONE_DAY if moment > anchor + _HALF_DAY else moment
+    return known, datetime.combine(_parsed(meta, DA, day) if known else UNDATED_DAY, _parsed(meta, TM, time_of_day))
 
 
 def _plausible(meta: Mapping[str, object], interval: timedelta) -> bool:
