@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -273,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader of our output left (`dcif inspect TREE | head`): end quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return 128 + signal.SIGPIPE
     except (DcifError, OSError) as error:  # an OS error no command foresaw (a full disk) is one line too
         if os.environ.get(TRACEBACK_ENV):
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,15 @@ def test_an_os_error_no_command_foresaw_is_one_line_unless_tracebacks_are_asked_
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     with pytest.raises(OSError, match="No space left"):
         main(["phantom", "out"])
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
+    """`dcif inspect TREE | head -1`: the status of a process SIGPIPE ended, and no error line (it was
+    'output: Broken pipe', exit 2)."""
+    script = ("import sys, pipeline.cli as cli\n"
+              "def endless(args):\n    while True:\n        print('study ' * 100)\n"
+              "cli.cmd_inspect = endless\nsys.exit(cli.main(['inspect', '.']))")
+    reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.read(10)
+    reader.stdout.close()  # as head does once it has its line
+    assert reader.wait(timeout=120) == 141 and reader.stderr.read() == b""
