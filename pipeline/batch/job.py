@@ -19,12 +19,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.batch.executors import Executor, LocalExecutor
-from pipeline.batch.layout import clear_partial_files, finished_result, location_key, own_output, study_folder
+from pipeline.batch.layout import finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathRedaction, StudyResult, redacted_logs
 from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, input_files, made_with
 from pipeline.errors import DcifError, InputError
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import check_device
+from pipeline.io.atomic import clear_partial_files
 from pipeline.io.discovery import DiscoveryResult, StudyPair, discover_studies
 from pipeline.transforms.windowing import check_windows
 

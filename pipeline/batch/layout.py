@@ -28,7 +28,6 @@ PREVIEW_FILE = "preview.png"
 LOCK_FILE = ".lock"
 LOCATION_KEY_FILE = ".location-key"  # secret of the report's pseudonymised input locations: never share
 _STUDY_KEY = re.compile(r"[0-9a-f]{12}")
-_PARTIAL = ".*.partial.*"  # temporary names of pipeline.io.atomic.atomic_write
 
 
 def study_folder(out_dir: Path, study_key: str) -> Path:
@@ -63,12 +62,6 @@ def mark_stored(folder: Path) -> None:
 def clear_study(folder: Path) -> None:
     """Remove an interrupted or failed study's outputs, so no partial file outlives the run."""
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def clear_partial_files(out_dir: Path) -> None:
-    """Delete temporary files a killed run left at OUT's top level (the report's)."""
-    for leftover in out_dir.glob(_PARTIAL):
-        leftover.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.job import check_options, fuse_folder
-from pipeline.batch.layout import (STORED_FILE, clear_partial_files, clear_study, location_key, mark_stored,
-                                   own_output, study_folder)
+from pipeline.batch.layout import STORED_FILE, clear_study, location_key, mark_stored, own_output, study_folder
 from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, Locator, StudyResult
 from pipeline.batch.task import BatchOptions, made_with
 from pipeline.errors import DcifError, error_line
+from pipeline.io.atomic import clear_partial_files
 from pipeline.io.derived_series import FUSED_FILE
 from pipeline.io.dicomweb import RemoteStudy, connect, fetch_study, fetched_from, find_studies, store_instances
 

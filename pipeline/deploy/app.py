@@ -22,7 +22,7 @@ from monai.deploy.core import AppContext, Application
 from monai.deploy.core.arg_parser import parse_args, set_up_logging
 from monai.deploy.core.runtime_env import RuntimeEnv
 
-from pipeline.batch.layout import clear_partial_files, location_key
+from pipeline.batch.layout import location_key
 from pipeline.batch.report import Locator, PathRedaction
 from pipeline.bundle_model import (
     BUNDLE_ENV,
@@ -43,6 +43,7 @@ from pipeline.deploy.operators import (
 from pipeline.errors import TRACEBACK_ENV, CheckpointError, InputError, error_line
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_method
+from pipeline.io.atomic import clear_partial_files
 from pipeline.io.derived_series import colour_folder_name, dicom_folder_name
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch.layout import clear_partial_files, finished_result, mark_done, study_folder
+from pipeline.batch.layout import finished_result, mark_done, study_folder
 from pipeline.batch.report import BatchReport, FileIssue, Locator, StudyResult
+from pipeline.io.atomic import clear_partial_files
 
 RESULT = StudyResult(key="0123456789ab", status="ok", location="export/CT", slices=16,
                      timings={"load": 0.5, "fuse": 1.25}, metrics={"laplacian_lung": {"SSIM": 0.75, "QABF": None}})

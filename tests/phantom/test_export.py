@@ -14,7 +14,6 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_erosion
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_write
 from pipeline.phantom import PhantomStudy, make_phantom
 
 # Small but anatomically complete: a 384 x 384 x 192 mm field of view in coarse voxels.
@@ -216,21 +215,6 @@ def test_an_output_folder_that_cannot_be_one_is_a_one_line_input_error(tmp_path:
     with pytest.raises(InputError) as error:
         make_phantom(tmp_path / folder, **SMALL)
     assert str(error.value) == f"{tmp_path / folder}: cannot use as output folder ({reason})"
-
-
-def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
-    target = tmp_path / "volume.nii.gz"
-    target.write_text("old")
-    with atomic_write(target) as temporary:
-        assert temporary.parent == tmp_path and temporary.name.endswith(".nii.gz") and temporary != target
-        temporary.write_text("new")
-        assert target.read_text() == "old"
-    assert target.read_text() == "new"
-    with pytest.raises(RuntimeError), atomic_write(target) as temporary:
-        temporary.write_text("torn")
-        raise RuntimeError("writer failed")
-    assert target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["volume.nii.gz"]
 
 
 def _study_uid(folder: Path) -> str:
