@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -93,8 +94,7 @@ class FusedStudy:
 
     ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
     ``pet_slices``, ``body_slices``, and ``ct_headers`` and ``pet_headers`` when the study was read
-    from DICOM (see :mod:`pipeline.transforms.data_path`); ``versions`` maps each method to its
-    :func:`~pipeline.provenance.fuser_version`; ``timings`` gathers seconds per report stage.
+    from DICOM (see :mod:`pipeline.transforms.data_path`); ``timings`` gathers seconds per report stage.
     """
 
     data: dict[str, Any]
@@ -104,7 +104,12 @@ class FusedStudy:
     sw_batch_size: int = 8
     progress: bool = False
     timings: dict[str, float] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def versions(self) -> dict[str, str]:
+        """Each method's :func:`~pipeline.provenance.fuser_version`, from the network itself, so every door that
+        writes a study (the bundle's too, which builds this from its evaluator's network) records the same."""
+        return {name: fuser_version(fuser) for name, fuser in self.network.fusers.items()}
 
     @property
     def study_key(self) -> str | None:
@@ -220,6 +225,5 @@ def fuse_study(
         stage = _STAGES.get(type(transform).__name__, "window")
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
     data["ct"] = _integer_hu(data["ct"])
-    versions = {name: fuser_version(fuser) for name, fuser in fusers.items()}
     return FusedStudy(data=data, network=network.to(device).eval(), suv_max=suv_max, device=device,
-                      sw_batch_size=sw_batch_size, progress=progress, timings=timings, versions=versions)
+                      sw_batch_size=sw_batch_size, progress=progress, timings=timings)

@@ -4,11 +4,16 @@ Each is a :class:`~pipeline.fusion.streaming.StudySink`: it opens one streaming 
 channel (:class:`~pipeline.io.nifti.NiftiSliceWriter`, :class:`~pipeline.io.derived_series.DerivedSeriesWriter`)
 and appends each slab, so no whole fused volume is ever held. The CLI, the batch job and the
 deploy app write through these, so a study's outputs are named and built the same whichever door
-it came in by.
+it came in by. :class:`NiftiSink`, the one writer every door (demo, fuse-batch, deploy app, bundle
+inference) writes a study's NIfTI through, is also where a study folder is tidied and recorded: it
+removes the temporaries a killed run left there before writing, and after writing records what made
+the volumes in their headers and in the folder's ``fused.json``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime
@@ -28,11 +33,22 @@ from pipeline.io.derived_series import (
     dicom_folder_name,
     grey_frames,
 )
+from pipeline.io.atomic import atomic_write, clear_partial_files
 from pipeline.io.nifti import NiftiSliceWriter
-from pipeline.provenance import BASELINE_VERSION
+from pipeline.provenance import SOFTWARE_VERSION
 from pipeline.transforms.slicing import flagged_slices, spread_slices
 from pipeline.visualization.colour import colour_fusion
 from pipeline.visualization.preview import DEFAULT_PREVIEW_SLICES, with_hottest, write_preview
+
+logger = logging.getLogger(__name__)
+MANIFEST_FILE = "fused.json"
+
+
+def nifti_description(method: str, window: str, version: str) -> str:
+    """A fused NIfTI's header ``descrip``: product version, method, window and the weights' digest (``version``, see
+    :func:`~pipeline.provenance.fuser_version`). No time in it, so a volume made again is the same bytes, whichever
+    door made it. NIfTI keeps 80 characters, which every method and window with a digest fit (tested)."""
+    return f"{SOFTWARE_VERSION} {method} {window} {version}"
 
 
 class _ChannelWriters(StudySink):
@@ -57,7 +73,16 @@ class _ChannelWriters(StudySink):
 
 
 class NiftiSink(_ChannelWriters):
-    """``folder/fused_<method>_<window>.nii.gz`` for every fused channel, float32 on the CT's RAS affine."""
+    """``folder/fused_<method>_<window>.nii.gz`` for every fused channel, float32 on the CT's RAS affine, and
+    ``folder/fused.json``, the record of the run that wrote them.
+
+    Entering removes the temporaries a killed run left in ``folder`` (they would never be removed otherwise). Each
+    volume's header says what made it (:func:`nifti_description`). ``fused.json`` is written last, atomically, on a
+    clean exit: product version, each method's weights digest, windows, SUV ceiling, the files written, the
+    time, and as ``stale`` this tool's volumes in ``folder`` that this run did not write. Those are kept, not
+    deleted: they are complete outputs of an earlier run (another window, method or model: their headers say
+    which), and nothing made is lost; the record and one warning keep them from passing for this run's.
+    """
 
     def __init__(self, study: FusedStudy, folder: str | Path) -> None:
         super().__init__()
@@ -65,12 +90,40 @@ class NiftiSink(_ChannelWriters):
 
     def writers(self) -> list[NiftiSliceWriter]:
         affine = np.asarray(self.study.data["ct"].affine, dtype=float)
-        return [NiftiSliceWriter(self.folder / fused_filename(window, method), self.study.shape, affine)
-                for window, method in self.study.names]
+        writers = []
+        for window, method in self.study.names:
+            writer = NiftiSliceWriter(self.folder / fused_filename(window, method), self.study.shape, affine)
+            # The writer takes no description of its own: its header, written on entering, gets it here.
+            writer._header["descrip"] = nifti_description(method, window, self.study.versions[method])
+            writers.append(writer)
+        return writers
+
+    def __enter__(self) -> NiftiSink:
+        clear_partial_files(self.folder)
+        return super().__enter__()
 
     def add(self, slab: FusedSlab) -> None:
         for channel, writer in enumerate(self._open):
             writer.write(slab.fused[channel].numpy())
+
+    def __exit__(self, *exc: object) -> bool | None:
+        super().__exit__(*exc)
+        if exc[0] is None:
+            self._record()
+        return None
+
+    def _record(self) -> None:
+        """Write ``fused.json`` for the volumes just written, naming (and warning of) earlier ones kept beside them."""
+        written = [path.name for path in self.paths]
+        stale = sorted(path.name for path in self.folder.glob(fused_filename("*", "*")) if path.name not in written)
+        if stale:
+            logger.warning("%s: %d fused volume(s) an earlier run wrote are kept, listed as stale in %s: %s",
+                           self.folder, len(stale), MANIFEST_FILE, ", ".join(stale))
+        record = {"software_version": SOFTWARE_VERSION, "methods": self.study.versions,
+                  "windows": self.study.windows, "suv_max": self.study.suv_max, "written": written, "stale": stale,
+                  "created": datetime.now().astimezone().isoformat(timespec="seconds")}
+        with atomic_write(self.folder / MANIFEST_FILE) as temporary:
+            temporary.write_text(json.dumps(record, indent=2) + "\n")
 
 
 class DicomSink(_ChannelWriters):
@@ -94,8 +147,8 @@ class DicomSink(_ChannelWriters):
         pet_scaling = str(self.study.data["pet"].meta.get("pet_scaling", "SUVbw"))
         writers = []
         for number, (window, method) in enumerate(self.study.names, start=FUSED_SERIES_NUMBER):
-            provenance = Provenance(method, window, self.study.versions.get(method, BASELINE_VERSION),
-                                    self.study.suv_max, pet_scaling, created=created)
+            provenance = Provenance(method, window, self.study.versions[method], self.study.suv_max, pet_scaling,
+                                    created=created)
             series = [(dicom_folder_name(method, window), number, False)]
             if self.colour:
                 series.append((colour_folder_name(method, window), number + COLOUR_SERIES_OFFSET, True))

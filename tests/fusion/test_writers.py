@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from datetime import datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from torch import nn
 
 from pipeline.fusion import streaming as study_module
-from pipeline.fusion.selection import build_fusers
-from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study
-from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
+from pipeline.fusion.registry import available_fusers
+from pipeline.fusion.selection import MODEL_METHOD, build_fusers
+from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study, fused_filename
+from pipeline.fusion.writers import MANIFEST_FILE, DicomSink, NiftiSink, PreviewSink, nifti_description
+from pipeline.io.atomic import PARTIAL_PATTERN, temporary_sibling
 from pipeline.io.derived_series import Provenance, dicom_folder_name, write_colour_series, write_fused_series
 from pipeline.io.headers import read_dicom
-from pipeline.provenance import BASELINE_VERSION
+from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, weights_digest
+from pipeline.transforms.windowing import WINDOW_PRESETS
 from pipeline.transforms.data_path import study_preprocessing
 from pipeline.transforms.slicing import flagged_slices
 from pipeline.visualization.colour import colour_fusion
@@ -69,3 +78,74 @@ def test_a_stream_that_fails_half_way_leaves_no_file(streamed, tmp_path):
     with pytest.raises(RuntimeError, match="half-way"):
         result.stream(sinks)
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+class _Snapshot(StudySink):
+    """The folder's names while its volumes are half written: what a run killed then leaves."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.names = folder, []
+
+    def add(self, slab: FusedSlab) -> None:
+        if slab.start > 0 and not self.names:
+            self.names = sorted(path.name for path in self.folder.iterdir())
+
+
+def test_a_half_written_volume_is_not_named_as_one(streamed, tmp_path):
+    """``rglob('*.nii.gz')``, a viewer or a folder watcher finds only finished volumes, whenever a run is killed."""
+    study, result = streamed
+    snapshot = _Snapshot(tmp_path)
+    result.stream([NiftiSink(result, tmp_path), snapshot])
+    assert len(snapshot.names) == len(result.names)
+    assert [name for name in snapshot.names if not fnmatch(name, PARTIAL_PATTERN) or name.endswith(".nii.gz")] == []
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_write_into_the_folder(streamed, tmp_path):
+    """Every door (demo, fuse-batch, deploy app, bundle) writes a study's NIfTI through NiftiSink, so all sweep."""
+    study, result = streamed
+    leftovers = [temporary_sibling(tmp_path / fused_filename("lung", "average")),
+                 temporary_sibling(tmp_path / MANIFEST_FILE),
+                 tmp_path / ".0123456789ab.partial.fused_average_lung.nii.gz"]  # as earlier versions named them
+    for path in leftovers:
+        path.write_bytes(b"\x1f\x8b")
+    result.stream([NiftiSink(result, tmp_path)])
+    assert [path.name for path in tmp_path.iterdir() if ".partial." in path.name] == []
+    assert sorted(path.name for path in tmp_path.rglob("*.nii.gz")) == sorted(
+        fused_filename(window, method) for window, method in result.names)
+
+
+def test_every_volume_and_its_folder_record_what_made_them(streamed, tmp_path):
+    study, result = streamed
+    result.stream([NiftiSink(result, tmp_path)])
+    for window, method in result.names:
+        header = nib.load(tmp_path / fused_filename(window, method)).header
+        assert header["descrip"].item().decode() == f"{SOFTWARE_VERSION} {method} {window} {BASELINE_VERSION}"
+    record = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert datetime.fromisoformat(record.pop("created")).tzinfo is not None
+    assert record == {"software_version": SOFTWARE_VERSION,
+                      "methods": {"average": BASELINE_VERSION, "laplacian": BASELINE_VERSION},
+                      "windows": WINDOWS, "suv_max": result.suv_max,
+                      "written": [fused_filename(window, method) for window, method in result.names], "stale": []}
+
+
+def test_volumes_an_earlier_run_wrote_are_kept_and_listed_as_stale(streamed, tmp_path, caplog):
+    """``dcif demo OUT`` then ``dcif demo OUT --window lung``: the mediastinal volumes stay, named as not this run's."""
+    study, result = streamed
+    result.stream([NiftiSink(result, tmp_path)])
+    again = fuse_study(study, build_fusers(["laplacian"]), ["lung"])
+    with caplog.at_level(logging.WARNING, logger="pipeline.fusion.writers"):
+        again.stream([NiftiSink(again, tmp_path)])
+    record = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    stale = ["fused_average_lung.nii.gz", "fused_average_mediastinal.nii.gz", "fused_laplacian_mediastinal.nii.gz"]
+    assert record["written"] == ["fused_laplacian_lung.nii.gz"] and record["stale"] == stale
+    assert record["methods"] == {"laplacian": BASELINE_VERSION} and record["windows"] == ["lung"]
+    assert all((tmp_path / name).is_file() for name in stale)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.fusion.writers"]
+    assert f"3 fused volume(s) an earlier run wrote are kept, listed as stale in {MANIFEST_FILE}" in warning
+
+
+def test_the_longest_description_fits_the_nifti_header():
+    """NIfTI's descrip holds 80 characters: a longer one would lose the end of the weights' digest."""
+    digest = weights_digest(nn.Linear(2, 2))
+    methods = [*available_fusers(), f"{MODEL_METHOD}_f_ct", f"{MODEL_METHOD}_f_pet"]
+    assert max(len(nifti_description(method, window, digest)) for method in methods for window in WINDOW_PRESETS) <= 80
