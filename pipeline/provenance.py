@@ -43,3 +43,8 @@ def fuser_version(fuser: Fuser) -> str:
     """The weights' digest of a trained fuser (one holding a ``network``), else :data:`BASELINE_VERSION`."""
     network = getattr(fuser, "network", None)
     return weights_digest(network) if isinstance(network, torch.nn.Module) else BASELINE_VERSION
+
+
+def fuser_versions(fusers: Mapping[str, Fuser]) -> dict[str, str]:
+    """Each method's :func:`fuser_version`: what every record of a study's outputs says made them."""
+    return {name: fuser_version(fuser) for name, fuser in fusers.items()}

@@ -22,7 +22,7 @@ from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
 from pipeline.io.discovery import StudyPair
-from pipeline.provenance import fuser_version
+from pipeline.provenance import fuser_versions
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
@@ -67,7 +67,7 @@ class StudyTask:
 def made_with(options: BatchOptions, fusers: Mapping[str, Fuser]) -> dict[str, object]:
     """What a study's outputs depend on besides its files: each fuser's version (a model's weights), the windows,
     the SUV ceiling and a PET factor. A finished study made otherwise is redone, not skipped."""
-    return {"methods": {name: fuser_version(fuser) for name, fuser in fusers.items()},
+    return {"methods": fuser_versions(fusers),
             "windows": list(options.windows), "suv_max": options.suv_max, "pet_factor": options.pet_factor}
 
 

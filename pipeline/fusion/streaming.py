@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.volume import FusionNetwork, fuse_volume
 from pipeline.io.study_source import StudySource
-from pipeline.provenance import fuser_version
+from pipeline.provenance import fuser_versions
 from pipeline.transforms.data_path import DEFAULT_WINDOWS, network_input, study_loading
 from pipeline.transforms.resample import blank_uncovered
 from pipeline.transforms.slicing import axial_slab
@@ -109,7 +109,7 @@ class FusedStudy:
     def versions(self) -> dict[str, str]:
         """Each method's :func:`~pipeline.provenance.fuser_version`, from the network itself, so every door that
         writes a study (the bundle's too, which builds this from its evaluator's network) records the same."""
-        return {name: fuser_version(fuser) for name, fuser in self.network.fusers.items()}
+        return fuser_versions(self.network.fusers)
 
     @property
     def study_key(self) -> str | None:

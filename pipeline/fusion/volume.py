@@ -36,6 +36,7 @@ class FusionNetwork(nn.Module):
                 fuser.check_inputs(windows, suv_max)
         self.fusers = dict(fusers)
         self.windows = list(windows)
+        self.suv_max = suv_max  # what the outputs' records say the PET was scaled at
         # Fusers that wrap a network register it, so .to(device) and .eval() reach the weights.
         self.networks = nn.ModuleList(f.network for f in self.fusers.values() if isinstance(getattr(f, "network", None), nn.Module))
 

@@ -90,13 +90,9 @@ class NiftiSink(_ChannelWriters):
 
     def writers(self) -> list[NiftiSliceWriter]:
         affine = np.asarray(self.study.data["ct"].affine, dtype=float)
-        writers = []
-        for window, method in self.study.names:
-            writer = NiftiSliceWriter(self.folder / fused_filename(window, method), self.study.shape, affine)
-            # The writer takes no description of its own: its header, written on entering, gets it here.
-            writer._header["descrip"] = nifti_description(method, window, self.study.versions[method])
-            writers.append(writer)
-        return writers
+        return [NiftiSliceWriter(self.folder / fused_filename(window, method), self.study.shape, affine,
+                                 nifti_description(method, window, self.study.versions[method]))
+                for window, method in self.study.names]
 
     def __enter__(self) -> NiftiSink:
         clear_partial_files(self.folder)

@@ -20,7 +20,7 @@ from monai.handlers import MLFlowHandler
 
 from pipeline.fusion.registry import Fuser
 from pipeline.io.atomic import atomic_write
-from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_version
+from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_versions
 from pipeline.visualization import fusion_panel
 
 
@@ -50,9 +50,10 @@ def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: 
     """
     params = {"method": ",".join(fusers), "windows": ",".join(windows), "suv_max": f"{suv_max:g}",
               "software_version": SOFTWARE_VERSION}
-    params.update({f"model_version.{name}": fuser_version(fuser) for name, fuser in fusers.items()})
+    versions = fuser_versions(fusers)
+    params.update({f"model_version.{name}": version for name, version in versions.items()})
     if checkpoint is not None and Path(checkpoint).is_file() and any(
-            fuser_version(fuser) != BASELINE_VERSION for fuser in fusers.values()):
+            version != BASELINE_VERSION for version in versions.values()):
         params["checkpoint_sha256"] = file_digest(checkpoint)
     return params
 

@@ -16,21 +16,19 @@ from ignite.engine import Engine, Events
 from pipeline.fusion.streaming import FusedSlab, FusedStudy
 from pipeline.fusion.writers import NiftiSink
 from pipeline.handlers.slice_metrics import batch_field
-from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 
 class FusedVolumeWriter:
     """Write every fused channel of each study as NIfTI on the CT's geometry.
 
     Files go to ``<output_dir>/<study_key>/fused_<method>_<window>.nii.gz`` (the key is a hash), with
-    the study's ``fused.json``; each write is atomic. ``suv_max``: the ceiling the preprocessing scaled
-    the PET with (the config's ``suv_max``), which ``fused.json`` records. The paths are left on
-    ``engine.state.fusion_written`` for the MLflow logger, and accumulate in :attr:`written`.
+    the study's ``fused.json`` (which records the SUV ceiling the evaluator's network was built for); each write is
+    atomic. The paths are left on ``engine.state.fusion_written`` for the MLflow logger, and accumulate in
+    :attr:`written`.
     """
 
-    def __init__(self, output_dir: str | Path, suv_max: float = DEFAULT_SUV_MAX) -> None:
+    def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
-        self.suv_max = suv_max
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
@@ -38,7 +36,8 @@ class FusedVolumeWriter:
 
     def __call__(self, engine: Engine) -> None:
         # The whole study is one slab here: the evaluator fused it in one iteration.
-        study = FusedStudy(data={"ct": engine.state.batch["ct"][0]}, network=engine.network, suv_max=self.suv_max)
+        study = FusedStudy(data={"ct": engine.state.batch["ct"][0]}, network=engine.network,
+                           suv_max=engine.network.suv_max)
         fused = engine.state.output["pred"][0].as_tensor().detach().float().cpu()
         with NiftiSink(study, self.output_dir / str(batch_field(engine, "study_key"))) as sink:
             sink.add(FusedSlab(0, engine.state.output["image"][0].as_tensor(), fused))

@@ -142,13 +142,17 @@ class NiftiSliceWriter:
 
     PENDING_SLABS = 2
 
-    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int], affine: np.ndarray) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], shape: tuple[int, int, int], affine: np.ndarray, description: str = ""
+    ) -> None:
+        """``description``: the header's ``descrip`` (at most 80 bytes), what made the volume."""
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         image = _scanner_image(np.broadcast_to(np.float32(0.0), self.shape), affine)  # a header, no pixels
         image.update_header()
         self._header = image.header
         self._header.set_slope_inter(1.0, 0.0)  # what nibabel's own writer records for unscaled floats
+        self._header["descrip"] = description
         self._written = 0
 
     def __enter__(self) -> NiftiSliceWriter:

@@ -20,6 +20,7 @@ from pipeline.io.atomic import temporary_sibling
 from pipeline.provenance import BASELINE_VERSION, weights_digest
 from pipeline.transforms.data_path import study_preprocessing
 from pipeline.transforms.resample import blank_uncovered
+from pipeline.transforms.windowing import DEFAULT_SUV_MAX
 
 WINDOWS = ["lung"]
 
@@ -43,7 +44,7 @@ def fusers() -> dict[str, Fuser]:
 def evaluator(tiny_datalist, fusers) -> SimpleNamespace:
     """What the bundle's evaluator holds once it fused a study in one iteration (batch size 1)."""
     data = study_preprocessing(WINDOWS)(dict(tiny_datalist[0]))
-    network = FusionNetwork(fusers, WINDOWS)
+    network = FusionNetwork(fusers, WINDOWS, DEFAULT_SUV_MAX)
     fused = blank_uncovered(fuse_volume(network, data["image"]), data["pet_slices"])
     state = SimpleNamespace(batch={"ct": [data["ct"]], "study_key": [data["study_key"]]},
                             output={"pred": [MetaTensor(fused)], "image": [data["image"]]})
@@ -69,6 +70,14 @@ def test_the_bundle_writes_the_headers_and_record_the_other_doors_write(tiny_dat
         del record["created"]
         records.append(record)
     assert records[0] == records[1] and records[0]["methods"] == versions
+
+
+def test_the_record_names_the_ceiling_the_bundles_network_was_built_at(tiny_datalist, fusers, evaluator, tmp_path):
+    """A bundle run with --suv_max 12 records 12, from its network: the writer has no ceiling of its own to forget."""
+    at_twelve = SimpleNamespace(network=FusionNetwork(fusers, WINDOWS, 12.0), state=evaluator.state)
+    FusedVolumeWriter(tmp_path)(at_twelve)
+    record = json.loads((tmp_path / tiny_datalist[0]["study_key"] / MANIFEST_FILE).read_text())
+    assert record["suv_max"] == 12.0
 
 
 def test_the_bundle_removes_a_killed_runs_temporaries(tiny_datalist, evaluator, tmp_path):
