@@ -26,19 +26,22 @@ def axial_last(volume: MetaTensor, headers: Sequence[Dataset] = ()) -> MetaTenso
     left-right, front-back and head-foot axes they lie nearest, where axis 2 is not already the head-foot one (a
     NIfTI saved as a coronal or sagittal stack): the same voxels in the same places, fused on axial planes.
 
-    A DICOM CT (one with slice ``headers``) is refused instead: its fused DICOM series is written frame by frame on
-    the CT's own slices (:mod:`pipeline.io.derived_series`), which would then be coronal or sagittal.
+    A DICOM series (one with slice ``headers``) is refused instead: a CT's fused DICOM series is written frame by
+    frame on its own slices (:mod:`pipeline.io.derived_series`), which would then be coronal or sagittal, and a PET's
+    per-slice SUV factors (decay, scale factors) run along its own slices, not the restacked axis 2.
     """
     affine = np.asarray(volume.affine, dtype=float)
     world_axis = io_orientation(affine)[:, 0].astype(int)  # for each array axis, the world axis (R, A, S) nearest
     if world_axis[2] == 2:
         return volume
     name = volume.meta.get("filename_or_obj", "volume")
-    if headers and volume.meta.get("modality") == "CT":
+    if headers:
+        modality = volume.meta.get("modality", "DICOM")
         slice_axis = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
-        raise InputError(f"{name}: the CT's slices are not axial (their normal is "
+        raise InputError(f"{name}: the {modality}'s slices are not axial (their normal is "
                          f"{np.degrees(np.arccos(min(1.0, abs(slice_axis[2])))):.0f} degrees from the head-foot "
-                         "axis): coronal and sagittal CT series are not supported, give an axial reconstruction")
+                         f"axis): coronal and sagittal {modality} series are not supported, give an axial "
+                         "reconstruction")
     order = np.argsort(world_axis)
     voxels = volume.as_tensor().permute(0, *(1 + order)).contiguous()
     meta = {key: value for key, value in volume.meta.items() if key != "affine"}

@@ -126,7 +126,7 @@ def test_fused_series_go_back_once_into_the_source_study(tmp_path: Path, orthanc
         assert ds.StudyInstanceUID == pacs_study and ds.PatientID == patient_id
         assert {ref.SeriesInstanceUID for ref in ds.ReferencedSeriesSequence} == set(source)
 
-    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:another-model")
+    monkeypatch.setattr("pipeline.provenance.fuser_version", lambda fuser: "sha256:another-model")
     changed = _run(orthanc, tmp_path / "new_model", batch_options)
     assert changed.counts()["ok"] == 1
     assert len(_fused_series(orthanc, pacs_study)) == 4  # a new model's images are stored, not dropped
@@ -135,7 +135,7 @@ def test_fused_series_go_back_once_into_the_source_study(tmp_path: Path, orthanc
 def test_a_study_a_run_fused_but_did_not_store_is_stored_by_the_next(tmp_path: Path, orthanc: str, pacs_study: str,
                                                                       batch_options,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:interrupted-run")
+    monkeypatch.setattr("pipeline.provenance.fuser_version", lambda fuser: "sha256:interrupted-run")
     before = len(_fused_series(orthanc, pacs_study))
     # A run stopped between fusing (done.json written) and storing, as a killed --store run would leave it.
     run_dicomweb_batch(orthanc, tmp_path / "out", batch_options, {"StudyDate": "19000101-"}, progress=False,
@@ -256,7 +256,7 @@ def test_store_sends_this_runs_studies_to_the_pacs_they_came_from(tmp_path: Path
 
 def test_a_partial_store_refusal_is_not_marked_stored(tmp_path: Path, orthanc: str, pacs_study: str, batch_options,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipeline.fusion.streaming.fuser_version", lambda fuser: "sha256:partly-refused-run")
+    monkeypatch.setattr("pipeline.provenance.fuser_version", lambda fuser: "sha256:partly-refused-run")
     before = len(_fused_series(orthanc, pacs_study))
 
     def refuse_last(client: DICOMwebClient, datasets: list[pydicom.Dataset]) -> pydicom.Dataset:

@@ -72,8 +72,9 @@ def test_a_volume_stored_as_another_stack_is_loaded_with_axial_slices_along_axis
     assert loaded.is_contiguous() and tuple(loaded.meta["spatial_shape"]) == (4, 4, 3)
 
 
-def test_a_dicom_ct_whose_slices_are_not_axial_is_refused_in_one_line():
-    """Its derived DICOM series is written on its own slices, so it cannot be restacked; a DICOM PET can."""
+def test_a_dicom_series_whose_slices_are_not_axial_is_refused_in_one_line():
+    """A CT's derived DICOM series is written on its own slices, and a PET's per-slice SUV factors run along its own
+    slices, so neither can be restacked as a NIfTI is."""
     from pydicom.dataset import Dataset
 
     from pipeline.transforms.loading import axial_last
@@ -87,7 +88,9 @@ def test_a_dicom_ct_whose_slices_are_not_axial_is_refused_in_one_line():
                                "head-foot axis): coronal and sagittal CT series are not supported, give an axial "
                                "reconstruction")
     volume.meta["modality"] = "PT"
-    assert axial_last(volume, [Dataset()]).shape == (1, 2, 4, 3)
+    with pytest.raises(InputError, match="the PT's slices are not axial .* coronal and sagittal PT series are not"):
+        axial_last(volume, [Dataset()])
+    assert axial_last(volume).shape == (1, 2, 4, 3)  # the same volume from a NIfTI is restacked
 
 
 def test_a_coronal_stack_is_fused_on_axial_planes_into_the_same_fused_volume(tmp_path):
