@@ -16,7 +16,8 @@ mean count-rate time of its frame. Undated acquisition times are ordered around 
 day that puts it within 12 h of it (a scan past midnight). A dose below 1e5 Bq is read as MBq, a
 PatientWeight of 1000 or more as grams; a weight outside 1-500 kg, or a weight or dose that is not a finite
 positive number, is refused. The injection time tolerates midnight and de-identified dates; an injection
-logged up to 10 min after the reference time is clock skew (no decay, with a warning), one later is refused.
+logged up to 10 min after the reference time, across midnight too, is clock skew (no decay, with a warning); one
+later, or longer before it than 10 half-lives, is refused.
 
 PET without absolute units (CNTS, PROPCNTS, ... with no factor to Bq/ml) is still fused: divided by its
 99th percentile inside the body (voxels above 10% of the maximum) and multiplied by
@@ -194,11 +195,16 @@ def _plausible(meta: Mapping[str, object], interval: timedelta) -> bool:
 
 
 def _not_before_injection(meta: Mapping[str, object], interval: timedelta, injection: time, reference: time) -> float:
-    """``interval`` in s; a negative one is clock skew (0 s, warned) up to :data:`_CLOCK_SKEW`, else an error."""
+    """``interval`` in s: a negative one is clock skew (0 s, warned) up to :data:`_CLOCK_SKEW`, and one longer than a
+    tracer is imaged, or more negative, is a header error."""
+    at = f"injection at {injection.isoformat('seconds')} is"
+    reference_time = f"the decay reference time {reference.isoformat('seconds')}"
     if interval >= timedelta(0):
+        if not _plausible(meta, interval):
+            raise InputError(f"{_source(meta)}: {at} {interval.total_seconds() / 3600:.1f} h before {reference_time}, "
+                             f"more than {_PLAUSIBLE_HALF_LIVES} half-lives: a header time is wrong")
         return interval.total_seconds()
-    times = (f"injection at {injection.isoformat('seconds')} is {-interval.total_seconds() / 60:.1f} min after "
-             f"the decay reference time {reference.isoformat('seconds')}")
+    times = f"{at} {-interval.total_seconds() / 60:.1f} min after {reference_time}"
     if interval < -_CLOCK_SKEW:
         raise InputError(f"{_source(meta)}: {times}, more than clock skew: a header time is wrong")
     logger.warning("%s: %s: taken as clock skew, no decay", _source(meta), times)
@@ -208,24 +214,26 @@ def _not_before_injection(meta: Mapping[str, object], interval: timedelta, injec
 def _seconds_since_injection(meta: Mapping[str, object], reference: tuple[bool, datetime]) -> float:
     """Seconds from injection to ``reference``; tolerates clock skew, midnight and de-identified dates.
 
-    With dates on both sides the true interval is used when on one date, or when at least -:data:`_CLOCK_SKEW` and
-    under a day or :data:`_PLAUSIBLE_HALF_LIVES` half-lives. Otherwise (no dates, or dates a de-identification
-    shifted apart) times of day are compared, and an injection over :data:`_CLOCK_SKEW` "later" than the
-    reference is taken as the day before when that interval is plausible. An injection still after the reference
-    is clock skew or an error (:func:`_not_before_injection`): never a day of decay for seconds of skew.
+    With dates on both sides the true interval is used when at least -:data:`_CLOCK_SKEW` and under a day or
+    :data:`_PLAUSIBLE_HALF_LIVES` half-lives. Otherwise (no dates, an injection date filled in from the scan's, or
+    dates a de-identification shifted apart) times of day are compared, within a day either way: an injection up to
+    :data:`_CLOCK_SKEW` after the reference, across midnight too, is clock skew; one further "after" it is the day
+    before when that is plausible. What is left is checked by :func:`_not_before_injection`: never a day of decay
+    for minutes of skew.
     """
     dated, moment = reference
     start_datetime = meta.get("RadiopharmaceuticalStartDateTime")
     start = _parsed(meta, DT, start_datetime).replace(tzinfo=None) if start_datetime else None
     if dated and start is not None:
         interval = moment - start
-        if start.date() == moment.date() or interval >= -_CLOCK_SKEW and (
-                interval < _ONE_DAY or _plausible(meta, interval)):
+        if interval >= -_CLOCK_SKEW and (interval < _ONE_DAY or _plausible(meta, interval)):
             return _not_before_injection(meta, interval, start.time(), moment.time())
     injection = _parsed(meta, TM, meta["RadiopharmaceuticalStartTime"]) if meta.get("RadiopharmaceuticalStartTime") \
         else start.time() if start is not None else _header(meta, "RadiopharmaceuticalStartTime")
-    interval = moment - datetime.combine(moment.date(), injection)
-    if interval < -_CLOCK_SKEW and _plausible(meta, interval + _ONE_DAY):
+    interval = moment - datetime.combine(moment.date(), injection)  # within a day either way
+    if interval - _ONE_DAY >= -_CLOCK_SKEW:
+        interval -= _ONE_DAY  # injected just after a reference before midnight: skew
+    elif interval < -_CLOCK_SKEW and _plausible(meta, interval + _ONE_DAY):
         interval += _ONE_DAY  # injected before midnight
     return _not_before_injection(meta, interval, injection, moment.time())
 

@@ -137,6 +137,32 @@ def test_an_injection_an_hour_after_the_reference_is_refused(dates):
                                "more than clock skew: a header time is wrong")
 
 
+def test_clock_skew_across_midnight_is_not_a_day_of_decay(caplog):
+    """An injector clock 5 min ahead of the scanner's at a 23:58 scan: 00:03 is skew, not 23 h 55 min (SUV x5900)."""
+    meta = _meta(SeriesDate=None, AcquisitionDate=None, SeriesTime="235800", AcquisitionTime="235800",
+                 RadiopharmaceuticalStartTime="000300")
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms.suv"):
+        assert suv_factor(meta) == pytest.approx(_expected(0.0), rel=1e-12)
+    assert "injection at 00:03:00 is 5.0 min after the decay reference time 23:58:00: taken as clock skew" in caplog.text
+
+
+def test_an_injection_dated_past_midnight_after_a_scan_before_it_is_refused():
+    """22 min after a 23:58 reference, on the next date: neither skew nor the day before (23.6 h of F-18)."""
+    meta = _meta(SeriesTime="235800", AcquisitionTime="235800", RadiopharmaceuticalStartTime="002000",
+                 RadiopharmaceuticalStartDateTime="20240106002000")
+    with pytest.raises(InputError) as info:
+        suv_factor(meta)
+    assert str(info.value) == ("/data/pet: injection at 00:20:00 is 23.6 h before the decay reference time 23:58:00, "
+                               "more than 10 half-lives: a header time is wrong")
+
+
+def test_an_injection_date_filled_in_from_the_scan_past_midnight_is_the_day_before():
+    """Injected at 23:30, scanned at 00:30 the next day, the injection's date written as the scan's: 1 h of decay."""
+    meta = _meta(SeriesDate="20240106", AcquisitionDate="20240106", SeriesTime="003000", AcquisitionTime="003000",
+                 RadiopharmaceuticalStartTime="233000", RadiopharmaceuticalStartDateTime="20240106233000")
+    assert suv_factor(meta) == pytest.approx(_expected(3600.0), rel=1e-12)
+
+
 def test_an_undated_long_lived_injection_after_the_reference_time_is_the_day_before():
     zr89 = 78.41 * 3600.0  # 23 h is 0.3 half-lives: the injection the day before is plausible
     meta = _meta(SeriesDate=None, AcquisitionDate=None, RadionuclideHalfLife=zr89,
