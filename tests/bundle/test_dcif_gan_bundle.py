@@ -367,6 +367,9 @@ def test_every_workflow_checks_its_output_folder_and_device_before_it_starts(con
     parser["output_dir"], parser["device"] = str(blocker), "$torch.device('cpu')"
     checks = [step for step in parser["initialize"] if "preflight" in step]
     assert len(checks) == 1
+    # Its device is the rank's GPU, which needs the process group: the check comes after the group is made.
+    groups = [i for i, step in enumerate(parser["initialize"]) if "init_process_group" in step]
+    assert all(i < parser["initialize"].index(checks[0]) for i in groups)
     with pytest.raises(RuntimeError) as raised:  # MONAI wraps what an expression raises
         parser.get_parsed_content("initialize#" + str(parser["initialize"].index(checks[0])))
     assert isinstance(raised.value.__cause__, DcifError) and "a_file: cannot use as output folder" in str(
