@@ -62,9 +62,9 @@ def cache_studies(
         affine[:, 2] *= step
         name = f"{data['study_key']}.npz"
         label = data.get("label")  # the tumour the item's datalist fields name (KnownLesiond)
-        with atomic_write(folder / name) as temporary:
+        with atomic_write(folder / name) as temporary, temporary.open("wb") as file:  # a name would gain ".npz"
             np.savez_compressed(
-                temporary,
+                file,
                 image=np.rint(data["image"].numpy()[..., ::step] * _LEVELS).clip(0, _LEVELS).astype(np.uint8),
                 affine=affine,
                 body_slices=data["body_slices"].numpy()[::step],

@@ -43,7 +43,7 @@ from pipeline.deploy.operators import (
 from pipeline.errors import TRACEBACK_ENV, CheckpointError, InputError, error_line
 from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import BASELINE_FALLBACK, build_fusers, default_method
-from pipeline.io.atomic import clear_partial_files
+from pipeline.io.atomic import IDLE_TEMPORARY_S, clear_partial_files
 from pipeline.io.derived_series import colour_folder_name, dicom_folder_name
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,10 @@ def _series_folders(output_folder: Path) -> list[Path]:
 
 def tidy_output(output_folder: Path) -> None:
     """Remove what no finished run leaves: the temporary files of a killed run (a forwarder watching the folder could
-    send a truncated ``.dcm``), and series folders left empty by a failed or killed one."""
+    send a truncated ``.dcm``; a run writing into the same folder at the same time keeps its own), and series folders
+    left empty by a failed or killed one."""
     for folder in (output_folder, *_series_folders(output_folder)):
-        clear_partial_files(folder)
+        clear_partial_files(folder, IDLE_TEMPORARY_S)
     for folder in _series_folders(output_folder):
         with suppress(OSError):  # not empty: a finished series, kept
             folder.rmdir()

@@ -33,7 +33,7 @@ from pipeline.io.derived_series import (
     dicom_folder_name,
     grey_frames,
 )
-from pipeline.io.atomic import atomic_write, clear_partial_files
+from pipeline.io.atomic import IDLE_TEMPORARY_S, atomic_write, clear_partial_files
 from pipeline.io.nifti import NiftiSliceWriter
 from pipeline.provenance import SOFTWARE_VERSION
 from pipeline.transforms.slicing import flagged_slices, spread_slices
@@ -95,7 +95,7 @@ class NiftiSink(_ChannelWriters):
                 for window, method in self.study.names]
 
     def __enter__(self) -> NiftiSink:
-        clear_partial_files(self.folder)
+        clear_partial_files(self.folder, IDLE_TEMPORARY_S)  # not a live run's, writing into this folder too
         return super().__enter__()
 
     def add(self, slab: FusedSlab) -> None:

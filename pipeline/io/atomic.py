@@ -5,41 +5,42 @@ onto the target with ``os.replace`` only when the writing block finished without
 Being in the same folder keeps the move on one file system, where it is atomic. No fsync: this
 protects concurrent readers and interrupted runs, not against power loss.
 
-A temporary is a hidden ``.<hex>.partial.`` name whose end is never the target's full extension, so
-nothing that looks for outputs by extension (``rglob('*.nii.gz')``, a viewer, a folder watcher or
-forwarder looking for ``*.nii.gz`` or ``*.dcm``) takes a half-written file for one. It ends in ``.tmp``
-and then the target's last suffix, the one writers choose a format or compression by (the NIfTI
-writer gzips ``.gz``, numpy's ``savez`` adds ``.npz`` when it is missing): ``fused.nii.gz`` is written
-as ``.<hex>.partial.fused.nii.tmp.gz``. Writers that need no suffix (pydicom) ask for names ending in
-``.tmp``. A killed run's temporaries are removed by :func:`clear_partial_files`, which the writers of a
-study's outputs call before writing (:class:`pipeline.fusion.writers.NiftiSink`).
+A temporary is a hidden ``.<hex>.partial.<name>.tmp``, so nothing that looks for outputs by extension
+(``rglob('*.nii.gz')``, a viewer, a folder watcher or forwarder looking for ``*.dcm`` or ``*.json``) takes a
+half-written file for one; a writer that would choose a format by the name is given the format (the NIfTI writer is
+told whether to gzip, numpy's ``savez`` gets an open file). A killed run's temporaries are removed by
+:func:`clear_partial_files`: at once where a lock keeps other runs out of the folder (``fuse-batch``), else once they
+have not been written for :data:`IDLE_TEMPORARY_S` (a study's NIfTI sink, the deploy app), so a run writing into the
+same folder at the same time keeps its own.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-PARTIAL_PATTERN = ".*.partial.*"  # every temporary name of temporary_sibling
+PARTIAL_PATTERN = ".*.partial.*"  # every temporary name of temporary_sibling, and of earlier versions
+IDLE_TEMPORARY_S = 600.0
+"""A temporary written to within this many seconds may be a live run's: sweeps without a lock leave it. A live writer
+writes a slab of slices every few seconds, a study's NIfTI sink from the first fused slab to the last."""
 
 
-def temporary_sibling(path: str | os.PathLike[str], keep_extension: bool = True) -> Path:
-    """A fresh hidden name beside ``path`` matching :data:`PARTIAL_PATTERN`: its name with ``.tmp`` before its last
-    suffix (``fused.nii.tmp.gz``), or after it without ``keep_extension`` (``fused.dcm.tmp``)."""
+def temporary_sibling(path: str | os.PathLike[str]) -> Path:
+    """A fresh hidden name beside ``path`` matching :data:`PARTIAL_PATTERN` and ending in ``.tmp``."""
     target = Path(path)
-    name = f"{target.stem}.tmp{target.suffix}" if keep_extension else f"{target.name}.tmp"
-    return target.with_name(f".{secrets.token_hex(6)}.partial.{name}")
+    return target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}.tmp")
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], keep_extension: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
-    ``keep_extension``: see :func:`temporary_sibling`."""
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write (:func:`temporary_sibling`); on success it replaces ``path``, on failure it is
+    removed."""
     target = Path(path)
-    temporary = temporary_sibling(target, keep_extension)
+    temporary = temporary_sibling(target)
     try:
         yield temporary
         os.replace(temporary, target)
@@ -48,10 +49,12 @@ def atomic_write(path: str | os.PathLike[str], keep_extension: bool = True) -> I
         raise
 
 
-def clear_partial_files(folder: Path) -> None:
-    """Delete the temporaries a killed run left directly in ``folder`` (an exception removes its own, a kill cannot).
-
-    Only for a folder no other live writer is writing in: its temporary would be deleted under it.
-    """
+def clear_partial_files(folder: Path, idle_s: float = 0.0) -> None:
+    """Delete the temporaries a killed run left directly in ``folder`` (an exception removes its own, a kill cannot):
+    those not written to for ``idle_s`` seconds, every one with the default 0, for a folder a lock keeps other runs
+    out of."""
+    written_before = time.time() - idle_s
     for leftover in folder.glob(PARTIAL_PATTERN):
-        leftover.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):  # another sweep, or its own writer's rename, got there first
+            if not idle_s or leftover.stat().st_mtime < written_before:
+                leftover.unlink()

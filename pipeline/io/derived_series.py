@@ -256,7 +256,7 @@ class DerivedSeriesWriter:
     def __enter__(self) -> DerivedSeriesWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._files = ExitStack()
-        temporary = self._files.enter_context(atomic_write(self.path, keep_extension=False))
+        temporary = self._files.enter_context(atomic_write(self.path))
         self._file = self._files.enter_context(open(temporary, "wb"))
         save_dicom(self.dataset, self._file)
         self._file.write(_pixel_data_header(self._vr, self._pixel_bytes + self._pixel_bytes % 2))  # even, as DICOM asks

@@ -59,7 +59,7 @@ def save_dicom(dataset: Dataset, file: Path | BinaryIO) -> None:
 
 def write_dicom(dataset: Dataset, path: Path) -> None:
     """:func:`save_dicom` atomically: a reader never sees half a file."""
-    with atomic_write(path, keep_extension=False) as temporary:
+    with atomic_write(path) as temporary:
         save_dicom(dataset, temporary)
 
 

@@ -100,14 +100,15 @@ study's two volumes, against 22 s for the whole study with the Laplacian fuser."
 
 
 @contextmanager
-def _nifti_output(path: Path) -> Iterator[BinaryIO]:
-    """``path`` opened for writing a NIfTI file, gzip-compressed by ISA-L when its name ends in ``.gz``.
+def _nifti_output(path: Path, target: Path) -> Iterator[BinaryIO]:
+    """``path`` (the atomic write's temporary) opened for writing the NIfTI file ``target``, gzip-compressed by ISA-L
+    when the target's name ends in ``.gz``.
 
     Like nibabel's own writer, the gzip header holds neither the file's name nor a time, so one volume always gives
     the same bytes (the name would be the atomic write's temporary one).
     """
     with open(path, "wb") as file:
-        if not path.name.endswith(".gz"):
+        if not target.name.endswith(".gz"):
             yield file
             return
         with igzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=file, mtime=0) as packed:
@@ -120,7 +121,7 @@ def save_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarr
     path = Path(path)
     image = _scanner_image(array, affine, slope_inter)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary, _nifti_output(temporary) as file:
+    with atomic_write(path) as temporary, _nifti_output(temporary, path) as file:
         image.to_file_map({"image": nib.FileHolder(fileobj=file)})
     return path
 
@@ -159,7 +160,7 @@ class NiftiSliceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._files = ExitStack()
         temporary = self._files.enter_context(atomic_write(self.path))
-        self._file = self._files.enter_context(_nifti_output(temporary))
+        self._file = self._files.enter_context(_nifti_output(temporary, self.path))
         self._header.write_to(self._file)
         self._file.write(b"\0" * (self._header.get_data_offset() - self._file.tell()))
         # Left before the file (LIFO): every slab is written, or the wait ends, before the file is closed.

@@ -24,6 +24,7 @@ from pipeline.bundle_model import BUNDLE_ENV, CHECKOUT_BUNDLE, bundled_checkpoin
 from pipeline.fusion.selection import BASELINE_FALLBACK, MODEL_METHOD, build_fusers
 from pipeline.fusion.streaming import fused_filename
 from pipeline.io.atomic import temporary_sibling
+from tests.io.conftest import left_by_a_killed_run
 from pipeline.io.derived_series import FUSED_FILE, MAX_STORED, colour_folder_name, dicom_folder_name
 from pipeline.phantom import make_phantom
 
@@ -177,7 +178,7 @@ def _leave_killed_run(out_dir: Path) -> None:
                  out_dir / dicom_folder_name(KILLED_METHOD, "lung") / FUSED_FILE,
                  out_dir / colour_folder_name(KILLED_METHOD, "lung") / FUSED_FILE):
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary_sibling(path).write_bytes(b"a truncated file")
+        left_by_a_killed_run(temporary_sibling(path))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pipeline.fusion.selection import MODEL_METHOD, build_fusers
 from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study, fused_filename
 from pipeline.fusion.writers import MANIFEST_FILE, DicomSink, NiftiSink, PreviewSink, nifti_description
 from pipeline.io.atomic import PARTIAL_PATTERN, temporary_sibling
+from tests.io.conftest import left_by_a_killed_run
 from pipeline.io.derived_series import Provenance, dicom_folder_name, write_colour_series, write_fused_series
 from pipeline.io.headers import read_dicom
 from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, weights_digest
@@ -107,7 +108,7 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_write_into_the_folder
                  temporary_sibling(tmp_path / MANIFEST_FILE),
                  tmp_path / ".0123456789ab.partial.fused_average_lung.nii.gz"]  # as earlier versions named them
     for path in leftovers:
-        path.write_bytes(b"\x1f\x8b")
+        left_by_a_killed_run(path, b"\x1f\x8b")
     result.stream([NiftiSink(result, tmp_path)])
     assert [path.name for path in tmp_path.iterdir() if ".partial." in path.name] == []
     assert sorted(path.name for path in tmp_path.rglob("*.nii.gz")) == sorted(

@@ -17,6 +17,7 @@ from pipeline.fusion.streaming import fuse_study, fused_filename
 from pipeline.fusion.writers import MANIFEST_FILE, NiftiSink, nifti_description
 from pipeline.handlers import FusedVolumeWriter
 from pipeline.io.atomic import temporary_sibling
+from tests.io.conftest import left_by_a_killed_run
 from pipeline.provenance import BASELINE_VERSION, weights_digest
 from pipeline.transforms.data_path import study_preprocessing
 from pipeline.transforms.resample import blank_uncovered
@@ -83,8 +84,7 @@ def test_the_record_names_the_ceiling_the_bundles_network_was_built_at(tiny_data
 def test_the_bundle_removes_a_killed_runs_temporaries(tiny_datalist, evaluator, tmp_path):
     folder = tmp_path / tiny_datalist[0]["study_key"]
     folder.mkdir()
-    leftover = temporary_sibling(folder / fused_filename("lung", "weighted"))
-    leftover.write_bytes(b"\x1f\x8b")
+    leftover = left_by_a_killed_run(temporary_sibling(folder / fused_filename("lung", "weighted")), b"\x1f\x8b")
     writer = FusedVolumeWriter(tmp_path)
     writer(evaluator)
     assert not leftover.exists()

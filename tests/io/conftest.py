@@ -6,6 +6,8 @@ either would fail. Patient identifiers are set to recognisable values that tests
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +142,14 @@ def write_rtstruct(path: Path, study_uid: str = STUDY_UID, contours: dict[str, l
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def left_by_a_killed_run(temporary: Path, data: bytes = b"a truncated file") -> Path:
+    """``temporary`` as a run killed an hour ago left it: older than any sweep's idle time (IDLE_TEMPORARY_S)."""
+    temporary.write_bytes(data)
+    an_hour_ago = time.time() - 3600
+    os.utime(temporary, (an_hour_ago, an_hour_ago))
+    return temporary
 
 
 def ramp_volume(shape=(6, 5, 4), base: float = 0.0) -> np.ndarray:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from fnmatch import fnmatch
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pipeline.io.atomic import PARTIAL_PATTERN, atomic_write, clear_partial_files, temporary_sibling
+from pipeline.io.atomic import (
+    IDLE_TEMPORARY_S,
+    PARTIAL_PATTERN,
+    atomic_write,
+    clear_partial_files,
+    temporary_sibling,
+)
+from tests.io.conftest import left_by_a_killed_run
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
@@ -26,30 +32,18 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["volume.nii.gz"]
 
 
-@pytest.mark.parametrize(("name", "keep_extension", "ending"), [
-    ("fused_dcif_gan_lung.nii.gz", True, ".nii.tmp.gz"),  # the NIfTI writer gzips by the name's ".gz"
-    ("study.npz", True, ".tmp.npz"),  # numpy's savez adds ".npz" to a name without it
-    ("done.json", True, ".tmp.json"),
-    ("fused.dcm", False, ".dcm.tmp"),
-])
-def test_a_temporary_is_hidden_swept_and_never_ends_in_its_targets_extension(tmp_path: Path, name: str,
-                                                                             keep_extension: bool, ending: str):
-    """A viewer, ``rglob('*.nii.gz')`` or a forwarder watching for ``*.dcm`` never takes one for an output."""
-    temporary = temporary_sibling(tmp_path / name, keep_extension)
+@pytest.mark.parametrize("name", ["fused_dcif_gan_lung.nii.gz", "study.npz", "fused.json", "preview.png",
+                                  "report.csv", "fused.dcm"])
+def test_a_temporary_is_hidden_swept_and_never_ends_in_its_targets_extension(tmp_path: Path, name: str):
+    """A viewer, ``rglob('*.nii.gz')`` or a forwarder watching for ``*.dcm`` or ``*.json`` never takes one for an
+    output."""
+    temporary = temporary_sibling(tmp_path / name)
     assert temporary.parent == tmp_path and temporary.name.startswith(".") and fnmatch(temporary.name, PARTIAL_PATTERN)
-    assert temporary.name.endswith(ending) and not temporary.name.endswith(name)
-
-
-def test_a_writer_that_picks_its_format_by_suffix_still_writes_the_target(tmp_path: Path):
-    with atomic_write(tmp_path / "study.npz") as temporary:
-        np.savez_compressed(temporary, image=np.arange(3))
-    assert [path.name for path in tmp_path.iterdir()] == ["study.npz"]
-    np.testing.assert_array_equal(np.load(tmp_path / "study.npz")["image"], np.arange(3))
+    assert temporary.name.endswith(f".partial.{name}.tmp")
 
 
 def test_clear_partial_files_removes_a_killed_runs_temporaries_only(tmp_path: Path):
-    leftovers = [temporary_sibling(tmp_path / "fused_laplacian_lung.nii.gz"),
-                 temporary_sibling(tmp_path / "fused.dcm", keep_extension=False),
+    leftovers = [temporary_sibling(tmp_path / "fused_laplacian_lung.nii.gz"), temporary_sibling(tmp_path / "fused.dcm"),
                  tmp_path / ".0123456789ab.partial.fused_laplacian_lung.nii.gz"]  # as earlier versions named them
     kept = [tmp_path / "fused_laplacian_lung.nii.gz", tmp_path / "notes.partial.txt",
             tmp_path / "sub" / leftovers[0].name]  # only the folder itself is swept
@@ -59,3 +53,13 @@ def test_clear_partial_files_removes_a_killed_runs_temporaries_only(tmp_path: Pa
     clear_partial_files(tmp_path)
     assert sorted(path for path in tmp_path.rglob("*") if path.is_file()) == sorted(kept)
     clear_partial_files(tmp_path / "not made yet")  # a study folder no run has written: nothing to do
+
+
+def test_a_sweep_without_a_lock_leaves_a_live_runs_temporary(tmp_path: Path):
+    """Two runs writing into one folder at once (two demos, two deploy runs): one's sweep keeps the other's file."""
+    killed = left_by_a_killed_run(temporary_sibling(tmp_path / "fused_laplacian_lung.nii.gz"))
+    with atomic_write(tmp_path / "fused_laplacian_mediastinal.nii.gz") as live:
+        live.write_bytes(b"being written")
+        clear_partial_files(tmp_path, IDLE_TEMPORARY_S)
+        assert live.exists() and not killed.exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["fused_laplacian_mediastinal.nii.gz"]
