@@ -21,12 +21,13 @@ from pathlib import Path
 from pipeline.batch.report import StudyResult
 from pipeline.errors import DcifError, error_line
 from pipeline.io.atomic import atomic_write
+from pipeline.io.discovery import OUTPUT_MARK
 
 DONE_FILE = "done.json"
 STORED_FILE = "stored.json"  # written once a study's fused series are in the PACS (fuse-batch URL --store)
 PREVIEW_FILE = "preview.png"
 LOCK_FILE = ".lock"
-LOCATION_KEY_FILE = ".location-key"  # secret of the report's pseudonymised input locations: never share
+LOCATION_KEY_FILE = OUTPUT_MARK  # secret of the report's pseudonymised input locations: never share
 _STUDY_KEY = re.compile(r"[0-9a-f]{12}")
 
 

@@ -40,6 +40,9 @@ DISCOVERY_TAGS = (
     "SourceImageSequence",
 )
 _MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer paths cannot be opened
+OUTPUT_MARK = ".location-key"
+"""The file each of our output folders holds (the batch job's and the deploy app's key to their pseudonyms): a folder
+holding it, reached by a link or copied into an input tree, is our own output, never read as input."""
 PAIRED_MODALITIES = ("CT", "PT")
 _NON_ATTENUATION_CORRECTED = re.compile(r"(?<![a-z])nac(?![a-z])|uncorrected|non[ _-]?corrected")
 # CT series descriptions of the attenuation-correction CT (low dose, acquired with the PET in its position)
@@ -229,25 +232,39 @@ def _walk_files(root: Path, problems: list[FileProblem]) -> Iterator[Path]:
 
     An export is often assembled from links to where the studies lie, so links are followed; a folder reached a second
     time (a link back up the tree, or two links to one place) is not walked again, so a loop ends and no file counts
-    twice. Folders that cannot be listed and paths too long to open become problems, never silent gaps.
+    twice. A link to a folder that holds the root (``/``, ``..``) is a problem, not walked: it would walk the
+    machine. Our own output folders (they hold :data:`OUTPUT_MARK`) are skipped. Folders that cannot be listed,
+    files that cannot be looked at and paths too long to open become problems, never silent gaps.
     """
     def unlisted(error: OSError) -> None:
         problems.append(FileProblem(Path(error.filename), f"{error.filename}: cannot read folder ({error.strerror})"))
 
-    walked = {os.path.realpath(root)}
+    enclosing = Path(os.path.realpath(root))
+    walked = {str(enclosing)}
     for folder, subfolders, names in os.walk(root, onerror=unlisted, followlinks=True):
         kept = []
         for name in sorted(subfolders):
             real = os.path.realpath(Path(folder, name))
-            if real not in walked:
-                walked.add(real)
+            if real in walked:
+                continue
+            walked.add(real)
+            if enclosing.is_relative_to(real):
+                problems.append(FileProblem(Path(folder, name), f"{Path(folder, name)}: a link to a folder that "
+                                                                "holds the input folder, not followed"))
+            elif not Path(real, OUTPUT_MARK).exists():
                 kept.append(name)
         subfolders[:] = kept
         for name in sorted(names):
             path = Path(folder, name)
             if len(os.fsencode(path)) >= _MAX_PATH_BYTES:
                 problems.append(FileProblem(path, f"{path}: path longer than {_MAX_PATH_BYTES} bytes, cannot be opened"))
-            elif path.is_file():
+                continue
+            try:
+                regular = path.is_file()
+            except OSError as error:  # a link into /proc, say
+                problems.append(FileProblem(path, f"{path}: cannot read ({error.strerror})"))
+                continue
+            if regular:
                 yield path
 
 

@@ -14,7 +14,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from pipeline.errors import InputError
-from pipeline.io.discovery import NiftiPair, discover_studies, find_nifti_pair, missing_decoder
+from pipeline.io.discovery import OUTPUT_MARK, NiftiPair, discover_studies, find_nifti_pair, missing_decoder
 from pipeline.io.headers import read_dicom, study_key
 
 
@@ -385,3 +385,44 @@ def test_symlinked_study_folders_are_followed_once_each(dicom_factory, tmp_path)
     (pair,) = result.pairs
     assert not result.failures and not result.problems
     assert pair.ct.folder == export / "patient_a" / "deep" / "ct" and len(pair.ct.files) == 4
+
+
+def test_a_link_to_a_folder_holding_the_input_is_a_problem_not_a_walk_of_the_machine(dicom_factory, tmp_path):
+    _pet_ct_study(dicom_factory)
+    (dicom_factory.root / "study" / "up").symlink_to("../..", target_is_directory=True)  # the input's parent
+    (dicom_factory.root / "machine").symlink_to("/", target_is_directory=True)
+    result = discover_studies(dicom_factory.root)
+    assert len(result.pairs) == 1
+    assert sorted(problem.reason for problem in result.problems) == [
+        f"{dicom_factory.root / name}: a link to a folder that holds the input folder, not followed"
+        for name in ("machine", "study/up")]
+
+
+def test_our_own_output_folder_linked_or_copied_into_the_input_is_not_read(dicom_factory, tmp_path):
+    _pet_ct_study(dicom_factory)
+    out = tmp_path / "out"
+    (out / "0123456789ab").mkdir(parents=True)
+    (out / OUTPUT_MARK).write_bytes(b"key")
+    (out / "report.json").write_text("{}")  # not DICOM: read as input, it would be an unreadable file
+    (out / "0123456789ab" / "done.json").write_text("{}")
+    (dicom_factory.root / "outlink").symlink_to(out, target_is_directory=True)
+    shutil.copytree(out, dicom_factory.root / "copied")
+    result = discover_studies(dicom_factory.root)
+    assert len(result.pairs) == 1 and result.problems == []
+
+
+def test_a_file_that_cannot_be_looked_at_is_a_problem(dicom_factory, monkeypatch):
+    _pet_ct_study(dicom_factory)
+    (dicom_factory.root / "cwd").write_text("")
+    is_file = Path.is_file
+
+    def denied(path: Path) -> bool:
+        if path.name == "cwd":
+            raise PermissionError(13, "Permission denied")
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    result = discover_studies(dicom_factory.root)
+    assert len(result.pairs) == 1
+    assert [problem.reason for problem in result.problems] == [
+        f"{dicom_factory.root / 'cwd'}: cannot read (Permission denied)"]
