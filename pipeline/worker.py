@@ -44,5 +44,10 @@ def init_worker(threads: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent(parent)
     import torch  # only now: the worker must be bound to its parent before this slow import
+    from tqdm import tqdm
 
     torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker ended by Ctrl-C or a kill leaves registered:
+    # the resource tracker then printed "leaked semaphore objects" after the batch's one line. A worker's bars are its
+    # own (the batch's bar is drawn by the batch process), so a thread lock is all they need.
+    tqdm.set_lock(threading.RLock())
