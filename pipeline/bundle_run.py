@@ -25,6 +25,7 @@ import torch
 
 from pipeline.errors import DcifError, one_line_errors
 from pipeline.fusion.selection import check_device
+from pipeline.io.atomic import output_folder
 
 NOT_SHOWN = "<not shown>"
 """What MONAI's echo of an argument becomes where MONAI cut it short, so it cannot be read whole to redact."""
@@ -33,11 +34,7 @@ NOT_SHOWN = "<not shown>"
 def preflight(output_dir: str | os.PathLike[str], device: str | torch.device) -> None:
     """Make ``output_dir`` and check ``device`` before any study is read; otherwise a file in the way of the output
     folder surfaced only once every study was fused, and a missing GPU as torch's ``AssertionError``."""
-    folder = Path(output_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DcifError(f"{folder}: cannot use as output folder ({error.strerror or error})") from None
+    folder = output_folder(Path(output_dir))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DcifError(f"{folder}: cannot use as output folder (not writable)")
     check_device(device)

@@ -19,9 +19,9 @@ from pipeline.errors import InputError
 from pipeline.fusion.selection import build_fusers, default_method
 from pipeline.fusion.streaming import FusedStudy, fuse_study
 from pipeline.fusion.writers import NiftiSink
+from pipeline.io.atomic import output_folder
 from pipeline.io.discovery import discover_studies
 from pipeline.phantom import make_phantom
-from pipeline.phantom.export import output_folder
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
 from pipeline.transforms.windowing import check_windows
 

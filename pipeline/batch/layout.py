@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.batch.report import StudyResult
 from pipeline.errors import DcifError, error_line
-from pipeline.io.atomic import atomic_write
+from pipeline.io.atomic import atomic_write, output_folder
 from pipeline.io.discovery import OUTPUT_MARK
 
 DONE_FILE = "done.json"
@@ -72,8 +72,8 @@ def own_output(out_dir: Path) -> Iterator[None]:
     Any OS error on OUT (a file, read-only, no permission, full), on taking it or while holding it, becomes one line
     naming the file.
     """
+    output_folder(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         lock = (out_dir / LOCK_FILE).open("a")
     except OSError as error:
         raise DcifError(f"{out_dir}: cannot use as output folder ({error.strerror or error})") from None

@@ -1,4 +1,5 @@
-"""Atomic file replacement: readers see the old file or the complete new one, never a torn write.
+"""Atomic file replacement: readers see the old file or the complete new one, never a torn write; and the output
+folders they are written in, made or refused in one line (:func:`output_folder`).
 
 Writers (pydicom, nibabel, json) write to a temporary sibling of the target; the sibling is moved
 onto the target with ``os.replace`` only when the writing block finished without an exception.
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from pipeline.errors import InputError
+
 PARTIAL_PATTERN = ".*.partial.*"  # every temporary name of temporary_sibling, and of earlier versions
 IDLE_TEMPORARY_S = 600.0
 """A temporary written to within this many seconds may be a live run's: sweeps without a lock leave it. A live writer
@@ -33,6 +36,18 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     """A fresh hidden name beside ``path`` matching :data:`PARTIAL_PATTERN` and ending in ``.tmp``."""
     target = Path(path)
     return target.with_name(f".{secrets.token_hex(6)}.partial.{target.name}.tmp")
+
+
+def output_folder(folder: Path) -> Path:
+    """``folder``, created if absent; one that is a file or cannot be made (a parent that is a file or read-only) is
+    an InputError naming it and the reason, raised before any work, instead of an OS error's traceback midway."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's own reason, "File exists", would not say what is wrong with it
+        raise InputError(f"{folder}: cannot use as output folder (not a folder)") from None
+    except OSError as error:
+        raise InputError(f"{folder}: cannot use as output folder ({error.strerror or error})") from None
+    return folder
 
 
 @contextmanager

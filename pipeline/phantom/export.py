@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_write
+from pipeline.io.atomic import atomic_write, output_folder
 from pipeline.io.patient_space import LPS_TO_RAS
 from pipeline.phantom.ct_image import NOISE_STD_HU, simulate_ct
 from pipeline.phantom.dicom_writer import (
@@ -160,18 +160,6 @@ def make_phantom(
     with atomic_write(paths.truth_json) as temporary:
         temporary.write_text(json.dumps(truth, indent=2) + "\n")
     return paths
-
-
-def output_folder(folder: Path) -> Path:
-    """``folder``, created if absent; one that is a file or cannot be made (a parent that is a file or read-only) is
-    an InputError naming it and the reason, raised before any work, instead of an OS error's traceback midway."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # mkdir's own reason, "File exists", would not say what is wrong with it
-        raise InputError(f"{folder}: cannot use as output folder (not a folder)") from None
-    except OSError as error:
-        raise InputError(f"{folder}: cannot use as output folder ({error.strerror or error})") from None
-    return folder
 
 
 def _require(condition: bool, root: Path, problem: str) -> None:

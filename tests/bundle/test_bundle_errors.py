@@ -93,7 +93,7 @@ def test_with_tracking_an_output_folder_that_cannot_be_made_is_one_line(workflow
 
 
 @pytest.mark.parametrize("workflow", ["inference", "evaluate"])
-@pytest.mark.parametrize(("output", "problem"), [("", "File exists"), ("out", "Not a directory")])
+@pytest.mark.parametrize(("output", "problem"), [("", "not a folder"), ("out", "Not a directory")])
 def test_an_unusable_output_folder_stops_the_run_before_any_study_is_read(workflow, output, problem, tmp_path):
     """It was found only once every study was fused; an absent input, read first of the studies, says it is not."""
     in_the_way = tmp_path / "a_file"

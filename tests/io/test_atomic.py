@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.io.atomic import (
     IDLE_TEMPORARY_S,
     PARTIAL_PATTERN,
     atomic_write,
     clear_partial_files,
+    output_folder,
     temporary_sibling,
 )
 from tests.io.conftest import left_by_a_killed_run
@@ -63,3 +65,12 @@ def test_a_sweep_without_a_lock_leaves_a_live_runs_temporary(tmp_path: Path):
         clear_partial_files(tmp_path, IDLE_TEMPORARY_S)
         assert live.exists() and not killed.exists()
     assert [path.name for path in tmp_path.iterdir()] == ["fused_laplacian_mediastinal.nii.gz"]
+
+
+def test_an_output_folder_is_made_or_refused_in_one_line(tmp_path: Path):
+    assert output_folder(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    for folder, reason in ((tmp_path / "file", "not a folder"), (tmp_path / "file" / "out", "Not a directory")):
+        with pytest.raises(InputError) as error:
+            output_folder(folder)
+        assert str(error.value) == f"{folder}: cannot use as output folder ({reason})"
