@@ -99,7 +99,6 @@ class FusedStudy:
 
     data: dict[str, Any]
     network: FusionNetwork
-    suv_max: float = DEFAULT_SUV_MAX
     device: str | torch.device = "cpu"
     sw_batch_size: int = 8
     progress: bool = False
@@ -110,6 +109,11 @@ class FusedStudy:
         """Each method's :func:`~pipeline.provenance.fuser_version`, from the network itself, so every door that
         writes a study (the bundle's too, which builds this from its evaluator's network) records the same."""
         return fuser_versions(self.network.fusers)
+
+    @property
+    def suv_max(self) -> float:
+        """The SUV ceiling the PET is scaled at: the one its network was built for (and checks a model against)."""
+        return DEFAULT_SUV_MAX if self.network.suv_max is None else self.network.suv_max
 
     @property
     def study_key(self) -> str | None:
@@ -225,5 +229,5 @@ def fuse_study(
         stage = _STAGES.get(type(transform).__name__, "window")
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
     data["ct"] = _integer_hu(data["ct"])
-    return FusedStudy(data=data, network=network.to(device).eval(), suv_max=suv_max, device=device,
+    return FusedStudy(data=data, network=network.to(device).eval(), device=device,
                       sw_batch_size=sw_batch_size, progress=progress, timings=timings)

@@ -22,8 +22,8 @@ class FusedVolumeWriter:
     """Write every fused channel of each study as NIfTI on the CT's geometry.
 
     Files go to ``<output_dir>/<study_key>/fused_<method>_<window>.nii.gz`` (the key is a hash), with
-    the study's ``fused.json`` (which records the SUV ceiling the evaluator's network was built for); each write is
-    atomic. The paths are left on ``engine.state.fusion_written`` for the MLflow logger, and accumulate in
+    the study's ``fused.json`` (which records the SUV ceiling the evaluator's network was built for, as
+    :attr:`FusedStudy.suv_max <pipeline.fusion.streaming.FusedStudy.suv_max>` says it); each write is atomic. The paths are left on ``engine.state.fusion_written`` for the MLflow logger, and accumulate in
     :attr:`written`.
     """
 
@@ -36,8 +36,7 @@ class FusedVolumeWriter:
 
     def __call__(self, engine: Engine) -> None:
         # The whole study is one slab here: the evaluator fused it in one iteration.
-        study = FusedStudy(data={"ct": engine.state.batch["ct"][0]}, network=engine.network,
-                           suv_max=engine.network.suv_max)
+        study = FusedStudy(data={"ct": engine.state.batch["ct"][0]}, network=engine.network)
         fused = engine.state.output["pred"][0].as_tensor().detach().float().cpu()
         with NiftiSink(study, self.output_dir / str(batch_field(engine, "study_key"))) as sink:
             sink.add(FusedSlab(0, engine.state.output["image"][0].as_tensor(), fused))
