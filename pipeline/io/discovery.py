@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from nibabel.orientations import io_orientation
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, MediaStorageDirectoryStorage
@@ -81,6 +82,30 @@ def missing_decoder(transfer_syntax: str) -> str:
     needs = ", or ".join(text.split(" - requires ")[1] for text in decoder.missing_dependencies
                          if " - requires " in text)
     return f"no decoder is installed for transfer syntax {syntax}: install {needs or 'a pydicom decoder plugin'}"
+
+
+def nearest_patient_axes(directions: np.ndarray) -> np.ndarray:
+    """For each array axis, a column of ``directions`` (any length or sign, LPS or RAS alike), the patient axis it lies
+    nearest: 0 left-right, 1 front-back, 2 head-foot. nibabel's ``io_orientation`` assigns the three together, so an
+    oblique stack gets one answer however its axes are scaled."""
+    affine = np.eye(4)
+    affine[:3, :3] = directions
+    return io_orientation(affine)[:, 0].astype(int)
+
+
+def not_axial(directions: np.ndarray, modality: str) -> str:
+    """Why a DICOM series whose array axes run along ``directions`` (row, column, slice) is not fused, in one line
+    ("" when its slices are axial: axis 2 lies nearest the head-foot axis).
+
+    The loader's rule: it refuses such a DICOM series and restacks such a NIfTI
+    (:func:`pipeline.transforms.loading.axial_last` says why a series is not restacked).
+    """
+    if nearest_patient_axes(directions)[2] == 2:
+        return ""
+    slice_axis = directions[:, 2] / np.linalg.norm(directions[:, 2])
+    angle = np.degrees(np.arccos(min(1.0, abs(slice_axis[2]))))
+    return (f"the {modality}'s slices are not axial (their normal is {angle:.0f} degrees from the head-foot axis): "
+            f"coronal and sagittal {modality} series are not supported, give an axial reconstruction")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from nibabel.orientations import io_orientation
 from pydicom.dataset import Dataset
 
 from pipeline.errors import InputError
+from pipeline.io.discovery import nearest_patient_axes, not_axial
 from pipeline.io.study_source import STUDY_MODALITIES, StudySource, read_volume, study_sources
 
 
@@ -28,21 +28,16 @@ def axial_last(volume: MetaTensor, headers: Sequence[Dataset] = ()) -> MetaTenso
 
     A DICOM series (one with slice ``headers``) is refused instead: a CT's fused DICOM series is written frame by
     frame on its own slices (:mod:`pipeline.io.derived_series`), which would then be coronal or sagittal, and a PET's
-    per-slice SUV factors (decay, scale factors) run along its own slices, not the restacked axis 2.
+    per-slice SUV factors (decay, scale factors) run along its own slices, not the restacked axis 2
+    (:func:`pipeline.io.discovery.not_axial`).
     """
     affine = np.asarray(volume.affine, dtype=float)
-    world_axis = io_orientation(affine)[:, 0].astype(int)  # for each array axis, the world axis (R, A, S) nearest
-    if world_axis[2] == 2:
+    problem = not_axial(affine[:3, :3], volume.meta.get("modality", "DICOM"))
+    if not problem:
         return volume
-    name = volume.meta.get("filename_or_obj", "volume")
     if headers:
-        modality = volume.meta.get("modality", "DICOM")
-        slice_axis = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
-        raise InputError(f"{name}: the {modality}'s slices are not axial (their normal is "
-                         f"{np.degrees(np.arccos(min(1.0, abs(slice_axis[2])))):.0f} degrees from the head-foot "
-                         f"axis): coronal and sagittal {modality} series are not supported, give an axial "
-                         "reconstruction")
-    order = np.argsort(world_axis)
+        raise InputError(f"{volume.meta.get('filename_or_obj', 'volume')}: {problem}")
+    order = np.argsort(nearest_patient_axes(affine[:3, :3]))
     voxels = volume.as_tensor().permute(0, *(1 + order)).contiguous()
     meta = {key: value for key, value in volume.meta.items() if key != "affine"}
     meta["spatial_shape"] = np.array(voxels.shape[1:])
