@@ -97,8 +97,8 @@ def not_axial(directions: np.ndarray, modality: str) -> str:
     """Why a DICOM series whose array axes run along ``directions`` (row, column, slice) is not fused, in one line
     ("" when its slices are axial: axis 2 lies nearest the head-foot axis).
 
-    The loader's rule: it refuses such a DICOM series and restacks such a NIfTI
-    (:func:`pipeline.transforms.loading.axial_last` says why a series is not restacked).
+    The one rule for discovery, which fails such a study up front, and the loader, which refuses such a DICOM series
+    and restacks such a NIfTI (:func:`pipeline.transforms.loading.axial_last` says why a series is not restacked).
     """
     if nearest_patient_axes(directions)[2] == 2:
         return ""
@@ -129,7 +129,7 @@ class SeriesInfo:
     frame_of_reference_uid: str = field(repr=False)
     description: str
     corrected_image: tuple[str, ...] = field(repr=False)
-    normal: tuple[float, float, float] = field(repr=False)
+    orientation: tuple[float, ...] = field(repr=False)  # ImageOrientationPatient: row, then column direction
     positions: tuple[float, ...] = field(repr=False)
     files: tuple[Path, ...] = field(repr=False)
     duplicates: int = 0  # further copies of the series' instances (same SOPInstanceUID), not used
@@ -146,6 +146,19 @@ class SeriesInfo:
     def folder(self) -> Path:
         """Deepest folder holding all of the series' files (names the series in messages)."""
         return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+    @property
+    def normal(self) -> tuple[float, float, float]:
+        """Unit normal of its slices (row direction x column direction)."""
+        return tuple(float(v) for v in slice_normal(self.orientation))
+
+    @property
+    def refused(self) -> str:
+        """Why the loader refuses this series, in one line without its folder ("" when it reads it): slices that are
+        not axial, or pixels in a transfer syntax no installed decoder reads."""
+        directions = np.column_stack([self.orientation[:3], self.orientation[3:], self.normal])
+        return not_axial(directions, self.modality) or next(
+            filter(None, map(missing_decoder, sorted(self.transfer_syntaxes))), "")
 
     @property
     def is_attenuation_corrected(self) -> bool:
@@ -402,7 +415,7 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         description=_text(ds, "SeriesDescription"),
         corrected_image=corrected,
-        normal=tuple(float(v) for v in slice_normal(ds.ImageOrientationPatient)),
+        orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
         positions=tuple(p for p, _ in ordered),
         files=tuple(f for _, f in ordered),
         duplicates=entry.duplicates,
@@ -421,9 +434,11 @@ def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFail
     """Choose the PET/CT pair of one study, or say in one line why there is none.
 
     Derived CTs (see :func:`ignored_cts`) are never picked. Only series sharing a FrameOfReferenceUID
-    are co-registered. Among those, prefer attenuation-corrected PET, then the CT covering most of the
-    PET's axial range, then the attenuation-correction CT (acquired with the PET, in its position) over a
-    diagnostic CT, then more CT slices; the folder breaks remaining ties (UIDs are rewritten by anonymisers).
+    are co-registered. Among those, prefer a pair the loader reads (see :attr:`SeriesInfo.refused`: a study
+    holding a readable CT beside a coronal or undecodable one is fused), then attenuation-corrected PET, then the CT
+    covering most of the PET's axial range, then the attenuation-correction CT (acquired with the PET, in its
+    position) over a diagnostic CT, then more CT slices; the folder breaks remaining ties (UIDs are rewritten by
+    anonymisers).
     """
     ignored = {info.series_uid for info, _ in ignored_cts(series)}
     cts = [s for s in series if s.modality == "CT" and s.series_uid not in ignored]
@@ -441,7 +456,8 @@ def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFail
     if not candidates:
         return StudyFailure(where, f"{name}: its PET and CT series have different FrameOfReferenceUIDs "
                                    "(not co-registered)")
-    ct, pet = max(candidates, key=lambda c: (c[1].is_attenuation_corrected, c[1].overlap_mm(c[0]),
+    ct, pet = max(candidates, key=lambda c: (not (c[0].refused or c[1].refused),
+                                             c[1].is_attenuation_corrected, c[1].overlap_mm(c[0]),
                                              c[0].is_attenuation_ct, c[0].n_slices, c[1].n_slices,
                                              str(c[0].folder), str(c[1].folder)))
     return StudyPair(study_uid=study_uid, ct=ct, pet=pet)
@@ -461,6 +477,18 @@ def ignored_cts(series: list[SeriesInfo]) -> list[tuple[SeriesInfo, str]]:
         if reason:
             found.append((ct, f"{ct.modality} series ignored: {reason}"))
     return found
+
+
+def ignored_series(series: list[SeriesInfo], picked: StudyPair | StudyFailure) -> list[tuple[SeriesInfo, str]]:
+    """The series of one study left out of its pair, each with the reason: derived CTs (:func:`ignored_cts`), and
+    CT or PET series the loader would refuse (:attr:`SeriesInfo.refused`) unless ``picked``, whose study then
+    fails naming it."""
+    derived = ignored_cts(series)
+    named = {info.series_uid for info, _ in derived}
+    if isinstance(picked, StudyPair):
+        named |= {picked.ct.series_uid, picked.pet.series_uid}
+    return derived + [(info, f"{info.modality} series ignored: {info.refused}") for info in series
+                      if info.series_uid not in named and info.refused]
 
 
 def _shared_uid(study_uid: str, series: list[SeriesInfo]) -> StudyFailure | None:
@@ -489,14 +517,12 @@ def _without_overlap(pair: StudyPair) -> StudyFailure | None:
                                         "axially")
 
 
-def _undecodable(pair: StudyPair) -> StudyFailure | None:
-    """A CT or PET whose pixels no installed decoder reads would fail only once the batch loads it: the study fails
-    at discovery, so ``inspect`` says so."""
+def _refused(pair: StudyPair) -> StudyFailure | None:
+    """A CT or PET the loader refuses (slices not axial, pixels no installed decoder reads) would fail only once the
+    batch loads it: the study fails at discovery, so ``inspect`` says so."""
     for role, series in (("CT", pair.ct), ("PET", pair.pet)):
-        for syntax in sorted(series.transfer_syntaxes):
-            reason = missing_decoder(syntax)
-            if reason:
-                return StudyFailure(series.folder, f"study {pair.study_key}: {role} series: {reason}")
+        if series.refused:
+            return StudyFailure(series.folder, f"study {pair.study_key}: {role} series: {series.refused}")
     return None
 
 
@@ -509,11 +535,12 @@ def discover_studies(root: str | os.PathLike[str]) -> DiscoveryResult:
             by_study[info.study_uid].append(info)
     pairs: list[StudyPair] = []
     failures: list[StudyFailure] = []
-    ignored = [IgnoredSeries(info.folder, reason)
-               for study in by_study.values() for info, reason in ignored_cts(study)]
+    ignored: list[IgnoredSeries] = []
     for study_uid in sorted(by_study, key=study_key):
-        outcome = _shared_uid(study_uid, by_study[study_uid]) or pick_pair(study_uid, by_study[study_uid])
-        if isinstance(outcome, StudyPair):
-            outcome = _without_overlap(outcome) or _undecodable(outcome) or outcome
+        study = by_study[study_uid]
+        outcome = _shared_uid(study_uid, study) or pick_pair(study_uid, study)
+        ignored += [IgnoredSeries(info.folder, reason) for info, reason in ignored_series(study, outcome)]
+        if isinstance(outcome, StudyPair):  # a refused series first: its overlap, along a coronal normal, means nothing
+            outcome = _refused(outcome) or _without_overlap(outcome) or outcome
         (pairs if isinstance(outcome, StudyPair) else failures).append(outcome)
     return DiscoveryResult(pairs=pairs, failures=failures, problems=problems, ignored=ignored)

@@ -28,8 +28,9 @@ def axial_last(volume: MetaTensor, headers: Sequence[Dataset] = ()) -> MetaTenso
 
     A DICOM series (one with slice ``headers``) is refused instead: a CT's fused DICOM series is written frame by
     frame on its own slices (:mod:`pipeline.io.derived_series`), which would then be coronal or sagittal, and a PET's
-    per-slice SUV factors (decay, scale factors) run along its own slices, not the restacked axis 2
-    (:func:`pipeline.io.discovery.not_axial`).
+    per-slice SUV factors (decay, scale factors) run along its own slices, not the restacked axis 2. Discovery applies
+    the same rule (:func:`pipeline.io.discovery.not_axial`) and fails such a study up front; this is the backstop for a
+    series given by folder.
     """
     affine = np.asarray(volume.affine, dtype=float)
     problem = not_axial(affine[:3, :3], volume.meta.get("modality", "DICOM"))

@@ -426,3 +426,102 @@ def test_a_file_that_cannot_be_looked_at_is_a_problem(dicom_factory, monkeypatch
     assert len(result.pairs) == 1
     assert [problem.reason for problem in result.problems] == [
         f"{dicom_factory.root / 'cwd'}: cannot read (Permission denied)"]
+
+
+def test_a_series_no_installed_decoder_reads_is_passed_over_for_one_it_reads(dicom_factory, no_jpeg_lossless_decoder):
+    """A readable CT and PET, each beside a twin no installed decoder reads that the old order preferred (the
+    attenuation-correction CT; a folder sorting last): the study failed on the twin, though it could be fused."""
+    for modality in ("CT", "PT"):
+        dicom_factory.series(f"study/{modality}/readable", modality=modality)
+        dicom_factory.series(f"study/{modality}/undecodable", modality=modality, header=dicom_factory.jpeg_lossless,
+                             description="CTAC")
+
+    result = discover_studies(dicom_factory.root)
+
+    (pair,) = result.pairs
+    assert not result.failures and pair.ct.folder.name == pair.pet.folder.name == "readable"
+    assert [(str(ignored.location.relative_to(dicom_factory.root)), ignored.reason) for ignored in result.ignored] == [
+        (f"study/{modality}/undecodable", f"{modality} series ignored: no decoder is installed for transfer syntax "
+         "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1]) "
+         "(1.2.840.10008.1.2.4.70): install gdcm>=3.0.10, or pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1")
+        for modality in ("CT", "PT")]
+
+
+def _tilted(degrees: float) -> tuple[float, ...]:
+    """ImageOrientationPatient of axial slices tilted about the left-right axis: 90 degrees gives coronal slices."""
+    angle = np.radians(degrees)
+    return (1.0, 0.0, 0.0, 0.0, float(np.cos(angle)), float(np.sin(angle)))
+
+
+@pytest.mark.parametrize("modality", ["CT", "PT"])
+@pytest.mark.parametrize(("orientation", "axial"), [(_tilted(0), True), (_tilted(40), True), (_tilted(50), False),
+                                                    (_tilted(90), False), ((0, 1, 0, 0, 0, -1), False)],
+                         ids=["axial", "tilted-40", "tilted-50", "coronal", "sagittal"])
+def test_discovery_refuses_a_series_the_loader_refuses_with_its_message(dicom_factory, modality, orientation, axial):
+    """A coronal or sagittal DICOM CT or PET was refused only when loaded: inspect called its study ready and the
+    batch failed it late. Discovery and the loader share one rule (oblique stacks included) and one message."""
+    from pipeline.transforms import LoadStudyd
+
+    key, role, other = {"CT": ("ct", "CT", "PT"), "PT": ("pet", "PET", "CT")}[modality]
+    series = dicom_factory.series(f"study/{key}", modality=modality, orientation=orientation, origin=(0, 0, 0))
+    dicom_factory.series("study/other", modality=other, origin=(0, 0, 0))
+    load = lambda: LoadStudyd(keys=key)({key: series})  # noqa: E731
+
+    result = discover_studies(dicom_factory.root)
+
+    if axial:
+        load()
+        assert len(result.pairs) == 1 and not result.failures
+        return
+    with pytest.raises(InputError) as info:
+        load()
+    assert str(info.value).startswith(f"{series}: the {modality}'s slices are not axial")
+    (failure,) = result.failures
+    assert not result.pairs and failure.location == series
+    assert failure.reason == (f"study {study_key(dicom_factory.study_uid)}: {role} series: "
+                              f"{str(info.value).removeprefix(f'{series}: ')}")
+
+
+def test_an_axial_pet_is_preferred_to_a_coronal_one_the_old_order_ranked_first(dicom_factory):
+    """An axial PET without attenuation correction beside a coronal one with it: the coronal one, which the loader
+    refuses, was picked and the study failed late; now it is listed as ignored, with the loader's reason."""
+    dicom_factory.series("study/ct", modality="CT")
+    dicom_factory.series("study/pet_nac", modality="PT", header=lambda ds, k: setattr(ds, "CorrectedImage", ["DECY"]))
+    dicom_factory.series("study/pet_coronal", modality="PT", orientation=_tilted(90))
+
+    result = discover_studies(dicom_factory.root)
+
+    (pair,) = result.pairs
+    assert not result.failures and pair.pet.folder.name == "pet_nac"
+    (ignored,) = result.ignored
+    assert ignored.location == dicom_factory.root / "study" / "pet_coronal"
+    assert ignored.reason == ("PT series ignored: the PT's slices are not axial (their normal is 90 degrees from the "
+                              "head-foot axis): coronal and sagittal PT series are not supported, give an axial "
+                              "reconstruction")
+
+
+def test_inspect_fails_a_coronal_study_up_front_and_fuses_the_readable_ct_of_another(dicom_factory, capsys,
+                                                                                     no_jpeg_lossless_decoder):
+    from pipeline.cli import main
+
+    coronal_study, other_study = generate_uid(), generate_uid()
+    dicom_factory.series("a/ct", modality="CT", study_uid=coronal_study, orientation=_tilted(90))
+    dicom_factory.series("a/pet", modality="PT", study_uid=coronal_study)
+    dicom_factory.series("b/ct", modality="CT", study_uid=other_study)
+    dicom_factory.series("b/ctac", modality="CT", study_uid=other_study, header=dicom_factory.jpeg_lossless,
+                         description="CTAC")
+    dicom_factory.series("b/pet", modality="PT", study_uid=other_study)
+
+    assert main(["-q", "inspect", "--show-paths", str(dicom_factory.root)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1 PET/CT studies ready to fuse, 1 failed, 0 unreadable files, 1 series ignored"
+    assert sorted(line.split()[0] for line in lines[1:]) == ["fail", "ignore", "ok"]
+    (ok,) = [line for line in lines if line.startswith("  ok")]
+    assert ok.startswith(f"  ok    study {study_key(other_study)}: CT 4 slices in b/ct,")
+    (fail,) = [line for line in lines if line.startswith("  fail")]
+    assert fail == (f"  fail  a/ct: study {study_key(coronal_study)}: CT series: the CT's slices are not axial (their "
+                    "normal is 90 degrees from the head-foot axis): coronal and sagittal CT series are not supported, "
+                    "give an axial reconstruction")
+    (ignore,) = [line for line in lines if line.startswith("  ignore")]
+    assert ignore.startswith("  ignore  b/ctac: CT series ignored: no decoder is installed for transfer syntax JPEG")
