@@ -1,11 +1,18 @@
-"""What a ``python -m monai.bundle`` run of the bundle sets up, as early as it can: the bundle's configs import this.
+"""What a run of the bundle's config sets up, as early as it can: the bundle's configs import this.
 
-MONAI evaluates a config's ``imports`` before any other expression of it: ``--tracking`` resolves ``output_dir`` to
-create the folder of the executed config while it builds the workflow, before the config's ``initialize`` runs, and
-an error there (an ``--output_dir`` that is a file) would end in a traceback. So importing this module, in a
-``python -m monai.bundle`` process and only there (the CLI, the batch job and the deploy app read the same config),
-ends errors in one line (:func:`pipeline.errors.one_line_errors`) and keeps local paths out of MONAI's echo of the
-command's arguments (``> input: '/data/DOE_JOHN'``: hospital exports name study folders by patient).
+MONAI evaluates a config's ``imports`` before any other expression of it: ``--tracking`` resolves ``output_dir``
+while it builds the workflow, to make the folder of the executed config, and only then writes that config, before
+the config's ``initialize`` runs. So, once imported:
+
+- in any process that runs the bundle (``python -m monai.bundle`` or ``monai.bundle.run`` called in-process), MONAI
+  writes the executed config with its local paths redacted (:func:`redacted`): it holds the command's ``--input``, and
+  hospital exports name study folders by patient. Redacted as it is written, no unredacted copy is ever on disk for a
+  failed, interrupted or killed run to leave behind, or for MLflow to upload;
+- in a ``python -m monai.bundle`` process only (the CLI, the batch job and the deploy app read the same config and keep
+  their own error handling), errors end in one line (:func:`pipeline.errors.one_line_errors`; an ``--output_dir``
+  that is a file would end in a traceback) and MONAI's echo of the command's arguments shows no local path
+  (``> input: '/data/DOE_JOHN'``).
+
 :func:`preflight`, the configs' ``initialize``, refuses an unusable output folder or device before any study is read.
 """
 
@@ -17,18 +24,62 @@ import logging
 import os
 import pprint
 import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 
 from pipeline.errors import DcifError, one_line_errors
 from pipeline.fusion.selection import check_device
 from pipeline.io.atomic import output_folder
 
+LOCAL_PATH = "<local path>"
+"""What a string naming a local file or folder becomes."""
+
 NOT_SHOWN = "<not shown>"
 """What MONAI's echo of an argument becomes where MONAI cut it short, so it cannot be read whole to redact."""
+
+_PATH_STARTS = ("/", "~", "./", "../")
+
+
+def _names_a_place(text: str) -> bool:
+    """Whether ``text`` is a location on this machine: absolute, home- or dot-relative, Windows-style, or an existing
+    file or folder (relative ones included: ``--input DOE_JOHN``). Prose such as "PET/CT fusion" is not."""
+    if text.startswith(_PATH_STARTS) or "\\" in text:
+        return True
+    try:
+        return bool(text) and Path(text).exists()
+    except (OSError, ValueError):  # too long a name, a NUL: no file of that name
+        return False
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`, where
+    hospital exports name folders by patient. Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are
+    kept, and so is text that merely holds a slash (the bundle's name, its changelog)."""
+    if isinstance(value, Mapping):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):  # tuples: MONAI's echo of the command's arguments
+        return type(value)(redacted(item) for item in value)
+    if isinstance(value, str) and not value.startswith(("$", "@", "%", "http://", "https://")) and _names_a_place(value):
+        return LOCAL_PATH
+    return value
+
+
+def _write_configs_redacted() -> None:
+    """Make ``ConfigParser.export_config_file``, MONAI's writer of the executed config
+    (``ConfigWorkflow.patch_bundle_tracking``, every DDP rank's too), write the config :func:`redacted`. The config's
+    own setting cannot: MONAI takes ``save_execute_config`` as a literal file name, never evaluated. A file named by
+    ``--save_execute_config PATH`` is written before MONAI resolves anything, so before this module is imported."""
+    export = ConfigParser.export_config_file
+
+    def export_redacted(cls: type[ConfigParser], config: dict, filepath: str | os.PathLike[str], *args: Any,
+                        **kwargs: Any) -> None:
+        export(redacted(config), filepath, *args, **kwargs)
+
+    ConfigParser.export_config_file = classmethod(export_redacted)  # type: ignore[method-assign, assignment]
 
 
 def preflight(output_dir: str | os.PathLike[str], device: str | torch.device) -> None:
@@ -43,10 +94,6 @@ def preflight(output_dir: str | os.PathLike[str], device: str | torch.device) ->
 class _RedactedArguments(logging.Filter):
     """Shows an argument MONAI echoes (``> name: value``) with the local paths in its value redacted."""
 
-    def __init__(self, redact: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self.redact = redact
-
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         name, colon, shown = message.partition(": ")
@@ -60,7 +107,7 @@ class _RedactedArguments(logging.Filter):
             value = ast.literal_eval(shown)
         except (ValueError, TypeError, SyntaxError):  # the middle of a long value left out
             return NOT_SHOWN
-        hidden = self.redact(value)
+        hidden = redacted(value)
         return shown if hidden == value else pprint.pformat(hidden)
 
 
@@ -75,12 +122,10 @@ def _bundle_command() -> str | None:
 
 def _set_up(command: str) -> None:
     """One-line errors, and MONAI's echo of the arguments (``monai.bundle.scripts``' log) redacted."""
-    # Imported here: it brings ignite and MLflow, which the other readers of the config do not need.
-    from pipeline.handlers.mlflow_logging import redacted
-
     one_line_errors(command)
-    logging.getLogger("monai.bundle.scripts").addFilter(_RedactedArguments(redacted))
+    logging.getLogger("monai.bundle.scripts").addFilter(_RedactedArguments())
 
 
+_write_configs_redacted()
 if (_command := _bundle_command()) is not None:
     _set_up(_command)

@@ -4,12 +4,12 @@ The bundle's ``--tracking mlflow`` appends a MONAI ``MLFlowHandler`` to the trai
 these handlers find it on the engine and write into the same run, so tracking stays one switch:
 without the switch there is no MLflow handler and they do nothing (no store is created).
 Names and tags carry only the study's position in the datalist and its hashed key, never a
-patient identifier, and the executed config is logged with its local paths redacted.
+patient identifier; the executed config they log was written with its local paths redacted
+(:mod:`pipeline.bundle_run`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
 from pipeline.fusion.registry import Fuser
-from pipeline.io.atomic import atomic_write
 from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_versions
 from pipeline.visualization import fusion_panel
 
@@ -58,56 +57,13 @@ def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: 
     return params
 
 
-LOCAL_PATH = "<local path>"
-
-
-_PATH_STARTS = ("/", "~", "./", "../")
-
-
-def _names_a_place(text: str) -> bool:
-    """Whether ``text`` is a location on this machine: absolute, home- or dot-relative, Windows-style, or an existing
-    file or folder (relative ones included: ``--input DOE_JOHN``). Prose such as "PET/CT fusion" is not."""
-    if text.startswith(_PATH_STARTS) or "\\" in text:
-        return True
-    try:
-        return bool(text) and Path(text).exists()
-    except (OSError, ValueError):  # too long a name, a NUL: no file of that name
-        return False
-
-
-def redacted(value: Any) -> Any:
-    """``value`` with every string that names a local file or folder replaced by :data:`LOCAL_PATH`, where
-    hospital exports name folders by patient. Config expressions (``$...``, ``@...``, ``%...``) and http(s) URLs are
-    kept, and so is text that merely holds a slash (the bundle's name, its changelog)."""
-    if isinstance(value, Mapping):
-        return {key: redacted(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):  # tuples: MONAI's echo of the command's arguments
-        return type(value)(redacted(item) for item in value)
-    if isinstance(value, str) and not value.startswith(("$", "@", "%", "http://", "https://")) and _names_a_place(value):
-        return LOCAL_PATH
-    return value
-
-
-def redact_local_paths(config_file: Path) -> None:
-    """Rewrite an executed config in place, atomically, with local paths redacted (see :func:`redacted`).
-
-    In place, so that MONAI's own ``MLFlowHandler``, which logs the same file when the run
-    completes, uploads the redacted copy too.
-    """
-    config = json.loads(config_file.read_text())
-    with atomic_write(config_file) as temporary:
-        temporary.write_text(json.dumps(redacted(config), indent=4))
-
-
 class _RunIterationHandler:
     """Base of the loggers: on each iteration, log into the MLflow run when there is one.
 
     ``params`` are logged once, on the first iteration, when the run MONAI opened exists, and so is
     the newest ``config_*.json`` in ``executed_config_dir``: the executed config MONAI's ``--tracking``
     writes there. MONAI logs it itself only when ``output_dir`` is left to the config: overridden
-    (``--output_dir DIR``), its artifact path becomes ``"DIR + '/config_...'"``, which names no file. Every
-    ``config_*.json`` there is redacted first: under DDP each rank writes its own, and rank 0's MONAI handler
-    uploads its own, which need not be the newest.
+    (``--output_dir DIR``), its artifact path becomes ``"DIR + '/config_...'"``, which names no file.
     """
 
     def __init__(self, params: Mapping[str, Any] | None = None,
@@ -127,8 +83,6 @@ class _RunIterationHandler:
             for name, value in self.params.items():
                 found[0].log_param(found[1], name, value[:500])
             configs = sorted(self.executed_config_dir.glob("config_*.json")) if self.executed_config_dir else []
-            for config in configs:
-                redact_local_paths(config)
             if configs:
                 found[0].log_artifact(found[1], str(configs[-1]))
             self._params_logged = True

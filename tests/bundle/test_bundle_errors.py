@@ -1,5 +1,6 @@
 """The bundle workflows as a MONAI user runs them: errors are one line, NIfTI input takes the PET's units, an unusable
-output folder or device stops the run before any study is read, and the command never prints a study's folder."""
+output folder or device stops the run before any study is read, and the command never prints a study's folder nor
+leaves it in its executed config."""
 
 from __future__ import annotations
 
@@ -119,3 +120,16 @@ def test_the_command_never_prints_the_study_folder_it_was_given(tmp_path: Path, 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DOE_JOHN" not in result.stdout + result.stderr
     assert "> input: '<local path>'" in result.stdout
+
+
+def test_a_run_with_tracking_that_fails_leaves_no_executed_config_naming_the_study_folder(tmp_path: Path) -> None:
+    """``--tracking`` writes the executed config, with ``--input``, before the config's ``initialize``: it was redacted
+    only once an engine ran, and a run failing before (an empty study folder here) left it naming the patient."""
+    (tmp_path / "DOE_JOHN").mkdir()
+    result = _command("inference", "--input", str(tmp_path / "DOE_JOHN"), "--output_dir", str(tmp_path / "out"),
+                      "--method", "laplacian", "--tracking", "mlflow")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (written,) = (tmp_path / "out").glob("config_*.json")
+    assert "DOE_JOHN" not in written.read_text()
+    assert '"input": "<local path>"' in written.read_text()

@@ -12,7 +12,6 @@ from mlflow import MlflowClient
 from monai.handlers import MLFlowHandler
 
 from pipeline.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
-from pipeline.handlers.mlflow_logging import LOCAL_PATH, redacted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,28 +91,3 @@ def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_pa
     # Hospital exports name folders by patient: no local path (here every one is under tmp_path) is logged.
     assert str(tmp_path) not in logged and '"<local path>"' in logged
     assert json.loads(logged)["method"] == "laplacian"
-
-
-def test_redaction_takes_every_place_and_keeps_prose(tmp_path, monkeypatch):
-    """Every string holding a slash became "<local path>" (the bundle's name "DCIF-GAN PET/CT fusion", its
-    changelog), while a relative folder named by a patient, without a slash, was logged as it is."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "DOE_JOHN").mkdir()
-    config = {"input": "DOE_JOHN", "items": [{"ct": "DOE_JOHN"}], "absolute": str(tmp_path / "gone"),
-              "home": "~/exports", "dot": "./exports", "windows": "C:\\exports\\x", "name": "DCIF-GAN PET/CT fusion",
-              "expression": "$@bundle_root + '/models'", "url": "https://pacs.example/dicom-web", "epochs": 3}
-    assert redacted(config) == {**config, "input": LOCAL_PATH, "items": [{"ct": LOCAL_PATH}], "absolute": LOCAL_PATH,
-                                 "home": LOCAL_PATH, "dot": LOCAL_PATH, "windows": LOCAL_PATH}
-
-
-def test_every_ranks_executed_config_is_redacted_before_any_is_logged(tmp_path):
-    """Under DDP each rank writes a config_*.json and rank 0's MONAI handler uploads its own, the older one here."""
-    configs = [tmp_path / "config_20261207_180604.json", tmp_path / "config_20261207_180605.json"]
-    for config in configs:
-        config.write_text(json.dumps({"dataset_dir": str(tmp_path / "DOE_JOHN")}))
-    engine = _engine([{"loss": 1.0}])
-    MLflowSliceLogger(log_volumes=False, executed_config_dir=tmp_path).attach(engine)
-    MLFlowHandler(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}", experiment_name="t", iteration_log=False,
-                  epoch_log=False, artifact_location=str(tmp_path / "artifacts")).attach(engine)
-    engine.run([0], max_epochs=1)
-    assert [json.loads(config.read_text())["dataset_dir"] for config in configs] == [LOCAL_PATH, LOCAL_PATH]
