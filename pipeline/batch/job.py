@@ -54,7 +54,7 @@ def check_options(options: BatchOptions, executor: Executor) -> Mapping[str, Fus
 
 def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:
     """Studies discovery could not pair, and files it could not read, named by the locator."""
-    failed = [StudyResult(key="", status=FAILED, location=locator.location(failure.location),
+    failed = [StudyResult(key=failure.key, status=FAILED, location=locator.location(failure.location),
                           reason=locator.redact(failure.reason))
               for failure in found.failures]
     unreadable = [FileIssue(locator.location(problem.path), locator.redact(problem.reason))

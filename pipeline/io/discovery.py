@@ -221,6 +221,7 @@ class StudyFailure:
 
     location: Path
     reason: str
+    key: str = ""  # the study's key where the failure is one study's (the batch report's key column)
 
     def __str__(self) -> str:
         return f"{self.location}: {self.reason}"
@@ -444,18 +445,19 @@ def pick_pair(study_uid: str, series: list[SeriesInfo]) -> StudyPair | StudyFail
     cts = [s for s in series if s.modality == "CT" and s.series_uid not in ignored]
     pets = [s for s in series if s.modality == "PT"]
     where = _common_folder(series)
-    name = f"study {study_key(study_uid)}"
+    key = study_key(study_uid)
+    name = f"study {key}"
     if ignored and not cts:
-        return StudyFailure(where, f"{name}: its only CT series are derived images (ignored), no original CT")
+        return StudyFailure(where, f"{name}: its only CT series are derived images (ignored), no original CT", key)
     if not cts or not pets:
         missing = "PET" if cts else "CT"
         present = "CT" if cts else "PET"
-        return StudyFailure(where, f"{name} has {present} but no {missing} series")
+        return StudyFailure(where, f"{name} has {present} but no {missing} series", key)
     candidates = [(ct, pet) for ct in cts for pet in pets
                   if ct.frame_of_reference_uid and ct.frame_of_reference_uid == pet.frame_of_reference_uid]
     if not candidates:
         return StudyFailure(where, f"{name}: its PET and CT series have different FrameOfReferenceUIDs "
-                                   "(not co-registered)")
+                                   "(not co-registered)", key)
     ct, pet = max(candidates, key=lambda c: (not (c[0].refused or c[1].refused),
                                              c[1].is_attenuation_corrected, c[1].overlap_mm(c[0]),
                                              c[0].is_attenuation_ct, c[0].n_slices, c[1].n_slices,
@@ -503,7 +505,7 @@ def _shared_uid(study_uid: str, series: list[SeriesInfo]) -> StudyFailure | None
     places = " and ".join(str(_common_folder(group)) for group in complete)
     return StudyFailure(_common_folder(series), f"study {study_key(study_uid)}: {len(complete)} PET/CT studies "
                                                 f"share one StudyInstanceUID{' (empty)' if not study_uid else ''}: "
-                                                f"{places}; give each its own UID")
+                                                f"{places}; give each its own UID", study_key(study_uid))
 
 
 def _without_overlap(pair: StudyPair) -> StudyFailure | None:
@@ -514,7 +516,7 @@ def _without_overlap(pair: StudyPair) -> StudyFailure | None:
         return None
     return StudyFailure(pair.ct.folder, f"study {pair.study_key}: its PET ({pet_lo:.1f} to {pet_hi:.1f} mm, "
                                         f"{pair.pet.folder}) does not overlap its CT ({ct_lo:.1f} to {ct_hi:.1f} mm) "
-                                        "axially")
+                                        "axially", pair.study_key)
 
 
 def _refused(pair: StudyPair) -> StudyFailure | None:
@@ -522,7 +524,8 @@ def _refused(pair: StudyPair) -> StudyFailure | None:
     batch loads it: the study fails at discovery, so ``inspect`` says so."""
     for role, series in (("CT", pair.ct), ("PET", pair.pet)):
         if series.refused:
-            return StudyFailure(series.folder, f"study {pair.study_key}: {role} series: {series.refused}")
+            return StudyFailure(series.folder, f"study {pair.study_key}: {role} series: {series.refused}",
+                                pair.study_key)
     return None
 
 

@@ -65,6 +65,10 @@ def test_broken_studies_are_reported_and_the_batch_goes_on(tmp_path: Path, mixed
     assert set(failed) == {"truncated", "no_pet", "other_frame", "corrupt_pixels"}
     assert "no PET" in failed["no_pet"]
     assert "FrameOfReferenceUID" in failed["other_frame"]
+    # A study that discovery fails has its key, as its reason says ("study KEY: ..."), for the report's key column.
+    keyed = {row["location"].split("/")[0]: row["key"] for row in rows if row["status"] == "failed"}
+    for name in ("no_pet", "other_frame"):
+        assert keyed[name] and failed[name].startswith(f"study {keyed[name]}")
     assert "pixel data" in failed["truncated"] and "pixel data" in failed["corrupt_pixels"]
     assert all("\n" not in reason and str(mixed_export) not in reason for reason in failed.values())
     ok = [row["key"] for row in rows if row["status"] == "ok"]
