@@ -21,7 +21,6 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
 from tqdm import tqdm
 
 from pipeline.fusion.registry import Fuser
@@ -92,8 +91,8 @@ class StudySink:
 class FusedStudy:
     """A loaded study and the fusers to stream it through, slab by slab onto the CT grid.
 
-    ``data`` holds ``ct`` (HU, int16 when they are whole numbers), ``pet`` (SUV, on its own grid),
-    ``pet_slices``, ``body_slices``, and ``ct_headers`` and ``pet_headers`` when the study was read
+    ``data`` holds ``ct`` (HU, int16 when they are whole numbers: :mod:`pipeline.io.volume_fill`), ``pet`` (SUV,
+    on its own grid), ``pet_slices``, ``body_slices``, and ``ct_headers`` and ``pet_headers`` when the study was read
     from DICOM (see :mod:`pipeline.transforms.data_path`); ``timings`` gathers seconds per report stage.
     """
 
@@ -186,23 +185,6 @@ class FusedStudy:
         self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - closing
 
 
-def _integer_hu(ct: MetaTensor, slab: int = 16) -> MetaTensor:
-    """The CT as int16 when every voxel is a whole HU in range (so every window sees the same values), else as is.
-
-    Scanners store CT as integers x RescaleSlope 1 + an integer intercept, so this is the rule and
-    halves what a whole-body study holds while it streams; a CT with a fractional slope or from
-    NIfTI floats stays float32. Checked and converted a slab at a time.
-    """
-    compact = torch.empty(ct.shape, dtype=torch.int16)
-    limits = torch.iinfo(torch.int16)
-    for start in range(0, ct.shape[-1], slab):
-        part = ct.as_tensor()[..., start : start + slab]
-        if not (torch.equal(part, part.round()) and limits.min <= part.min() and part.max() <= limits.max):
-            return ct
-        compact[..., start : start + slab] = part
-    return MetaTensor(compact, affine=ct.affine, meta={key: value for key, value in ct.meta.items() if key != "affine"})
-
-
 def fuse_study(
     study: StudySource,
     fusers: Mapping[str, Fuser],
@@ -228,6 +210,5 @@ def fuse_study(
         data = transform(data)
         stage = _STAGES.get(type(transform).__name__, "window")
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-    data["ct"] = _integer_hu(data["ct"])
     return FusedStudy(data=data, network=network.to(device).eval(), device=device,
                       sw_batch_size=sw_batch_size, progress=progress, timings=timings)

@@ -1,8 +1,9 @@
 """Load one DICOM image series as a channel-first RAS ``MetaTensor``.
 
 Slices are ordered by their position along the slice normal (file names and InstanceNumber are not
-reliable), rescaled slice by slice (PET slopes differ per slice) into one preallocated float32 volume,
-so a large CT never exists as both an integer and a float copy. A volume is a regular stack: tilted
+reliable), rescaled slice by slice (PET slopes differ per slice) and written a block of slices at a time into one
+preallocated volume: float32, or int16 for a CT whose HU are whole numbers (:mod:`pipeline.io.volume_fill`), so a
+large CT never exists as both an integer and a float copy. A volume is a regular stack: tilted
 (sheared) series are refused, and so are gaps (missing slices: resampling across them would invent
 data), and so are steps so uneven that a slice lies over half a step from its place on an even grid; slightly
 uneven steps are reported, and the volume uses the mean step.
@@ -31,6 +32,7 @@ from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
 from pipeline.io.headers import read_dicom, slice_normal, slice_position, undated_moment
 from pipeline.io.patient_space import LPS_TO_RAS
+from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 
 # A discovered series, a folder holding one series, one file, or a list of files.
 SeriesSource = SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -59,7 +61,6 @@ _DUPLICATE_TOLERANCE_MM = 1e-3
 _UNEVEN_TOLERANCE = 0.01  # relative deviation of a slice step from the median step
 _GAP_FACTOR = 1.5  # a step this many times the median means missing slices
 _OFF_GRID_FRACTION = 0.5  # of the mean step: how far a slice may lie from its place on the volume's even grid
-_BLOCK_SLICES = 16  # slices decoded per block before one transposing write into the volume
 _MAX_MATRIX = 8192  # Rows/Columns beyond this are a corrupt header, not an image (65535^2 floats: 16 GiB a slice)
 
 
@@ -156,18 +157,18 @@ def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
     return apply_rescale(pixels, dataset)
 
 
-def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]:
-    """Read, check and decode every slice into ``planes`` (X, Y, Z), a block of slices at a time.
+def _fill(volume: VolumeFill, files: list[Path], first: Dataset) -> list[_Slice]:
+    """Read, check and decode every slice into ``volume``, a block of slices at a time.
 
     Each file is read once here, and its header kept (pixel data dropped) for the writers of derived
     series, so they need not read it again. Writing one (rows, columns) slice into the last axis touches a new cache
     line per voxel; a block of slices written together fills whole cache lines, which halves the
     loading time of a large CT.
     """
-    block = np.empty((min(_BLOCK_SLICES, len(files)), *planes.shape[1::-1]), dtype=np.float32)
+    block = np.empty((min(BLOCK_SLICES, len(files)), int(first.Rows), int(first.Columns)), dtype=np.float32)
     slices = []
-    for start in range(0, len(files), _BLOCK_SLICES):
-        chunk = files[start:start + _BLOCK_SLICES]
+    for start in range(0, len(files), BLOCK_SLICES):
+        chunk = files[start:start + BLOCK_SLICES]
         for offset, path in enumerate(chunk):
             dataset = first if start + offset == 0 else read_dicom(path, header_only=False)
             position = _slice_position(dataset, path)
@@ -177,7 +178,7 @@ def _fill(planes: np.ndarray, files: list[Path], first: Dataset) -> list[_Slice]
                 if dataset.get("AcquisitionTime") else None
             del dataset.PixelData  # and its decoded copy: the block holds the values now
             slices.append(_Slice(dataset, path, position, acquisition, _pet_slice(dataset, acquisition)))
-        planes[:, :, start:start + len(chunk)] = block[:len(chunk)].transpose(2, 1, 0)
+        volume.put(block[:len(chunk)].transpose(2, 1, 0))
     return slices
 
 
@@ -292,8 +293,9 @@ def read_series(source: SeriesSource) -> tuple[MetaTensor, list[Dataset]]:
     files = _ordered_files(source)
     first = read_dicom(files[0], header_only=False)
     _slice_position(first, files[0])
-    volume = torch.empty((1, int(first.Columns), int(first.Rows), len(files)), dtype=torch.float32)
-    slices = _fill(volume.numpy()[0], files, first)
+    filled = VolumeFill((int(first.Columns), int(first.Rows), len(files)), str(first.get("Modality", "")))
+    slices = _fill(filled, files, first)
+    volume = filled.voxels
     spacing_report = _spacing_report(slices, first)
     affine = _affine(first, float(spacing_report["step_mm"]))
     meta = _series_meta(first, slices)
@@ -309,7 +311,7 @@ def read_series(source: SeriesSource) -> tuple[MetaTensor, list[Dataset]]:
 
 
 def load_series(source: SeriesSource) -> MetaTensor:
-    """Read one DICOM series into a float32 ``(1, X, Y, Z)`` MetaTensor with a RAS affine.
+    """Read one DICOM series into a ``(1, X, Y, Z)`` MetaTensor with a RAS affine: float32, int16 for a CT of whole HU.
 
     ``source`` is a discovered series, a folder holding exactly one series, one file, or a list of files.
     Raises InputError (one line, naming the file) for anything that does not form one regular stack.

@@ -3,6 +3,8 @@
 NIfTI carries no modality or PET units, so the caller states the modality; the affine is nibabel's
 (sform, else qform), which is already RAS like the DICOM loader's output. A file with neither (both codes 0)
 is refused: nibabel would place it by its voxel sizes alone, mirrored front to back against a scanner's space.
+The voxels are read a block of axial slices at a time into the volume the DICOM loader fills too
+(:mod:`pipeline.io.volume_fill`: int16 for a CT of whole HU), never as a whole float32 copy.
 """
 
 from __future__ import annotations
@@ -24,57 +26,74 @@ from monai.data import MetaTensor
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
+from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 
 logger = logging.getLogger(__name__)
 
 
 def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
-    """Read a 3-D NIfTI file into a float32 ``(1, X, Y, Z)`` MetaTensor with ``meta["modality"]`` set."""
+    """Read a 3-D NIfTI file into a ``(1, X, Y, Z)`` MetaTensor with ``meta["modality"]`` set: float32, int16 for a CT
+    of whole HU."""
     path = Path(path)
     try:
-        image = nib.load(path)
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        image = nib.load(path, keep_file_open=True)  # every block from one open file: a .gz is inflated once
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except Exception as exc:  # nibabel signals corrupt or foreign files with many exception types
         raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {one_line(exc)})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    shape = image.shape[:3] if len(image.shape) == 4 and image.shape[3] == 1 else image.shape
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {image.shape}")
     if not image.get_sform(coded=True)[1] and not image.get_qform(coded=True)[1]:
         raise InputError(f"{path}: no scanner geometry: qform and sform codes are 0")
-    data = _finite(data, path, modality)
+    volume, nonfinite = VolumeFill(shape, modality), 0
+    for start in range(0, shape[2], BLOCK_SLICES):
+        block, count = _finite(_block(image, path, start, min(start + BLOCK_SLICES, shape[2])))
+        volume.put(block)
+        nonfinite += count
+    if nonfinite:
+        _refuse_or_warn(nonfinite, volume.voxels.numel(), path, modality)
     affine = np.asarray(image.affine, dtype=float)
     meta = {
         "modality": modality,
         "filename_or_obj": str(path),
         "original_affine": affine,
-        "spatial_shape": np.array(data.shape),
+        "spatial_shape": np.array(shape),
         "space": "RAS",
         "original_channel_dim": float("nan"),
     }
-    # NIfTI data arrive Fortran-ordered; make them C-contiguous like every other volume in the pipeline.
-    volume = torch.from_numpy(np.ascontiguousarray(data[None]))
-    return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+    return MetaTensor(volume.voxels, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
 
 
-def _finite(data: np.ndarray, path: Path, modality: str) -> np.ndarray:
-    """``data`` with NaN/Inf voxels set to 0 in a PET (outside its field of view: SPM and FSL write NaN there, and
-    no activity is what they mean); in any other volume they are refused, since 0 would pass for water in a CT.
+def _block(image: nib.spatialimages.SpatialImage, path: Path, start: int, stop: int) -> np.ndarray:
+    """Axial slices ``start:stop`` as ``(X, Y, n)`` float32: the values ``np.asarray(image.dataobj, np.float32)``
+    holds there, nibabel scaling a part of the file as it scales the whole."""
+    slicer = (slice(None), slice(None), slice(start, stop), *(0,) * (image.ndim - 3))
+    try:
+        return np.asarray(image.dataobj[slicer], dtype=np.float32)
+    except Exception as exc:  # a truncated or corrupt file shows when its voxels are read
+        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _finite(block: np.ndarray) -> tuple[np.ndarray, int]:
+    """``block`` with its NaN/Inf voxels set to 0, and how many there were.
 
     A float64 sum is finite exactly when every float32 voxel is (it cannot overflow), and costs no mask when it is.
     """
-    if np.isfinite(np.sum(data, dtype=np.float64)):
-        return data
-    finite = np.isfinite(data)
-    count = data.size - int(np.count_nonzero(finite))
+    if np.isfinite(np.sum(block, dtype=np.float64)):
+        return block, 0
+    finite = np.isfinite(block)
+    return np.where(finite, block, np.float32(0.0)), block.size - int(np.count_nonzero(finite))
+
+
+def _refuse_or_warn(count: int, size: int, path: Path, modality: str) -> None:
+    """NaN/Inf voxels are 0 in a PET (outside its field of view: SPM and FSL write NaN there, and no activity is what
+    they mean); in any other volume they are refused, since 0 would pass for water in a CT."""
     if modality != "PT":
-        raise InputError(f"{path}: {count} of {data.size} voxels are NaN or infinite in a {modality} volume: "
+        raise InputError(f"{path}: {count} of {size} voxels are NaN or infinite in a {modality} volume: "
                          "set them to a value first (-1024 HU, air, outside a CT's field of view)")
     logger.warning("%s: %d of %d PET voxels are NaN or infinite (outside the field of view?); set to 0",
-                   path, count, data.size)
-    return np.where(finite, data, np.float32(0.0))
+                   path, count, size)
 
 
 # NIfTI xform code "scanner anatomical": the affine is the scanner's patient space.

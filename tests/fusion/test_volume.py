@@ -110,19 +110,3 @@ def test_fuse_study_lies_on_the_ct_geometry_and_times_its_stages(tiny_datalist, 
 def test_unknown_window_is_refused_before_anything_is_read():
     with pytest.raises(InputError, match="unknown CT window"):
         fuse_study({"ct": "/nonexistent/ct", "pet": "/nonexistent/pet"}, build_fusers(["max"]), windows=["bone"])
-
-
-@pytest.mark.parametrize(("values", "compact"), [([-1024.0, 0.0, 3071.0], True), ([-1024.0, 0.5, 40.0], False),
-                                                 ([-1024.0, 0.0, 40000.0], False)])
-def test_a_whole_number_ct_is_held_as_int16_and_any_other_as_is(values, compact):
-    from monai.data import MetaTensor
-
-    from pipeline.fusion.streaming import _integer_hu
-
-    ct = MetaTensor(torch.tensor(values).repeat(40).reshape(1, 2, 3, 20), affine=torch.eye(4) * 2.0,
-                    meta={"filename_or_obj": "ct"})
-    held = _integer_hu(ct, slab=7)
-    assert held.dtype == (torch.int16 if compact else torch.float32)
-    assert torch.equal(held.as_tensor().float(), ct.as_tensor())  # the same HU either way
-    torch.testing.assert_close(held.affine, ct.affine)
-    assert held.meta["filename_or_obj"] == "ct"

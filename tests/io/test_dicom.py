@@ -9,6 +9,7 @@ import pydicom
 import pytest
 import torch
 from monai.transforms import LoadImage
+from pydicom.pixels import apply_rescale
 
 from pipeline.io.dicom import load_series
 from pipeline.errors import InputError
@@ -18,8 +19,42 @@ from pipeline.io.discovery import discover_studies
 def test_ct_values_and_order(dicom_factory):
     values = dicom_factory.ramp(base=-500.0)
     volume = load_series(dicom_factory.series("ct", values, modality="CT"))
-    assert volume.shape == (1, 6, 5, 4) and volume.dtype == torch.float32
+    assert volume.shape == (1, 6, 5, 4) and volume.dtype == torch.int16  # whole HU, as scanners store them
     np.testing.assert_array_equal(volume[0].numpy(), values)
+
+
+def _stored_as(stored: np.ndarray, slopes: list[float], intercept: float):
+    """A series ``header`` hook: slice k stores ``stored[:, :, k]`` (X, Y) with ``slopes[k]`` and ``intercept``."""
+    def header(ds, k):
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slopes[k]:g}", f"{intercept:g}"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T, dtype=np.int16).tobytes()
+    return header
+
+
+def _float32_volume(folder) -> np.ndarray:
+    """What a float32 volume of the series holds: each slice rescaled by pydicom, in float32, as (X, Y, Z)."""
+    slices = sorted(map(pydicom.dcmread, folder.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    return np.stack([apply_rescale(ds.pixel_array, ds).astype(np.float32).T for ds in slices], axis=-1)
+
+
+# 20 slices: two blocks of the loader, so a fractional slice in the second turns int16 slices already read into float32.
+STORED = np.random.default_rng(0).integers(0, 3000, size=(6, 5, 20)) * 2  # even: whole numbers at slope 0.5 too
+
+
+@pytest.mark.parametrize(("modality", "slopes", "dtype"), [
+    ("CT", [1.0] * 20, torch.int16),  # as scanners store CT
+    ("CT", [0.5] * 20, torch.int16),  # a fractional slope whose products are whole
+    ("CT", [1.0] * 18 + [0.3, 1.0], torch.float32),  # one slice of fractional HU, in the second block
+    ("CT", [12.0] * 20, torch.float32),  # whole HU beyond int16's range
+    ("PT", [1.0] * 20, torch.float32),  # PET stays float32, whole or not
+], ids=["whole", "whole-products", "one-fractional-slice", "beyond-int16", "pet"])
+def test_the_loader_holds_whole_hu_as_int16_and_the_float32_values_to_the_bit(dicom_factory, modality, slopes, dtype):
+    folder = dicom_factory.series("series", np.zeros(STORED.shape), modality=modality,
+                                  header=_stored_as(STORED, slopes, -1024.0 if modality == "CT" else 0.0))
+    volume = load_series(folder)
+    assert volume.dtype == dtype
+    held = volume[0].numpy().astype(np.float32)  # as the CT windows read it
+    np.testing.assert_array_equal(held.view(np.int32), _float32_volume(folder).view(np.int32))
 
 
 def test_pet_per_slice_slope(dicom_factory):

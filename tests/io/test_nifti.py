@@ -26,7 +26,7 @@ def test_matches_dicom_of_the_same_volume(dicom_factory, tmp_path: Path):
 
     from_nifti = load_nifti(path, "CT")
 
-    assert from_nifti.shape == from_dicom.shape and from_nifti.dtype == torch.float32
+    assert from_nifti.shape == from_dicom.shape and from_nifti.dtype == from_dicom.dtype == torch.int16  # whole HU
     assert from_nifti.is_contiguous()
     np.testing.assert_allclose(from_nifti.affine.numpy(), from_dicom.affine.numpy(), atol=1e-5)
     np.testing.assert_array_equal(from_nifti.numpy(), from_dicom.numpy())
@@ -42,16 +42,53 @@ def test_applies_scaling_and_squeezes_single_volume_4d(tmp_path: Path):
     np.testing.assert_allclose(volume[0].numpy(), np.arange(24).reshape(2, 3, 4) * 0.5 + 10.0)
 
 
+# 20 slices: two blocks of the loader, so a fractional slice in the second turns int16 slices already read into float32.
+WHOLE = np.random.default_rng(0).integers(-1000, 2000, size=(6, 5, 20)) * 2  # even: whole numbers at slope 0.5 too
+
+
+def _one_fraction(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float32)
+    values[2, 3, 18] += 0.5
+    return values
+
+
+@pytest.mark.parametrize(("modality", "values", "slope_inter", "dtype"), [
+    ("CT", WHOLE.astype(np.int16), None, torch.int16),  # as converters store CT
+    ("CT", WHOLE.astype(np.float32), None, torch.int16),  # whole HU stored as floats
+    ("CT", (WHOLE + 1024).astype(np.int16), (0.5, -1024.0), torch.int16),  # a fractional slope whose products are whole
+    ("CT", WHOLE.astype(np.int16) + 1, (0.5, -1024.0), torch.float32),  # odd values x 0.5: fractional HU
+    ("CT", _one_fraction(WHOLE), None, torch.float32),  # one fractional voxel, in the second block
+    ("CT", WHOLE.astype(np.float32) * 20, None, torch.float32),  # whole HU beyond int16's range
+    ("PT", WHOLE.astype(np.int16), None, torch.float32),  # PET stays float32, whole or not
+], ids=["int16", "whole-floats", "whole-products", "fractional-slope", "one-fractional-voxel", "beyond-int16", "pet"])
+def test_the_loader_holds_whole_hu_as_int16_and_the_float32_values_to_the_bit(tmp_path: Path, modality, values,
+                                                                             slope_inter, dtype):
+    path = tmp_path / "volume.nii.gz"
+    image = nib.Nifti1Image(values, np.diag([0.8, 0.8, 2.0, 1.0]))
+    if slope_inter is not None:
+        image.header.set_slope_inter(*slope_inter)
+    nib.save(image, path)
+    volume = load_nifti(path, modality)
+    assert volume.dtype == dtype
+    held = volume[0].numpy().astype(np.float32)  # as the CT windows read it
+    whole_read = np.asarray(nib.load(path).dataobj, dtype=np.float32)  # nibabel's float32 volume
+    np.testing.assert_array_equal(held.view(np.int32), whole_read.view(np.int32))
+
+
 def test_rejects_2d(tmp_path: Path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
     with pytest.raises(InputError, match=r"flat\.nii\.gz: expected a 3-D volume"):
         load_nifti(tmp_path / "flat.nii.gz", "CT")
 
 
-@pytest.mark.parametrize("content, problem", [(None, "file not found"), (b"garbage", "unreadable NIfTI")])
+@pytest.mark.parametrize("content, problem", [(None, "file not found"), (b"garbage", "unreadable NIfTI"),
+                                              ("truncated", "unreadable NIfTI")])
 def test_bad_files(tmp_path: Path, content, problem):
     path = tmp_path / "bad.nii.gz"
-    if content is not None:
+    if content == "truncated":  # the header reads, the voxels end half-way
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(-999, 999, (8, 8, 40), np.int16), np.eye(4)), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(InputError) as info:
         load_nifti(path, "CT")
@@ -172,9 +209,9 @@ def test_either_xform_code_is_enough(tmp_path: Path, code: str):
 
 
 def _with_non_finite(tmp_path: Path) -> Path:
-    values = np.ones((4, 4, 3), np.float32)
+    values = np.ones((4, 4, 20), np.float32)  # two blocks of the loader: counted over both
     values[:, :, 0] = np.nan  # an end slice outside the field of view, as SPM and FSL write it
-    values[0, 0, 2] = np.inf
+    values[0, 0, 19] = np.inf
     nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "vol.nii.gz")
     return tmp_path / "vol.nii.gz"
 
@@ -184,12 +221,12 @@ def test_non_finite_pet_voxels_become_zero_with_a_warning(tmp_path: Path, caplog
     with caplog.at_level("WARNING", logger="pipeline.io.nifti"):
         volume = load_nifti(path, "PT")
     assert torch.isfinite(volume).all()
-    assert int((volume == 0).sum()) == 17 and float(volume.sum()) == 48 - 17
-    assert f"{path}: 17 of 48 PET voxels are NaN or infinite" in caplog.text
+    assert int((volume == 0).sum()) == 17 and float(volume.sum()) == 320 - 17
+    assert f"{path}: 17 of 320 PET voxels are NaN or infinite" in caplog.text
 
 
 def test_non_finite_ct_voxels_are_refused(tmp_path: Path):
     path = _with_non_finite(tmp_path)
     with pytest.raises(InputError) as info:
         load_nifti(path, "CT")
-    assert str(info.value).startswith(f"{path}: 17 of 48 voxels are NaN or infinite in a CT volume")
+    assert str(info.value).startswith(f"{path}: 17 of 320 voxels are NaN or infinite in a CT volume")
