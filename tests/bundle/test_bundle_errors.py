@@ -133,3 +133,14 @@ def test_a_run_with_tracking_that_fails_leaves_no_executed_config_naming_the_stu
     (written,) = (tmp_path / "out").glob("config_*.json")
     assert "DOE_JOHN" not in written.read_text()
     assert '"input": "<local path>"' in written.read_text()
+
+
+def test_evaluate_runs_as_the_readme_types_it(tmp_path: Path, tiny_phantom_root: Path) -> None:
+    """In a fresh process: the tests that run evaluate in-process had imported ``pipeline.data`` already, and the
+    command itself ended in "module 'pipeline' has no attribute 'data'"."""
+    result = _command("evaluate", "--bundle_root", str(INFERENCE.parents[1]), "--dataset_dir", str(tiny_phantom_root),
+                      "--phantom_studies", "2", "--val_fraction", "0.5", "--methods", "['laplacian']",
+                      "--windows", "['lung']", "--output_dir", str(tmp_path / "eval"))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "laplacian" in (tmp_path / "eval" / "metrics_summary.md").read_text()
