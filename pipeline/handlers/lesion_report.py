@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from PIL import Image
 
-from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes
+from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes, study_affine
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics.lesion import (
     DEFAULT_FRACTION,
@@ -36,16 +35,6 @@ from pipeline.visualization.panels import fusion_panel
 JSON_NAME = "lesion_contrast.json"
 PANEL_DIR = "lesion_panels"
 MARKDOWN_NAME = "lesion_contrast.md"
-
-
-def study_affine(engine: Engine) -> np.ndarray:
-    """The study's voxel -> RAS mm affine: from the output ``image``, else the batch's."""
-    for image in (engine.state.output["image"], engine.state.batch.get("image")):
-        if isinstance(image, MetaTensor):
-            affine = image.affine
-            # Collated MetaTensors carry one affine per batch item.
-            return np.asarray((affine[0] if affine.ndim == 3 else affine).cpu(), dtype=np.float64)
-    raise ValueError("LesionContrastReport needs the evaluator's 'image' as a MetaTensor to know the voxel spacing")
 
 
 def ratio_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,12 +144,13 @@ class LesionContrastReport:
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  "lesion": source, **contrast})
             if self.panels and lesion.any():
-                self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion)
+                self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion, affine)
 
-    def _write_panel(self, name: str, ct: np.ndarray, pet: np.ndarray, fused: np.ndarray, lesion: np.ndarray) -> None:
+    def _write_panel(self, name: str, ct: np.ndarray, pet: np.ndarray, fused: np.ndarray, lesion: np.ndarray,
+                     affine: np.ndarray) -> None:
         """CT | PET | each fused image at the axial slice holding the most lesion voxels, atomically."""
         z = int(np.argmax(lesion.sum(axis=(0, 1))))
-        picture = fusion_panel(ct[..., z], pet[..., z], *(channel[..., z] for channel in fused))
+        picture = fusion_panel(ct[..., z], pet[..., z], *(channel[..., z] for channel in fused), affine=affine)
         folder = self.output_dir / PANEL_DIR
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / name) as temporary:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data import MetaTensor
 
 from pipeline.metrics import score_slices
 from pipeline.transforms.slicing import flagged_slices
@@ -26,6 +27,18 @@ def batch_field(engine: Engine, key: str) -> Any:
     if isinstance(value, (list, tuple)):
         value = value[0]
     return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def study_affine(engine: Engine) -> np.ndarray:
+    """The study's voxel -> RAS mm affine, from the output ``image``, else the batch's: the voxel spacing, and
+    where the patient's front and left are in a slice."""
+    for image in (engine.state.output["image"], engine.state.batch.get("image")):
+        if isinstance(image, MetaTensor):
+            affine = image.affine
+            # Collated MetaTensors carry one affine per batch item.
+            return np.asarray((affine[0] if affine.ndim == 3 else affine).cpu(), dtype=np.float64)
+    raise ValueError("the evaluator's 'image' must be a MetaTensor: its affine gives the voxel spacing and "
+                     "the slices' orientation")
 
 
 def evaluator_volumes(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +78,7 @@ class FusionSliceMetrics:
     def __call__(self, engine: Engine) -> None:
         image, pred = evaluator_volumes(engine)
         context = {key: batch_field(engine, key) for key in ("study_key", "study_index")}
+        affine = study_affine(engine)
         # Slices outside the body carry nothing to score.
         scored = flagged_slices(engine.state.batch["body_slices"][0])[:: self.every_k]
         channels, ct_channels = engine.network.channels, engine.network.ct_channels
@@ -73,6 +87,6 @@ class FusionSliceMetrics:
             window, method = channels[channel]
             row = {**context, "window": window, "method": method, "slice_index": z, **metrics}
             slices.append({**row, "metrics": metrics, "ct": image[ct_channels[channel], ..., z], "pet": image[-1, ..., z],
-                           "fused": pred[channel, ..., z]})
+                           "fused": pred[channel, ..., z], "affine": affine})
             engine.state.fusion_rows.append(row)
         engine.state.fusion_slices = slices

@@ -1,26 +1,52 @@
 """Render 2-D slices as RGB pictures for MLflow, previews and reports.
 
-Arrays arrive in the pipeline's ``(X, Y)`` slice layout (X = DICOM column, Y = row); pictures are
-drawn in radiological display layout (rows = Y), so a viewer sees the patient as on a workstation.
+Arrays arrive in the pipeline's ``(X, Y)`` slice layout: axial slices of a volume whose voxel axes are stored in
+any order (DICOM: X = column, Y = row; NIfTI: as the file's writer chose). Given the volume's affine, a picture is
+drawn in radiological display layout, anterior up and the patient's left on the viewer's right, whatever the
+order; without one, as a DICOM frame stores it (rows = Y), the layout of the colour DICOM series.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 ArrayLike = np.ndarray | torch.Tensor
 
+# Display rows run from anterior to posterior, columns from the patient's right to left (nibabel axis codes).
+DISPLAY_AXCODES = ("P", "L")
+# Rows = Y, columns = X: the transpose, as a DICOM frame stores an (X, Y) slice.
+STORED_LAYOUT = np.array([[1.0, 1.0], [0.0, 1.0]])
 
-def _display(slice_xy: ArrayLike) -> np.ndarray:
-    """(X, Y) slice -> (rows, cols) float array in [0, 1] for display."""
-    array = slice_xy.detach().cpu().numpy() if isinstance(slice_xy, torch.Tensor) else np.asarray(slice_xy)
-    return np.clip(np.squeeze(array).astype(np.float32).T, 0.0, 1.0)
+
+def _numpy(values: ArrayLike) -> np.ndarray:
+    """A tensor's values as an array (slices and affines come as either)."""
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
-def to_uint8(slice_xy: ArrayLike) -> np.ndarray:
-    """Grey (rows, cols, 3) uint8 picture of a slice in [0, 1]."""
-    grey = np.round(_display(slice_xy) * 255.0).astype(np.uint8)
+def display_orientation(affine: ArrayLike | None) -> np.ndarray:
+    """The nibabel orientation transform from an ``(X, Y)`` axial slice to display layout (:data:`DISPLAY_AXCODES`).
+
+    ``affine``: the volume's 4 x 4 voxel -> RAS mm affine (a MetaTensor's), the one source of what X and Y are in the
+    patient, so a NIfTI stored with rows flipped (as dcm2niix writes) is drawn as its DICOM is; ``None`` gives
+    :data:`STORED_LAYOUT`. A volume whose slices are not axial is a ValueError (the loaders restack those).
+    """
+    if affine is None:
+        return STORED_LAYOUT
+    in_plane = io_orientation(_numpy(affine).astype(np.float64))[:2]
+    return ornt_transform(in_plane, axcodes2ornt(DISPLAY_AXCODES))
+
+
+def _display(slice_xy: ArrayLike, affine: ArrayLike | None) -> np.ndarray:
+    """(X, Y) slice -> (rows, cols) float array in [0, 1], laid out by :func:`display_orientation`."""
+    shown = apply_orientation(np.squeeze(_numpy(slice_xy)), display_orientation(affine))
+    return np.clip(shown.astype(np.float32), 0.0, 1.0)
+
+
+def to_uint8(slice_xy: ArrayLike, affine: ArrayLike | None = None) -> np.ndarray:
+    """Grey (rows, cols, 3) uint8 picture of a slice in [0, 1], laid out by :func:`display_orientation`."""
+    grey = np.round(_display(slice_xy, affine) * 255.0).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
@@ -34,13 +60,15 @@ def hot_iron(values: np.ndarray) -> np.ndarray:
     return np.stack([np.clip(values * scale - offset, 0.0, 1.0) for scale, offset in HOT_IRON_RAMPS], axis=-1)
 
 
-def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5) -> np.ndarray:
-    """Colour PET blended on grey CT, weighted by uptake so cold regions keep the CT visible.
+def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5,
+                affine: ArrayLike | None = None) -> np.ndarray:
+    """Colour PET blended on grey CT, weighted by uptake so cold regions keep the CT visible; laid out by
+    :func:`display_orientation`.
 
     ``(1 - a) ct + a hot_iron(pet)`` with ``a = opacity * pet``, formed one colour plane at a time in one buffer
     (the colour DICOM series renders every slice of a study: 5x faster than on whole RGB arrays, the same bytes).
     """
-    ct, pet = _display(ct_xy), _display(pet_xy)
+    ct, pet = _display(ct_xy, affine), _display(pet_xy, affine)
     alpha = opacity * pet
     grey = (1.0 - alpha) * ct
     picture = np.empty((*pet.shape, 3), dtype=np.uint8)
@@ -57,9 +85,11 @@ def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5) -> np
     return picture
 
 
-def fusion_panel(ct_xy: ArrayLike, pet_xy: ArrayLike, *fused_xy: ArrayLike, gap: int = 4) -> np.ndarray:
-    """CT | PET | fused image(s) side by side, separated by a thin white gap."""
-    tiles = [to_uint8(ct_xy), to_uint8(pet_xy), *(to_uint8(fused) for fused in fused_xy)]
+def fusion_panel(ct_xy: ArrayLike, pet_xy: ArrayLike, *fused_xy: ArrayLike, gap: int = 4,
+                 affine: ArrayLike | None = None) -> np.ndarray:
+    """CT | PET | fused image(s) side by side, separated by a thin white gap, laid out by ``affine`` (the volume's:
+    see :func:`display_orientation`)."""
+    tiles = [to_uint8(slice_xy, affine) for slice_xy in (ct_xy, pet_xy, *fused_xy)]
     rows = tiles[0].shape[0]
     spacer = np.full((rows, gap, 3), 255, dtype=np.uint8)
     pieces: list[np.ndarray] = []

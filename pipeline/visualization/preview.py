@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.io.atomic import atomic_write
 from pipeline.transforms.slicing import spread_slices
-from pipeline.visualization.panels import pet_overlay, to_uint8
+from pipeline.visualization.panels import ArrayLike, pet_overlay, to_uint8
 
 DEFAULT_PREVIEW_SLICES = 3
 _GAP = 4  # white pixels between tiles
@@ -51,22 +51,24 @@ def _join(tiles: Sequence[np.ndarray], axis: int) -> np.ndarray:
 
 
 def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Tensor],
-                   slices: Sequence[int]) -> np.ndarray:
-    """RGB picture: one row per slice of CT | PET overlay | each fused volume (all ``(1, X, Y, Z)`` in [0, 1])."""
+                   slices: Sequence[int], affine: ArrayLike | None = None) -> np.ndarray:
+    """RGB picture: one row per slice of CT | PET overlay | each fused volume (all ``(1, X, Y, Z)`` in [0, 1]),
+    tiles laid out by the volumes' ``affine`` (see :func:`~pipeline.visualization.panels.display_orientation`)."""
     rows = [
-        _join([to_uint8(ct[0, ..., z]), pet_overlay(ct[0, ..., z], pet[0, ..., z]),
-               *(to_uint8(volume[0, ..., z]) for volume in fused)], axis=1)
+        _join([to_uint8(ct[0, ..., z], affine), pet_overlay(ct[0, ..., z], pet[0, ..., z], affine=affine),
+               *(to_uint8(volume[0, ..., z], affine) for volume in fused)], axis=1)
         for z in slices
     ]
     return _join(rows, axis=0)
 
 
 def write_preview(path: str | os.PathLike[str], ct: torch.Tensor, pet: torch.Tensor,
-                  fused: Sequence[torch.Tensor], slices: Sequence[int] | None = None) -> Path:
+                  fused: Sequence[torch.Tensor], slices: Sequence[int] | None = None,
+                  affine: ArrayLike | None = None) -> Path:
     """Write :func:`render_preview` as a PNG, atomically; ``slices`` default to :func:`preview_slices`."""
     path = Path(path)
     chosen = preview_slices(pet, range(pet.shape[-1])) if slices is None else slices
-    picture = render_preview(ct, pet, fused, chosen)
+    picture = render_preview(ct, pet, fused, chosen, affine)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
         Image.fromarray(picture).save(temporary, format="PNG")

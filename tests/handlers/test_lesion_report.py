@@ -79,6 +79,22 @@ def test_a_panel_per_study_and_window_shows_the_largest_lesion_slice(tmp_path):
     assert np.array_equal(pet_tile, copy_tile) and pet_tile.max() == round(0.9 * 255)  # slice 3 or 4: the hot cube
 
 
+def test_a_study_stored_with_rows_flipped_gets_the_panel_of_its_dicom_ordered_copy(tmp_path):
+    from PIL import Image
+
+    study = synthetic_study("aaa", 0.9)
+    study["image"][0, :, :4] = 1.0  # the CT's front rows bright (Y runs to the back in AFFINE)
+    front_first = AFFINE.clone()
+    front_first[1, 1] = 2.0  # Y runs to the front, as dcm2niix stores an axial CT
+    flipped = {"image": MetaTensor(study["image"].as_tensor().flip(2), affine=front_first), "study_key": "aaa"}
+    pictures = []
+    for name, each in (("stored", study), ("flipped", flipped)):
+        run_report(tmp_path / name, [list_data_collate([each])])
+        pictures.append(np.asarray(Image.open(tmp_path / name / "lesion_panels" / "aaa_lung.png")))
+    assert np.array_equal(pictures[0], pictures[1])
+    assert (pictures[1][:4, :16] == 255).all() and (pictures[1][4:, :16] == 128).all()  # the front at the top
+
+
 def test_undefined_ratios_are_null_in_json_and_left_out_of_the_summary(tmp_path):
     blank = synthetic_study("ccc", 0.1)  # PET without a lesion: no contrast to keep
     engine = run_report(tmp_path, [list_data_collate([blank])])

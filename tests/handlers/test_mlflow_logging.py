@@ -23,7 +23,7 @@ def _engine(output) -> Engine:
 def _slice_item(index: int) -> dict:
     ramp = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
     return {"study_index": 0, "study_key": "abc123", "window": "lung", "method": "max", "slice_index": index,
-            "ct": ramp, "pet": ramp.T, "fused": np.maximum(ramp, ramp.T),
+            "ct": ramp, "pet": ramp.T, "fused": np.maximum(ramp, ramp.T), "affine": np.diag([-1.0, -1.0, 2.0, 1.0]),
             "metrics": {"QABF": 0.5, "PSNR": float("inf")}}
 
 

@@ -43,3 +43,15 @@ def test_written_png_reads_back(tmp_path: Path) -> None:
 
     assert np.asarray(Image.open(path)).shape == (3 * 12 + 2 * 4, 4 * 20 + 3 * 4, 3)
     assert [p.name for p in path.parent.iterdir()] == ["preview.png"]
+
+
+def test_tiles_follow_the_affine_and_a_dicom_ordered_one_changes_no_byte(tmp_path: Path) -> None:
+    ct, pet, fused = _volumes()
+    drawn = render_preview(ct, pet, fused, [3, 11])
+    dicom_order = np.diag([-2.0, -2.0, 3.0, 1.0])  # rows run to the back, columns to the patient's left
+    assert np.array_equal(render_preview(ct, pet, fused, [3, 11], affine=dicom_order), drawn)
+
+    rows_flipped = np.diag([-2.0, 2.0, 3.0, 1.0])  # Y runs to the front, as dcm2niix stores an axial CT
+    flipped = [volume.flip(2) for volume in (ct, pet, *fused)]
+    path = write_preview(tmp_path / "preview.png", *flipped[:2], flipped[2:], [3, 11], affine=rows_flipped)
+    assert np.array_equal(np.asarray(Image.open(path)), drawn)
