@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 from PIL import Image
 
+from pipeline.handlers.metrics_report import VERSION_FIELD
 from pipeline.handlers.slice_metrics import batch_field, evaluator_volumes, study_affine
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics.lesion import (
@@ -30,6 +31,7 @@ from pipeline.metrics.lesion import (
     lesion_mask_from_pet,
     ring_mask,
 )
+from pipeline.provenance import fuser_versions
 from pipeline.visualization.panels import fusion_panel
 
 JSON_NAME = "lesion_contrast.json"
@@ -157,7 +159,8 @@ class LesionContrastReport:
             Image.fromarray(picture).save(temporary, format="PNG")
 
     def write(self, engine: Engine) -> None:
-        """Write the rows and their per (window, method) summary, each file atomically."""
+        """Write the rows and their per (window, method) summary, each file atomically, with what made them: each
+        method's weights digest and the SUV ceiling."""
         rows = getattr(engine.state, "lesion_rows", [])
         if not rows:
             return
@@ -167,6 +170,7 @@ class LesionContrastReport:
             "fraction": self.fraction,
             "ring_mm": self.ring_mm,
             "suv_max": self.suv_max,
+            VERSION_FIELD: fuser_versions(engine.network.fusers),
             "rows": [_json_safe(row) for row in rows],
             "summary": [_json_safe(group) for group in summary],
         }

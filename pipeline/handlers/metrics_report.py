@@ -1,7 +1,10 @@
 """Fusion metric tables: per slice, per study, and a markdown summary with the best marked.
 
 Reporting follows ``fusion_metrics.md``: per slice, then mean and standard deviation over the
-slices of a study and over studies, one table per CT window, named with the SUV ceiling.
+slices of a study and over studies, one table per CT window, named with the SUV ceiling. Every row and the summary
+say what was scored: each method's weights digest (:func:`pipeline.provenance.fuser_versions`, the one the fused
+volumes' headers carry) and the SUV ceiling, so an evaluation cannot be joined to other weights
+(``tools/package_model.py`` checks them against the checkpoint it ships).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,13 @@ from ignite.engine import Engine, Events
 
 from pipeline.io.atomic import atomic_write
 from pipeline.metrics import METRIC_NAMES, summarise
+from pipeline.provenance import BASELINE_VERSION, fuser_versions
+
+VERSION_FIELD = "model_version"
+"""Where an evaluation's outputs hold each method's weights digest (or ``BASELINE_VERSION``): a column of the metric
+tables, a mapping by method in the lesion report."""
+SUV_MAX_FIELD = "suv_max"
+"""The column of the metric tables holding the SUV ceiling the PET was scaled at (the lesion report's field too)."""
 
 # All eight metrics are higher-is-better, so 'best' is the column maximum. Statistics come from
 # ``summarise``, which leaves out non-finite values (inf PSNR of a perfect copy, nan Q^AB/F).
@@ -62,13 +72,22 @@ def summary_metrics(study_rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def with_provenance(rows: Iterable[dict[str, Any]], versions: Mapping[str, str],
+                    suv_max: float | None) -> list[dict[str, Any]]:
+    """``rows`` each with its method's weights digest (``versions``) and the SUV ceiling, in the last columns."""
+    return [{**row, VERSION_FIELD: versions[row["method"]], SUV_MAX_FIELD: suv_max} for row in rows]
+
+
 def markdown_summary(
-    study_rows: Sequence[dict[str, Any]], suv_max: float | None = None, every_k: int | None = None
+    study_rows: Sequence[dict[str, Any]], suv_max: float | None = None, every_k: int | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> str:
     """One table per window: mean ± std over studies per method, the best value per column in bold; the heading
-    names the SUV ceiling and which slices were scored (``every_k``) where the caller knows them."""
+    names the SUV ceiling and which slices were scored (``every_k``) where the caller knows them, and a first line
+    the weights digest of each trained method in ``versions``."""
     stats = method_stats(study_rows)
-    lines: list[str] = []
+    trained = {method: version for method, version in (versions or {}).items() if version != BASELINE_VERSION}
+    lines: list[str] = [f"Weights scored: {', '.join(f'{m} {v}' for m, v in trained.items())}", ""] if trained else []
     for window in sorted({window for window, _ in stats}):
         methods = [method for win, method in stats if win == window]
         # The largest finite mean: max() over a nan would bold by the methods' order.
@@ -121,8 +140,10 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 class FusionReportWriter:
     """At the end of an evaluation, write the slice and study CSVs and the markdown summary.
 
-    ``suv_max`` and ``every_k`` (the PET's SUV ceiling, and which body slices the scorer took) only head the summary,
-    so a reader knows what its numbers are of.
+    ``suv_max`` and ``every_k`` (the PET's SUV ceiling, and which body slices the scorer took) head the summary, so a
+    reader knows what its numbers are of; each method's weights digest, read from the evaluator's network (a
+    :class:`~pipeline.fusion.FusionNetwork`) as the fused volumes' writer reads it, and the SUV ceiling go in every
+    row of the CSVs too.
     """
 
     def __init__(self, output_dir: str | Path, suv_max: float | None = None, every_k: int | None = None) -> None:
@@ -139,10 +160,11 @@ class FusionReportWriter:
         if not rows:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        versions = fuser_versions(engine.network.fusers)
         study_rows = study_means(rows)
-        write_csv(self.output_dir / "metrics_per_slice.csv", rows)
-        write_csv(self.output_dir / "metrics_per_study.csv", study_rows)
-        summary = markdown_summary(study_rows, self.suv_max, self.every_k)
+        write_csv(self.output_dir / "metrics_per_slice.csv", with_provenance(rows, versions, self.suv_max))
+        write_csv(self.output_dir / "metrics_per_study.csv", with_provenance(study_rows, versions, self.suv_max))
+        summary = markdown_summary(study_rows, self.suv_max, self.every_k, versions)
         with atomic_write(self.output_dir / "metrics_summary.md") as tmp:
             tmp.write_text(summary)
         engine.state.metrics.update(summary_metrics(study_rows))

@@ -14,6 +14,7 @@ from monai.data.utils import affine_to_spacing
 from pipeline.fusion import FusionNetwork
 from pipeline.handlers import LesionContrastReport, read_lesion_ratios
 from pipeline.metrics import lesion_contrast, phantom_lesion_mask, ring_mask
+from pipeline.provenance import BASELINE_VERSION
 from pipeline.transforms.data_path import study_preprocessing
 from pipeline.transforms.lesion import KnownLesiond
 from tests.io.conftest import write_rtstruct
@@ -57,6 +58,7 @@ def test_rows_and_reports_from_the_pet_threshold(tmp_path):
     assert report["rows"] == json.loads(json.dumps(engine.state.lesion_rows))
     # The ratios are of the PET clipped at its ceiling, so the report says which one.
     assert report["suv_max"] == 12.5 and report["fraction"] == 0.4
+    assert report["model_version"] == {"copy": BASELINE_VERSION, "flat": BASELINE_VERSION}  # what scored each method
     summary = {entry["method"]: entry for entry in report["summary"]}
     assert summary["copy"]["mean_ratio"] == pytest.approx(1.0) and summary["flat"]["studies"] == 2
     table = (tmp_path / "lesion_contrast.md").read_text()

@@ -7,9 +7,12 @@ import math
 
 from ignite.engine import Engine, Events
 
+from pipeline.fusion import FusionNetwork, ModelFuser, get_fuser
 from pipeline.handlers import FusionReportWriter
 from pipeline.handlers.metrics_report import markdown_summary, study_means, summary_metrics
 from pipeline.metrics import METRIC_NAMES
+from pipeline.networks import DCIFGenerator
+from pipeline.provenance import BASELINE_VERSION, weights_digest
 
 
 def _row(study: int, method: str, slice_index: int, value: float) -> dict:
@@ -39,15 +42,22 @@ def test_markdown_marks_the_best_method_per_metric():
     assert summary_metrics(studies)["lung.average.QABF"] == 2.0
 
 
-def test_writer_leaves_csvs_summary_and_engine_metrics(tmp_path):
+def _write_report(tmp_path, fusers: dict, rows: list[dict], suv_max: float | None = 10) -> Engine:
+    """Run a :class:`FusionReportWriter` over ``rows``, as an evaluator whose network holds ``fusers`` leaves them."""
     engine = Engine(lambda e, b: None)
-    FusionReportWriter(tmp_path, suv_max=10).attach(engine)
+    engine.network = FusionNetwork(fusers, ["lung"])
+    FusionReportWriter(tmp_path, suv_max=suv_max).attach(engine)
 
     @engine.on(Events.STARTED)
     def _rows(e):
-        e.state.fusion_rows = [_row(0, "max", 0, 1.0), _row(0, "max", 1, 3.0)]
+        e.state.fusion_rows = rows
 
     engine.run([0], max_epochs=1)
+    return engine
+
+
+def test_writer_leaves_csvs_summary_and_engine_metrics(tmp_path):
+    engine = _write_report(tmp_path, {"max": get_fuser("max")}, [_row(0, "max", 0, 1.0), _row(0, "max", 1, 3.0)])
     with open(tmp_path / "metrics_per_slice.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 2
     with open(tmp_path / "metrics_per_study.csv") as handle:
@@ -72,3 +82,17 @@ def test_an_undefined_mean_never_decides_the_bold_one():
         second_line = next(line for line in table.splitlines() if line.startswith(f"| {second}"))
         qabf = second_line.split("|")[2 + list(METRIC_NAMES).index("QABF")]
         assert "**0.5000" in qabf, (first, table)
+
+
+def test_every_row_and_the_summary_say_which_weights_and_suv_ceiling_they_scored(tmp_path):
+    """They said neither, so tools/package_model.py shipped a card with the metrics of any other checkpoint."""
+    model = ModelFuser(DCIFGenerator(variant="network4", width=8, num_heads=2, window_size=4, depths=(1, 1, 1)))
+    rows = [_row(0, "dcif_gan", 0, 1.0), _row(0, "max", 0, 2.0), _row(1, "dcif_gan", 0, 1.5), _row(1, "max", 0, 2.5)]
+    _write_report(tmp_path, {"dcif_gan": model, "max": get_fuser("max")}, rows, suv_max=12.5)
+
+    digest = weights_digest(model.network)
+    for table in ("metrics_per_slice.csv", "metrics_per_study.csv"):
+        with open(tmp_path / table) as handle:
+            scored = {(row["method"], row["model_version"], float(row["suv_max"])) for row in csv.DictReader(handle)}
+        assert scored == {("dcif_gan", digest, 12.5), ("max", BASELINE_VERSION, 12.5)}, table
+    assert (tmp_path / "metrics_summary.md").read_text().splitlines()[0] == f"Weights scored: dcif_gan {digest}"
