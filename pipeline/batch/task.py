@@ -8,7 +8,6 @@ partial outputs are removed: one bad study never stops a batch nor leaves half a
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipeline.fusion.registry import Fuser
 from pipeline.fusion.selection import build_fusers
 from pipeline.fusion.streaming import fuse_study
 from pipeline.fusion.writers import DicomSink, NiftiSink, PreviewSink
+from pipeline.io.derived_series import source_digest
 from pipeline.io.discovery import StudyPair
 from pipeline.provenance import fuser_versions
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
@@ -72,15 +72,10 @@ def made_with(options: BatchOptions, fusers: Mapping[str, Fuser]) -> dict[str, o
 
 
 def input_files(pair: StudyPair) -> str:
-    """A digest of the series, instances and slice positions a study is fused from: a study exported again with
-    slices added, removed or replaced is redone, not taken as finished (a hash, so no UID reaches the report)."""
-    digest = hashlib.sha256()
-    for series in (pair.ct, pair.pet):
-        digest.update(series.series_uid.encode())
-        for instance in sorted(series.instances):
-            digest.update(b"\0" + instance.encode())
-        digest.update(repr([round(position, 3) for position in series.positions]).encode())
-    return digest.hexdigest()[:16]
+    """The :func:`~pipeline.io.derived_series.source_digest` of the series a study is fused from, as discovery found
+    them: a study exported again with slices added, removed or replaced is redone, not taken as finished, as the
+    UIDs of its derived series change."""
+    return source_digest((series.series_uid, series.instances, series.positions) for series in (pair.ct, pair.pet))
 
 
 @functools.lru_cache(maxsize=1)

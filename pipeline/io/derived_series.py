@@ -13,24 +13,37 @@ the CT's grid from the one file.
 Provenance: the CT and PET slices are Source Images (purpose: source image for image processing
 operation), both series are in the Referenced Series Sequence, the Derivation Code Sequence says
 image processing, Software Versions hold the product and model version, and the series and content
-dates/times are those of the fusion. Every UID is derived from the source series, method, window,
-model version, SUV ceiling and product version: whenever the pixels may change, the UIDs do, so a
-PACS stores a new model's images instead of answering "already stored".
+dates/times are those of the fusion, in the source's time zone when it gives one. Every UID is derived
+from the source instances (:func:`source_digest`: series, SOP instances and slice positions), method,
+window, model version, SUV ceiling and product version: whenever the pixels may change, the UIDs do,
+so a PACS stores a new model's images, or those of a study exported again with other slices, instead
+of answering "already stored" and keeping the stale ones.
+
+Patient and study: the object joins the CT's patient and study, so it carries every element of their
+modules (Patient, Clinical Trial Subject, General Study, Patient Study, Clinical Trial Study) exactly as
+the CT has them, sequences included; a PACS refuses or merges wrongly an object whose Patient ID,
+issuer or birth date differ from those of the study it is filed in. Type 2 elements of the IOD's
+modules the source lacks are written empty, as the IOD asks.
 
 Grey pixels are unsigned 12-bit integers, ``stored = round(fused * 4095)`` (unit-less).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
+from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -51,14 +64,14 @@ COLOUR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7.4")  # Multi-frame True Color 
 FUSED_FILE = "fused.dcm"
 MAX_PIXEL_BYTES = 0xFFFFFFFE  # the largest even value of a 32-bit element length (0xFFFFFFFF means "undefined")
 
-# Source-study elements copied verbatim: PACS files the derived series under the same patient and study
-# only when these match. Other identifying patient elements (birth date, ...) are left out.
-_STUDY_TAGS = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientSex", "StudyInstanceUID", "StudyDate",
-    "StudyTime", "StudyID", "AccessionNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "PatientPosition", "BodyPartExamined", "PatientIdentityRemoved", "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence",
-)
+# The information entities whose modules are copied from the CT whole: the object is filed in its patient and study.
+_SOURCE_ENTITIES = ("Patient", "Study")
+# Other elements of the CT copied verbatim: the character set its copied text is in, its frame of reference, and
+# how the body lay and which part it is (the fused slices are the CT's).
+_CT_TAGS = ("SpecificCharacterSet", "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition",
+            "BodyPartExamined")
+_TIMEZONE_OFFSET = re.compile(r"([+-])(\d\d)([0-5]\d)")  # TimezoneOffsetFromUTC, "&ZZXX" (PS3.3 C.12.1.1.8)
+_MAX_TIMEZONE_OFFSET = timedelta(hours=14)  # no zone is further from UTC (Line Islands, +14:00)
 # BodyPartExamined terms of paired structures (as dciodvfy reads PS3.16 Annex L): a series of one needs Laterality
 # (PS3.3 C.7.3.1, type 2C), as does one that does not say what it shows; a series of another must not have it.
 PAIRED_BODY_PARTS = frozenset("""
@@ -66,8 +79,6 @@ PAIRED_BODY_PARTS = frozenset("""
     EYELID FEMUR FINGER FOOT FOREARM HAND HIP HUMERUS IAC KIDNEY KNEE LEG LUNG ORBIT OVARY PAROTID PATELLA RIB
     SCLAVICLE SCAPULA SCLERA SCROTUM SHOULDER SUBMANDIBULAR TMJ TESTIS THIGH THUMB TIBIA TOE ULNA WRIST ZYGOMA
 """.split())
-# Type 2 elements of the IOD that must be present, and are left empty.
-_EMPTY_TAGS = ("PatientBirthDate", "ReferringPhysicianName", "PatientOrientation", "PositionReferenceIndicator")
 
 
 @dataclass(frozen=True)
@@ -83,9 +94,23 @@ class Provenance:
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     def identity(self) -> list[str]:
-        """Everything the pixels depend on besides the sources; not the creation time."""
+        """Everything the pixels depend on besides the source instances (:func:`source_digest`); not the creation
+        time."""
         return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.pet_scaling,
                 self.software_version]
+
+
+def source_digest(series: Iterable[tuple[str, Iterable[str], Iterable[float]]]) -> str:
+    """A digest of the series a study is fused from: each one's SeriesInstanceUID, SOPInstanceUIDs and slice positions
+    (in position order). A study exported again with slices added, removed or replaced has another one, so its derived
+    series get other UIDs and the batch redoes it (a hash, so no UID reaches the batch's report)."""
+    digest = hashlib.sha256()
+    for series_uid, instances, positions in series:
+        digest.update(series_uid.encode())
+        for instance in sorted(instances):
+            digest.update(b"\0" + instance.encode())
+        digest.update(repr([round(position, 3) for position in positions]).encode())
+    return digest.hexdigest()[:16]
 
 
 def dicom_folder_name(method: str, window: str) -> str:
@@ -110,6 +135,55 @@ def _source(header: Dataset) -> str:
 
 def _position(header: Dataset) -> float:
     return slice_position(header, _source(header))
+
+
+def _headers_digest(*series: Sequence[Dataset]) -> str:
+    """:func:`source_digest` of the slices' headers, one sequence per series (an empty one is left out)."""
+    return source_digest((headers[0].SeriesInstanceUID, [header.SOPInstanceUID for header in headers],
+                          sorted(map(_position, headers))) for headers in series if headers)
+
+
+@functools.cache
+def _modules(sop_class: str) -> tuple[tuple[str, bool, dict[str, str]], ...]:
+    """Each module of the SOP class's IOD: its information entity, whether it is mandatory, and its top-level
+    elements' types, from the standard's tables highdicom ships (private, hence highdicom's pinned version)."""
+    attributes = get_module_attribute_map()
+    return tuple((module["ie"], module["usage"] == "M",
+                  {item["keyword"]: item["type"] for item in attributes[module["key"]] if not item["path"]})
+                 for module in get_iod_module_map()[get_sop_class_iod_map()[sop_class]])
+
+
+def _copy_source_elements(ds: Dataset, source: Dataset, sop_class: str) -> None:
+    """Copy the source's patient and study modules whole and :data:`_CT_TAGS`, as they are (sequences too)."""
+    keywords = [keyword for entity, _, elements in _modules(sop_class) if entity in _SOURCE_ENTITIES
+                for keyword in elements]
+    for keyword in (*keywords, *_CT_TAGS):
+        if keyword in source:
+            ds.add(deepcopy(source[keyword]))
+
+
+def _add_empty_type_2(ds: Dataset, sop_class: str) -> None:
+    """Write empty the type 2 elements the object lacks of each module it has: every mandatory one, and each other
+    one it holds an element of (a source without PatientSex or StudyID gives them empty, as the IOD asks)."""
+    held = set(ds.dir())
+    written = [elements for _, mandatory, elements in _modules(sop_class) if mandatory or not held.isdisjoint(elements)]
+    for elements in written:
+        for keyword, kind in elements.items():
+            if kind == "2" and keyword not in ds:
+                setattr(ds, keyword, None)
+
+
+def _source_zone(header: Dataset) -> timezone | None:
+    """The zone the source's dates and times are in (its TimezoneOffsetFromUTC), None when it does not give a valid
+    one."""
+    match = _TIMEZONE_OFFSET.fullmatch(str(header.get("TimezoneOffsetFromUTC") or "").strip())
+    if not match:
+        return None
+    sign, hours, minutes = match.groups()
+    offset = timedelta(hours=int(hours), minutes=int(minutes))
+    if offset > _MAX_TIMEZONE_OFFSET:
+        return None
+    return timezone(-offset if sign == "-" else offset)
 
 
 def _ordered_headers(ct_headers: Sequence[Dataset], shape: tuple[int, int, int], where: str) -> list[Dataset]:
@@ -149,24 +223,24 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
              series_number: int) -> Dataset:
     """Every element but the pixels: study, series, equipment, provenance and the per-frame geometry."""
     first = ordered[0]
+    sop_class = COLOUR_SOP_CLASS if colour else GREY_SOP_CLASS
     ds = Dataset()
-    for keyword in _EMPTY_TAGS:
-        setattr(ds, keyword, None)
-    for keyword in _STUDY_TAGS:
-        if keyword in first:
-            setattr(ds, keyword, first.data_element(keyword).value)
+    _copy_source_elements(ds, first, sop_class)
+    ds.PatientOrientation = None  # type 2C: the frames' orientation is in their functional groups
     if "BodyPartExamined" not in ds or str(ds.BodyPartExamined).upper() in PAIRED_BODY_PARTS:
         ds.Laterality = first.get("Laterality") or None  # type 2C: the CT's side, empty when unknown
-    sop_class = COLOUR_SOP_CLASS if colour else GREY_SOP_CLASS
-    pet_series = pet_headers[0].SeriesInstanceUID if pet_headers else ""
-    identity = [sop_class, first.SeriesInstanceUID, pet_series, *provenance.identity()]
+    identity = [sop_class, _headers_digest(ordered, pet_headers), *provenance.identity()]
     ds.SOPClassUID = sop_class
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=["dcif-fused-series", *identity])
     ds.SOPInstanceUID = generate_uid(entropy_srcs=["dcif-fused-instance", *identity])
     ds.Modality = FUSED_MODALITY
     ds.SeriesNumber, ds.InstanceNumber = series_number, 1
     ds.SeriesDescription = fused_series_description(provenance.method, provenance.window, colour)
-    date, time = provenance.created.strftime("%Y%m%d"), provenance.created.strftime("%H%M%S")
+    zone = _source_zone(first)
+    created = provenance.created.astimezone(zone)  # in the zone of the study's own dates and times, when it says
+    if zone is not None:
+        ds.TimezoneOffsetFromUTC = first.TimezoneOffsetFromUTC
+    date, time = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
     ds.Manufacturer = MANUFACTURER
@@ -204,6 +278,7 @@ def _dataset(ordered: Sequence[Dataset], pet_headers: Sequence[Dataset], provena
         ds.PresentationLUTShape = "IDENTITY"
         ds.WindowCenter, ds.WindowWidth = str(MAX_STORED / 2), str(MAX_STORED + 1)
     ds.PixelRepresentation = 0
+    _add_empty_type_2(ds, sop_class)
     return ds
 
 

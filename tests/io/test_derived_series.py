@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import replace
+from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_object_is_a_derived_non_ct_image_in_the_source_study_referencing_ct_and
 
     assert ds.SOPClassUID == GREY_SOP_CLASS and ds.Modality == "OT"  # a CT query or router never takes it
     assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.FrameOfReferenceUID == source.FrameOfReferenceUID
-    assert ds.PatientID == source.PatientID and ds.PatientBirthDate == ""
+    assert ds.PatientID == source.PatientID and ds.PatientBirthDate == source.PatientBirthDate
     assert ds.SeriesInstanceUID not in {h.SeriesInstanceUID for h in ct + pet}
     assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
     assert ds.SeriesDescription == "DCIF fusion laplacian lung" and ds.SeriesNumber == 9003
@@ -114,6 +115,114 @@ def test_uids_change_whenever_the_pixels_may(tmp_path: Path, phantom, fused: Met
 
     assert (later.SeriesInstanceUID, later.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
     assert other.SeriesInstanceUID != first.SeriesInstanceUID and other.SOPInstanceUID != first.SOPInstanceUID
+
+
+def _write_headers(ct: list[pydicom.Dataset], pet: list[pydicom.Dataset], out: Path,
+                   provenance: Provenance = PROVENANCE) -> pydicom.Dataset:
+    """The object written for these headers (blank frames), read back."""
+    shape = (int(ct[0].Columns), int(ct[0].Rows), len(ct))
+    with DerivedSeriesWriter(ct, pet, out, provenance, FUSED_SERIES_NUMBER, shape) as writer:
+        writer.write(np.zeros((len(ct), shape[1], shape[0]), np.uint16))
+    return pydicom.dcmread(writer.path)
+
+
+def _replace_instance(headers: list[pydicom.Dataset], index: int) -> list[pydicom.Dataset]:
+    """The slice at ``index`` exported again as another instance (same place, new SOPInstanceUID)."""
+    headers[index].SOPInstanceUID = pydicom.uid.generate_uid()
+    return headers
+
+
+# The CT and PET headers of a study exported again otherwise.
+_EXPORTED_AGAIN = {
+    "two_end_ct_slices_removed": lambda ct, pet: (ct[:-2], pet),
+    "ct_slice_replaced": lambda ct, pet: (_replace_instance(ct, 3), pet),
+    "pet_slice_removed": lambda ct, pet: (ct, pet[1:]),
+    "pet_slice_replaced": lambda ct, pet: (ct, _replace_instance(pet, 2)),
+}
+
+
+@pytest.mark.parametrize("change", list(_EXPORTED_AGAIN))
+def test_uids_change_when_the_source_instances_do(tmp_path: Path, phantom, change: str) -> None:
+    """A study exported again with other slices and fused again kept its UIDs: a PACS kept the stale series."""
+    ct, pet = _headers(phantom.ct_dir), _headers(phantom.pet_dir)
+    first, same = _write_headers(ct, pet, tmp_path / "a"), _write_headers(ct, pet, tmp_path / "b")
+    other = _write_headers(*_EXPORTED_AGAIN[change](ct, pet), tmp_path / "c")
+
+    assert (same.SeriesInstanceUID, same.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+    assert other.SeriesInstanceUID != first.SeriesInstanceUID and other.SOPInstanceUID != first.SOPInstanceUID
+
+
+# Patient and study elements a hospital's CT carries beyond the phantom's (made-up values).
+_PATIENT_AND_STUDY = {
+    "IssuerOfPatientID": "HOSP_A", "PatientBirthDate": "19610304", "ReferringPhysicianName": "Referrer^Ruth",
+    "StudyDescription": "PET-CT WB FDG", "AccessionNumber": "ACC123", "PatientAge": "062Y",
+    "TimezoneOffsetFromUTC": "+0100",
+}
+
+
+def _raw_patient_name(file: Path | BytesIO) -> bytes:
+    """PatientName's bytes in a file, as they go to the PACS."""
+    return pydicom.dcmread(file, stop_before_pixels=True).get_item("PatientName").value
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    ("ISO_IR 100", "Müller^Jürgen"), (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう")])
+def test_patient_and_study_are_copied_exactly(tmp_path: Path, phantom, charset: str | list[str], name: str) -> None:
+    """The issuer, other IDs, birth date, referring physician and study description were dropped or blanked: a PACS
+    refuses an object whose patient differs from its study's (dcm4chee: Patient ID and issuer)."""
+    ct = _headers(phantom.ct_dir)
+    other_id = pydicom.Dataset()
+    other_id.PatientID, other_id.IssuerOfPatientID = "OTHER-9", "HOSP_B"
+    for header in ct:
+        for keyword, value in {**_PATIENT_AND_STUDY, "SpecificCharacterSet": charset, "PatientName": name}.items():
+            setattr(header, keyword, value)
+        header.OtherPatientIDsSequence = [other_id]
+    source = ct[0]
+    ds = _write_headers(ct, _headers(phantom.pet_dir), tmp_path)
+
+    kept = ["OtherPatientIDsSequence", *_PATIENT_AND_STUDY, "SpecificCharacterSet", "PatientName", "PatientID",
+            "PatientSex", "PatientSize", "PatientWeight", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID"]
+    assert {keyword: ds[keyword].value for keyword in kept} == {keyword: source[keyword].value for keyword in kept}
+    saved = BytesIO()
+    source.save_as(saved, enforce_file_format=True)
+    assert _raw_patient_name(tmp_path / "fused.dcm") == _raw_patient_name(BytesIO(saved.getvalue()))
+
+
+@pytest.mark.parametrize(("offset", "written", "date", "time"), [
+    ("+0530", "+0530", "20240116", "050000"), ("-0500", "-0500", "20240115", "183000"),
+    ("+2500", None, None, None), ("CET", None, None, None)])
+def test_fusion_times_are_in_the_source_time_zone(tmp_path: Path, phantom, offset: str, written: str | None,
+                                                  date: str | None, time: str | None) -> None:
+    """SeriesTime was written in the server's zone beside the source's StudyTime in its own. An offset that is not
+    one is not copied: the times are then the server's, as for a source without one."""
+    ct = _headers(phantom.ct_dir)
+    for header in ct:
+        header.TimezoneOffsetFromUTC = offset
+    created = datetime(2024, 1, 15, 23, 30, tzinfo=timezone.utc)
+    ds = _write_headers(ct, _headers(phantom.pet_dir), tmp_path, replace(PROVENANCE, created=created))
+
+    local = created.astimezone()
+    assert ds.get("TimezoneOffsetFromUTC") == written
+    for kind in ("Series", "Content", "InstanceCreation"):
+        assert (ds[f"{kind}Date"].value, ds[f"{kind}Time"].value) == (date or local.strftime("%Y%m%d"),
+                                                                      time or local.strftime("%H%M%S"))
+
+
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+           "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator")
+
+
+def test_type_2_elements_the_source_lacks_are_written_empty(tmp_path: Path, phantom) -> None:
+    """They were left out, and dciodvfy reported "Missing attribute Type 2"."""
+    ct = _headers(phantom.ct_dir)
+    for header in ct:
+        for keyword in _TYPE_2:
+            delattr(header, keyword)
+    ds = _write_headers(ct, _headers(phantom.pet_dir), tmp_path)
+
+    assert {keyword: ds[keyword].value for keyword in _TYPE_2} == {keyword: "" for keyword in _TYPE_2}
+    if shutil.which("dciodvfy"):
+        assert not {line for line in _dciodvfy(tmp_path / "fused.dcm") if "Type 2" in line}
 
 
 def test_colour_rendering_is_an_rgb_object_on_the_same_grid(tmp_path: Path, phantom, fused: MetaTensor) -> None:
