@@ -21,7 +21,8 @@ from typing import Any
 
 from pipeline.data import cache_studies, load_datalist
 from pipeline.data.datalist import phantom_datalist
-from pipeline.errors import DcifError
+from pipeline.errors import DcifError, error_line
+from pipeline.io.atomic import output_folder
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "dcif_gan"
 
@@ -59,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                              "to ship to a GPU host)")
     args = parser.parse_args(argv)
     try:
+        output_folder(args.out)  # before the phantoms are made: a file in its place ended the run in a traceback
         studies = phantom_studies(args.phantom_root, args.phantoms, args.first_seed)
         if args.real != "none":
             studies += [{**study, "origin": "real", "slice_step": args.real_slice_step}
                         for study in load_datalist(args.real)]
         cached = cache_studies(studies, args.out)
-    except DcifError as error:
-        parser.exit(1, f"build_training_set: {error}\n")
+    except (DcifError, OSError) as error:  # an OS error (a full disk, a phantom root that is a file) as its file
+        parser.exit(1, f"build_training_set: {error_line(error)}\n")
     counts = {}
     for study in cached:
         name = f"{study.get('origin', 'unknown')} / {study.get('split', 'unsplit')}"
