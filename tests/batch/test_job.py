@@ -112,6 +112,12 @@ def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, goo
     again = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
     assert again.counts()["skipped"] == N_GOOD
 
+def _fused_uids(out: Path) -> set[str]:
+    """The SeriesInstanceUIDs and SOPInstanceUIDs of every derived object under ``out``."""
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in out.rglob("fused.dcm")]
+    return {uid for ds in headers for uid in (ds.SeriesInstanceUID, ds.SOPInstanceUID)}
+
+
 def test_a_finished_study_exported_again_with_other_slices_is_redone(tmp_path: Path, good_export: Path,
                                                                      batch_options: BatchOptions, caplog) -> None:
     """A study fused from part of its CT, then exported whole: its done.json from the part was taken as finished."""
@@ -124,6 +130,7 @@ def test_a_finished_study_exported_again_with_other_slices_is_redone(tmp_path: P
     out = tmp_path / "out"
     assert run_batch(export, out, batch_options, progress=False).counts()["ok"] == 1
     assert [row["slices"] for row in _rows(out)] == [10]
+    part = _fused_uids(out)
     for path in held.iterdir():
         shutil.move(path, ct / path.name)
 
@@ -134,6 +141,8 @@ def test_a_finished_study_exported_again_with_other_slices_is_redone(tmp_path: P
     assert [row["slices"] for row in _rows(out)] == [16]
     (fused,) = out.glob("*/fused_laplacian_lung.nii.gz")
     assert nib.load(fused).shape[2] == 16
+    whole = _fused_uids(out)  # other content, other UIDs: a PACS that never overwrites kept the part's series
+    assert len(whole) == len(part) == 4 and whole.isdisjoint(part)
     assert run_batch(export, out, batch_options, progress=False).counts()["skipped"] == 1
 
 
@@ -166,8 +175,8 @@ def test_hostile_patient_tags_stay_out_of_paths_and_report(tmp_path: Path, good_
         text = (out / name).read_text()
         assert "EVIL" not in text and "../../etc" not in text and "19450102" not in text
     derived = pydicom.dcmread(next(out.rglob("fused.dcm")))
-    assert derived.PatientID == "../../etc"  # PACS files the fused series under the same patient
-    assert derived.PatientBirthDate == ""
+    # PACS files the fused series under the same patient, whose birth date it shows beside the name, as the CT's
+    assert (derived.PatientID, derived.PatientBirthDate) == ("../../etc", "19450102")
 
 
 def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path: Path, good_export: Path,
