@@ -12,9 +12,11 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 from typing import Protocol
 
 import torch
@@ -49,8 +51,9 @@ def _collect(fetch: Callable[[], StudyResult], task: StudyTask) -> StudyResult:
 class LocalExecutor:
     """Studies one after another in this process, or ``workers`` at a time in spawned processes.
 
-    A worker that dies (killed for memory, say) breaks the whole pool and every study it held: those are redone in a
-    worker of their own, one at a time, so only the study that kills its worker fails.
+    Each worker is a pool of its own, so a worker that dies (killed for memory, say) breaks only its pool: the study it
+    was running is known, the other workers fuse on, and a fresh worker takes the dead one's place. The lost study is
+    retried once at the end, alone on the machine (it may have died of the others' memory); dying again, it fails.
     """
 
     def __init__(self, workers: int = 1):
@@ -63,23 +66,37 @@ class LocalExecutor:
         if self.in_process:
             yield from map(process_study, tasks)
             return
-        lost = []
-        with self._pool(self.workers) as pool:
-            futures = {pool.submit(process_study, task): task for task in tasks}
-            for future in as_completed(futures):
-                if isinstance(future.exception(), BrokenProcessPool):
-                    lost.append(futures[future])
-                else:
-                    yield _collect(future.result, futures[future])
+        lost: list[StudyTask] = []
+        yield from self._in_parallel(tasks, lost)
         for task in lost:
-            with self._pool(1) as pool:
+            with self._pool() as pool:
                 yield _collect(pool.submit(process_study, task).result, task)
 
-    def _pool(self, workers: int) -> ProcessPoolExecutor:
-        """``workers`` spawned processes, each with the batch's share of the cores and bound to this process."""
+    def _in_parallel(self, tasks: Sequence[StudyTask], lost: list[StudyTask]) -> Iterator[StudyResult]:
+        """The results of ``tasks`` run ``workers`` at a time; those whose worker died are appended to ``lost``."""
+        waiting = deque(tasks)
+        running: dict[Future, tuple[ProcessPoolExecutor, StudyTask]] = {}
+        idle: list[ProcessPoolExecutor] = []
+        with ExitStack() as pools:
+            while waiting or running:
+                while waiting and len(running) < self.workers:
+                    pool = idle.pop() if idle else pools.enter_context(self._pool())
+                    task = waiting.popleft()
+                    running[pool.submit(process_study, task)] = pool, task
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    pool, task = running.pop(future)
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        lost.append(task)  # its pool died with its worker: the next task gets a fresh one
+                    else:
+                        idle.append(pool)
+                        yield _collect(future.result, task)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        """One spawned worker with the batch's share of the cores, bound to this process."""
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked copy of a process holding torch's thread pools can deadlock.
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=init_worker, initargs=(threads, os.getpid()))
 
 
