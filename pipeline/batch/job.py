@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.batch.executors import Executor, LocalExecutor
-from pipeline.batch.layout import finished_result, location_key, own_output, study_folder
+from pipeline.batch.layout import clear_study, finished_result, location_key, own_output, study_folder
 from pipeline.batch.report import FAILED, BatchReport, FileIssue, Locator, PathRedaction, StudyResult, redacted_logs
 from pipeline.batch.task import BatchOptions, StudyTask, cached_fusers, input_files, made_with
 from pipeline.errors import DcifError, InputError
@@ -52,11 +52,26 @@ def check_options(options: BatchOptions, executor: Executor) -> Mapping[str, Fus
     return fusers
 
 
-def _discovery_failures(found: DiscoveryResult, locator: Locator) -> tuple[list[StudyResult], list[FileIssue]]:
-    """Studies discovery could not pair, and files it could not read, named by the locator."""
-    failed = [StudyResult(key=failure.key, status=FAILED, location=locator.location(failure.location),
-                          reason=locator.redact(failure.reason))
-              for failure in found.failures]
+def _discovery_failures(found: DiscoveryResult, locator: Locator,
+                        out_dir: Path) -> tuple[list[StudyResult], list[FileIssue]]:
+    """Studies discovery could not pair, and files it could not read, named by the locator.
+
+    A failed study leaves no outputs: what an interrupted run left in its folder (no ``done.json``) is removed, as a
+    ``fused_*.nii.gz`` glob would take it for a result. A study a previous run finished keeps its outputs, made from
+    the files it was exported with then, and its reason says so: a study exported again short of its PET, say, should
+    not cost its last good fusion.
+    """
+    failed = []
+    for failure in found.failures:
+        reason = locator.redact(failure.reason)
+        if failure.key:
+            folder = study_folder(out_dir, failure.key)
+            if finished_result(folder) is None:
+                clear_study(folder)
+            else:
+                reason += "; the outputs a previous run finished are kept"
+        failed.append(StudyResult(key=failure.key, status=FAILED, location=locator.location(failure.location),
+                                  reason=reason))
     unreadable = [FileIssue(locator.location(problem.path), locator.redact(problem.reason))
                   for problem in found.problems]
     return failed, unreadable
@@ -110,7 +125,7 @@ def _run(in_dir: Path, out_dir: Path, locator: Locator, options: BatchOptions, e
     found = discover_studies(in_dir)
     # One scan serves every study: each is charged an equal share of it as its "discover" stage.
     discover_s = (time.perf_counter() - start) / max(1, len(found.pairs))
-    results, unreadable = _discovery_failures(found, locator)
+    results, unreadable = _discovery_failures(found, locator, out_dir)
     options = replace(options, progress=progress and executor.in_process)
     tasks = []
     for pair in found.pairs:

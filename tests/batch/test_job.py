@@ -17,6 +17,7 @@ from pipeline.batch import BatchOptions, run_batch
 from pipeline.batch.layout import DONE_FILE, PREVIEW_FILE
 from pipeline.cli import main
 from pipeline.errors import InputError
+from pipeline.io.discovery import discover_studies
 from pipeline.metrics import METRIC_NAMES
 
 N_GOOD = 3  # studies in the good_export fixture
@@ -111,6 +112,30 @@ def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, goo
     assert all(row["made_with"]["methods"] == {"average": "no weights"} for row in _rows(out))
     again = run_batch(good_export, out, replace(batch_options, methods=("average",)), progress=False)
     assert again.counts()["skipped"] == N_GOOD
+
+
+def test_a_study_that_now_fails_discovery_keeps_only_finished_outputs(tmp_path: Path, good_export: Path,
+                                                                     reference_run: Path,
+                                                                     batch_options: BatchOptions) -> None:
+    """A run killed before a study's done.json, then that study exported again without its PET: its half outputs
+    stayed, where a fused_*.nii.gz glob took them for a result. A study a previous run finished keeps its outputs."""
+    export, out = tmp_path / "export", tmp_path / "out"
+    shutil.copytree(good_export, export)
+    shutil.copytree(reference_run, out)
+    keys = {pair.ct.folder.parts[-3]: pair.study_key for pair in discover_studies(export).pairs}
+    interrupted, finished = keys["patient_0"], keys["patient_1"]
+    (out / interrupted / DONE_FILE).unlink()
+    for name in ("patient_0", "patient_1"):
+        shutil.rmtree(export / name / "dicom" / "PET")
+
+    report = run_batch(export, out, batch_options, progress=False)
+
+    assert report.counts() == {"ok": 0, "failed": 2, "skipped": N_GOOD - 2}
+    reasons = {row["key"]: row["reason"] for row in _rows(out)}
+    assert "no PET" in reasons[interrupted] and not (out / interrupted).exists()
+    assert reasons[finished].endswith("; the outputs a previous run finished are kept")
+    assert (out / finished / DONE_FILE).exists() and list((out / finished).glob("fused_*.nii.gz"))
+
 
 def _fused_uids(out: Path) -> set[str]:
     """The SeriesInstanceUIDs and SOPInstanceUIDs of every derived object under ``out``."""
