@@ -102,6 +102,7 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.fusion.selection import MODEL_METHOD, default_method
     from pipeline.io.dicomweb import is_dicomweb_url
 
+    _check_input_options(args, is_dicomweb_url(args.in_dir))
     # A checkpoint named asks for the model, so a mistyped path fails instead of falling back to a baseline; the
     # bundle's is looked up only where the model runs.
     methods = args.method or [MODEL_METHOD if args.checkpoint else default_method()]
@@ -114,10 +115,21 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
         report = run_dicomweb_batch(args.in_dir, args.out_dir, options, dict(args.query), store=args.store,
                                     executor=executor, progress=not args.quiet)
     else:
-        report = run_batch(_input_folder(Path(args.in_dir)), args.out_dir, options, executor=executor,
+        report = run_batch(args.in_dir, args.out_dir, options, executor=executor,
                            progress=not args.quiet, explicit_paths=args.report_paths)
     print(f"fuse-batch: {report.summary()}")
     return 0 if report.all_ok else 1
+
+
+def _check_input_options(args: argparse.Namespace, url: bool) -> None:
+    """Refuse the options that apply to the other kind of input, which would be ignored in silence."""
+    if url and args.report_paths:
+        raise InputError("--report-paths: only with a folder IN_DIR; studies fetched from a PACS have no export "
+                         "paths, the report names them by key")
+    unused = [option for option, given in (("--query", args.query), ("--store", args.store)) if given and not url]
+    if unused:
+        raise InputError(f"{' and '.join(unused)}: only with a DICOMweb URL as IN_DIR; a folder is fused whole and "
+                         "nothing is sent to a PACS")
 
 
 def _query_term(text: str) -> tuple[str, str]:
@@ -224,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "colour_<method>_<window>/ (hot-iron PET over the grey fused image), preview.png and done.json. "
                     "OUT_DIR/report.json and report.csv list every study (ok, failed with the reason, or "
                     "skipped because done). Re-running the same command resumes an interrupted batch. "
-                    "Exit status 0 when every study is ok, 1 when some failed, 2 on bad arguments.",
+                    "Exit status 0 when every study is ok, 1 when some failed, 2 on bad arguments, 130 when "
+                    "interrupted (Ctrl-C; the same command resumes).",
         formatter_class=_HelpFormatter,
     )
     batch.add_argument("in_dir", metavar="IN_DIR|URL",
@@ -235,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "studies without both CT and PT are left out")
     batch.add_argument("--store", action="store_true",
                        help="with a URL: STOW-RS every fused series back into its patient and study")
-    batch.add_argument("out_dir", type=Path, help="output folder (created; must not lie inside IN_DIR)")
+    batch.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                       help="output folder (created; must not lie inside IN_DIR)")
     batch.add_argument("--method", type=_names, default=None, metavar="M[,M]",
                        help="fuser(s): dcif_gan (needs the checkpoint) or a baseline (average, max, laplacian, "
                             "dwt, saliency); default: the best fuser on the model card's evaluation, "

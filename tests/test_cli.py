@@ -88,6 +88,36 @@ def test_a_file_where_a_folder_belongs_is_one_line(tmp_path: Path, capsys: pytes
         f"dcif fuse-batch: error: {file}: not a folder"
 
 
+def test_fuse_batch_refuses_the_options_its_input_would_ignore(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--query and --store filter and store a PACS's studies, --report-paths names an export's files: given with the
+    other kind of input they were dropped in silence, and a folder batch exited 0 unfiltered and stored nowhere."""
+    (tmp_path / "in").mkdir()
+    for option in (["--store"], ["--query", "PatientID=X"]):
+        assert _error_line(["-q", "fuse-batch", str(tmp_path / "in"), str(tmp_path / "out"), *option], capsys) == \
+            f"dcif fuse-batch: error: {option[0]}: only with a DICOMweb URL as IN_DIR; a folder is fused whole and " \
+            "nothing is sent to a PACS"
+    assert _error_line(["-q", "fuse-batch", "http://127.0.0.1:9/dicom-web", str(tmp_path / "out"), "--report-paths"],
+                       capsys).startswith("dcif fuse-batch: error: --report-paths: only with a folder IN_DIR;")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_input_folder_makes_no_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A mistyped IN_DIR created OUT_DIR, with its lock and location key, before failing."""
+    assert _error_line(["-q", "fuse-batch", str(tmp_path / "nowhere"), str(tmp_path / "out")], capsys) == \
+        f"dcif fuse-batch: error: {tmp_path / 'nowhere'}: folder not found"
+    assert not (tmp_path / "out").exists()
+
+
+def test_fuse_batch_help_names_its_arguments_and_exit_statuses(capsys: pytest.CaptureFixture) -> None:
+    """The usage line said out_dir where the text says OUT_DIR, and the text left out Ctrl-C's 130."""
+    with pytest.raises(SystemExit):
+        main(["fuse-batch", "--help"])
+    text = capsys.readouterr().out
+    usage = text.split("\n\n")[0]
+    assert "OUT_DIR" in usage and "out_dir" not in usage
+    assert "130 when interrupted" in " ".join(text.split())
+
+
 def test_an_os_error_no_command_foresaw_is_one_line_unless_tracebacks_are_asked_for(
         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     def full_disk(*args: object, **kwargs: object) -> None:

@@ -87,6 +87,8 @@ def run_batch(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], o
     live run; study failures go into the report.
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if not in_dir.is_dir():  # before OUT_DIR is made: a mistyped IN_DIR leaves nothing behind
+        raise InputError(f"{in_dir}: {'not a folder' if in_dir.exists() else 'folder not found'}")
     executor = executor or LocalExecutor()
     fusers = check_options(options, executor)
     if out_dir == in_dir or out_dir.is_relative_to(in_dir):
