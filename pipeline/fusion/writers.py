@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pipeline.fusion.streaming import FusedSlab, FusedStudy, StudySink, fused_filename
 from pipeline.io.derived_series import (
     COLOUR_SERIES_OFFSET,
+    FUSED_FILE,
     FUSED_SERIES_NUMBER,
     DerivedSeriesWriter,
     Provenance,
@@ -79,7 +80,7 @@ class NiftiSink(_ChannelWriters):
     Entering removes the temporaries a killed run left in ``folder`` (they would never be removed otherwise). Each
     volume's header says what made it (:func:`nifti_description`). ``fused.json`` is written last, atomically, on a
     clean exit: product version, each method's weights digest, windows, SUV ceiling, the files written, the
-    time, and as ``stale`` this tool's volumes in ``folder`` that this run did not write. Those are kept, not
+    time, and as ``stale`` this tool's volumes and derived DICOM series in ``folder`` that this run did not write. Those are kept, not
     deleted: they are complete outputs of an earlier run (another window, method or model: their headers say
     which), and nothing made is lost; the record and one warning keep them from passing for this run's.
     """
@@ -109,11 +110,18 @@ class NiftiSink(_ChannelWriters):
         return None
 
     def _record(self) -> None:
-        """Write ``fused.json`` for the volumes just written, naming (and warning of) earlier ones kept beside them."""
+        """Write ``fused.json`` for the volumes just written, naming (and warning of) earlier ones kept beside them:
+        NIfTI volumes, and derived DICOM series (``dicom_*``/``colour_*`` folders) of other methods or windows (a
+        deploy app's OUTPUT_DIR reused for another study kept the last patient's series there, unmarked)."""
         written = [path.name for path in self.paths]
-        stale = sorted(path.name for path in self.folder.glob(fused_filename("*", "*")) if path.name not in written)
+        this_run = {*written, *(name(method, window) for window, method in self.study.names
+                                for name in (dicom_folder_name, colour_folder_name))}
+        earlier = [*self.folder.glob(fused_filename("*", "*")),
+                   *(path.parent for name in (dicom_folder_name, colour_folder_name)
+                     for path in self.folder.glob(f"{name('*', '*')}/{FUSED_FILE}"))]
+        stale = sorted(path.name for path in earlier if path.name not in this_run)
         if stale:
-            logger.warning("%s: %d fused volume(s) an earlier run wrote are kept, listed as stale in %s: %s",
+            logger.warning("%s: %d fused volume(s) or series an earlier run wrote are kept, listed as stale in %s: %s",
                            self.folder, len(stale), MANIFEST_FILE, ", ".join(stale))
         record = {"software_version": SOFTWARE_VERSION, "methods": self.study.versions,
                   "windows": self.study.windows, "suv_max": self.study.suv_max, "written": written, "stale": stale,

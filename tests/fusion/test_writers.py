@@ -22,7 +22,7 @@ from pipeline.fusion.streaming import FusedSlab, StudySink, fuse_study, fused_fi
 from pipeline.fusion.writers import MANIFEST_FILE, DicomSink, NiftiSink, PreviewSink, nifti_description
 from pipeline.io.atomic import PARTIAL_PATTERN, temporary_sibling
 from tests.io.conftest import left_by_a_killed_run
-from pipeline.io.derived_series import Provenance, dicom_folder_name, write_colour_series, write_fused_series
+from pipeline.io.derived_series import FUSED_FILE, Provenance, dicom_folder_name, write_colour_series, write_fused_series
 from pipeline.io.headers import read_dicom
 from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, weights_digest
 from pipeline.transforms.windowing import WINDOW_PRESETS
@@ -133,16 +133,22 @@ def test_volumes_an_earlier_run_wrote_are_kept_and_listed_as_stale(streamed, tmp
     """``dcif demo OUT`` then ``dcif demo OUT --window lung``: the mediastinal volumes stay, named as not this run's."""
     study, result = streamed
     result.stream([NiftiSink(result, tmp_path)])
+    # An earlier run's derived series (a deploy app's OUTPUT_DIR holds them beside the volumes), one of them of a
+    # method and window this run writes again.
+    for series in ("dicom_average_lung", "colour_average_lung", "dicom_laplacian_lung"):
+        (tmp_path / series).mkdir()
+        (tmp_path / series / FUSED_FILE).write_bytes(b"")
     again = fuse_study(study, build_fusers(["laplacian"]), ["lung"])
     with caplog.at_level(logging.WARNING, logger="pipeline.fusion.writers"):
         again.stream([NiftiSink(again, tmp_path)])
     record = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    stale = ["fused_average_lung.nii.gz", "fused_average_mediastinal.nii.gz", "fused_laplacian_mediastinal.nii.gz"]
+    stale = ["colour_average_lung", "dicom_average_lung", "fused_average_lung.nii.gz",
+             "fused_average_mediastinal.nii.gz", "fused_laplacian_mediastinal.nii.gz"]
     assert record["written"] == ["fused_laplacian_lung.nii.gz"] and record["stale"] == stale
     assert record["methods"] == {"laplacian": BASELINE_VERSION} and record["windows"] == ["lung"]
-    assert all((tmp_path / name).is_file() for name in stale)
+    assert all((tmp_path / name).exists() for name in stale)
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.fusion.writers"]
-    assert f"3 fused volume(s) an earlier run wrote are kept, listed as stale in {MANIFEST_FILE}" in warning
+    assert f"5 fused volume(s) or series an earlier run wrote are kept, listed as stale in {MANIFEST_FILE}" in warning
 
 
 def test_the_longest_description_fits_the_nifti_header():
