@@ -3,9 +3,10 @@
 QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/`` (whole
 studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses the
 studies this run's query found with its report, resume and per-study isolation, and with ``store`` the fused
-series of every such study not yet stored (``stored.json``; an interrupted run's included) go back by STOW-RS
-into their patient and study, if the study was fetched from this PACS. A study the PACS will not give or take
-fails alone, with its reason in the report. The run holds OUT_DIR from the query until its report is written.
+series of every such study not yet stored (``stored.json``; an interrupted or refused run's included) go back by
+STOW-RS into their patient and study, if the study was fetched from this PACS. A study the PACS will not give or
+take fails alone, with its reason in the report; one it would not take keeps its fused outputs for the next run
+to store. The run holds OUT_DIR from the query until its report is written.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 
 from pipeline.batch.executors import Executor, LocalExecutor
 from pipeline.batch.job import check_options, fuse_folder
-from pipeline.batch.layout import STORED_FILE, clear_study, location_key, mark_stored, own_output, study_folder
+from pipeline.batch.layout import STORED_FILE, location_key, mark_stored, own_output, study_folder
 from pipeline.batch.report import FAILED, OK, SKIPPED, BatchReport, Locator, StudyResult
 from pipeline.batch.task import BatchOptions, made_with
 from pipeline.errors import DcifError, error_line
 from pipeline.io.atomic import clear_partial_files
 from pipeline.io.derived_series import FUSED_FILE
-from pipeline.io.dicomweb import RemoteStudy, connect, fetch_study, fetched_from, find_studies, store_instances
+from pipeline.io.dicomweb import connect, fetch_study, fetched_from, find_studies, store_instances
 
 logger = logging.getLogger(__name__)
 INBOX = ".dicomweb"  # fetched studies; its hidden entries are a run's temporary folders and files
@@ -49,7 +50,8 @@ def run_dicomweb_batch(url: str, out_dir: str | os.PathLike[str], options: Batch
             try:
                 fetched.append(fetch_study(client, study, inbox).name)
             except Exception as error:  # one study's fetch (HTTP, disk, a malformed reply) fails alone
-                failures.append(_fetch_failure(client.base_url, study, error))
+                failures.append(StudyResult(key=study.key, status=FAILED, location=client.base_url,
+                                            reason=_reason(client.base_url, f"fetching study {study.key}", error)))
         logger.info("%d studies fetched from %s, %d failed", len(fetched), client.base_url, len(failures))
         with _this_run(inbox, fetched) as in_dir:
             report = _fuse(in_dir, out_dir, options, executor, progress, settings)
@@ -71,13 +73,9 @@ def _inbox(out_dir: Path) -> Path:
     return inbox
 
 
-def _fetch_failure(url: str, study: RemoteStudy, error: Exception) -> StudyResult:
-    """The report row of a study that could not be fetched: one line naming it and the problem."""
-    if isinstance(error, DcifError):
-        reason = str(error)
-    else:
-        reason = f"{url}: fetching study {study.key} failed: {error_line(error)}"
-    return StudyResult(key=study.key, status=FAILED, location=url, reason=reason)
+def _reason(url: str, action: str, error: Exception) -> str:
+    """Why a study could not be fetched or stored, in one line naming the endpoint and the study."""
+    return str(error) if isinstance(error, DcifError) else f"{url}: {action} failed: {error_line(error)}"
 
 
 @contextmanager
@@ -103,7 +101,8 @@ def _fuse(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Executor
 
 def _stored(client, out_dir: Path, inbox: Path, result: StudyResult) -> StudyResult:
     """Send a finished study to the PACS unless an earlier run did (one that stopped before storing did not); a
-    refusal fails that study only (it is redone next run), and a study fetched from another PACS is not sent."""
+    refusal or any error fails that study only and keeps its fused outputs, unmarked, for the next run to store; a
+    study fetched from another PACS is not sent."""
     folder = study_folder(out_dir, result.key) if result.status in (OK, SKIPPED) else None
     if folder is None:
         return result
@@ -115,8 +114,7 @@ def _stored(client, out_dir: Path, inbox: Path, result: StudyResult) -> StudyRes
         return result
     try:
         store_instances(client, sorted(folder.glob(f"*/{FUSED_FILE}")))
-    except DcifError as error:
-        clear_study(folder)  # not done until stored: the next run fuses and stores it again
-        return replace(result, status=FAILED, reason=str(error))
+    except Exception as error:  # a PACS down, busy or refusing; an unreadable output: this study alone
+        return replace(result, status=FAILED, reason=_reason(client.base_url, f"storing study {result.key}", error))
     mark_stored(folder)
     return result

@@ -5,7 +5,8 @@ command line, so they reach neither the shell history nor the logs: ``DCIF_DICOM
 ``DCIF_DICOMWEB_PASSWORD``, or ``DCIF_DICOMWEB_CREDENTIALS``, the path of a file holding
 ``user:password`` on its first line; a URL holding them (``http://user:password@host/...``) is refused.
 Studies are written under a folder named by the hash of their StudyInstanceUID, so the folder batch
-reads them as any export.
+reads them as any export. The client retries an HTTP 408, 429, 503 or 504 five times over about 30 s (its
+exponential back-off) before giving up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pydicom
 import requests
+import retrying
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
@@ -33,6 +36,7 @@ USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_P
 STUDY_UID, MODALITIES_IN_STUDY, STUDY_INSTANCES = "0020000D", "00080061", "00201208"
 PAIRED = {"CT", "PT"}
 MAX_STUDIES = 10_000  # one query never pages further than this
+STREAM_CHUNK = 1 << 20  # bytes read at a time from a WADO-RS reply
 
 
 def is_dicomweb_url(text: str | os.PathLike[str]) -> bool:
@@ -65,7 +69,8 @@ def connect(url: str, environ: Mapping[str, str] = os.environ) -> DICOMwebClient
                          f"or {CREDENTIALS_ENV}")
     credentials = _credentials(environ)
     session = create_session_from_user_pass(*credentials) if credentials else create_session()
-    return DICOMwebClient(url.rstrip("/"), session=session)  # one spelling of a root, as fetched studies record it
+    # One spelling of a root, as fetched studies record it.
+    return DICOMwebClient(url.rstrip("/"), session=session, chunk_size=STREAM_CHUNK)
 
 
 def _value(result: Mapping, tag: str) -> list:
@@ -80,6 +85,10 @@ def _calling(url: str, action: str) -> Iterator[None]:
     except requests.RequestException as error:
         status = getattr(error.response, "status_code", None)
         raise DcifError(f"{url}: {action} failed ({status or type(error).__name__})") from None
+    except retrying.RetryError as error:  # the client's retries of a busy PACS (503, 429, 408, 504) ran out
+        last = error.last_attempt
+        status = getattr(last.value, "status_code", None)
+        raise DcifError(f"{url}: {action} failed ({status} after {last.attempt_number} attempts)") from None
 
 
 @dataclass(frozen=True)
@@ -146,9 +155,17 @@ def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
 
 def store_instances(client: DICOMwebClient, paths: Sequence[Path]) -> None:
     """STOW-RS the DICOM files ``paths`` (e.g. a study's fused series) into the PACS; any instance it refuses (HTTP 202
-    with a FailedSOPSequence) fails the whole store."""
+    with a FailedSOPSequence) fails the whole store.
+
+    The body goes in one piece: dicomweb-client sends one over its chunk size from a generator, which its retry after
+    a 503 finds spent, so the retry would send an empty body.
+    """
     if paths:
-        with _calling(client.base_url, "STOW-RS store"):
-            reply = client.store_instances([pydicom.dcmread(path) for path in paths])
+        client.set_chunk_size(sys.maxsize)
+        try:
+            with _calling(client.base_url, "STOW-RS store"):
+                reply = client.store_instances([pydicom.dcmread(path) for path in paths])
+        finally:
+            client.set_chunk_size(STREAM_CHUNK)
         if refused := len(reply.get("FailedSOPSequence") or []):
             raise DcifError(f"{client.base_url}: STOW-RS refused {refused} of {len(paths)} instances")

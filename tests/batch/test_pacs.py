@@ -1,16 +1,20 @@
-"""``fuse-batch`` against a real PACS: Orthanc with its DICOMweb plugin on loopback, started per module."""
+"""``fuse-batch`` against a real PACS: Orthanc with its DICOMweb plugin on loopback, started per module, and in front
+of it, where a test needs a fault a PACS shows (busy, down, paging, listing a study twice), a proxy injecting it."""
 
 from __future__ import annotations
 
 import errno
+import functools
+import http.server
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -24,8 +28,9 @@ from pipeline.batch.pacs import INBOX, run_dicomweb_batch
 from pipeline.batch.report import BatchReport
 from pipeline.errors import DcifError
 from pipeline.cli import main
-from pipeline.io.dicomweb import CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect
+from pipeline.io.dicomweb import CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect, store_instances
 from pipeline.io.headers import study_key
+from tests.batch.conftest import tiny_study
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -81,11 +86,117 @@ def other_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _orthanc(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def scratch_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PACS the tests that add studies share, each test with studies of its own (:func:`new_study`)."""
+    yield from _orthanc(tmp_path_factory)
+
+
+@pytest.fixture
+def new_study(tmp_path: Path, tiny_geometry: dict) -> Callable[[int], Path]:
+    """``new_study(seed)``: the DICOM folder of a tiny PET/CT study that no other test uploads (seeds from 30 on)."""
+    return lambda seed: tiny_study(tmp_path / f"study_{seed}", seed, tiny_geometry)
+
+
 def _upload(url: str, study: Path) -> str:
     """STOW-RS every DICOM file under ``study`` into ``url``; its StudyInstanceUID."""
     datasets = [pydicom.dcmread(path) for path in sorted(study.rglob("*.dcm"))]
     connect(url, CREDENTIALS).store_instances(datasets)
     return datasets[0].StudyInstanceUID
+
+
+class FaultyProxy:
+    """A PACS's DICOMweb root in front of another's, answering as a faulty PACS does when told: an HTTP status for
+    POSTs (STOW-RS) or study searches (QIDO-RS), study search replies listing each study twice, cut to a page (with
+    the Warning header the standard gives for it), or deaf to the offset asked for."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.removesuffix("/dicom-web")
+        self.failing: dict[str, list[int]] = {}  # "POST" or "QIDO": statuses left to answer, one per request
+        self.twice = self.ignore_offset = False
+        self.page: int | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.answer(self, None)
+
+            def do_POST(self) -> None:
+                if self.headers.get("Transfer-Encoding") == "chunked":  # how dicomweb-client sends over 1 MB
+                    body = b""
+                    while size := int(self.rfile.readline().strip(), 16):
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.answer(self, body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def fail(self, kind: str, status: int, times: int = 1_000) -> None:
+        """Answer the next ``times`` requests of ``kind`` with ``status``; by default all, until ``failing`` is
+        cleared."""
+        self.failing[kind] = [status] * times
+
+    def answer(self, request: http.server.BaseHTTPRequestHandler, body: bytes | None) -> None:
+        path, _, query = request.path.partition("?")
+        kind = "POST" if request.command == "POST" else "QIDO" if path.rstrip("/").endswith("/studies") else "WADO"
+        if self.failing.get(kind):
+            return self._reply(request, self.failing[kind].pop(), {}, b"")
+        if self.ignore_offset:
+            query = "&".join(term for term in query.split("&") if not term.startswith("offset="))
+        headers = {name: value for name, value in request.headers.items()
+                   if name.lower() not in ("host", "content-length", "transfer-encoding")}
+        reply = requests.request(request.command, f"{self.upstream}{path}?{query}", headers=headers, data=body,
+                                 timeout=60)
+        content, extra = reply.content, {}
+        if kind == "QIDO" and reply.ok and content:
+            studies = reply.json() * (2 if self.twice else 1)
+            if self.page is not None and len(studies) > self.page:
+                studies = studies[:self.page]
+                extra["Warning"] = '299 proxy: "There are additional results that can be requested"'
+            content = json.dumps(studies).encode()
+        passed = {name: value for name, value in reply.headers.items()
+                  if name.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
+        self._reply(request, reply.status_code, {**passed, **extra}, content)
+
+    @staticmethod
+    def _reply(request: http.server.BaseHTTPRequestHandler, status: int, headers: dict, content: bytes) -> None:
+        request.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(content))}.items():
+            request.send_header(name, value)
+        request.end_headers()
+        request.wfile.write(content)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[[str], FaultyProxy]]:
+    """``proxy(url)``: a :class:`FaultyProxy` in front of the PACS at ``url``, stopped after the test."""
+    started: list[FaultyProxy] = []
+
+    def start(url: str) -> FaultyProxy:
+        started.append(FaultyProxy(url))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.server.shutdown()
+        each.server.server_close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's five attempts at a busy PACS (408, 429, 503, 504) milliseconds apart instead of seconds."""
+    monkeypatch.setattr(DICOMwebClient, "set_http_retry_params",
+                        functools.partialmethod(DICOMwebClient.set_http_retry_params, wait_exponential_multiplier=1))
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +383,8 @@ def test_a_partial_store_refusal_is_not_marked_stored(tmp_path: Path, orthanc: s
         (refused,) = _run(orthanc, tmp_path / "out", batch_options).studies
     assert (refused.status, refused.reason) == ("failed", f"{orthanc}: STOW-RS refused 1 of 2 instances")
     assert list((tmp_path / "out").glob(f"*/{STORED_FILE}")) == []
-    redone = _run(orthanc, tmp_path / "out", batch_options)
-    assert redone.counts()["ok"] == 1 and len(_fused_series(orthanc, pacs_study)) == before + 2
+    stored = _run(orthanc, tmp_path / "out", batch_options)  # kept: stored, not fused again
+    assert stored.counts()["skipped"] == 1 and len(_fused_series(orthanc, pacs_study)) == before + 2
 
 
 def test_credentials_in_the_url_are_refused_without_showing_them(tmp_path: Path, orthanc: str,
@@ -288,3 +399,47 @@ def test_credentials_in_the_url_are_refused_without_showing_them(tmp_path: Path,
                     f"are refused; set {USER_ENV} and {PASSWORD_ENV}, or {CREDENTIALS_ENV}")
     assert PASSWORD not in captured.out + captured.err + caplog.text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_busy_pacs_ends_the_query_in_one_line(tmp_path: Path, orthanc: str, proxy, fast_retries, status: int,
+                                                capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    busy = proxy(orthanc)
+    busy.fail("QIDO", status)
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    assert main(["-q", "fuse-batch", busy.url, str(tmp_path / "out"), "--method", "laplacian", "--query",
+                 "StudyDate=19000101-"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"dcif fuse-batch: error: {busy.url}: QIDO-RS study search failed ({status} after 5 attempts)"
+
+
+@pytest.mark.parametrize("status, said", [(503, "503 after 5 attempts"), (500, "500")])
+def test_a_pacs_that_will_not_store_fails_those_studies_and_keeps_their_fusion(
+        tmp_path: Path, orthanc: str, pacs_study: str, proxy, fast_retries, batch_options, status: int, said: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.provenance.fuser_version", lambda fuser: f"sha256:store-answered-{status}")
+    before = len(_fused_series(orthanc, pacs_study))
+    down = proxy(orthanc)
+    down.fail("POST", status)
+    (row,) = _run(down.url, tmp_path / "out", batch_options).studies
+    assert (row.status, row.reason) == ("failed", f"{down.url}: STOW-RS store failed ({said})")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"]["failed"] == 1
+    folder = tmp_path / "out" / row.key
+    assert (folder / "done.json").is_file() and not (folder / STORED_FILE).exists()
+
+    down.failing.clear()  # the PACS is back: the fused study is stored as it is, not fused again
+    (row,) = _run(down.url, tmp_path / "out", batch_options).studies
+    assert row.status == "skipped" and (folder / STORED_FILE).is_file()
+    assert len(_fused_series(orthanc, pacs_study)) == before + 2
+
+
+def test_a_store_retried_after_a_busy_reply_sends_the_whole_body(scratch_orthanc: str, new_study, proxy,
+                                                                fast_retries) -> None:
+    paths = sorted(new_study(30).rglob("*.dcm"))
+    assert sum(path.stat().st_size for path in paths) > 2**20  # over the client's chunk size
+    busy = proxy(scratch_orthanc)
+    busy.fail("POST", 503, times=1)
+    store_instances(connect(busy.url, CREDENTIALS), paths)
+    uid = pydicom.dcmread(paths[0]).StudyInstanceUID
+    assert len(connect(scratch_orthanc, CREDENTIALS).search_for_instances(uid)) == len(paths)
