@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,7 +35,7 @@ from pipeline.io.headers import study_key
 USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_PASSWORD", "DCIF_DICOMWEB_CREDENTIALS"
 STUDY_UID, MODALITIES_IN_STUDY, STUDY_INSTANCES = "0020000D", "00080061", "00201208"
 PAIRED = {"CT", "PT"}
-MAX_STUDIES = 10_000  # one query never pages further than this
+PAGE = 10_000  # results one QIDO-RS request asks for; a PACS may give fewer, and the rest are asked for by offset
 STREAM_CHUNK = 1 << 20  # bytes read at a time from a WADO-RS reply
 
 
@@ -103,13 +103,31 @@ class RemoteStudy:
         return study_key(self.uid)
 
 
+def _search_all(search: Callable[..., list[dict]], key: str, **query: object) -> list[dict]:
+    """Every result of a QIDO-RS search, once each by its ``key`` tag, however the PACS pages them.
+
+    A PACS may answer with part of the results (a page, with a Warning header), so the search is asked again from the
+    offset reached until a page is empty. dicomweb-client's ``get_remaining`` does the same but never ends against a
+    PACS that ignores the offset; here a page bringing nothing new ends it too.
+    """
+    found: dict[str, dict] = {}
+    offset = 0
+    while page := search(offset=offset, limit=PAGE, **query):
+        offset += len(page)
+        new = {uid: result for result in page if (uid := next(iter(_value(result, key)), None)) and uid not in found}
+        if not new:
+            break
+        found.update(new)
+    return list(found.values())
+
+
 def find_studies(client: DICOMwebClient, query: Mapping[str, str]) -> list[RemoteStudy]:
-    """The studies matching the QIDO-RS ``query`` that hold both a CT and a PET series."""
+    """The studies matching the QIDO-RS ``query`` that hold both a CT and a PET series, each once."""
     with _calling(client.base_url, "QIDO-RS study search"):
-        results = client.search_for_studies(search_filters=dict(query), limit=MAX_STUDIES,
-                                            fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"])
+        results = _search_all(client.search_for_studies, STUDY_UID, search_filters=dict(query),
+                              fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"])
     return [RemoteStudy(_value(result, STUDY_UID)[0], next((int(n) for n in _value(result, STUDY_INSTANCES)), None))
-            for result in results if PAIRED <= set(_value(result, MODALITIES_IN_STUDY)) and _value(result, STUDY_UID)]
+            for result in results if PAIRED <= set(_value(result, MODALITIES_IN_STUDY))]
 
 
 def _record(folder: Path) -> Path:

@@ -28,7 +28,8 @@ from pipeline.batch.pacs import INBOX, run_dicomweb_batch
 from pipeline.batch.report import BatchReport
 from pipeline.errors import DcifError
 from pipeline.cli import main
-from pipeline.io.dicomweb import CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect, store_instances
+from pipeline.io.dicomweb import (CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect, find_studies,
+                                  store_instances)
 from pipeline.io.headers import study_key
 from tests.batch.conftest import tiny_study
 
@@ -443,3 +444,26 @@ def test_a_store_retried_after_a_busy_reply_sends_the_whole_body(scratch_orthanc
     store_instances(connect(busy.url, CREDENTIALS), paths)
     uid = pydicom.dcmread(paths[0]).StudyInstanceUID
     assert len(connect(scratch_orthanc, CREDENTIALS).search_for_instances(uid)) == len(paths)
+
+
+def test_a_pacs_that_pages_its_study_search_gives_every_study(scratch_orthanc: str, new_study, proxy) -> None:
+    ours = {_upload(scratch_orthanc, new_study(seed)) for seed in (33, 34)}
+    every = {study.uid for study in find_studies(connect(scratch_orthanc, CREDENTIALS), {})}
+    assert ours <= every
+    paged = proxy(scratch_orthanc)
+    paged.page = 1
+    client = connect(paged.url, CREDENTIALS)
+    assert {study.uid for study in find_studies(client, {})} == every
+    paged.ignore_offset = True  # each page the first again: the search ends with what it could get
+    assert len(find_studies(client, {})) == 1
+    paged.page = None  # every study on each page: once each
+    assert {study.uid for study in find_studies(client, {})} == every
+
+
+def test_a_study_listed_twice_is_fused_once(tmp_path: Path, orthanc: str, pacs_study: str, proxy,
+                                           batch_options) -> None:
+    twice = proxy(orthanc)
+    twice.twice = True
+    report = run_dicomweb_batch(twice.url, tmp_path / "out", batch_options, {"StudyDate": "19000101-"},
+                                progress=False, environ=CREDENTIALS)
+    assert [(row.key, row.status) for row in report.studies] == [(study_key(pacs_study), "ok")]
