@@ -19,8 +19,6 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from typing import Protocol
 
-import torch
-
 from pipeline.batch.layout import clear_study, study_folder
 from pipeline.batch.report import StudyResult
 from pipeline.batch.task import StudyTask, process_study
