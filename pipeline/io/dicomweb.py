@@ -36,7 +36,7 @@ USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_P
 STUDY_UID, MODALITIES_IN_STUDY, STUDY_INSTANCES = "0020000D", "00080061", "00201208"
 PAIRED = {"CT", "PT"}
 PAGE = 10_000  # results one QIDO-RS request asks for; a PACS may give fewer, and the rest are asked for by offset
-STREAM_CHUNK = 1 << 20  # bytes read at a time from a WADO-RS reply
+STREAM_CHUNK = 1 << 20  # bytes read at a time from a WADO-RS reply, one instance written before the next is read
 
 
 def is_dicomweb_url(text: str | os.PathLike[str]) -> bool:
@@ -146,22 +146,23 @@ def fetched_from(folder: Path) -> str | None:
 def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
     """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept when fetched before.
 
-    The files are written into a private hidden folder in ``into``, checked against the instance count QIDO-RS gave,
-    and moved in whole; the record of their source, written last, marks the study complete, so a study cut short or
-    left by a killed run is fetched again.
+    Each instance is written as the reply streams in, so memory holds one instance, not the study. They go into a
+    private hidden folder in ``into``, are checked against the instance count QIDO-RS gave, and are moved in whole;
+    the record of their source, written last, marks the study complete, so a study cut short or left by a killed run
+    is fetched again.
     """
     folder = into / study.key
     if fetched_from(folder) is not None:
         return folder
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=into))
     try:
+        count = 0
         with _calling(client.base_url, f"WADO-RS retrieve of study {study.key}"):
-            instances = client.retrieve_study(study.uid)
-        if len(instances) < (study.instances or 1):
-            raise DcifError(f"{client.base_url}: WADO-RS gave {len(instances)} instances of study {study.key}, "
+            for count, dataset in enumerate(client.iter_study(study.uid), 1):
+                dataset.save_as(staging / f"{count - 1:05d}.dcm", enforce_file_format=True)
+        if count < (study.instances or 1):
+            raise DcifError(f"{client.base_url}: WADO-RS gave {count} instances of study {study.key}, "
                             f"QIDO-RS listed {study.instances or 'at least one'}")
-        for index, dataset in enumerate(instances):
-            dataset.save_as(staging / f"{index:05d}.dcm", enforce_file_format=True)
         shutil.rmtree(folder, ignore_errors=True)  # a copy never completed
         staging.rename(folder)
     finally:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from pipeline.batch.pacs import INBOX, run_dicomweb_batch
 from pipeline.batch.report import BatchReport
 from pipeline.errors import DcifError
 from pipeline.cli import main
-from pipeline.io.dicomweb import (CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect, find_studies,
-                                  store_instances)
+from pipeline.io.dicomweb import (CREDENTIALS_ENV, PASSWORD_ENV, USER_ENV, RemoteStudy, connect, fetch_study,
+                                  find_studies, store_instances)
 from pipeline.io.headers import study_key
 from tests.batch.conftest import tiny_study
 
@@ -317,8 +318,8 @@ def test_a_study_fetched_short_fails_and_is_fetched_again(tmp_path: Path, orthan
                                                           batch_options, monkeypatch: pytest.MonkeyPatch) -> None:
     key = study_key(pacs_study)
     with monkeypatch.context() as patch:  # the connection drops: the last 5 instances never come
-        retrieve = DICOMwebClient.retrieve_study
-        patch.setattr(DICOMwebClient, "retrieve_study", lambda client, uid: retrieve(client, uid)[:-5])
+        retrieve = DICOMwebClient.iter_study
+        patch.setattr(DICOMwebClient, "iter_study", lambda client, uid: list(retrieve(client, uid))[:-5])
         short = _run(orthanc, tmp_path / "out", batch_options)
     (row,) = short.studies
     got, listed = re.fullmatch(rf"{orthanc}: WADO-RS gave (\d+) instances of study {key}, QIDO-RS listed (\d+)",
@@ -331,15 +332,15 @@ def test_a_study_fetched_short_fails_and_is_fetched_again(tmp_path: Path, orthan
 def test_any_error_fetching_one_study_fails_that_study_alone(tmp_path: Path, orthanc: str, pacs_study: str,
                                                              batch_options, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = RemoteStudy("1.2.826.0.1.3680043.8.498.1")  # listed by QIDO-RS, its WADO-RS reply unreadable
-    found, retrieve = pacs.find_studies, DICOMwebClient.retrieve_study
+    found, retrieve = pacs.find_studies, DICOMwebClient.iter_study
 
-    def malformed(client: DICOMwebClient, uid: str) -> list:
+    def malformed(client: DICOMwebClient, uid: str) -> Iterator[pydicom.Dataset]:
         if uid == broken.uid:
             raise ValueError("multipart reply without a boundary")
         return retrieve(client, uid)
 
     monkeypatch.setattr(pacs, "find_studies", lambda client, query: [broken, *found(client, query)])
-    monkeypatch.setattr(DICOMwebClient, "retrieve_study", malformed)
+    monkeypatch.setattr(DICOMwebClient, "iter_study", malformed)
     report = _run(orthanc, tmp_path / "out", batch_options)
 
     assert report.counts() == {"ok": 1, "failed": 1, "skipped": 0}
@@ -467,3 +468,18 @@ def test_a_study_listed_twice_is_fused_once(tmp_path: Path, orthanc: str, pacs_s
     report = run_dicomweb_batch(twice.url, tmp_path / "out", batch_options, {"StudyDate": "19000101-"},
                                 progress=False, environ=CREDENTIALS)
     assert [(row.key, row.status) for row in report.studies] == [(study_key(pacs_study), "ok")]
+
+
+def test_a_fetch_holds_one_instance_at_a_time(tmp_path: Path, orthanc: str, pacs_study: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed, most, read = [], [0], pydicom.dcmread
+
+    def counted(*args: object, **kwargs: object) -> pydicom.Dataset:
+        dataset = read(*args, **kwargs)
+        parsed.append(weakref.ref(dataset))
+        most[0] = max(most[0], sum(each() is not None for each in parsed))
+        return dataset
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)  # how dicomweb-client parses each instance of a WADO-RS reply
+    folder = fetch_study(connect(orthanc, CREDENTIALS), RemoteStudy(pacs_study), tmp_path)
+    assert len(list(folder.iterdir())) > 10 and most[0] <= 2
