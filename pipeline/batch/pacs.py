@@ -1,12 +1,13 @@
 """``dcif fuse-batch URL OUT_DIR``: the folder batch with a PACS as input and, optionally, output.
 
 QIDO-RS finds the PET/CT studies a query names, WADO-RS fetches each into ``OUT_DIR/.dicomweb/`` (whole
-studies only, kept across runs, so a resumed batch fetches only what it lacks), the folder batch fuses the
-studies this run's query found with its report, resume and per-study isolation, and with ``store`` the fused
-series of every such study not yet stored (``stored.json``; an interrupted or refused run's included) go back by
-STOW-RS into their patient and study, if the study was fetched from this PACS. A study the PACS will not give or
-take fails alone, with its reason in the report; one it would not take keeps its fused outputs for the next run
-to store. The run holds OUT_DIR from the query until its report is written.
+studies only, kept across runs while the PACS lists them the same, so a resumed batch fetches only what it lacks
+or what changed), the folder batch fuses the studies this run's query found with its report, resume and
+per-study isolation, and with ``store`` the fused series of every such study not yet stored (``stored.json``; an
+interrupted or refused run's included) go back by STOW-RS into their patient and study, if the study was fetched
+from this PACS. A study the PACS will not give or take fails alone, with its reason in the report; one it would
+not take keeps its fused outputs for the next run to store. The run holds OUT_DIR from the query until its report
+is written.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ exponential back-off) before giving up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -34,9 +36,11 @@ from pipeline.io.headers import study_key
 
 USER_ENV, PASSWORD_ENV, CREDENTIALS_ENV = "DCIF_DICOMWEB_USER", "DCIF_DICOMWEB_PASSWORD", "DCIF_DICOMWEB_CREDENTIALS"
 STUDY_UID, MODALITIES_IN_STUDY, STUDY_INSTANCES = "0020000D", "00080061", "00201208"
+SOP_UID, MODALITY = "00080018", "00080060"
 PAIRED = {"CT", "PT"}
 PAGE = 10_000  # results one QIDO-RS request asks for; a PACS may give fewer, and the rest are asked for by offset
 STREAM_CHUNK = 1 << 20  # bytes read at a time from a WADO-RS reply, one instance written before the next is read
+logger = logging.getLogger(__name__)
 
 
 def is_dicomweb_url(text: str | os.PathLike[str]) -> bool:
@@ -130,30 +134,64 @@ def find_studies(client: DICOMwebClient, query: Mapping[str, str]) -> list[Remot
             for result in results if PAIRED <= set(_value(result, MODALITIES_IN_STUDY))]
 
 
+def _source_listing(client: DICOMwebClient, study: RemoteStudy) -> str:
+    """A digest of the UIDs of the CT and PET instances QIDO-RS lists of a study now (one it lists without a Modality
+    counts): what the study is fused from, so an instance added to another series (this tool's fused series, stored
+    back) is no change to it."""
+    with _calling(client.base_url, f"QIDO-RS instance search of study {study.key}"):
+        results = _search_all(client.search_for_instances, SOP_UID, study_instance_uid=study.uid,
+                              fields=["SOPInstanceUID", "Modality"])
+    uids = sorted(_value(result, SOP_UID)[0] for result in results if set(_value(result, MODALITY)) <= PAIRED)
+    return hashlib.sha256("\n".join(uids).encode()).hexdigest()
+
+
 def _record(folder: Path) -> Path:
-    """``<study key>.json`` beside a fetched study's folder: where it came from, written once it is complete."""
+    """``<study key>.json`` beside a fetched study's folder: where it came from and what the PACS listed of it then
+    (:func:`fetch_study`), written once it is complete."""
     return folder.with_name(f"{folder.name}.json")
+
+
+def _fetched(folder: Path) -> dict | None:
+    """The record of a completely fetched study folder; None when it is not one."""
+    try:
+        record = json.loads(_record(folder).read_text()) if folder.is_dir() else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "source" in record else None
 
 
 def fetched_from(folder: Path) -> str | None:
     """The DICOMweb root a study folder was fetched from; None when it is not completely fetched."""
-    try:
-        return json.loads(_record(folder).read_text())["source"] if folder.is_dir() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    record = _fetched(folder)
+    return None if record is None else record["source"]
+
+
+def _write_record(folder: Path, record: Mapping[str, object]) -> None:
+    """Replace a study's record atomically: a killed run leaves the old one or the new, never a torn one."""
+    with atomic_write(_record(folder)) as temporary:
+        temporary.write_text(json.dumps(record) + "\n")
 
 
 def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
-    """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept when fetched before.
+    """Fetch one study by WADO-RS into ``into/<study key>/`` (instance files); kept while the PACS lists it the same.
 
-    Each instance is written as the reply streams in, so memory holds one instance, not the study. They go into a
-    private hidden folder in ``into``, are checked against the instance count QIDO-RS gave, and are moved in whole;
-    the record of their source, written last, marks the study complete, so a study cut short or left by a killed run
-    is fetched again.
+    A study fetched before is kept when QIDO-RS gives the instance count it gave then, or else lists the same CT and
+    PET instances (:func:`_source_listing`); one that changed (instances still arriving when it was fetched) is
+    fetched again, whole, so it is not fused from part of its data. Each instance is written as the reply streams in,
+    so memory holds one instance, not the study. They go into a private hidden folder in ``into``, are checked against
+    the instance count QIDO-RS gave, and are moved in whole; the record of their source, written last, marks the study
+    complete, so a study cut short or left by a killed run is fetched again.
     """
     folder = into / study.key
-    if fetched_from(folder) is not None:
+    record = _fetched(folder)
+    if record is not None and study.instances is not None and record.get("instances") == study.instances:
         return folder
+    listed = _source_listing(client, study)
+    if record is not None and record.get("listed") == listed:  # e.g. its fused series stored into the study
+        _write_record(folder, {**record, "instances": study.instances})
+        return folder
+    if record is not None:
+        logger.info("study %s changed on %s since it was fetched: fetched again", study.key, client.base_url)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=into))
     try:
         count = 0
@@ -163,12 +201,12 @@ def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
         if count < (study.instances or 1):
             raise DcifError(f"{client.base_url}: WADO-RS gave {count} instances of study {study.key}, "
                             f"QIDO-RS listed {study.instances or 'at least one'}")
-        shutil.rmtree(folder, ignore_errors=True)  # a copy never completed
+        _record(folder).unlink(missing_ok=True)  # the copy it replaces is no longer complete
+        shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    with atomic_write(_record(folder)) as temporary:
-        temporary.write_text(json.dumps({"source": client.base_url}) + "\n")
+    _write_record(folder, {"source": client.base_url, "instances": study.instances, "listed": listed})
     return folder
 
 

@@ -100,9 +100,10 @@ def new_study(tmp_path: Path, tiny_geometry: dict) -> Callable[[int], Path]:
     return lambda seed: tiny_study(tmp_path / f"study_{seed}", seed, tiny_geometry)
 
 
-def _upload(url: str, study: Path) -> str:
-    """STOW-RS every DICOM file under ``study`` into ``url``; its StudyInstanceUID."""
-    datasets = [pydicom.dcmread(path) for path in sorted(study.rglob("*.dcm"))]
+def _upload(url: str, study: Path | list[Path]) -> str:
+    """STOW-RS every DICOM file under ``study`` (or the files it lists) into ``url``; its StudyInstanceUID."""
+    paths = sorted(study.rglob("*.dcm")) if isinstance(study, Path) else study
+    datasets = [pydicom.dcmread(path) for path in paths]
     connect(url, CREDENTIALS).store_instances(datasets)
     return datasets[0].StudyInstanceUID
 
@@ -445,6 +446,32 @@ def test_a_store_retried_after_a_busy_reply_sends_the_whole_body(scratch_orthanc
     store_instances(connect(busy.url, CREDENTIALS), paths)
     uid = pydicom.dcmread(paths[0]).StudyInstanceUID
     assert len(connect(scratch_orthanc, CREDENTIALS).search_for_instances(uid)) == len(paths)
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["instance count", "instance list"])
+def test_a_study_still_arriving_is_fetched_again_and_fused_whole(tmp_path: Path, scratch_orthanc: str, new_study,
+                                                                 batch_options, counted: bool,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if not counted:  # a PACS that gives no NumberOfStudyRelatedInstances: its instances are listed instead
+        found = pacs.find_studies
+        monkeypatch.setattr(pacs, "find_studies", lambda client, query: [RemoteStudy(study.uid)
+                                                                         for study in found(client, query)])
+    study = new_study(31 if counted else 32)
+    ct, pet = sorted((study / "CT").glob("*.dcm")), sorted((study / "PET").glob("*.dcm"))
+    uid = _upload(scratch_orthanc, ct + pet[: len(pet) // 2])  # the PET half sent when the batch runs
+    query = {"StudyInstanceUID": uid}
+    runs = functools.partial(run_dicomweb_batch, scratch_orthanc, tmp_path / "out", batch_options, query, store=True,
+                             progress=False, environ=CREDENTIALS)
+    (partial,) = runs().studies
+    assert partial.status == "ok" and partial.ct_slices_without_pet > 0
+
+    _upload(scratch_orthanc, pet[len(pet) // 2:])
+    (whole,) = runs().studies
+    assert whole.status == "ok" and whole.ct_slices_without_pet == 0
+    fetched = (tmp_path / "out" / INBOX / whole.key).stat().st_ino
+    # Its CT and PET unchanged, only its fused series stored into it: kept, not fetched again.
+    assert runs().counts()["skipped"] == 1
+    assert (tmp_path / "out" / INBOX / whole.key).stat().st_ino == fetched
 
 
 def test_a_pacs_that_pages_its_study_search_gives_every_study(scratch_orthanc: str, new_study, proxy) -> None:
