@@ -8,11 +8,15 @@ HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH stand in for m
 
 from __future__ import annotations
 
+import argparse
 import gc
+import io
 import logging
 import os
+import re
 import sys
-from contextlib import suppress
+from collections.abc import Sequence
+from contextlib import redirect_stderr, suppress
 from pathlib import Path
 
 import monai.deploy
@@ -50,6 +54,14 @@ logger = logging.getLogger(__name__)
 
 SDK_SOURCE = Path(monai.deploy.__file__).parent
 MODELS_ENV = RuntimeEnv.ENV_DEFAULT["model"][0]  # HOLOSCAN_MODEL_PATH: where the packager puts the models
+
+# The folders by role in every line the app writes: exports name them by patient.
+INPUT_FOLDER, OUTPUT_FOLDER = "<input folder>", "<output folder>"
+INPUT_NOT_FOUND = f"{INPUT_FOLDER}: input folder not found"
+OUTPUT_NOT_A_FOLDER = f"{OUTPUT_FOLDER}: not a folder"
+# What the SDK's argparse refuses -i and -o for (a missing input, an output that is not a folder), by the option
+# its refusal names.
+SDK_FOLDER_REFUSALS = {"--input/-i": INPUT_NOT_FOUND, "--output/-o": OUTPUT_NOT_A_FOLDER}
 
 
 def find_model(model_path: str | Path) -> tuple[Path, Path] | None:
@@ -112,6 +124,47 @@ def fusers_for(model_path: str | Path, device: str) -> dict[str, Fuser]:
     return build_fusers([method], checkpoint=checkpoint, network=bundled_network(root), device=device)
 
 
+def sdk_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The SDK's ``parse_args`` of ``argv``, whose refusals are :class:`InputError` lines, the folders named by role.
+
+    Its argparse would print its usage and the absolute path and exit with status 2, before :func:`main` could say
+    what is wrong in one line. It makes the output folder (a ``--workdir`` too) as it parses.
+    """
+    refusal = io.StringIO()
+    try:
+        with redirect_stderr(refusal):
+            return parse_args(list(argv))
+    except SystemExit as stop:
+        if not stop.code:  # a help, not a refusal
+            raise
+        message = refusal.getvalue().strip().splitlines()[-1].partition(": error: ")[2]
+        option = re.match(r"argument (\S+): ", message)
+        raise InputError(SDK_FOLDER_REFUSALS.get(option[1] if option else "", message)) from None
+    except OSError as error:
+        raise _unmade_output(error) from None
+
+
+def _unmade_output(error: OSError) -> InputError:
+    """The output folder could not be made (a parent is a file, or read-only). The SDK makes a ``--workdir`` in the
+    same pass: its failure reads the same."""
+    return InputError(f"{OUTPUT_FOLDER}: cannot be made ({error.strerror or error})")
+
+
+def checked_folders(input_path: str | Path, output_path: str | Path) -> tuple[Path, Path]:
+    """The input folder and the output folder, made; what is wrong with either is an :class:`InputError` naming it
+    by role. The SDK checks only the folders given as options, not those its environment variables name."""
+    input_folder, output_folder = Path(input_path), Path(output_path)
+    if not input_folder.is_dir():
+        raise InputError(INPUT_NOT_FOUND)
+    if output_folder.exists() and not output_folder.is_dir():
+        raise InputError(OUTPUT_NOT_A_FOLDER)
+    try:
+        output_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unmade_output(error) from None
+    return input_folder, output_folder
+
+
 def _series_folders(output_folder: Path) -> list[Path]:
     """The sub-folders of ``output_folder`` that fused and colour series are written in."""
     return [folder for name in (dicom_folder_name("*", "*"), colour_folder_name("*", "*"))
@@ -146,19 +199,16 @@ class DcifFusionApp(Application):
     def compose(self) -> None:
         # The SDK's init_app_context, with the redaction put on every log handler between its setting
         # up logging and its logging the parsed arguments (both folders).
-        args = parse_args(self.argv)
+        args = sdk_arguments(self.argv)
         set_up_logging(args.log_level)
         context = AppContext({key: value for key, value in vars(args).items() if value})
-        input_folder, output_folder = Path(context.input_path), Path(context.output_path)
-        if not input_folder.is_dir():
-            raise InputError(f"{input_folder}: input folder not found")
-        output_folder.mkdir(parents=True, exist_ok=True)
+        input_folder, output_folder = checked_folders(context.input_path, context.output_path)
         self.output_folder = output_folder
         tidy_output(output_folder)
         # Files under the input folder as the batch report names them (keyed pseudonyms, key in the output folder),
         # the two folders by role.
-        self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder), root="<input folder>"),
-                                       {str(output_folder): "<output folder>"})
+        self.redaction = PathRedaction(Locator(input_folder, location_key(output_folder), root=INPUT_FOLDER),
+                                       {str(output_folder): OUTPUT_FOLDER})
         for handler in logging.getLogger().handlers:
             handler.addFilter(SdkDetail())
             handler.addFilter(self.redaction)

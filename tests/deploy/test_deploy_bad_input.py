@@ -71,14 +71,33 @@ BAD = {
 CASES = {**HOSTILE, **BAD}
 
 
+def _a_file(root: Path) -> Path:
+    (root / "afile").write_text("not a folder\n")
+    return root / "afile"
+
+
+# Folders the app cannot use, given as options (the SDK's argparse refuses them) or in the SDK's environment
+# variables: (the app's arguments, its environment) for a scratch folder, and the line it ends with.
+FOLDERS = {
+    "missing_input": (lambda root: (("-i", root / "nonexist", "-o", root / "out"), {}),
+                      "<input folder>: input folder not found"),
+    "output_a_file": (lambda root: (("-i", _empty(root), "-o", _a_file(root)), {}), "<output folder>: not a folder"),
+    "output_variable_a_file": (lambda root: (("-i", _empty(root)), {"HOLOSCAN_OUTPUT_PATH": str(_a_file(root))}),
+                               "<output folder>: not a folder"),
+}
+
+
 @pytest.fixture(scope="module")
 def app_runs(start_app, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, AppRun]]:
     """(scratch folder, run) of every case, the apps started together: each is ~12 s of single-threaded SDK
     import, so the cores import several at once."""
-    roots = {case: tmp_path_factory.mktemp(case) for case in CASES}
+    roots = {case: tmp_path_factory.mktemp(case) for case in (*CASES, *FOLDERS)}
     inputs = {case: make_input(roots[case]) for case, (make_input, _) in CASES.items()}
     started = {case: start_app(roots[case] / "app_cwd", "-i", inputs[case], "-o", roots[case] / "out")
                for case in CASES}
+    for case, (arguments, _) in FOLDERS.items():
+        args, env = arguments(roots[case])
+        started[case] = start_app(roots[case] / "app_cwd", *args, env=env)
     return {case: (roots[case], run) for case, run in wait_all(started).items()}
 
 
@@ -100,3 +119,11 @@ def test_bad_input_fails_with_one_line(app_runs, case):
     root, run = app_runs[case]
     _failed_cleanly(root, run)
     assert run.last_line.startswith(f"dcif-deploy: error: <input folder>: {BAD[case][1]}"), run
+
+
+@pytest.mark.parametrize("case", FOLDERS)
+def test_a_folder_the_app_cannot_use_fails_with_one_line_naming_it_by_role(app_runs, case):
+    root, run = app_runs[case]
+    _failed_cleanly(root, run)
+    assert "usage:" not in run.stderr, run  # not the SDK's argparse refusal, with its exit status 2
+    assert run.last_line == f"dcif-deploy: error: {FOLDERS[case][1]}", run
