@@ -13,7 +13,8 @@ the config's ``initialize`` runs. So, once imported:
   that is a file would end in a traceback) and MONAI's echo of the command's arguments shows no local path
   (``> input: '/data/DOE_JOHN'``).
 
-:func:`preflight`, the configs' ``initialize``, refuses an unusable output folder or device before any study is read.
+:func:`preflight`, the configs' ``initialize``, refuses an unusable output folder or device before any study is read;
+:func:`without_study_cache`, inference's first step, a study cache.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from pipeline.errors import DcifError, one_line_errors
+from pipeline.errors import DcifError, InputError, one_line_errors
 from pipeline.fusion.selection import check_device
 from pipeline.io.atomic import output_folder
 
@@ -89,6 +90,18 @@ def preflight(output_dir: str | os.PathLike[str], device: str | torch.device) ->
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DcifError(f"{folder}: cannot use as output folder (not writable)")
     check_device(device)
+
+
+def without_study_cache(study_cache: str | os.PathLike[str] | None) -> None:
+    """Inference's refusal of ``--study_cache``, before any study is read.
+
+    Inference writes each study's fused volumes on its CT grid, with a record that passes them for the study's
+    fusion; a cache holds only the network input (8-bit, every k-th slice of a real study, no CT), which training and
+    evaluation read.
+    """
+    if study_cache is not None:
+        raise InputError(f"{study_cache}: a study cache holds only the network input (8 bits, no CT to write fused "
+                         "volumes on): inference fuses studies from their files (--input); evaluate scores a cache")
 
 
 class _RedactedArguments(logging.Filter):

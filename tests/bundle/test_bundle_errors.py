@@ -144,3 +144,16 @@ def test_evaluate_runs_as_the_readme_types_it(tmp_path: Path, tiny_phantom_root:
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "laplacian" in (tmp_path / "eval" / "metrics_summary.md").read_text()
+
+
+def test_inference_refuses_a_study_cache_in_one_line_before_any_study_is_read(tmp_path, tiny_study_cache,
+                                                                              tiny_phantom_root):
+    """``--study_cache`` was ignored: inference fused a phantom of ``dataset_dir`` instead, exit status 0."""
+    result = _command("inference", "--dataset_dir", str(tiny_phantom_root), "--study_cache", str(tiny_study_cache),
+                      "--method", "laplacian", "--windows", "['lung']", "--output_dir", str(tmp_path / "out"))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"monai.bundle run inference: error: {tiny_study_cache}: a study cache holds only the network input (8 bits, "
+        "no CT to write fused volumes on): inference fuses studies from their files (--input); evaluate scores a cache")
+    assert not list((tmp_path / "out").iterdir())
