@@ -42,7 +42,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from pipeline.handlers.lesion_report import read_lesion_ratios
-from pipeline.handlers.metrics_report import markdown_summary
+from pipeline.handlers.metrics_report import VERSION_FIELD, markdown_summary
 from pipeline.io.atomic import atomic_write
 from pipeline.handlers import read_history
 from pipeline.transforms.data_path import DEFAULT_WINDOWS
@@ -92,7 +92,8 @@ def study_rows(eval_dir: Path, rename: str | None = None) -> list[dict[str, Any]
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        row.update({k: float(v) for k, v in row.items() if k not in ("study_key", "window", "method", "study_index")})
+        row.update({k: float(v) for k, v in row.items()
+                    if k not in ("study_key", "window", "method", "study_index", VERSION_FIELD)})
         if rename and row["method"] == "dcif_gan":
             row["method"] = rename
     return rows

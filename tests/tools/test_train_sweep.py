@@ -54,10 +54,11 @@ def test_the_shipped_sweep_files_name_every_ablation_variant(sweep, name):
 
 def test_evaluation_rows_are_renamed_to_their_run(sweep, tmp_path):
     (tmp_path / "metrics_per_study.csv").write_text(
-        "study_index,study_key,window,method,slices,AG,SF,SSIM,SD,MI,PSNR,IE,QABF\n"
-        "0,abc,lung,dcif_gan,3,1,2,0.5,4,1.5,10,5,0.6\n")
+        "study_index,study_key,window,method,slices,AG,SF,SSIM,SD,MI,PSNR,IE,QABF,model_version,suv_max\n"
+        "0,abc,lung,dcif_gan,3,1,2,0.5,4,1.5,10,5,0.6,sha256:0123456789abcdef,15.0\n")
     (row,) = sweep.study_rows(tmp_path, rename="n1")
     assert row["method"] == "n1" and row["QABF"] == 0.6 and row["study_key"] == "abc"
+    assert row["model_version"] == "sha256:0123456789abcdef" and row["suv_max"] == 15.0  # what evaluate scored
     assert sweep.study_rows(tmp_path / "absent") == []
 
 
