@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from ignite.engine import Engine, Events
 
+from pipeline.errors import DcifError
 from pipeline.handlers import TimeLimit
 from pipeline.handlers import time_limit
 
@@ -33,7 +34,6 @@ def test_stops_at_the_end_of_the_last_epoch_that_fits(iteration_clock):
     after the second, with its EPOCH_COMPLETED handlers (validation, checkpoint) run; never within an epoch."""
     engine = iteration_clock.engine = _engine()
     limit = TimeLimit(12.9)
-    assert limit.limit_sec == 12  # whole seconds, as ignite takes them
     completed = []
     limit.attach(engine)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: completed.append(e.state.epoch))
@@ -66,3 +66,16 @@ def test_every_rank_stops_when_any_rank_is_over(monkeypatch):
     limit.attach(engine)
     engine.run(range(5), max_epochs=4)
     assert engine.state.epoch == other_rank_over_from and engine.state.iteration == 10
+
+
+def test_a_limit_is_any_positive_number_of_seconds(iteration_clock):
+    """``--time_limit_s 0.5`` was refused as "should be a positive integer" (ignite takes whole seconds)."""
+    engine = iteration_clock.engine = _engine()
+    TimeLimit(0.5).attach(engine)  # epochs of 1 s: the first always runs
+    engine.run(range(1), max_epochs=4)
+    assert engine.state.epoch == 1 and engine.state.max_epochs == 1  # the run's last epoch, as handlers see it
+
+    for bad in (0, -3):
+        with pytest.raises(DcifError) as refused:
+            TimeLimit(bad)
+        assert str(refused.value) == f"time_limit_s {bad}: the time limit is a positive number of seconds"
