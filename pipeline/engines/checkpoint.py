@@ -10,9 +10,10 @@ as configured; :class:`TrainingStateLoader` also resumes a state written before 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from torch.optim import Optimizer
 
 logger = logging.getLogger(__name__)
 
-# Optimizer settings that choose an implementation, not the update: the configured ones outlive a loaded state.
+# Optimizer settings the run's config decides, whatever a loaded state says: the update's hyper-parameters, and the
+# implementation. Only the moments (each parameter's state) come from the state.
+_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
 _IMPLEMENTATION = ("fused", "foreach")
+_CONFIGURED = _HYPERPARAMETERS + _IMPLEMENTATION
 
 
 class SavedDict:
@@ -73,10 +77,13 @@ def training_state(gan: Any, g_optimizer: Any, d_optimizer: Any, trainer: Any,
     """What a resumable training checkpoint holds, one dict for its saver and its loader alike.
 
     ``model`` is the generator under the key the shipped ``model.pt`` uses, so either file loads
-    the weights the same way.
+    the weights the same way. The optimizers' settings as configured now (before any state is loaded) are the ones
+    a loaded state runs with (:func:`keep_configured`).
     """
-    for optimizer in (g_optimizer, d_optimizer):
-        optimizer.register_load_state_dict_post_hook(keep_configured)
+    for name, optimizer in (("g_optimizer", g_optimizer), ("d_optimizer", d_optimizer)):
+        configured = [{key: group[key] for key in _CONFIGURED if key in group} for group in optimizer.param_groups]
+        optimizer.register_load_state_dict_post_hook(functools.partial(keep_configured, configured=configured,
+                                                                       name=name))
     state = {"model": gan.generator, "d1": gan.d1, "d2": gan.d2,
              "g_optimizer": g_optimizer, "d_optimizer": d_optimizer, "trainer": trainer}
     return state if best is None else {**state, "best": best}
@@ -104,17 +111,29 @@ class TrainingStateLoader(CheckpointLoader):
             self.load_dict = every
 
 
-def keep_configured(optimizer: Optimizer) -> None:
-    """After a state is loaded: the configured implementation, and moments laid out as their parameters.
+def keep_configured(optimizer: Optimizer, configured: Sequence[Mapping[str, Any]], name: str = "optimizer") -> None:
+    """After a state is loaded: the configured settings, and moments laid out as their parameters.
 
-    ``Optimizer.load_state_dict`` takes ``fused`` and ``foreach`` from the saved groups, and each saved moment
-    keeps its strides. Fused Adam walks a parameter and its moments as flat memory, so moments saved from
-    contiguous weights (a state written before the networks went channels-last) would update the wrong elements.
+    ``Optimizer.load_state_dict`` takes every group's settings from the saved groups: a run resumed with ``--lr_g``
+    stepped at the saved rate while its history and MLflow recorded the new one, and ``fused`` and ``foreach``
+    came from the state. ``configured`` holds each group's settings as the config made them; a changed
+    hyper-parameter is logged. Each saved moment keeps its strides: fused Adam walks a parameter and its moments as
+    flat memory, so moments saved from contiguous weights (a state written before the networks went channels-last)
+    would update the wrong elements.
     """
-    for group in optimizer.param_groups:
-        group.update({key: optimizer.defaults[key] for key in _IMPLEMENTATION if key in optimizer.defaults})
+    for group, settings in zip(optimizer.param_groups, configured):
+        for key in _HYPERPARAMETERS:
+            if key in settings and _plain(group.get(key)) != _plain(settings[key]):
+                logger.info("%s: %s %s in the training state, %s configured: the run uses %s", name, key,
+                            group.get(key), settings[key], settings[key])
+        group.update(settings)
         for param in group["params"]:
             state = optimizer.state.get(param, {})
-            for name, value in state.items():
+            for moment, value in state.items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    state[moment] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _plain(value: Any) -> Any:
+    """A setting as compared: betas configured as a list equal the same betas saved as a tuple."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value

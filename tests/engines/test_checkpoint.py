@@ -48,6 +48,24 @@ def test_state_saved_from_contiguous_weights_resumes_fused_and_channels_last():
     assert (param - reference).abs().max() < 1e-6
 
 
+def test_a_resumed_optimizer_runs_with_the_configured_settings_and_the_saved_moments():
+    """``--lr_g`` on a resume: the state's learning rate won, while the history recorded the new one."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(3, 4))
+    before = torch.optim.Adam([param], lr=5e-4, betas=(0.5, 0.999))
+    _step(before, param, torch.randn(3, 4))
+    saved = copy.deepcopy(before.state_dict())
+
+    settings = {"lr": 1e-4, "betas": (0.9, 0.99), "eps": 1e-6, "weight_decay": 0.01}
+    g_adam, d_adam = torch.optim.Adam([param], **settings), torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    gan = SimpleNamespace(generator=torch.nn.Module(), d1=torch.nn.Module(), d2=torch.nn.Module())
+    training_state(gan, g_adam, d_adam, trainer=None)["g_optimizer"].load_state_dict(saved)
+
+    group = g_adam.param_groups[0]
+    assert {key: group[key] for key in settings} == settings
+    assert torch.equal(g_adam.state[param]["exp_avg"], saved["state"][0]["exp_avg"])  # the moments are the state's
+
+
 def _validator(score: float) -> Engine:
     """An engine whose one epoch ends with ``score`` as its key metric."""
     validator = Engine(lambda engine, batch: None)
