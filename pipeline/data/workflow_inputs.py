@@ -8,8 +8,10 @@ The choice lives here so the configs wire it instead of each spelling it as an e
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from monai.transforms import Transform
 
@@ -40,6 +42,36 @@ def workflow_datalist(
     if input is not None:
         return load_datalist(input)
     return phantom_datalist(dataset_dir, n_studies=n_studies)
+
+
+KNOWN_ORIGINS = ("phantom", "real")
+"""The kinds of study a datalist's ``origin`` names (``tools/build_training_set.py``); any other value counts as
+``other``, so no free text of a datalist reaches a card."""
+
+
+def datalist_description(
+    datalist: Datalist,
+    input: str | os.PathLike[str] | Sequence[Any] | None = None,  # noqa: A002 - the bundle's documented key
+    study_cache: str | os.PathLike[str] | None = None,
+) -> str:
+    """What a training's studies were, for its card and run parameters (``training_data``), from the same three
+    sources as :func:`workflow_datalist`: how many, from which kind of source, and of which origin where the datalist
+    says. Never a path or a study's name: hospital exports name their folders by patient."""
+    if study_cache is not None:
+        source = "a study cache"
+    elif input is None:
+        return f"{len(datalist)} phantom studies (generated)"
+    elif not isinstance(input, (str, os.PathLike)):
+        source = "a datalist in the config"
+    else:
+        source = "a JSON datalist" if Path(input).is_file() else "an input folder"
+    origins = Counter(item.get("origin") if item.get("origin") in KNOWN_ORIGINS else "other"
+                      for item in datalist if "origin" in item)
+    unlabelled = len(datalist) - sum(origins.values())
+    if origins and unlabelled:
+        origins["unlabelled"] = unlabelled
+    kinds = ", ".join(f"{count} {origin}" for origin, count in sorted(origins.items()))
+    return f"{len(datalist)} studies from {source}" + (f" ({kinds})" if kinds else "")
 
 
 def workflow_preprocessing(

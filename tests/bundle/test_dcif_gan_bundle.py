@@ -241,6 +241,21 @@ def test_a_time_limit_ends_training_at_the_end_of_an_epoch(tmp_path, tiny_study_
     assert trainer["iteration"] % trainer["epoch_length"] == 0
 
 
+def test_training_data_says_what_the_studies_were(tmp_path, tiny_phantom_root, tiny_study_cache):
+    """The card and MLflow said "phantom studies" whatever training read; never a path (folders name patients)."""
+    def training_data(**overrides) -> str:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tiny_phantom_root), "phantom_studies": 2,
+                       **overrides})
+        return parser.get_parsed_content("training_data")
+
+    assert training_data() == "2 phantom studies (generated)"
+    assert training_data(study_cache=str(tiny_study_cache)) == "2 studies from a study cache (2 phantom)"
+    assert training_data(input=str(tiny_phantom_root)) == "2 studies from an input folder"
+    assert training_data(input=str(tiny_phantom_root), training_data="two tiny phantoms") == "two tiny phantoms"
+
+
 def test_evaluation_holds_out_the_studies_its_checkpoint_held_out(tmp_path, tiny_phantom_root):
     """evaluate.json drew its own split with its own seed: a model trained with --seed 1 was scored on a study it had
     trained on. It now draws the split the checkpoint's card records."""
