@@ -61,9 +61,13 @@ def _error_chain(error: BaseException) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
-    """A bundle root holding models/model.pt after one tiny epoch, tracked in MLflow."""
+    """A bundle root holding models/model.pt after one tiny epoch, tracked in MLflow: a copy of the bundle, its shipped
+    model.pt in place, trained for fewer epochs than the default validation interval."""
     root = tmp_path_factory.mktemp("bundle")
-    _bundle("train.json", "training", root, tiny_phantom_root, tracking="mlflow", **TINY_TRAINING)
+    (root / "models").mkdir()
+    shutil.copy(CONFIGS.parent / "models" / "model.pt", root / "models" / "model.pt")
+    _bundle("train.json", "training", root, tiny_phantom_root, tracking="mlflow",
+            **{**TINY_TRAINING, "val_interval": 5})
     return root
 
 
@@ -101,9 +105,16 @@ def test_a_copy_of_the_bundle_runs_from_its_own_folder(tmp_path, tiny_phantom_ro
 
 
 def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
+    """The run's last epoch is validated though shorter than the interval: model.pt is the run's, not the shipped one
+    the copied bundle held, and its card says which epoch, at what score, trained how and on what."""
     checkpoint = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert checkpoint.keys() == {"model", "card"}
-    assert checkpoint["card"]["network"]["width"] == 8 and checkpoint["card"]["training_studies"] == 1
+    card = checkpoint["card"]
+    assert card["network"]["width"] == 8 and card["training_studies"] == 1
+    history = read_history(trained / "eval" / "train" / "history.json")["epochs"]
+    assert card["epoch"] == 1 and card["validation"]["val_selection"] == history[0]["val_selection"]
+    assert (card["lr_g"], card["lr_d"], card["crop_size"], card["batch_size"]) == (5e-4, 2.5e-4, 32, 4)
+    assert card["training_data"] == "2 phantom studies (generated)"
     assert (trained / "eval" / "train" / "last.pt").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'eval' / 'mlruns.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_training"]
@@ -111,6 +122,7 @@ def test_training_saves_a_fuser_ready_checkpoint_and_tracks_the_run(trained):
     for name in ("train_loss", "train_d_loss", "train_g_content1", "val_QABF"):
         assert client.get_metric_history(run_info.info.run_id, name), name
     assert run_info.data.params["variant"] == "network4" and run_info.data.params["alpha"] == "100.0"
+    assert run_info.data.params["training_data"] == "2 phantom studies (generated)"
     assert [a.path for a in client.list_artifacts(run_info.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
 
 
@@ -142,13 +154,26 @@ def test_bad_input_to_the_workflows_is_one_clear_line(case, trained, tmp_path, t
     assert ours and "\n" not in ours[0], _error_chain(error.value)
 
 
-def test_training_resumes_from_its_last_checkpoint(trained, tiny_datalist, tiny_phantom_root):
-    phantoms = tiny_phantom_root
-    last = trained / "eval" / "train" / "last.pt"
-    _bundle("train.json", "training", trained, phantoms, **{**TINY_TRAINING, "epochs": 2}, resume_from=str(last),
-            train_dir=str(trained / "resumed"))
-    resumed = torch.load(trained / "resumed" / "last.pt", weights_only=False)
-    assert resumed["trainer"]["iteration"] == 2 * resumed["trainer"]["epoch_length"]  # epoch 1 loaded, one more run
+def test_training_resumes_with_its_rates_and_the_best_model_its_score_describes(trained, tmp_path, tiny_phantom_root):
+    """Resumed with new rates, from a state whose best score (0.99) was scored in another model_dir, into its own train
+    folder: the optimizers step at the configured rates, as the history records; the best score is model.pt's (kept,
+    0.99 froze model.pt at epoch 2 through every later resume); and the folder keeps one epoch state, as an
+    uninterrupted run would (the earlier session's stayed)."""
+    train_dir = tmp_path / "eval" / "train"
+    shutil.copytree(trained / "eval" / "train", train_dir)
+    state = torch.load(train_dir / "last.pt", weights_only=False)
+    torch.save({**state, "best": {"best_metric": 0.99, "best_metric_epoch": 1}}, train_dir / "last.pt")
+    _bundle("train.json", "training", tmp_path, tiny_phantom_root, **{**TINY_TRAINING, "epochs": 2},
+            resume_from=str(train_dir / "last.pt"), lr_g=1e-4, lr_d=5e-5)
+    last = torch.load(train_dir / "last.pt", weights_only=False)
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # epoch 1 loaded, one more run
+    card = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["card"]
+    assert (card["epoch"], card["validation"]["val_selection"]) == (2, last["best"]["best_metric"])
+    assert last["best"]["best_metric_epoch"] == 2
+    assert [last[name]["param_groups"][0]["lr"] for name in ("g_optimizer", "d_optimizer")] == [1e-4, 5e-5]
+    params = read_history(train_dir / "history.json")["params"]
+    assert (params["lr_g"], params["lr_d"]) == (1e-4, 5e-5)
+    assert [path.name for path in train_dir.glob("checkpoint_epoch=*.pt")] == ["checkpoint_epoch=2.pt"]
 
 
 def test_inference_writes_fused_volumes_on_the_ct_grid_and_logs_slices(trained, tiny_datalist, tiny_phantom_root,
@@ -233,12 +258,16 @@ def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, ti
 
 
 def test_a_time_limit_ends_training_at_the_end_of_an_epoch(tmp_path, tiny_study_cache, tiny_phantom_root):
-    """Before its epochs, and never within one: last.pt resumes exactly where an uninterrupted run would be."""
+    """Before its epochs, and never within one: last.pt resumes exactly where an uninterrupted run would be, and the
+    last epoch is validated (model selection sees it) whatever the interval. The limit is any number of seconds."""
     _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
-            **{**TINY_TRAINING, "epochs": 1000, "val_interval": 1000}, time_limit_s=3)
+            **{**TINY_TRAINING, "epochs": 1000, "val_interval": 1000}, time_limit_s=0.5)
     trainer = torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]
     assert 0 < trainer["iteration"] < 1000 * trainer["epoch_length"]
     assert trainer["iteration"] % trainer["epoch_length"] == 0
+    card = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["card"]
+    assert card["epoch"] == trainer["iteration"] // trainer["epoch_length"]
+    assert card["training_data"] == "2 studies from a study cache (2 phantom)"
 
 
 def test_training_data_says_what_the_studies_were(tmp_path, tiny_phantom_root, tiny_study_cache):

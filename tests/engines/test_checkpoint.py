@@ -1,15 +1,18 @@
-"""A resumable training state loads into the configured optimizers as they would have stepped on."""
+"""A resumable training state loads into the configured optimizers as they would have stepped on, keeps the best
+model with the score it was saved at, and refuses in one line a file it cannot resume from."""
 
 from __future__ import annotations
 
 import copy
 from types import SimpleNamespace
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from pipeline.engines import BestScore, TrainingStateLoader, training_state
+from pipeline.engines import BestScore, ModelCard, TrainingStateLoader, TrainingStateSaver, training_state
+from pipeline.errors import CheckpointError
 
 
 def _adam(param: torch.nn.Parameter, fused: bool) -> torch.optim.Adam:
@@ -48,6 +51,84 @@ def test_state_saved_from_contiguous_weights_resumes_fused_and_channels_last():
     assert (param - reference).abs().max() < 1e-6
 
 
+class _Validator(Engine):
+    """An engine validating as MONAI's evaluator does: ``run(epoch, score)`` scores that training epoch, keeps the best
+    (``best_metric``, ``best_metric_epoch``) before its handlers see it, and names its key metric ``val``."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda engine, score: engine.state.metrics.update(val=score))
+        self.state.key_metric_name, self.state.best_metric, self.state.best_metric_epoch = "val", -1.0, -1
+
+        @self.on(Events.EPOCH_COMPLETED)
+        def _compare(engine: Engine) -> None:
+            state = engine.state
+            if state.best_metric_epoch == -1 or state.metrics["val"] > state.best_metric:
+                state.best_metric, state.best_metric_epoch = state.metrics["val"], state.epoch
+
+    def run(self, epoch: int, score: float) -> None:  # type: ignore[override]
+        self.state.max_epochs, self.state.epoch, self.state.iteration = epoch, epoch - 1, 0
+        super().run([score])
+
+
+def _selection(folder, net: torch.nn.Module | None = None) -> tuple[_Validator, BestScore, ModelCard]:
+    """The bundle's model selection: a validator, its best-model saver with a card, and the score a state keeps."""
+    validator, card = _Validator(), ModelCard(windows=["lung"])
+    saver = CheckpointSaver(str(folder), {"model": net or torch.nn.Linear(1, 1), "card": card}, save_key_metric=True,
+                            key_metric_filename="model.pt")
+    saver.attach(validator)
+    card.attach(validator)
+    return validator, BestScore(validator, saver, folder / "model.pt"), card
+
+
+def _card(folder) -> dict:
+    return torch.load(folder / "model.pt", weights_only=True)["card"]
+
+
+def test_the_best_models_card_records_its_epoch_and_validation_scores(tmp_path):
+    validator, _, _ = _selection(tmp_path)
+    for epoch, score in ((1, 0.2), (2, 0.7), (3, 0.4)):
+        validator.run(epoch, score)
+    assert _card(tmp_path) == {"windows": ["lung"], "epoch": 2, "validation": {"val": 0.7}}
+
+
+def test_a_resumed_run_replaces_its_best_model_only_with_a_better_one(tmp_path):
+    for score, replaced in ((0.5, False), (0.95, True)):
+        folder = tmp_path / str(score)
+        folder.mkdir()
+        first, best, _ = _selection(folder)
+        first.run(3, 0.9)  # the run so far: its best model, epoch 3
+        state = best.state_dict()
+
+        validator, resumed, _ = _selection(folder)
+        resumed.load_state_dict(state)
+        validator.run(4, score)
+        assert _card(folder)["epoch"] == (4 if replaced else 3)
+        assert resumed.state_dict() == ({"best_metric": 0.95, "best_metric_epoch": 4} if replaced else state)
+
+
+def test_a_best_score_resumed_into_another_folder_selects_afresh_there(tmp_path):
+    """The score stays with the folder of its model: kept elsewhere, it froze whatever model.pt sat here."""
+    torch.save({"model": {}, "card": {"epoch": 2, "validation": {"val": 0.5}}}, tmp_path / "model.pt")  # epoch 2's
+    for folder in (tmp_path, tmp_path / "new"):  # a model of another epoch there; none
+        folder.mkdir(exist_ok=True)
+        validator, best, _ = _selection(folder)
+        best.load_state_dict({"best_metric": 0.99, "best_metric_epoch": 1})  # scored in another folder
+        validator.run(3, 0.6)
+        assert _card(folder)["epoch"] == 3
+        assert best.state_dict() == {"best_metric": 0.6, "best_metric_epoch": 3}  # the score of the model here
+
+
+def test_a_run_says_when_it_starts_with_a_best_model_not_its_own(tmp_path, caplog):
+    """A copied bundle's shipped model.pt, another run's: named, and replaced at the first validation."""
+    trainer = Engine(lambda engine, batch: None)
+    (tmp_path / "model.pt").write_bytes(b"shipped weights")
+    _, best, _ = _selection(tmp_path)
+    best.attach(trainer)
+    with caplog.at_level("WARNING"):
+        trainer.run([0], max_epochs=2)
+    assert caplog.text.count("model.pt is not this run's best model") == 1 and str(tmp_path) in caplog.text
+
+
 def test_a_resumed_optimizer_runs_with_the_configured_settings_and_the_saved_moments():
     """``--lr_g`` on a resume: the state's learning rate won, while the history recorded the new one."""
     torch.manual_seed(0)
@@ -66,37 +147,46 @@ def test_a_resumed_optimizer_runs_with_the_configured_settings_and_the_saved_mom
     assert torch.equal(g_adam.state[param]["exp_avg"], saved["state"][0]["exp_avg"])  # the moments are the state's
 
 
-def _validator(score: float) -> Engine:
-    """An engine whose one epoch ends with ``score`` as its key metric."""
-    validator = Engine(lambda engine, batch: None)
-    validator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: engine.state.metrics.update(val=score))
-    return validator
+def _state_file(tmp_path, **content) -> str:
+    path = tmp_path / "state.pt"
+    torch.save(content, path)
+    return str(path)
 
 
-def test_a_resumed_run_replaces_the_best_model_only_with_a_better_one(tmp_path):
-    net = torch.nn.Linear(1, 1)
-    for score, replaced in ((0.5, False), (0.95, True), (0.5, None)):  # None: no best model on disk to keep
-        folder = tmp_path / str(len(list(tmp_path.iterdir())))
-        folder.mkdir()
-        if replaced is not None:
-            (folder / "model.pt").write_bytes(b"the run's best so far")
-        validator = _validator(score)
-        saver = CheckpointSaver(str(folder), {"model": net}, save_key_metric=True, key_metric_name="val",
-                                key_metric_filename="model.pt")
-        saver.attach(validator)
-        best = BestScore(validator, saver, folder / "model.pt")
-        best.load_state_dict({"best_metric": 0.9, "best_metric_epoch": 3})  # the run so far, restored
-        validator.run([0], max_epochs=1)
-        kept = (folder / "model.pt").read_bytes() == b"the run's best so far"  # and a model is there in every case
-        assert kept == (replaced is False)
-        assert best.state_dict() == {"best_metric": 0.9, "best_metric_epoch": 3}
+@pytest.mark.parametrize("case", ["model file", "another width", "nothing to train"])
+def test_a_state_that_cannot_resume_the_run_is_refused_in_one_line(case, tmp_path):
+    net, trainer = torch.nn.Linear(2, 8), Engine(lambda engine, batch: None)
+    trainer.state.max_epochs = 2
+    content = {"model": net.state_dict(), "trainer": {"epoch_length": 3, "iteration": 3, "max_epochs": 2}}
+    if case == "model file":
+        content, expected = {"model": net.state_dict(), "card": {}}, "a model file, not a training state (it holds"
+    elif case == "another width":
+        content["model"], expected = torch.nn.Linear(2, 16).state_dict(), "model.weight is (16, 2) there, (8, 2) conf"
+    else:
+        content["trainer"]["iteration"], expected = 6, "the state is at epoch 2, and --epochs 2 leaves nothing to train"
+    path = _state_file(tmp_path, **content)
+    with pytest.raises(CheckpointError) as raised:  # before the run: its handlers would log a traceback
+        TrainingStateLoader(path, {"model": net, "trainer": trainer}).attach(trainer)
+    assert str(raised.value).startswith(path) and expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_resumed_run_keeps_as_many_epoch_states_as_an_uninterrupted_one(tmp_path):
+    """MONAI's saver deletes only its own files: each resumed session left its predecessor's behind."""
+    for epoch in (1, 2, 5):  # two earlier sessions' states, and one past the resume point (another branch)
+        (tmp_path / f"checkpoint_epoch={epoch}.pt").write_bytes(b"state")
+    trainer = Engine(lambda engine, batch: None)
+    trainer.load_state_dict({"iteration": 4, "epoch_length": 2, "max_epochs": 3})  # resumed after epoch 2
+    TrainingStateSaver(str(tmp_path), {"trainer": trainer, "net": torch.nn.Linear(1, 1)}, save_interval=1,
+                       n_saved=1).attach(trainer)
+    trainer.run([0, 1], max_epochs=3)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=5.pt"]
 
 
 def test_a_state_without_the_best_score_still_resumes(tmp_path, caplog):
     net, trainer = torch.nn.Linear(1, 1), Engine(lambda engine, batch: None)
     old = {"model": torch.nn.Linear(1, 1).state_dict()}
     torch.save(old, tmp_path / "old.pt")
-    best = BestScore(_validator(0.0), saver=None, best_model=tmp_path / "model.pt")
+    best = BestScore(_Validator(), saver=None, best_model=tmp_path / "model.pt")
     with caplog.at_level("WARNING"):
         TrainingStateLoader(str(tmp_path / "old.pt"), {"model": net, "best": best})(trainer)
     assert torch.equal(net.weight, old["model"]["weight"]) and "predates the training state's best" in caplog.text
