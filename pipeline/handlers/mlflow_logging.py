@@ -139,6 +139,11 @@ def _metric_prefix(item: Mapping[str, Any]) -> str:
     return f"{{metric}}.{item['window']}.{item['method']}.study{item['study_index']:03d}"
 
 
+def _version(path: Path) -> int | None:
+    """Which writing of ``path`` is on disk (its modification time), None while there is none."""
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
 def _finite(metrics: dict[str, float]) -> Iterable[tuple[str, float]]:
     """MLflow rejects inf/nan (PSNR of a perfect copy is inf): skip those values."""
     return ((name, float(value)) for name, value in metrics.items() if value == value and abs(value) != float("inf"))
@@ -151,7 +156,9 @@ class MLflowTrainingLogger(_RunIterationHandler):
     needs both players' curves to show it did not collapse. ``params`` are the resolved
     hyper-parameters. ``checkpoints`` (e.g. the best model) are logged
     as artifacts after each epoch in which they changed; validation, which writes the best model,
-    runs before this handler at the end of an epoch.
+    runs before this handler at the end of an epoch. One that was there when the run started is not this run's
+    until it changes: a copied bundle's shipped ``model.pt`` was logged as the run's checkpoint after its first
+    epoch, before any validation had replaced it.
     """
 
     def __init__(self, params: dict[str, Any] | None = None, checkpoints: Sequence[str | Path] = (),
@@ -162,7 +169,12 @@ class MLflowTrainingLogger(_RunIterationHandler):
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._note_earlier_checkpoints)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_checkpoints)
+
+    def _note_earlier_checkpoints(self, engine: Engine) -> None:
+        self._logged_versions = {path: version for path in self.checkpoints
+                                 if (version := _version(path)) is not None}
 
     def _log_checkpoints(self, engine: Engine) -> None:
         found = find_mlflow_run(engine)
@@ -170,7 +182,7 @@ class MLflowTrainingLogger(_RunIterationHandler):
             return
         client, run_id = found
         for path in self.checkpoints:
-            version = path.stat().st_mtime_ns if path.is_file() else None
+            version = _version(path)
             if version is not None and self._logged_versions.get(path) != version:
                 client.log_artifact(run_id, str(path), artifact_path="checkpoints")
                 self._logged_versions[path] = version

@@ -63,6 +63,37 @@ def test_loggers_write_into_monais_run(tmp_path):
     assert picture.path.endswith("slice_0003.png")
 
 
+def test_a_checkpoint_there_before_the_run_is_logged_only_once_the_run_writes_it(tmp_path):
+    """A copied bundle's shipped model.pt was logged as the run's checkpoint after its first epoch."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"shipped")
+    engine = _engine([{"loss": 1.0}])
+
+    @engine.on(Events.EPOCH_COMPLETED(once=2))
+    def _validated(e):  # attached first, so it runs before the logger's epoch handler, as validation does
+        model.write_bytes(b"this run's best")
+
+    MLflowTrainingLogger(checkpoints=[model]).attach(engine)
+    MLFlowHandler(tracking_uri=uri, experiment_name="t", iteration_log=False, epoch_log=False,
+                  artifact_location=str(tmp_path / "artifacts")).attach(engine)
+    client = MlflowClient(tracking_uri=uri)
+    after_first_epoch = []
+
+    @engine.on(Events.EPOCH_COMPLETED(once=1))
+    def _look(e):
+        run_id = find_mlflow_run(e)[1]
+        after_first_epoch.extend(a.path for a in client.list_artifacts(run_id, "checkpoints"))
+
+    engine.run([0], max_epochs=2)
+    assert after_first_epoch == []
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    logged = Path(client.download_artifacts(run.info.run_id, "checkpoints/model.pt", str(downloads)))
+    assert logged.read_bytes() == b"this run's best"
+
+
 def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_path, tiny_datalist, tiny_phantom_root):
     """The bundle's inference with a baseline and --tracking mlflow, read back as a user's MlflowClient would."""
     from monai.bundle import run
