@@ -1,7 +1,8 @@
 """What a bundle workflow reads: one datalist and its preprocessing, chosen from the same three sources.
 
-Training, inference and evaluation take a study cache (``study_cache``), a folder or JSON
-datalist (``input``) or, with neither, phantom studies made on first use under ``dataset_dir``.
+Training and evaluation take a study cache (``study_cache``; inference refuses one: it holds no CT to write fused
+volumes on), and every workflow a folder or JSON datalist (``input``) or, with neither, phantom studies made on first
+use under ``dataset_dir``.
 The choice lives here so the configs wire it instead of each spelling it as an expression.
 """
 
