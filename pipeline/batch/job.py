@@ -111,10 +111,11 @@ def fuse_folder(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Ex
 
 def _made_otherwise(finished: StudyResult, settings: dict[str, object], pair: StudyPair) -> str | None:
     """Why a finished study is redone: made with other settings (methods, a model's weights, windows...) or from other
-    files; None when it is not. A done.json that predates the record of either is taken as made this way."""
+    files; None when it is not. A done.json that predates the record of a setting, or of the files, is taken as made
+    with this run's: a new setting recorded does not redo every study an earlier version finished."""
     made = dict(finished.made_with)
     inputs = made.pop("inputs", None)
-    if made not in ({}, settings):
+    if any(name not in settings or settings[name] != value for name, value in made.items()):
         return "other settings"
     if inputs not in (None, input_files(pair)):
         return "other input files"

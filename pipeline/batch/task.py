@@ -66,9 +66,10 @@ class StudyTask:
 
 def made_with(options: BatchOptions, fusers: Mapping[str, Fuser]) -> dict[str, object]:
     """What a study's outputs depend on besides its files: each fuser's version (a model's weights), the windows,
-    the SUV ceiling and a PET factor. A finished study made otherwise is redone, not skipped."""
-    return {"methods": fuser_versions(fusers),
-            "windows": list(options.windows), "suv_max": options.suv_max, "pet_factor": options.pet_factor}
+    the SUV ceiling, a PET factor and how many slices its report scores. A finished study made otherwise is redone,
+    not skipped."""
+    return {"methods": fuser_versions(fusers), "windows": list(options.windows), "suv_max": options.suv_max,
+            "pet_factor": options.pet_factor, "metric_slices": options.metric_slices}
 
 
 def input_files(pair: StudyPair) -> str:

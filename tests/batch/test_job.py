@@ -114,6 +114,28 @@ def test_a_finished_study_made_with_other_settings_is_redone(tmp_path: Path, goo
     assert again.counts()["skipped"] == N_GOOD
 
 
+def test_a_finished_study_scored_on_other_slices_is_redone(tmp_path: Path, good_export: Path, reference_run: Path,
+                                                          batch_options: BatchOptions) -> None:
+    """A rerun with another --metric-slices skipped the finished studies, so their reports kept the old scores."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    report = run_batch(good_export, out, replace(batch_options, metric_slices=2), progress=False)
+    assert report.counts() == {"ok": N_GOOD, "failed": 0, "skipped": 0}
+    assert {row["made_with"]["metric_slices"] for row in _rows(out)} == {2}
+
+
+def test_a_done_json_predating_a_recorded_setting_is_taken_as_made_with_this_runs(
+        tmp_path: Path, good_export: Path, reference_run: Path, batch_options: BatchOptions) -> None:
+    """Recording a new setting must not redo every study an earlier version finished."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    for done in out.glob(f"*/{DONE_FILE}"):
+        record = json.loads(done.read_text())
+        del record["made_with"]["metric_slices"]
+        done.write_text(json.dumps(record))
+    assert run_batch(good_export, out, batch_options, progress=False).counts()["skipped"] == N_GOOD
+
+
 def test_a_study_that_now_fails_discovery_keeps_only_finished_outputs(tmp_path: Path, good_export: Path,
                                                                      reference_run: Path,
                                                                      batch_options: BatchOptions) -> None:
