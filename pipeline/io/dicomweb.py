@@ -212,17 +212,21 @@ def fetch_study(client: DICOMwebClient, study: RemoteStudy, into: Path) -> Path:
 
 def store_instances(client: DICOMwebClient, paths: Sequence[Path]) -> None:
     """STOW-RS the DICOM files ``paths`` (e.g. a study's fused series) into the PACS; any instance it refuses (HTTP 202
-    with a FailedSOPSequence) fails the whole store.
+    with a FailedSOPSequence) fails the whole store, and the instances stored before it stay (the same UIDs stored
+    again replace them).
 
-    The body goes in one piece: dicomweb-client sends one over its chunk size from a generator, which its retry after
-    a 503 finds spent, so the retry would send an empty body.
+    One request per file: a study's fused series, a multi-frame object each, reach hundreds of MB, and one request for
+    all of them held every file twice in memory at once. Each body goes in one piece: dicomweb-client sends one over
+    its chunk size from a generator, which its retry after a 503 finds spent, so the retry would send an empty body.
     """
-    if paths:
-        client.set_chunk_size(sys.maxsize)
-        try:
+    client.set_chunk_size(sys.maxsize)
+    try:
+        refused = 0
+        for path in paths:
             with _calling(client.base_url, "STOW-RS store"):
-                reply = client.store_instances([pydicom.dcmread(path) for path in paths])
-        finally:
-            client.set_chunk_size(STREAM_CHUNK)
-        if refused := len(reply.get("FailedSOPSequence") or []):
-            raise DcifError(f"{client.base_url}: STOW-RS refused {refused} of {len(paths)} instances")
+                reply = client.store_instances([pydicom.dcmread(path)])
+            refused += len(reply.get("FailedSOPSequence") or [])
+    finally:
+        client.set_chunk_size(STREAM_CHUNK)
+    if refused:
+        raise DcifError(f"{client.base_url}: STOW-RS refused {refused} of {len(paths)} instances")

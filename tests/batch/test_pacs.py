@@ -14,14 +14,17 @@ import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pipeline.batch import pacs
 from pipeline.batch.layout import STORED_FILE, own_output
@@ -373,16 +376,18 @@ def test_a_partial_store_refusal_is_not_marked_stored(tmp_path: Path, orthanc: s
     monkeypatch.setattr("pipeline.provenance.fuser_version", lambda fuser: "sha256:partly-refused-run")
     before = len(_fused_series(orthanc, pacs_study))
 
-    def refuse_last(client: DICOMwebClient, datasets: list[pydicom.Dataset]) -> pydicom.Dataset:
-        """A PACS answering 202 Accepted that refused one instance (its SOP class, say)."""
-        failed = pydicom.Dataset()
-        failed.ReferencedSOPInstanceUID, failed.FailureReason = datasets[-1].SOPInstanceUID, 0x0122
+    def refuse_colour(client: DICOMwebClient, datasets: list[pydicom.Dataset]) -> pydicom.Dataset:
+        """A PACS answering 202 Accepted that refused the colour instance (its SOP class, say)."""
         reply = pydicom.Dataset()
-        reply.FailedSOPSequence = [failed]
+        refused = [dataset for dataset in datasets if dataset.SamplesPerPixel == 3]
+        if refused:
+            failed = pydicom.Dataset()
+            failed.ReferencedSOPInstanceUID, failed.FailureReason = refused[0].SOPInstanceUID, 0x0122
+            reply.FailedSOPSequence = [failed]
         return reply
 
     with monkeypatch.context() as patch:
-        patch.setattr(DICOMwebClient, "store_instances", refuse_last)
+        patch.setattr(DICOMwebClient, "store_instances", refuse_colour)
         (refused,) = _run(orthanc, tmp_path / "out", batch_options).studies
     assert (refused.status, refused.reason) == ("failed", f"{orthanc}: STOW-RS refused 1 of 2 instances")
     assert list((tmp_path / "out").glob(f"*/{STORED_FILE}")) == []
@@ -446,6 +451,40 @@ def test_a_store_retried_after_a_busy_reply_sends_the_whole_body(scratch_orthanc
     store_instances(connect(busy.url, CREDENTIALS), paths)
     uid = pydicom.dcmread(paths[0]).StudyInstanceUID
     assert len(connect(scratch_orthanc, CREDENTIALS).search_for_instances(uid)) == len(paths)
+
+
+def _large_instance(path: Path, study_uid: str, megabytes: int) -> None:
+    """A single-frame secondary capture of about ``megabytes`` MB in ``study_uid``, as a fused series' file is."""
+    side = int((megabytes * 2**20 / 2) ** 0.5)
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.dataset.FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.PatientID = study_uid, generate_uid(), "LARGE"
+    dataset.Modality, dataset.SamplesPerPixel, dataset.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
+    dataset.Rows = dataset.Columns = side
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.PixelData = np.zeros((side, side), np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_a_store_holds_one_instance_at_a_time(tmp_path: Path, scratch_orthanc: str) -> None:
+    """A study's fused series went in one request, every file held twice in memory at once: hundreds of MB each."""
+    study_uid = generate_uid()
+    paths = [tmp_path / f"{index}.dcm" for index in range(4)]
+    for path in paths:
+        _large_instance(path, study_uid, megabytes=6)
+    total = sum(path.stat().st_size for path in paths)
+    client = connect(scratch_orthanc, CREDENTIALS)
+    tracemalloc.start()
+    try:
+        store_instances(client, paths)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(client.search_for_instances(study_uid)) == len(paths)
+    assert peak < total, f"peak {peak / 2**20:.1f} MB for {total / 2**20:.1f} MB of files"
 
 
 @pytest.mark.parametrize("counted", [True, False], ids=["instance count", "instance list"])
