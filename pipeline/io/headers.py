@@ -21,6 +21,11 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
 
+# Scanners write values past their VR's limits (a 17-character StudyID, say) that nothing here depends on; pydicom's
+# default warned about each, twice, naming no file, in the middle of a batch's progress bars. They are read (and
+# copied into the fused series) as they are.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 UNDATED_DAY = date(2000, 1, 1)
 """The day a DICOM time without its date is placed on, so that times of day compare as moments."""
 _HALF_DAY = timedelta(hours=12)  # an undated acquisition further from SeriesTime is on the day before or after

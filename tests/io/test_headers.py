@@ -32,6 +32,15 @@ def test_written_file_reads_back_with_meta_from_the_dataset(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["slice.dcm"]  # no temporary left beside it
 
 
+def test_a_source_value_past_its_vr_limit_is_read_as_it_is_without_a_warning(tmp_path: Path, recwarn):
+    """Real exports hold such values (a 17-character StudyID); each gave a warning naming no file, mid progress bar."""
+    ds = _dataset()
+    ds.StudyID = "S" * 17
+    write_dicom(ds, tmp_path / "slice.dcm")
+    assert read_dicom(tmp_path / "slice.dcm").StudyID == "S" * 17
+    assert [str(warning.message) for warning in recwarn] == []
+
+
 @pytest.mark.filterwarnings("ignore:A value of type")
 def test_a_failed_write_leaves_nothing(tmp_path: Path):
     ds = _dataset()
