@@ -180,6 +180,8 @@ class PreviewSink(StudySink):
 
     def __init__(self, study: FusedStudy, path: str | Path) -> None:
         self.path = Path(path)
+        self.labels = [f"CT {study.windows[0]}", "PET on CT",
+                       *(f"{method} {window}" for window, method in study.names)]
         self.candidates = flagged_slices(study.data["body_slices"]) or list(range(study.shape[-1]))
         self.spread = spread_slices(self.candidates, DEFAULT_PREVIEW_SLICES)
         self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -206,5 +208,5 @@ class PreviewSink(StudySink):
             image = torch.stack([self._kept[z][0] for z in slices], dim=-1)
             fused = torch.stack([self._kept[z][1] for z in slices], dim=-1)
             write_preview(self.path, image[:1], image[-1:], [fused[c : c + 1] for c in range(fused.shape[0])],
-                          range(len(slices)))
+                          range(len(slices)), labels=self.labels)
         return None

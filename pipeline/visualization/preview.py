@@ -1,7 +1,7 @@
 """A PNG a person opens to see at a glance whether a study fused sensibly.
 
-A few axial slices, one per row: the windowed CT | the PET in colour on the CT | each fused image.
-The slices spread over the body and always include the hottest PET slice, where a lesion is most
+A few axial slices, one per row: the windowed CT | the PET in colour on the CT | each fused image, under a band
+naming each column (which window, which method), so the picture needs no README to read. The slices spread over the body and always include the hottest PET slice, where a lesion is most
 likely to be, so a glance shows both the anatomy and the uptake that matters.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.io.atomic import atomic_write
 from pipeline.transforms.slicing import spread_slices
@@ -21,6 +21,7 @@ from pipeline.visualization.panels import ArrayLike, pet_overlay, to_uint8
 
 DEFAULT_PREVIEW_SLICES = 3
 _GAP = 4  # white pixels between tiles
+_LABEL_SIZES = (8, 24)  # the labels' font size in pixels, at least and at most: larger tiles, larger text
 
 
 def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DEFAULT_PREVIEW_SLICES) -> list[int]:
@@ -50,25 +51,45 @@ def _join(tiles: Sequence[np.ndarray], axis: int) -> np.ndarray:
     return np.concatenate(pieces, axis=axis)
 
 
+def _label_band(labels: Sequence[str], tile_width: int, width: int) -> np.ndarray:
+    """A white RGB band, ``width`` wide, with each label in black above its column of tiles ``tile_width`` wide: one
+    font size for all, the largest at which the longest label fits its column (within :data:`_LABEL_SIZES`)."""
+    widest = max(labels, key=len)
+    size = _LABEL_SIZES[1]
+    while size > _LABEL_SIZES[0] and ImageFont.load_default(size).getlength(widest) > tile_width - 2:
+        size -= 1
+    font = ImageFont.load_default(size)
+    band = Image.new("RGB", (width, size + size // 2), "white")
+    draw = ImageDraw.Draw(band)
+    for column, label in enumerate(labels):
+        left = column * (tile_width + _GAP)
+        draw.text((left + tile_width / 2, band.height / 2), label, fill="black", font=font, anchor="mm")
+    return np.asarray(band)
+
+
 def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Tensor],
-                   slices: Sequence[int], affine: ArrayLike | None = None) -> np.ndarray:
+                   slices: Sequence[int], affine: ArrayLike | None = None,
+                   labels: Sequence[str] | None = None) -> np.ndarray:
     """RGB picture: one row per slice of CT | PET overlay | each fused volume (all ``(1, X, Y, Z)`` in [0, 1]),
-    tiles laid out by the volumes' ``affine`` (see :func:`~pipeline.visualization.panels.display_orientation`)."""
-    rows = [
-        _join([to_uint8(ct[0, ..., z], affine), pet_overlay(ct[0, ..., z], pet[0, ..., z], affine=affine),
-               *(to_uint8(volume[0, ..., z], affine) for volume in fused)], axis=1)
-        for z in slices
-    ]
-    return _join(rows, axis=0)
+    tiles laid out by the volumes' ``affine`` (see :func:`~pipeline.visualization.panels.display_orientation`), under
+    a band naming the columns where ``labels`` (one per column) are given."""
+    rows = [[to_uint8(ct[0, ..., z], affine), pet_overlay(ct[0, ..., z], pet[0, ..., z], affine=affine),
+             *(to_uint8(volume[0, ..., z], affine) for volume in fused)] for z in slices]
+    picture = _join([_join(row, axis=1) for row in rows], axis=0)
+    if labels is None:
+        return picture
+    if len(labels) != len(rows[0]):
+        raise ValueError(f"{len(labels)} labels for {len(rows[0])} columns")
+    return np.concatenate([_label_band(labels, rows[0][0].shape[1], picture.shape[1]), picture], axis=0)
 
 
 def write_preview(path: str | os.PathLike[str], ct: torch.Tensor, pet: torch.Tensor,
                   fused: Sequence[torch.Tensor], slices: Sequence[int] | None = None,
-                  affine: ArrayLike | None = None) -> Path:
+                  affine: ArrayLike | None = None, labels: Sequence[str] | None = None) -> Path:
     """Write :func:`render_preview` as a PNG, atomically; ``slices`` default to :func:`preview_slices`."""
     path = Path(path)
     chosen = preview_slices(pet, range(pet.shape[-1])) if slices is None else slices
-    picture = render_preview(ct, pet, fused, chosen, affine)
+    picture = render_preview(ct, pet, fused, chosen, affine, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
         Image.fromarray(picture).save(temporary, format="PNG")

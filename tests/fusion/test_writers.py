@@ -63,7 +63,8 @@ def test_dicom_series_and_preview_equal_those_of_the_whole_volumes(streamed, who
         assert pydicom.dcmread(streamed_colour).PixelData == pydicom.dcmread(colour).PixelData
     slices = preview_slices(pet, flagged_slices(result.data["body_slices"]))
     ct = study_preprocessing(WINDOWS)(dict(study))["image"][:1]
-    write_preview(tmp_path / "whole.png", ct, pet, list(volumes.values()), slices)
+    labels = [f"CT {WINDOWS[0]}", "PET on CT", *(f"{method} {window}" for window, method in volumes)]
+    write_preview(tmp_path / "whole.png", ct, pet, list(volumes.values()), slices, labels=labels)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "slabs.png")), np.asarray(Image.open(tmp_path / "whole.png")))
 
 

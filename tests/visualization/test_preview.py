@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -55,3 +56,20 @@ def test_tiles_follow_the_affine_and_a_dicom_ordered_one_changes_no_byte(tmp_pat
     flipped = [volume.flip(2) for volume in (ct, pet, *fused)]
     path = write_preview(tmp_path / "preview.png", *flipped[:2], flipped[2:], [3, 11], affine=rows_flipped)
     assert np.array_equal(np.asarray(Image.open(path)), drawn)
+
+
+def test_a_band_names_each_column_above_its_tiles() -> None:
+    ct, pet, fused = _volumes()
+    ct, pet, fused = (torch.nn.functional.pad(volume, (0, 0, 0, 0, 0, 100)) for volume in (ct, pet, *fused[:1]))
+    plain = render_preview(ct, pet, [fused], [3, 11])
+    labelled = render_preview(ct, pet, [fused], [3, 11], labels=["CT lung", "PET on CT", "dcif_gan lung"])
+
+    band = labelled.shape[0] - plain.shape[0]
+    assert band > 8 and np.array_equal(labelled[band:], plain)  # the tiles as they were, below the band
+    ink = (labelled[:band] < 128).all(axis=2)
+    columns = np.flatnonzero(ink.any(axis=0))
+    tile = 120 + 4
+    assert {int(column) // tile for column in columns} == {0, 1, 2}  # each column's label over its own tile
+    assert all(column % tile < 120 for column in columns)  # none over a gap
+    with pytest.raises(ValueError, match="2 labels for 3 columns"):
+        render_preview(ct, pet, [fused], [3], labels=["CT", "PET"])
