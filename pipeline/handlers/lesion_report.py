@@ -146,13 +146,15 @@ class LesionContrastReport:
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  "lesion": source, **contrast})
             if self.panels and lesion.any():
-                self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion, affine)
+                labels = [f"CT {window}", "PET", *(f"{method} {window}" for method in methods)]
+                self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion, affine, labels)
 
     def _write_panel(self, name: str, ct: np.ndarray, pet: np.ndarray, fused: np.ndarray, lesion: np.ndarray,
-                     affine: np.ndarray) -> None:
-        """CT | PET | each fused image at the axial slice holding the most lesion voxels, atomically."""
+                     affine: np.ndarray, labels: list[str]) -> None:
+        """CT | PET | each fused image at the axial slice holding the most lesion voxels, named, atomically."""
         z = int(np.argmax(lesion.sum(axis=(0, 1))))
-        picture = fusion_panel(ct[..., z], pet[..., z], *(channel[..., z] for channel in fused), affine=affine)
+        picture = fusion_panel(ct[..., z], pet[..., z], *(channel[..., z] for channel in fused), affine=affine,
+                               labels=labels)
         folder = self.output_dir / PANEL_DIR
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / name) as temporary:

@@ -127,7 +127,8 @@ class MLflowSliceLogger(_RunIterationHandler):
     def _log_slice(self, client: Any, run_id: str, item: dict[str, Any]) -> None:
         index = item["slice_index"]
         folder = f"study{item['study_index']:03d}_{item['study_key']}/{item['window']}/{item['method']}"
-        picture = fusion_panel(item["ct"], item["pet"], item["fused"], affine=item["affine"])
+        picture = fusion_panel(item["ct"], item["pet"], item["fused"], affine=item["affine"],
+                               labels=(f"CT {item['window']}", "PET", f"{item['method']} {item['window']}"))
         client.log_image(run_id, picture, artifact_file=f"slices/{folder}/slice_{index:04d}.png")
         prefix = _metric_prefix(item)
         for name, value in _finite(item["metrics"]):

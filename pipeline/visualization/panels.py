@@ -8,9 +8,12 @@ order; without one, as a DICOM frame stores it (rows = Y), the layout of the col
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from PIL import Image, ImageDraw, ImageFont
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -18,6 +21,8 @@ ArrayLike = np.ndarray | torch.Tensor
 DISPLAY_AXCODES = ("P", "L")
 # Rows = Y, columns = X: the transpose, as a DICOM frame stores an (X, Y) slice.
 STORED_LAYOUT = np.array([[1.0, 1.0], [0.0, 1.0]])
+LABEL_SIZES = (8, 24)
+"""The column labels' font size in pixels, at least and at most: larger tiles, larger text."""
 
 
 def _numpy(values: ArrayLike) -> np.ndarray:
@@ -85,14 +90,35 @@ def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5,
     return picture
 
 
+def labelled(picture: np.ndarray, labels: Sequence[str], tile_width: int, gap: int) -> np.ndarray:
+    """``picture`` (columns of tiles ``tile_width`` wide, ``gap`` apart) under a white band naming each column in
+    black, so a picture read away from its files (in MLflow, a report, a folder) says which window and method each
+    tile is. One font size for all labels: the largest, within :data:`LABEL_SIZES`, at which the longest fits."""
+    columns = (picture.shape[1] + gap) // (tile_width + gap)
+    if len(labels) != columns:
+        raise ValueError(f"{len(labels)} labels for {columns} columns")
+    widest = max(labels, key=len)
+    size = LABEL_SIZES[1]
+    while size > LABEL_SIZES[0] and ImageFont.load_default(size).getlength(widest) > tile_width - 2:
+        size -= 1
+    font = ImageFont.load_default(size)
+    band = Image.new("RGB", (picture.shape[1], size + size // 2), "white")
+    draw = ImageDraw.Draw(band)
+    for column, label in enumerate(labels):
+        centre = column * (tile_width + gap) + tile_width / 2
+        draw.text((centre, band.height / 2), label, fill="black", font=font, anchor="mm")
+    return np.concatenate([np.asarray(band), picture], axis=0)
+
+
 def fusion_panel(ct_xy: ArrayLike, pet_xy: ArrayLike, *fused_xy: ArrayLike, gap: int = 4,
-                 affine: ArrayLike | None = None) -> np.ndarray:
+                 affine: ArrayLike | None = None, labels: Sequence[str] | None = None) -> np.ndarray:
     """CT | PET | fused image(s) side by side, separated by a thin white gap, laid out by ``affine`` (the volume's:
-    see :func:`display_orientation`)."""
+    see :func:`display_orientation`), under a band naming them where ``labels`` (one per tile) are given."""
     tiles = [to_uint8(slice_xy, affine) for slice_xy in (ct_xy, pet_xy, *fused_xy)]
     rows = tiles[0].shape[0]
     spacer = np.full((rows, gap, 3), 255, dtype=np.uint8)
     pieces: list[np.ndarray] = []
     for tile in tiles:
         pieces.extend([tile, spacer])
-    return np.concatenate(pieces[:-1], axis=1)
+    picture = np.concatenate(pieces[:-1], axis=1)
+    return picture if labels is None else labelled(picture, labels, tiles[0].shape[1], gap)

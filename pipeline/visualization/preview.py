@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from pipeline.io.atomic import atomic_write
 from pipeline.transforms.slicing import spread_slices
-from pipeline.visualization.panels import ArrayLike, pet_overlay, to_uint8
+from pipeline.visualization.panels import ArrayLike, labelled, pet_overlay, to_uint8
 
 DEFAULT_PREVIEW_SLICES = 3
 _GAP = 4  # white pixels between tiles
-_LABEL_SIZES = (8, 24)  # the labels' font size in pixels, at least and at most: larger tiles, larger text
 
 
 def preview_slices(pet: torch.Tensor, candidates: Sequence[int], count: int = DEFAULT_PREVIEW_SLICES) -> list[int]:
@@ -51,22 +50,6 @@ def _join(tiles: Sequence[np.ndarray], axis: int) -> np.ndarray:
     return np.concatenate(pieces, axis=axis)
 
 
-def _label_band(labels: Sequence[str], tile_width: int, width: int) -> np.ndarray:
-    """A white RGB band, ``width`` wide, with each label in black above its column of tiles ``tile_width`` wide: one
-    font size for all, the largest at which the longest label fits its column (within :data:`_LABEL_SIZES`)."""
-    widest = max(labels, key=len)
-    size = _LABEL_SIZES[1]
-    while size > _LABEL_SIZES[0] and ImageFont.load_default(size).getlength(widest) > tile_width - 2:
-        size -= 1
-    font = ImageFont.load_default(size)
-    band = Image.new("RGB", (width, size + size // 2), "white")
-    draw = ImageDraw.Draw(band)
-    for column, label in enumerate(labels):
-        left = column * (tile_width + _GAP)
-        draw.text((left + tile_width / 2, band.height / 2), label, fill="black", font=font, anchor="mm")
-    return np.asarray(band)
-
-
 def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Tensor],
                    slices: Sequence[int], affine: ArrayLike | None = None,
                    labels: Sequence[str] | None = None) -> np.ndarray:
@@ -76,11 +59,7 @@ def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Te
     rows = [[to_uint8(ct[0, ..., z], affine), pet_overlay(ct[0, ..., z], pet[0, ..., z], affine=affine),
              *(to_uint8(volume[0, ..., z], affine) for volume in fused)] for z in slices]
     picture = _join([_join(row, axis=1) for row in rows], axis=0)
-    if labels is None:
-        return picture
-    if len(labels) != len(rows[0]):
-        raise ValueError(f"{len(labels)} labels for {len(rows[0])} columns")
-    return np.concatenate([_label_band(labels, rows[0][0].shape[1], picture.shape[1]), picture], axis=0)
+    return picture if labels is None else labelled(picture, labels, rows[0][0].shape[1], _GAP)
 
 
 def write_preview(path: str | os.PathLike[str], ct: torch.Tensor, pet: torch.Tensor,

@@ -75,8 +75,12 @@ def test_a_panel_per_study_and_window_shows_the_largest_lesion_slice(tmp_path):
     run_report(tmp_path, [list_data_collate([synthetic_study("aaa", 0.9)])])
     (panel,) = (tmp_path / "lesion_panels").glob("*.png")
     assert panel.name == "aaa_lung.png"
-    picture = np.asarray(Image.open(panel))
-    assert picture.shape == (16, 4 * 16 + 3 * 4, 3)  # CT | PET | copy | flat, 4-pixel gaps
+    labelled = np.asarray(Image.open(panel))
+    band = labelled.shape[0] - 16  # the band naming the tiles: CT lung | PET | copy lung | flat lung
+    picture = labelled[band:]
+    assert band > 0 and picture.shape == (16, 4 * 16 + 3 * 4, 3)  # CT | PET | copy | flat, 4-pixel gaps
+    ink = np.flatnonzero((labelled[:band] < 128).all(axis=2).any(axis=0))
+    assert {int(column) // 20 for column in ink} == {0, 1, 2, 3}
     pet_tile, copy_tile = picture[:, 20:36], picture[:, 40:56]
     assert np.array_equal(pet_tile, copy_tile) and pet_tile.max() == round(0.9 * 255)  # slice 3 or 4: the hot cube
 
@@ -94,7 +98,8 @@ def test_a_study_stored_with_rows_flipped_gets_the_panel_of_its_dicom_ordered_co
         run_report(tmp_path / name, [list_data_collate([each])])
         pictures.append(np.asarray(Image.open(tmp_path / name / "lesion_panels" / "aaa_lung.png")))
     assert np.array_equal(pictures[0], pictures[1])
-    assert (pictures[1][:4, :16] == 255).all() and (pictures[1][4:, :16] == 128).all()  # the front at the top
+    tiles = pictures[1][-16:]  # below the band naming them
+    assert (tiles[:4, :16] == 255).all() and (tiles[4:, :16] == 128).all()  # the front at the top
 
 
 def test_undefined_ratios_are_null_in_json_and_left_out_of_the_summary(tmp_path):
