@@ -5,7 +5,7 @@ weight (SUVbw, g), lean body mass (James 1976, SUVlbm), ideal body weight (SUVib
 area (Du Bois, SUVbsa, cm^2). What the pixels are is read from the header:
 
 - Units BQML, or CNTS with Philips' private activity factor (7053,1009): activity concentration.
-- Units GML (SUV of the header's SUVType, BW when absent), CM2ML (SUVbsa), CNTS with Philips' SUV
+- Units GML or SUV (SUV of the header's SUVType, BW when absent), CM2ML (SUVbsa), CNTS with Philips' SUV
   factor (7053,1000) (SUVbw): already SUV, re-normalised to the requested type by N_target / N_source.
 
 Reference time per DecayCorrection: ADMIN (no decay); START: the vendor's private decay datetime
@@ -51,6 +51,9 @@ RELATIVE_UNITS = "relative"
 RELATIVE_PERCENTILE = 99.0
 RELATIVE_BODY_FRACTION = 0.1  # voxels above this fraction of the maximum are the body
 RELATIVE_REFERENCE = 5.0  # the percentile is shown as this SUV would be
+_OF_SUV_TYPE = frozenset({"GML", "SUV"})
+"""Units of an SUV of the header's SUVType (BW when absent): DICOM's g/ml, and "SUV" as a user types it for a NIfTI
+(the SUV exports of public datasets say no more); that fell back to a relative scaling, with a warning."""
 _MBQ_BELOW_BQ = 1e5  # no PET is injected with under 0.1 MBq: such a dose is in MBq
 _GRAMS_FROM = 1000.0  # no patient weighs a tonne: a PatientWeight this large is in grams (70000 for 70 kg)
 _PLAUSIBLE_KG = (1.0, 500.0)  # a weight outside is a header error that would scale every SUV by it
@@ -67,8 +70,8 @@ class NoAbsoluteUnits(InputError):
 
 
 def is_suv_units(units: object) -> bool:
-    """DICOM ``GML`` (g/ml, what SUVbw is) or one of our own SUV markers (``SUVbw``, ``SUVlbm``...)."""
-    return str(units).upper() in {"GML", *(u.upper() for u in SUV_TYPES.values())}
+    """DICOM ``GML`` (g/ml, what SUVbw is), ``SUV``, or one of our own SUV markers (``SUVbw``, ``SUVlbm``...)."""
+    return str(units).upper() in {*_OF_SUV_TYPE, *(u.upper() for u in SUV_TYPES.values())}
 
 
 def _source(meta: Mapping[str, object]) -> str:
@@ -155,14 +158,14 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
     found = str(meta.get("Units") or units or "").upper()
     if not found:
         raise InputError(f"{_source(meta)}: PET header lacks Units "
-                         "(give them for NIfTI input: the bundle's --pet_units, units= here)")
+                         "(give them for NIfTI input: the bundle's --pet_units SUV or BQML, say; units= here)")
     one = np.ones(1)
     if found == "BQML":
         return None, one
     ours = {u.upper(): code for code, u in SUV_TYPES.items()}
     if found in ours:
         return ours[found], one
-    if found == "GML":
+    if found in _OF_SUV_TYPE:
         return str(meta.get("SUVType") or "BW").upper(), one
     if found == "CM2ML":
         return "BSA", one

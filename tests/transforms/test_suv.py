@@ -245,7 +245,7 @@ def test_manual_weight_and_dose_override_headers():
     assert suv_factor(_meta(), weight_kg=80.0) == pytest.approx(_expected(3600.0, weight=80.0), rel=1e-12)
 
 
-@pytest.mark.parametrize("units", ["GML", "SUVbw"])
+@pytest.mark.parametrize("units", ["GML", "SUVbw", "SUV", "suv"])
 def test_already_suv_is_unchanged(units):
     assert suv_factor({"Units": units}) == [1.0]
 
