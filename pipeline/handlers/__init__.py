@@ -16,6 +16,7 @@ from pipeline.handlers.mlflow_logging import (
     MLflowTrainingLogger,
     find_mlflow_run,
     fusion_params,
+    new_run_name,
     training_params,
 )
 from pipeline.handlers.slice_metrics import FusionSliceMetrics
@@ -38,6 +39,7 @@ __all__ = [
     "find_mlflow_run",
     "fusion_params",
     "metric_mean",
+    "new_run_name",
     "read_history",
     "read_lesion_ratios",
     "run_name",

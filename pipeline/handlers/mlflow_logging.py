@@ -3,19 +3,22 @@
 The bundle's ``--tracking mlflow`` appends a MONAI ``MLFlowHandler`` to the trainer and evaluators;
 these handlers find it on the engine and write into the same run, so tracking stays one switch:
 without the switch there is no MLflow handler and they do nothing (no store is created).
-Names and tags carry only the study's position in the datalist and its hashed key, never a
-patient identifier; the executed config they log was written with its local paths redacted
+Each run is named afresh (:func:`new_run_name`) and one that stops on an error is marked so. Names and tags carry
+only the study's position in the datalist and its hashed key, never a patient identifier; the executed config they log was written with its local paths redacted
 (:mod:`pipeline.bundle_run`).
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ignite.engine import Engine, Events
+from mlflow.entities import RunStatus
 from monai.handlers import MLFlowHandler
 
 from pipeline.fusion.registry import Fuser
@@ -31,6 +34,16 @@ def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
             if isinstance(owner, MLFlowHandler) and owner.cur_run is not None:
                 return owner.client, owner.cur_run.info.run_id
     return None
+
+
+def new_run_name(job: str) -> str:
+    """A name no earlier run has (``training_20261208_023100_5f3a``), for the configs' ``run_name``.
+
+    Without one, MONAI's ``MLFlowHandler`` logs into the oldest unfinished run of the experiment: after a run that
+    was interrupted or failed (left running, or marked failed), every later run of the bundle wrote its metrics and
+    params into that one, on top of its values. The trainer's and validator's handlers share the name, so one run.
+    """
+    return f"{job}_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(2)}"
 
 
 def training_params(network: Mapping[str, Any], recipe: Mapping[str, Any] | None = None,
@@ -73,7 +86,19 @@ class _RunIterationHandler:
         self._params_logged = False
 
     def attach(self, engine: Engine) -> None:
+        """Attach before ``StatsHandler``: its handler of an error raises it, and ignite then calls no other."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._end_stopped)
+
+    @staticmethod
+    def _end_stopped(engine: Engine, error: BaseException) -> None:
+        """Mark the run KILLED (Ctrl-C) or FAILED, then raise ``error`` on: MLflow showed a run that stopped on an
+        error as running, forever. Ignite hands an engine's error to its handlers instead of raising it."""
+        found = find_mlflow_run(engine)
+        if found is not None:
+            status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
+            found[0].set_terminated(found[1], RunStatus.to_string(status))
+        raise error
 
     def __call__(self, engine: Engine) -> None:
         found = find_mlflow_run(engine)

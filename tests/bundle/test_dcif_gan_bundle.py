@@ -257,6 +257,26 @@ def test_training_on_a_study_cache_keeps_a_history_and_a_dated_card(tmp_path, ti
     assert (card["training_studies"], card["validation_studies"]) == (1, 1) and len(card["created"]) == 10
 
 
+def test_training_stopped_by_an_error_is_marked_failed_in_mlflow(tmp_path, tiny_study_cache, tiny_phantom_root,
+                                                                 monkeypatch):
+    """The trainer's StatsHandler raises an error it is handed, and ignite then calls no later handler: the MLflow
+    logger comes first, or a training run that stopped on an error stays "running" in MLflow."""
+    from pipeline.handlers import TrainingHistory
+
+    def _disk_full(self, engine):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(TrainingHistory, "_close_epoch", _disk_full)
+    with pytest.raises(RuntimeError) as raised:
+        _bundle("train.json", "training", tmp_path, tiny_phantom_root, study_cache=str(tiny_study_cache),
+                tracking="mlflow", **TINY_TRAINING)
+    assert "disk full" in " ".join(_error_chain(raised.value))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    (stopped,) = client.search_runs([client.get_experiment_by_name("dcif_gan_training").experiment_id])
+    assert stopped.info.status == "FAILED" and stopped.info.run_name.startswith("training_")
+    assert client.get_metric_history(stopped.info.run_id, "train_d_loss")  # it ran, and logged, until it stopped
+
+
 def test_a_time_limit_ends_training_at_the_end_of_an_epoch(tmp_path, tiny_study_cache, tiny_phantom_root):
     """Before its epochs, and never within one: last.pt resumes exactly where an uninterrupted run would be, and the
     last epoch is validated (model selection sees it) whatever the interval. The limit is any number of seconds."""

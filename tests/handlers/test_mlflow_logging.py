@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 from monai.handlers import MLFlowHandler
 
-from pipeline.handlers import MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
+from pipeline.handlers import FusedVolumeWriter, MLflowSliceLogger, MLflowTrainingLogger, find_mlflow_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,16 +95,67 @@ def test_a_checkpoint_there_before_the_run_is_logged_only_once_the_run_writes_it
     assert logged.read_bytes() == b"this run's best"
 
 
-def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_path, tiny_datalist, tiny_phantom_root):
-    """The bundle's inference with a baseline and --tracking mlflow, read back as a user's MlflowClient would."""
+def _tracked_inference(bundle_root: Path, dataset_dir: Path, out: Path) -> None:
+    """The bundle's inference with a baseline and ``--tracking mlflow``, in this process."""
     from monai.bundle import run
 
     configs = REPO_ROOT / "bundles" / "dcif_gan" / "configs"
-    out = tmp_path / "out"
     run("inference", config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), bundle_root=str(tmp_path), dataset_dir=str(tiny_phantom_root),
+        logging_file=str(configs / "logging.conf"), bundle_root=str(bundle_root), dataset_dir=str(dataset_dir),
         output_dir=str(out), method="laplacian", windows=["lung"],
         suv_max=12.0, every_k=8, tracking="mlflow")
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_a_run_stopped_by_an_error_is_marked_so_and_the_error_raised(tmp_path, error, status):
+    """MLflow showed a run that stopped on an error, or on Ctrl-C, as running, forever."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def _step(engine, batch):
+        if engine.state.iteration == 2:
+            raise error
+        return {"loss": 1.0}
+
+    engine = Engine(_step)
+    MLflowTrainingLogger({"alpha": 1}).attach(engine)
+    MLFlowHandler(tracking_uri=uri, experiment_name="t", iteration_log=False, epoch_log=False,
+                  artifact_location=str(tmp_path / "artifacts"), close_on_complete=True).attach(engine)
+    with pytest.raises(type(error)):
+        engine.run([0, 1, 2], max_epochs=1)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == status and run.data.params["alpha"] == "1"
+
+
+def test_a_run_after_an_interrupted_one_is_a_run_of_its_own(tmp_path, tiny_phantom_root, monkeypatch):
+    """MONAI's handler, given no run name, logs into the experiment's oldest unfinished run: every run of the bundle
+    after one that stopped wrote its params and metrics into that run."""
+    out = tmp_path / "out"
+
+    def _interrupted(self, engine):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(FusedVolumeWriter, "__call__", _interrupted)
+    with pytest.raises(RuntimeError):  # MONAI names the config expression that raised it
+        _tracked_inference(tmp_path, tiny_phantom_root, out)
+    monkeypatch.undo()
+    _tracked_inference(tmp_path, tiny_phantom_root, out)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("dcif_gan_inference")
+    stopped, finished = sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
+    assert (stopped.info.status, finished.info.status) == ("FAILED", "FINISHED")
+    assert stopped.info.run_name != finished.info.run_name
+    assert finished.info.run_name.startswith("inference_")
+    study = "QABF.lung.laplacian.study000"
+    assert study not in stopped.data.metrics and study in finished.data.metrics
+    assert finished.data.params["method"] == "laplacian"
+
+
+def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_path, tiny_datalist, tiny_phantom_root):
+    """The bundle's inference with a baseline and --tracking mlflow, read back as a user's MlflowClient would."""
+    out = tmp_path / "out"
+    _tracked_inference(tmp_path, tiny_phantom_root, out)
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "dcif_gan_inference"]
     (found,) = client.search_runs([experiment.experiment_id])
