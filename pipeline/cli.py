@@ -72,15 +72,15 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import secrets
 
-    from pipeline.batch.report import Locator
+    from pipeline.batch.report import Locator, counted
     from pipeline.io.discovery import discover_studies
 
     in_dir = _input_folder(args.in_dir.resolve())
     found = discover_studies(in_dir)
     # Folder names may name patients: pseudonyms (a fresh key each run) unless the user asks for paths.
     locator = Locator(in_dir, None if args.show_paths else secrets.token_bytes(16))
-    print(f"{len(found.pairs)} PET/CT studies ready to fuse, {len(found.failures)} failed, "
-          f"{len(found.problems)} unreadable files, {len(found.ignored)} series ignored")
+    print(f"{counted(len(found.pairs), 'PET/CT study', 'PET/CT studies')} ready to fuse, {len(found.failures)} failed, "
+          f"{counted(len(found.problems), 'unreadable file')}, {len(found.ignored)} series ignored")
     for state, entries in (("ok  ", found.pairs), ("fail", found.failures), ("skip", found.problems),
                            ("ignore", found.ignored)):
         for entry in entries:

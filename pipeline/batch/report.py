@@ -38,6 +38,11 @@ _REASON_START = re.compile(r"(?=[:;)])|$")  # where a message goes on after a pa
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell (OWASP: CSV injection)
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` with ``noun`` in its number, as the summary lines print it: "1 unreadable file", "2 studies"."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def _spreadsheet_cell(value: object) -> object:
     """A report.csv cell that a spreadsheet shows as text instead of running it as a formula: a string that starts
     like one gets a leading quote (numbers stay numbers; report.json keeps the true value)."""
@@ -231,7 +236,7 @@ class BatchReport:
     def summary(self) -> str:
         """The one line a user reads at the end of a run."""
         counts = self.counts()
-        unreadable = f", {len(self.unreadable_files)} unreadable files" if self.unreadable_files else ""
+        unreadable = f", {counted(len(self.unreadable_files), 'unreadable file')}" if self.unreadable_files else ""
         return (f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped (done){unreadable}; "
                 f"report {self.out_dir / REPORT_JSON}")
 

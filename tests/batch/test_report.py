@@ -43,7 +43,7 @@ def test_report_files_list_studies_and_unreadable_files(tmp_path: Path) -> None:
     assert rows[0]["fuse_s"] == "1.25" and rows[0]["laplacian_lung_SSIM"] == "0.75"
     assert rows[0]["laplacian_lung_QABF"] == "" and rows[1]["reason"] == failed.reason
     assert not report.all_ok
-    assert report.summary().startswith("1 ok, 1 failed, 0 skipped (done), 1 unreadable files; report ")
+    assert report.summary().startswith("1 ok, 1 failed, 0 skipped (done), 1 unreadable file; report ")
 
 
 def test_locations_are_relative_and_hide_every_name_but_folder_indices(tmp_path: Path) -> None:

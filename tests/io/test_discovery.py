@@ -515,7 +515,7 @@ def test_inspect_fails_a_coronal_study_up_front_and_fuses_the_readable_ct_of_ano
     assert main(["-q", "inspect", "--show-paths", str(dicom_factory.root)]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "1 PET/CT studies ready to fuse, 1 failed, 0 unreadable files, 1 series ignored"
+    assert lines[0] == "1 PET/CT study ready to fuse, 1 failed, 0 unreadable files, 1 series ignored"
     assert sorted(line.split()[0] for line in lines[1:]) == ["fail", "ignore", "ok"]
     (ok,) = [line for line in lines if line.startswith("  ok")]
     assert ok.startswith(f"  ok    study {study_key(other_study)}: CT 4 slices in b/ct,")
