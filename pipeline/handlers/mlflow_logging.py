@@ -54,14 +54,17 @@ def training_params(network: Mapping[str, Any], recipe: Mapping[str, Any] | None
 
 
 def fusion_params(fusers: Mapping[str, Fuser], windows: Sequence[str], suv_max: float,
-                  checkpoint: str | Path | None = None) -> dict[str, str]:
-    """The params of an inference or evaluation run: what its fused images depend on.
+                  checkpoint: str | Path | None = None, every_k: int | None = None) -> dict[str, str]:
+    """The params of an inference or evaluation run: what its fused images and their scores depend on.
 
     ``model_version`` is the loaded weights' digest (the one in the DICOM provenance); ``checkpoint_sha256``
-    the checkpoint file's, when a model method loaded one.
+    the checkpoint file's, when a model method loaded one; ``every_k`` which slices the study means score (runs
+    with another value showed other means and no reason).
     """
     params = {"method": ",".join(fusers), "windows": ",".join(windows), "suv_max": f"{suv_max:g}",
               "software_version": SOFTWARE_VERSION}
+    if every_k is not None:
+        params["every_k"] = str(every_k)
     versions = fuser_versions(fusers)
     params.update({f"model_version.{name}": version for name, version in versions.items()})
     if checkpoint is not None and Path(checkpoint).is_file() and any(

@@ -162,6 +162,7 @@ def test_inference_run_carries_its_params_study_means_and_executed_config(tmp_pa
     run_id, params = found.info.run_id, found.data.params
 
     assert params["method"] == "laplacian" and params["windows"] == "lung" and params["suv_max"] == "12"
+    assert params["every_k"] == "8"  # which slices the study means score
     assert params["model_version.laplacian"] == "no weights" and params["software_version"].startswith("dcif-fusion")
     study = f"QABF.lung.laplacian.study000"
     assert len(client.get_metric_history(run_id, study)) == 1  # one study-level value
