@@ -10,7 +10,7 @@ from pipeline.engines.checkpoint import (
     training_state,
 )
 from pipeline.engines.trainer import FusionGANTrainer, prepare_fusion_batch
-from pipeline.engines.validation import LastEpochValidation
+from pipeline.engines.validation import LastEpochValidation, validation_sampler
 
 __all__ = ["BestScore", "FusionGANTrainer", "LastEpochValidation", "ModelCard", "SavedDict", "TrainingStateLoader",
-           "TrainingStateSaver", "prepare_fusion_batch", "training_state"]
+           "TrainingStateSaver", "prepare_fusion_batch", "training_state", "validation_sampler"]

@@ -330,23 +330,38 @@ def test_evaluation_reads_a_study_cache(trained, tmp_path, tiny_study_cache, tin
     assert (tmp_path / "lesion_contrast.md").is_file()
 
 
-def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_datalist, tiny_phantom_root):
-    """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints, and a time limit
-    whose decision is all-reduced each epoch."""
-    phantoms = tiny_phantom_root
+def test_multi_gpu_config_trains_under_torchrun(tmp_path, tiny_geometry):
+    """torchrun with two CPU processes (gloo stands in for NCCL): DDP players, rank-0 checkpoints, a time limit
+    whose decision is all-reduced each epoch, and each rank validating one of the two validation studies, whose
+    gathered scores are the ones one process gives the saved model."""
+    from pipeline.data import phantom_datalist
+
+    phantoms = tmp_path / "phantoms"
+    phantom_datalist(phantoms, n_studies=4, **tiny_geometry)
+    training = {**TINY_TRAINING, "phantom_studies": 4}  # two held out for validation
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
         "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path),
-        "--dataset_dir", str(phantoms), *_cli_overrides({**TINY_TRAINING, "time_limit_s": 3600}),
+        "--dataset_dir", str(phantoms), *_cli_overrides({**training, "time_limit_s": 3600}),
     ]
     # faulthandler: a rank that aborts in C++ ("terminate called ...", about one full suite in four, not reproduced
     # alone) then prints every thread's Python stack, and the ranks' log lines (stdout) say how far each got.
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    assert (tmp_path / "models" / "model.pt").is_file()
     assert torch.load(tmp_path / "eval" / "train" / "last.pt", weights_only=False)["trainer"]["iteration"] > 0
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert saved["card"]["validation_studies"] == 2
+
+    one_process = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+                                 workflow_type="train", bundle_root=str(tmp_path / "one"), dataset_dir=str(phantoms),
+                                 **training)
+    one_process.initialize()
+    one_process.parser.get_parsed_content("network").generator.load_state_dict(saved["model"])
+    validator = one_process.parser.get_parsed_content("validate#evaluator")
+    validator.run(1)
+    assert validator.state.metrics == pytest.approx(saved["card"]["validation"], rel=1e-6)
 
 
 def test_inference_tracked_in_mlflow_logs_no_identifier(trained, tmp_path, planted_export, tiny_phantom_root,
@@ -415,6 +430,10 @@ def test_multi_gpu_config_keeps_the_writing_handlers_on_rank_zero():
     handlers = parser["train"]["handlers"]
     rank_zero = {handler["_target_"] for handler in handlers if handler.get("_disabled_") == "$not @is_rank0"}
     assert rank_zero == {"StatsHandler", "pipeline.handlers.MLflowTrainingLogger", "pipeline.handlers.TrainingHistory"}
+    validation = parser["validate"]["handlers"]
+    assert [handler["_target_"] for handler in validation
+            if isinstance(handler, dict) and handler.get("_disabled_") == "$not @is_rank0"] == [
+        "StatsHandler"]  # the validation's log; the best-model saver writes on rank 0 alone (ignite's DiskSaver)
 
 
 def test_training_and_inference_build_the_same_network():

@@ -1,4 +1,5 @@
-"""Validation during training scores every interval-th epoch and the run's last, however the run ends."""
+"""Validation during training scores every interval-th epoch and the run's last, however the run ends, and under
+torchrun each rank its share of the studies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
 
-from pipeline.engines import LastEpochValidation
+from pipeline.engines import LastEpochValidation, validation_sampler
 from pipeline.handlers import TimeLimit, time_limit
 
 
@@ -44,3 +45,17 @@ def test_a_run_ended_by_its_time_limit_validates_its_last_epoch(monkeypatch):
                         lambda: 1000.0 + (clock.trainer.state.iteration if clock.trainer else 0))
     assert _validated_epochs(10, interval=5, limit=TimeLimit(12.5), clock=clock) == [2]
     assert clock.trainer.state.iteration == 10
+
+
+@pytest.mark.parametrize(("studies", "ranks", "shares"), [
+    (5, 2, [[0, 2, 4], [1, 3]]),
+    (2, 2, [[0], [1]]),
+    (1, 2, None),  # a rank with no study would leave the others waiting in the metrics' gather
+    (3, 4, None),
+])
+def test_each_rank_validates_its_share_of_the_studies(studies, ranks, shares):
+    samplers = [validation_sampler(range(studies), num_replicas=ranks, rank=rank) for rank in range(ranks)]
+    if shares is None:
+        assert samplers == [None] * ranks  # every rank scores every study
+    else:
+        assert [list(sampler) for sampler in samplers] == shares
