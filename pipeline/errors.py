@@ -57,8 +57,9 @@ def one_line_errors(program: str) -> None:
     For ``python -m monai.bundle run``, whose parser wraps our errors in its own: the DcifError found
     in the chain of causes is printed, else the first error of the chain (the wrappers only say where
     it surfaced) as :func:`error_line` says it (an OS error as its file and problem), and ignite's log lines
-    announcing the abort are left out. The exit status stays non-zero. ``DCIF_TRACEBACK=1`` keeps the full traceback
-    and those lines, for debugging.
+    announcing the abort are left out; Ctrl-C is "interrupted", as ``dcif`` says it (it printed
+    "error: KeyboardInterrupt: "). The exit status stays non-zero (130 after Ctrl-C). ``DCIF_TRACEBACK=1`` keeps the
+    full traceback and those lines, for debugging.
     """
     if os.environ.get(TRACEBACK_ENV):
         return
@@ -66,6 +67,9 @@ def one_line_errors(program: str) -> None:
         handler.addFilter(_EngineAbortLine())
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        if isinstance(error, KeyboardInterrupt):
+            print(f"{program}: interrupted", file=sys.stderr)
+            return
         chain = [error]
         while not isinstance(chain[-1], DcifError) and (chain[-1].__cause__ or chain[-1].__context__):
             chain.append(chain[-1].__cause__ or chain[-1].__context__)
