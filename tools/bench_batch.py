@@ -24,7 +24,7 @@ import torch
 from machine import device_name
 
 from pipeline.batch import BatchOptions, LocalExecutor, run_batch
-from pipeline.batch.report import STAGES, BatchReport
+from pipeline.batch.report import STAGES, BatchReport, counted
 from pipeline.phantom import make_phantom
 
 
@@ -115,7 +115,7 @@ def main() -> None:
             print(f"{device}, {workers} worker(s): {counts} in {wall:.1f} s", flush=True)
             rows.append((device, workers, counts["ok"] * 60.0 / wall, memory.peak, mean_stages(report)))
 
-    print(f"\n{args.studies} phantom studies, CT {args.size} at {args.spacing} mm, {args.method}, "
+    print(f"\n{counted(args.studies, 'phantom study', 'phantom studies')}, CT {args.size} at {args.spacing} mm, {args.method}, "
           f"windows {args.windows}; wall time includes worker start-up\n")
     for device in dict.fromkeys(row[0] for row in rows):
         print(f"- {device}: {device_name(device, torch.get_num_threads())}")
