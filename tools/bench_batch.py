@@ -115,8 +115,8 @@ def main() -> None:
             print(f"{device}, {workers} worker(s): {counts} in {wall:.1f} s", flush=True)
             rows.append((device, workers, counts["ok"] * 60.0 / wall, memory.peak, mean_stages(report)))
 
-    print(f"\n{counted(args.studies, 'phantom study', 'phantom studies')}, CT {args.size} at {args.spacing} mm, {args.method}, "
-          f"windows {args.windows}; wall time includes worker start-up\n")
+    print(f"\n{counted(args.studies, 'phantom study', 'phantom studies')}, CT {args.size} at {args.spacing} mm, "
+          f"{args.method}, windows {args.windows}; wall time includes worker start-up\n")
     for device in dict.fromkeys(row[0] for row in rows):
         print(f"- {device}: {device_name(device, torch.get_num_threads())}")
     print()
