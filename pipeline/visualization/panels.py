@@ -90,6 +90,14 @@ def pet_overlay(ct_xy: ArrayLike, pet_xy: ArrayLike, opacity: float = 0.5,
     return picture
 
 
+def joined(tiles: Sequence[np.ndarray], axis: int, gap: int) -> np.ndarray:
+    """RGB tiles concatenated along ``axis`` (1: side by side, 0: stacked), ``gap`` white pixels apart."""
+    gap_shape = list(tiles[0].shape)
+    gap_shape[axis] = gap
+    spacer = np.full(gap_shape, 255, dtype=np.uint8)
+    return np.concatenate([piece for tile in tiles for piece in (tile, spacer)][:-1], axis=axis)
+
+
 def labelled(picture: np.ndarray, labels: Sequence[str], tile_width: int, gap: int) -> np.ndarray:
     """``picture`` (columns of tiles ``tile_width`` wide, ``gap`` apart) under a white band naming each column in
     black, so a picture read away from its files (in MLflow, a report, a folder) says which window and method each
@@ -115,10 +123,5 @@ def fusion_panel(ct_xy: ArrayLike, pet_xy: ArrayLike, *fused_xy: ArrayLike, gap:
     """CT | PET | fused image(s) side by side, separated by a thin white gap, laid out by ``affine`` (the volume's:
     see :func:`display_orientation`), under a band naming them where ``labels`` (one per tile) are given."""
     tiles = [to_uint8(slice_xy, affine) for slice_xy in (ct_xy, pet_xy, *fused_xy)]
-    rows = tiles[0].shape[0]
-    spacer = np.full((rows, gap, 3), 255, dtype=np.uint8)
-    pieces: list[np.ndarray] = []
-    for tile in tiles:
-        pieces.extend([tile, spacer])
-    picture = np.concatenate(pieces[:-1], axis=1)
+    picture = joined(tiles, axis=1, gap=gap)
     return picture if labels is None else labelled(picture, labels, tiles[0].shape[1], gap)

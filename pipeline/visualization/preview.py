@@ -1,8 +1,9 @@
 """A PNG a person opens to see at a glance whether a study fused sensibly.
 
 A few axial slices, one per row: the windowed CT | the PET in colour on the CT | each fused image, under a band
-naming each column (which window, which method), so the picture needs no README to read. The slices spread over the body and always include the hottest PET slice, where a lesion is most
-likely to be, so a glance shows both the anatomy and the uptake that matters.
+naming each column (which window, which method), so the picture needs no README to read. The slices spread over the
+body and always include the hottest PET slice, where a lesion is most likely to be, so a glance shows both the anatomy
+and the uptake that matters.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 
 from pipeline.io.atomic import atomic_write
 from pipeline.transforms.slicing import spread_slices
-from pipeline.visualization.panels import ArrayLike, labelled, pet_overlay, to_uint8
+from pipeline.visualization.panels import ArrayLike, joined, labelled, pet_overlay, to_uint8
 
 DEFAULT_PREVIEW_SLICES = 3
 _GAP = 4  # white pixels between tiles
@@ -41,15 +42,6 @@ def with_hottest(chosen: Sequence[int], hottest: int) -> list[int]:
     return sorted(chosen)
 
 
-def _join(tiles: Sequence[np.ndarray], axis: int) -> np.ndarray:
-    """Concatenate RGB tiles along ``axis`` (1: side by side, 0: stacked) with white gaps."""
-    gap_shape = list(tiles[0].shape)
-    gap_shape[axis] = _GAP
-    gap = np.full(gap_shape, 255, dtype=np.uint8)
-    pieces = [piece for tile in tiles for piece in (tile, gap)][:-1]
-    return np.concatenate(pieces, axis=axis)
-
-
 def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Tensor],
                    slices: Sequence[int], affine: ArrayLike | None = None,
                    labels: Sequence[str] | None = None) -> np.ndarray:
@@ -58,7 +50,7 @@ def render_preview(ct: torch.Tensor, pet: torch.Tensor, fused: Sequence[torch.Te
     a band naming the columns where ``labels`` (one per column) are given."""
     rows = [[to_uint8(ct[0, ..., z], affine), pet_overlay(ct[0, ..., z], pet[0, ..., z], affine=affine),
              *(to_uint8(volume[0, ..., z], affine) for volume in fused)] for z in slices]
-    picture = _join([_join(row, axis=1) for row in rows], axis=0)
+    picture = joined([joined(row, axis=1, gap=_GAP) for row in rows], axis=0, gap=_GAP)
     return picture if labels is None else labelled(picture, labels, rows[0][0].shape[1], _GAP)
 
 
