@@ -4,8 +4,8 @@ The bundle's ``--tracking mlflow`` appends a MONAI ``MLFlowHandler`` to the trai
 these handlers find it on the engine and write into the same run, so tracking stays one switch:
 without the switch there is no MLflow handler and they do nothing (no store is created).
 Each run is named afresh (:func:`new_run_name`) and one that stops on an error is marked so. Names and tags carry
-only the study's position in the datalist and its hashed key, never a patient identifier; the executed config they log was written with its local paths redacted
-(:mod:`pipeline.bundle_run`).
+only the study's position in the datalist and its hashed key, never a patient identifier; the executed config they
+log was written with its local paths redacted (:mod:`pipeline.bundle_run`).
 """
 
 from __future__ import annotations
