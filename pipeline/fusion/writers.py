@@ -39,6 +39,7 @@ from pipeline.io.nifti import NiftiSliceWriter
 from pipeline.provenance import SOFTWARE_VERSION
 from pipeline.transforms.slicing import flagged_slices, spread_slices
 from pipeline.visualization.colour import colour_fusion
+from pipeline.visualization.panels import column_labels
 from pipeline.visualization.preview import DEFAULT_PREVIEW_SLICES, with_hottest, write_preview
 
 logger = logging.getLogger(__name__)
@@ -80,9 +81,9 @@ class NiftiSink(_ChannelWriters):
     Entering removes the temporaries a killed run left in ``folder`` (they would never be removed otherwise). Each
     volume's header says what made it (:func:`nifti_description`). ``fused.json`` is written last, atomically, on a
     clean exit: product version, each method's weights digest, windows, SUV ceiling, the files written, the
-    time, and as ``stale`` this tool's volumes and derived DICOM series in ``folder`` that this run did not write. Those are kept, not
-    deleted: they are complete outputs of an earlier run (another window, method or model: their headers say
-    which), and nothing made is lost; the record and one warning keep them from passing for this run's.
+    time, and as ``stale`` this tool's volumes and derived DICOM series in ``folder`` that this run did not write.
+    Those are kept, not deleted: they are complete outputs of an earlier run (another window, method or model: their
+    headers say which), and nothing made is lost; the record and one warning keep them from passing for this run's.
     """
 
     def __init__(self, study: FusedStudy, folder: str | Path) -> None:
@@ -180,8 +181,8 @@ class PreviewSink(StudySink):
 
     def __init__(self, study: FusedStudy, path: str | Path) -> None:
         self.path = Path(path)
-        self.labels = [f"CT {study.windows[0]}", "PET on CT",
-                       *(f"{method} {window}" for window, method in study.names)]
+        self.labels = column_labels(study.windows[0], ((method, window) for window, method in study.names),
+                                    pet="PET on CT")
         self.candidates = flagged_slices(study.data["body_slices"]) or list(range(study.shape[-1]))
         self.spread = spread_slices(self.candidates, DEFAULT_PREVIEW_SLICES)
         self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

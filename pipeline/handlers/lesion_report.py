@@ -32,7 +32,7 @@ from pipeline.metrics.lesion import (
     ring_mask,
 )
 from pipeline.provenance import fuser_versions
-from pipeline.visualization.panels import fusion_panel
+from pipeline.visualization.panels import column_labels, fusion_panel
 
 JSON_NAME = "lesion_contrast.json"
 PANEL_DIR = "lesion_panels"
@@ -146,7 +146,7 @@ class LesionContrastReport:
                 engine.state.lesion_rows.append({"study_key": study_key, "window": window, "method": method,
                                                  "lesion": source, **contrast})
             if self.panels and lesion.any():
-                labels = [f"CT {window}", "PET", *(f"{method} {window}" for method in methods)]
+                labels = column_labels(window, ((method, window) for method in methods))
                 self._write_panel(f"{study_key}_{window}.png", image[w], pet, fused, lesion, affine, labels)
 
     def _write_panel(self, name: str, ct: np.ndarray, pet: np.ndarray, fused: np.ndarray, lesion: np.ndarray,

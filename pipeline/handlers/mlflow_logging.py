@@ -23,7 +23,7 @@ from monai.handlers import MLFlowHandler
 
 from pipeline.fusion.registry import Fuser
 from pipeline.provenance import BASELINE_VERSION, SOFTWARE_VERSION, file_digest, fuser_versions
-from pipeline.visualization import fusion_panel
+from pipeline.visualization import column_labels, fusion_panel
 
 
 def find_mlflow_run(engine: Engine) -> tuple[Any, str] | None:
@@ -156,7 +156,7 @@ class MLflowSliceLogger(_RunIterationHandler):
         index = item["slice_index"]
         folder = f"study{item['study_index']:03d}_{item['study_key']}/{item['window']}/{item['method']}"
         picture = fusion_panel(item["ct"], item["pet"], item["fused"], affine=item["affine"],
-                               labels=(f"CT {item['window']}", "PET", f"{item['method']} {item['window']}"))
+                               labels=column_labels(item["window"], [(item["method"], item["window"])]))
         client.log_image(run_id, picture, artifact_file=f"slices/{folder}/slice_{index:04d}.png")
         prefix = _metric_prefix(item)
         for name, value in _finite(item["metrics"]):

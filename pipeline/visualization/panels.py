@@ -8,7 +8,7 @@ order; without one, as a DICOM frame stores it (rows = Y), the layout of the col
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -96,6 +96,12 @@ def joined(tiles: Sequence[np.ndarray], axis: int, gap: int) -> np.ndarray:
     gap_shape[axis] = gap
     spacer = np.full(gap_shape, 255, dtype=np.uint8)
     return np.concatenate([piece for tile in tiles for piece in (tile, spacer)][:-1], axis=axis)
+
+
+def column_labels(ct_window: str, fused: Iterable[tuple[str, str]], pet: str = "PET") -> list[str]:
+    """The names of a picture's columns: ``CT <window>``, ``pet``, then ``<method> <window>`` for each
+    ``(method, window)`` in ``fused``, one wording for the preview, the lesion report and MLflow."""
+    return [f"CT {ct_window}", pet, *(f"{method} {window}" for method, window in fused)]
 
 
 def labelled(picture: np.ndarray, labels: Sequence[str], tile_width: int, gap: int) -> np.ndarray:
