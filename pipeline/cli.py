@@ -72,7 +72,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import secrets
 
-    from pipeline.batch.report import Locator, counted
+    from pipeline.batch.report import Locator
+    from pipeline.wording import counted
     from pipeline.io.discovery import discover_studies
 
     in_dir = _input_folder(args.in_dir.resolve())

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipeline.io.atomic import atomic_write
+from pipeline.wording import counted
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 REPORT_JSON, REPORT_CSV = "report.json", "report.csv"
@@ -36,11 +37,6 @@ _PLAIN_COMPONENT = re.compile(r"[0-9]{1,4}")
 _PATH_END = re.compile(r"(?=[:),;'\"\s])|$")  # where a name in a path quoted in a message may end
 _REASON_START = re.compile(r"(?=[:;)])|$")  # where a message goes on after a path that is not on disk
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell (OWASP: CSV injection)
-
-
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """``count`` with ``noun`` in its number, as the summary lines print it: "1 unreadable file", "2 studies"."""
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _spreadsheet_cell(value: object) -> object:

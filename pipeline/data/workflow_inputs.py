@@ -20,6 +20,7 @@ from pipeline.data.datalist import Datalist, load_datalist, phantom_datalist
 from pipeline.data.study_cache import LoadCachedStudyd, load_cached_datalist
 from pipeline.errors import InputError
 from pipeline.transforms.data_path import study_preprocessing
+from pipeline.wording import counted
 
 
 def default_dataset_dir() -> str:
@@ -61,7 +62,7 @@ def datalist_description(
     if study_cache is not None:
         source = "a study cache"
     elif input is None:
-        return f"{len(datalist)} phantom studies (generated)"
+        return f"{counted(len(datalist), 'phantom study', 'phantom studies')} (generated)"
     elif not isinstance(input, (str, os.PathLike)):
         source = "a datalist in the config"
     else:
@@ -72,7 +73,7 @@ def datalist_description(
     if origins and unlabelled:
         origins["unlabelled"] = unlabelled
     kinds = ", ".join(f"{count} {origin}" for origin, count in sorted(origins.items()))
-    return f"{len(datalist)} studies from {source}" + (f" ({kinds})" if kinds else "")
+    return f"{counted(len(datalist), 'study', 'studies')} from {source}" + (f" ({kinds})" if kinds else "")
 
 
 def workflow_preprocessing(

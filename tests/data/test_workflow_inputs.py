@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import LoadCachedStudyd, default_dataset_dir, workflow_datalist, workflow_preprocessing
+from pipeline.data import (LoadCachedStudyd, datalist_description, default_dataset_dir, workflow_datalist,
+                           workflow_preprocessing)
 from pipeline.errors import InputError
 
 
@@ -41,3 +42,10 @@ def test_pet_overrides_with_a_cache_are_refused_not_ignored(tiny_study_cache):
 def test_studies_read_from_files_carry_their_known_tumour_as_the_cache_does(tiny_datalist):
     study = workflow_preprocessing(["lung"], 15.0)(dict(tiny_datalist[0]))
     assert study["label"].shape == (1, *study["image"].shape[1:]) and study["label"].sum() > 0
+
+
+def test_a_single_study_is_described_in_the_singular(tiny_phantom_root):
+    """The card and MLflow said "1 phantom studies (generated)" of a one-phantom training."""
+    assert datalist_description([{}]) == "1 phantom study (generated)"
+    assert datalist_description([{}], input=str(tiny_phantom_root)) == "1 study from an input folder"
+    assert datalist_description([{}, {}], input=[{}, {}]) == "2 studies from a datalist in the config"
