@@ -30,8 +30,8 @@ from pydicom.valuerep import IS, TM, DSfloat
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
-from pipeline.io.headers import read_dicom, slice_normal, slice_position, undated_moment
-from pipeline.io.patient_space import LPS_TO_RAS
+from pipeline.io.headers import header_number, pixel_spacing, read_dicom, slice_normal, slice_position, undated_moment
+from pipeline.io.patient_space import LPS_TO_RAS, voxel_size_problem
 from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 
 # A discovered series, a folder holding one series, one file, or a list of files.
@@ -93,6 +93,8 @@ def _slice_position(header: Dataset, path: Path) -> float:
     if max(int(header.Rows), int(header.Columns)) > _MAX_MATRIX:
         raise InputError(f"{path}: {header.Rows}x{header.Columns} pixels exceed the {_MAX_MATRIX}x{_MAX_MATRIX} "
                          "supported (corrupt Rows/Columns?)")
+    pixel_spacing(header, path)
+    header_number(header, "SliceThickness", path)  # copied into the fused series: a damaged one fails here
     return slice_position(header, path)
 
 
@@ -150,10 +152,9 @@ def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
         raise InputError(f"{path}: {reason}") from None
     if pixels.shape != (dataset.Rows, dataset.Columns):
         raise InputError(f"{path}: pixel data shape {pixels.shape} is not Rows x Columns")
-    for keyword in ("RescaleSlope", "RescaleIntercept"):
-        value = dataset.get(keyword)
-        if value is not None and not np.isfinite(float(value)):
-            raise InputError(f"{path}: {keyword} {value} is not a finite number")
+    header_number(dataset, "RescaleIntercept", path)
+    if header_number(dataset, "RescaleSlope", path) == 0:
+        raise InputError(f"{path}: RescaleSlope 0 makes every pixel the same value")
     return apply_rescale(pixels, dataset)
 
 
@@ -177,12 +178,12 @@ def _fill(volume: VolumeFill, files: list[Path], first: Dataset) -> list[_Slice]
             acquisition = (str(dataset.get("AcquisitionDate", "")), str(dataset.AcquisitionTime)) \
                 if dataset.get("AcquisitionTime") else None
             del dataset.PixelData  # and its decoded copy: the block holds the values now
-            slices.append(_Slice(dataset, path, position, acquisition, _pet_slice(dataset, acquisition)))
+            slices.append(_Slice(dataset, path, position, acquisition, _pet_slice(dataset, path, acquisition)))
         volume.put(block[:len(chunk)].transpose(2, 1, 0))
     return slices
 
 
-def _pet_slice(dataset: Dataset, acquisition: tuple[str, str] | None) -> dict[str, object] | None:
+def _pet_slice(dataset: Dataset, path: Path, acquisition: tuple[str, str] | None) -> dict[str, object] | None:
     """What per-slice SUV needs of a PET slice: its acquisition date and time, frame timing, Philips factors.
 
     Absent fields are left out rather than None, so the meta still collates in a MONAI DataLoader.
@@ -191,10 +192,9 @@ def _pet_slice(dataset: Dataset, acquisition: tuple[str, str] | None) -> dict[st
         return None
     found: dict[str, object] = dict(zip(("AcquisitionDate", "AcquisitionTime"), acquisition or ()))
     for name, tag in PET_SLICE_TAGS.items():
-        element = dataset.get(tag)
-        value = getattr(element, "value", element)
-        if value not in (None, "", b""):
-            found[name] = float(value)
+        value = header_number(dataset, tag, path, name)
+        if value is not None:
+            found[name] = value
     return found
 
 
@@ -207,7 +207,9 @@ def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | i
         raise InputError(f"{later.path}: duplicate slice position {later.position:.3f} mm "
                          f"(same as {earlier.path})")
     if len(slices) == 1:
-        thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        thickness = next(filter(None, (header_number(first, keyword, slices[0].path)
+                                       for keyword in ("SpacingBetweenSlices", "SliceThickness"))), 1.0)
+        _check_step(thickness, slices[0].path.parent)
         return {"n_slices": 1, "step_mm": thickness, "min_step_mm": thickness, "max_step_mm": thickness,
                 "uneven": False}
     median = float(np.median(steps))
@@ -221,6 +223,7 @@ def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | i
     report = {"n_slices": len(slices), "step_mm": float((positions[-1] - positions[0]) / (len(slices) - 1)),
               "min_step_mm": float(steps.min()), "max_step_mm": float(steps.max()),
               "uneven": uneven}
+    _check_step(report["step_mm"], slices[0].path.parent)
     # The volume puts slice i at first + i x mean step; one further than half a step from there would show its
     # pixels (and the PET sampled for them) at another slice's place.
     off_grid = np.abs(positions - (positions[0] + report["step_mm"] * np.arange(len(slices))))
@@ -234,6 +237,13 @@ def _spacing_report(slices: list[_Slice], first: Dataset) -> dict[str, float | i
                        slices[0].path.parent, report["min_step_mm"], report["max_step_mm"], median,
                        report["step_mm"])
     return report
+
+
+def _check_step(step_mm: float, folder: Path) -> None:
+    """Slices a scanner's voxel apart: a step of metres (or of a micron) is a damaged position or thickness."""
+    problem = voxel_size_problem([step_mm], ["slice step"])
+    if problem:
+        raise InputError(f"{folder}: {problem}")
 
 
 def _affine(first: Dataset, step_mm: float) -> np.ndarray:

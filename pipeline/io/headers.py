@@ -20,6 +20,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
+from pipeline.io.patient_space import voxel_size_problem
 
 # Scanners write values past their VR's limits (a 17-character StudyID, say) that nothing here depends on; pydicom's
 # default warned about each, twice, naming no file, in the middle of a batch's progress bars. They are read (and
@@ -94,6 +95,32 @@ def _numbers(header: Dataset, keyword: str, count: int, path: Path | str) -> np.
     if numbers.shape != (count,) or not np.isfinite(numbers).all():
         raise InputError(f"{path}: {keyword} {one_line(value)[:64]!r} is not {count} numbers")
     return numbers
+
+
+def header_number(header: Dataset, key: str | int, path: Path | str, name: str | None = None) -> float | None:
+    """A single-valued numeric element (by keyword or tag; ``name`` names it in messages) as a finite number, None
+    where absent or empty: text that is no number (a DS of 'abc') fails its file in one line naming the element,
+    not as float()'s bare ValueError in the middle of a batch."""
+    element = header.get(key)
+    value = getattr(element, "value", element)
+    if value is None or value in ("", b""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise InputError(f"{path}: {name or key} {one_line(value)[:64]!r} is not a number")
+    return number
+
+
+def pixel_spacing(header: Dataset, path: Path | str) -> np.ndarray:
+    """A slice's PixelSpacing (between rows, between columns) in mm: two numbers a scanner would write."""
+    spacing = _numbers(header, "PixelSpacing", 2, path)
+    problem = voxel_size_problem(spacing, ("PixelSpacing between rows", "PixelSpacing between columns"))
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    return spacing
 
 
 def slice_geometry(header: Dataset, path: Path | str) -> tuple[np.ndarray, np.ndarray]:

@@ -85,9 +85,17 @@ def _header(meta: Mapping[str, object], keyword: str, why: str = "SUV") -> objec
     return value
 
 
+def _number(meta: Mapping[str, object], value: object, name: str) -> float:
+    """A header value as a number: text that is none ('abc') fails in one line naming the file and the field."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{_source(meta)}: {name} {str(value)[:64]!r} is not a number") from None
+
+
 def _positive(meta: Mapping[str, object], value: object, name: str, unit: str) -> float:
     """``value`` as a finite positive number: 0, negative, NaN or Infinity (valid DS strings) would poison SUV."""
-    number = float(value)
+    number = _number(meta, value, name)
     if not (math.isfinite(number) and number > 0):
         raise InputError(f"{_source(meta)}: {name} {number} {unit} must be a positive number for SUV")
     return number
@@ -126,7 +134,7 @@ def normaliser(meta: Mapping[str, object], suv_type: str, weight_kg: float | Non
     weight = _weight_kg(meta, weight_kg, why)
     if suv_type == "BW":
         return weight * 1000.0
-    height_cm = float(_header(meta, "PatientSize", why)) * 100.0
+    height_cm = _positive(meta, _header(meta, "PatientSize", why), "PatientSize", "m") * 100.0
     if suv_type == "BSA":
         return 0.007184 * weight**0.425 * height_cm**0.725 * 1e4
     if suv_type not in SUV_TYPES:
@@ -157,8 +165,8 @@ def pixel_meaning(meta: Mapping[str, object], units: str | None = None) -> tuple
     """
     found = str(meta.get("Units") or units or "").upper()
     if not found:
-        raise InputError(f"{_source(meta)}: PET header lacks Units "
-                         "(give them for NIfTI input: the bundle's --pet_units SUV or BQML, say; units= here)")
+        raise InputError(f"{_source(meta)}: PET header lacks Units: name them (the bundle's --pet_units: BQML or SUV, "
+                         "say) or give the SUV factor (--pet_factor in the bundle, --pet-factor in fuse-batch)")
     one = np.ones(1)
     if found == "BQML":
         return None, one

@@ -183,3 +183,55 @@ def test_a_coronal_dicom_ct_is_refused_by_the_data_path(dicom_factory):
     message = _raises_one_line(lambda: LoadStudyd()({"ct": ct, "pet": pet}), str(ct), "slices are not axial",
                                "90 degrees from the head-foot axis")
     assert message.startswith(f"{ct}: ")
+
+
+def _replace_bytes(folder: Path, old: bytes, new: bytes) -> None:
+    """Overwrite a header value in every file of ``folder`` with text of the same length that pydicom cannot set."""
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        assert old in data
+        path.write_bytes(data.replace(old, new))
+
+
+@pytest.mark.parametrize("modality, keyword, valid, text", [
+    ("PT", "RescaleSlope", "1.234567", b"abcdefgh"),
+    ("CT", "RescaleIntercept", "-1024.12", b"minus1024"[:8]),
+    ("CT", "SliceThickness", "7.654321", b"zzzzzzzz"),
+    ("PT", "ActualFrameDuration", "1200001", b"forever"),
+])
+def test_header_text_that_is_no_number_names_the_file_and_the_element(dicom_factory, modality, keyword, valid, text):
+    """Such values ended the study in float()'s bare 'could not convert string to float', naming neither."""
+    folder = dicom_factory.series("series", modality=modality, header=lambda ds, k: setattr(ds, keyword, valid))
+    _replace_bytes(folder, valid.encode(), text)
+    _raises_one_line(lambda: load_series(folder), str(folder), f"{keyword} {text.decode()!r} is not a number")
+
+
+def test_a_patient_weight_that_is_no_number_names_the_series(dicom_factory):
+    folder = dicom_factory.series("pet", modality="PT", header=lambda ds, k: setattr(ds, "PatientWeight", "75.12345"))
+    _replace_bytes(folder, b"75.12345", b"abc xyz ")
+    pet = load_series(folder)
+    _raises_one_line(lambda: PETToSUV()(pet), str(folder), "PatientWeight 'abc xyz' is not a number")
+
+
+@pytest.mark.parametrize("spacing, fragment", [
+    (["0", "0"], "PixelSpacing between rows 0 mm is not a voxel size"),
+    (["-4", "-4"], "PixelSpacing between rows -4 mm is not a voxel size"),
+    (["1", "1e6"], "PixelSpacing between columns 1e+06 mm is not a voxel size"),
+    (["NaN", "NaN"], "is not 2 numbers"),
+])
+def test_pixel_spacing_no_scanner_writes_is_refused_naming_the_file(dicom_factory, spacing, fragment):
+    """A PET of spacing -4 or 1e-6 mm lay beside its CT and was fused as CT alone; 0 ended in nibabel's affine
+    error and numpy warnings; NaN was reported as 'differs from' the very same file."""
+    folder = dicom_factory.series("ct", modality="CT", header=lambda ds, k: setattr(ds, "PixelSpacing", spacing))
+    _raises_one_line(lambda: load_series(folder), str(folder), ".dcm: ", fragment)
+
+
+def test_slices_metres_apart_are_refused(dicom_factory):
+    folder = dicom_factory.series("pet", modality="PT", positions=[0.0, 1e5, 2e5, 3e5])
+    _raises_one_line(lambda: load_series(folder), str(folder), "slice step 100000 mm is not a voxel size")
+
+
+def test_a_rescale_slope_of_zero_is_refused(dicom_factory):
+    """Every pixel of such a PET is its intercept: it was fused as a CT alone and labelled SUV."""
+    folder = dicom_factory.series("pet", modality="PT", header=lambda ds, k: setattr(ds, "RescaleSlope", "0"))
+    _raises_one_line(lambda: load_series(folder), str(folder), "RescaleSlope 0")
