@@ -152,6 +152,21 @@ def covered_slices(img: MetaTensor, reference: MetaTensor) -> torch.Tensor:
     return torch.as_tensor(inside, dtype=torch.bool)
 
 
+IN_PLANE_SAMPLES = 17
+"""Points along each in-plane axis of the reference at which :func:`in_plane_overlap` looks for the image."""
+
+
+def in_plane_overlap(img: MetaTensor, reference: MetaTensor) -> float:
+    """The fraction of ``reference``'s in-plane field (a grid of points over its middle slice, edges included) that
+    lies within ``img``'s voxels in-plane: 0 for a PET beside its CT, whose resampling is zero everywhere."""
+    n_x, n_y, n_z = reference.shape[1:]
+    x, y = np.meshgrid(np.linspace(0, n_x - 1, IN_PLANE_SAMPLES), np.linspace(0, n_y - 1, IN_PLANE_SAMPLES))
+    points = np.stack([x.ravel(), y.ravel(), np.full(x.size, (n_z - 1) / 2), np.ones(x.size)])
+    index = np.linalg.inv(np.asarray(img.affine, float)) @ np.asarray(reference.affine, float) @ points
+    inside = np.all([(index[axis] >= -0.5) & (index[axis] <= img.shape[1 + axis] - 0.5) for axis in (0, 1)], axis=0)
+    return float(inside.mean())
+
+
 def blank_uncovered(image: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
     """``image`` (..., Z), in place, with the axial slices that ``covered`` ((Z,), or (B, Z) for a batch) leaves out
     set to 0: a CT slice without PET is never shown as a fusion of CT alone. In place (inference tensors too), so a
@@ -186,7 +201,8 @@ class PETCoveraged(MapTransform):
     """``data[output_key]`` = :func:`covered_slices` of ``data[key]`` on ``data[ref_key]``; run before resampling.
 
     A warning names the study and how many reference slices lack PET, since those slices show CT alone;
-    a PET that covers none of them is refused (InputError), whichever door the study came in by.
+    a PET that covers none of them, or lies beside them in-plane, is refused (InputError), whichever door the study
+    came in by.
     """
 
     def __init__(self, keys: KeysCollection = "pet", ref_key: str = "ct", output_key: str = "pet_slices"):
@@ -202,6 +218,9 @@ class PETCoveraged(MapTransform):
             if missing == flags.numel():  # every slice would be CT alone, written as a "fusion"
                 raise InputError(f"{_name(d[key])}: the PET does not overlap its CT axially (none of the "
                                  f"{missing} CT slices lies within its extent)")
+            if in_plane_overlap(d[key], d[self.ref_key]) == 0:  # nor would any slice beside the PET's field of view
+                raise InputError(f"{_name(d[key])}: the PET does not overlap its CT in-plane (its field of view lies "
+                                 "beside the CT's: mismatched positions or pixel spacing)")
             if missing:
                 logger.warning("study %s: %d of %d CT slices lack PET (PET shorter than or shifted against the CT); "
                                "they are left out of the fused output and the metrics", d.get("study_key", "?"),

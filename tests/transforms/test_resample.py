@@ -143,6 +143,34 @@ def test_a_pet_covering_no_ct_slice_is_refused():
         PETCoveraged()({"ct": ct, "pet": pet})
 
 
+@pytest.mark.parametrize("pet_x_mm, expected", [(0.0, 1.0), (-6.0, 0.5), (5000.0, 0.0)])
+def test_the_in_plane_overlap_is_the_share_of_the_ct_field_within_the_pet(pet_x_mm, expected):
+    from pipeline.transforms.resample import IN_PLANE_SAMPLES, in_plane_overlap
+
+    ct = MetaTensor(torch.zeros((1, 7, 7, 10)), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    pet_affine = torch.diag(torch.tensor([4.0, 4.0, 6.0, 1.0]))
+    pet_affine[:2, 3] = torch.tensor([pet_x_mm, 0.0])
+    pet = MetaTensor(torch.zeros((1, 4, 4, 5)), affine=pet_affine)  # x faces at -2 ... 14 mm before the shift
+    # The CT's 17 columns of points lie at x = 0 ... 12 mm, 0.75 mm apart: -6 mm leaves those of x <= 8 mm inside.
+    inside = np.count_nonzero(np.linspace(0, 12, IN_PLANE_SAMPLES) <= 8.0) / IN_PLANE_SAMPLES
+    assert in_plane_overlap(pet, ct) == pytest.approx(inside if expected == 0.5 else expected)
+
+
+def test_a_pet_beside_its_ct_in_plane_is_refused():
+    """A PET whose positions or spacing put it beside the CT (5 m off here) was fused as CT alone and reported ok."""
+    from pipeline.transforms.resample import PETCoveraged
+
+    ct = MetaTensor(torch.zeros((1, 4, 4, 10)), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    pet_affine = torch.diag(torch.tensor([4.0, 4.0, 6.0, 1.0]))
+    pet_affine[0, 3] = 5000.0
+    pet = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine, meta={"filename_or_obj": "pet_folder"})
+    with pytest.raises(InputError, match="pet_folder: the PET does not overlap its CT in-plane"):
+        PETCoveraged()({"ct": ct, "pet": pet})
+    pet_affine[0, 3] = 0.0
+    over = MetaTensor(torch.zeros((1, 2, 2, 5)), affine=pet_affine)
+    assert PETCoveraged()({"ct": ct, "pet": over})["pet_slices"].all()
+
+
 def test_slices_without_pet_are_blanked_one_study_or_a_batch():
     covered = torch.tensor([False, True, True, False])
     fused = torch.rand(2, 3, 3, 4) + 0.1
