@@ -103,7 +103,7 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
     from pipeline.fusion.selection import MODEL_METHOD, default_method
     from pipeline.io.dicomweb import is_dicomweb_url
 
-    _check_input_options(args, is_dicomweb_url(args.in_dir))
+    _check_unused_options(args, is_dicomweb_url(args.in_dir))
     # A checkpoint named asks for the model, so a mistyped path fails instead of falling back to a baseline; the
     # bundle's is looked up only where the model runs.
     methods = args.method or [MODEL_METHOD if args.checkpoint else default_method()]
@@ -122,8 +122,11 @@ def cmd_fuse_batch(args: argparse.Namespace) -> int:
     return 0 if report.all_ok else 1
 
 
-def _check_input_options(args: argparse.Namespace, url: bool) -> None:
-    """Refuse the options that apply to the other kind of input, which would be ignored in silence."""
+def _check_unused_options(args: argparse.Namespace, url: bool) -> None:
+    """Refuse the options this run would ignore in silence: those for the other kind of input, and a Ray address
+    without the Ray executor."""
+    if args.address is not None and args.executor != "ray":
+        raise InputError("--address: only with --executor ray; the local executor fuses on this machine")
     if url and args.report_paths:
         raise InputError("--report-paths: only with a folder IN_DIR; studies fetched from a PACS have no export "
                          "paths, the report names them by key")
@@ -177,17 +180,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_output_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """The options every command takes: how much it logs and whether it shows progress bars."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dcif",
         description="DCIF-GAN PET/CT fusion: make the phantom study, inspect DICOM folders, fuse studies.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_output_options(parser, default=False)
+    # -v/-q after the command too (`dcif fuse-batch IN OUT -q`), listed in its --help; left unset there unless given,
+    # so one given before the command stands.
+    shared = argparse.ArgumentParser(add_help=False)
+    _add_output_options(shared, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     phantom = sub.add_parser(
-        "phantom", help="write the synthetic thorax PET/CT study (DICOM + NIfTI + truth.json)",
+        "phantom", parents=[shared], help="write the synthetic thorax PET/CT study (DICOM + NIfTI + truth.json)",
         description="Write one synthetic thorax PET/CT study: a CT series in HU, a PET series in Bq/ml with "
                     "SUV-ready headers on its own grid, the same as NIfTI, and truth.json with the design.",
     )
@@ -204,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(func=cmd_phantom)
 
     inspect = sub.add_parser(
-        "inspect", help="list the PET/CT studies found under a folder and what would be fused",
+        "inspect", parents=[shared], help="list the PET/CT studies found under a folder and what would be fused",
         description="Walk a folder tree of DICOM files (any names, nested), group them into studies and "
                     "series, and report the PET/CT pair picked per study, failed studies and unreadable files. "
                     "No patient identifiers are printed.",
@@ -215,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect)
 
     demo = sub.add_parser(
-        "demo", help="make the phantom study and run the whole data path and fusion on it",
+        "demo", parents=[shared], help="make the phantom study and run the whole data path and fusion on it",
         description="The main job on the embedded default data: make the phantom study (if absent), "
                     "discover, load, convert PET to SUV, resample onto the CT grid, window the CT, fuse, "
                     "and write the fused volumes as NIfTI with a summary of metrics.",
@@ -230,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     batch = sub.add_parser(
-        "fuse-batch", help="fuse every PET/CT study under a folder: NIfTI, DICOM series, previews, a report",
+        "fuse-batch", parents=[shared],
+        help="fuse every PET/CT study under a folder: NIfTI, DICOM series, previews, a report",
         description="Discover every PET/CT study under IN_DIR (any folder layout) and fuse each into "
                     "OUT_DIR/<study key>/: fused_<method>_<window>.nii.gz, a derived DICOM series "
                     "dicom_<method>_<window>/ in the CT's study and geometry, its colour rendering "

@@ -20,7 +20,24 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> 
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0
-    assert "usage: dcif " + command in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "usage: dcif " + command in text
+    assert "-v, --verbose" in text and "-q, --quiet" in text  # taken after the command too, so listed there
+
+
+@pytest.mark.parametrize("argv", [["-v", "-q", "fuse-batch", "in", "out"], ["fuse-batch", "in", "out", "-v", "-q"],
+                                  ["-q", "fuse-batch", "in", "out", "-v"], ["-v", "phantom", "out", "--quiet"]])
+def test_verbose_and_quiet_are_taken_before_or_after_the_command(argv: list[str]) -> None:
+    """`dcif fuse-batch IN OUT -q` failed with "unrecognized arguments: -q"."""
+    args = build_parser().parse_args(argv)
+    assert args.verbose and args.quiet
+
+
+def test_verbose_or_quiet_before_the_command_stands_when_not_given_after() -> None:
+    args = build_parser().parse_args(["-q", "inspect", "in"])
+    assert args.quiet and not args.verbose
+    args = build_parser().parse_args(["demo"])
+    assert not args.verbose and not args.quiet
 
 
 def test_lists_sizes_and_filters_parse_as_the_help_says() -> None:
@@ -98,6 +115,11 @@ def test_fuse_batch_refuses_the_options_its_input_would_ignore(tmp_path: Path, c
             "nothing is sent to a PACS"
     assert _error_line(["-q", "fuse-batch", "http://127.0.0.1:9/dicom-web", str(tmp_path / "out"), "--report-paths"],
                        capsys).startswith("dcif fuse-batch: error: --report-paths: only with a folder IN_DIR;")
+    # --address reaches a Ray cluster: with the local executor it was dropped, and the batch ran on this machine.
+    for executor in ([], ["--executor", "local"]):
+        assert _error_line(["-q", "fuse-batch", str(tmp_path / "in"), str(tmp_path / "out"), "--address", "1.2.3.4:1",
+                            *executor], capsys) == \
+            "dcif fuse-batch: error: --address: only with --executor ray; the local executor fuses on this machine"
     assert not (tmp_path / "out").exists()
 
 

@@ -70,8 +70,11 @@ def own_output(out_dir: Path) -> Iterator[None]:
     """Create OUT and hold it for this run; another live run holding it stops this one at once.
 
     Any OS error on OUT (a file, read-only, no permission, full), on taking it or while holding it, becomes one line
-    naming the file.
+    naming the file. A run that fails before making anything (an IN_DIR without DICOM files, a PACS refusing the
+    query) leaves no folder of its making: those it created are removed while they hold nothing but its lock and
+    location key; a folder that was there before is left as it is.
     """
+    made = next((folder for folder in (*reversed(out_dir.parents), out_dir) if not folder.exists()), None)
     output_folder(out_dir)
     try:
         lock = (out_dir / LOCK_FILE).open("a")
@@ -85,8 +88,18 @@ def own_output(out_dir: Path) -> Iterator[None]:
                             "wait for it to end, or choose another OUT_DIR") from None
         try:
             yield
-        except OSError as error:  # OUT became unwritable or full outside any one study
-            raise DcifError(error_line(error, out_dir)) from None
+        except BaseException as error:
+            if made is not None and _holds_nothing_made(made, out_dir):
+                shutil.rmtree(made, ignore_errors=True)
+            if isinstance(error, OSError):  # OUT became unwritable or full outside any one study
+                raise DcifError(error_line(error, out_dir)) from None
+            raise
+
+
+def _holds_nothing_made(folder: Path, out_dir: Path) -> bool:
+    """Whether ``folder`` holds only folders and OUT's lock and location key: nothing a run made that it could lose."""
+    bookkeeping = {out_dir / LOCK_FILE, out_dir / LOCATION_KEY_FILE}
+    return all(path in bookkeeping or (path.is_dir() and not path.is_symlink()) for path in folder.rglob("*"))
 
 
 def location_key(out_dir: Path) -> bytes:

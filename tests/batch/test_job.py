@@ -266,6 +266,20 @@ def test_an_empty_folder_is_an_input_error(tmp_path: Path, batch_options: BatchO
         run_batch(tmp_path / "empty", tmp_path / "out", batch_options, progress=False)
 
 
+def test_a_run_that_fails_to_start_leaves_no_output_folder_it_made(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """An IN_DIR without DICOM files left OUT_DIR (and the folders above it that the run made) behind, holding
+    ``.lock`` and ``.location-key``; a folder that was there keeps what it held."""
+    (tmp_path / "empty").mkdir()
+    assert main(["fuse-batch", str(tmp_path / "empty"), str(tmp_path / "new" / "out"), "-q"]) == 2
+    assert capsys.readouterr().err == f"dcif fuse-batch: error: no DICOM files found under {tmp_path / 'empty'}\n"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept" / "study").mkdir(parents=True)
+    assert main(["-q", "fuse-batch", str(tmp_path / "empty"), str(tmp_path / "kept" / "out")]) == 2
+    assert main(["-q", "fuse-batch", str(tmp_path / "empty"), str(tmp_path / "kept")]) == 2
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == [".location-key", ".lock", "study"]
+
+
 def test_derived_series_values_match_the_nifti(reference_run: Path) -> None:
     folder = next(p for p in reference_run.iterdir() if p.is_dir())
     nifti = nib.load(folder / "fused_laplacian_lung.nii.gz").get_fdata()
