@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
+import zipfile
+from pathlib import Path
 from types import TracebackType
 
 
@@ -37,6 +40,18 @@ def error_line(error: BaseException, place: object = "output") -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename or place}: {error.strerror}"
     return f"{type(error).__name__}: {one_line(error)}"
+
+
+def torch_file_problem(path: str | os.PathLike[str], error: BaseException, kind: str) -> str:
+    """What is wrong with a file ``torch.load`` could not read, as a ``kind`` (checkpoint, training state) file:
+    torch's own error says it in pages (weights_only's advice to load unsafely among them), or not at all (a text file
+    gives an IndexError)."""
+    if Path(path).stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):  # torch.save's zip, refused objects
+        return ("a PyTorch file holding Python objects besides tensors (a whole network saved?), not loaded as they "
+                "could run code; save the network's state_dict() instead")
+    return f"not a {kind} file"
 
 
 TRACEBACK_ENV = "DCIF_TRACEBACK"

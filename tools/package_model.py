@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import DcifError, error_line
+from pipeline.errors import DcifError, error_line, torch_file_problem
 from pipeline.fusion import ModelFuser
 from pipeline.fusion.selection import MODEL_METHOD
 from pipeline.handlers.lesion_report import JSON_NAME, read_lesion_ratios
@@ -54,7 +54,7 @@ def read_model(path: Path) -> tuple[dict, str]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise SystemExit(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
+        raise SystemExit(f"{path}: cannot read checkpoint ({torch_file_problem(path, error, 'PyTorch checkpoint')})") from None
     card = saved.get("card") if isinstance(saved, Mapping) else None
     lacking = [key for key in CARD_KEYS if not isinstance(card, Mapping) or not card.get(key)]
     if lacking:

@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.optim import Optimizer
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, torch_file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ class TrainingStateLoader(CheckpointLoader):
         try:
             held = torch.load(self.load_path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - torch's unpickler raises whatever it meets in a file that is none
-            raise CheckpointError(f"{self.load_path}: not a readable training state ({_first_line(error)})") from error
+            problem = torch_file_problem(self.load_path, error, "training state")
+            raise CheckpointError(f"{self.load_path}: not a readable training state ({problem})") from error
         if not isinstance(held, dict):
             raise CheckpointError(f"{self.load_path}: not a training state (a {type(held).__name__})")
         return held
@@ -291,7 +292,3 @@ def _epoch_states(folder: Path, up_to: int) -> list[tuple[int, str]]:
     names = [path.name for path in folder.iterdir()] if folder.is_dir() else []
     return sorted((int(match[1]), match[0]) for match in map(_EPOCH_STATE.fullmatch, names)
                   if match and int(match[1]) <= up_to)
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -22,7 +22,7 @@ import torch
 from monai.data import load_net_with_metadata
 from torch import nn
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, torch_file_problem
 from pipeline.fusion.registry import Fuser, available_fusers, register_fuser
 from pipeline.networks import DCIFGenerator
 
@@ -47,7 +47,8 @@ def _read_checkpoint(path: str | Path) -> Mapping:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}") from error
+        problem = torch_file_problem(path, error, "PyTorch checkpoint")
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}") from error
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
     return checkpoint
@@ -59,7 +60,8 @@ def _read_torchscript(path: str | Path) -> tuple[nn.Module, dict]:
     try:
         network, metadata, _ = load_net_with_metadata(str(path), map_location="cpu")
     except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise CheckpointError(f"cannot read TorchScript model {path}: {type(error).__name__}") from error
+        problem = torch_file_problem(path, error, "TorchScript")
+        raise CheckpointError(f"cannot read TorchScript model {path}: {problem}") from error
     return network, dict(metadata.get("card") or {})
 
 

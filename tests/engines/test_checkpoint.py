@@ -170,6 +170,21 @@ def test_a_state_that_cannot_resume_the_run_is_refused_in_one_line(case, tmp_pat
     assert str(raised.value).startswith(path) and expected in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("content, expected", [
+    (b"not a state", "not a training state file"),
+    (b"", "empty file (0 bytes)"),
+])
+def test_an_unreadable_state_says_what_it_is_not_how_to_load_it_unsafely(content, expected, tmp_path):
+    """torch's refusal of a damaged file read 'Weights only load failed ... Re-running torch.load with weights_only set
+    to False will likely succeed, but it can result in arbitrary code execution': advice to load it unsafely."""
+    net, trainer = torch.nn.Linear(2, 8), Engine(lambda engine, batch: None)
+    path = tmp_path / "state.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as raised:
+        TrainingStateLoader(str(path), {"model": net, "trainer": trainer}).attach(trainer)
+    assert str(raised.value) == f"{path}: not a readable training state ({expected})"
+
+
 def test_a_resumed_run_keeps_as_many_epoch_states_as_an_uninterrupted_one(tmp_path):
     """MONAI's saver deletes only its own files: each resumed session left its predecessor's behind."""
     for epoch in (1, 2, 5):  # two earlier sessions' states, and one past the resume point (another branch)

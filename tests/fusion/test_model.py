@@ -128,11 +128,22 @@ def test_checkpoint_with_other_shapes_is_rejected(tmp_path: Path):
         ModelFuser(checkpoint=path, network=StandInGenerator())
 
 
-def test_unreadable_checkpoint_is_rejected(tmp_path: Path):
+@pytest.mark.parametrize(("content", "problem"), [
+    ("root:x:0:0:root:/root:/bin/bash\n", "not a PyTorch checkpoint file"),  # torch said only "IndexError"
+    ("not a checkpoint", "not a PyTorch checkpoint file"),
+    ("", "empty file (0 bytes)"),  # torch said only "EOFError"
+    (nn.Linear(1, 1), "a PyTorch file holding Python objects besides tensors (a whole network saved?)"),
+])
+def test_unreadable_checkpoint_is_one_line_saying_what_is_wrong(tmp_path: Path, content: object, problem: str):
     path = tmp_path / "generator.pt"
-    path.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}"):
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError) as caught:
         ModelFuser(checkpoint=path, network=StandInGenerator())
+    assert str(caught.value).startswith(f"cannot read checkpoint {path}: {problem}")
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".ts"])
@@ -166,7 +177,10 @@ def test_unreadable_or_missing_torchscript_model_is_rejected(tmp_path: Path):
     with pytest.raises(CheckpointError, match=f"no dcif_gan checkpoint found at {path}"):
         ModelFuser(checkpoint=path)
     path.write_text("not a model")
-    with pytest.raises(CheckpointError, match=f"cannot read TorchScript model {path}"):
+    with pytest.raises(CheckpointError, match=f"^cannot read TorchScript model {path}: not a TorchScript file$"):
+        ModelFuser(checkpoint=path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"^cannot read TorchScript model {path}: empty file \(0 bytes\)$"):
         ModelFuser(checkpoint=path)
 
 
