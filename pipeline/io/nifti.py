@@ -2,7 +2,8 @@
 
 NIfTI carries no modality or PET units, so the caller states the modality; the affine is nibabel's
 (sform, else qform), which is already RAS like the DICOM loader's output. A file with neither (both codes 0)
-is refused: nibabel would place it by its voxel sizes alone, mirrored front to back against a scanner's space.
+is refused: nibabel would place it by its voxel sizes alone, mirrored front to back against a scanner's space. So is
+a header whose affine, voxel type or claimed size no scanner's volume has, before any voxel is read or allocated.
 The voxels are read a block of axial slices at a time into the volume the DICOM loader fills too
 (:mod:`pipeline.io.volume_fill`: int16 for a CT of whole HU), never as a whole float32 copy.
 """
@@ -10,6 +11,7 @@ The voxels are read a block of axial slices at a time into the volume the DICOM 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from monai.data import MetaTensor
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.atomic import atomic_write
+from pipeline.io.patient_space import voxel_size_problem
 from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 
 logger = logging.getLogger(__name__)
@@ -44,9 +47,10 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
     shape = image.shape[:3] if len(image.shape) == 4 and image.shape[3] == 1 else image.shape
     if len(shape) != 3:
         raise InputError(f"{path}: expected a 3-D volume, got shape {image.shape}")
-    if not image.get_sform(coded=True)[1] and not image.get_qform(coded=True)[1]:
-        raise InputError(f"{path}: no scanner geometry: qform and sform codes are 0")
-    volume, nonfinite = VolumeFill(shape, modality), 0
+    problem = _geometry_problem(image) or _voxel_type_problem(image) or _data_size_problem(image, path)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    volume, nonfinite = _volume(shape, modality, path), 0
     for start in range(0, shape[2], BLOCK_SLICES):
         block, count = _finite(_block(image, path, start, min(start + BLOCK_SLICES, shape[2])))
         volume.put(block)
@@ -63,6 +67,64 @@ def load_nifti(path: str | os.PathLike[str], modality: str) -> MetaTensor:
         "original_channel_dim": float("nan"),
     }
     return MetaTensor(volume.voxels, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+
+
+def _geometry_problem(image: nib.Nifti1Image) -> str:
+    """Why the affine nibabel took (sform, else qform) places no scanner's volume; "" when it does.
+
+    Checked on the header, before any voxel is read: a NaN would surface later as an SVD that does not converge, and
+    a voxel size of 0 as a "sheared" affine after numpy's division warnings.
+    """
+    form = "sform" if image.get_sform(coded=True)[1] else "qform" if image.get_qform(coded=True)[1] else ""
+    if not form:
+        return "no scanner geometry: qform and sform codes are 0"
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.isfinite(affine).all():
+        return f"{form} affine is not finite (NaN or infinite values)"
+    with np.errstate(over="ignore"):  # a NIfTI-2 float64 affine can overflow the norm: inf, refused as out of range
+        sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    return voxel_size_problem(sizes, [f"{form} spacing along {axis}" for axis in "ijk"])
+
+
+def _voxel_type_problem(image: nib.Nifti1Image) -> str:
+    """Why the stored voxels are no intensities; "" when they are: a complex volume would lose its imaginary part
+    to a numpy warning, and an RGB one is a picture, not a CT or PET."""
+    if image.get_data_dtype().kind in "iuf":
+        return ""
+    return f"{image.header.get_value_label('datatype')} voxels are not CT or PET intensities"
+
+
+DEFLATE_MAX_RATIO = 1032
+"""The most a deflate stream inflates: 258 bytes from a copy coded in 2 bits (zlib's technical details), so a .nii.gz
+file holds at most this many times its size."""
+
+
+def _data_size_problem(image: nib.Nifti1Image, path: Path) -> str:
+    """Why the file cannot hold the voxels its header claims; "" when it can.
+
+    A damaged or hostile header (30000^3 voxels in a 400 kB file) would otherwise have the volume allocated whole
+    before the first read, and fail on 54 TB with no file named. An uncompressed file's size is checked exactly; a
+    .nii.gz (the loader's other input) against the most its size can inflate to, known without inflating it: the
+    claim of a damaged header is orders of magnitude past that, and one within it is refused by :func:`_volume` or
+    ends at the first missing slice.
+    """
+    proxy = image.dataobj
+    claimed = proxy.offset + math.prod(proxy.shape) * proxy.dtype.itemsize
+    size = path.stat().st_size
+    most = size * DEFLATE_MAX_RATIO if path.name.endswith(".gz") else size
+    if claimed <= most:
+        return ""
+    return (f"the header's {proxy.shape} {image.header.get_value_label('datatype')} voxels take {claimed:,} bytes, "
+            f"more than the file's {size:,} bytes can hold (damaged dimensions or a truncated file)")
+
+
+def _volume(shape: tuple[int, int, int], modality: str, path: Path) -> VolumeFill:
+    """The empty volume to fill: one the file can hold but this machine cannot is refused naming the file, not by
+    torch's allocator naming none."""
+    try:
+        return VolumeFill(shape, modality)
+    except RuntimeError:  # "DefaultCPUAllocator: can't allocate memory"; nothing else raises on a valid shape
+        raise InputError(f"{path}: a {shape} {modality} volume does not fit in memory") from None
 
 
 def _block(image: nib.spatialimages.SpatialImage, path: Path, start: int, stop: int) -> np.ndarray:

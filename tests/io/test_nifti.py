@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import gzip
+import struct
 import threading
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +16,7 @@ import torch
 from isal import igzip
 
 from pipeline.errors import InputError
+from pipeline.io import nifti
 from pipeline.io.dicom import load_series
 from pipeline.io.nifti import NiftiSliceWriter, load_nifti, save_nifti
 
@@ -230,3 +233,72 @@ def test_non_finite_ct_voxels_are_refused(tmp_path: Path):
     with pytest.raises(InputError) as info:
         load_nifti(path, "CT")
     assert str(info.value).startswith(f"{path}: 17 of 320 voxels are NaN or infinite in a CT volume")
+
+
+def _refusal(path: Path, modality: str = "CT") -> str:
+    """The one-line InputError ``load_nifti`` refuses ``path`` with, numpy and Python warnings made errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as info:
+            load_nifti(path, modality)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return message
+
+
+def test_a_header_claiming_more_voxels_than_a_gz_file_can_inflate_to_is_refused_before_allocating(tmp_path: Path):
+    """30000^3 int16 voxels (54 TB) in a few kB: torch's allocator failed on them, naming no file."""
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), path)
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<hhhh", header, 40, 3, 30000, 30000, 30000)  # dim[0:4]
+    path.write_bytes(gzip.compress(bytes(header)))
+    assert _refusal(path) == (f"{path}: the header's (30000, 30000, 30000) int16 voxels take 54,000,000,000,352 "
+                              f"bytes, more than the file's {path.stat().st_size:,} bytes can hold "
+                              "(damaged dimensions or a truncated file)")
+
+
+def test_an_uncompressed_file_must_hold_every_claimed_byte(tmp_path: Path):
+    path = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[:-1])
+    assert "int16 voxels take 864 bytes, more than the file's 863 bytes can hold" in _refusal(path)
+
+
+def test_a_volume_the_file_holds_but_memory_does_not_is_refused_naming_the_file(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    def no_memory(shape: tuple[int, int, int], modality: str) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), tmp_path / "ct.nii.gz")
+    monkeypatch.setattr(nifti, "VolumeFill", no_memory)
+    assert _refusal(tmp_path / "ct.nii.gz") == f"{tmp_path / 'ct.nii.gz'}: a (8, 8, 4) CT volume does not fit in memory"
+
+
+def test_a_non_finite_affine_is_refused(tmp_path: Path):
+    """NaN in the sform ended in "SVD did not converge", naming no file."""
+    image = nib.Nifti1Image(np.ones((4, 4, 3), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.header["srow_x"][0] = np.nan
+    image.header["sform_code"] = 2
+    image.header["qform_code"] = 0
+    nib.Nifti1Image(image.dataobj, None, image.header).to_filename(tmp_path / "pet.nii.gz")
+    assert _refusal(tmp_path / "pet.nii.gz", "PT").endswith(": sform affine is not finite (NaN or infinite values)")
+
+
+@pytest.mark.parametrize(("form", "sizes", "problem"), [
+    ("sform", (0.0, 0.0, 0.0), "sform spacing along i 0 mm"),  # was taken for a sheared affine, after numpy warnings
+    ("sform", (1.5, 1.5, 3e6), "sform spacing along k 3e+06 mm"),
+    ("qform", (1.5, 1e6, 3.0), "qform spacing along j 1e+06 mm"),
+], ids=["zero", "metres-apart-slices", "qform"])
+def test_a_voxel_size_no_scanner_writes_is_refused(tmp_path: Path, form: str, sizes: tuple[float, ...], problem: str):
+    image = nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), None)
+    image.header.set_zooms((1.0, 1.0, 1.0))
+    getattr(image, f"set_{form}")(np.diag([*sizes, 1.0]), code=1)
+    nib.save(image, tmp_path / "ct.nii.gz")
+    assert _refusal(tmp_path / "ct.nii.gz").endswith(f": {problem} is not a voxel size (0.01-50 mm)")
+
+
+def test_complex_voxels_are_refused(tmp_path: Path):
+    """Their imaginary part was dropped with a numpy ComplexWarning."""
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.complex64), np.eye(4)), tmp_path / "ct.nii.gz")
+    assert _refusal(tmp_path / "ct.nii.gz").endswith(": complex64 voxels are not CT or PET intensities")
