@@ -36,8 +36,8 @@ def _require_file(path: str | Path) -> None:
     if not Path(path).is_file():
         baselines = ", ".join(name for name in available_fusers() if name != _NAME)
         raise CheckpointError(
-            f"no {_NAME} checkpoint found at {path}; fuse with a baseline instead, "
-            f"e.g. --method laplacian (available: {baselines})"
+            f"no {_NAME} checkpoint found at {path}; fuse with a baseline instead, e.g. --method laplacian "
+            f"(evaluate: --methods \"['laplacian']\"; available: {baselines})"
         )
 
 

@@ -112,6 +112,7 @@ def test_no_checkpoint_is_a_one_line_error_naming_the_baselines(tmp_path: Path):
     assert "\n" not in message
     assert f"no dcif_gan checkpoint found at {path}" in message
     assert "--method laplacian" in message and "average, dwt, laplacian, max" in message
+    assert "evaluate: --methods \"['laplacian']\"" in message  # evaluate reads --methods, not --method
 
 
 def test_checkpoint_for_another_network_is_rejected(tmp_path: Path):
