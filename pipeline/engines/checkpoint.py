@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -229,12 +230,32 @@ class TrainingStateSaver(CheckpointSaver):
     last ``checkpoint_epoch=N.pt`` behind for good. Now the folder holds what an uninterrupted run would: the newest
     ``n_saved`` states. States past the resume point (another branch's, when a run resumes from an earlier epoch into
     the same folder) are left as they are; the run overwrites them if it gets there.
+
+    With ``fresh`` (a run that resumes from nothing), a ``save_dir`` that holds an earlier run's states stops the run in
+    one line as the saver is attached: that run's states would be overwritten epoch by epoch, its ``last.pt`` at the
+    end, and nothing said.
     """
 
+    def __init__(self, save_dir: str, save_dict: dict, *args: Any, fresh: bool = False, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, *args, **kwargs)
+        self.fresh = fresh
+
     def attach(self, engine: Engine) -> None:
+        if self.fresh:
+            self._refuse_earlier_states()
         super().attach(engine)
         # At the first epoch: the state loader restores the resume point at STARTED, after this saver's handlers.
         engine.add_event_handler(Events.EPOCH_STARTED, self._count_earlier)
+
+    def _refuse_earlier_states(self) -> None:
+        folder = Path(self.save_dir)
+        final = folder / self._final_filename if self._final_filename else None
+        earlier = [final] if final is not None and final.is_file() else [
+            folder / name for _, name in _epoch_states(folder, up_to=sys.maxsize)[-1:]]
+        if earlier:
+            raise CheckpointError(f"{earlier[0]}: an earlier training's state is in this run's folder: resume it "
+                                  "(--resume_from that file) or train into another --output_dir; a new run would "
+                                  "overwrite it")
 
     def _count_earlier(self, engine: Engine) -> None:
         engine.remove_event_handler(self._count_earlier, Events.EPOCH_STARTED)

@@ -197,6 +197,24 @@ def test_a_resumed_run_keeps_as_many_epoch_states_as_an_uninterrupted_one(tmp_pa
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=5.pt"]
 
 
+@pytest.mark.parametrize("earlier", ["last.pt", "checkpoint_epoch=3.pt"])
+def test_a_new_run_into_an_earlier_runs_folder_stops_before_overwriting_its_state(earlier, tmp_path):
+    """A second training into the same --output_dir, without --resume_from, trained from epoch 1 and replaced the
+    first run's last.pt and checkpoints, saying nothing."""
+    (tmp_path / earlier).write_bytes(b"the earlier run's state")
+    trainer = Engine(lambda engine, batch: None)
+    saver = TrainingStateSaver(str(tmp_path), {"trainer": trainer}, save_interval=1, n_saved=1, save_final=True,
+                               final_filename="last.pt", fresh=True)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / earlier}: an earlier training's state is in this run's"):
+        saver.attach(trainer)
+    assert (tmp_path / earlier).read_bytes() == b"the earlier run's state"
+    resumed = TrainingStateSaver(str(tmp_path), {"trainer": trainer}, save_interval=1, n_saved=1, save_final=True,
+                                 final_filename="last.pt", fresh=False)
+    resumed.attach(trainer)  # a resumed run writes there as before
+    fresh_folder = TrainingStateSaver(str(tmp_path / "new"), {"trainer": trainer}, save_interval=1, fresh=True)
+    fresh_folder.attach(trainer)
+
+
 def test_a_state_without_the_best_score_still_resumes(tmp_path, caplog):
     net, trainer = torch.nn.Linear(1, 1), Engine(lambda engine, batch: None)
     old = {"model": torch.nn.Linear(1, 1).state_dict()}
