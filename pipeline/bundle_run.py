@@ -25,7 +25,7 @@ import logging
 import os
 import pprint
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,40 @@ def _write_configs_redacted() -> None:
     ConfigParser.export_config_file = classmethod(export_redacted)  # type: ignore[method-assign, assignment]
 
 
-def preflight(output_dir: str | os.PathLike[str], device: str | torch.device) -> None:
-    """Make ``output_dir`` and check ``device`` before any study is read; otherwise a file in the way of the output
-    folder surfaced only once every study was fused, and a missing GPU as torch's ``AssertionError``."""
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (_count, "a whole number, 1 or more") for name in (
+        "every_k", "sw_batch_size", "epochs", "val_interval", "batch_size", "crop_size", "phantom_studies")},
+    **{name: (_positive, "a number above 0") for name in ("suv_max", "lr_g", "lr_d")},
+    **{name: (lambda value: value is None or _positive(value), "a number above 0, or null") for name in (
+        "pet_factor", "pet_weight_kg", "pet_dose_bq", "time_limit_s")},
+}
+"""What each numeric setting a user overrides (``--every_k 2``) must be, as the check's words say it."""
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse a setting :data:`SETTINGS` knows that is not what it must be, in one line naming the option: MONAI
+    passes ``--every_k abc`` on as text, which ended in "'<' not supported between instances of 'str' and 'int'",
+    and ``--suv_max 0`` as "width must be positive"."""
+    for name, value in settings.items():
+        valid, meaning = SETTINGS[name]
+        if not valid(value):
+            raise InputError(f"--{name} {value!r}: must be {meaning}")
+
+
+def preflight(output_dir: str | os.PathLike[str], device: str | torch.device,
+              settings: Mapping[str, Any] | None = None) -> None:
+    """Check the numeric ``settings`` (:func:`check_settings`), make ``output_dir`` and check ``device`` before any
+    study is read; otherwise a file in the way of the output folder surfaced only once every study was fused, and a
+    missing GPU as torch's ``AssertionError``."""
+    check_settings(settings or {})
     folder = output_folder(Path(output_dir))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DcifError(f"{folder}: cannot use as output folder (not writable)")

@@ -20,7 +20,8 @@ from pipeline.phantom import make_phantom
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFERENCE = REPO_ROOT / "bundles" / "dcif_gan" / "configs" / "inference.json"
 EVALUATE = INFERENCE.with_name("evaluate.json")
-LAYERS = {"inference": [str(INFERENCE)], "evaluate": [str(INFERENCE), str(EVALUATE)]}
+LAYERS = {"inference": [str(INFERENCE)], "evaluate": [str(INFERENCE), str(EVALUATE)],
+          "training": [str(INFERENCE.with_name("train.json"))]}
 """Each workflow's config files: evaluate.json is an override layered on inference.json."""
 
 
@@ -102,6 +103,20 @@ def test_an_unusable_output_folder_stops_the_run_before_any_study_is_read(workfl
     output_dir = in_the_way / output
     message = _our_error(workflow, input=str(tmp_path / "absent"), output_dir=str(output_dir))
     assert message == f"{output_dir}: cannot use as output folder ({problem})"
+
+
+@pytest.mark.parametrize(("workflow", "setting", "value", "meaning"), [
+    ("inference", "every_k", "abc", "a whole number, 1 or more"),  # was: '<' not supported between 'str' and 'int'
+    ("evaluate", "every_k", 2.5, "a whole number, 1 or more"),  # was: slice indices must be integers
+    ("inference", "suv_max", 0, "a number above 0"),  # was: width must be positive
+    ("inference", "sw_batch_size", 0, "a whole number, 1 or more"),  # was: range() arg 3 must not be zero
+    ("inference", "pet_factor", "abc", "a number above 0, or null"),
+    ("training", "epochs", "abc", "a whole number, 1 or more"),
+])
+def test_a_setting_of_the_wrong_kind_names_the_option_and_what_it_takes(workflow, setting, value, meaning, tmp_path):
+    message = _our_error(workflow, input=str(tmp_path / "absent"), output_dir=str(tmp_path / "out"), **{setting: value})
+    assert message == f"--{setting} {value!r}: must be {meaning}"
+    assert not (tmp_path / "out").exists()  # refused before anything is made
 
 
 @pytest.mark.parametrize("device", ["cuda", "$torch.device('cuda')"])
