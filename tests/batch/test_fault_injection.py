@@ -92,7 +92,7 @@ HOSTILE = {
     "missing_ct_slice": (_drop_ct_slice, "failed", "missing slices"),
     "pet_hole": (_pet_hole, "failed", "missing slices"),
     "truncated_pet": (_truncate_pet, "failed", "missing slices"),
-    "nan_slope": (_nan_slope, "failed", "pet_0010.dcm: RescaleSlope NaN is not a finite number"),
+    "nan_slope": (_nan_slope, "failed", "pet_0010.dcm: RescaleSlope 'NaN' is not a number"),
     "huge_matrix": (_huge_matrix, "failed", "65535x65535 pixels exceed"),
     "zero_half_life": (_zero_half_life, "failed",
                        "zero_half_life/dicom/PET: RadionuclideHalfLife 0.0 s must be a positive"),

@@ -56,7 +56,7 @@ def _pet_elsewhere(ds: pydicom.Dataset) -> None:
 HOSTILE = {
     "no_overlap": (lambda root: _edited(root, "PET", slice(None), _pet_elsewhere), "does not overlap its CT"),
     "nan_slope": (lambda root: _edited(root, "PET", slice(3, 4), lambda ds: setattr(ds, "RescaleSlope", "NaN")),
-                  "RescaleSlope NaN is not a finite number"),
+                  "RescaleSlope 'NaN' is not a number"),
 }
 
 
