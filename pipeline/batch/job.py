@@ -110,15 +110,17 @@ def fuse_folder(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Ex
 
 
 def _made_otherwise(finished: StudyResult, settings: dict[str, object], pair: StudyPair) -> str | None:
-    """Why a finished study is redone: made with other settings (methods, a model's weights, windows...) or from other
-    files; None when it is not. A done.json that predates the record of a setting, or of the files, is taken as made
+    """Why a finished study is redone: made with other settings (methods, a model's weights, windows...), from other
+    files or from other PET header values; None when it is not. A done.json that predates the record of a setting, or of the files, is taken as made
     with this run's: a new setting recorded does not redo every study an earlier version finished."""
     made = dict(finished.made_with)
-    inputs = made.pop("inputs", None)
+    inputs, pet_header = made.pop("inputs", None), made.pop("pet_header", None)
     if any(name not in settings or settings[name] != value for name, value in made.items()):
         return "other settings"
     if inputs not in (None, input_files(pair)):
         return "other input files"
+    if pet_header not in (None, pair.pet.suv_header):  # a weight or dose corrected in place, every UID kept
+        return "other PET header values (weight, dose, units)"
     return None
 
 

@@ -98,7 +98,8 @@ def _fuse_and_write(task: StudyTask, folder: Path) -> StudyResult:
     ordered = {stage: timings[stage] for stage in STAGES if stage in timings}
     return task.result(OK, timings=ordered, metrics=scorer.scores,
                        pet_scaling=str(result.data["pet"].meta["pet_scaling"]),
-                       made_with={**made_with(options, fusers), "inputs": input_files(task.pair)})
+                       made_with={**made_with(options, fusers), "inputs": input_files(task.pair),
+                                  "pet_header": task.pair.pet.suv_header})
 
 
 def process_study(task: StudyTask) -> StudyResult:

@@ -149,11 +149,12 @@ class DicomSink(_ChannelWriters):
     def writers(self) -> list[DerivedSeriesWriter]:
         created = datetime.now().astimezone()
         where = str(self.study.data["ct"].meta.get("filename_or_obj", "fused volume"))
-        pet_scaling = str(self.study.data["pet"].meta.get("pet_scaling", "SUVbw"))
+        pet = self.study.data["pet"].meta
+        pet_scaling, suv_factor = str(pet.get("pet_scaling", "SUVbw")), repr(pet.get("suv_factor", ""))
         writers = []
         for number, (window, method) in enumerate(self.study.names, start=FUSED_SERIES_NUMBER):
             provenance = Provenance(method, window, self.study.versions[method], self.study.suv_max, pet_scaling,
-                                    created=created)
+                                    suv_factor, created=created)
             series = [(dicom_folder_name(method, window), number, False)]
             if self.colour:
                 series.append((colour_folder_name(method, window), number + COLOUR_SERIES_OFFSET, True))

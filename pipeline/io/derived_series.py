@@ -90,13 +90,14 @@ class Provenance:
     model_version: str  # pipeline.provenance.fuser_version
     suv_max: float
     pet_scaling: str = "SUVbw"  # how the PET's pixels became SUV (a factor given by hand, a relative scaling...)
+    suv_factor: str = ""  # the factor(s) that made them SUV: a weight or dose corrected in place changes them alone
     software_version: str = SOFTWARE_VERSION
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     def identity(self) -> list[str]:
         """Everything the pixels depend on besides the source instances (:func:`source_digest`); not the creation
         time."""
-        return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.pet_scaling,
+        return [self.method, self.window, self.model_version, f"{self.suv_max:g}", self.pet_scaling, self.suv_factor,
                 self.software_version]
 
 

@@ -30,7 +30,8 @@ from pydicom.valuerep import IS, TM, DSfloat
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
-from pipeline.io.headers import header_number, pixel_spacing, read_dicom, slice_normal, slice_position, undated_moment
+from pipeline.io.headers import (SUV_SERIES_TAGS, header_number, pixel_spacing, read_dicom, slice_normal, slice_position,
+                                 undated_moment)
 from pipeline.io.patient_space import LPS_TO_RAS, voxel_size_problem
 from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 
@@ -43,8 +44,7 @@ logger = logging.getLogger(__name__)
 # inputs of the lean-body-mass, ideal-weight and surface-area normalisations; never reported).
 SERIES_TAGS = (
     "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesDescription", "Manufacturer",
-    "StudyDate", "SeriesDate", "SeriesTime", "Units", "SUVType", "DecayCorrection", "PatientWeight",
-    "PatientSize", "PatientSex", "CorrectedImage",
+    "StudyDate", "SeriesDate", "SeriesTime", *SUV_SERIES_TAGS, "CorrectedImage",
 )
 # Per-slice PET fields SUV needs (meta["pet_slices"], in slice order): timing, and Philips' private factors
 # from counts to SUVbw or to Bq/ml; plus the vendors' private decay-correction reference datetimes.

@@ -7,6 +7,7 @@ an archive must not hide every other study. Nothing here holds or prints patient
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import defaultdict
@@ -21,7 +22,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from pipeline.errors import InputError, one_line
-from pipeline.io.headers import read_dicom, slice_geometry, slice_normal, study_key
+from pipeline.io.headers import SUV_SERIES_TAGS, read_dicom, slice_geometry, slice_normal, study_key
 
 # The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
 DISCOVERY_TAGS = (
@@ -39,6 +40,8 @@ DISCOVERY_TAGS = (
     "NumberOfFrames",
     "ReferencedSeriesSequence",
     "SourceImageSequence",
+    *SUV_SERIES_TAGS,
+    "RadiopharmaceuticalInformationSequence",
 )
 _MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer paths cannot be opened
 OUTPUT_MARK = ".location-key"
@@ -137,6 +140,7 @@ class SeriesInfo:
     references: frozenset[str] = field(default=frozenset(), repr=False)  # series/instance UIDs it derives from
     instances: frozenset[str] = field(default=frozenset(), repr=False)  # its SOPInstanceUIDs
     transfer_syntaxes: frozenset[str] = field(default=frozenset(), repr=False)  # how its files' pixels are encoded
+    suv_header: str = field(default="", repr=False)  # a digest of the SUV fields of its first file (see _suv_header)
 
     @property
     def n_slices(self) -> int:
@@ -424,7 +428,29 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
         references=_references(ds),
         instances=frozenset(entry.instances - {""}),
         transfer_syntaxes=frozenset(entry.transfer_syntaxes),
+        suv_header=_suv_header(ds),
     )
+
+
+def _suv_header(ds: Dataset) -> str:
+    """A digest of the header fields a PET's SUV is computed from (:data:`SUV_SERIES_TAGS` and the dose's sequence), as
+    stored: a weight or dose corrected in place keeps every UID, and this is how a rerun tells. A hash, so no patient
+    value reaches a record."""
+    digest = hashlib.sha256()
+    for keyword in (*SUV_SERIES_TAGS, "RadiopharmaceuticalInformationSequence"):
+        element = ds.get_item(keyword)
+        value = getattr(element, "value", b"")
+        digest.update(keyword.encode() + b"=" + (value if isinstance(value, bytes) else _stored(value)) + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _stored(value: object) -> bytes:
+    """A decoded value as bytes to digest: a sequence by its items' elements (a damaged number inside is SUV's to
+    report, so it is digested as pydicom shows it)."""
+    try:
+        return repr(value).encode(errors="replace")
+    except (ValueError, TypeError) as error:
+        return repr(error).encode(errors="replace")
 
 
 def _common_folder(series: list[SeriesInfo]) -> Path:

@@ -27,6 +27,10 @@ from pipeline.io.patient_space import voxel_size_problem
 # copied into the fused series) as they are.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
+SUV_SERIES_TAGS = ("Units", "SUVType", "DecayCorrection", "PatientWeight", "PatientSize", "PatientSex")
+"""The series-level PET header fields SUV is computed from, besides the dose's sequence: patient fields among them,
+which a PACS corrects in place (a weight typed wrong at the scanner), keeping every UID."""
+
 UNDATED_DAY = date(2000, 1, 1)
 """The day a DICOM time without its date is placed on, so that times of day compare as moments."""
 _HALF_DAY = timedelta(hours=12)  # an undated acquisition further from SeriesTime is on the day before or after

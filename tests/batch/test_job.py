@@ -193,6 +193,28 @@ def test_a_finished_study_exported_again_with_other_slices_is_redone(tmp_path: P
     assert run_batch(export, out, batch_options, progress=False).counts()["skipped"] == 1
 
 
+def test_a_finished_study_whose_pet_weight_was_corrected_in_place_is_redone(tmp_path: Path, good_export: Path,
+                                                                          batch_options: BatchOptions, caplog) -> None:
+    """A PACS corrects a patient's weight in place, keeping every UID: the rerun skipped the study and kept its SUV
+    from the wrong weight."""
+    export = tmp_path / "export"
+    shutil.copytree(good_export / "patient_0", export / "patient_0")
+    out = tmp_path / "out"
+    assert run_batch(export, out, batch_options, progress=False).counts()["ok"] == 1
+    before = _fused_uids(out)
+    for path in (export / "patient_0" / "dicom" / "PET").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientWeight = str(2 * float(ds.PatientWeight))
+        ds.save_as(path)
+
+    report = run_batch(export, out, batch_options, progress=False)
+
+    assert report.counts() == {"ok": 1, "failed": 0, "skipped": 0}
+    assert "finished with other PET header values" in caplog.text
+    assert _fused_uids(out).isdisjoint(before)  # other SUV, other pixels: other UIDs
+    assert run_batch(export, out, batch_options, progress=False).counts()["skipped"] == 1
+
+
 def test_skipped_studies_are_named_as_this_run_names_inputs(tmp_path: Path, good_export: Path,
                                                             batch_options: BatchOptions) -> None:
     """A run with real paths (--report-paths) then one without: the second's report holds pseudonyms only."""
