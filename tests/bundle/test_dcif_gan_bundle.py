@@ -7,6 +7,7 @@ bundle and a missing checkpoint (test_bundle_errors.py) run as the real command 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -69,6 +70,14 @@ def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
     _bundle("train.json", "training", root, tiny_phantom_root, tracking="mlflow",
             **{**TINY_TRAINING, "val_interval": 5})
     return root
+
+
+def test_the_metadata_names_the_versions_of_the_packages_it_runs_with():
+    """It said PyWavelets 1.8.0 beside an installed 1.9.0, and left out the DICOM decoders, isal, scipy and highdicom."""
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    for package, version in {"monai": metadata["monai_version"], "torch": metadata["pytorch_version"],
+                             **metadata["required_packages_version"]}.items():
+        assert importlib.metadata.version(package).split("+")[0] == version, package
 
 
 def test_bundle_verifies():
