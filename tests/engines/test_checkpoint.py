@@ -223,3 +223,22 @@ def test_a_state_without_the_best_score_still_resumes(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         TrainingStateLoader(str(tmp_path / "old.pt"), {"model": net, "best": best})(trainer)
     assert torch.equal(net.weight, old["model"]["weight"]) and "predates the training state's best" in caplog.text
+
+
+def test_a_resume_whose_data_make_epochs_of_another_length_says_which_length_it_keeps(tmp_path, caplog):
+    """A state of 258-iteration epochs resumed on two studies ran 258 iterations an epoch, cycling a few batches,
+    saying nothing."""
+    earlier = Engine(lambda engine, batch: None)
+    earlier.run([0, 1, 2], max_epochs=1)
+    torch.save({"trainer": earlier.state_dict()}, tmp_path / "state.pt")
+    trainer = Engine(lambda engine, batch: None)
+    trainer.state.epoch_length, trainer.state.max_epochs = 1, 3
+    with caplog.at_level("WARNING"):
+        TrainingStateLoader(str(tmp_path / "state.pt"), {"trainer": trainer})(trainer)
+    assert trainer.state.epoch_length == 3
+    assert "its epochs were 3 iterations, this run's data make 1: the run keeps 3" in caplog.text
+    caplog.clear()
+    same = Engine(lambda engine, batch: None)
+    same.state.epoch_length, same.state.max_epochs = 3, 3
+    TrainingStateLoader(str(tmp_path / "state.pt"), {"trainer": same})(same)
+    assert "iterations" not in caplog.text
