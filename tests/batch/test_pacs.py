@@ -521,8 +521,9 @@ def test_a_pacs_that_pages_its_study_search_gives_every_study(scratch_orthanc: s
     paged.page = 1
     client = connect(paged.url, CREDENTIALS)
     assert {study.uid for study in find_studies(client, {})} == every
-    paged.ignore_offset = True  # each page the first again: the search ends with what it could get
-    assert len(find_studies(client, {})) == 1
+    paged.ignore_offset = True  # each page the first again: the search ends with what it could get, once
+    first_page = find_studies(client, {})  # none where the PACS lists a study without PET first (its order is its own)
+    assert len(first_page) <= 1 and {study.uid for study in first_page} <= every
     paged.page = None  # every study on each page: once each
     assert {study.uid for study in find_studies(client, {})} == every
 
