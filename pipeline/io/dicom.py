@@ -40,11 +40,11 @@ SeriesSource = SeriesInfo | str | os.PathLike[str] | Sequence[str | os.PathLike[
 
 logger = logging.getLogger(__name__)
 
-# Series-level header fields copied into meta: identity, plus everything SUV needs (sex and size only as
-# inputs of the lean-body-mass, ideal-weight and surface-area normalisations; never reported).
+# Series-level header fields copied into meta besides SUV's (_suv_fields: sex and size only as inputs of the
+# lean-body-mass, ideal-weight and surface-area normalisations; never reported): identity and timing.
 SERIES_TAGS = (
     "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesDescription", "Manufacturer",
-    "StudyDate", "SeriesDate", "SeriesTime", *SUV_SERIES_TAGS, "CorrectedImage",
+    "StudyDate", "SeriesDate", "SeriesTime", "CorrectedImage",
 )
 # Per-slice PET fields SUV needs (meta["pet_slices"], in slice order): timing, and Philips' private factors
 # from counts to SUVbw or to Bq/ml; plus the vendors' private decay-correction reference datetimes.
@@ -121,7 +121,8 @@ def _ordered_files(source: SeriesSource) -> list[Path]:
 
 
 def _check_matches(header: Dataset, path: Path, first: Dataset, first_path: Path) -> None:
-    """A slice must continue the first one's stack: same series, orientation, matrix, spacing, no tilt."""
+    """A slice must continue the first one's stack: same series, orientation, matrix, spacing, no tilt; a PET slice
+    the same SUV header, since SUV reads the first slice's for the series."""
     if header.get("SeriesInstanceUID") != first.get("SeriesInstanceUID"):
         raise InputError(f"{path}: belongs to another series than {first_path} (mixed series)")
     if not np.allclose(np.asarray(header.ImageOrientationPatient, float),
@@ -138,6 +139,12 @@ def _check_matches(header: Dataset, path: Path, first: Dataset, first_path: Path
     if in_plane > _IN_PLANE_TOLERANCE_MM:
         raise InputError(f"{path}: slice origin is {in_plane:.2f} mm off the stack of {first_path} "
                          "(gantry tilt or sheared series, not supported)")
+    if first.get("Modality") == "PT":
+        theirs, ours = _suv_fields(header), _suv_fields(first)
+        differ = next((key for key in {**ours, **theirs} if str(theirs.get(key)) != str(ours.get(key))), None)
+        if differ:
+            raise InputError(f"{path}: {differ} {theirs.get(differ)} differs from {first_path}'s {ours.get(differ)}: "
+                             "SUV reads one series header (mixed PET headers)")
 
 
 def _pixels(dataset: Dataset, path: Path) -> np.ndarray:
@@ -273,6 +280,7 @@ def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
     """The whitelisted series fields, the earliest acquisition, the PET slices' SUV fields."""
     meta: dict[str, object] = {"modality": str(first.get("Modality", ""))}
     meta.update({k: _meta_value(first.get(k)) for k in SERIES_TAGS if first.get(k) not in (None, "")})
+    meta.update(_suv_fields(first))
     acquisitions = [s.acquisition for s in slices if s.acquisition]
     if acquisitions:
         earliest = min(acquisitions)  # undated ones sort first: undated if any is
@@ -288,11 +296,17 @@ def _series_meta(first: Dataset, slices: list[_Slice]) -> dict[str, object]:
         for name, tag in PRIVATE_DECAY_TAGS.items():
             if first.get(tag) is not None and first[tag].value:
                 meta[name] = _meta_value(first[tag].value)
-    radiopharmaceutical = first.get("RadiopharmaceuticalInformationSequence")
+    return meta
+
+
+def _suv_fields(header: Dataset) -> dict[str, object]:
+    """The series-level fields SUV reads of a PET slice (:data:`SUV_SERIES_TAGS` and the dose's), as meta holds them."""
+    fields = {k: _meta_value(header.get(k)) for k in SUV_SERIES_TAGS if header.get(k) not in (None, "")}
+    radiopharmaceutical = header.get("RadiopharmaceuticalInformationSequence")
     if radiopharmaceutical:
         item = radiopharmaceutical[0]
-        meta.update({k: _meta_value(item.get(k)) for k in RADIOPHARMACEUTICAL_TAGS if item.get(k) not in (None, "")})
-    return meta
+        fields.update({k: _meta_value(item.get(k)) for k in RADIOPHARMACEUTICAL_TAGS if item.get(k) not in (None, "")})
+    return fields
 
 
 def read_series(source: SeriesSource) -> tuple[MetaTensor, list[Dataset]]:

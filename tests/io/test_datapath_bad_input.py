@@ -235,3 +235,12 @@ def test_a_rescale_slope_of_zero_is_refused(dicom_factory):
     """Every pixel of such a PET is its intercept: it was fused as a CT alone and labelled SUV."""
     folder = dicom_factory.series("pet", modality="PT", header=lambda ds, k: setattr(ds, "RescaleSlope", "0"))
     _raises_one_line(lambda: load_series(folder), str(folder), "RescaleSlope 0")
+
+
+@pytest.mark.parametrize("keyword, value", [("Units", "CNTS"), ("PatientWeight", "90")])
+def test_a_pet_slice_with_another_suv_header_than_the_first_is_refused(dicom_factory, keyword, value):
+    """SUV reads the first slice's header for the series: a slice in counts, or of another weight, was fused as if
+    it said what the first one says."""
+    folder = dicom_factory.series("pet", modality="PT",
+                                  header=lambda ds, k: setattr(ds, keyword, value) if k == 2 else None)
+    _raises_one_line(lambda: load_series(folder), str(folder), f"{keyword} ", "differs from", "mixed PET headers")
