@@ -140,16 +140,19 @@ class ResampleToReferenced(MapTransform):
 def covered_slices(img: MetaTensor, reference: MetaTensor) -> torch.Tensor:
     """Bool ``(Z,)``: which axial slices of ``reference`` lie within ``img``'s axial extent.
 
-    Each reference slice's centre is mapped into ``img``'s voxel indices; it is covered when its slice
-    index lies inside ``img``'s voxels (to their outer faces, -0.5 to n - 0.5), as the resampler
-    interpolates there and fills 0 beyond: a PET shorter than, or shifted along z against, the CT.
+    Each reference slice's centre is mapped into ``img``'s voxel indices; it is covered when its slice index lies
+    within ``img``'s voxels (:func:`_within`): not so for a PET shorter than, or shifted along z against, the CT.
     """
     n_x, n_y, n_z = reference.shape[1:]
     centres = np.stack([np.full(n_z, (n_x - 1) / 2), np.full(n_z, (n_y - 1) / 2), np.arange(n_z), np.ones(n_z)])
-    world = np.asarray(reference.affine, float) @ centres
-    index = np.linalg.inv(np.asarray(img.affine, float)) @ world
-    inside = (index[2] >= -0.5) & (index[2] <= img.shape[-1] - 0.5)
-    return torch.as_tensor(inside, dtype=torch.bool)
+    return torch.as_tensor(_within(img, reference, centres, axes=(2,)), dtype=torch.bool)
+
+
+def _within(img: MetaTensor, reference: MetaTensor, points: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Which of ``reference``'s voxel ``points`` (homogeneous, 4 x N) lie within ``img``'s voxels along ``axes``, to
+    their outer faces (-0.5 to n - 0.5): the resampler interpolates there and fills 0 beyond."""
+    index = np.linalg.inv(np.asarray(img.affine, float)) @ (np.asarray(reference.affine, float) @ points)
+    return np.all([(index[axis] >= -0.5) & (index[axis] <= img.shape[1 + axis] - 0.5) for axis in axes], axis=0)
 
 
 IN_PLANE_SAMPLES = 17
@@ -162,9 +165,7 @@ def in_plane_overlap(img: MetaTensor, reference: MetaTensor) -> float:
     n_x, n_y, n_z = reference.shape[1:]
     x, y = np.meshgrid(np.linspace(0, n_x - 1, IN_PLANE_SAMPLES), np.linspace(0, n_y - 1, IN_PLANE_SAMPLES))
     points = np.stack([x.ravel(), y.ravel(), np.full(x.size, (n_z - 1) / 2), np.ones(x.size)])
-    index = np.linalg.inv(np.asarray(img.affine, float)) @ np.asarray(reference.affine, float) @ points
-    inside = np.all([(index[axis] >= -0.5) & (index[axis] <= img.shape[1 + axis] - 0.5) for axis in (0, 1)], axis=0)
-    return float(inside.mean())
+    return float(_within(img, reference, points, axes=(0, 1)).mean())
 
 
 def blank_uncovered(image: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
