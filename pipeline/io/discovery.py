@@ -24,6 +24,9 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 from pipeline.errors import InputError, one_line
 from pipeline.io.headers import SUV_SERIES_TAGS, read_dicom, slice_geometry, slice_normal, study_key
 
+_SUV_HEADER = (*SUV_SERIES_TAGS, "RadiopharmaceuticalInformationSequence")
+"""The header fields a PET's SUV is computed from, which :func:`_suv_header` digests."""
+
 # The only header fields discovery decodes (pydicom still walks the others up to the pixel data).
 DISCOVERY_TAGS = (
     "Modality",
@@ -40,8 +43,7 @@ DISCOVERY_TAGS = (
     "NumberOfFrames",
     "ReferencedSeriesSequence",
     "SourceImageSequence",
-    *SUV_SERIES_TAGS,
-    "RadiopharmaceuticalInformationSequence",
+    *_SUV_HEADER,
 )
 _MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer paths cannot be opened
 OUTPUT_MARK = ".location-key"
@@ -433,11 +435,10 @@ def _series_info(series_uid: str, entry: _SeriesFiles) -> SeriesInfo:
 
 
 def _suv_header(ds: Dataset) -> str:
-    """A digest of the header fields a PET's SUV is computed from (:data:`SUV_SERIES_TAGS` and the dose's sequence), as
-    stored: a weight or dose corrected in place keeps every UID, and this is how a rerun tells. A hash, so no patient
-    value reaches a record."""
+    """A digest of the header fields a PET's SUV is computed from (:data:`_SUV_HEADER`), as stored: a weight or dose
+    corrected in place keeps every UID, and this is how a rerun tells. A hash, so no patient value reaches a record."""
     digest = hashlib.sha256()
-    for keyword in (*SUV_SERIES_TAGS, "RadiopharmaceuticalInformationSequence"):
+    for keyword in _SUV_HEADER:
         element = ds.get_item(keyword)
         value = getattr(element, "value", b"")
         digest.update(keyword.encode() + b"=" + (value if isinstance(value, bytes) else _stored(value)) + b"\0")
