@@ -73,8 +73,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import secrets
 
     from pipeline.batch.report import Locator
-    from pipeline.wording import counted
     from pipeline.io.discovery import discover_studies
+    from pipeline.wording import counted
 
     in_dir = _input_folder(args.in_dir.resolve())
     found = discover_studies(in_dir)

@@ -24,8 +24,9 @@ import torch
 from machine import device_name
 
 from pipeline.batch import BatchOptions, LocalExecutor, run_batch
-from pipeline.batch.report import STAGES, BatchReport, counted
+from pipeline.batch.report import STAGES, BatchReport
 from pipeline.phantom import make_phantom
+from pipeline.wording import counted
 
 
 def _numbers(text: str, kind: type) -> tuple:

@@ -54,7 +54,8 @@ def read_model(path: Path) -> tuple[dict, str]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise SystemExit(f"{path}: cannot read checkpoint ({torch_file_problem(path, error, 'PyTorch checkpoint')})") from None
+        problem = torch_file_problem(path, error, "PyTorch checkpoint")
+        raise SystemExit(f"{path}: cannot read checkpoint ({problem})") from None
     card = saved.get("card") if isinstance(saved, Mapping) else None
     lacking = [key for key in CARD_KEYS if not isinstance(card, Mapping) or not card.get(key)]
     if lacking:

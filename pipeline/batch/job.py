@@ -111,8 +111,9 @@ def fuse_folder(in_dir: Path, out_dir: Path, options: BatchOptions, executor: Ex
 
 def _made_otherwise(finished: StudyResult, settings: dict[str, object], pair: StudyPair) -> str | None:
     """Why a finished study is redone: made with other settings (methods, a model's weights, windows...), from other
-    files or from other PET header values; None when it is not. A done.json that predates the record of a setting, or of the files, is taken as made
-    with this run's: a new setting recorded does not redo every study an earlier version finished."""
+    files or from other PET header values; None when it is not. A done.json that predates the record of a setting, of
+    the files or of the header is taken as made with this run's: a new record does not redo every study an earlier
+    version finished."""
     made = dict(finished.made_with)
     inputs, pet_header = made.pop("inputs", None), made.pop("pet_header", None)
     if any(name not in settings or settings[name] != value for name, value in made.items()):

@@ -182,9 +182,9 @@ class TrainingStateLoader(CheckpointLoader):
         configured = engine.state.epoch_length
         self._load(engine)
         if configured and engine.state.epoch_length != configured:
-            logger.warning("%s: its epochs were %d iterations, this run's data make %d: the run keeps %d, the length its "
-                           "resume point is counted in (train afresh for epochs of the new length)", self.load_path,
-                           engine.state.epoch_length, configured, engine.state.epoch_length)
+            logger.warning("%s: its epochs were %d iterations, this run's data make %d: the run keeps %d, the length "
+                           "its resume point is counted in (train afresh for epochs of the new length)",
+                           self.load_path, engine.state.epoch_length, configured, engine.state.epoch_length)
 
     def _load(self, engine: Engine) -> None:
         held = self._read()

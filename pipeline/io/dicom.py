@@ -30,8 +30,15 @@ from pydicom.valuerep import IS, TM, DSfloat
 
 from pipeline.errors import InputError, one_line
 from pipeline.io.discovery import SeriesInfo, missing_decoder, multi_frame, scan_series
-from pipeline.io.headers import (SUV_SERIES_TAGS, header_number, pixel_spacing, read_dicom, slice_normal, slice_position,
-                                 undated_moment)
+from pipeline.io.headers import (
+    SUV_SERIES_TAGS,
+    header_number,
+    pixel_spacing,
+    read_dicom,
+    slice_normal,
+    slice_position,
+    undated_moment,
+)
 from pipeline.io.patient_space import LPS_TO_RAS, voxel_size_problem
 from pipeline.io.volume_fill import BLOCK_SLICES, VolumeFill
 

@@ -73,7 +73,8 @@ def trained(tmp_path_factory, tiny_datalist, tiny_phantom_root) -> Path:
 
 
 def test_the_metadata_names_the_versions_of_the_packages_it_runs_with():
-    """It said PyWavelets 1.8.0 beside an installed 1.9.0, and left out the DICOM decoders, isal, scipy and highdicom."""
+    """It said PyWavelets 1.8.0 beside an installed 1.9.0, and left out the DICOM decoders, isal, scipy and
+    highdicom."""
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     for package, version in {"monai": metadata["monai_version"], "torch": metadata["pytorch_version"],
                              **metadata["required_packages_version"]}.items():
